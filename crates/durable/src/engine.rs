@@ -1,0 +1,984 @@
+//! The engine: dispatchers that lease work items from a [`Store`] and run
+//! turns and activities, plus the client API (start, raise, terminate...)
+//! and the live update stream.
+//!
+//! No global state: each [`Engine`] owns its store, registry, cache and
+//! tasks, so several can run in one process.
+
+use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use lru::LruCache;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::context::Action;
+use crate::error::Error;
+use crate::history::{EventKind, HistoryEvent, Message, ParentLink};
+use crate::registry::{ActivityContext, Registry};
+use crate::run::{panic_failure, HistoryLimits, OrchestrationRun, Outcome};
+use crate::store::{
+    ActivityWorkItem, NewActivity, NewInstance, OrchestrationWorkItem, OutgoingMessage,
+    PurgeOutcome, StatusUpdate, Store, StoreError, TurnCommit,
+};
+use crate::types::{
+    self, FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
+    RuntimeStatus, Timestamp,
+};
+
+/// How finished instances are purged automatically.
+#[derive(Clone, Debug)]
+pub struct RetentionPolicy {
+    /// Finished instances created longer ago than this are purged.
+    pub max_age: Duration,
+    /// How often to look.
+    pub interval: Duration,
+    /// Instances purged per store call; small batches keep dispatch flowing.
+    pub batch: usize,
+}
+
+/// Engine settings. `Default` suits an embedded engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Turns running at once.
+    pub orchestration_concurrency: usize,
+    /// Activities running at once.
+    pub activity_concurrency: usize,
+    /// Lease on an orchestration work item.
+    pub orchestration_lease: Duration,
+    /// Lease on an activity work item; an activity still running after it
+    /// may be run again elsewhere.
+    pub activity_lease: Duration,
+    /// Instances whose replay state is kept in memory.
+    pub cache_capacity: usize,
+    /// Deliveries of one work item before it is quarantined (poison).
+    pub max_attempts: u32,
+    /// History size limits per execution.
+    pub history_limits: HistoryLimits,
+    /// Automatic purge of old finished instances.
+    pub retention: Option<RetentionPolicy>,
+    /// Capacity of the live update channel; slower subscribers see `Lagged`.
+    pub update_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            orchestration_concurrency: 512,
+            activity_concurrency: 512,
+            orchestration_lease: Duration::from_secs(60),
+            activity_lease: Duration::from_secs(300),
+            cache_capacity: 10_000,
+            max_attempts: 10,
+            history_limits: HistoryLimits::default(),
+            retention: None,
+            update_capacity: 65_536,
+        }
+    }
+}
+
+/// A change to one instance, pushed to subscribers as it commits.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceUpdate {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// Its orchestration name.
+    pub name: String,
+    /// Its status after the change.
+    pub runtime_status: RuntimeStatus,
+    /// The history events the change added (empty for a creation).
+    pub history: Vec<HistoryEvent>,
+    /// Output when finished.
+    pub output: Option<Value>,
+    /// Custom status.
+    pub custom_status: Option<Value>,
+    /// Failure when Failed.
+    pub failure: Option<FailureDetails>,
+    /// When.
+    pub at: Timestamp,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    config: EngineConfig,
+    cache: Mutex<LruCache<InstanceId, OrchestrationRun>>,
+    updates: broadcast::Sender<InstanceUpdate>,
+    shutdown: watch::Sender<bool>,
+    orchestration_slots: Arc<Semaphore>,
+    activity_slots: Arc<Semaphore>,
+}
+
+/// An embedded orchestration engine. Cloning shares the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Engine {
+    /// Starts an engine on a store: its dispatchers begin at once, picking up
+    /// whatever work the store holds (e.g. instances left by a crash).
+    pub fn start(store: Arc<dyn Store>, registry: Registry, config: EngineConfig) -> Self {
+        let cache = LruCache::new(NonZeroUsize::new(config.cache_capacity.max(1)).expect("max(1)"));
+        let (updates, _) = broadcast::channel(config.update_capacity.max(16));
+        let inner = Arc::new(Inner {
+            orchestration_slots: Arc::new(Semaphore::new(config.orchestration_concurrency.max(1))),
+            activity_slots: Arc::new(Semaphore::new(config.activity_concurrency.max(1))),
+            store,
+            registry,
+            config,
+            cache: Mutex::new(cache),
+            updates,
+            shutdown: watch::channel(false).0,
+        });
+        let mut tasks = vec![
+            tokio::spawn(orchestration_loop(inner.clone())),
+            tokio::spawn(activity_loop(inner.clone())),
+        ];
+        if let Some(policy) = inner.config.retention.clone() {
+            tasks.push(tokio::spawn(retention_loop(inner.clone(), policy)));
+        }
+        Self {
+            inner,
+            tasks: Arc::new(Mutex::new(tasks)),
+        }
+    }
+
+    /// The store this engine runs on.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The registered functions.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Stops dispatching, waits for running turns and activities (up to
+    /// `grace`), and returns. Work still leased is picked up again after a
+    /// restart; nothing is lost.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.inner.shutdown.send(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for t in tasks {
+            let _ = t.await;
+        }
+        let drain = async {
+            let o = self.inner.config.orchestration_concurrency.max(1) as u32;
+            let a = self.inner.config.activity_concurrency.max(1) as u32;
+            let _o = self.inner.orchestration_slots.acquire_many(o).await;
+            let _a = self.inner.activity_slots.acquire_many(a).await;
+        };
+        let _ = tokio::time::timeout(grace, drain).await;
+    }
+
+    /// Starts an orchestration. With `instance_id`, a live instance of that id
+    /// is a [`Error::Conflict`]; a finished one is replaced.
+    pub async fn start_orchestration(
+        &self,
+        name: &str,
+        instance_id: Option<InstanceId>,
+        input: impl Serialize,
+    ) -> Result<InstanceId, Error> {
+        if !self.inner.registry.has_orchestration(name) {
+            return Err(Error::UnknownOrchestration(name.to_string()));
+        }
+        let input = serde_json::to_value(input).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let instance_id = instance_id.unwrap_or_else(InstanceId::generate);
+        self.create(name, instance_id.clone(), input).await?;
+        Ok(instance_id)
+    }
+
+    async fn create(&self, name: &str, instance_id: InstanceId, input: Value) -> Result<(), Error> {
+        if *self.inner.shutdown.borrow() {
+            return Err(Error::ShuttingDown);
+        }
+        let created_at = types::now();
+        self.inner
+            .store
+            .create_instance(NewInstance {
+                instance_id: instance_id.clone(),
+                name: name.to_string(),
+                input,
+                execution_id: new_execution_id(),
+                parent: None,
+                created_at,
+            })
+            .await?;
+        let _ = self.inner.updates.send(InstanceUpdate {
+            instance_id,
+            name: name.to_string(),
+            runtime_status: RuntimeStatus::Pending,
+            history: Vec::new(),
+            output: None,
+            custom_status: None,
+            failure: None,
+            at: created_at,
+        });
+        Ok(())
+    }
+
+    /// Delivers an external event. Kept by the instance until a wait takes it.
+    pub async fn raise_event(
+        &self,
+        instance_id: &InstanceId,
+        event_name: &str,
+        data: impl Serialize,
+    ) -> Result<(), Error> {
+        let input = serde_json::to_value(data).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        self.send(
+            instance_id,
+            EventKind::EventRaised {
+                name: event_name.to_string(),
+                input,
+            },
+        )
+        .await
+    }
+
+    /// Terminates a live instance.
+    pub async fn terminate(
+        &self,
+        instance_id: &InstanceId,
+        reason: Option<String>,
+    ) -> Result<(), Error> {
+        self.send(instance_id, EventKind::Terminated { reason })
+            .await
+    }
+
+    /// Suspends a live instance: it takes no turns until resumed.
+    pub async fn suspend(
+        &self,
+        instance_id: &InstanceId,
+        reason: Option<String>,
+    ) -> Result<(), Error> {
+        self.send(instance_id, EventKind::Suspended { reason })
+            .await
+    }
+
+    /// Resumes a suspended instance.
+    pub async fn resume(
+        &self,
+        instance_id: &InstanceId,
+        reason: Option<String>,
+    ) -> Result<(), Error> {
+        self.send(instance_id, EventKind::Resumed { reason }).await
+    }
+
+    async fn send(&self, instance_id: &InstanceId, kind: EventKind) -> Result<(), Error> {
+        Ok(self
+            .inner
+            .store
+            .send_message(instance_id, Message::now(kind))
+            .await?)
+    }
+
+    /// Re-runs a Failed instance from its failure: failed activities and
+    /// sub-orchestrations run again; completed ones are kept.
+    pub async fn rewind(
+        &self,
+        instance_id: &InstanceId,
+        reason: Option<String>,
+    ) -> Result<(), Error> {
+        let status = self.require(instance_id).await?;
+        if status.runtime_status != RuntimeStatus::Failed {
+            return Err(Error::Precondition {
+                instance_id: instance_id.clone(),
+                status: status.runtime_status,
+                what: "only a Failed instance can be rewound",
+            });
+        }
+        self.send(instance_id, EventKind::Rewound { reason }).await
+    }
+
+    /// Starts the instance again from the beginning with its original input.
+    /// With `new_instance_id` the new run gets a fresh id; otherwise the same
+    /// id is reused, which needs the instance to be finished.
+    pub async fn restart(
+        &self,
+        instance_id: &InstanceId,
+        new_instance_id: bool,
+    ) -> Result<InstanceId, Error> {
+        let status = self.require(instance_id).await?;
+        let id = if new_instance_id {
+            InstanceId::generate()
+        } else {
+            instance_id.clone()
+        };
+        self.create(&status.name, id.clone(), status.input).await?;
+        Ok(id)
+    }
+
+    /// Deletes a finished instance and its history.
+    pub async fn purge(&self, instance_id: &InstanceId) -> Result<(), Error> {
+        match self.inner.store.purge_instance(instance_id).await? {
+            PurgeOutcome::Deleted => {
+                self.inner
+                    .cache
+                    .lock()
+                    .expect("cache lock")
+                    .pop(instance_id);
+                Ok(())
+            }
+            PurgeOutcome::NotFound => Err(Error::NotFound(instance_id.clone())),
+            PurgeOutcome::NotTerminal(status) => Err(Error::Precondition {
+                instance_id: instance_id.clone(),
+                status,
+                what: "only a finished instance can be purged",
+            }),
+        }
+    }
+
+    /// Deletes every finished instance matching the filter, in batches.
+    pub async fn purge_by_filter(&self, filter: &InstanceFilter) -> Result<u64, Error> {
+        purge_all(&*self.inner.store, filter, 1_000).await
+    }
+
+    /// One instance's status (and history if asked).
+    pub async fn status(
+        &self,
+        instance_id: &InstanceId,
+        with_history: bool,
+    ) -> Result<Option<InstanceStatus>, Error> {
+        Ok(self
+            .inner
+            .store
+            .get_instance(instance_id, with_history)
+            .await?)
+    }
+
+    async fn require(&self, instance_id: &InstanceId) -> Result<InstanceStatus, Error> {
+        self.status(instance_id, false)
+            .await?
+            .ok_or_else(|| Error::NotFound(instance_id.clone()))
+    }
+
+    /// A page of instances, newest first.
+    pub async fn list(&self, query: &InstanceQuery) -> Result<InstancePage, Error> {
+        Ok(self.inner.store.list_instances(query).await?)
+    }
+
+    /// Every status change and history event committed by this engine, as
+    /// it happens. A subscriber that falls behind gets `Lagged` and should
+    /// re-read the statuses it cares about.
+    pub fn subscribe(&self) -> broadcast::Receiver<InstanceUpdate> {
+        self.inner.updates.subscribe()
+    }
+
+    /// Waits until the instance is terminal (or continued-as-new and then
+    /// terminal) and returns its status. Driven by the update stream, not polling.
+    pub async fn wait_for_completion(
+        &self,
+        instance_id: &InstanceId,
+        timeout: Duration,
+    ) -> Result<InstanceStatus, Error> {
+        let mut rx = self.subscribe();
+        let wait = async {
+            loop {
+                let status = self.require(instance_id).await?;
+                if status.runtime_status.is_terminal() {
+                    return Ok(status);
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(u)
+                            if u.instance_id == *instance_id && u.runtime_status.is_terminal() =>
+                        {
+                            break
+                        }
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Err(Error::ShuttingDown)
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::Timeout(instance_id.clone()))?
+    }
+}
+
+/// Purges in batches until a batch comes back short.
+pub(crate) async fn purge_all(
+    store: &dyn Store,
+    filter: &InstanceFilter,
+    batch: usize,
+) -> Result<u64, Error> {
+    let mut total = 0;
+    loop {
+        let n = store.purge_instances(filter, batch).await?;
+        total += n;
+        if (n as usize) < batch {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+fn new_execution_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Back-off after a store error in a dispatcher loop.
+const STORE_ERROR_BACKOFF: Duration = Duration::from_millis(200);
+
+async fn wait_for_work(
+    inner: &Inner,
+    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let wake_at = inner.store.next_wake_at().await.ok().flatten();
+    let sleep = match wake_at {
+        Some(t) => (t - types::now()).to_std().unwrap_or(Duration::ZERO),
+        None => Duration::from_secs(3600),
+    };
+    tokio::select! {
+        _ = notified => {}
+        _ = tokio::time::sleep(sleep) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+async fn orchestration_loop(inner: Arc<Inner>) {
+    let signal = inner.store.work_signal();
+    while !*inner.shutdown.borrow() {
+        let notified = signal.orchestrations.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let Some(permits) = acquire_some(&inner.orchestration_slots, &inner).await else {
+            break;
+        };
+        let items = match inner
+            .store
+            .fetch_orchestration_work(permits.len(), inner.config.orchestration_lease)
+            .await
+        {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching orchestration work failed");
+                tokio::time::sleep(STORE_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        if items.is_empty() {
+            drop(permits);
+            wait_for_work(&inner, notified).await;
+            continue;
+        }
+        for (item, permit) in items.into_iter().zip(permits) {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                process_turn(&inner, item).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn activity_loop(inner: Arc<Inner>) {
+    let signal = inner.store.work_signal();
+    while !*inner.shutdown.borrow() {
+        let notified = signal.activities.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let Some(permits) = acquire_some(&inner.activity_slots, &inner).await else {
+            break;
+        };
+        let items = match inner
+            .store
+            .fetch_activity_work(permits.len(), inner.config.activity_lease)
+            .await
+        {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching activity work failed");
+                tokio::time::sleep(STORE_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        if items.is_empty() {
+            drop(permits);
+            wait_for_work(&inner, notified).await;
+            continue;
+        }
+        for (item, permit) in items.into_iter().zip(permits) {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                process_activity(&inner, item).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Takes every free slot (at least one, waiting for it), up to 128 at a
+/// time; `None` on shutdown.
+async fn acquire_some(slots: &Arc<Semaphore>, inner: &Inner) -> Option<Vec<OwnedSemaphorePermit>> {
+    let mut shutdown = inner.shutdown.subscribe();
+    let first = tokio::select! {
+        p = slots.clone().acquire_owned() => p.ok()?,
+        _ = shutdown.wait_for(|s| *s) => return None,
+    };
+    let mut permits = vec![first];
+    while permits.len() < 128 {
+        match slots.clone().try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(permits)
+}
+
+async fn process_activity(inner: &Inner, item: ActivityWorkItem) {
+    let a = &item.activity;
+    let result = if item.attempts > inner.config.max_attempts {
+        Err(FailureDetails::new(
+            "Poison",
+            format!(
+                "activity '{}' quarantined after {} deliveries without completing",
+                a.name,
+                item.attempts - 1
+            ),
+        ))
+    } else {
+        match inner.registry.activities.get(&a.name) {
+            None => Err(FailureDetails::new(
+                "UnknownActivity",
+                format!("no activity named '{}' is registered", a.name),
+            )),
+            Some(func) => {
+                let ctx = ActivityContext {
+                    instance_id: a.instance_id.clone(),
+                    execution_id: a.execution_id.clone(),
+                    task_id: a.task_id,
+                    name: a.name.clone(),
+                    attempt: item.attempts,
+                };
+                let input = a.input.clone();
+                let call = std::panic::catch_unwind(AssertUnwindSafe(|| func(ctx, input)));
+                match call {
+                    Err(p) => Err(panic_failure("activity", p)),
+                    Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+                        Ok(r) => r,
+                        Err(p) => Err(panic_failure("activity", p)),
+                    },
+                }
+            }
+        }
+    };
+    let kind = match result {
+        Ok(result) => EventKind::TaskCompleted {
+            task_id: a.task_id,
+            result,
+        },
+        Err(error) => EventKind::TaskFailed {
+            task_id: a.task_id,
+            error,
+        },
+    };
+    let message = Message {
+        execution_id: Some(a.execution_id.clone()),
+        visible_at: None,
+        sent_at: types::now(),
+        kind,
+    };
+    if let Err(e) = inner
+        .store
+        .complete_activity_work(&item.lock, message)
+        .await
+    {
+        tracing::warn!(error = %e, activity = %a.name, "completing activity failed; it will run again");
+        if !matches!(e, StoreError::LeaseLost) {
+            let _ = inner
+                .store
+                .abandon_activity_work(&item.lock, STORE_ERROR_BACKOFF)
+                .await;
+        }
+    }
+}
+
+async fn process_turn(inner: &Inner, item: OrchestrationWorkItem) {
+    let id = item.instance_id.clone();
+    let lock = item.lock.clone();
+    match run_turn(inner, item).await {
+        Ok(()) => {}
+        Err(e) => {
+            inner.cache.lock().expect("cache lock").pop(&id);
+            tracing::warn!(instance = %id, error = %e, "turn failed; retrying");
+            if !matches!(e, Error::Store(StoreError::LeaseLost)) {
+                let _ = inner
+                    .store
+                    .abandon_orchestration_work(&lock, STORE_ERROR_BACKOFF)
+                    .await;
+            }
+        }
+    }
+}
+
+async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Error> {
+    let now = types::now();
+    let id = item.instance_id.clone();
+    let rewind = item.runtime_status == RuntimeStatus::Failed
+        && item
+            .messages
+            .iter()
+            .any(|m| matches!(m.message.kind, EventKind::Rewound { .. }));
+    let cached = inner.cache.lock().expect("cache lock").pop(&id);
+    let mut reissued = Vec::new();
+    let (mut run, mut carried, replace_history, mut base) = if rewind {
+        let history = inner.store.load_history(&id).await?;
+        let rewound = rewound_history(&history, &item, now);
+        let (run, carried) = OrchestrationRun::replay(&inner.registry, id.clone(), &rewound);
+        // Already recorded in history: re-issued as work, not recorded again.
+        reissued = pending_after_rewind(&rewound);
+        (run, carried, true, rewound)
+    } else {
+        match cached {
+            Some(run)
+                if run.history_len == item.history_len && run.execution_id == item.execution_id =>
+            {
+                (run, Vec::new(), false, Vec::new())
+            }
+            _ => {
+                let history = if item.history_len == 0 {
+                    Vec::new()
+                } else {
+                    inner.store.load_history(&id).await?
+                };
+                let (run, carried) =
+                    OrchestrationRun::replay(&inner.registry, id.clone(), &history);
+                (run, carried, false, Vec::new())
+            }
+        }
+    };
+
+    let messages: Vec<_> = if rewind {
+        Vec::new()
+    } else if item.attempts > inner.config.max_attempts {
+        // Poison: the instance keeps failing its turns; fail it instead of
+        // retrying forever.
+        carried.clear();
+        let failure = FailureDetails::new(
+            "Poison",
+            format!(
+                "instance quarantined after {} turn attempts without a commit",
+                item.attempts - 1
+            ),
+        );
+        vec![crate::store::StoredMessage {
+            id: -1,
+            message: Message::now(EventKind::ExecutionFailed { error: failure }),
+        }]
+    } else {
+        item.messages.clone()
+    };
+    let poison = messages.iter().find_map(|m| match &m.message.kind {
+        EventKind::ExecutionFailed { error } if m.id < 0 => Some(error.clone()),
+        _ => None,
+    });
+    let mut turn = if let Some(error) = poison {
+        let mut t = run.turn(
+            &inner.registry,
+            &[],
+            now,
+            inner.config.history_limits,
+            Vec::new(),
+        );
+        force_failure(&mut run, &mut t, error, now);
+        t
+    } else {
+        run.turn(
+            &inner.registry,
+            &messages,
+            now,
+            inner.config.history_limits,
+            std::mem::take(&mut carried),
+        )
+    };
+    if run.outcome.is_none() {
+        turn.actions.extend(reissued);
+    }
+
+    let status = run.status();
+    let execution_id = run.execution_id.clone();
+    let mut commit = TurnCommit {
+        lock: item.lock.clone(),
+        instance_id: id.clone(),
+        consumed: item.messages.iter().map(|m| m.id).collect(),
+        replace_history,
+        history: Vec::new(),
+        status: StatusUpdate {
+            runtime_status: status,
+            execution_id: execution_id.clone(),
+            input: None,
+            output: None,
+            custom_status: run.custom_status(),
+            failure: None,
+            history_events: run.history_len,
+            history_bytes: run.history_bytes,
+            updated_at: now,
+        },
+        activities: Vec::new(),
+        messages: Vec::new(),
+        new_instances: Vec::new(),
+    };
+    for action in std::mem::take(&mut turn.actions) {
+        match action {
+            Action::ScheduleActivity {
+                task_id,
+                name,
+                input,
+            } => commit.activities.push(NewActivity {
+                instance_id: id.clone(),
+                execution_id: execution_id.clone(),
+                task_id,
+                name,
+                input,
+            }),
+            Action::CreateTimer { task_id, fire_at } => commit.messages.push(OutgoingMessage {
+                instance_id: id.clone(),
+                message: Message {
+                    execution_id: Some(execution_id.clone()),
+                    visible_at: Some(fire_at),
+                    sent_at: now,
+                    kind: EventKind::TimerFired { task_id, fire_at },
+                },
+            }),
+            Action::StartSubOrchestration {
+                task_id,
+                name,
+                instance_id,
+                input,
+            } => commit.new_instances.push(NewInstance {
+                instance_id,
+                name,
+                input,
+                execution_id: new_execution_id(),
+                parent: Some(ParentLink {
+                    instance_id: id.clone(),
+                    execution_id: execution_id.clone(),
+                    task_id,
+                }),
+                created_at: now,
+            }),
+        }
+    }
+    match run.outcome.clone() {
+        Some(Outcome::Completed(output)) => commit.status.output = Some(output),
+        Some(Outcome::Failed(error)) => commit.status.failure = Some(error),
+        Some(Outcome::Terminated(reason)) => {
+            commit.status.output = Some(reason.map(Value::String).unwrap_or(Value::Null))
+        }
+        Some(Outcome::ContinuedAsNew(input)) => {
+            // The next execution starts from an empty history with a fresh
+            // execution id; its start message is queued in the same commit.
+            let next = new_execution_id();
+            commit.replace_history = true;
+            commit.status.execution_id = next.clone();
+            commit.status.input = Some(input.clone());
+            commit.status.history_events = 0;
+            commit.status.history_bytes = 0;
+            commit.messages.push(OutgoingMessage {
+                instance_id: id.clone(),
+                message: Message::now(EventKind::ExecutionStarted {
+                    name: run.name.clone(),
+                    input,
+                    execution_id: next,
+                    parent: run.parent.clone(),
+                }),
+            });
+        }
+        None => {}
+    }
+    if let (Some(parent), Some(outcome)) = (&run.parent, &run.outcome) {
+        let kind = match outcome {
+            Outcome::Completed(result) => Some(EventKind::SubOrchestrationCompleted {
+                task_id: parent.task_id,
+                result: result.clone(),
+            }),
+            Outcome::Failed(error) => Some(EventKind::SubOrchestrationFailed {
+                task_id: parent.task_id,
+                error: error.clone(),
+            }),
+            Outcome::Terminated(reason) => Some(EventKind::SubOrchestrationFailed {
+                task_id: parent.task_id,
+                error: FailureDetails::new(
+                    "Terminated",
+                    reason.clone().unwrap_or_else(|| "terminated".to_string()),
+                ),
+            }),
+            Outcome::ContinuedAsNew(_) => None,
+        };
+        if let Some(kind) = kind {
+            commit.messages.push(OutgoingMessage {
+                instance_id: parent.instance_id.clone(),
+                message: Message {
+                    execution_id: Some(parent.execution_id.clone()),
+                    visible_at: None,
+                    sent_at: now,
+                    kind,
+                },
+            });
+        }
+    }
+    let published = turn.history.clone();
+    if commit.replace_history {
+        if matches!(run.outcome, Some(Outcome::ContinuedAsNew(_))) {
+            commit.history = Vec::new();
+        } else {
+            base.extend(turn.history);
+            commit.history = base;
+        }
+    } else {
+        commit.history = turn.history;
+    }
+    let update = InstanceUpdate {
+        instance_id: id.clone(),
+        name: run.name.clone(),
+        runtime_status: commit.status.runtime_status,
+        history: published,
+        output: commit.status.output.clone(),
+        custom_status: commit.status.custom_status.clone(),
+        failure: commit.status.failure.clone(),
+        at: now,
+    };
+    let keep = run.outcome.is_none();
+    inner.store.commit_turn(commit).await?;
+    if keep {
+        inner.cache.lock().expect("cache lock").put(id, run);
+    }
+    let _ = inner.updates.send(update);
+    Ok(())
+}
+
+/// Fails a run that already took its turn (poison), recording the failure.
+fn force_failure(
+    run: &mut OrchestrationRun,
+    turn: &mut crate::run::TurnResult,
+    error: FailureDetails,
+    now: Timestamp,
+) {
+    turn.actions.clear();
+    if run.outcome.is_none() {
+        run.outcome = Some(Outcome::Failed(error.clone()));
+        let event = HistoryEvent {
+            event_id: run.history_len,
+            timestamp: now,
+            kind: EventKind::ExecutionFailed { error },
+        };
+        run.history_len += 1;
+        run.history_bytes += crate::run::event_size(&event);
+        turn.history.push(event);
+    }
+}
+
+/// The history of a Failed instance with its failure removed: the final
+/// `ExecutionFailed` and every failed task result go, so replay finds those
+/// tasks pending again. Event ids are renumbered.
+fn rewound_history(
+    history: &[HistoryEvent],
+    item: &OrchestrationWorkItem,
+    now: Timestamp,
+) -> Vec<HistoryEvent> {
+    let reason = item.messages.iter().find_map(|m| match &m.message.kind {
+        EventKind::Rewound { reason } => reason.clone(),
+        _ => None,
+    });
+    let mut kept: Vec<HistoryEvent> = history
+        .iter()
+        .filter(|e| {
+            !matches!(
+                e.kind,
+                EventKind::ExecutionFailed { .. }
+                    | EventKind::TaskFailed { .. }
+                    | EventKind::SubOrchestrationFailed { .. }
+            )
+        })
+        .cloned()
+        .collect();
+    kept.push(HistoryEvent {
+        event_id: 0,
+        timestamp: now,
+        kind: EventKind::Rewound { reason },
+    });
+    for (i, e) in kept.iter_mut().enumerate() {
+        e.event_id = i as u64;
+    }
+    kept
+}
+
+/// Work to re-issue after a rewind: tasks scheduled but without a result.
+fn pending_after_rewind(history: &[HistoryEvent]) -> Vec<Action> {
+    let answered: std::collections::HashSet<u64> = history
+        .iter()
+        .filter(|e| !e.kind.is_action_record())
+        .filter_map(|e| e.kind.task_id())
+        .collect();
+    history
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TaskScheduled {
+                task_id,
+                name,
+                input,
+            } if !answered.contains(task_id) => Some(Action::ScheduleActivity {
+                task_id: *task_id,
+                name: name.clone(),
+                input: input.clone(),
+            }),
+            EventKind::SubOrchestrationCreated {
+                task_id,
+                name,
+                instance_id,
+                input,
+            } if !answered.contains(task_id) => Some(Action::StartSubOrchestration {
+                task_id: *task_id,
+                name: name.clone(),
+                instance_id: instance_id.clone(),
+                input: input.clone(),
+            }),
+            EventKind::TimerCreated { task_id, fire_at } if !answered.contains(task_id) => {
+                Some(Action::CreateTimer {
+                    task_id: *task_id,
+                    fire_at: *fire_at,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn retention_loop(inner: Arc<Inner>, policy: RetentionPolicy) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        let cutoff = types::now()
+            - chrono::Duration::from_std(policy.max_age).unwrap_or(chrono::Duration::MAX);
+        let filter = InstanceFilter {
+            statuses: RuntimeStatus::ALL
+                .into_iter()
+                .filter(|s| s.is_terminal())
+                .collect(),
+            created_to: Some(cutoff),
+            ..Default::default()
+        };
+        match purge_all(&*inner.store, &filter, policy.batch.max(1)).await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "retention purge"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(policy.interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! An embeddable, durable orchestration engine in the style of the Durable
+//! Task Framework.
+//!
+//! # Layout
+//! - [`types`]: ids, timestamps, runtime status, instance status.
+//! - [`history`]: history events and messages (what is stored).
+//! - [`context`]: [`OrchestrationContext`], the replay-safe API orchestrator
+//!   code uses, and its durable futures.
+//! - `run`: replay of a history and execution of one turn (pure, no I/O).
+//! - [`registry`]: orchestrations and activities by name.
+//! - [`engine`]: dispatchers, client API, live updates.
+//! - [`store`]: the [`Store`] trait and its SQLite implementation.
+//! - [`conformance`]: the test suite every store must pass.
+//!
+//! # Glossary
+//! - **instance**: one run of an orchestration, named by an [`InstanceId`].
+//! - **history event**: an entry of an instance's append-only history.
+//! - **action**: what a turn decides to do (schedule an activity, create a
+//!   timer, start a sub-orchestration); recorded as history events.
+//! - **turn**: one execution of the orchestrator against its history plus
+//!   newly arrived messages, committed in one transaction.
+//! - **work item**: a leased unit of queued work: an instance with messages
+//!   (orchestration work item) or an activity to run (activity work item).
+
+pub mod conformance;
+pub mod context;
+pub mod engine;
+pub mod error;
+pub mod history;
+pub mod registry;
+pub mod retry;
+mod run;
+pub mod store;
+pub mod types;
+
+pub use context::{DurableFuture, OrchestrationContext, TaskError};
+pub use engine::{Engine, EngineConfig, InstanceUpdate, RetentionPolicy};
+pub use error::Error;
+pub use history::{EventKind, HistoryEvent};
+pub use registry::{ActivityContext, Registry};
+pub use retry::RetryPolicy;
+pub use run::HistoryLimits;
+pub use store::sqlite::{SqliteConfig, SqliteStore};
+pub use store::{Store, StoreError};
+pub use types::{
+    FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
+    RuntimeStatus, Timestamp,
+};

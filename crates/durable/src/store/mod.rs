@@ -1,0 +1,319 @@
+//! The storage contract. Everything durable goes through [`Store`]; the engine
+//! holds no state a crash could lose.
+//!
+//! A store keeps, per instance: a status row, an append-only history and an
+//! inbox of messages; and one queue of activity work items. Work is handed out
+//! under leases: a fetch locks the work item until the lease expires or the
+//! holder commits or abandons it, so a dead worker's items return to the queue
+//! by themselves.
+//!
+//! Invariants every store upholds (checked by [`crate::conformance`]):
+//! - `commit_turn` is one transaction: history delta, consumed messages,
+//!   new work items, outgoing messages and status land together or not at all.
+//! - A commit or completion whose lease was lost fails with
+//!   [`StoreError::LeaseLost`] and changes nothing.
+//! - An instance is locked by at most one holder at a time.
+//! - Messages to a terminal instance are refused with
+//!   [`StoreError::Finished`], except `Rewound` for a Failed instance;
+//!   task results for a terminal instance are dropped silently.
+//! - A message with `visible_at` in the future is not delivered before then.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::history::{HistoryEvent, Message, ParentLink};
+use crate::types::{
+    FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
+    RuntimeStatus, Timestamp,
+};
+
+/// Errors a store reports. `is_retryable` separates transient trouble from
+/// answers the caller must act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A live instance already has this id.
+    #[error("instance '{0}' already exists and is not finished")]
+    Conflict(InstanceId),
+    /// No such instance.
+    #[error("instance '{0}' not found")]
+    NotFound(InstanceId),
+    /// The instance is finished and takes no more messages.
+    #[error("instance '{0}' is finished")]
+    Finished(InstanceId),
+    /// The instance is not in a state that allows this (e.g. purge of a live one).
+    #[error("instance '{0}' is {1}: {2}")]
+    Precondition(InstanceId, RuntimeStatus, &'static str),
+    /// The lease behind this commit expired or was never held.
+    #[error("the lease on this work item was lost")]
+    LeaseLost,
+    /// The database file exists but is not one of ours, or is damaged.
+    #[error("{0}")]
+    Incompatible(String),
+    /// The database failed; the operation may succeed if retried.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The store was shut down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// True when retrying the same call later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Database(_) | Self::LeaseLost)
+    }
+}
+
+/// A new instance (or a new execution of a finished one).
+#[derive(Clone, Debug)]
+pub struct NewInstance {
+    /// Its id.
+    pub instance_id: InstanceId,
+    /// Orchestration name.
+    pub name: String,
+    /// Input of the first execution.
+    pub input: Value,
+    /// Execution id of the first execution.
+    pub execution_id: String,
+    /// Set for sub-orchestrations.
+    pub parent: Option<ParentLink>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// Proof of a lease, returned by a fetch and required by the matching commit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WorkLock(pub String);
+
+/// A message as a store holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredMessage {
+    /// Store-assigned id, increasing in arrival order.
+    pub id: i64,
+    /// The message.
+    pub message: Message,
+}
+
+/// An orchestration work item: a locked instance and the messages to apply.
+#[derive(Clone, Debug)]
+pub struct OrchestrationWorkItem {
+    /// The lease.
+    pub lock: WorkLock,
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// Its status before this turn.
+    pub runtime_status: RuntimeStatus,
+    /// Its current execution.
+    pub execution_id: String,
+    /// How many history events it has; lets the engine tell whether its
+    /// cached replay state is current.
+    pub history_len: u64,
+    /// Visible messages in arrival order.
+    pub messages: Vec<StoredMessage>,
+    /// How many times this instance was fetched without a commit.
+    pub attempts: u32,
+}
+
+/// An activity to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewActivity {
+    /// The instance that scheduled it.
+    pub instance_id: InstanceId,
+    /// That instance's execution.
+    pub execution_id: String,
+    /// The task id in that execution.
+    pub task_id: u64,
+    /// Activity name.
+    pub name: String,
+    /// Activity input.
+    pub input: Value,
+}
+
+/// A leased activity work item.
+#[derive(Clone, Debug)]
+pub struct ActivityWorkItem {
+    /// The lease.
+    pub lock: WorkLock,
+    /// What to run.
+    pub activity: NewActivity,
+    /// How many times it was handed out, this time included.
+    pub attempts: u32,
+}
+
+/// A message to another (or the same) instance, sent by a turn.
+#[derive(Clone, Debug)]
+pub struct OutgoingMessage {
+    /// Recipient.
+    pub instance_id: InstanceId,
+    /// Content.
+    pub message: Message,
+}
+
+/// The new status an instance gets from a turn.
+#[derive(Clone, Debug)]
+pub struct StatusUpdate {
+    /// New runtime status.
+    pub runtime_status: RuntimeStatus,
+    /// New execution id (continue-as-new, rewind keep or change it).
+    pub execution_id: String,
+    /// Input of the execution (changes on continue-as-new).
+    pub input: Option<Value>,
+    /// Output, when finished.
+    pub output: Option<Value>,
+    /// Custom status.
+    pub custom_status: Option<Value>,
+    /// Failure, when Failed.
+    pub failure: Option<FailureDetails>,
+    /// History event count after this commit.
+    pub history_events: u64,
+    /// History bytes after this commit.
+    pub history_bytes: u64,
+    /// When.
+    pub updated_at: Timestamp,
+}
+
+/// Everything one turn changes, committed in one transaction.
+#[derive(Clone, Debug)]
+pub struct TurnCommit {
+    /// The lease from the fetch.
+    pub lock: WorkLock,
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// Messages of the work item this turn consumed.
+    pub consumed: Vec<i64>,
+    /// When true, the instance's history is replaced by `history` (continue
+    /// as new, rewind); otherwise `history` is appended.
+    pub replace_history: bool,
+    /// History events to append (or the whole new history).
+    pub history: Vec<HistoryEvent>,
+    /// The instance's new status.
+    pub status: StatusUpdate,
+    /// Activities to enqueue.
+    pub activities: Vec<NewActivity>,
+    /// Messages to send (timers to self, results to a parent, raised events).
+    pub messages: Vec<OutgoingMessage>,
+    /// Sub-orchestrations to create. A live instance with the same id makes
+    /// the store send `SubOrchestrationFailed` to the parent instead.
+    pub new_instances: Vec<NewInstance>,
+}
+
+/// Outcome of purging one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurgeOutcome {
+    /// Deleted with its history and inbox.
+    Deleted,
+    /// No such instance.
+    NotFound,
+    /// Not terminal: left alone.
+    NotTerminal(RuntimeStatus),
+}
+
+/// Wakes the engine's dispatchers when a store makes work visible, so no one
+/// polls. Stores share one of these with the engine.
+#[derive(Debug, Default)]
+pub struct WorkSignal {
+    /// Notified when orchestration work may be available.
+    pub orchestrations: Notify,
+    /// Notified when activity work may be available.
+    pub activities: Notify,
+}
+
+/// The storage contract. See the module docs for the invariants.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The signal the store fires when it makes work visible.
+    fn work_signal(&self) -> Arc<WorkSignal>;
+
+    /// Creates an instance and queues its `ExecutionStarted` message. An
+    /// existing terminal instance with the same id is replaced; a live one is
+    /// a [`StoreError::Conflict`].
+    async fn create_instance(&self, instance: NewInstance) -> Result<(), StoreError>;
+
+    /// Queues a message for an instance.
+    async fn send_message(
+        &self,
+        instance_id: &InstanceId,
+        message: Message,
+    ) -> Result<(), StoreError>;
+
+    /// Locks up to `max` instances with visible messages, for `lease`.
+    async fn fetch_orchestration_work(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError>;
+
+    /// The current execution's history, oldest first.
+    async fn load_history(&self, instance_id: &InstanceId)
+        -> Result<Vec<HistoryEvent>, StoreError>;
+
+    /// Commits a turn and releases the instance's lock.
+    async fn commit_turn(&self, commit: TurnCommit) -> Result<(), StoreError>;
+
+    /// Releases an instance's lock without committing; its messages become
+    /// visible again after `delay`.
+    async fn abandon_orchestration_work(
+        &self,
+        lock: &WorkLock,
+        delay: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Locks up to `max` activity work items, for `lease`.
+    async fn fetch_activity_work(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ActivityWorkItem>, StoreError>;
+
+    /// Deletes a finished activity work item and delivers its result message
+    /// to the instance, in one transaction.
+    async fn complete_activity_work(
+        &self,
+        lock: &WorkLock,
+        result: Message,
+    ) -> Result<(), StoreError>;
+
+    /// Returns a leased activity work item to the queue after `delay`.
+    async fn abandon_activity_work(
+        &self,
+        lock: &WorkLock,
+        delay: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// When the earliest delayed message or lease expiry is due, if any, so the
+    /// engine can sleep exactly until then.
+    async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// One instance's status, with its history if asked.
+    async fn get_instance(
+        &self,
+        instance_id: &InstanceId,
+        with_history: bool,
+    ) -> Result<Option<InstanceStatus>, StoreError>;
+
+    /// A page of instances matching a filter, newest first.
+    async fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError>;
+
+    /// Deletes one terminal instance with its history and inbox.
+    async fn purge_instance(&self, instance_id: &InstanceId) -> Result<PurgeOutcome, StoreError>;
+
+    /// Deletes up to `limit` terminal instances matching the filter; returns
+    /// how many. Callers loop to purge more, so no call holds the store long.
+    async fn purge_instances(
+        &self,
+        filter: &InstanceFilter,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
+    /// Counts instances by status (for dashboards and metrics).
+    async fn count_by_status(&self) -> Result<Vec<(RuntimeStatus, u64)>, StoreError>;
+
+    /// Number of queued work items: (instances with visible messages, activities).
+    async fn queue_depth(&self) -> Result<(u64, u64), StoreError>;
+}

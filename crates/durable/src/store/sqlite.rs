@@ -1,0 +1,1595 @@
+//! The embedded default store: one SQLite file (WAL, `synchronous=FULL`).
+//!
+//! # Design
+//! - **One writer thread** owns the write connection. Callers send it
+//!   operations over a channel; it drains whatever has queued up and applies
+//!   the whole batch in ONE transaction (group commit), so the fsync cost is
+//!   shared by every turn in the batch. Each operation runs in its own
+//!   savepoint, so one failing operation (a conflict, a lost lease) does not
+//!   undo its neighbours.
+//! - **Queues live in memory**, rebuilt from the tables at open. A fetch takes
+//!   work from memory without touching the disk. The writer updates the
+//!   queues only *after* its transaction committed, so no worker ever acts on
+//!   state that a crash could still lose.
+//! - **Reads** (status, listing, history) use a separate connection; WAL lets
+//!   them run beside the writer.
+//!
+//! One process owns a store file at a time: opening takes an exclusive lock
+//! on `<file>.lock`, so a second process gets a clear error instead of
+//! double-running work.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::{
+    ActivityWorkItem, NewActivity, NewInstance, OrchestrationWorkItem, PurgeOutcome, Store,
+    StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
+};
+use crate::history::{EventKind, HistoryEvent, Message};
+use crate::types::{
+    self, FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
+    RuntimeStatus, Timestamp,
+};
+
+/// Marks a database as ours; checked at open.
+const APPLICATION_ID: i32 = 0x4746_4431; // "GFD1"
+const SCHEMA_VERSION: i64 = 1;
+/// Most operations in one group commit.
+const MAX_BATCH: usize = 2048;
+
+/// Settings of a SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    /// `synchronous=FULL` when true (every commit survives power loss);
+    /// `NORMAL` otherwise (survives a process crash, not a power cut).
+    pub durable: bool,
+    /// Run `PRAGMA quick_check` at open to refuse a damaged file early.
+    pub verify_on_open: bool,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            durable: true,
+            verify_on_open: true,
+        }
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("values built from JSON serialize")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s)
+        .map_err(|e| StoreError::Incompatible(format!("unreadable stored value: {e}")))
+}
+
+/// What memory needs to know about an instance to hand out its work.
+#[derive(Clone, Debug)]
+struct Meta {
+    status: RuntimeStatus,
+    execution_id: String,
+    history_len: u64,
+}
+
+#[derive(Debug)]
+struct Lease {
+    token: String,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    meta: Meta,
+    visible: Vec<StoredMessage>,
+    delayed: usize,
+    lease: Option<Lease>,
+    queued: bool,
+    attempts: u32,
+}
+
+#[derive(Clone, Debug)]
+struct ActRow {
+    id: i64,
+    activity: NewActivity,
+    attempts: u32,
+}
+
+#[derive(Default)]
+struct Queues {
+    entries: HashMap<InstanceId, Entry>,
+    ready: VecDeque<InstanceId>,
+    delayed: BTreeMap<(i64, i64), (InstanceId, StoredMessage)>,
+    leases: BTreeMap<(Instant, String), InstanceId>,
+    act_ready: VecDeque<ActRow>,
+    act_locked: HashMap<String, (ActRow, Instant)>,
+    act_leases: BTreeMap<(Instant, String), ()>,
+    next_token: u64,
+}
+
+impl Queues {
+    fn token(&mut self, prefix: char) -> String {
+        self.next_token += 1;
+        format!("{prefix}{}", self.next_token)
+    }
+
+    fn enqueue(&mut self, id: &InstanceId) {
+        if let Some(e) = self.entries.get_mut(id) {
+            if !e.queued && e.lease.is_none() && !e.visible.is_empty() {
+                e.queued = true;
+                self.ready.push_back(id.clone());
+            }
+        }
+    }
+
+    fn entry(&mut self, id: &InstanceId, meta: &Meta) -> &mut Entry {
+        self.entries.entry(id.clone()).or_insert_with(|| Entry {
+            meta: meta.clone(),
+            visible: Vec::new(),
+            delayed: 0,
+            lease: None,
+            queued: false,
+            attempts: 0,
+        })
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        let now = types::now().timestamp_millis();
+        match d.message.message.visible_at.map(|t| t.timestamp_millis()) {
+            Some(at) if at > now => {
+                self.entry(&d.instance_id, &d.meta).delayed += 1;
+                self.delayed
+                    .insert((at, d.message.id), (d.instance_id, d.message));
+            }
+            _ => {
+                self.entry(&d.instance_id, &d.meta).visible.push(d.message);
+                self.enqueue(&d.instance_id);
+            }
+        }
+    }
+
+    fn forget_if_idle(&mut self, id: &InstanceId) {
+        if let Some(e) = self.entries.get(id) {
+            if e.visible.is_empty() && e.delayed == 0 && e.lease.is_none() && !e.queued {
+                self.entries.remove(id);
+            }
+        }
+    }
+
+    /// Moves due delayed messages to their instances and returns expired
+    /// leases to the queues.
+    fn promote(&mut self) {
+        let now_ms = types::now().timestamp_millis();
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let (id, msg) = entry.remove();
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.delayed -= 1;
+                e.visible.push(msg);
+            }
+            self.enqueue(&id);
+        }
+        let now = Instant::now();
+        while let Some(entry) = self.leases.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, token), id) = entry.remove_entry();
+            if let Some(e) = self.entries.get_mut(&id) {
+                if e.lease.as_ref().is_some_and(|l| l.token == token) {
+                    e.lease = None;
+                }
+            }
+            self.enqueue(&id);
+        }
+        while let Some(entry) = self.act_leases.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, token), ()) = entry.remove_entry();
+            if let Some((row, _)) = self.act_locked.remove(&token) {
+                self.act_ready.push_back(row);
+            }
+        }
+    }
+
+    fn release(&mut self, id: &InstanceId, token: &str) -> bool {
+        let Some(e) = self.entries.get_mut(id) else {
+            return false;
+        };
+        match &e.lease {
+            Some(l) if l.token == token => {
+                self.leases.remove(&(l.expires, l.token.clone()));
+                e.lease = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn holds(&self, id: &InstanceId, token: &str) -> bool {
+        self.entries
+            .get(id)
+            .and_then(|e| e.lease.as_ref())
+            .is_some_and(|l| l.token == token)
+    }
+}
+
+/// A message written in a transaction, to hand to memory after commit.
+struct Delivery {
+    instance_id: InstanceId,
+    meta: Meta,
+    message: StoredMessage,
+}
+
+enum Effect {
+    None,
+    Deliver(Vec<Delivery>),
+    Commit {
+        instance_id: InstanceId,
+        token: String,
+        consumed: Vec<i64>,
+        meta: Meta,
+        cleared: bool,
+        deliveries: Vec<Delivery>,
+        activities: Vec<ActRow>,
+    },
+    ActivityDone {
+        token: String,
+        deliveries: Vec<Delivery>,
+    },
+    Purged(Vec<InstanceId>),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Op {
+    Create(NewInstance, Reply<()>),
+    Send(InstanceId, Message, Reply<()>),
+    Commit(Box<TurnCommit>, Reply<()>),
+    CompleteActivity(WorkLock, Message, Reply<()>),
+    Purge(InstanceId, Reply<PurgeOutcome>),
+    PurgeMany(InstanceFilter, usize, Reply<u64>),
+    /// Persists delivery counts so poison detection survives crashes.
+    MarkFetched {
+        instances: Vec<(InstanceId, u32)>,
+        activities: Vec<(i64, u32)>,
+    },
+}
+
+enum Outcome {
+    Unit(Reply<()>, Result<(), StoreError>),
+    Purge(Reply<PurgeOutcome>, Result<PurgeOutcome, StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+    Silent,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    signal: Arc<WorkSignal>,
+}
+
+/// The SQLite store. See the module docs.
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std_mpsc::Sender<Op>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn open_connection(path: &Path, config: &SqliteConfig) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::Incompatible(format!("cannot open {} as a database: {e}", path.display()))
+    })?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+    let sync = if config.durable { "FULL" } else { "NORMAL" };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA temp_store=MEMORY; \
+         PRAGMA cache_size=-65536;"
+    ))
+    .map_err(|e| not_ours(path, e))?;
+    Ok(conn)
+}
+
+fn not_ours(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Incompatible(format!(
+        "{} is not a Galaxy Forge engine database or is damaged ({e}); nothing was changed",
+        path.display()
+    ))
+}
+
+const SCHEMA: &str = "
+CREATE TABLE instances (
+    instance_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    runtime_status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    output TEXT,
+    custom_status TEXT,
+    failure TEXT,
+    created_at INTEGER NOT NULL,
+    last_updated_at INTEGER NOT NULL,
+    parent_instance_id TEXT,
+    history_events INTEGER NOT NULL DEFAULT 0,
+    history_bytes INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX instances_by_created ON instances(created_at, instance_id);
+CREATE INDEX instances_by_status ON instances(runtime_status, created_at);
+CREATE TABLE history (
+    instance_id TEXT NOT NULL,
+    event_id INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (instance_id, event_id)
+) WITHOUT ROWID;
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    visible_at INTEGER,
+    message TEXT NOT NULL
+);
+CREATE INDEX messages_by_instance ON messages(instance_id);
+CREATE TABLE activities (
+    id INTEGER PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    input TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX activities_by_instance ON activities(instance_id);
+";
+
+/// Checks that the file is ours (or empty) and creates the schema if empty.
+fn prepare_schema(conn: &Connection, path: &Path, config: &SqliteConfig) -> Result<(), StoreError> {
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| not_ours(path, e))?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| not_ours(path, e))?;
+    if app_id == 0 && tables == 0 {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA} PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(db_err)?;
+        return Ok(());
+    }
+    if app_id != APPLICATION_ID {
+        return Err(StoreError::Incompatible(format!(
+            "{} is a SQLite database of another application (application_id {app_id:#x}); refusing to use it",
+            path.display()
+        )));
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| not_ours(path, e))?;
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::Incompatible(format!(
+            "{} has schema version {version}; this build reads version {SCHEMA_VERSION}",
+            path.display()
+        )));
+    }
+    if config.verify_on_open {
+        let check: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(|e| not_ours(path, e))?;
+        if check != "ok" {
+            return Err(StoreError::Incompatible(format!(
+                "{} is damaged ({check}); nothing was changed",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn read_meta(tx: &Connection, id: &InstanceId) -> Result<Option<(Meta, u32)>, StoreError> {
+    tx.prepare_cached(
+        "SELECT runtime_status, execution_id, history_events, attempts FROM instances WHERE instance_id = ?1",
+    )
+    .map_err(db_err)?
+    .query_row([id.as_str()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })
+    .optional()
+    .map_err(db_err)?
+    .map(|(status, execution_id, len, attempts)| {
+        Ok((
+            Meta {
+                status: RuntimeStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Incompatible(format!("unknown status {status}")))?,
+                execution_id,
+                history_len: len as u64,
+            },
+            attempts as u32,
+        ))
+    })
+    .transpose()
+}
+
+/// Rebuilds the in-memory queues from the tables.
+fn load_queues(conn: &Connection) -> Result<Queues, StoreError> {
+    let mut q = Queues::default();
+    let mut stmt = conn
+        .prepare(
+            "SELECT m.id, m.instance_id, m.message, i.runtime_status, i.execution_id, i.history_events, i.attempts \
+             FROM messages m JOIN instances i ON i.instance_id = m.instance_id ORDER BY m.id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (id, instance, message, status, execution_id, len, attempts) = row.map_err(db_err)?;
+        let instance_id = InstanceId::from_stored(instance);
+        let meta = Meta {
+            status: RuntimeStatus::parse(&status)
+                .ok_or_else(|| StoreError::Incompatible(format!("unknown status {status}")))?,
+            execution_id,
+            history_len: len as u64,
+        };
+        q.entry(&instance_id, &meta).attempts = attempts as u32;
+        q.deliver(Delivery {
+            instance_id,
+            meta,
+            message: StoredMessage {
+                id,
+                message: parse(&message)?,
+            },
+        });
+    }
+    let mut stmt = conn
+        .prepare("SELECT id, instance_id, execution_id, task_id, name, input, attempts FROM activities ORDER BY id")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (id, instance, execution_id, task_id, name, input, attempts) = row.map_err(db_err)?;
+        q.act_ready.push_back(ActRow {
+            id,
+            activity: NewActivity {
+                instance_id: InstanceId::from_stored(instance),
+                execution_id,
+                task_id: task_id as u64,
+                name,
+                input: parse(&input)?,
+            },
+            attempts: attempts as u32,
+        });
+    }
+    Ok(q)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path` with default settings.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteConfig::default())
+    }
+
+    /// Opens (or creates) the store at `path`. Refuses a file that is not
+    /// ours or is damaged, without writing to it, and a file another process
+    /// has open.
+    pub fn open_with(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let lock_path = lock_path(&path);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError::Database(format!("cannot open {}: {e}", lock_path.display()))
+            })?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Database(format!(
+                "{} is in use by another process (lock file {})",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
+        // Check the file before any pragma that writes (WAL mode does).
+        if path.exists() {
+            let probe =
+                Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(|e| not_ours(&path, e))?;
+            let app_id: i32 = probe
+                .query_row("PRAGMA application_id", [], |r| r.get(0))
+                .map_err(|e| not_ours(&path, e))?;
+            let tables: i64 = probe
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(|e| not_ours(&path, e))?;
+            if app_id != APPLICATION_ID && !(app_id == 0 && tables == 0) {
+                return Err(StoreError::Incompatible(format!(
+                    "{} is not a Galaxy Forge engine database; refusing to use it",
+                    path.display()
+                )));
+            }
+        }
+        let conn = open_connection(&path, &config)?;
+        prepare_schema(&conn, &path, &config)?;
+        let queues = load_queues(&conn)?;
+        let reader = open_connection(&path, &config)?;
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(queues),
+            signal: Arc::new(WorkSignal::default()),
+        });
+        let (tx, rx) = std_mpsc::channel();
+        let writer_shared = shared.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("durable-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, writer_shared))
+            .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            shared,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Finishes queued writes and stops the writer thread. Later calls fail
+    /// with [`StoreError::Closed`].
+    pub fn close(&self) {
+        self.writer.lock().expect("writer lock").take();
+        if let Some(t) = self.writer_thread.lock().expect("writer lock").take() {
+            let _ = t.join();
+        }
+    }
+
+    fn submit(&self, op: Op) -> Result<(), StoreError> {
+        let guard = self.writer.lock().expect("writer lock");
+        let tx = guard.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(op).map_err(|_| StoreError::Closed)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(make(tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("reader task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Shared>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let (effects, outcomes, committed) = match conn.transaction() {
+            Ok(tx) => {
+                let mut effects = Vec::with_capacity(batch.len());
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for op in batch {
+                    let (effect, outcome) = apply_in_savepoint(&tx, op, &shared);
+                    effects.push(effect);
+                    outcomes.push(outcome);
+                }
+                let committed = tx.commit().map_err(db_err);
+                (effects, outcomes, committed)
+            }
+            Err(e) => {
+                let err = db_err(e);
+                let outcomes = batch
+                    .into_iter()
+                    .map(|op| fail_op(op, err.to_string()))
+                    .collect();
+                (
+                    Vec::new(),
+                    outcomes,
+                    Err(StoreError::Database(err.to_string())),
+                )
+            }
+        };
+        let mut notify_orch = false;
+        let mut notify_act = false;
+        if committed.is_ok() {
+            let mut q = shared.queues.lock().expect("queues lock");
+            for effect in effects {
+                let (o, a) = apply_effect(&mut q, effect);
+                notify_orch |= o;
+                notify_act |= a;
+            }
+        }
+        for outcome in outcomes {
+            let failed = committed.as_ref().err().map(|e| e.to_string());
+            match outcome {
+                Outcome::Unit(tx, r) => {
+                    let _ = tx.send(match failed {
+                        Some(e) => Err(StoreError::Database(e)),
+                        None => r,
+                    });
+                }
+                Outcome::Purge(tx, r) => {
+                    let _ = tx.send(match failed {
+                        Some(e) => Err(StoreError::Database(e)),
+                        None => r,
+                    });
+                }
+                Outcome::Count(tx, r) => {
+                    let _ = tx.send(match failed {
+                        Some(e) => Err(StoreError::Database(e)),
+                        None => r,
+                    });
+                }
+                Outcome::Silent => {}
+            }
+        }
+        if notify_orch {
+            shared.signal.orchestrations.notify_waiters();
+            shared.signal.orchestrations.notify_one();
+        }
+        if notify_act {
+            shared.signal.activities.notify_waiters();
+            shared.signal.activities.notify_one();
+        }
+    }
+}
+
+fn fail_op(op: Op, msg: String) -> Outcome {
+    let e = StoreError::Database(msg);
+    match op {
+        Op::Create(_, r) | Op::Send(_, _, r) | Op::Commit(_, r) | Op::CompleteActivity(_, _, r) => {
+            Outcome::Unit(r, Err(e))
+        }
+        Op::Purge(_, r) => Outcome::Purge(r, Err(e)),
+        Op::PurgeMany(_, _, r) => Outcome::Count(r, Err(e)),
+        Op::MarkFetched { .. } => Outcome::Silent,
+    }
+}
+
+fn apply_in_savepoint(tx: &Transaction<'_>, op: Op, shared: &Shared) -> (Effect, Outcome) {
+    if let Err(e) = tx.execute_batch("SAVEPOINT op") {
+        return (Effect::None, fail_op(op, e.to_string()));
+    }
+    macro_rules! finish {
+        ($result:expr, $wrap:expr, $reply:expr) => {{
+            match $result {
+                Ok((effect, value)) => {
+                    let _ = tx.execute_batch("RELEASE op");
+                    (effect, $wrap($reply, Ok(value)))
+                }
+                Err(e) => {
+                    let _ = tx.execute_batch("ROLLBACK TO op; RELEASE op");
+                    (Effect::None, $wrap($reply, Err(e)))
+                }
+            }
+        }};
+    }
+    match op {
+        Op::Create(inst, r) => finish!(create(tx, inst), Outcome::Unit, r),
+        Op::Send(id, msg, r) => finish!(send(tx, &id, msg, true), Outcome::Unit, r),
+        Op::Commit(c, r) => finish!(commit(tx, *c, shared), Outcome::Unit, r),
+        Op::CompleteActivity(lock, msg, r) => {
+            finish!(complete_activity(tx, &lock, msg, shared), Outcome::Unit, r)
+        }
+        Op::Purge(id, r) => finish!(purge_one(tx, &id), Outcome::Purge, r),
+        Op::PurgeMany(f, limit, r) => finish!(purge_many(tx, &f, limit), Outcome::Count, r),
+        Op::MarkFetched {
+            instances,
+            activities,
+        } => {
+            let res = mark_fetched(tx, &instances, &activities);
+            let _ = tx.execute_batch(if res.is_ok() {
+                "RELEASE op"
+            } else {
+                "ROLLBACK TO op; RELEASE op"
+            });
+            (Effect::None, Outcome::Silent)
+        }
+    }
+}
+
+type OpResult<T> = Result<(Effect, T), StoreError>;
+
+fn insert_message(
+    tx: &Transaction<'_>,
+    id: &InstanceId,
+    meta: Meta,
+    message: Message,
+) -> Result<Delivery, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO messages (instance_id, visible_at, message) VALUES (?1, ?2, ?3)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        id.as_str(),
+        message.visible_at.map(|t| t.timestamp_millis()),
+        json(&message)
+    ])
+    .map_err(db_err)?;
+    Ok(Delivery {
+        instance_id: id.clone(),
+        meta,
+        message: StoredMessage {
+            id: tx.last_insert_rowid(),
+            message,
+        },
+    })
+}
+
+fn insert_instance(tx: &Transaction<'_>, inst: &NewInstance) -> Result<Delivery, StoreError> {
+    let existing = read_meta(tx, &inst.instance_id)?;
+    if let Some((meta, _)) = &existing {
+        if !meta.status.is_terminal() {
+            return Err(StoreError::Conflict(inst.instance_id.clone()));
+        }
+        for sql in [
+            "DELETE FROM instances WHERE instance_id = ?1",
+            "DELETE FROM history WHERE instance_id = ?1",
+            "DELETE FROM messages WHERE instance_id = ?1",
+        ] {
+            tx.prepare_cached(sql)
+                .map_err(db_err)?
+                .execute([inst.instance_id.as_str()])
+                .map_err(db_err)?;
+        }
+    }
+    let created = inst.created_at.timestamp_millis();
+    tx.prepare_cached(
+        "INSERT INTO instances (instance_id, name, execution_id, runtime_status, input, created_at, last_updated_at, parent_instance_id) \
+         VALUES (?1, ?2, ?3, 'Pending', ?4, ?5, ?5, ?6)",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        inst.instance_id.as_str(),
+        inst.name,
+        inst.execution_id,
+        json(&inst.input),
+        created,
+        inst.parent.as_ref().map(|p| p.instance_id.as_str().to_string()),
+    ])
+    .map_err(db_err)?;
+    let meta = Meta {
+        status: RuntimeStatus::Pending,
+        execution_id: inst.execution_id.clone(),
+        history_len: 0,
+    };
+    let message = Message {
+        execution_id: Some(inst.execution_id.clone()),
+        visible_at: None,
+        sent_at: inst.created_at,
+        kind: EventKind::ExecutionStarted {
+            name: inst.name.clone(),
+            input: inst.input.clone(),
+            execution_id: inst.execution_id.clone(),
+            parent: inst.parent.clone(),
+        },
+    };
+    insert_message(tx, &inst.instance_id, meta, message)
+}
+
+fn create(tx: &Transaction<'_>, inst: NewInstance) -> OpResult<()> {
+    let d = insert_instance(tx, &inst)?;
+    Ok((Effect::Deliver(vec![d]), ()))
+}
+
+/// Is this message one a terminal instance still takes?
+fn accepted_when_terminal(status: RuntimeStatus, kind: &EventKind) -> bool {
+    status == RuntimeStatus::Failed && matches!(kind, EventKind::Rewound { .. })
+}
+
+/// Sends a message. `external` sends (client requests) get errors for a
+/// missing or finished instance; internal ones (results) are dropped.
+fn send_inner(
+    tx: &Transaction<'_>,
+    id: &InstanceId,
+    message: Message,
+    external: bool,
+) -> Result<Option<Delivery>, StoreError> {
+    let Some((meta, _)) = read_meta(tx, id)? else {
+        return if external {
+            Err(StoreError::NotFound(id.clone()))
+        } else {
+            Ok(None)
+        };
+    };
+    if meta.status.is_terminal() && !accepted_when_terminal(meta.status, &message.kind) {
+        return if external {
+            Err(StoreError::Finished(id.clone()))
+        } else {
+            Ok(None)
+        };
+    }
+    insert_message(tx, id, meta, message).map(Some)
+}
+
+fn send(tx: &Transaction<'_>, id: &InstanceId, message: Message, external: bool) -> OpResult<()> {
+    let d = send_inner(tx, id, message, external)?;
+    Ok((Effect::Deliver(d.into_iter().collect()), ()))
+}
+
+fn commit(tx: &Transaction<'_>, c: TurnCommit, shared: &Shared) -> OpResult<()> {
+    if !shared
+        .queues
+        .lock()
+        .expect("queues lock")
+        .holds(&c.instance_id, &c.lock.0)
+    {
+        return Err(StoreError::LeaseLost);
+    }
+    let id = c.instance_id.as_str();
+    if c.replace_history {
+        tx.prepare_cached("DELETE FROM history WHERE instance_id = ?1")
+            .map_err(db_err)?
+            .execute([id])
+            .map_err(db_err)?;
+    }
+    {
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO history (instance_id, event_id, event) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(db_err)?;
+        for e in &c.history {
+            ins.execute(params![id, e.event_id as i64, json(e)])
+                .map_err(db_err)?;
+        }
+    }
+    {
+        let mut del = tx
+            .prepare_cached("DELETE FROM messages WHERE id = ?1")
+            .map_err(db_err)?;
+        for m in &c.consumed {
+            del.execute([m]).map_err(db_err)?;
+        }
+    }
+    let s = &c.status;
+    let terminal = s.runtime_status.is_terminal();
+    tx.prepare_cached(
+        "UPDATE instances SET runtime_status = ?2, execution_id = ?3, input = COALESCE(?4, input), output = ?5, \
+         custom_status = ?6, failure = ?7, history_events = ?8, history_bytes = ?9, last_updated_at = ?10, attempts = 0 \
+         WHERE instance_id = ?1",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        id,
+        s.runtime_status.as_str(),
+        s.execution_id,
+        s.input.as_ref().map(json),
+        s.output.as_ref().map(json),
+        s.custom_status.as_ref().map(json),
+        s.failure.as_ref().map(json),
+        s.history_events as i64,
+        s.history_bytes as i64,
+        s.updated_at.timestamp_millis(),
+    ])
+    .map_err(db_err)?;
+    if terminal {
+        // A finished instance takes no more work: drop what waits for it.
+        tx.prepare_cached("DELETE FROM messages WHERE instance_id = ?1")
+            .map_err(db_err)?
+            .execute([id])
+            .map_err(db_err)?;
+    }
+    let mut activities = Vec::with_capacity(c.activities.len());
+    {
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO activities (instance_id, execution_id, task_id, name, input) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(db_err)?;
+        for a in c.activities {
+            ins.execute(params![
+                a.instance_id.as_str(),
+                a.execution_id,
+                a.task_id as i64,
+                a.name,
+                json(&a.input)
+            ])
+            .map_err(db_err)?;
+            activities.push(ActRow {
+                id: tx.last_insert_rowid(),
+                activity: a,
+                attempts: 0,
+            });
+        }
+    }
+    let mut deliveries = Vec::new();
+    for child in c.new_instances {
+        match insert_instance(tx, &child) {
+            Ok(d) => deliveries.push(d),
+            Err(StoreError::Conflict(child_id)) => {
+                let parent = child
+                    .parent
+                    .as_ref()
+                    .expect("sub-orchestrations have a parent");
+                let message = Message {
+                    execution_id: Some(parent.execution_id.clone()),
+                    visible_at: None,
+                    sent_at: child.created_at,
+                    kind: EventKind::SubOrchestrationFailed {
+                        task_id: parent.task_id,
+                        error: FailureDetails::new(
+                            "Conflict",
+                            format!("sub-orchestration instance '{child_id}' already exists and is not finished"),
+                        ),
+                    },
+                };
+                deliveries.extend(send_inner(tx, &parent.instance_id, message, false)?);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for m in c.messages {
+        deliveries.extend(send_inner(tx, &m.instance_id, m.message, false)?);
+    }
+    let meta = Meta {
+        status: s.runtime_status,
+        execution_id: s.execution_id.clone(),
+        history_len: s.history_events,
+    };
+    Ok((
+        Effect::Commit {
+            instance_id: c.instance_id,
+            token: c.lock.0,
+            consumed: c.consumed,
+            meta,
+            cleared: terminal,
+            deliveries,
+            activities,
+        },
+        (),
+    ))
+}
+
+fn complete_activity(
+    tx: &Transaction<'_>,
+    lock: &WorkLock,
+    message: Message,
+    shared: &Shared,
+) -> OpResult<()> {
+    let row_id = {
+        let q = shared.queues.lock().expect("queues lock");
+        q.act_locked
+            .get(&lock.0)
+            .map(|(row, _)| (row.id, row.activity.instance_id.clone()))
+    };
+    let Some((row_id, instance_id)) = row_id else {
+        return Err(StoreError::LeaseLost);
+    };
+    tx.prepare_cached("DELETE FROM activities WHERE id = ?1")
+        .map_err(db_err)?
+        .execute([row_id])
+        .map_err(db_err)?;
+    let d = send_inner(tx, &instance_id, message, false)?;
+    Ok((
+        Effect::ActivityDone {
+            token: lock.0.clone(),
+            deliveries: d.into_iter().collect(),
+        },
+        (),
+    ))
+}
+
+fn purge_one(tx: &Transaction<'_>, id: &InstanceId) -> OpResult<PurgeOutcome> {
+    match read_meta(tx, id)? {
+        None => Ok((Effect::None, PurgeOutcome::NotFound)),
+        Some((meta, _)) if !meta.status.is_terminal() => {
+            Ok((Effect::None, PurgeOutcome::NotTerminal(meta.status)))
+        }
+        Some(_) => {
+            delete_instance(tx, id.as_str())?;
+            Ok((Effect::Purged(vec![id.clone()]), PurgeOutcome::Deleted))
+        }
+    }
+}
+
+fn delete_instance(tx: &Transaction<'_>, id: &str) -> Result<(), StoreError> {
+    for sql in [
+        "DELETE FROM instances WHERE instance_id = ?1",
+        "DELETE FROM history WHERE instance_id = ?1",
+        "DELETE FROM messages WHERE instance_id = ?1",
+        "DELETE FROM activities WHERE instance_id = ?1",
+    ] {
+        tx.prepare_cached(sql)
+            .map_err(db_err)?
+            .execute([id])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Builds the WHERE clause of a filter. Only terminal instances are purged,
+/// so purge callers add that themselves.
+fn filter_sql(f: &InstanceFilter, args: &mut Vec<rusqlite::types::Value>) -> String {
+    use rusqlite::types::Value as V;
+    let mut clauses = vec!["1=1".to_string()];
+    if !f.statuses.is_empty() {
+        let marks: Vec<_> = f
+            .statuses
+            .iter()
+            .map(|s| {
+                args.push(V::Text(s.as_str().to_string()));
+                format!("?{}", args.len())
+            })
+            .collect();
+        clauses.push(format!("runtime_status IN ({})", marks.join(",")));
+    }
+    if let Some(t) = f.created_from {
+        args.push(V::Integer(t.timestamp_millis()));
+        clauses.push(format!("created_at >= ?{}", args.len()));
+    }
+    if let Some(t) = f.created_to {
+        args.push(V::Integer(t.timestamp_millis()));
+        clauses.push(format!("created_at <= ?{}", args.len()));
+    }
+    if let Some(p) = &f.instance_id_prefix {
+        args.push(V::Text(p.clone()));
+        clauses.push(format!(
+            "substr(instance_id, 1, length(?{n})) = ?{n}",
+            n = args.len()
+        ));
+    }
+    clauses.join(" AND ")
+}
+
+fn purge_many(tx: &Transaction<'_>, f: &InstanceFilter, limit: usize) -> OpResult<u64> {
+    let mut args = Vec::new();
+    let mut where_ = filter_sql(f, &mut args);
+    where_.push_str(" AND runtime_status IN ('Completed','Failed','Canceled','Terminated')");
+    let sql = format!("SELECT instance_id FROM instances WHERE {where_} LIMIT {limit}");
+    let ids: Vec<String> = {
+        let mut stmt = tx.prepare(&sql).map_err(db_err)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get(0))
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)?
+    };
+    for id in &ids {
+        delete_instance(tx, id)?;
+    }
+    let n = ids.len() as u64;
+    Ok((
+        Effect::Purged(ids.into_iter().map(InstanceId::from_stored).collect()),
+        n,
+    ))
+}
+
+fn mark_fetched(
+    tx: &Transaction<'_>,
+    instances: &[(InstanceId, u32)],
+    activities: &[(i64, u32)],
+) -> Result<(), StoreError> {
+    let mut upd = tx
+        .prepare_cached("UPDATE instances SET attempts = ?2 WHERE instance_id = ?1")
+        .map_err(db_err)?;
+    for (id, n) in instances {
+        upd.execute(params![id.as_str(), n]).map_err(db_err)?;
+    }
+    let mut upd = tx
+        .prepare_cached("UPDATE activities SET attempts = ?2 WHERE id = ?1")
+        .map_err(db_err)?;
+    for (id, n) in activities {
+        upd.execute(params![id, n]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Applies a committed effect to memory; returns (new orchestration work,
+/// new activity work).
+fn apply_effect(q: &mut Queues, effect: Effect) -> (bool, bool) {
+    match effect {
+        Effect::None => (false, false),
+        Effect::Deliver(ds) => {
+            let any = !ds.is_empty();
+            for d in ds {
+                q.deliver(d);
+            }
+            (any, false)
+        }
+        Effect::Commit {
+            instance_id,
+            token,
+            consumed,
+            meta,
+            cleared,
+            deliveries,
+            activities,
+        } => {
+            q.release(&instance_id, &token);
+            if let Some(e) = q.entries.get_mut(&instance_id) {
+                e.meta = meta;
+                e.attempts = 0;
+                e.visible.retain(|m| !consumed.contains(&m.id));
+                if cleared {
+                    e.visible.clear();
+                    if e.delayed > 0 {
+                        q.delayed.retain(|_, (id, _)| *id != instance_id);
+                        if let Some(e) = q.entries.get_mut(&instance_id) {
+                            e.delayed = 0;
+                        }
+                    }
+                }
+            }
+            q.enqueue(&instance_id);
+            let any_act = !activities.is_empty();
+            q.act_ready.extend(activities);
+            for d in deliveries {
+                q.deliver(d);
+            }
+            q.forget_if_idle(&instance_id);
+            (true, any_act)
+        }
+        Effect::ActivityDone { token, deliveries } => {
+            if let Some((_, expires)) = q.act_locked.remove(&token) {
+                q.act_leases.remove(&(expires, token));
+            }
+            let any = !deliveries.is_empty();
+            for d in deliveries {
+                q.deliver(d);
+            }
+            (any, false)
+        }
+        Effect::Purged(ids) => {
+            for id in ids {
+                if q.entries.get(&id).is_some_and(|e| e.lease.is_none()) {
+                    q.entries.remove(&id);
+                }
+            }
+            (false, false)
+        }
+    }
+}
+
+fn status_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(InstanceStatus, ())> {
+    let opt_json = |i: usize| -> rusqlite::Result<Option<Value>> {
+        Ok(r.get::<_, Option<String>>(i)?
+            .and_then(|s| serde_json::from_str(&s).ok()))
+    };
+    let status: String = r.get(3)?;
+    Ok((
+        InstanceStatus {
+            instance_id: InstanceId::from_stored(r.get(0)?),
+            name: r.get(1)?,
+            execution_id: r.get(2)?,
+            runtime_status: RuntimeStatus::parse(&status).unwrap_or(RuntimeStatus::Failed),
+            input: opt_json(4)?.unwrap_or(Value::Null),
+            output: opt_json(5)?,
+            custom_status: opt_json(6)?,
+            failure: r
+                .get::<_, Option<String>>(7)?
+                .and_then(|s| serde_json::from_str(&s).ok()),
+            created_at: types::from_millis(r.get(8)?),
+            last_updated_at: types::from_millis(r.get(9)?),
+            parent_instance_id: r.get::<_, Option<String>>(10)?.map(InstanceId::from_stored),
+            history_events: r.get::<_, i64>(11)? as u64,
+            history_bytes: r.get::<_, i64>(12)? as u64,
+            history: None,
+        },
+        (),
+    ))
+}
+
+const STATUS_COLUMNS: &str =
+    "instance_id, name, execution_id, runtime_status, input, output, custom_status, failure, \
+     created_at, last_updated_at, parent_instance_id, history_events, history_bytes";
+
+fn read_history(conn: &Connection, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT event FROM history WHERE instance_id = ?1 ORDER BY event_id")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([id], |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(parse(&row.map_err(db_err)?)?);
+    }
+    Ok(out)
+}
+
+fn encode_token(created_ms: i64, id: &InstanceId) -> String {
+    format!("{created_ms}:{id}")
+}
+
+fn decode_token(token: &str) -> Option<(i64, String)> {
+    let (ms, id) = token.split_once(':')?;
+    Some((ms.parse().ok()?, id.to_string()))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn work_signal(&self) -> Arc<WorkSignal> {
+        self.shared.signal.clone()
+    }
+
+    async fn create_instance(&self, instance: NewInstance) -> Result<(), StoreError> {
+        self.call(|r| Op::Create(instance, r)).await
+    }
+
+    async fn send_message(
+        &self,
+        instance_id: &InstanceId,
+        message: Message,
+    ) -> Result<(), StoreError> {
+        let id = instance_id.clone();
+        self.call(|r| Op::Send(id, message, r)).await
+    }
+
+    async fn fetch_orchestration_work(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+        let mut items = Vec::new();
+        let mut marks = Vec::new();
+        {
+            let mut q = self.shared.queues.lock().expect("queues lock");
+            q.promote();
+            while items.len() < max {
+                let Some(id) = q.ready.pop_front() else { break };
+                let token = q.token('o');
+                let expires = Instant::now() + lease;
+                let Some(e) = q.entries.get_mut(&id) else {
+                    continue;
+                };
+                e.queued = false;
+                if e.lease.is_some() || e.visible.is_empty() {
+                    continue;
+                }
+                e.lease = Some(Lease {
+                    token: token.clone(),
+                    expires,
+                });
+                e.attempts += 1;
+                marks.push((id.clone(), e.attempts));
+                items.push(OrchestrationWorkItem {
+                    lock: WorkLock(token.clone()),
+                    instance_id: id.clone(),
+                    runtime_status: e.meta.status,
+                    execution_id: e.meta.execution_id.clone(),
+                    history_len: e.meta.history_len,
+                    messages: e.visible.clone(),
+                    attempts: e.attempts,
+                });
+                q.leases.insert((expires, token), id);
+            }
+        }
+        if !marks.is_empty() {
+            let _ = self.submit(Op::MarkFetched {
+                instances: marks,
+                activities: Vec::new(),
+            });
+        }
+        Ok(items)
+    }
+
+    async fn load_history(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<Vec<HistoryEvent>, StoreError> {
+        let id = instance_id.as_str().to_string();
+        self.read(move |c| read_history(c, &id)).await
+    }
+
+    async fn commit_turn(&self, commit: TurnCommit) -> Result<(), StoreError> {
+        self.call(|r| Op::Commit(Box::new(commit), r)).await
+    }
+
+    async fn abandon_orchestration_work(
+        &self,
+        lock: &WorkLock,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        let mut q = self.shared.queues.lock().expect("queues lock");
+        let found = q
+            .entries
+            .iter()
+            .find(|(_, e)| e.lease.as_ref().is_some_and(|l| l.token == lock.0))
+            .map(|(id, _)| id.clone());
+        let Some(id) = found else {
+            return Err(StoreError::LeaseLost);
+        };
+        q.release(&id, &lock.0);
+        // Re-lease it to nobody until the delay has passed: a lease that
+        // expires then puts it back in the queue.
+        let expires = Instant::now() + delay;
+        let token = q.token('a');
+        if let Some(e) = q.entries.get_mut(&id) {
+            e.lease = Some(Lease {
+                token: token.clone(),
+                expires,
+            });
+        }
+        q.leases.insert((expires, token), id);
+        drop(q);
+        self.shared.signal.orchestrations.notify_one();
+        Ok(())
+    }
+
+    async fn fetch_activity_work(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ActivityWorkItem>, StoreError> {
+        let mut items = Vec::new();
+        let mut marks = Vec::new();
+        {
+            let mut q = self.shared.queues.lock().expect("queues lock");
+            q.promote();
+            while items.len() < max {
+                let Some(mut row) = q.act_ready.pop_front() else {
+                    break;
+                };
+                row.attempts += 1;
+                let token = q.token('t');
+                let expires = Instant::now() + lease;
+                marks.push((row.id, row.attempts));
+                items.push(ActivityWorkItem {
+                    lock: WorkLock(token.clone()),
+                    activity: row.activity.clone(),
+                    attempts: row.attempts,
+                });
+                q.act_leases.insert((expires, token.clone()), ());
+                q.act_locked.insert(token, (row, expires));
+            }
+        }
+        if !marks.is_empty() {
+            let _ = self.submit(Op::MarkFetched {
+                instances: Vec::new(),
+                activities: marks,
+            });
+        }
+        Ok(items)
+    }
+
+    async fn complete_activity_work(
+        &self,
+        lock: &WorkLock,
+        result: Message,
+    ) -> Result<(), StoreError> {
+        let lock = lock.clone();
+        self.call(|r| Op::CompleteActivity(lock, result, r)).await
+    }
+
+    async fn abandon_activity_work(
+        &self,
+        lock: &WorkLock,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        let mut q = self.shared.queues.lock().expect("queues lock");
+        let Some((row, expires)) = q.act_locked.remove(&lock.0) else {
+            return Err(StoreError::LeaseLost);
+        };
+        q.act_leases.remove(&(expires, lock.0.clone()));
+        let token = q.token('a');
+        let until = Instant::now() + delay;
+        q.act_leases.insert((until, token.clone()), ());
+        q.act_locked.insert(token, (row, until));
+        Ok(())
+    }
+
+    async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        let q = self.shared.queues.lock().expect("queues lock");
+        let delayed = q
+            .delayed
+            .keys()
+            .next()
+            .map(|(ms, _)| types::from_millis(*ms));
+        let now = Instant::now();
+        let lease = q
+            .leases
+            .keys()
+            .next()
+            .into_iter()
+            .chain(q.act_leases.keys().next())
+            .map(|(t, _)| *t)
+            .min()
+            .map(|t| {
+                types::now()
+                    + chrono::Duration::from_std(t.saturating_duration_since(now))
+                        .unwrap_or_default()
+            });
+        Ok(match (delayed, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    async fn get_instance(
+        &self,
+        instance_id: &InstanceId,
+        with_history: bool,
+    ) -> Result<Option<InstanceStatus>, StoreError> {
+        let id = instance_id.as_str().to_string();
+        self.read(move |c| {
+            let sql = format!("SELECT {STATUS_COLUMNS} FROM instances WHERE instance_id = ?1");
+            let status = c
+                .prepare_cached(&sql)
+                .map_err(db_err)?
+                .query_row([&id], status_from_row)
+                .optional()
+                .map_err(db_err)?;
+            let Some((mut status, ())) = status else {
+                return Ok(None);
+            };
+            if with_history {
+                status.history = Some(read_history(c, &id)?);
+            }
+            Ok(Some(status))
+        })
+        .await
+    }
+
+    async fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
+        let query = query.clone();
+        self.read(move |c| {
+            let mut args = Vec::new();
+            let mut where_ = filter_sql(&query.filter, &mut args);
+            if let Some(token) = &query.continuation {
+                let (ms, id) = decode_token(token)
+                    .ok_or_else(|| StoreError::Database("invalid continuation token".into()))?;
+                args.push(rusqlite::types::Value::Integer(ms));
+                let a = args.len();
+                args.push(rusqlite::types::Value::Text(id));
+                let b = args.len();
+                where_.push_str(&format!(
+                    " AND (created_at < ?{a} OR (created_at = ?{a} AND instance_id < ?{b}))"
+                ));
+            }
+            let size = query.page_size.clamp(1, 1000);
+            let sql = format!(
+                "SELECT {STATUS_COLUMNS} FROM instances WHERE {where_} ORDER BY created_at DESC, instance_id DESC LIMIT {}",
+                size + 1
+            );
+            let mut stmt = c.prepare(&sql).map_err(db_err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), status_from_row)
+                .map_err(db_err)?;
+            let mut instances = Vec::new();
+            for row in rows {
+                instances.push(row.map_err(db_err)?.0);
+            }
+            let continuation = if instances.len() > size {
+                instances.truncate(size);
+                instances
+                    .last()
+                    .map(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id))
+            } else {
+                None
+            };
+            Ok(InstancePage {
+                instances,
+                continuation,
+            })
+        })
+        .await
+    }
+
+    async fn purge_instance(&self, instance_id: &InstanceId) -> Result<PurgeOutcome, StoreError> {
+        let id = instance_id.clone();
+        self.call(|r| Op::Purge(id, r)).await
+    }
+
+    async fn purge_instances(
+        &self,
+        filter: &InstanceFilter,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let f = filter.clone();
+        self.call(|r| Op::PurgeMany(f, limit.max(1), r)).await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(RuntimeStatus, u64)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT runtime_status, count(*) FROM instances GROUP BY runtime_status",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (s, n) = row.map_err(db_err)?;
+                if let Some(s) = RuntimeStatus::parse(&s) {
+                    out.push((s, n as u64));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
+        let q = self.shared.queues.lock().expect("queues lock");
+        let orch = q.entries.values().filter(|e| !e.visible.is_empty()).count() as u64;
+        Ok((orch, (q.act_ready.len() + q.act_locked.len()) as u64))
+    }
+}

@@ -1,0 +1,237 @@
+//! Identifiers, timestamps and the instance status model shared by the engine,
+//! the stores and every adapter.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::history::HistoryEvent;
+
+/// A UTC point in time. Stored as milliseconds since the Unix epoch so that
+/// every store orders and compares times the same way.
+pub type Timestamp = DateTime<Utc>;
+
+/// The current wall-clock time truncated to whole milliseconds, the precision
+/// every store keeps. Truncating here means a value read back from a store is
+/// equal to the one written, which replay relies on.
+pub fn now() -> Timestamp {
+    from_millis(Utc::now().timestamp_millis())
+}
+
+/// Converts stored milliseconds back into a [`Timestamp`].
+pub fn from_millis(ms: i64) -> Timestamp {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// The id of one instance, chosen by the caller or generated (UUIDv7, so ids
+/// sort by creation time).
+///
+/// Ids end up in URLs and file-free keys, so the rules are strict: 1 to 256
+/// characters, no control characters and none of `/ \ # ?`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// Validates a caller-chosen id.
+    pub fn new(id: impl Into<String>) -> Result<Self, Error> {
+        let id = id.into();
+        let bad = id.is_empty()
+            || id.len() > 256
+            || id
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '/' | '\\' | '#' | '?'));
+        if bad {
+            return Err(Error::InvalidInstanceId(id));
+        }
+        Ok(Self(id))
+    }
+
+    /// A fresh id: a UUIDv7 in simple (32 hex digits) form, like the ids
+    /// Durable Functions hands out.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().simple().to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps a string read back from a store, which only ever holds ids
+    /// validated on the way in.
+    pub(crate) fn from_stored(id: String) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where an instance is in its life. The names and their meaning follow the
+/// Durable Functions `runtimeStatus` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RuntimeStatus {
+    /// Created; its first turn has not run yet.
+    Pending,
+    /// At least one turn ran and it has not finished.
+    Running,
+    /// The orchestrator returned a value.
+    Completed,
+    /// The orchestrator called continue-as-new; a new execution is queued.
+    ContinuedAsNew,
+    /// The orchestrator returned an error, panicked, or the engine failed it.
+    Failed,
+    /// Reserved for compatibility with Durable Functions; never set today.
+    Canceled,
+    /// Stopped by a terminate request.
+    Terminated,
+    /// Paused by a suspend request; messages wait until it is resumed.
+    Suspended,
+}
+
+impl RuntimeStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [RuntimeStatus; 8] = [
+        Self::Pending,
+        Self::Running,
+        Self::Completed,
+        Self::ContinuedAsNew,
+        Self::Failed,
+        Self::Canceled,
+        Self::Terminated,
+        Self::Suspended,
+    ];
+
+    /// A terminal instance will never run another turn (rewind aside).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Canceled | Self::Terminated
+        )
+    }
+
+    /// The name used on the wire and in stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Completed => "Completed",
+            Self::ContinuedAsNew => "ContinuedAsNew",
+            Self::Failed => "Failed",
+            Self::Canceled => "Canceled",
+            Self::Terminated => "Terminated",
+            Self::Suspended => "Suspended",
+        }
+    }
+
+    /// Parses a wire name, case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl fmt::Display for RuntimeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why something failed: a machine-readable kind and a human message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureDetails {
+    /// A stable kind such as `ActivityFailed`, `Panic`, `NonDeterminism`,
+    /// `UnknownActivity`, `InvalidInput`, `HistoryLimit` or `Poison`.
+    pub kind: String,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl FailureDetails {
+    /// Builds failure details.
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FailureDetails {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// A snapshot of one instance as a store keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// The orchestration's registered name.
+    pub name: String,
+    /// Changes with each new execution (continue-as-new, restart).
+    pub execution_id: String,
+    /// Where the instance is in its life.
+    pub runtime_status: RuntimeStatus,
+    /// The input of the current execution.
+    pub input: serde_json::Value,
+    /// The orchestrator's return value once Completed; the reason once Terminated.
+    pub output: Option<serde_json::Value>,
+    /// Whatever the orchestrator last passed to `set_custom_status`.
+    pub custom_status: Option<serde_json::Value>,
+    /// Set when Failed.
+    pub failure: Option<FailureDetails>,
+    /// When the instance was created.
+    pub created_at: Timestamp,
+    /// When its status last changed.
+    pub last_updated_at: Timestamp,
+    /// The parent instance, for sub-orchestrations.
+    pub parent_instance_id: Option<InstanceId>,
+    /// Number of history events of the current execution.
+    pub history_events: u64,
+    /// Serialized size of those history events, in bytes.
+    pub history_bytes: u64,
+    /// The history itself, when asked for.
+    pub history: Option<Vec<HistoryEvent>>,
+}
+
+/// Which instances a listing or a purge selects. Empty fields select all.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceFilter {
+    /// Only these statuses (any of them).
+    pub statuses: Vec<RuntimeStatus>,
+    /// Created at or after.
+    pub created_from: Option<Timestamp>,
+    /// Created at or before.
+    pub created_to: Option<Timestamp>,
+    /// Instance id starts with.
+    pub instance_id_prefix: Option<String>,
+}
+
+/// One page of a listing request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceQuery {
+    /// Which instances.
+    pub filter: InstanceFilter,
+    /// At most this many (capped by the store at 1,000).
+    pub page_size: usize,
+    /// The opaque token of the previous page, or `None` for the first.
+    pub continuation: Option<String>,
+}
+
+/// A page of instances, newest first, and the token for the next page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstancePage {
+    /// The instances of this page (history not included).
+    pub instances: Vec<InstanceStatus>,
+    /// Present when more instances match.
+    pub continuation: Option<String>,
+}
