@@ -479,6 +479,10 @@ async fn orchestration_loop(inner: Arc<Inner>) {
             let inner = inner.clone();
             tokio::spawn(async move {
                 process_turn(&inner, item).await;
+                // The engine (and its store) must be released before the
+                // slot: shutdown waits for the slots, then the store may be
+                // reopened.
+                drop(inner);
                 drop(permit);
             });
         }
@@ -515,6 +519,7 @@ async fn activity_loop(inner: Arc<Inner>) {
             let inner = inner.clone();
             tokio::spawn(async move {
                 process_activity(&inner, item).await;
+                drop(inner);
                 drop(permit);
             });
         }

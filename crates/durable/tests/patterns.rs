@@ -1,0 +1,663 @@
+//! Orchestration patterns: chaining, fan-out/fan-in, races, timers, external
+//! events, sub-orchestrations, retries, continue-as-new, custom status.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use durable::{
+    EngineConfig, EventKind, OrchestrationContext, Registry, RetryPolicy, RuntimeStatus, TaskError,
+};
+use futures::future::{join_all, select, select_all, Either};
+use serde_json::json;
+
+use common::{count, history_kinds};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaining_passes_each_result_to_the_next_activity() {
+    let registry = Registry::new()
+        .orchestration("Chain", |ctx: OrchestrationContext, s: String| async move {
+            let a: String = ctx.call_activity("Append", (s, "a")).await?;
+            let b: String = ctx.call_activity("Append", (a, "b")).await?;
+            let c: String = ctx.call_activity("Append", (b, "c")).await?;
+            Ok::<_, TaskError>(c)
+        })
+        .activity("Append", |_ctx, (s, t): (String, String)| async move {
+            Ok::<_, String>(format!("{s}-{t}"))
+        });
+    let t = common::start(registry);
+    let status = t.run("Chain", json!("x")).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(status.output, Some(json!("x-a-b-c")));
+
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    // Each activity is scheduled only after the previous one completed.
+    let inputs: Vec<_> = full
+        .history
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TaskScheduled { input, .. } => Some(input.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        inputs,
+        vec![
+            json!(["x", "a"]),
+            json!(["x-a", "b"]),
+            json!(["x-a-b", "c"])
+        ]
+    );
+    let k = history_kinds(&full);
+    let pos = |n: usize, kind: &str| {
+        k.iter()
+            .enumerate()
+            .filter(|(_, x)| **x == kind)
+            .nth(n)
+            .unwrap()
+            .0
+    };
+    assert!(pos(0, "TaskCompleted") < pos(1, "TaskScheduled"));
+    assert!(pos(1, "TaskCompleted") < pos(2, "TaskScheduled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_fan_in_ten_thousand_activities() {
+    const N: u64 = 10_000;
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let registry = Registry::new()
+        .orchestration("FanOut", |ctx: OrchestrationContext, n: u64| async move {
+            let tasks = (0..n).map(|i| ctx.call_activity::<u64>("Square", i));
+            let results = join_all(tasks).await;
+            let mut sum = 0u64;
+            for (i, r) in results.into_iter().enumerate() {
+                let v = r?;
+                assert_eq!(v, (i as u64) * (i as u64), "results come back in order");
+                sum += v;
+            }
+            Ok::<_, TaskError>(sum)
+        })
+        .activity("Square", move |_ctx, i: u64| {
+            c.fetch_add(1, Ordering::Relaxed);
+            async move { Ok::<_, String>(i * i) }
+        });
+    let t = common::start(registry);
+    let started = Instant::now();
+    let status = t.run("FanOut", json!(N)).await;
+    let took = started.elapsed();
+    eprintln!("fan-out of {N} activities took {took:?}");
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    let expected: u64 = (0..N).map(|i| i * i).sum();
+    assert_eq!(status.output, Some(json!(expected)));
+    assert_eq!(calls.load(Ordering::Relaxed), N as u32);
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(count(&full, "TaskScheduled"), N as usize);
+    assert_eq!(count(&full, "TaskCompleted"), N as usize);
+    assert_eq!(
+        full.history_events,
+        full.history.as_ref().unwrap().len() as u64
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "10,000 activities should not take {took:?}"
+    );
+}
+
+/// A race is decided by which result history recorded first, also when the
+/// instance is replayed from history after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn race_winner_is_first_in_history_and_survives_replay() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let registry = |gate: Arc<tokio::sync::Semaphore>| {
+        Registry::new()
+            .orchestration("Race", |ctx: OrchestrationContext, _: ()| async move {
+                // "Slow" is polled first but completes second.
+                let slow = ctx.call_activity::<String>("Slow", ());
+                let fast = ctx.call_activity::<String>("Fast", ());
+                let (winner, index, _rest) = select_all([slow, fast]).await;
+                let winner = winner?;
+                // And a two-way select against a long timer.
+                let timer = ctx.create_timer(Duration::from_secs(3600));
+                let quick = ctx.call_activity::<String>("Fast", ());
+                let second = match select(timer, quick).await {
+                    Either::Left(_) => "timer".to_string(),
+                    Either::Right((r, _)) => r?,
+                };
+                let after: String = ctx.wait_for_event("after").await?;
+                Ok::<_, TaskError>(json!([index, winner, second, after]))
+            })
+            .activity("Fast", |_ctx, _: ()| async move {
+                Ok::<_, String>("fast".to_string())
+            })
+            .activity("Slow", move |_ctx, _: ()| {
+                let gate = gate.clone();
+                async move {
+                    gate.acquire().await.expect("gate").forget();
+                    Ok::<_, String>("slow".to_string())
+                }
+            })
+    };
+    let t = common::start(registry(gate.clone()));
+    let id = t
+        .engine
+        .start_orchestration("Race", None, ())
+        .await
+        .unwrap();
+    // Let "Slow" finish only once "Fast" is in history.
+    t.wait_until(&id, "Fast completed", |s| count(s, "TaskCompleted") >= 1)
+        .await;
+    gate.add_permits(1);
+    let status = t
+        .wait_until(&id, "all three activities completed", |s| {
+            count(s, "TaskCompleted") == 3
+        })
+        .await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Running);
+    // Restart: the next turn replays history where Slow's result comes
+    // after Fast's; the winner must stay Fast.
+    let t = t
+        .restart(registry(gate.clone()), EngineConfig::default())
+        .await;
+    t.engine.raise_event(&id, "after", "done").await.unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(status.output, Some(json!([1, "fast", "fast", "done"])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_timer_fires_after_its_delay() {
+    let registry =
+        Registry::new().orchestration("Sleep", |ctx: OrchestrationContext, ms: u64| async move {
+            let before = ctx.current_time();
+            ctx.create_timer(Duration::from_millis(ms)).await;
+            let after = ctx.current_time();
+            Ok::<_, TaskError>((after - before).num_milliseconds())
+        });
+    let t = common::start(registry);
+    let started = Instant::now();
+    let status = t.run("Sleep", json!(150)).await;
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    let waited = status.output.unwrap().as_i64().unwrap();
+    assert!(waited >= 150, "orchestrator time advanced by {waited} ms");
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    let h = full.history.unwrap();
+    let created = h
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::TimerCreated { fire_at, .. } => Some(fire_at),
+            _ => None,
+        })
+        .expect("TimerCreated");
+    let fired = h
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::TimerFired { .. }))
+        .expect("TimerFired");
+    assert!(
+        fired.timestamp >= created,
+        "timer delivered before it was due"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_an_external_event() {
+    let registry =
+        Registry::new().orchestration("Approval", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.set_custom_status("waiting");
+            let v: serde_json::Value = ctx.wait_for_event("approve").await?;
+            Ok::<_, TaskError>(json!({ "approved": v }))
+        });
+    let t = common::start(registry);
+    let id = t
+        .engine
+        .start_orchestration("Approval", None, ())
+        .await
+        .unwrap();
+    t.wait_until(&id, "waiting", |s| {
+        s.custom_status == Some(json!("waiting"))
+    })
+    .await;
+    assert_eq!(
+        t.engine
+            .status(&id, false)
+            .await
+            .unwrap()
+            .unwrap()
+            .runtime_status,
+        RuntimeStatus::Running
+    );
+    t.engine
+        .raise_event(&id, "other", 1)
+        .await
+        .expect("other events are kept, not matched");
+    t.engine
+        .raise_event(&id, "approve", json!({"by": "ana"}))
+        .await
+        .unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(status.output, Some(json!({"approved": {"by": "ana"}})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_wait_times_out_by_racing_a_timer() {
+    let registry = Registry::new().orchestration(
+        "WithTimeout",
+        |ctx: OrchestrationContext, ms: u64| async move {
+            let event = ctx.wait_for_event::<String>("reply");
+            let timer = ctx.create_timer(Duration::from_millis(ms));
+            Ok::<_, TaskError>(match select(event, timer).await {
+                Either::Left((v, _)) => format!("event:{}", v?),
+                Either::Right(_) => "timeout".to_string(),
+            })
+        },
+    );
+    let t = common::start(registry);
+    // Nobody replies: the timer wins.
+    let started = Instant::now();
+    let status = t.run("WithTimeout", json!(100)).await;
+    assert_eq!(status.output, Some(json!("timeout")));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+
+    // A reply before the (long) timer: the event wins.
+    let id = t
+        .engine
+        .start_orchestration("WithTimeout", None, 60_000)
+        .await
+        .unwrap();
+    t.wait_status(&id, RuntimeStatus::Running).await;
+    t.engine.raise_event(&id, "reply", "hi").await.unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(status.output, Some(json!("event:hi")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_raised_before_the_wait_is_kept() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let registry = Registry::new()
+        .orchestration("Late", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_activity::<()>("Block", ()).await?;
+            let a: u32 = ctx.wait_for_event("n").await?;
+            let b: u32 = ctx.wait_for_event("n").await?;
+            Ok::<_, TaskError>(vec![a, b])
+        })
+        .activity("Block", move |_ctx, _: ()| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.expect("gate").forget();
+                Ok::<_, String>(())
+            }
+        });
+    let t = common::start(registry);
+    let id = t
+        .engine
+        .start_orchestration("Late", None, ())
+        .await
+        .unwrap();
+    t.engine.raise_event(&id, "n", 1).await.unwrap();
+    t.engine.raise_event(&id, "n", 2).await.unwrap();
+    // Both events are in history while the orchestrator still waits on Block.
+    t.wait_until(&id, "events recorded", |s| count(s, "EventRaised") == 2)
+        .await;
+    gate.add_permits(1);
+    let status = t.wait(&id).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(status.output, Some(json!([1, 2])), "kept in arrival order");
+    let full = t.engine.status(&id, true).await.unwrap().unwrap();
+    let k = history_kinds(&full);
+    let raised = k.iter().position(|x| *x == "EventRaised").unwrap();
+    let done = k.iter().position(|x| *x == "TaskCompleted").unwrap();
+    assert!(raised < done, "the event arrived before the wait: {k:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_orchestration_success_and_failure_reach_the_parent() {
+    let registry = Registry::new()
+        .orchestration("Parent", |ctx: OrchestrationContext, n: i64| async move {
+            let ok: i64 = ctx.call_sub_orchestration("Child", None, n).await?;
+            let failed = ctx
+                .call_sub_orchestration::<i64>("Child", None, -1)
+                .await
+                .expect_err("negative input fails the child");
+            Ok::<_, TaskError>(json!({
+                "ok": ok,
+                "kind": failed.kind,
+                "message": failed.message,
+            }))
+        })
+        .orchestration("Child", |ctx: OrchestrationContext, n: i64| async move {
+            if n < 0 {
+                return Err(format!("child refused {n}"));
+            }
+            let v: i64 = ctx
+                .call_activity("Triple", n)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(v)
+        })
+        .activity(
+            "Triple",
+            |_ctx, n: i64| async move { Ok::<_, String>(n * 3) },
+        );
+    let t = common::start(registry);
+    let status = t.run("Parent", json!(7)).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    let out = status.output.unwrap();
+    assert_eq!(out["ok"], json!(21));
+    assert_eq!(out["kind"], json!("OrchestrationFailed"));
+    assert!(
+        out["message"]
+            .as_str()
+            .unwrap()
+            .contains("child refused -1"),
+        "{out}"
+    );
+    // Children have stable ids derived from the parent and carry its id.
+    let child = durable::InstanceId::new(format!("{}:0", status.instance_id)).unwrap();
+    let child = t.engine.status(&child, false).await.unwrap().unwrap();
+    assert_eq!(child.runtime_status, RuntimeStatus::Completed);
+    assert_eq!(child.parent_instance_id, Some(status.instance_id.clone()));
+    let failed = durable::InstanceId::new(format!("{}:1", status.instance_id)).unwrap();
+    let failed = t.engine.status(&failed, false).await.unwrap().unwrap();
+    assert_eq!(failed.runtime_status, RuntimeStatus::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_orchestration_failure_fails_a_parent_that_propagates_it() {
+    let registry = Registry::new()
+        .orchestration("Parent", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_sub_orchestration::<()>("Child", None, ()).await?;
+            Ok::<_, TaskError>(())
+        })
+        .orchestration("Child", |_ctx: OrchestrationContext, _: ()| async move {
+            Err::<(), _>("child broke")
+        });
+    let t = common::start(registry);
+    let status = t.run("Parent", json!(null)).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let failure = status.failure.unwrap();
+    assert!(failure.message.contains("child broke"), "{failure:?}");
+}
+
+/// Counts attempts per activity name.
+fn flaky_registry(
+    attempts: Arc<AtomicU32>,
+    fail_first: u32,
+    message: &'static str,
+    policy: RetryPolicy,
+) -> Registry {
+    Registry::new()
+        .orchestration("Retry", move |ctx: OrchestrationContext, _: ()| {
+            let policy = policy.clone();
+            async move {
+                ctx.call_activity_with_retry::<u32>("Flaky", (), &policy)
+                    .await
+            }
+        })
+        .activity("Flaky", move |_ctx, _: ()| {
+            let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n <= fail_first {
+                    Err(format!("{message} #{n}"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+}
+
+/// The retry delays a run took: each timer's due time minus the turn time
+/// it was created in (the orchestrator's "now").
+fn timer_delays(history: &[durable::HistoryEvent]) -> Vec<i64> {
+    let mut now = None;
+    let mut out = Vec::new();
+    for e in history {
+        match e.kind {
+            EventKind::OrchestratorStarted => now = Some(e.timestamp),
+            EventKind::TimerCreated { fire_at, .. } => {
+                out.push((fire_at - now.unwrap()).num_milliseconds())
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_until_success_with_backoff_and_max_interval() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut policy = RetryPolicy::new(10, Duration::from_millis(20));
+    policy.backoff_coefficient = 2.0;
+    policy.max_interval = Duration::from_millis(50);
+    let t = common::start(flaky_registry(attempts.clone(), 4, "transient", policy));
+    let status = t.run("Retry", json!(null)).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(status.output, Some(json!(5)));
+    assert_eq!(attempts.load(Ordering::SeqCst), 5);
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    // first interval 20, doubling, capped at 50.
+    assert_eq!(
+        timer_delays(full.history.as_ref().unwrap()),
+        vec![20, 40, 50, 50]
+    );
+    assert_eq!(count(&full, "TaskFailed"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_gives_up_after_max_attempts() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let policy = RetryPolicy::new(3, Duration::from_millis(10));
+    let t = common::start(flaky_registry(attempts.clone(), u32::MAX, "broken", policy));
+    let status = t.run("Retry", json!(null)).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let failure = status.failure.unwrap();
+    assert!(failure.message.contains("broken #3"), "{failure:?}");
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(timer_delays(full.history.as_ref().unwrap()), vec![10, 20]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_stops_at_total_timeout() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut policy = RetryPolicy::new(1_000, Duration::from_millis(60));
+    policy.backoff_coefficient = 1.0;
+    policy.total_timeout = Some(Duration::from_millis(150));
+    let t = common::start(flaky_registry(attempts.clone(), u32::MAX, "down", policy));
+    let status = t.run("Retry", json!(null)).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let n = attempts.load(Ordering::SeqCst);
+    // 150 ms allow at most two 60 ms waits: three attempts at most.
+    assert!((2..=3).contains(&n), "{n} attempts");
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    let h = full.history.as_ref().unwrap();
+    let first = h[0].timestamp;
+    let last_timer_due = h
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::TimerCreated { fire_at, .. } => Some(fire_at),
+            _ => None,
+        })
+        .last()
+        .unwrap();
+    assert!((last_timer_due - first).num_milliseconds() <= 150);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_if_filters_which_failures_are_retried() {
+    let mut policy = RetryPolicy::new(5, Duration::from_millis(10));
+    policy.retry_if = Some(Arc::new(|e: &durable::FailureDetails| {
+        !e.message.contains("fatal")
+    }));
+    // Not retried.
+    let attempts = Arc::new(AtomicU32::new(0));
+    let t = common::start(flaky_registry(
+        attempts.clone(),
+        u32::MAX,
+        "fatal",
+        policy.clone(),
+    ));
+    let status = t.run("Retry", json!(null)).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    // Retried.
+    let attempts = Arc::new(AtomicU32::new(0));
+    let t = common::start(flaky_registry(attempts.clone(), 2, "transient", policy));
+    let status = t.run("Retry", json!(null)).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_as_new_resets_history_each_execution() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let registry = Registry::new()
+        .orchestration("Counter", |ctx: OrchestrationContext, n: u32| async move {
+            if n >= 5 {
+                return Ok::<_, TaskError>(json!({ "final": n }));
+            }
+            let next: u32 = ctx.call_activity("Inc", n).await?;
+            ctx.continue_as_new(next);
+            Ok(json!(null))
+        })
+        .activity("Inc", move |_ctx, n: u32| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, String>(n + 1) }
+        });
+    let t = common::start(registry);
+    let mut rx = t.engine.subscribe();
+    let status = t.run("Counter", json!(0)).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(status.output, Some(json!({ "final": 5 })));
+    assert_eq!(status.input, json!(5), "input of the last execution");
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    let h = full.history.as_ref().unwrap();
+    assert_eq!(
+        history_kinds(&full),
+        vec![
+            "OrchestratorStarted",
+            "ExecutionStarted",
+            "ExecutionCompleted"
+        ]
+    );
+    assert_eq!(h[0].event_id, 0);
+    match &h[1].kind {
+        EventKind::ExecutionStarted { input, .. } => assert_eq!(*input, json!(5)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(full.history_events, 3);
+
+    let mut continued = 0;
+    while let Ok(u) = rx.try_recv() {
+        if u.instance_id == status.instance_id && u.runtime_status == RuntimeStatus::ContinuedAsNew
+        {
+            continued += 1;
+        }
+    }
+    assert_eq!(continued, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_status_is_visible_in_status() {
+    let registry =
+        Registry::new().orchestration("Steps", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.set_custom_status(json!({ "step": 1 }));
+            let _: () = ctx.wait_for_event("next").await?;
+            ctx.set_custom_status(json!({ "step": 2 }));
+            Ok::<_, TaskError>("done")
+        });
+    let t = common::start(registry);
+    let id = t
+        .engine
+        .start_orchestration("Steps", None, ())
+        .await
+        .unwrap();
+    let s = t
+        .wait_until(&id, "step 1", |s| s.custom_status.is_some())
+        .await;
+    assert_eq!(s.custom_status, Some(json!({ "step": 1 })));
+    assert_eq!(s.runtime_status, RuntimeStatus::Running);
+    t.engine.raise_event(&id, "next", ()).await.unwrap();
+    let s = t.wait(&id).await;
+    assert_eq!(s.custom_status, Some(json!({ "step": 2 })));
+    assert_eq!(s.output, Some(json!("done")));
+}
