@@ -1,0 +1,100 @@
+//! `Galaxy_Create`, as the seed has it: `Utility_Coords` and `Utility_Name`
+//! in parallel, then `Galaxy_Create_Impl` writing the row; output
+//! "Galaxy created!".
+
+use std::sync::Arc;
+
+use durable::{ActivityContext, OrchestrationContext, Registry, TaskError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::coords::Coords;
+use crate::names::random_name;
+use crate::table::{Galaxy, GalaxyTable};
+
+/// The orchestration's name.
+pub const GALAXY_CREATE: &str = "Galaxy_Create";
+/// Activity: random coordinates.
+pub const UTILITY_COORDS: &str = "Utility_Coords";
+/// Activity: a procedural name.
+pub const UTILITY_NAME: &str = "Utility_Name";
+/// Activity: writes the galaxy row.
+pub const GALAXY_CREATE_IMPL: &str = "Galaxy_Create_Impl";
+/// The partition every galaxy goes to until players have realms.
+pub const DEFAULT_PARTITION: &str = "galaxies";
+/// What `Galaxy_Create` returns.
+pub const OUTPUT: &str = "Galaxy created!";
+
+/// Input of `Galaxy_Create_Impl` (the seed's `CreateGalaxyContext`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateGalaxyContext {
+    /// Partition key of the row.
+    pub partition_key: String,
+    /// Row key, made replay-safe by the orchestration so a second run of
+    /// the activity finds the row already there.
+    pub row_key: String,
+    /// Name from `Utility_Name`.
+    pub name: String,
+    /// Coordinates from `Utility_Coords`.
+    pub coords: Coords,
+}
+
+/// A row key that sorts by creation time: UUIDv7 layout built from the
+/// orchestration's replay-safe clock and random numbers.
+fn row_key(ctx: &OrchestrationContext) -> String {
+    let ms = ctx.current_time().timestamp_millis().max(0) as u64;
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&ctx.random_u64().to_be_bytes());
+    random[8..].copy_from_slice(&ctx.random_u64().to_be_bytes()[..2]);
+    uuid::Builder::from_unix_timestamp_millis(ms, &random)
+        .into_uuid()
+        .to_string()
+}
+
+async fn galaxy_create(ctx: OrchestrationContext, _input: Value) -> Result<String, TaskError> {
+    let coords = ctx.call_activity::<Coords>(UTILITY_COORDS, ());
+    let name = ctx.call_activity::<String>(UTILITY_NAME, ());
+    let (coords, name) = futures::join!(coords, name);
+    let context = CreateGalaxyContext {
+        partition_key: DEFAULT_PARTITION.to_string(),
+        row_key: row_key(&ctx),
+        name: name?,
+        coords: coords?,
+    };
+    ctx.call_activity::<bool>(GALAXY_CREATE_IMPL, context)
+        .await?;
+    Ok(OUTPUT.to_string())
+}
+
+/// Adds `Galaxy_Create` and its three activities to `registry`, writing to
+/// `table`.
+pub fn register(registry: Registry, table: Arc<GalaxyTable>) -> Registry {
+    registry
+        .orchestration(GALAXY_CREATE, galaxy_create)
+        .activity(UTILITY_COORDS, |_: ActivityContext, (): ()| async {
+            Ok::<_, String>(Coords::random(&mut rand::thread_rng()))
+        })
+        .activity(UTILITY_NAME, |_: ActivityContext, (): ()| async {
+            Ok::<_, String>(random_name(&mut rand::thread_rng()))
+        })
+        .activity(
+            GALAXY_CREATE_IMPL,
+            move |actx: ActivityContext, c: CreateGalaxyContext| {
+                let table = table.clone();
+                async move {
+                    table
+                        .insert(Galaxy {
+                            partition_key: c.partition_key,
+                            row_key: c.row_key,
+                            timestamp: chrono::Utc::now(),
+                            name: c.name,
+                            coords: c.coords,
+                            instance_id: actx.instance_id.to_string(),
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
+}
