@@ -1,0 +1,483 @@
+//! Bad input and failures: unknown names, undecodable input, panics, poison
+//! work items, history limits, retention, foreign database files.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use durable::{
+    EngineConfig, Error, EventKind, HistoryLimits, InstanceId, OrchestrationContext, Registry,
+    RetentionPolicy, RuntimeStatus, SqliteStore, Store, StoreError, TaskError,
+};
+use serde_json::json;
+
+use common::count;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_orchestration_is_refused_at_start() {
+    let t = common::start(Registry::new());
+    match t.engine.start_orchestration("Nope", None, ()).await {
+        Err(Error::UnknownOrchestration(name)) => assert_eq!(name, "Nope"),
+        other => panic!("{other:?}"),
+    }
+    let page = t
+        .engine
+        .list(&durable::InstanceQuery {
+            filter: Default::default(),
+            page_size: 10,
+            continuation: None,
+        })
+        .await
+        .unwrap();
+    assert!(page.instances.is_empty(), "nothing was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_sub_orchestration_fails_clearly() {
+    let registry =
+        Registry::new().orchestration("Parent", |ctx: OrchestrationContext, _: ()| async move {
+            let err = ctx
+                .call_sub_orchestration::<()>("Missing", None, ())
+                .await
+                .expect_err("no such orchestration");
+            Ok::<_, TaskError>(json!([err.kind, err.message]))
+        });
+    let t = common::start(registry);
+    let status = t.run("Parent", json!(null)).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    let out = status.output.unwrap();
+    assert_eq!(out[0], json!("UnknownOrchestration"));
+    assert!(out[1].as_str().unwrap().contains("Missing"), "{out}");
+    let child = InstanceId::new(format!("{}:0", status.instance_id)).unwrap();
+    let child = t.engine.status(&child, false).await.unwrap().unwrap();
+    assert_eq!(child.runtime_status, RuntimeStatus::Failed);
+    assert_eq!(child.failure.unwrap().kind, "UnknownOrchestration");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_of_an_orchestration_no_longer_registered_fails() {
+    let with = || {
+        Registry::new().orchestration("Old", |ctx: OrchestrationContext, _: ()| async move {
+            let _: () = ctx.wait_for_event("go").await?;
+            Ok::<_, TaskError>(())
+        })
+    };
+    let t = common::start(with());
+    let id = t.engine.start_orchestration("Old", None, ()).await.unwrap();
+    t.wait_status(&id, RuntimeStatus::Running).await;
+    // The new build dropped "Old".
+    let t = t.restart(Registry::new(), EngineConfig::default()).await;
+    t.engine.raise_event(&id, "go", ()).await.unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let failure = status.failure.unwrap();
+    assert_eq!(failure.kind, "UnknownOrchestration");
+    assert!(failure.message.contains("'Old'"), "{failure:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_input_fails_with_invalid_input() {
+    let registry = Registry::new().orchestration(
+        "Add",
+        |_ctx: OrchestrationContext, (a, b): (u32, u32)| async move { Ok::<_, TaskError>(a + b) },
+    );
+    let t = common::start(registry);
+    let status = t.run("Add", json!("not a pair")).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let failure = status.failure.unwrap();
+    assert_eq!(failure.kind, "InvalidInput");
+    assert!(failure.message.contains("Add"), "{failure:?}");
+    assert_eq!(t.run("Add", json!([2, 3])).await.output, Some(json!(5)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_input_and_event_payload_mismatch_are_task_errors() {
+    let registry = Registry::new()
+        .orchestration("Bad", |ctx: OrchestrationContext, _: ()| async move {
+            let a = ctx
+                .call_activity::<u32>("Double", "text")
+                .await
+                .expect_err("bad activity input");
+            let b = ctx
+                .wait_for_event::<u32>("e")
+                .await
+                .expect_err("bad payload");
+            let c = ctx
+                .call_activity::<u32>("Name", ())
+                .await
+                .expect_err("output does not fit");
+            Ok::<_, TaskError>(json!([a.kind, b.kind, c.kind]))
+        })
+        .activity(
+            "Double",
+            |_ctx, n: u32| async move { Ok::<_, String>(n * 2) },
+        )
+        .activity("Name", |_ctx, _: ()| async move { Ok::<_, String>("name") });
+    let t = common::start(registry);
+    let id = t.engine.start_orchestration("Bad", None, ()).await.unwrap();
+    t.engine
+        .raise_event(&id, "e", "not a number")
+        .await
+        .unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(
+        status.output,
+        Some(json!(["InvalidInput", "InvalidInput", "InvalidOutput"]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_fail_the_task_or_the_instance_and_nothing_else() {
+    let registry = Registry::new()
+        .orchestration(
+            "CallsPanicky",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let err = ctx
+                    .call_activity::<()>("Panicky", ())
+                    .await
+                    .expect_err("the activity panicked");
+                Ok::<_, TaskError>(json!([err.kind, err.message]))
+            },
+        )
+        .orchestration("Panics", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_activity::<()>("Fine", ()).await?;
+            if !ctx.is_replaying() {
+                panic!("orchestrator bug");
+            }
+            Ok::<_, TaskError>(())
+        })
+        .orchestration("Survivor", |ctx: OrchestrationContext, _: ()| async move {
+            let v: u32 = ctx.wait_for_event("go").await?;
+            Ok::<_, TaskError>(v)
+        })
+        .activity("Panicky", |_ctx, _: ()| async move {
+            if true {
+                panic!("activity bug");
+            }
+            Ok::<_, String>(())
+        })
+        .activity("Fine", |_ctx, _: ()| async move { Ok::<_, String>(()) });
+    let t = common::start(registry);
+    let survivor = t
+        .engine
+        .start_orchestration("Survivor", None, ())
+        .await
+        .unwrap();
+    t.wait_status(&survivor, RuntimeStatus::Running).await;
+
+    let status = t.run("CallsPanicky", json!(null)).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    let out = status.output.unwrap();
+    assert_eq!(out[0], json!("Panic"));
+    assert!(out[1].as_str().unwrap().contains("activity bug"), "{out}");
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    let failed = full
+        .history
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.kind {
+            EventKind::TaskFailed { error, .. } => Some(error),
+            _ => None,
+        })
+        .expect("TaskFailed recorded");
+    assert_eq!(failed.kind, "Panic");
+
+    let status = t.run("Panics", json!(null)).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let failure = status.failure.unwrap();
+    assert_eq!(failure.kind, "Panic");
+    assert!(failure.message.contains("orchestrator bug"), "{failure:?}");
+
+    // The engine and the other instance are unaffected.
+    t.engine.raise_event(&survivor, "go", 7).await.unwrap();
+    assert_eq!(t.wait(&survivor).await.output, Some(json!(7)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_activity_fails_the_task() {
+    let registry =
+        Registry::new().orchestration("Calls", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_activity::<()>("Ghost", ()).await?;
+            Ok::<_, TaskError>(())
+        });
+    let t = common::start(registry);
+    let status = t.run("Calls", json!(null)).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    let error = full
+        .history
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.kind {
+            EventKind::TaskFailed { error, .. } => Some(error),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(error.kind, "UnknownActivity");
+    assert!(error.message.contains("Ghost"));
+    assert!(status.failure.unwrap().message.contains("Ghost"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_that_never_finishes_is_quarantined() {
+    let deliveries = Arc::new(AtomicU32::new(0));
+    let d = deliveries.clone();
+    let registry = Registry::new()
+        .orchestration("Stuck", |ctx: OrchestrationContext, _: ()| async move {
+            match ctx.call_activity::<()>("Hang", ()).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(format!("{}: {}", e.kind, e.message)),
+            }
+        })
+        .activity("Hang", move |ctx, _: ()| {
+            d.fetch_add(1, Ordering::SeqCst);
+            assert!(ctx.attempt <= 2, "delivered a third time");
+            async move {
+                std::future::pending::<()>().await;
+                Ok::<_, String>(())
+            }
+        });
+    let config = EngineConfig {
+        max_attempts: 2,
+        activity_lease: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let t = common::start_with(registry, config);
+    let status = t.run("Stuck", json!(null)).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let failure = status.failure.unwrap();
+    assert!(failure.message.contains("Poison"), "{failure:?}");
+    assert!(failure.message.contains("quarantined"), "{failure:?}");
+    assert_eq!(deliveries.load(Ordering::SeqCst), 2);
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(count(&full, "TaskFailed"), 1);
+    // The work item is gone: it is not handed out again.
+    assert_eq!(t.store.queue_depth().await.unwrap(), (0, 0));
+    let items = t
+        .store
+        .fetch_activity_work(10, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(items.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_limit_fails_the_instance() {
+    let registry = Registry::new()
+        .orchestration("Loop", |ctx: OrchestrationContext, n: u32| async move {
+            for i in 0..n {
+                ctx.call_activity::<u32>("Id", i).await?;
+            }
+            Ok::<_, TaskError>(n)
+        })
+        .activity("Id", |_ctx, n: u32| async move { Ok::<_, String>(n) });
+    let config = EngineConfig {
+        history_limits: HistoryLimits {
+            max_events: 12,
+            max_bytes: u64::MAX,
+        },
+        ..Default::default()
+    };
+    let t = common::start_with(registry, config);
+    assert_eq!(
+        t.run("Loop", json!(1)).await.runtime_status,
+        RuntimeStatus::Completed
+    );
+    let status = t.run("Loop", json!(100)).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let failure = status.failure.unwrap();
+    assert_eq!(failure.kind, "HistoryLimit");
+    assert!(failure.message.contains("12 events"), "{failure:?}");
+    assert!(status.history_events > 12 && status.history_events < 20);
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(full.history.unwrap().len() as u64, status.history_events);
+
+    // Bytes too.
+    let registry = Registry::new()
+        .orchestration("Big", |ctx: OrchestrationContext, n: usize| async move {
+            // Keeps going after the big result: the limit stops it.
+            for _ in 0..3 {
+                ctx.call_activity::<String>("Blob", n).await?;
+            }
+            Ok::<_, TaskError>(())
+        })
+        .activity("Blob", |_ctx, n: usize| async move {
+            Ok::<_, String>("x".repeat(n))
+        });
+    let config = EngineConfig {
+        history_limits: HistoryLimits {
+            max_events: 1_000,
+            max_bytes: 4_096,
+        },
+        ..Default::default()
+    };
+    let t = common::start_with(registry, config);
+    let status = t.run("Big", json!(10_000)).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    assert_eq!(status.failure.unwrap().kind, "HistoryLimit");
+    assert!(status.history_bytes > 4_096);
+    let full = t
+        .engine
+        .status(&status.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        count(&full, "TaskCompleted"),
+        1,
+        "stopped at the first excess"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_finished_instances() {
+    let registry = Registry::new()
+        .orchestration("Quick", |_ctx: OrchestrationContext, _: ()| async move {
+            Ok::<_, TaskError>(1)
+        })
+        .orchestration("Wait", |ctx: OrchestrationContext, _: ()| async move {
+            let _: () = ctx.wait_for_event("go").await?;
+            Ok::<_, TaskError>(())
+        });
+    let config = EngineConfig {
+        retention: Some(RetentionPolicy {
+            max_age: Duration::ZERO,
+            interval: Duration::from_millis(50),
+            batch: 2,
+        }),
+        ..Default::default()
+    };
+    let t = common::start_with(registry, config);
+    let live = t
+        .engine
+        .start_orchestration("Wait", None, ())
+        .await
+        .unwrap();
+    let mut done = Vec::new();
+    for _ in 0..5 {
+        let id = t
+            .engine
+            .start_orchestration("Quick", None, ())
+            .await
+            .unwrap();
+        done.push(id);
+    }
+    common::eventually("finished instances purged", Duration::from_secs(10), || {
+        let engine = t.engine.clone();
+        let done = done.clone();
+        async move {
+            for id in &done {
+                if engine.status(id, false).await.unwrap().is_some() {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let live = t.engine.status(&live, false).await.unwrap().unwrap();
+    assert!(!live.runtime_status.is_terminal());
+}
+
+fn assert_refused(path: &std::path::Path) {
+    let before = std::fs::read(path).unwrap();
+    match SqliteStore::open(path) {
+        Err(StoreError::Incompatible(msg)) => {
+            assert!(msg.contains(&path.display().to_string()), "{msg}")
+        }
+        Err(other) => panic!("expected Incompatible, got {other:?}"),
+        Ok(_) => panic!("opened a foreign file"),
+    }
+    assert_eq!(std::fs::read(path).unwrap(), before, "the file was changed");
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    assert!(
+        std::fs::metadata(&wal)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true),
+        "a WAL was written next to a foreign file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_database_files_are_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let junk = dir.path().join("junk.db");
+    let bytes: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&junk, &bytes).unwrap();
+    assert_refused(&junk);
+
+    let other = dir.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&other).unwrap();
+        conn.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO customers (name) VALUES ('ana');")
+            .unwrap();
+    }
+    assert_refused(&other);
+
+    // Ours, but from a future schema.
+    let future = dir.path().join("future.db");
+    {
+        let store = SqliteStore::open(&future).unwrap();
+        drop(store);
+        let conn = rusqlite::Connection::open(&future).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+    }
+    assert!(matches!(
+        SqliteStore::open(&future),
+        Err(StoreError::Incompatible(_))
+    ));
+
+    // An empty file is a new store.
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    SqliteStore::open(&empty).expect("an empty file becomes a store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_file_is_owned_by_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.db");
+    let first = SqliteStore::open(&path).unwrap();
+    assert!(SqliteStore::open(&path).is_err(), "second open must fail");
+    drop(first);
+    SqliteStore::open(&path).expect("free again once closed");
+}
