@@ -1,0 +1,145 @@
+//! The galaxy workload end to end on a real engine, and the galaxies table.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use durable::RuntimeStatus;
+use galaxy::{Coords, Galaxy, GalaxyTable, LocalConfig, LocalNode, TableError, GALAXY_CREATE};
+
+fn galaxy(row_key: &str, name: &str) -> Galaxy {
+    Galaxy {
+        partition_key: "galaxies".into(),
+        row_key: row_key.into(),
+        timestamp: Utc::now(),
+        name: name.into(),
+        coords: Coords { x: 1, y: 2, z: 3 },
+        instance_id: format!("i-{row_key}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn galaxy_create_writes_one_row_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = LocalNode::open(dir.path(), LocalConfig::default()).unwrap();
+    let id = node
+        .engine
+        .start_orchestration(GALAXY_CREATE, None, serde_json::json!({"from": "test"}))
+        .await
+        .unwrap();
+    let status = node
+        .engine
+        .wait_for_completion(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(status.output, Some(serde_json::json!("Galaxy created!")));
+    let history = node
+        .engine
+        .status(&id, true)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .unwrap();
+    let scheduled: Vec<_> = history
+        .iter()
+        .filter_map(|e| match &e.kind {
+            durable::EventKind::TaskScheduled { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    // Coords and Name are scheduled in the same turn (fan-out), Impl after both.
+    assert_eq!(
+        scheduled,
+        ["Utility_Coords", "Utility_Name", "Galaxy_Create_Impl"]
+    );
+    let rows = node.table.list(None, 10, None).unwrap().galaxies;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].instance_id, id.to_string());
+    assert!(!rows[0].name.is_empty());
+    assert!(rows[0].coords.x.abs() <= galaxy::coords::EXTENT);
+    let again = node
+        .table
+        .get(&rows[0].partition_key, &rows[0].row_key)
+        .unwrap();
+    assert_eq!(again.as_ref(), Some(&rows[0]));
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_insert_of_the_same_galaxy_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = GalaxyTable::open(dir.path().join("g.db"), true).unwrap();
+    assert!(table.insert(galaxy("k1", "Vega")).await.unwrap());
+    let mut renamed = galaxy("k1", "Other");
+    renamed.coords.x = 99;
+    assert!(!table.insert(renamed).await.unwrap());
+    assert_eq!(table.count().unwrap(), 1);
+    assert_eq!(table.get("galaxies", "k1").unwrap().unwrap().name, "Vega");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_in_key_order_and_filters_by_name_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = GalaxyTable::open(dir.path().join("g.db"), true).unwrap();
+    let inserts: Vec<_> = (0..25)
+        .map(|i| {
+            table.insert(galaxy(
+                &format!("k{i:02}"),
+                if i % 5 == 0 { "Andromeda" } else { "Kestrel" },
+            ))
+        })
+        .collect();
+    for r in futures::future::join_all(inserts).await {
+        assert!(r.unwrap());
+    }
+    let mut seen = Vec::new();
+    let mut token = None;
+    loop {
+        let page = table.list(None, 10, token.as_deref()).unwrap();
+        assert!(page.galaxies.len() <= 10);
+        seen.extend(page.galaxies.into_iter().map(|g| g.row_key));
+        token = page.continuation;
+        if token.is_none() {
+            break;
+        }
+    }
+    let expected: Vec<_> = (0..25).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(seen, expected);
+    let andromeda = table.list(Some("Andro"), 100, None).unwrap();
+    assert_eq!(andromeda.galaxies.len(), 5);
+    assert!(andromeda.galaxies.iter().all(|g| g.name == "Andromeda"));
+    assert!(matches!(
+        table.list(None, 10, Some("no-separator")),
+        Err(TableError::BadContinuation)
+    ));
+}
+
+#[test]
+fn a_file_that_is_not_ours_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE players (id TEXT); INSERT INTO players VALUES ('x');")
+            .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let err = GalaxyTable::open(&path, true).unwrap_err();
+    assert!(matches!(err, TableError::Incompatible(_)), "{err}");
+    assert!(err.to_string().contains("not a galaxies database"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"this is not sqlite at all, just some bytes........").unwrap();
+    let before = std::fs::read(&junk).unwrap();
+    assert!(matches!(
+        GalaxyTable::open(&junk, true),
+        Err(TableError::Incompatible(_))
+    ));
+    assert_eq!(std::fs::read(&junk).unwrap(), before);
+}
