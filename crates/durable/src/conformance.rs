@@ -20,7 +20,7 @@
 //!    [`conformance_tests!`](crate::conformance_tests) with an async fn or
 //!    closure that returns a fresh harness:
 //!
-//! ```ignore
+//! ```text
 //! async fn harness() -> MyHarness { MyHarness::new().await }
 //! durable::conformance_tests!(harness);
 //! ```

@@ -90,6 +90,25 @@ struct Meta {
 struct Lease {
     token: String,
     expires: Instant,
+    /// Set while the writer applies a commit made under this lease (see
+    /// [`Claim`]); such a lease neither expires nor can be used again.
+    committing: bool,
+}
+
+/// A lease the writer validated for a commit or completion that is not
+/// applied to memory yet.
+///
+/// The writer checks a lease, then writes and commits the transaction, and
+/// only then updates memory. Without a claim the lease could expire in
+/// between and the work be handed to a second holder, who would then act on
+/// messages the first holder's commit consumes (and a second completion in
+/// the same batch would deliver a result twice). A claimed lease is taken
+/// out of the expiry maps, so it cannot expire, and refuses a second claim.
+/// After each batch the writer returns the claims whose operation did not
+/// land to the expiry maps, so the holder can retry or abandon.
+enum Claim {
+    Instance(InstanceId, String),
+    Activity(String),
 }
 
 #[derive(Debug)]
@@ -148,6 +167,9 @@ impl Queues {
     }
 
     fn deliver(&mut self, d: Delivery) {
+        if d.fresh {
+            self.reset(&d.instance_id);
+        }
         let now = types::now().timestamp_millis();
         match d.message.message.visible_at.map(|t| t.timestamp_millis()) {
             Some(at) if at > now => {
@@ -223,11 +245,77 @@ impl Queues {
         }
     }
 
-    fn holds(&self, id: &InstanceId, token: &str) -> bool {
-        self.entries
-            .get(id)
-            .and_then(|e| e.lease.as_ref())
-            .is_some_and(|l| l.token == token)
+    /// Forgets everything memory holds about an instance whose rows were
+    /// deleted or replaced (purge, create over a finished instance): its
+    /// messages, delayed ones included, and its lease, whose holder then gets
+    /// [`StoreError::LeaseLost`] instead of committing into the new instance.
+    fn reset(&mut self, id: &InstanceId) {
+        if let Some(e) = self.entries.remove(id) {
+            if e.delayed > 0 {
+                self.delayed.retain(|_, (i, _)| i != id);
+            }
+            if let Some(l) = e.lease {
+                self.leases.remove(&(l.expires, l.token));
+            }
+        }
+    }
+
+    /// Claims the lease `token` on `id` for a commit (see [`Claim`]) and
+    /// returns what memory knows of the instance, or `None` if the lease is
+    /// not held or already claimed.
+    fn claim_instance(&mut self, id: &InstanceId, token: &str) -> Option<Meta> {
+        let e = self.entries.get_mut(id)?;
+        let l = e
+            .lease
+            .as_mut()
+            .filter(|l| l.token == token && !l.committing)?;
+        l.committing = true;
+        self.leases.remove(&(l.expires, l.token.clone()));
+        Some(e.meta.clone())
+    }
+
+    /// Claims the activity lease `token` for a completion (see [`Claim`]);
+    /// returns the row, or `None` if the lease is not held or already claimed.
+    fn claim_activity(&mut self, token: &str) -> Option<ActRow> {
+        let (row, expires) = self.act_locked.get(token)?;
+        self.act_leases.remove(&(*expires, token.to_string()))?;
+        Some(row.clone())
+    }
+
+    /// Returns a claim whose operation did not land to the expiry maps; a
+    /// no-op for one that landed (its lease is gone by then). Returns which
+    /// kind of lease came back, as (orchestration, activity), so waiters can
+    /// recompute their next wake-up.
+    fn unclaim(&mut self, claim: Claim) -> (bool, bool) {
+        match claim {
+            Claim::Instance(id, token) => {
+                let Some(l) = self
+                    .entries
+                    .get_mut(&id)
+                    .and_then(|e| e.lease.as_mut())
+                    .filter(|l| l.token == token && l.committing)
+                else {
+                    return (false, false);
+                };
+                l.committing = false;
+                self.leases.insert((l.expires, token), id);
+                (true, false)
+            }
+            Claim::Activity(token) => match self.act_locked.get(&token) {
+                Some((_, expires)) => {
+                    self.act_leases.insert((*expires, token), ());
+                    (false, true)
+                }
+                None => (false, false),
+            },
+        }
+    }
+
+    /// True when `token` is an activity lease not claimed by a completion.
+    fn act_lease_free(&self, token: &str) -> bool {
+        self.act_locked.get(token).is_some_and(|(_, expires)| {
+            self.act_leases.contains_key(&(*expires, token.to_string()))
+        })
     }
 }
 
@@ -236,6 +324,11 @@ struct Delivery {
     instance_id: InstanceId,
     meta: Meta,
     message: StoredMessage,
+    /// The `ExecutionStarted` of a created instance. Whatever memory still
+    /// holds under that id belongs to a finished instance it replaced and is
+    /// dropped first, or the new instance would inherit stale messages and
+    /// status.
+    fresh: bool,
 }
 
 enum Effect {
@@ -480,6 +573,7 @@ fn load_queues(conn: &Connection) -> Result<Queues, StoreError> {
                 id,
                 message: parse(&message)?,
             },
+            fresh: false,
         });
     }
     let mut stmt = conn
@@ -650,12 +744,13 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
                 Err(_) => break,
             }
         }
+        let mut claims = Vec::new();
         let (effects, outcomes, committed) = match conn.transaction() {
             Ok(tx) => {
                 let mut effects = Vec::with_capacity(batch.len());
                 let mut outcomes = Vec::with_capacity(batch.len());
                 for op in batch {
-                    let (effect, outcome) = apply_in_savepoint(&tx, op, &shared);
+                    let (effect, outcome) = apply_in_savepoint(&tx, op, &shared, &mut claims);
                     effects.push(effect);
                     outcomes.push(outcome);
                 }
@@ -677,10 +772,19 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
         };
         let mut notify_orch = false;
         let mut notify_act = false;
-        if committed.is_ok() {
+        {
             let mut q = shared.queues.lock().expect("queues lock");
-            for effect in effects {
-                let (o, a) = apply_effect(&mut q, effect);
+            if committed.is_ok() {
+                for effect in effects {
+                    let (o, a) = apply_effect(&mut q, effect);
+                    notify_orch |= o;
+                    notify_act |= a;
+                }
+            }
+            // After the effects: a claim whose operation landed has no lease
+            // left to return.
+            for claim in claims {
+                let (o, a) = q.unclaim(claim);
                 notify_orch |= o;
                 notify_act |= a;
             }
@@ -732,7 +836,12 @@ fn fail_op(op: Op, msg: String) -> Outcome {
     }
 }
 
-fn apply_in_savepoint(tx: &Transaction<'_>, op: Op, shared: &Shared) -> (Effect, Outcome) {
+fn apply_in_savepoint(
+    tx: &Transaction<'_>,
+    op: Op,
+    shared: &Shared,
+    claims: &mut Vec<Claim>,
+) -> (Effect, Outcome) {
     if let Err(e) = tx.execute_batch("SAVEPOINT op") {
         return (Effect::None, fail_op(op, e.to_string()));
     }
@@ -753,9 +862,13 @@ fn apply_in_savepoint(tx: &Transaction<'_>, op: Op, shared: &Shared) -> (Effect,
     match op {
         Op::Create(inst, r) => finish!(create(tx, inst), Outcome::Unit, r),
         Op::Send(id, msg, r) => finish!(send(tx, &id, msg, true), Outcome::Unit, r),
-        Op::Commit(c, r) => finish!(commit(tx, *c, shared), Outcome::Unit, r),
+        Op::Commit(c, r) => finish!(commit(tx, *c, shared, claims), Outcome::Unit, r),
         Op::CompleteActivity(lock, msg, r) => {
-            finish!(complete_activity(tx, &lock, msg, shared), Outcome::Unit, r)
+            finish!(
+                complete_activity(tx, &lock, msg, shared, claims),
+                Outcome::Unit,
+                r
+            )
         }
         Op::Purge(id, r) => finish!(purge_one(tx, &id), Outcome::Purge, r),
         Op::PurgeMany(f, limit, r) => finish!(purge_many(tx, &f, limit), Outcome::Count, r),
@@ -799,6 +912,7 @@ fn insert_message(
             id: tx.last_insert_rowid(),
             message,
         },
+        fresh: false,
     })
 }
 
@@ -850,7 +964,9 @@ fn insert_instance(tx: &Transaction<'_>, inst: &NewInstance) -> Result<Delivery,
             parent: inst.parent.clone(),
         },
     };
-    insert_message(tx, &inst.instance_id, meta, message)
+    let mut d = insert_message(tx, &inst.instance_id, meta, message)?;
+    d.fresh = true;
+    Ok(d)
 }
 
 fn create(tx: &Transaction<'_>, inst: NewInstance) -> OpResult<()> {
@@ -893,14 +1009,28 @@ fn send(tx: &Transaction<'_>, id: &InstanceId, message: Message, external: bool)
     Ok((Effect::Deliver(d.into_iter().collect()), ()))
 }
 
-fn commit(tx: &Transaction<'_>, c: TurnCommit, shared: &Shared) -> OpResult<()> {
-    if !shared
+fn commit(
+    tx: &Transaction<'_>,
+    c: TurnCommit,
+    shared: &Shared,
+    claims: &mut Vec<Claim>,
+) -> OpResult<()> {
+    let held = shared
         .queues
         .lock()
         .expect("queues lock")
-        .holds(&c.instance_id, &c.lock.0)
-    {
+        .claim_instance(&c.instance_id, &c.lock.0);
+    let Some(held) = held else {
         return Err(StoreError::LeaseLost);
+    };
+    claims.push(Claim::Instance(c.instance_id.clone(), c.lock.0.clone()));
+    // Memory is only updated after the batch commits, so a purge or a
+    // re-create earlier in this batch may have deleted or replaced the row
+    // the holder worked on: its lease died with that row.
+    match read_meta(tx, &c.instance_id)? {
+        Some((m, _))
+            if m.execution_id == held.execution_id && m.history_len == held.history_len => {}
+        _ => return Err(StoreError::LeaseLost),
     }
     let id = c.instance_id.as_str();
     if c.replace_history {
@@ -1032,20 +1162,27 @@ fn complete_activity(
     lock: &WorkLock,
     message: Message,
     shared: &Shared,
+    claims: &mut Vec<Claim>,
 ) -> OpResult<()> {
-    let row_id = {
-        let q = shared.queues.lock().expect("queues lock");
-        q.act_locked
-            .get(&lock.0)
-            .map(|(row, _)| (row.id, row.activity.instance_id.clone()))
-    };
-    let Some((row_id, instance_id)) = row_id else {
+    let row = shared
+        .queues
+        .lock()
+        .expect("queues lock")
+        .claim_activity(&lock.0);
+    let Some(row) = row else {
         return Err(StoreError::LeaseLost);
     };
-    tx.prepare_cached("DELETE FROM activities WHERE id = ?1")
+    claims.push(Claim::Activity(lock.0.clone()));
+    let (row_id, instance_id) = (row.id, row.activity.instance_id);
+    let deleted = tx
+        .prepare_cached("DELETE FROM activities WHERE id = ?1")
         .map_err(db_err)?
         .execute([row_id])
         .map_err(db_err)?;
+    if deleted == 0 {
+        // Purged earlier in this batch: nothing left to complete.
+        return Err(StoreError::LeaseLost);
+    }
     let d = send_inner(tx, &instance_id, message, false)?;
     Ok((
         Effect::ActivityDone {
@@ -1216,9 +1353,26 @@ fn apply_effect(q: &mut Queues, effect: Effect) -> (bool, bool) {
             (any, false)
         }
         Effect::Purged(ids) => {
-            for id in ids {
-                if q.entries.get(&id).is_some_and(|e| e.lease.is_none()) {
-                    q.entries.remove(&id);
+            // Forget the purged instances entirely, leased ones included
+            // (their holders get LeaseLost rather than committing into
+            // deleted rows), with the activities queued for them, whose rows
+            // the purge deleted too.
+            for id in &ids {
+                q.reset(id);
+            }
+            if !ids.is_empty() {
+                let ids: std::collections::HashSet<_> = ids.into_iter().collect();
+                q.act_ready
+                    .retain(|r| !ids.contains(&r.activity.instance_id));
+                let gone: Vec<(String, Instant)> = q
+                    .act_locked
+                    .iter()
+                    .filter(|(_, (r, _))| ids.contains(&r.activity.instance_id))
+                    .map(|(t, (_, expires))| (t.clone(), *expires))
+                    .collect();
+                for (token, expires) in gone {
+                    q.act_locked.remove(&token);
+                    q.act_leases.remove(&(expires, token));
                 }
             }
             (false, false)
@@ -1325,6 +1479,7 @@ impl Store for SqliteStore {
                 e.lease = Some(Lease {
                     token: token.clone(),
                     expires,
+                    committing: false,
                 });
                 e.attempts += 1;
                 marks.push((id.clone(), e.attempts));
@@ -1370,7 +1525,13 @@ impl Store for SqliteStore {
         let found = q
             .entries
             .iter()
-            .find(|(_, e)| e.lease.as_ref().is_some_and(|l| l.token == lock.0))
+            .find(|(_, e)| {
+                // A lease claimed by an in-flight commit is not abandoned
+                // under it.
+                e.lease
+                    .as_ref()
+                    .is_some_and(|l| l.token == lock.0 && !l.committing)
+            })
             .map(|(id, _)| id.clone());
         let Some(id) = found else {
             return Err(StoreError::LeaseLost);
@@ -1384,6 +1545,7 @@ impl Store for SqliteStore {
             e.lease = Some(Lease {
                 token: token.clone(),
                 expires,
+                committing: false,
             });
         }
         q.leases.insert((expires, token), id);
@@ -1443,6 +1605,10 @@ impl Store for SqliteStore {
         delay: Duration,
     ) -> Result<(), StoreError> {
         let mut q = self.shared.queues.lock().expect("queues lock");
+        // A lease claimed by an in-flight completion is not abandoned under it.
+        if !q.act_lease_free(&lock.0) {
+            return Err(StoreError::LeaseLost);
+        }
         let Some((row, expires)) = q.act_locked.remove(&lock.0) else {
             return Err(StoreError::LeaseLost);
         };
