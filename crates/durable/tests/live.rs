@@ -1,0 +1,403 @@
+//! Engines in a process: live updates, several engines at once, shutdown and
+//! recovery, replay determinism and non-determinism detection.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use durable::{
+    EngineConfig, Error, HistoryEvent, OrchestrationContext, Registry, RuntimeStatus, TaskError,
+};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use common::count;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_see_each_status_and_every_history_event_in_order() {
+    let registry = Registry::new()
+        .orchestration("Two", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.set_custom_status("working");
+            let a: u32 = ctx.call_activity("One", ()).await?;
+            let b: u32 = ctx.call_activity("One", ()).await?;
+            Ok::<_, TaskError>(a + b)
+        })
+        .activity("One", |_ctx, _: ()| async move { Ok::<_, String>(1u32) });
+    let t = common::start(registry);
+    let mut rx = t.engine.subscribe();
+    let id = t.engine.start_orchestration("Two", None, ()).await.unwrap();
+
+    let mut statuses = Vec::new();
+    let mut events: Vec<HistoryEvent> = Vec::new();
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let u = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => panic!("no terminal update; saw {statuses:?}"),
+            Ok(Err(RecvError::Lagged(n))) => panic!("lagged by {n}"),
+            Ok(Err(RecvError::Closed)) => panic!("closed"),
+            Ok(Ok(u)) => u,
+        };
+        if u.instance_id != id {
+            continue;
+        }
+        assert_eq!(u.name, "Two");
+        if statuses.last() != Some(&u.runtime_status) {
+            statuses.push(u.runtime_status);
+        }
+        events.extend(u.history);
+        if u.runtime_status.is_terminal() {
+            assert_eq!(u.output, Some(json!(2)));
+            assert_eq!(u.custom_status, Some(json!("working")));
+            break;
+        }
+    }
+    assert_eq!(
+        statuses,
+        vec![
+            RuntimeStatus::Pending,
+            RuntimeStatus::Running,
+            RuntimeStatus::Completed
+        ]
+    );
+    // The updates carry the whole history, once, in order.
+    let stored = t.engine.status(&id, true).await.unwrap().unwrap();
+    assert_eq!(Some(events), stored.history);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_engines_with_their_own_stores_run_side_by_side() {
+    let make = |tag: &'static str| {
+        Registry::new()
+            .orchestration(
+                "Work",
+                move |ctx: OrchestrationContext, n: u32| async move {
+                    let mut out = Vec::new();
+                    for i in 0..n {
+                        out.push(ctx.call_activity::<String>("Tag", i).await?);
+                    }
+                    ctx.create_timer(Duration::from_millis(20)).await;
+                    Ok::<_, TaskError>(out)
+                },
+            )
+            .activity("Tag", move |_ctx, i: u32| async move {
+                Ok::<_, String>(format!("{tag}{i}"))
+            })
+    };
+    let engines: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|tag| common::start(make(tag)))
+        .collect();
+    let runs = engines.iter().map(|t| async move {
+        let ids: Vec<_> = futures::future::join_all(
+            (0..5).map(|_| t.engine.start_orchestration("Work", None, 3)),
+        )
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+        let mut outs = Vec::new();
+        for id in ids {
+            outs.push(t.wait(&id).await.output.unwrap());
+        }
+        outs
+    });
+    let results = futures::future::join_all(runs).await;
+    for (outs, tag) in results.iter().zip(["a", "b", "c"]) {
+        assert_eq!(outs.len(), 5);
+        for out in outs {
+            assert_eq!(
+                *out,
+                json!([format!("{tag}0"), format!("{tag}1"), format!("{tag}2")])
+            );
+        }
+    }
+    for t in &engines {
+        let page = t
+            .engine
+            .list(&durable::InstanceQuery {
+                filter: Default::default(),
+                page_size: 100,
+                continuation: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.instances.len(),
+            5,
+            "each store holds its own instances"
+        );
+    }
+}
+
+fn recovery_registry(activity_runs: Arc<AtomicU32>) -> Registry {
+    Registry::new()
+        .orchestration("Long", |ctx: OrchestrationContext, ms: u64| async move {
+            let a: u32 = ctx.call_activity("Count", ()).await?;
+            ctx.create_timer(Duration::from_millis(ms)).await;
+            let e: u32 = ctx.wait_for_event("go").await?;
+            let b: u32 = ctx.call_activity("Count", ()).await?;
+            Ok::<_, TaskError>(json!([a, e, b]))
+        })
+        .activity("Count", move |_ctx, _: ()| {
+            let n = activity_runs.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok::<_, String>(n) }
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_engine_on_the_same_store_finishes_unfinished_instances() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let t = common::start(recovery_registry(runs.clone()));
+    // One instance waits on a timer that fires after the restart, one on an
+    // event raised after it.
+    let on_timer = t
+        .engine
+        .start_orchestration("Long", None, 400)
+        .await
+        .unwrap();
+    let on_event = t.engine.start_orchestration("Long", None, 1).await.unwrap();
+    t.wait_until(&on_timer, "timer created", |s| {
+        count(s, "TimerCreated") == 1
+    })
+    .await;
+    t.wait_until(&on_event, "timer fired", |s| count(s, "TimerFired") == 1)
+        .await;
+    let engine = t.engine.clone();
+    let started = Instant::now();
+    t.engine.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown returned"
+    );
+    assert!(matches!(
+        engine.start_orchestration("Long", None, 1).await,
+        Err(Error::ShuttingDown)
+    ));
+    drop(engine);
+
+    let t = t
+        .restart(recovery_registry(runs.clone()), EngineConfig::default())
+        .await;
+    t.engine.raise_event(&on_event, "go", 10).await.unwrap();
+    t.wait_until(&on_timer, "timer fired after restart", |s| {
+        count(s, "TimerFired") == 1
+    })
+    .await;
+    t.engine.raise_event(&on_timer, "go", 20).await.unwrap();
+    let a = t.wait(&on_timer).await;
+    let b = t.wait(&on_event).await;
+    assert_eq!(a.runtime_status, RuntimeStatus::Completed, "{a:?}");
+    assert_eq!(b.runtime_status, RuntimeStatus::Completed, "{b:?}");
+    assert_eq!(a.output.as_ref().unwrap()[1], json!(20));
+    assert_eq!(b.output.as_ref().unwrap()[1], json!(10));
+    // Completed activities were not run again after the restart.
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_despite_a_stuck_activity() {
+    let registry = Registry::new()
+        .orchestration("Stuck", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_activity::<()>("Hang", ()).await?;
+            Ok::<_, TaskError>(())
+        })
+        .activity("Hang", |_ctx, _: ()| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, String>(())
+        });
+    let t = common::start(registry);
+    let id = t
+        .engine
+        .start_orchestration("Stuck", None, ())
+        .await
+        .unwrap();
+    t.wait_until(&id, "activity scheduled", |s| {
+        count(s, "TaskScheduled") == 1
+    })
+    .await;
+    let started = Instant::now();
+    t.engine.shutdown(Duration::from_millis(200)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+}
+
+type Drawn = (String, u64, String);
+
+fn drawing_registry(
+    recorded: Arc<Mutex<HashMap<String, Drawn>>>,
+    replays: Arc<AtomicU32>,
+) -> Registry {
+    Registry::new()
+        .orchestration("Draw", move |ctx: OrchestrationContext, _: ()| {
+            let replays = replays.clone();
+            async move {
+                if ctx.is_replaying() {
+                    replays.fetch_add(1, Ordering::SeqCst);
+                }
+                let drawn: Drawn = (
+                    ctx.new_uuid().to_string(),
+                    ctx.random_u64(),
+                    ctx.current_time().to_rfc3339(),
+                );
+                let id = ctx.instance_id().to_string();
+                ctx.call_activity::<()>("Record", (id, drawn.clone()))
+                    .await?;
+                let _: () = ctx.wait_for_event("go").await?;
+                // Drawn after a wait: a later turn's time.
+                let later = ctx.current_time().to_rfc3339();
+                Ok::<_, TaskError>(
+                    json!({ "drawn": drawn, "later": later, "uuid2": ctx.new_uuid().to_string() }),
+                )
+            }
+        })
+        .activity("Record", move |_ctx, (id, drawn): (String, Drawn)| {
+            recorded.lock().unwrap().insert(id, drawn);
+            async move { Ok::<_, String>(()) }
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_safe_values_are_the_same_after_replay() {
+    let recorded = Arc::new(Mutex::new(HashMap::new()));
+    let replays = Arc::new(AtomicU32::new(0));
+    let config = EngineConfig {
+        cache_capacity: 1,
+        ..Default::default()
+    };
+    let t = common::start_with(drawing_registry(recorded.clone(), replays.clone()), config);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            t.engine
+                .start_orchestration("Draw", None, ())
+                .await
+                .unwrap(),
+        );
+    }
+    for id in &ids {
+        t.wait_until(id, "recorded", |s| count(s, "TaskCompleted") == 1)
+            .await;
+    }
+    // One run fits in the cache: at least three of these turns replay.
+    let mut outputs = Vec::new();
+    for id in &ids {
+        t.engine.raise_event(id, "go", ()).await.unwrap();
+        let s = t.wait(id).await;
+        assert_eq!(s.runtime_status, RuntimeStatus::Completed, "{s:?}");
+        outputs.push(s.output.unwrap());
+    }
+    assert!(replays.load(Ordering::SeqCst) >= 3, "replays: {replays:?}");
+    let recorded = recorded.lock().unwrap().clone();
+    let mut uuids = std::collections::HashSet::new();
+    for (id, out) in ids.iter().zip(&outputs) {
+        let first: Drawn = recorded[id.as_str()].clone();
+        let replayed: Drawn = serde_json::from_value(out["drawn"].clone()).unwrap();
+        assert_eq!(
+            first, replayed,
+            "values drawn before the wait changed on replay"
+        );
+        assert!(out["later"].as_str().unwrap() >= first.2.as_str());
+        let u = uuid::Uuid::parse_str(&first.0).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+        assert!(
+            uuids.insert(first.0.clone()),
+            "uuids differ between instances"
+        );
+        assert_ne!(out["uuid2"], json!(first.0));
+    }
+}
+
+static FLIPPED: AtomicBool = AtomicBool::new(false);
+
+fn changing_registry() -> Registry {
+    Registry::new()
+        .orchestration("Changes", |ctx: OrchestrationContext, _: ()| async move {
+            let name = if FLIPPED.load(Ordering::SeqCst) {
+                "NewStep"
+            } else {
+                "OldStep"
+            };
+            ctx.call_activity::<()>(name, ()).await?;
+            let _: () = ctx.wait_for_event("go").await?;
+            Ok::<_, TaskError>(())
+        })
+        .activity("OldStep", |_ctx, _: ()| async move { Ok::<_, String>(()) })
+        .activity("NewStep", |_ctx, _: ()| async move { Ok::<_, String>(()) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_that_changes_under_a_running_instance_is_caught() {
+    let t = common::start(changing_registry());
+    let id = t
+        .engine
+        .start_orchestration("Changes", None, ())
+        .await
+        .unwrap();
+    t.wait_until(&id, "OldStep done", |s| count(s, "TaskCompleted") == 1)
+        .await;
+    // Deploy the changed code: a restarted engine replays from history.
+    FLIPPED.store(true, Ordering::SeqCst);
+    let t = t
+        .restart(changing_registry(), EngineConfig::default())
+        .await;
+    t.engine.raise_event(&id, "go", ()).await.unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let failure = status.failure.unwrap();
+    assert_eq!(failure.kind, "NonDeterminism");
+    assert!(failure.message.contains("'OldStep'"), "{failure:?}");
+    assert!(failure.message.contains("'NewStep'"), "{failure:?}");
+}
+
+static SKIP: AtomicBool = AtomicBool::new(false);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_action_is_caught_after_cache_eviction() {
+    let registry = Registry::new()
+        .orchestration("Skips", |ctx: OrchestrationContext, _: ()| async move {
+            if !SKIP.load(Ordering::SeqCst) {
+                ctx.create_timer(Duration::from_millis(1)).await;
+            }
+            let _: () = ctx.wait_for_event("go").await?;
+            Ok::<_, TaskError>(())
+        })
+        .orchestration("Other", |ctx: OrchestrationContext, _: ()| async move {
+            let _: () = ctx.wait_for_event("go").await?;
+            Ok::<_, TaskError>(())
+        });
+    let config = EngineConfig {
+        cache_capacity: 1,
+        ..Default::default()
+    };
+    let t = common::start_with(registry, config);
+    let id = t
+        .engine
+        .start_orchestration("Skips", None, ())
+        .await
+        .unwrap();
+    t.wait_until(&id, "timer fired", |s| count(s, "TimerFired") == 1)
+        .await;
+    // Another live instance takes the only cache slot.
+    let other = t
+        .engine
+        .start_orchestration("Other", None, ())
+        .await
+        .unwrap();
+    t.wait_status(&other, RuntimeStatus::Running).await;
+    SKIP.store(true, Ordering::SeqCst);
+    t.engine.raise_event(&id, "go", ()).await.unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let failure = status.failure.unwrap();
+    assert_eq!(failure.kind, "NonDeterminism");
+    assert!(failure.message.contains("timer"), "{failure:?}");
+    // The other instance is fine.
+    t.engine.raise_event(&other, "go", ()).await.unwrap();
+    assert_eq!(
+        t.wait(&other).await.runtime_status,
+        RuntimeStatus::Completed
+    );
+}
