@@ -1,0 +1,1 @@
+//! galaxy-cloud: the cloud backend (work in progress).
