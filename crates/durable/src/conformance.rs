@@ -96,6 +96,7 @@ macro_rules! conformance_tests {
             case_purge_instances,
             case_purge_with_queued_activity,
             case_counts,
+            case_work_signal,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn case_survives_reopen() {
@@ -1707,6 +1708,68 @@ pub async fn case_purge_with_queued_activity(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Waits for `notify` to fire because of `action`, after discarding any
+/// wake-up stored by earlier operations.
+async fn signalled<F: Future>(notify: &tokio::sync::Notify, what: &str, action: F) -> F::Output {
+    // A stored permit from an earlier operation would satisfy the wait below
+    // without `action` doing anything: consume it first.
+    let _ = tokio::time::timeout(Duration::ZERO, notify.notified()).await;
+    let notified = notify.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let out = action.await;
+    assert!(
+        tokio::time::timeout(DEADLINE, notified).await.is_ok(),
+        "no work signal after {what}"
+    );
+    out
+}
+
+/// The store wakes the engine's dispatchers through its [`WorkSignal`]
+/// whenever it makes work visible, so nobody has to poll.
+///
+/// [`WorkSignal`]: crate::store::WorkSignal
+pub async fn case_work_signal(store: &dyn Store) {
+    let signal = store.work_signal();
+    signalled(&signal.orchestrations, "create_instance", async {
+        store
+            .create_instance(new_instance("ws", json!(null)))
+            .await
+            .unwrap()
+    })
+    .await;
+    let item = fetch_only(store, "ws").await;
+    let mut c = turn(&item, RuntimeStatus::Running);
+    c.activities = vec![activity("ws", 1)];
+    signalled(
+        &signal.activities,
+        "a commit scheduling an activity",
+        async { store.commit_turn(c).await.unwrap() },
+    )
+    .await;
+    let act = store.fetch_activity_work(10, LONG).await.unwrap();
+    assert_eq!(act.len(), 1);
+    signalled(&signal.orchestrations, "complete_activity_work", async {
+        store
+            .complete_activity_work(&act[0].lock, task_completed("ws", 1))
+            .await
+            .unwrap()
+    })
+    .await;
+    let item = fetch_only(store, "ws").await;
+    store
+        .commit_turn(turn(&item, RuntimeStatus::Running))
+        .await
+        .unwrap();
+    signalled(&signal.orchestrations, "send_message", async {
+        store
+            .send_message(&iid("ws"), raised("e", json!(null)))
+            .await
+            .unwrap()
+    })
+    .await;
 }
 
 /// `count_by_status` and `queue_depth` report the expected numbers.
