@@ -716,10 +716,30 @@ async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Erro
 
     let status = run.status();
     let execution_id = run.execution_id.clone();
+    // After a continue-as-new, requests that came in after the execution
+    // ended (events, terminate, suspend) stay queued for the next execution
+    // instead of being lost with this one; stale results are dropped.
+    let kept: std::collections::HashSet<i64> =
+        if matches!(run.outcome, Some(Outcome::ContinuedAsNew(_))) {
+            let unapplied: std::collections::HashSet<i64> =
+                turn.unapplied.iter().copied().collect();
+            item.messages
+                .iter()
+                .filter(|m| unapplied.contains(&m.id) && m.message.execution_id.is_none())
+                .map(|m| m.id)
+                .collect()
+        } else {
+            Default::default()
+        };
     let mut commit = TurnCommit {
         lock: item.lock.clone(),
         instance_id: id.clone(),
-        consumed: item.messages.iter().map(|m| m.id).collect(),
+        consumed: item
+            .messages
+            .iter()
+            .map(|m| m.id)
+            .filter(|m| !kept.contains(m))
+            .collect(),
         replace_history,
         history: Vec::new(),
         status: StatusUpdate {
@@ -857,11 +877,13 @@ async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Erro
         failure: commit.status.failure.clone(),
         at: now,
     };
-    let keep = run.outcome.is_none();
-    inner.store.commit_turn(commit).await?;
-    if keep {
+    // Cached before the commit: the commit releases the instance, and a turn
+    // that started before the run was back in the cache would replay the
+    // whole history. A failed commit drops it again (see `process_turn`).
+    if run.outcome.is_none() {
         inner.cache.lock().expect("cache lock").put(id, run);
     }
+    inner.store.commit_turn(commit).await?;
     let _ = inner.updates.send(update);
     Ok(())
 }

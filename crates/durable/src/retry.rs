@@ -63,11 +63,18 @@ impl RetryPolicy {
                 return None;
             }
         }
-        let factor = self
-            .backoff_coefficient
-            .max(1.0)
-            .powi(attempt.saturating_sub(1) as i32);
-        let delay = self.first_interval.mul_f64(factor).min(self.max_interval);
+        // In f64 seconds, capped before converting back: a large attempt
+        // number or coefficient overflows a Duration (mul_f64 would panic).
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let factor = self.backoff_coefficient.max(1.0).powi(exponent);
+        let secs = self.first_interval.as_secs_f64() * factor;
+        let delay = if secs.is_finite() {
+            Duration::try_from_secs_f64(secs)
+                .unwrap_or(self.max_interval)
+                .min(self.max_interval)
+        } else {
+            self.max_interval
+        };
         if let Some(total) = self.total_timeout {
             if elapsed + delay > total {
                 return None;
@@ -105,6 +112,21 @@ mod tests {
         assert_eq!(
             p.next_delay(1, Duration::ZERO, &FailureDetails::new("Fatal", "")),
             None
+        );
+        // Huge attempt numbers and coefficients stay capped instead of
+        // overflowing.
+        let mut p = RetryPolicy::new(u32::MAX, Duration::from_millis(20));
+        p.max_interval = Duration::from_secs(60);
+        for attempt in [71, 1_000, u32::MAX - 1] {
+            assert_eq!(
+                p.next_delay(attempt, Duration::ZERO, &e),
+                Some(Duration::from_secs(60))
+            );
+        }
+        p.backoff_coefficient = f64::INFINITY;
+        assert_eq!(
+            p.next_delay(2, Duration::ZERO, &e),
+            Some(Duration::from_secs(60))
         );
     }
 }

@@ -113,6 +113,10 @@ pub(crate) struct TurnResult {
     pub(crate) history: Vec<HistoryEvent>,
     /// New actions to turn into work.
     pub(crate) actions: Vec<Action>,
+    /// Messages not applied because the execution had already ended in
+    /// this turn. After a continue-as-new the engine leaves those addressed
+    /// to no particular execution (events, terminate...) for the next one.
+    pub(crate) unapplied: Vec<i64>,
 }
 
 impl OrchestrationRun {
@@ -221,8 +225,27 @@ impl OrchestrationRun {
             push(self, action.to_event(), &mut history);
             actions.push(action);
         }
-        for m in messages {
-            if self.outcome.is_some() || !self.accepts(&m.message) {
+        // Nothing applies before the execution starts, so its start message
+        // goes first. Messages left over from a continue-as-new are older
+        // than the start message of the execution they are kept for.
+        let is_start =
+            |m: &&StoredMessage| matches!(m.message.kind, EventKind::ExecutionStarted { .. });
+        let ordered: Vec<&StoredMessage> = if self.started() {
+            messages.iter().collect()
+        } else {
+            messages
+                .iter()
+                .filter(is_start)
+                .chain(messages.iter().filter(|m| !is_start(m)))
+                .collect()
+        };
+        let mut unapplied = Vec::new();
+        for m in ordered {
+            if self.outcome.is_some() {
+                unapplied.push(m.id);
+                continue;
+            }
+            if !self.accepts(&m.message) {
                 continue;
             }
             push(self, m.message.kind.clone(), &mut history);
@@ -251,7 +274,11 @@ impl OrchestrationRun {
             // A finished execution starts no more work.
             actions.clear();
         }
-        TurnResult { history, actions }
+        TurnResult {
+            history,
+            actions,
+            unapplied,
+        }
     }
 
     /// Stale results (for an execution since replaced) and duplicates of

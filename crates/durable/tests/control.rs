@@ -363,3 +363,42 @@ async fn caller_chosen_id_conflicts_while_live_and_is_replaced_once_finished() {
 async fn status_with_history(t: &common::TestEngine, id: &InstanceId) -> durable::InstanceStatus {
     t.engine.status(id, true).await.unwrap().unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_reruns_a_failed_sub_orchestration() {
+    let fail = Arc::new(AtomicBool::new(true));
+    let f = fail.clone();
+    let registry = Registry::new()
+        .orchestration("Parent", |ctx: OrchestrationContext, _: ()| async move {
+            let a: u32 = ctx.call_activity("One", ()).await?;
+            let b: u32 = ctx.call_sub_orchestration("Child", None, ()).await?;
+            Ok::<_, TaskError>(a + b)
+        })
+        .orchestration("Child", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_activity::<u32>("Fragile", ()).await
+        })
+        .activity("One", |_ctx, _: ()| async move { Ok::<_, String>(1u32) })
+        .activity("Fragile", move |_ctx, _: ()| {
+            let fail = f.swap(false, Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err("first run fails".to_string())
+                } else {
+                    Ok(10u32)
+                }
+            }
+        });
+    let t = common::start(registry);
+    let id = t
+        .engine
+        .start_orchestration("Parent", None, ())
+        .await
+        .unwrap();
+    assert_eq!(t.wait(&id).await.runtime_status, RuntimeStatus::Failed);
+    t.engine.rewind(&id, None).await.unwrap();
+    let done = t.wait_status(&id, RuntimeStatus::Completed).await;
+    assert_eq!(done.output, Some(json!(11)));
+    let child = InstanceId::new(format!("{id}:1")).unwrap();
+    let child = t.engine.status(&child, false).await.unwrap().unwrap();
+    assert_eq!(child.runtime_status, RuntimeStatus::Completed);
+}

@@ -481,3 +481,42 @@ async fn a_store_file_is_owned_by_one_store_at_a_time() {
     drop(first);
     SqliteStore::open(&path).expect("free again once closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestration_turns_that_never_commit_are_quarantined() {
+    let polls = Arc::new(AtomicU32::new(0));
+    let p = polls.clone();
+    let registry =
+        Registry::new().orchestration("Slow", move |ctx: OrchestrationContext, _: ()| {
+            let p = p.clone();
+            async move {
+                p.fetch_add(1, Ordering::SeqCst);
+                if !ctx.is_replaying() {
+                    // A turn that outlives its lease: its commit is refused.
+                    let until = std::time::Instant::now() + Duration::from_millis(300);
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                }
+                let _: () = ctx.wait_for_event("never").await?;
+                Ok::<_, TaskError>(())
+            }
+        });
+    let config = EngineConfig {
+        max_attempts: 2,
+        orchestration_lease: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let t = common::start_with(registry, config);
+    let id = t
+        .engine
+        .start_orchestration("Slow", None, ())
+        .await
+        .unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    let failure = status.failure.unwrap();
+    assert_eq!(failure.kind, "Poison", "{failure:?}");
+    assert!(failure.message.contains("quarantined"), "{failure:?}");
+    assert!(polls.load(Ordering::SeqCst) <= 3, "{polls:?}");
+}

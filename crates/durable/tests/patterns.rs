@@ -661,3 +661,185 @@ async fn custom_status_is_visible_in_status() {
     assert_eq!(s.custom_status, Some(json!({ "step": 2 })));
     assert_eq!(s.output, Some(json!("done")));
 }
+
+fn accumulator() -> Registry {
+    Registry::new().orchestration("Acc", |ctx: OrchestrationContext, total: u32| async move {
+        let v: u32 = ctx.wait_for_event("add").await?;
+        if v == 0 {
+            return Ok::<_, TaskError>(total);
+        }
+        ctx.continue_as_new(total + v);
+        Ok(0)
+    })
+}
+
+/// Stops `t`'s dispatchers, runs `queue` (requests pile up in the store),
+/// then starts a fresh engine on the same store: its first turn sees all
+/// the queued messages in one batch.
+async fn in_one_batch<F, Fut>(
+    t: &common::TestEngine,
+    registry: Registry,
+    queue: F,
+) -> durable::Engine
+where
+    F: FnOnce(durable::Engine) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    t.engine.shutdown(Duration::from_secs(5)).await;
+    queue(t.engine.clone()).await;
+    durable::Engine::start(
+        t.store.clone() as Arc<dyn durable::Store>,
+        registry,
+        EngineConfig::default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_as_new_keeps_messages_that_arrive_with_the_last_one() {
+    let t = common::start(accumulator());
+    let id = t.engine.start_orchestration("Acc", None, 0).await.unwrap();
+    t.wait_status(&id, RuntimeStatus::Running).await;
+    let engine = in_one_batch(&t, accumulator(), |e| {
+        let id = id.clone();
+        async move {
+            for v in [1, 2, 3, 4, 0] {
+                e.raise_event(&id, "add", v).await.unwrap();
+            }
+        }
+    })
+    .await;
+    let status = engine
+        .wait_for_completion(&id, Duration::from_secs(10))
+        .await
+        .expect("every event reaches an execution");
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(status.output, Some(json!(10)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_is_not_lost_across_continue_as_new() {
+    let t = common::start(accumulator());
+    let id = t.engine.start_orchestration("Acc", None, 0).await.unwrap();
+    t.wait_status(&id, RuntimeStatus::Running).await;
+    let engine = in_one_batch(&t, accumulator(), |e| {
+        let id = id.clone();
+        async move {
+            e.raise_event(&id, "add", 5).await.unwrap();
+            e.terminate(&id, Some("enough".into())).await.unwrap();
+        }
+    })
+    .await;
+    let status = engine
+        .wait_for_completion(&id, Duration::from_secs(10))
+        .await
+        .expect("the terminate request is applied");
+    assert_eq!(status.runtime_status, RuntimeStatus::Terminated);
+    assert_eq!(status.output, Some(json!("enough")));
+    assert_eq!(status.input, json!(5), "terminated in the second execution");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_orchestration_that_continues_as_new_reports_to_its_parent() {
+    let registry = Registry::new()
+        .orchestration("Parent", |ctx: OrchestrationContext, _: ()| async move {
+            let n: u32 = ctx.call_sub_orchestration("Loop", None, 0).await?;
+            Ok::<_, TaskError>(n)
+        })
+        .orchestration("Loop", |ctx: OrchestrationContext, n: u32| async move {
+            if n < 3 {
+                ctx.create_timer(Duration::from_millis(1)).await;
+                ctx.continue_as_new(n + 1);
+            }
+            Ok::<_, TaskError>(n)
+        });
+    let t = common::start(registry);
+    let status = t.run("Parent", json!(null)).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(status.output, Some(json!(3)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_or_conflicting_children_fail_the_parent_task() {
+    let registry = Registry::new()
+        .orchestration("Parent", |ctx: OrchestrationContext, _: ()| async move {
+            let err = ctx
+                .call_sub_orchestration::<()>("Child", None, ())
+                .await
+                .expect_err("terminated");
+            let id = durable::InstanceId::new("shared-child").unwrap();
+            let conflict = ctx
+                .call_sub_orchestration::<()>("Child", Some(id), ())
+                .await
+                .expect_err("id taken by a live instance");
+            Ok::<_, TaskError>(json!([err.kind, err.message, conflict.kind]))
+        })
+        .orchestration("Child", |ctx: OrchestrationContext, _: ()| async move {
+            let _: () = ctx.wait_for_event("never").await?;
+            Ok::<_, TaskError>(())
+        });
+    let t = common::start(registry);
+    let shared = durable::InstanceId::new("shared-child").unwrap();
+    t.engine
+        .start_orchestration("Child", Some(shared.clone()), ())
+        .await
+        .unwrap();
+    let id = t
+        .engine
+        .start_orchestration("Parent", None, ())
+        .await
+        .unwrap();
+    let child = durable::InstanceId::new(format!("{id}:0")).unwrap();
+    t.wait_until(&id, "child created", |s| {
+        count(s, "SubOrchestrationInstanceCreated") == 1
+    })
+    .await;
+    t.wait_status(&child, RuntimeStatus::Running).await;
+    t.engine
+        .terminate(&child, Some("cut".into()))
+        .await
+        .unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(
+        status.output,
+        Some(json!(["Terminated", "cut", "Conflict"]))
+    );
+    // The live instance that held the id is untouched.
+    let s = t.engine.status(&shared, false).await.unwrap().unwrap();
+    assert_eq!(s.runtime_status, RuntimeStatus::Running);
+    assert_eq!(s.parent_instance_id, None);
+}
+
+#[test]
+fn retry_delays_stay_capped_for_many_attempts() {
+    let mut p = RetryPolicy::new(u32::MAX, Duration::from_millis(20));
+    p.max_interval = Duration::from_secs(60);
+    let e = durable::FailureDetails::new("X", "y");
+    for attempt in [1, 10, 60, 71, 100, 1_000, 100_000] {
+        let d = p.next_delay(attempt, Duration::ZERO, &e).unwrap();
+        assert!(d <= Duration::from_secs(60), "attempt {attempt}: {d:?}");
+    }
+    assert_eq!(
+        p.next_delay(1_000, Duration::ZERO, &e),
+        Some(Duration::from_secs(60))
+    );
+    p.backoff_coefficient = f64::INFINITY;
+    assert_eq!(
+        p.next_delay(3, Duration::ZERO, &e),
+        Some(Duration::from_secs(60))
+    );
+    p.backoff_coefficient = f64::NAN;
+    assert!(p.next_delay(3, Duration::ZERO, &e).is_some());
+}
