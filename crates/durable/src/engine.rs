@@ -910,8 +910,14 @@ fn force_failure(
 }
 
 /// The history of a Failed instance with its failure removed: the final
-/// `ExecutionFailed` and every failed task result go, so replay finds those
-/// tasks pending again. Event ids are renumbered.
+/// `ExecutionFailed` and the failed task results the orchestrator did not
+/// get past go, so replay finds those tasks pending again. Event ids are
+/// renumbered.
+///
+/// A failure followed by an action record was handled: the orchestrator
+/// went on (a retry's timer, a compensation), so its later actions depend
+/// on it and it stays, or replay would diverge from them. Failures after
+/// the last action record are the ones that ended the execution.
 fn rewound_history(
     history: &[HistoryEvent],
     item: &OrchestrationWorkItem,
@@ -921,17 +927,18 @@ fn rewound_history(
         EventKind::Rewound { reason } => reason.clone(),
         _ => None,
     });
+    let last_action = history.iter().rposition(|e| e.kind.is_action_record());
     let mut kept: Vec<HistoryEvent> = history
         .iter()
-        .filter(|e| {
-            !matches!(
-                e.kind,
-                EventKind::ExecutionFailed { .. }
-                    | EventKind::TaskFailed { .. }
-                    | EventKind::SubOrchestrationFailed { .. }
-            )
+        .enumerate()
+        .filter(|(i, e)| match e.kind {
+            EventKind::ExecutionFailed { .. } => false,
+            EventKind::TaskFailed { .. } | EventKind::SubOrchestrationFailed { .. } => {
+                last_action.is_some_and(|a| *i < a)
+            }
+            _ => true,
         })
-        .cloned()
+        .map(|(_, e)| e.clone())
         .collect();
     kept.push(HistoryEvent {
         event_id: 0,

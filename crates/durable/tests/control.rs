@@ -402,3 +402,56 @@ async fn rewind_reruns_a_failed_sub_orchestration() {
     let child = t.engine.status(&child, false).await.unwrap().unwrap();
     assert_eq!(child.runtime_status, RuntimeStatus::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_after_retries_ran_out_gives_the_activity_another_try() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let registry = Registry::new()
+        .orchestration("Retries", |ctx: OrchestrationContext, _: ()| async move {
+            let before: u32 = ctx.call_activity("Before", ()).await?;
+            let policy = durable::RetryPolicy::new(3, std::time::Duration::from_millis(5));
+            let v: u32 = ctx
+                .call_activity_with_retry("FailsThrice", (), &policy)
+                .await?;
+            Ok::<_, TaskError>(before + v)
+        })
+        .activity(
+            "Before",
+            |_ctx, _: ()| async move { Ok::<_, String>(100u32) },
+        )
+        .activity("FailsThrice", move |_ctx, _: ()| {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n <= 3 {
+                    Err(format!("attempt {n} failed"))
+                } else {
+                    Ok(n)
+                }
+            }
+        });
+    let t = common::start(registry);
+    let id = t
+        .engine
+        .start_orchestration("Retries", None, ())
+        .await
+        .unwrap();
+    let failed = t.wait(&id).await;
+    assert_eq!(failed.runtime_status, RuntimeStatus::Failed);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    t.engine.rewind(&id, None).await.unwrap();
+    let done = t
+        .wait_until(&id, "rewound run finished", |s| {
+            s.runtime_status.is_terminal() && s.runtime_status != RuntimeStatus::Failed
+                || s.failure
+                    .as_ref()
+                    .is_some_and(|f| f.kind != failed.failure.as_ref().unwrap().kind)
+        })
+        .await;
+    assert_eq!(done.runtime_status, RuntimeStatus::Completed, "{done:?}");
+    assert_eq!(done.output, Some(json!(104)));
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "one more attempt only");
+    // The handled failures stay in history; the final one is gone.
+    assert_eq!(count(&done, "TaskFailed"), 2);
+}
