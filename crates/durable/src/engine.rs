@@ -640,12 +640,20 @@ async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Erro
             .any(|m| matches!(m.message.kind, EventKind::Rewound { .. }));
     let cached = inner.cache.lock().expect("cache lock").pop(&id);
     let mut reissued = Vec::new();
+    let mut answers = Vec::new();
     let (mut run, mut carried, replace_history, mut base) = if rewind {
         let history = inner.store.load_history(&id).await?;
         let rewound = rewound_history(&history, &item, now);
         let (run, carried) = OrchestrationRun::replay(&inner.registry, id.clone(), &rewound);
         // Already recorded in history: re-issued as work, not recorded again.
-        reissued = pending_after_rewind(&rewound);
+        (reissued, answers) = settle_rewound_children(
+            inner,
+            &id,
+            pending_after_rewind(&rewound),
+            &run.execution_id,
+            now,
+        )
+        .await?;
         (run, carried, true, rewound)
     } else {
         match cached {
@@ -668,7 +676,7 @@ async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Erro
     };
 
     let messages: Vec<_> = if rewind {
-        Vec::new()
+        answers
     } else if item.attempts > inner.config.max_attempts {
         // Poison: the instance keeps failing its turns; fail it instead of
         // retrying forever.
@@ -949,6 +957,54 @@ fn rewound_history(
         e.event_id = i as u64;
     }
     kept
+}
+
+/// Sorts the work a rewind would re-issue by what became of it meanwhile.
+/// A child of this instance still running reports by itself and is left
+/// alone (starting it again would conflict); one that completed while the
+/// parent was Failed had its result dropped, which is delivered now instead
+/// of running the child again. Everything else is issued again.
+async fn settle_rewound_children(
+    inner: &Inner,
+    parent: &InstanceId,
+    pending: Vec<Action>,
+    execution_id: &str,
+    now: Timestamp,
+) -> Result<(Vec<Action>, Vec<crate::store::StoredMessage>), Error> {
+    let mut reissue = Vec::new();
+    let mut answers = Vec::new();
+    for action in pending {
+        if let Action::StartSubOrchestration {
+            task_id,
+            instance_id,
+            ..
+        } = &action
+        {
+            let child = inner.store.get_instance(instance_id, false).await?;
+            if let Some(child) = child.filter(|c| c.parent_instance_id.as_ref() == Some(parent)) {
+                if !child.runtime_status.is_terminal() {
+                    continue;
+                }
+                if child.runtime_status == RuntimeStatus::Completed {
+                    answers.push(crate::store::StoredMessage {
+                        id: -1,
+                        message: Message {
+                            execution_id: Some(execution_id.to_string()),
+                            visible_at: None,
+                            sent_at: now,
+                            kind: EventKind::SubOrchestrationCompleted {
+                                task_id: *task_id,
+                                result: child.output.unwrap_or(Value::Null),
+                            },
+                        },
+                    });
+                    continue;
+                }
+            }
+        }
+        reissue.push(action);
+    }
+    Ok((reissue, answers))
 }
 
 /// Work to re-issue after a rewind: tasks scheduled but without a result.

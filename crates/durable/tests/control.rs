@@ -455,3 +455,76 @@ async fn rewind_after_retries_ran_out_gives_the_activity_another_try() {
     // The handled failures stay in history; the final one is gone.
     assert_eq!(count(&done, "TaskFailed"), 2);
 }
+
+/// A parent that gave up on its first failed child while others were still
+/// running: after a rewind the failed child runs again, a child that is
+/// still running is waited for, and one that finished meanwhile counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_waits_for_children_that_outlived_the_failure() {
+    let fail = Arc::new(AtomicBool::new(true));
+    let runs = Arc::new(AtomicU32::new(0));
+    let (f, r) = (fail.clone(), runs.clone());
+    let registry = Registry::new()
+        .orchestration("Parent", |ctx: OrchestrationContext, _: ()| async move {
+            let a = ctx.call_sub_orchestration::<String>("Fragile", None, ());
+            let b = ctx.call_sub_orchestration::<String>("WaitsFor", None, "b");
+            let c = ctx.call_sub_orchestration::<String>("WaitsFor", None, "c");
+            let (a, b, c) = futures::future::try_join3(a, b, c).await?;
+            Ok::<_, TaskError>(format!("{a}{b}{c}"))
+        })
+        .orchestration("Fragile", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_activity::<String>("MaybeFail", ()).await
+        })
+        .orchestration(
+            "WaitsFor",
+            move |ctx: OrchestrationContext, name: String| {
+                let r = r.clone();
+                async move {
+                    if !ctx.is_replaying() {
+                        r.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _: () = ctx.wait_for_event(&name).await?;
+                    Ok::<_, TaskError>(name)
+                }
+            },
+        )
+        .activity("MaybeFail", move |_ctx, _: ()| {
+            let fail = f.swap(false, Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err("first run fails".to_string())
+                } else {
+                    Ok("a".to_string())
+                }
+            }
+        });
+    let t = common::start(registry);
+    let id = t
+        .engine
+        .start_orchestration("Parent", None, ())
+        .await
+        .unwrap();
+    let failed = t.wait(&id).await;
+    assert_eq!(failed.runtime_status, RuntimeStatus::Failed);
+    let b = InstanceId::new(format!("{id}:1")).unwrap();
+    let c = InstanceId::new(format!("{id}:2")).unwrap();
+    t.wait_status(&b, RuntimeStatus::Running).await;
+    t.wait_status(&c, RuntimeStatus::Running).await;
+    // c finishes while its parent is Failed: its result is dropped then.
+    t.engine.raise_event(&c, "c", ()).await.unwrap();
+    t.wait(&c).await;
+
+    t.engine.rewind(&id, None).await.unwrap();
+    // b is still running and must not be started again.
+    t.wait_until(&id, "rewound", |s| count(s, "ExecutionRewound") == 1)
+        .await;
+    t.engine.raise_event(&b, "b", ()).await.unwrap();
+    let done = t
+        .wait_until(&id, "parent finished", |s| {
+            s.runtime_status.is_terminal() && count(s, "ExecutionRewound") == 1
+        })
+        .await;
+    assert_eq!(done.runtime_status, RuntimeStatus::Completed, "{done:?}");
+    assert_eq!(done.output, Some(json!("abc")));
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "b and c ran once each");
+}
