@@ -320,9 +320,14 @@ impl OrchestrationContext {
     }
 
     /// A durable timer that fires after `delay` (from the turn's "now").
+    /// A delay beyond the calendar (e.g. `Duration::MAX`, "never") is
+    /// capped at the latest representable time.
     pub fn create_timer(&self, delay: Duration) -> TimerFuture {
-        let fire_at = self.current_time()
-            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let latest = crate::types::from_millis(Timestamp::MAX_UTC.timestamp_millis());
+        let fire_at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| self.current_time().checked_add_signed(d))
+            .map_or(latest, |t| t.min(latest));
         self.create_timer_at(fire_at)
     }
 

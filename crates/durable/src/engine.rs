@@ -1051,8 +1051,11 @@ fn pending_after_rewind(history: &[HistoryEvent]) -> Vec<Action> {
 async fn retention_loop(inner: Arc<Inner>, policy: RetentionPolicy) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
-        let cutoff = types::now()
-            - chrono::Duration::from_std(policy.max_age).unwrap_or(chrono::Duration::MAX);
+        // An age beyond the calendar keeps everything.
+        let cutoff = chrono::Duration::from_std(policy.max_age)
+            .ok()
+            .and_then(|age| types::now().checked_sub_signed(age))
+            .unwrap_or(Timestamp::MIN_UTC);
         let filter = InstanceFilter {
             statuses: RuntimeStatus::ALL
                 .into_iter()

@@ -520,3 +520,55 @@ async fn orchestration_turns_that_never_commit_are_quarantined() {
     assert!(failure.message.contains("quarantined"), "{failure:?}");
     assert!(polls.load(Ordering::SeqCst) <= 3, "{polls:?}");
 }
+
+/// Panic messages seen by any thread of this test binary (the previous
+/// hook still runs, so output is unchanged).
+fn record_panics() -> Arc<std::sync::Mutex<Vec<String>>> {
+    static SEEN: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<String>>>> =
+        std::sync::OnceLock::new();
+    SEEN.get_or_init(|| {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(info.to_string());
+            previous(info);
+        }));
+        seen
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_with_an_unbounded_age_keeps_everything() {
+    let panics = record_panics();
+    let registry = Registry::new()
+        .orchestration("Quick", |_ctx: OrchestrationContext, _: ()| async move {
+            Ok::<_, TaskError>(1)
+        });
+    let config = EngineConfig {
+        retention: Some(RetentionPolicy {
+            max_age: Duration::MAX,
+            interval: Duration::from_millis(10),
+            batch: 10,
+        }),
+        ..Default::default()
+    };
+    let t = common::start_with(registry, config);
+    let status = t.run("Quick", json!(null)).await;
+    // The retention task looks once at start; shutdown joins it.
+    t.engine.shutdown(Duration::from_secs(5)).await;
+    let seen = panics.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|p| p.contains("engine.rs")),
+        "the retention task panicked: {seen:?}"
+    );
+    assert!(t
+        .engine
+        .status(&status.instance_id, false)
+        .await
+        .unwrap()
+        .is_some());
+}

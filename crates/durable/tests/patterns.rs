@@ -843,3 +843,32 @@ fn retry_delays_stay_capped_for_many_attempts() {
     p.backoff_coefficient = f64::NAN;
     assert!(p.next_delay(3, Duration::ZERO, &e).is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_that_never_fires_can_lose_a_race() {
+    let registry =
+        Registry::new().orchestration("Forever", |ctx: OrchestrationContext, _: ()| async move {
+            let event = ctx.wait_for_event::<u32>("e");
+            let never = ctx.create_timer(Duration::MAX);
+            Ok::<_, TaskError>(match select(event, never).await {
+                Either::Left((v, _)) => v?,
+                Either::Right(_) => 0,
+            })
+        });
+    let t = common::start(registry);
+    let id = t
+        .engine
+        .start_orchestration("Forever", None, ())
+        .await
+        .unwrap();
+    t.wait_until(&id, "timer created", |s| count(s, "TimerCreated") == 1)
+        .await;
+    t.engine.raise_event(&id, "e", 9).await.unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    assert_eq!(status.output, Some(json!(9)));
+}
