@@ -528,3 +528,69 @@ async fn rewind_waits_for_children_that_outlived_the_failure() {
     assert_eq!(done.output, Some(json!("abc")));
     assert_eq!(runs.load(Ordering::SeqCst), 2, "b and c ran once each");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_survives_a_restart_and_holds_back_results() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let registry = |gate: Arc<tokio::sync::Semaphore>| {
+        Registry::new()
+            .orchestration("Steps", |ctx: OrchestrationContext, _: ()| async move {
+                let v: u32 = ctx.call_activity("Gate", ()).await?;
+                ctx.create_timer(std::time::Duration::from_millis(20)).await;
+                Ok::<_, TaskError>(v)
+            })
+            .activity("Gate", move |_ctx, _: ()| {
+                let gate = gate.clone();
+                async move {
+                    gate.acquire().await.expect("gate").forget();
+                    Ok::<_, String>(5u32)
+                }
+            })
+    };
+    let t = common::start(registry(gate.clone()));
+    let id = t
+        .engine
+        .start_orchestration("Steps", None, ())
+        .await
+        .unwrap();
+    t.wait_until(&id, "scheduled", |s| count(s, "TaskScheduled") == 1)
+        .await;
+    t.engine.suspend(&id, None).await.unwrap();
+    t.wait_status(&id, RuntimeStatus::Suspended).await;
+    gate.add_permits(1);
+    let s = t
+        .wait_until(&id, "result recorded", |s| count(s, "TaskCompleted") == 1)
+        .await;
+    assert_eq!(s.runtime_status, RuntimeStatus::Suspended);
+    assert_eq!(count(&s, "TimerCreated"), 0, "no progress while suspended");
+
+    let t = t
+        .restart(registry(gate.clone()), durable::EngineConfig::default())
+        .await;
+    let s = t.engine.status(&id, true).await.unwrap().unwrap();
+    assert_eq!(s.runtime_status, RuntimeStatus::Suspended);
+    t.engine.resume(&id, None).await.unwrap();
+    let s = t.wait(&id).await;
+    assert_eq!(s.runtime_status, RuntimeStatus::Completed, "{s:?}");
+    assert_eq!(s.output, Some(json!(5)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_right_after_start() {
+    let t = common::start(waiting_registry());
+    let id = t
+        .engine
+        .start_orchestration("Wait", None, "x")
+        .await
+        .unwrap();
+    t.engine.terminate(&id, Some("early".into())).await.unwrap();
+    let mut rx = t.engine.subscribe();
+    let s = t.wait(&id).await;
+    assert_eq!(s.runtime_status, RuntimeStatus::Terminated);
+    assert_eq!(s.output, Some(json!("early")));
+    while let Ok(u) = rx.try_recv() {
+        if u.instance_id == id {
+            assert_eq!(u.name, "Wait");
+        }
+    }
+}
