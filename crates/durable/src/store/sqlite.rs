@@ -4,9 +4,17 @@
 //! - **One writer thread** owns the write connection. Callers send it
 //!   operations over a channel; it drains whatever has queued up and applies
 //!   the whole batch in ONE transaction (group commit), so the fsync cost is
-//!   shared by every turn in the batch. Each operation runs in its own
-//!   savepoint, so one failing operation (a conflict, a lost lease) does not
-//!   undo its neighbours.
+//!   shared by every turn in the batch. Every expected failure (a conflict,
+//!   a lost lease, a missing instance) is detected before an operation
+//!   writes anything, so a failing operation leaves its neighbours intact
+//!   without the cost of a savepoint; an unexpected database error aborts
+//!   the whole batch and every caller gets the error.
+//! - **Callers serialize**: JSON is produced on the caller's thread before an
+//!   operation is queued, so the writer thread only binds and steps
+//!   statements. The writer is the store's throughput limit; everything
+//!   that can run elsewhere does.
+//! - **History is stored one row per turn** (a JSON array of that turn's
+//!   events), so a turn appends one row however many events it records.
 //! - **Queues live in memory**, rebuilt from the tables at open. A fetch takes
 //!   work from memory without touching the disk. The writer updates the
 //!   queues only *after* its transaction committed, so no worker ever acts on
@@ -42,7 +50,7 @@ use crate::types::{
 
 /// Marks a database as ours; checked at open.
 const APPLICATION_ID: i32 = 0x4746_4431; // "GFD1"
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// Most operations in one group commit.
 const MAX_BATCH: usize = 2048;
 
@@ -352,14 +360,101 @@ enum Effect {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// A value and its JSON, made on the caller's thread (see the module docs).
+struct Json<T> {
+    value: T,
+    text: String,
+}
+
+impl<T: serde::Serialize> Json<T> {
+    fn new(value: T) -> Self {
+        let text = json(&value);
+        Self { value, text }
+    }
+}
+
+/// A new instance with its JSON made ahead.
+struct PreparedInstance {
+    inst: NewInstance,
+    input: String,
+    started: Json<Message>,
+}
+
+impl PreparedInstance {
+    fn new(inst: NewInstance) -> Self {
+        let started = Json::new(Message {
+            execution_id: Some(inst.execution_id.clone()),
+            visible_at: None,
+            sent_at: inst.created_at,
+            kind: EventKind::ExecutionStarted {
+                name: inst.name.clone(),
+                input: inst.input.clone(),
+                execution_id: inst.execution_id.clone(),
+                parent: inst.parent.clone(),
+            },
+        });
+        Self {
+            input: json(&inst.input),
+            inst,
+            started,
+        }
+    }
+}
+
+/// A turn commit with its JSON made ahead; `commit` keeps the status and
+/// bookkeeping, the rest is moved into the prepared fields.
+struct PreparedCommit {
+    commit: TurnCommit,
+    /// The turn's history events as one JSON array (one row).
+    history: Option<(u64, String)>,
+    activities: Vec<(NewActivity, String)>,
+    messages: Vec<(InstanceId, Json<Message>)>,
+    children: Vec<PreparedInstance>,
+}
+
+impl PreparedCommit {
+    fn new(mut commit: TurnCommit) -> Self {
+        let history = commit
+            .history
+            .first()
+            .map(|first| (first.event_id, json(&commit.history)));
+        commit.history = Vec::new();
+        let activities = std::mem::take(&mut commit.activities)
+            .into_iter()
+            .map(|a| {
+                let input = json(&a.input);
+                (a, input)
+            })
+            .collect();
+        let messages = std::mem::take(&mut commit.messages)
+            .into_iter()
+            .map(|m| (m.instance_id, Json::new(m.message)))
+            .collect();
+        let children = std::mem::take(&mut commit.new_instances)
+            .into_iter()
+            .map(PreparedInstance::new)
+            .collect();
+        Self {
+            commit,
+            history,
+            activities,
+            messages,
+            children,
+        }
+    }
+}
+
 enum Op {
-    Create(NewInstance, Reply<()>),
-    Send(InstanceId, Message, Reply<()>),
-    Commit(Box<TurnCommit>, Reply<()>),
-    CompleteActivity(WorkLock, Message, Reply<()>),
+    Create(Box<PreparedInstance>, Reply<()>),
+    Send(InstanceId, Json<Message>, Reply<()>),
+    Commit(Box<PreparedCommit>, Reply<()>),
+    CompleteActivity(WorkLock, Json<Message>, Reply<()>),
     Purge(InstanceId, Reply<PurgeOutcome>),
     PurgeMany(InstanceFilter, usize, Reply<u64>),
-    /// Persists delivery counts so poison detection survives crashes.
+    /// Persists delivery counts of redeliveries so poison detection
+    /// survives crashes. First deliveries are not written (most work is
+    /// delivered once); at open, queued work counts as delivered once, which
+    /// over-counts work that was never delivered by at most one.
     MarkFetched {
         instances: Vec<(InstanceId, u32)>,
         activities: Vec<(i64, u32)>,
@@ -438,9 +533,9 @@ CREATE INDEX instances_by_created ON instances(created_at, instance_id);
 CREATE INDEX instances_by_status ON instances(runtime_status, created_at);
 CREATE TABLE history (
     instance_id TEXT NOT NULL,
-    event_id INTEGER NOT NULL,
-    event TEXT NOT NULL,
-    PRIMARY KEY (instance_id, event_id)
+    first_event_id INTEGER NOT NULL,
+    events TEXT NOT NULL,
+    PRIMARY KEY (instance_id, first_event_id)
 ) WITHOUT ROWID;
 CREATE TABLE messages (
     id INTEGER PRIMARY KEY,
@@ -565,7 +660,7 @@ fn load_queues(conn: &Connection) -> Result<Queues, StoreError> {
             execution_id,
             history_len: len as u64,
         };
-        q.entry(&instance_id, &meta).attempts = attempts as u32;
+        q.entry(&instance_id, &meta).attempts = (attempts as u32).max(1);
         q.deliver(Delivery {
             instance_id,
             meta,
@@ -603,7 +698,7 @@ fn load_queues(conn: &Connection) -> Result<Queues, StoreError> {
                 name,
                 input: parse(&input)?,
             },
-            attempts: attempts as u32,
+            attempts: (attempts as u32).max(1),
         });
     }
     Ok(q)
@@ -749,12 +844,22 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
             Ok(tx) => {
                 let mut effects = Vec::with_capacity(batch.len());
                 let mut outcomes = Vec::with_capacity(batch.len());
+                let mut fatal: Option<String> = None;
                 for op in batch {
-                    let (effect, outcome) = apply_in_savepoint(&tx, op, &shared, &mut claims);
+                    if let Some(msg) = &fatal {
+                        outcomes.push(fail_op(op, msg.clone()));
+                        continue;
+                    }
+                    let (effect, outcome, error) = apply_op(&tx, op, &shared, &mut claims);
+                    fatal = error;
                     effects.push(effect);
                     outcomes.push(outcome);
                 }
-                let committed = tx.commit().map_err(db_err);
+                let committed = match fatal {
+                    // Dropping the transaction rolls the whole batch back.
+                    Some(msg) => Err(StoreError::Database(msg)),
+                    None => tx.commit().map_err(db_err),
+                };
                 (effects, outcomes, committed)
             }
             Err(e) => {
@@ -836,31 +941,27 @@ fn fail_op(op: Op, msg: String) -> Outcome {
     }
 }
 
-fn apply_in_savepoint(
+/// Applies one operation. Returns the database error that must abort the
+/// batch, if any; every other error was found before the operation wrote.
+fn apply_op(
     tx: &Transaction<'_>,
     op: Op,
     shared: &Shared,
     claims: &mut Vec<Claim>,
-) -> (Effect, Outcome) {
-    if let Err(e) = tx.execute_batch("SAVEPOINT op") {
-        return (Effect::None, fail_op(op, e.to_string()));
-    }
+) -> (Effect, Outcome, Option<String>) {
     macro_rules! finish {
         ($result:expr, $wrap:expr, $reply:expr) => {{
             match $result {
-                Ok((effect, value)) => {
-                    let _ = tx.execute_batch("RELEASE op");
-                    (effect, $wrap($reply, Ok(value)))
-                }
+                Ok((effect, value)) => (effect, $wrap($reply, Ok(value)), None),
                 Err(e) => {
-                    let _ = tx.execute_batch("ROLLBACK TO op; RELEASE op");
-                    (Effect::None, $wrap($reply, Err(e)))
+                    let fatal = matches!(e, StoreError::Database(_)).then(|| e.to_string());
+                    (Effect::None, $wrap($reply, Err(e)), fatal)
                 }
             }
         }};
     }
     match op {
-        Op::Create(inst, r) => finish!(create(tx, inst), Outcome::Unit, r),
+        Op::Create(inst, r) => finish!(create(tx, *inst), Outcome::Unit, r),
         Op::Send(id, msg, r) => finish!(send(tx, &id, msg, true), Outcome::Unit, r),
         Op::Commit(c, r) => finish!(commit(tx, *c, shared, claims), Outcome::Unit, r),
         Op::CompleteActivity(lock, msg, r) => {
@@ -876,13 +977,10 @@ fn apply_in_savepoint(
             instances,
             activities,
         } => {
-            let res = mark_fetched(tx, &instances, &activities);
-            let _ = tx.execute_batch(if res.is_ok() {
-                "RELEASE op"
-            } else {
-                "ROLLBACK TO op; RELEASE op"
-            });
-            (Effect::None, Outcome::Silent)
+            let fatal = mark_fetched(tx, &instances, &activities)
+                .err()
+                .map(|e| e.to_string());
+            (Effect::None, Outcome::Silent, fatal)
         }
     }
 }
@@ -893,8 +991,12 @@ fn insert_message(
     tx: &Transaction<'_>,
     id: &InstanceId,
     meta: Meta,
-    message: Message,
+    message: Json<Message>,
 ) -> Result<Delivery, StoreError> {
+    let Json {
+        value: message,
+        text,
+    } = message;
     tx.prepare_cached(
         "INSERT INTO messages (instance_id, visible_at, message) VALUES (?1, ?2, ?3)",
     )
@@ -902,7 +1004,7 @@ fn insert_message(
     .execute(params![
         id.as_str(),
         message.visible_at.map(|t| t.timestamp_millis()),
-        json(&message)
+        text
     ])
     .map_err(db_err)?;
     Ok(Delivery {
@@ -916,7 +1018,15 @@ fn insert_message(
     })
 }
 
-fn insert_instance(tx: &Transaction<'_>, inst: &NewInstance) -> Result<Delivery, StoreError> {
+fn insert_instance(
+    tx: &Transaction<'_>,
+    prepared: PreparedInstance,
+) -> Result<Delivery, StoreError> {
+    let PreparedInstance {
+        inst,
+        input,
+        started,
+    } = prepared;
     let existing = read_meta(tx, &inst.instance_id)?;
     if let Some((meta, _)) = &existing {
         if !meta.status.is_terminal() {
@@ -943,7 +1053,7 @@ fn insert_instance(tx: &Transaction<'_>, inst: &NewInstance) -> Result<Delivery,
         inst.instance_id.as_str(),
         inst.name,
         inst.execution_id,
-        json(&inst.input),
+        input,
         created,
         inst.parent.as_ref().map(|p| p.instance_id.as_str().to_string()),
     ])
@@ -953,24 +1063,13 @@ fn insert_instance(tx: &Transaction<'_>, inst: &NewInstance) -> Result<Delivery,
         execution_id: inst.execution_id.clone(),
         history_len: 0,
     };
-    let message = Message {
-        execution_id: Some(inst.execution_id.clone()),
-        visible_at: None,
-        sent_at: inst.created_at,
-        kind: EventKind::ExecutionStarted {
-            name: inst.name.clone(),
-            input: inst.input.clone(),
-            execution_id: inst.execution_id.clone(),
-            parent: inst.parent.clone(),
-        },
-    };
-    let mut d = insert_message(tx, &inst.instance_id, meta, message)?;
+    let mut d = insert_message(tx, &inst.instance_id, meta, started)?;
     d.fresh = true;
     Ok(d)
 }
 
-fn create(tx: &Transaction<'_>, inst: NewInstance) -> OpResult<()> {
-    let d = insert_instance(tx, &inst)?;
+fn create(tx: &Transaction<'_>, inst: PreparedInstance) -> OpResult<()> {
+    let d = insert_instance(tx, inst)?;
     Ok((Effect::Deliver(vec![d]), ()))
 }
 
@@ -984,7 +1083,7 @@ fn accepted_when_terminal(status: RuntimeStatus, kind: &EventKind) -> bool {
 fn send_inner(
     tx: &Transaction<'_>,
     id: &InstanceId,
-    message: Message,
+    message: Json<Message>,
     external: bool,
 ) -> Result<Option<Delivery>, StoreError> {
     let Some((meta, _)) = read_meta(tx, id)? else {
@@ -994,7 +1093,7 @@ fn send_inner(
             Ok(None)
         };
     };
-    if meta.status.is_terminal() && !accepted_when_terminal(meta.status, &message.kind) {
+    if meta.status.is_terminal() && !accepted_when_terminal(meta.status, &message.value.kind) {
         return if external {
             Err(StoreError::Finished(id.clone()))
         } else {
@@ -1004,17 +1103,29 @@ fn send_inner(
     insert_message(tx, id, meta, message).map(Some)
 }
 
-fn send(tx: &Transaction<'_>, id: &InstanceId, message: Message, external: bool) -> OpResult<()> {
+fn send(
+    tx: &Transaction<'_>,
+    id: &InstanceId,
+    message: Json<Message>,
+    external: bool,
+) -> OpResult<()> {
     let d = send_inner(tx, id, message, external)?;
     Ok((Effect::Deliver(d.into_iter().collect()), ()))
 }
 
 fn commit(
     tx: &Transaction<'_>,
-    c: TurnCommit,
+    prepared: PreparedCommit,
     shared: &Shared,
     claims: &mut Vec<Claim>,
 ) -> OpResult<()> {
+    let PreparedCommit {
+        commit: c,
+        history,
+        activities: new_activities,
+        messages,
+        children,
+    } = prepared;
     let held = shared
         .queues
         .lock()
@@ -1039,16 +1150,13 @@ fn commit(
             .execute([id])
             .map_err(db_err)?;
     }
-    {
-        let mut ins = tx
-            .prepare_cached(
-                "INSERT INTO history (instance_id, event_id, event) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(db_err)?;
-        for e in &c.history {
-            ins.execute(params![id, e.event_id as i64, json(e)])
-                .map_err(db_err)?;
-        }
+    if let Some((first, events)) = history {
+        tx.prepare_cached(
+            "INSERT INTO history (instance_id, first_event_id, events) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(db_err)?
+        .execute(params![id, first as i64, events])
+        .map_err(db_err)?;
     }
     {
         let mut del = tx
@@ -1086,20 +1194,20 @@ fn commit(
             .execute([id])
             .map_err(db_err)?;
     }
-    let mut activities = Vec::with_capacity(c.activities.len());
+    let mut activities = Vec::with_capacity(new_activities.len());
     {
         let mut ins = tx
             .prepare_cached(
                 "INSERT INTO activities (instance_id, execution_id, task_id, name, input) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(db_err)?;
-        for a in c.activities {
+        for (a, input) in new_activities {
             ins.execute(params![
                 a.instance_id.as_str(),
                 a.execution_id,
                 a.task_id as i64,
                 a.name,
-                json(&a.input)
+                input
             ])
             .map_err(db_err)?;
             activities.push(ActRow {
@@ -1110,18 +1218,19 @@ fn commit(
         }
     }
     let mut deliveries = Vec::new();
-    for child in c.new_instances {
-        match insert_instance(tx, &child) {
+    for child in children {
+        let parent_link = child.inst.parent.clone();
+        let created_at = child.inst.created_at;
+        match insert_instance(tx, child) {
             Ok(d) => deliveries.push(d),
             Err(StoreError::Conflict(child_id)) => {
-                let parent = child
-                    .parent
+                let parent = parent_link
                     .as_ref()
                     .expect("sub-orchestrations have a parent");
-                let message = Message {
+                let message = Json::new(Message {
                     execution_id: Some(parent.execution_id.clone()),
                     visible_at: None,
-                    sent_at: child.created_at,
+                    sent_at: created_at,
                     kind: EventKind::SubOrchestrationFailed {
                         task_id: parent.task_id,
                         error: FailureDetails::new(
@@ -1129,14 +1238,14 @@ fn commit(
                             format!("sub-orchestration instance '{child_id}' already exists and is not finished"),
                         ),
                     },
-                };
+                });
                 deliveries.extend(send_inner(tx, &parent.instance_id, message, false)?);
             }
             Err(e) => return Err(e),
         }
     }
-    for m in c.messages {
-        deliveries.extend(send_inner(tx, &m.instance_id, m.message, false)?);
+    for (to, message) in messages {
+        deliveries.extend(send_inner(tx, &to, message, false)?);
     }
     let meta = Meta {
         status: s.runtime_status,
@@ -1160,7 +1269,7 @@ fn commit(
 fn complete_activity(
     tx: &Transaction<'_>,
     lock: &WorkLock,
-    message: Message,
+    message: Json<Message>,
     shared: &Shared,
     claims: &mut Vec<Claim>,
 ) -> OpResult<()> {
@@ -1415,14 +1524,14 @@ const STATUS_COLUMNS: &str =
 
 fn read_history(conn: &Connection, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
     let mut stmt = conn
-        .prepare_cached("SELECT event FROM history WHERE instance_id = ?1 ORDER BY event_id")
+        .prepare_cached("SELECT events FROM history WHERE instance_id = ?1 ORDER BY first_event_id")
         .map_err(db_err)?;
     let rows = stmt
         .query_map([id], |r| r.get::<_, String>(0))
         .map_err(db_err)?;
     let mut out = Vec::new();
     for row in rows {
-        out.push(parse(&row.map_err(db_err)?)?);
+        out.extend(parse::<Vec<HistoryEvent>>(&row.map_err(db_err)?)?);
     }
     Ok(out)
 }
@@ -1443,7 +1552,8 @@ impl Store for SqliteStore {
     }
 
     async fn create_instance(&self, instance: NewInstance) -> Result<(), StoreError> {
-        self.call(|r| Op::Create(instance, r)).await
+        let prepared = Box::new(PreparedInstance::new(instance));
+        self.call(|r| Op::Create(prepared, r)).await
     }
 
     async fn send_message(
@@ -1452,6 +1562,7 @@ impl Store for SqliteStore {
         message: Message,
     ) -> Result<(), StoreError> {
         let id = instance_id.clone();
+        let message = Json::new(message);
         self.call(|r| Op::Send(id, message, r)).await
     }
 
@@ -1482,7 +1593,9 @@ impl Store for SqliteStore {
                     committing: false,
                 });
                 e.attempts += 1;
-                marks.push((id.clone(), e.attempts));
+                if e.attempts >= 2 {
+                    marks.push((id.clone(), e.attempts));
+                }
                 items.push(OrchestrationWorkItem {
                     lock: WorkLock(token.clone()),
                     instance_id: id.clone(),
@@ -1513,7 +1626,8 @@ impl Store for SqliteStore {
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> Result<(), StoreError> {
-        self.call(|r| Op::Commit(Box::new(commit), r)).await
+        let prepared = Box::new(PreparedCommit::new(commit));
+        self.call(|r| Op::Commit(prepared, r)).await
     }
 
     async fn abandon_orchestration_work(
@@ -1571,7 +1685,9 @@ impl Store for SqliteStore {
                 row.attempts += 1;
                 let token = q.token('t');
                 let expires = Instant::now() + lease;
-                marks.push((row.id, row.attempts));
+                if row.attempts >= 2 {
+                    marks.push((row.id, row.attempts));
+                }
                 items.push(ActivityWorkItem {
                     lock: WorkLock(token.clone()),
                     activity: row.activity.clone(),
@@ -1596,6 +1712,7 @@ impl Store for SqliteStore {
         result: Message,
     ) -> Result<(), StoreError> {
         let lock = lock.clone();
+        let result = Json::new(result);
         self.call(|r| Op::CompleteActivity(lock, result, r)).await
     }
 
