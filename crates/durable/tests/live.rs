@@ -401,3 +401,53 @@ async fn removed_action_is_caught_after_cache_eviction() {
         RuntimeStatus::Completed
     );
 }
+
+/// Many instances at once with a tiny cache (so most turns replay), few
+/// turn slots and a small update channel (so waiters lag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_instances_with_a_tiny_cache_all_finish_correctly() {
+    let registry = Registry::new()
+        .orchestration("Mixed", |ctx: OrchestrationContext, n: u64| async move {
+            let parts = (0..5).map(|i| ctx.call_activity::<u64>("Mul", (n, i)));
+            let mut sum: u64 = futures::future::try_join_all(parts)
+                .await?
+                .into_iter()
+                .sum();
+            for _ in 0..3 {
+                sum = ctx.call_activity("Mul", (sum, 2)).await?;
+            }
+            ctx.create_timer(Duration::from_millis(5)).await;
+            let child: u64 = ctx.call_sub_orchestration("Child", None, sum).await?;
+            Ok::<_, TaskError>(json!([sum, child, ctx.new_uuid().to_string()]))
+        })
+        .orchestration("Child", |ctx: OrchestrationContext, n: u64| async move {
+            let v: u64 = ctx.call_activity("Mul", (n, 3)).await?;
+            Ok::<_, TaskError>(v)
+        })
+        .activity("Mul", |_ctx, (a, b): (u64, u64)| async move {
+            Ok::<_, String>(a * b)
+        });
+    let config = EngineConfig {
+        cache_capacity: 4,
+        orchestration_concurrency: 8,
+        activity_concurrency: 16,
+        update_capacity: 16,
+        ..Default::default()
+    };
+    let t = common::start_with(registry, config);
+    let n = 150u64;
+    let ids: Vec<_> =
+        futures::future::join_all((0..n).map(|i| t.engine.start_orchestration("Mixed", None, i)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let statuses = futures::future::join_all(ids.iter().map(|id| t.wait(id))).await;
+    for (i, s) in statuses.iter().enumerate() {
+        assert_eq!(s.runtime_status, RuntimeStatus::Completed, "{s:?}");
+        let sum = (0..5).map(|k| i as u64 * k).sum::<u64>() * 8;
+        let out = s.output.as_ref().unwrap();
+        assert_eq!(out[0], json!(sum));
+        assert_eq!(out[1], json!(sum * 3));
+    }
+}
