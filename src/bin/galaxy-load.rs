@@ -3,6 +3,11 @@
 //! parent can kill it at a random point. With `--until-idle` it exits once
 //! no instance is left unfinished.
 
+/// mimalloc: the engine allocates many small, short-lived values across
+/// threads, where glibc malloc's arena locks showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

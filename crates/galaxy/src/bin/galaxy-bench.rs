@@ -2,6 +2,11 @@
 //! (`synchronous=FULL`). Prints a Markdown table; results go to
 //! BENCHMARKS.md. Run with `make bench` (release build).
 
+/// mimalloc: the engine allocates many small, short-lived values across
+/// threads, where glibc malloc's arena locks showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

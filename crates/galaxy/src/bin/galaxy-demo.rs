@@ -1,6 +1,11 @@
 //! Headless demo: creates galaxies through the embedded engine and prints
 //! every instance's status changes and history events as they happen.
 
+/// mimalloc: the engine allocates many small, short-lived values across
+/// threads, where glibc malloc's arena locks showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
