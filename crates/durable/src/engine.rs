@@ -633,7 +633,12 @@ async fn process_turn(inner: &Inner, item: OrchestrationWorkItem) {
 async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Error> {
     let now = types::now();
     let id = item.instance_id.clone();
-    let rewind = item.runtime_status == RuntimeStatus::Failed
+    // Poison: the instance keeps failing its turns; fail it instead of
+    // retrying forever. Checked first so that nothing (a rewind, a history
+    // that no longer loads) can keep it from being quarantined.
+    let poisoned = item.attempts > inner.config.max_attempts;
+    let rewind = !poisoned
+        && item.runtime_status == RuntimeStatus::Failed
         && item
             .messages
             .iter()
@@ -664,22 +669,34 @@ async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Erro
             }
             _ => {
                 let history = if item.history_len == 0 {
-                    Vec::new()
+                    Ok(Vec::new())
                 } else {
-                    inner.store.load_history(&id).await?
+                    inner.store.load_history(&id).await
                 };
-                let (run, carried) =
-                    OrchestrationRun::replay(&inner.registry, id.clone(), &history);
-                (run, carried, false, Vec::new())
+                match history {
+                    Ok(history) => {
+                        let (run, carried) =
+                            OrchestrationRun::replay(&inner.registry, id.clone(), &history);
+                        (run, carried, false, Vec::new())
+                    }
+                    Err(e) if poisoned => {
+                        // Fail it without its history: the failure is
+                        // appended after the events the store holds.
+                        tracing::warn!(instance = %id, error = %e, "history unreadable; quarantining");
+                        let mut run = OrchestrationRun::new(id.clone());
+                        run.execution_id = item.execution_id.clone();
+                        run.history_len = item.history_len;
+                        (run, Vec::new(), false, Vec::new())
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     };
 
     let messages: Vec<_> = if rewind {
         answers
-    } else if item.attempts > inner.config.max_attempts {
-        // Poison: the instance keeps failing its turns; fail it instead of
-        // retrying forever.
+    } else if poisoned {
         carried.clear();
         let failure = FailureDetails::new(
             "Poison",

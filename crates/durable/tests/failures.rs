@@ -572,3 +572,59 @@ async fn retention_with_an_unbounded_age_keeps_everything() {
         .unwrap()
         .is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_history_no_longer_loads_is_quarantined() {
+    let registry = || {
+        Registry::new().orchestration("Wait", |ctx: OrchestrationContext, _: ()| async move {
+            let _: () = ctx.wait_for_event("go").await?;
+            Ok::<_, TaskError>(())
+        })
+    };
+    let t = common::start(registry());
+    let id = t
+        .engine
+        .start_orchestration("Wait", None, ())
+        .await
+        .unwrap();
+    t.wait_status(&id, RuntimeStatus::Running).await;
+    let common::TestEngine { engine, store, dir } = t;
+    engine.shutdown(Duration::from_secs(5)).await;
+    drop(engine);
+    drop(Arc::try_unwrap(store).expect("released"));
+    // Damage the stored history behind the store's back: every text column
+    // of the history table but the instance id.
+    {
+        let conn = rusqlite::Connection::open(common::db_path(&dir)).unwrap();
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('history') WHERE type = 'TEXT' AND name != 'instance_id'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!columns.is_empty());
+        for c in columns {
+            let n = conn
+                .execute(
+                    &format!("UPDATE history SET {c} = 'not json' WHERE instance_id = ?1"),
+                    [id.as_str()],
+                )
+                .unwrap();
+            assert!(n > 0);
+        }
+    }
+    let config = EngineConfig {
+        max_attempts: 2,
+        ..Default::default()
+    };
+    let t = common::start_in(dir, registry(), config);
+    t.engine.raise_event(&id, "go", ()).await.unwrap();
+    let status = t
+        .engine
+        .wait_for_completion(&id, Duration::from_secs(10))
+        .await
+        .expect("quarantined, not retried forever");
+    assert_eq!(status.runtime_status, RuntimeStatus::Failed);
+    assert_eq!(status.failure.unwrap().kind, "Poison");
+}
