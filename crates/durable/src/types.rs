@@ -39,7 +39,7 @@ impl InstanceId {
     pub fn new(id: impl Into<String>) -> Result<Self, Error> {
         let id = id.into();
         let bad = id.is_empty()
-            || id.len() > 256
+            || id.chars().count() > 256
             || id
                 .chars()
                 .any(|c| c.is_control() || matches!(c, '/' | '\\' | '#' | '?'));

@@ -358,6 +358,9 @@ async fn caller_chosen_id_conflicts_while_live_and_is_replaced_once_finished() {
     }
     assert!(InstanceId::new("x".repeat(257)).is_err());
     assert!(InstanceId::new("x".repeat(256)).is_ok());
+    // Characters, not bytes.
+    assert!(InstanceId::new("é".repeat(256)).is_ok());
+    assert!(InstanceId::new("é".repeat(257)).is_err());
 }
 
 async fn status_with_history(t: &common::TestEngine, id: &InstanceId) -> durable::InstanceStatus {
