@@ -526,7 +526,9 @@ async fn retry_stops_at_total_timeout() {
     assert_eq!(status.runtime_status, RuntimeStatus::Failed);
     let n = attempts.load(Ordering::SeqCst);
     // 150 ms allow at most two 60 ms waits: three attempts at most.
-    assert!((2..=3).contains(&n), "{n} attempts");
+    assert!((1..=3).contains(&n), "{n} attempts");
+    // Each failure was retried exactly when the time since the first
+    // attempt (orchestrator time) plus the wait stayed within 150 ms.
     let full = t
         .engine
         .status(&status.instance_id, true)
@@ -535,15 +537,21 @@ async fn retry_stops_at_total_timeout() {
         .unwrap();
     let h = full.history.as_ref().unwrap();
     let first = h[0].timestamp;
-    let last_timer_due = h
-        .iter()
-        .filter_map(|e| match e.kind {
-            EventKind::TimerCreated { fire_at, .. } => Some(fire_at),
-            _ => None,
-        })
-        .last()
-        .unwrap();
-    assert!((last_timer_due - first).num_milliseconds() <= 150);
+    let mut now = first;
+    let mut decisions = 0;
+    for (i, e) in h.iter().enumerate() {
+        match e.kind {
+            EventKind::OrchestratorStarted => now = e.timestamp,
+            EventKind::TaskFailed { .. } => {
+                let elapsed = (now - first).num_milliseconds();
+                let retried = matches!(h[i + 1].kind, EventKind::TimerCreated { .. });
+                assert_eq!(retried, elapsed + 60 <= 150, "failure at +{elapsed} ms");
+                decisions += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(decisions, n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
