@@ -724,7 +724,7 @@ async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Erro
             inner.config.history_limits,
             Vec::new(),
         );
-        force_failure(&mut run, &mut t, error, now);
+        force_failure(&mut run, &mut t, error, now, &item.messages);
         t
     } else {
         run.turn(
@@ -914,23 +914,49 @@ async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Erro
 }
 
 /// Fails a run that already took its turn (poison), recording the failure.
+///
+/// An instance quarantined before its first turn committed never started:
+/// its start message is recorded (without running the orchestrator, which
+/// may be what keeps failing) so that the failure reaches its parent and a
+/// rewind can start it properly.
 fn force_failure(
     run: &mut OrchestrationRun,
     turn: &mut crate::run::TurnResult,
     error: FailureDetails,
     now: Timestamp,
+    messages: &[crate::store::StoredMessage],
 ) {
     turn.actions.clear();
-    if run.outcome.is_none() {
-        run.outcome = Some(Outcome::Failed(error.clone()));
+    let mut record = |run: &mut OrchestrationRun, kind: EventKind| {
         let event = HistoryEvent {
             event_id: run.history_len,
             timestamp: now,
-            kind: EventKind::ExecutionFailed { error },
+            kind,
         };
         run.history_len += 1;
         run.history_bytes += crate::run::event_size(&event);
         turn.history.push(event);
+    };
+    if !run.started() {
+        let start = messages.iter().find_map(|m| match &m.message.kind {
+            kind @ EventKind::ExecutionStarted {
+                name,
+                execution_id,
+                parent,
+                ..
+            } => Some((kind.clone(), name, execution_id, parent)),
+            _ => None,
+        });
+        if let Some((kind, name, execution_id, parent)) = start {
+            run.name = name.clone();
+            run.execution_id = execution_id.clone();
+            run.parent = parent.clone();
+            record(run, kind);
+        }
+    }
+    if run.outcome.is_none() {
+        run.outcome = Some(Outcome::Failed(error.clone()));
+        record(run, EventKind::ExecutionFailed { error });
     }
 }
 

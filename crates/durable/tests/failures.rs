@@ -628,3 +628,63 @@ async fn an_instance_whose_history_no_longer_loads_is_quarantined() {
     assert_eq!(status.runtime_status, RuntimeStatus::Failed);
     assert_eq!(status.failure.unwrap().kind, "Poison");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_quarantined_before_its_first_commit_still_answers_its_parent() {
+    let registry = Registry::new()
+        .orchestration("Parent", |ctx: OrchestrationContext, _: ()| async move {
+            let err = ctx
+                .call_sub_orchestration::<()>("SlowChild", None, ())
+                .await
+                .expect_err("the child is quarantined");
+            Ok::<_, TaskError>(json!([err.kind, err.message]))
+        })
+        .orchestration("SlowChild", |ctx: OrchestrationContext, _: ()| async move {
+            if !ctx.is_replaying() {
+                // Every live turn outlives its lease.
+                let until = std::time::Instant::now() + Duration::from_millis(300);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
+            Ok::<_, TaskError>(())
+        });
+    let config = EngineConfig {
+        max_attempts: 2,
+        orchestration_lease: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let t = common::start_with(registry, config);
+    let mut rx = t.engine.subscribe();
+    let status = t
+        .engine
+        .wait_for_completion(
+            &t.engine
+                .start_orchestration("Parent", None, ())
+                .await
+                .unwrap(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the parent hears back");
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    let out = status.output.unwrap();
+    assert_eq!(out[0], json!("Poison"));
+    assert!(out[1].as_str().unwrap().contains("quarantined"), "{out}");
+    let child = InstanceId::new(format!("{}:0", status.instance_id)).unwrap();
+    let mut child_updates = Vec::new();
+    while let Ok(u) = rx.try_recv() {
+        if u.instance_id == child {
+            child_updates.push(u);
+        }
+    }
+    assert!(child_updates
+        .iter()
+        .all(|u| u.name == "SlowChild" || u.runtime_status == RuntimeStatus::Pending));
+    let child = t.engine.status(&child, false).await.unwrap().unwrap();
+    assert_eq!(child.runtime_status, RuntimeStatus::Failed);
+}
