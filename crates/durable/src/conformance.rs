@@ -1880,7 +1880,14 @@ pub async fn case_survives_reopen(harness: &mut impl Harness) {
     assert!(s.fetch_activity_work(10, LONG).await.unwrap().is_empty());
     assert_eq!(history_len(s, "waiting").await, 2);
     let item = poll_item(s, "busy", LONG).await;
-    assert_eq!(item.attempts, 1);
+    // Never delivered before the reopen: 1, or 2 for a store that counts
+    // queued work as possibly delivered once when it opens (see
+    // `OrchestrationWorkItem::attempts`).
+    assert!(
+        (1..=2).contains(&item.attempts),
+        "attempts {} after one delivery",
+        item.attempts
+    );
     if types::now() < due {
         assert_eq!(kinds(&item), ["TaskCompleted"]);
         s.commit_turn(turn(&item, RuntimeStatus::Running))

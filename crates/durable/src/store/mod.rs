@@ -116,7 +116,10 @@ pub struct OrchestrationWorkItem {
     pub history_len: u64,
     /// Visible messages in arrival order.
     pub messages: Vec<StoredMessage>,
-    /// How many times this instance was fetched without a commit.
+    /// How many times this instance was fetched without a commit. After a
+    /// restart a store may count queued work as delivered once more (it
+    /// cannot know whether the crashed process had started it); never more
+    /// than once per restart, so poison detection stays sound.
     pub attempts: u32,
 }
 
@@ -142,7 +145,8 @@ pub struct ActivityWorkItem {
     pub lock: WorkLock,
     /// What to run.
     pub activity: NewActivity,
-    /// How many times it was handed out, this time included.
+    /// How many times it was handed out, this time included (a restart may
+    /// count as one, as for [`OrchestrationWorkItem::attempts`]).
     pub attempts: u32,
 }
 

@@ -762,11 +762,26 @@ impl SqliteStore {
             queues: Mutex::new(queues),
             signal: Arc::new(WorkSignal::default()),
         });
+        // Checkpoints run on their own thread and connection so the writer
+        // never copies WAL pages back into the database itself.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+            .map_err(db_err)?;
+        let checkpointer = open_connection(&path, &config)?;
+        let (ckpt_tx, ckpt_rx) = std_mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("durable-sqlite-checkpoint".into())
+            .spawn(move || {
+                while ckpt_rx.recv().is_ok() {
+                    let _ =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start checkpoint thread: {e}")))?;
         let (tx, rx) = std_mpsc::channel();
         let writer_shared = shared.clone();
         let writer_thread = std::thread::Builder::new()
             .name("durable-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_shared))
+            .spawn(move || writer_loop(conn, rx, writer_shared, ckpt_tx))
             .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             shared,
@@ -830,8 +845,23 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Shared>) {
+/// Batches between checkpoint requests; about what SQLite's default of a
+/// checkpoint per 1,000 WAL pages gives under load.
+const BATCHES_PER_CHECKPOINT: u32 = 16;
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: std_mpsc::Receiver<Op>,
+    shared: Arc<Shared>,
+    checkpoint: std_mpsc::SyncSender<()>,
+) {
+    let mut batches = 0u32;
     while let Ok(first) = rx.recv() {
+        batches += 1;
+        if batches % BATCHES_PER_CHECKPOINT == 0 {
+            // A request already pending is as good as a new one.
+            let _ = checkpoint.try_send(());
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -1135,15 +1165,39 @@ fn commit(
         return Err(StoreError::LeaseLost);
     };
     claims.push(Claim::Instance(c.instance_id.clone(), c.lock.0.clone()));
-    // Memory is only updated after the batch commits, so a purge or a
-    // re-create earlier in this batch may have deleted or replaced the row
-    // the holder worked on: its lease died with that row.
-    match read_meta(tx, &c.instance_id)? {
-        Some((m, _))
-            if m.execution_id == held.execution_id && m.history_len == held.history_len => {}
-        _ => return Err(StoreError::LeaseLost),
-    }
     let id = c.instance_id.as_str();
+    let s = &c.status;
+    let terminal = s.runtime_status.is_terminal();
+    // The status update goes first and doubles as the lease check: memory
+    // is only updated after a batch commits, so a purge or a re-create
+    // earlier in this batch may have deleted or replaced the row the holder
+    // worked on, and then it matches nothing. Nothing was written yet, so
+    // failing here leaves the batch intact.
+    let updated = tx
+        .prepare_cached(
+        "UPDATE instances SET runtime_status = ?2, execution_id = ?3, input = COALESCE(?4, input), output = ?5, \
+         custom_status = ?6, failure = ?7, history_events = ?8, history_bytes = ?9, last_updated_at = ?10, attempts = 0 \
+         WHERE instance_id = ?1 AND execution_id = ?11 AND history_events = ?12",
+    )
+    .map_err(db_err)?
+    .execute(params![
+        id,
+        s.runtime_status.as_str(),
+        s.execution_id,
+        s.input.as_ref().map(json),
+        s.output.as_ref().map(json),
+        s.custom_status.as_ref().map(json),
+        s.failure.as_ref().map(json),
+        s.history_events as i64,
+        s.history_bytes as i64,
+        s.updated_at.timestamp_millis(),
+        held.execution_id,
+        held.history_len as i64,
+    ])
+    .map_err(db_err)?;
+    if updated == 0 {
+        return Err(StoreError::LeaseLost);
+    }
     if c.replace_history {
         tx.prepare_cached("DELETE FROM history WHERE instance_id = ?1")
             .map_err(db_err)?
@@ -1166,27 +1220,6 @@ fn commit(
             del.execute([m]).map_err(db_err)?;
         }
     }
-    let s = &c.status;
-    let terminal = s.runtime_status.is_terminal();
-    tx.prepare_cached(
-        "UPDATE instances SET runtime_status = ?2, execution_id = ?3, input = COALESCE(?4, input), output = ?5, \
-         custom_status = ?6, failure = ?7, history_events = ?8, history_bytes = ?9, last_updated_at = ?10, attempts = 0 \
-         WHERE instance_id = ?1",
-    )
-    .map_err(db_err)?
-    .execute(params![
-        id,
-        s.runtime_status.as_str(),
-        s.execution_id,
-        s.input.as_ref().map(json),
-        s.output.as_ref().map(json),
-        s.custom_status.as_ref().map(json),
-        s.failure.as_ref().map(json),
-        s.history_events as i64,
-        s.history_bytes as i64,
-        s.updated_at.timestamp_millis(),
-    ])
-    .map_err(db_err)?;
     if terminal {
         // A finished instance takes no more work: drop what waits for it.
         tx.prepare_cached("DELETE FROM messages WHERE instance_id = ?1")
