@@ -1,0 +1,326 @@
+//! Access keys: the function key (every protected route) and the master key
+//! (also every protected route, and the only key that may purge by filter).
+//!
+//! Keys are generated at first start and kept in `<data dir>/keys.json`
+//! (mode 0600) so clients keep working across restarts; keys given on the
+//! command line or in the environment override the stored ones for that
+//! run. Presented keys are compared in constant time so response timing
+//! does not reveal how much of a guess was right.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use axum::extract::{Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Name of the header that carries a key (the query alternative is `code`).
+pub const KEY_HEADER: &str = "x-functions-key";
+/// Length of generated keys: 43 alphanumeric characters, about 256 bits.
+const GENERATED_LEN: usize = 43;
+
+/// Why the keys could not be loaded or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A given key is empty or holds characters that cannot travel in a
+    /// header or query string unchanged.
+    #[error("invalid {which} key: use 16 to 256 visible ASCII characters without spaces")]
+    Invalid {
+        /// `function` or `master`.
+        which: &'static str,
+    },
+    /// The two keys are the same, which would let every function-key holder
+    /// purge by filter.
+    #[error("the function key and the master key must differ")]
+    Same,
+    /// Reading or writing `keys.json` failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// `keys.json` exists but is not readable as keys.
+    #[error("{path} is damaged ({reason}); delete it to generate new keys")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What a presented key grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The function key: every protected route except purge by filter.
+    Function,
+    /// The master key: every protected route.
+    Master,
+}
+
+/// The server's two keys.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Keys {
+    function_key: String,
+    master_key: String,
+}
+
+impl std::fmt::Debug for Keys {
+    // Keys must not end up in logs through a stray `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys { .. }")
+    }
+}
+
+fn valid(key: &str) -> bool {
+    (16..=256).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn generate() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(GENERATED_LEN)
+        .map(char::from)
+        .collect()
+}
+
+/// Where `keys.json` goes.
+pub fn keys_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys.json")
+}
+
+impl Keys {
+    /// Keys from given values, validated.
+    pub fn new(
+        function_key: impl Into<String>,
+        master_key: impl Into<String>,
+    ) -> Result<Self, KeyError> {
+        let keys = Self {
+            function_key: function_key.into(),
+            master_key: master_key.into(),
+        };
+        keys.validate()?;
+        Ok(keys)
+    }
+
+    /// Fresh random keys.
+    pub fn generate() -> Self {
+        Self {
+            function_key: generate(),
+            master_key: generate(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), KeyError> {
+        if !valid(&self.function_key) {
+            return Err(KeyError::Invalid { which: "function" });
+        }
+        if !valid(&self.master_key) {
+            return Err(KeyError::Invalid { which: "master" });
+        }
+        if self.function_key == self.master_key {
+            return Err(KeyError::Same);
+        }
+        Ok(())
+    }
+
+    /// Loads `<data_dir>/keys.json`, creating it with fresh keys if absent,
+    /// then applies the given overrides. Returns the keys and whether the
+    /// file was created now (the caller prints new keys once).
+    pub fn load_or_create(
+        data_dir: &Path,
+        function_key: Option<String>,
+        master_key: Option<String>,
+    ) -> Result<(Self, bool), KeyError> {
+        let path = keys_path(data_dir);
+        let io = |source| KeyError::Io {
+            path: path.clone(),
+            source,
+        };
+        let (mut keys, created) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let keys: Keys = serde_json::from_slice(&bytes).map_err(|e| KeyError::Damaged {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                keys.validate().map_err(|e| KeyError::Damaged {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                (keys, false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(data_dir).map_err(io)?;
+                let keys = Keys::generate();
+                write_private(
+                    &path,
+                    &serde_json::to_vec_pretty(&keys).expect("keys serialize"),
+                )
+                .map_err(io)?;
+                (keys, true)
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if let Some(k) = function_key {
+            keys.function_key = k;
+        }
+        if let Some(k) = master_key {
+            keys.master_key = k;
+        }
+        keys.validate()?;
+        Ok((keys, created))
+    }
+
+    /// The function key, which the check-status URIs carry.
+    pub fn function_key(&self) -> &str {
+        &self.function_key
+    }
+
+    /// The master key.
+    pub fn master_key(&self) -> &str {
+        &self.master_key
+    }
+
+    /// What `presented` grants, if anything. Both keys are always compared,
+    /// each in constant time, so timing tells nothing about either.
+    pub fn check(&self, presented: &str) -> Option<Access> {
+        let p = presented.as_bytes();
+        let master: bool = p.ct_eq(self.master_key.as_bytes()).into();
+        let function: bool = p.ct_eq(self.function_key.as_bytes()).into();
+        if master {
+            Some(Access::Master)
+        } else if function {
+            Some(Access::Function)
+        } else {
+            None
+        }
+    }
+}
+
+/// Creates `path` readable by its owner only and writes `bytes` durably.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// The key a request presents: the `x-functions-key` header, else the
+/// `code` query parameter.
+fn presented_key(request: &Request) -> Option<String> {
+    if let Some(v) = request.headers().get(KEY_HEADER) {
+        return v.to_str().ok().map(str::to_string);
+    }
+    let Query(q) =
+        Query::<std::collections::HashMap<String, String>>::try_from_uri(request.uri()).ok()?;
+    q.get("code").cloned()
+}
+
+/// Middleware for every protected route: 401 without a valid key;
+/// otherwise the granted [`Access`] goes into the request extensions for
+/// handlers that need the master key.
+pub async fn require_key(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let access = presented_key(&request).and_then(|k| state.keys.check(&k));
+    match access {
+        Some(access) => {
+            request.extensions_mut().insert(access);
+            next.run(request).await
+        }
+        None => AppError::unauthorized(
+            "a valid key is required: pass the function key as ?code= or the x-functions-key header",
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_tells_the_keys_apart_and_refuses_near_misses() {
+        let keys = Keys::new("function-key-0123456789", "master-key-0123456789").unwrap();
+        assert_eq!(
+            keys.check("function-key-0123456789"),
+            Some(Access::Function)
+        );
+        assert_eq!(keys.check("master-key-0123456789"), Some(Access::Master));
+        assert_eq!(keys.check("function-key-012345678"), None);
+        assert_eq!(keys.check("function-key-0123456789x"), None);
+        assert_eq!(keys.check(""), None);
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert!(matches!(
+            Keys::new("short", "master-key-0123456789"),
+            Err(KeyError::Invalid { which: "function" })
+        ));
+        assert!(matches!(
+            Keys::new("function key with spaces", "master-key-0123456789"),
+            Err(KeyError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Keys::new("same-key-0123456789", "same-key-0123456789"),
+            Err(KeyError::Same)
+        ));
+    }
+
+    #[test]
+    fn keys_are_created_once_private_and_overridable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, created) = Keys::load_or_create(dir.path(), None, None).unwrap();
+        assert!(created);
+        assert!(first
+            .function_key()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(keys_path(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (again, created) = Keys::load_or_create(dir.path(), None, None).unwrap();
+        assert!(!created);
+        assert_eq!(again, first);
+        let (given, _) =
+            Keys::load_or_create(dir.path(), Some("given-function-key-0001".into()), None).unwrap();
+        assert_eq!(given.function_key(), "given-function-key-0001");
+        assert_eq!(given.master_key(), first.master_key());
+        // The override is for this run only.
+        let (stored, _) = Keys::load_or_create(dir.path(), None, None).unwrap();
+        assert_eq!(stored, first);
+    }
+
+    #[test]
+    fn a_damaged_keys_file_is_an_error_not_a_silent_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(keys_path(dir.path()), b"not json").unwrap();
+        let err = Keys::load_or_create(dir.path(), None, None).unwrap_err();
+        assert!(err.to_string().contains("delete it"), "{err}");
+    }
+}

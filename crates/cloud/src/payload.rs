@@ -1,0 +1,679 @@
+//! The JSON shapes of the contract (check-status payload, instance status,
+//! history events, table entities) and the pure functions that build them
+//! from engine and table types. No I/O here, so the shapes are tested as
+//! data.
+
+use std::collections::HashMap;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use chrono::SecondsFormat;
+use durable::{EventKind, FailureDetails, HistoryEvent, InstanceStatus, InstanceUpdate, Timestamp};
+use galaxy::Galaxy;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Base path of the management API.
+pub const MANAGEMENT: &str = "/runtime/webhooks/durabletask";
+
+/// ISO 8601 UTC with milliseconds, e.g. `2024-05-01T12:00:00.123Z`.
+pub fn iso(t: Timestamp) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so an
+/// instance id or key can go into a path segment or query value as is.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `scheme://host[:port]` of the request, for absolute URIs: the `Host`
+/// header (else the server's own address) and `X-Forwarded-Proto` when a
+/// proxy in front terminates TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseUrl(pub String);
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
+}
+
+impl FromRequestParts<AppState> for BaseUrl {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let host = match parts.headers.get(header::HOST) {
+            Some(v) => v.to_str().ok().map(str::to_string),
+            None => parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| Some(state.default_host.to_string())),
+        };
+        let host = host.filter(|h| valid_host(h)).ok_or_else(|| {
+            AppError::bad_request("InvalidHost", "the Host header is not a valid host[:port]")
+        })?;
+        let https = parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+        let scheme = if https { "https" } else { "http" };
+        Ok(BaseUrl(format!("{scheme}://{host}")))
+    }
+}
+
+/// The check-status payload: where to follow an instance and how to
+/// control it. Every URI is absolute and carries the function key.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatus {
+    /// The instance id.
+    pub id: String,
+    /// GET: the instance status.
+    pub status_query_get_uri: String,
+    /// POST: raise an event (replace `{eventName}`).
+    pub send_event_post_uri: String,
+    /// POST: terminate (replace `{text}` with the reason).
+    pub terminate_post_uri: String,
+    /// DELETE: purge the instance's history.
+    pub purge_history_delete_uri: String,
+    /// POST: restart the instance.
+    pub restart_post_uri: String,
+    /// POST: suspend (replace `{text}` with the reason).
+    pub suspend_post_uri: String,
+    /// POST: resume (replace `{text}` with the reason).
+    pub resume_post_uri: String,
+}
+
+/// The absolute URL of an instance's status.
+pub fn instance_url(base: &BaseUrl, id: &str) -> String {
+    format!("{}{MANAGEMENT}/instances/{}", base.0, encode(id))
+}
+
+/// Builds the check-status payload for `id`.
+pub fn check_status(base: &BaseUrl, id: &str, key: &str) -> CheckStatus {
+    let instance = instance_url(base, id);
+    let code = format!("code={}", encode(key));
+    CheckStatus {
+        id: id.to_string(),
+        status_query_get_uri: format!("{instance}?{code}"),
+        send_event_post_uri: format!("{instance}/raiseEvent/{{eventName}}?{code}"),
+        terminate_post_uri: format!("{instance}/terminate?reason={{text}}&{code}"),
+        purge_history_delete_uri: format!("{instance}?{code}"),
+        restart_post_uri: format!("{instance}/restart?{code}"),
+        suspend_post_uri: format!("{instance}/suspend?reason={{text}}&{code}"),
+        resume_post_uri: format!("{instance}/resume?reason={{text}}&{code}"),
+    }
+}
+
+/// Why an instance failed (extension: Durable Functions only gives the
+/// message in `output`).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Failure {
+    /// Stable kind, e.g. `ActivityFailed`, `Panic`, `NonDeterminism`.
+    pub kind: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl From<&FailureDetails> for Failure {
+    fn from(f: &FailureDetails) -> Self {
+        Self {
+            kind: f.kind.clone(),
+            message: f.message.clone(),
+        }
+    }
+}
+
+/// One history event as Durable Functions shows it. Fields that do not
+/// apply to an event type are left out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct HistoryItem {
+    /// `ExecutionStarted`, `TaskCompleted`, `TaskFailed`, `TimerFired`,
+    /// `EventRaised`, `ExecutionCompleted`, ...
+    pub event_type: String,
+    /// Orchestration, activity or sub-orchestration name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_name: Option<String>,
+    /// When the event was recorded.
+    pub timestamp: String,
+    /// When the task this event answers was scheduled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_time: Option<String>,
+    /// When a timer fires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fire_at: Option<String>,
+    /// Result or payload (only with `showHistoryOutput=true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Event name of `EventRaised`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Sub-orchestration instance id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Final status, on `ExecutionCompleted` and `ExecutionTerminated`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orchestration_status: Option<String>,
+    /// Reason given to terminate, suspend, resume or rewind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why a task or the execution failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_details: Option<Failure>,
+}
+
+/// What a scheduled task was, to annotate its answer.
+struct Scheduled {
+    name: String,
+    at: Timestamp,
+}
+
+/// Converts a history the way Durable Functions shows it: turn markers
+/// (`OrchestratorStarted`) are left out and a task's `*Scheduled` /
+/// `*Created` event is folded into its answer (which gains `FunctionName`
+/// and `ScheduledTime`); unanswered ones stay visible.
+pub fn history_items(events: &[HistoryEvent], show_output: bool) -> Vec<HistoryItem> {
+    let mut scheduled: HashMap<u64, Scheduled> = HashMap::new();
+    let mut answered = std::collections::HashSet::new();
+    for e in events {
+        match &e.kind {
+            EventKind::TaskScheduled { task_id, name, .. }
+            | EventKind::SubOrchestrationCreated { task_id, name, .. } => {
+                scheduled.insert(
+                    *task_id,
+                    Scheduled {
+                        name: name.clone(),
+                        at: e.timestamp,
+                    },
+                );
+            }
+            k if !k.is_action_record() => {
+                if let Some(id) = k.task_id() {
+                    answered.insert(id);
+                }
+            }
+            _ => {}
+        }
+    }
+    events
+        .iter()
+        .filter(|e| match &e.kind {
+            EventKind::OrchestratorStarted => false,
+            EventKind::TaskScheduled { task_id, .. }
+            | EventKind::SubOrchestrationCreated { task_id, .. } => !answered.contains(task_id),
+            _ => true,
+        })
+        .map(|e| history_item(e, show_output, |task| scheduled.get(&task)))
+        .collect()
+}
+
+/// Converts one event on its own (for the live stream, where an answer's
+/// scheduling event came in an earlier update).
+pub fn single_item(e: &HistoryEvent, show_output: bool) -> HistoryItem {
+    history_item(e, show_output, |_| None)
+}
+
+fn history_item<'a>(
+    e: &HistoryEvent,
+    show_output: bool,
+    scheduled: impl Fn(u64) -> Option<&'a Scheduled>,
+) -> HistoryItem {
+    let out = |v: &Value| show_output.then(|| v.clone());
+    let mut item = HistoryItem {
+        event_type: e.kind.type_name().to_string(),
+        timestamp: iso(e.timestamp),
+        ..HistoryItem::default()
+    };
+    let answer = |item: &mut HistoryItem, task: u64| {
+        if let Some(s) = scheduled(task) {
+            item.function_name = Some(s.name.clone());
+            item.scheduled_time = Some(iso(s.at));
+        }
+    };
+    match &e.kind {
+        EventKind::ExecutionStarted { name, input, .. } => {
+            item.function_name = Some(name.clone());
+            item.result = out(input);
+        }
+        EventKind::OrchestratorStarted => {}
+        EventKind::TaskScheduled { name, input, .. } => {
+            item.function_name = Some(name.clone());
+            item.result = out(input);
+        }
+        EventKind::TaskCompleted { task_id, result } => {
+            answer(&mut item, *task_id);
+            item.result = out(result);
+        }
+        EventKind::TaskFailed { task_id, error }
+        | EventKind::SubOrchestrationFailed { task_id, error } => {
+            answer(&mut item, *task_id);
+            item.failure_details = Some(error.into());
+        }
+        EventKind::TimerCreated { fire_at, .. } | EventKind::TimerFired { fire_at, .. } => {
+            item.fire_at = Some(iso(*fire_at));
+        }
+        EventKind::SubOrchestrationCreated {
+            name,
+            instance_id,
+            input,
+            ..
+        } => {
+            item.function_name = Some(name.clone());
+            item.instance_id = Some(instance_id.to_string());
+            item.result = out(input);
+        }
+        EventKind::SubOrchestrationCompleted { task_id, result } => {
+            answer(&mut item, *task_id);
+            item.result = out(result);
+        }
+        EventKind::EventRaised { name, input } => {
+            item.name = Some(name.clone());
+            item.result = out(input);
+        }
+        EventKind::Suspended { reason }
+        | EventKind::Resumed { reason }
+        | EventKind::Rewound { reason } => item.reason = reason.clone(),
+        EventKind::Terminated { reason } => {
+            item.reason = reason.clone();
+            item.orchestration_status = Some("Terminated".into());
+        }
+        // Durable Functions reports every end of an execution as
+        // ExecutionCompleted with the final status.
+        EventKind::ContinuedAsNew { input } => {
+            item.event_type = "ExecutionCompleted".into();
+            item.orchestration_status = Some("ContinuedAsNew".into());
+            item.result = out(input);
+        }
+        EventKind::ExecutionCompleted { output } => {
+            item.orchestration_status = Some("Completed".into());
+            item.result = out(output);
+        }
+        EventKind::ExecutionFailed { error } => {
+            item.event_type = "ExecutionCompleted".into();
+            item.orchestration_status = Some("Failed".into());
+            item.failure_details = Some(error.into());
+            item.result = show_output.then(|| Value::String(error.to_string()));
+        }
+    }
+    item
+}
+
+/// An instance's status as the contract shows it, plus history size
+/// (`historyEventCount`, `historyBytes`) and `failureDetails` as extensions.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusBody {
+    /// Orchestration name.
+    pub name: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// Pending, Running, Completed, ContinuedAsNew, Failed, Canceled,
+    /// Terminated or Suspended.
+    pub runtime_status: String,
+    /// Input of the current execution (`null` with `showInput=false`).
+    pub input: Value,
+    /// Last custom status set by the orchestrator.
+    pub custom_status: Value,
+    /// Output when Completed; the reason when Terminated; the error
+    /// message when Failed.
+    pub output: Value,
+    /// ISO 8601 UTC.
+    pub created_time: String,
+    /// ISO 8601 UTC.
+    pub last_updated_time: String,
+    /// History events of the current execution, with `showHistory=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_events: Option<Vec<HistoryItem>>,
+    /// Extension: number of history events of the current execution.
+    pub history_event_count: u64,
+    /// Extension: serialized size of those events in bytes.
+    pub history_bytes: u64,
+    /// Extension: why it failed, when Failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_details: Option<Failure>,
+}
+
+/// What to include in a status body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusOptions {
+    /// Include the input.
+    pub show_input: bool,
+    /// Include results in history events.
+    pub show_history_output: bool,
+}
+
+/// Builds the status body. History is included when `status.history` holds it.
+pub fn status_body(status: &InstanceStatus, options: StatusOptions) -> StatusBody {
+    let output = match (&status.output, &status.failure) {
+        (Some(v), _) => v.clone(),
+        (None, Some(f)) => Value::String(f.to_string()),
+        (None, None) => Value::Null,
+    };
+    StatusBody {
+        name: status.name.clone(),
+        instance_id: status.instance_id.to_string(),
+        runtime_status: status.runtime_status.to_string(),
+        input: if options.show_input {
+            status.input.clone()
+        } else {
+            Value::Null
+        },
+        custom_status: status.custom_status.clone().unwrap_or(Value::Null),
+        output,
+        created_time: iso(status.created_at),
+        last_updated_time: iso(status.last_updated_at),
+        history_events: status
+            .history
+            .as_ref()
+            .map(|h| history_items(h, options.show_history_output)),
+        history_event_count: status.history_events,
+        history_bytes: status.history_bytes,
+        failure_details: status.failure.as_ref().map(Failure::from),
+    }
+}
+
+/// One live update as the event streams send it (`event: update`).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateBody {
+    /// Instance id.
+    pub instance_id: String,
+    /// Orchestration name.
+    pub name: String,
+    /// Status after the change.
+    pub runtime_status: String,
+    /// Output once finished.
+    pub output: Value,
+    /// Custom status.
+    pub custom_status: Value,
+    /// When Failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_details: Option<Failure>,
+    /// When the change happened (ISO 8601 UTC).
+    pub last_updated_time: String,
+    /// The history events the change added, in order (not folded: a
+    /// task's answer arrives in a later update than its scheduling).
+    pub history_events: Vec<HistoryItem>,
+}
+
+/// Builds a live update body.
+pub fn update_body(u: &InstanceUpdate, show_output: bool) -> UpdateBody {
+    UpdateBody {
+        instance_id: u.instance_id.to_string(),
+        name: u.name.clone(),
+        runtime_status: u.runtime_status.to_string(),
+        output: u
+            .output
+            .clone()
+            .or_else(|| u.failure.as_ref().map(|f| Value::String(f.to_string())))
+            .unwrap_or(Value::Null),
+        custom_status: u.custom_status.clone().unwrap_or(Value::Null),
+        failure_details: u.failure.as_ref().map(Failure::from),
+        last_updated_time: iso(u.at),
+        history_events: u
+            .history
+            .iter()
+            .filter(|e| !matches!(e.kind, EventKind::OrchestratorStarted))
+            .map(|e| single_item(e, show_output))
+            .collect(),
+    }
+}
+
+/// A galaxy as a table entity (Azure Table Storage JSON, no metadata).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct GalaxyEntity {
+    /// The entity's ETag, as in Table Storage's JSON.
+    #[serde(rename = "odata.etag")]
+    pub etag: String,
+    /// Partition key.
+    #[serde(rename = "PartitionKey")]
+    pub partition_key: String,
+    /// Row key.
+    #[serde(rename = "RowKey")]
+    pub row_key: String,
+    /// When the row was written (ISO 8601 UTC).
+    #[serde(rename = "Timestamp")]
+    pub timestamp: String,
+    /// Galaxy name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Coordinate, left to right.
+    #[serde(rename = "X")]
+    pub x: i32,
+    /// Coordinate, bottom to top.
+    #[serde(rename = "Y")]
+    pub y: i32,
+    /// Coordinate, depth.
+    #[serde(rename = "Z")]
+    pub z: i32,
+    /// The orchestration instance that created it.
+    #[serde(rename = "InstanceId")]
+    pub instance_id: String,
+}
+
+/// A page of galaxies (`{"value":[...]}` as in Table Storage).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct GalaxyList {
+    /// The entities of this page, in key order.
+    pub value: Vec<GalaxyEntity>,
+}
+
+/// The ETag of a row: rows are written once and never change, so their
+/// timestamp identifies the version, as in Table Storage.
+pub fn etag(g: &Galaxy) -> String {
+    format!(
+        "W/\"datetime'{}'\"",
+        encode(&g.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true))
+    )
+}
+
+/// Builds a table entity.
+pub fn entity(g: &Galaxy) -> GalaxyEntity {
+    GalaxyEntity {
+        etag: etag(g),
+        partition_key: g.partition_key.clone(),
+        row_key: g.row_key.clone(),
+        timestamp: iso(g.timestamp),
+        name: g.name.clone(),
+        x: g.coords.x,
+        y: g.coords.y,
+        z: g.coords.z,
+        instance_id: g.instance_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use durable::{InstanceId, RuntimeStatus};
+    use serde_json::json;
+
+    fn at(ms: i64) -> Timestamp {
+        chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap()
+    }
+
+    fn ev(id: u64, ms: i64, kind: EventKind) -> HistoryEvent {
+        HistoryEvent {
+            event_id: id,
+            timestamp: at(ms),
+            kind,
+        }
+    }
+
+    #[test]
+    fn check_status_uris_are_absolute_encoded_and_carry_the_key() {
+        let base = BaseUrl("http://127.0.0.1:7071".into());
+        let p = check_status(&base, "my id/1", "k+y");
+        let i = "http://127.0.0.1:7071/runtime/webhooks/durabletask/instances/my%20id%2F1";
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            json!({
+                "id": "my id/1",
+                "statusQueryGetUri": format!("{i}?code=k%2By"),
+                "sendEventPostUri": format!("{i}/raiseEvent/{{eventName}}?code=k%2By"),
+                "terminatePostUri": format!("{i}/terminate?reason={{text}}&code=k%2By"),
+                "purgeHistoryDeleteUri": format!("{i}?code=k%2By"),
+                "restartPostUri": format!("{i}/restart?code=k%2By"),
+                "suspendPostUri": format!("{i}/suspend?reason={{text}}&code=k%2By"),
+                "resumePostUri": format!("{i}/resume?reason={{text}}&code=k%2By"),
+            })
+        );
+    }
+
+    #[test]
+    fn history_folds_scheduling_into_answers_like_durable_functions() {
+        let history = vec![
+            ev(0, 0, EventKind::OrchestratorStarted),
+            ev(
+                1,
+                0,
+                EventKind::ExecutionStarted {
+                    name: "Galaxy_Create".into(),
+                    input: json!(null),
+                    execution_id: "e".into(),
+                    parent: None,
+                },
+            ),
+            ev(
+                2,
+                0,
+                EventKind::TaskScheduled {
+                    task_id: 0,
+                    name: "Utility_Name".into(),
+                    input: json!(null),
+                },
+            ),
+            ev(
+                3,
+                0,
+                EventKind::TaskScheduled {
+                    task_id: 1,
+                    name: "Utility_Coords".into(),
+                    input: json!(null),
+                },
+            ),
+            ev(4, 5, EventKind::OrchestratorStarted),
+            ev(
+                5,
+                5,
+                EventKind::TaskCompleted {
+                    task_id: 0,
+                    result: json!("Andromeda"),
+                },
+            ),
+            ev(
+                6,
+                5,
+                EventKind::ExecutionCompleted {
+                    output: json!("Galaxy created!"),
+                },
+            ),
+        ];
+        let items = serde_json::to_value(history_items(&history, true)).unwrap();
+        assert_eq!(
+            items,
+            json!([
+                {"EventType": "ExecutionStarted", "FunctionName": "Galaxy_Create",
+                 "Timestamp": "2023-11-14T22:13:20.000Z", "Result": null},
+                {"EventType": "TaskScheduled", "FunctionName": "Utility_Coords",
+                 "Timestamp": "2023-11-14T22:13:20.000Z", "Result": null},
+                {"EventType": "TaskCompleted", "FunctionName": "Utility_Name",
+                 "ScheduledTime": "2023-11-14T22:13:20.000Z",
+                 "Timestamp": "2023-11-14T22:13:20.005Z", "Result": "Andromeda"},
+                {"EventType": "ExecutionCompleted", "OrchestrationStatus": "Completed",
+                 "Timestamp": "2023-11-14T22:13:20.005Z", "Result": "Galaxy created!"},
+            ])
+        );
+        // Without showHistoryOutput no Result appears.
+        let items = serde_json::to_value(history_items(&history, false)).unwrap();
+        assert!(items
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i.get("Result").is_none()));
+    }
+
+    #[test]
+    fn a_failed_execution_reads_as_execution_completed_with_status_failed() {
+        let f = FailureDetails::new("ActivityFailed", "boom");
+        let item = single_item(&ev(0, 0, EventKind::ExecutionFailed { error: f }), false);
+        assert_eq!(item.event_type, "ExecutionCompleted");
+        assert_eq!(item.orchestration_status.as_deref(), Some("Failed"));
+        assert_eq!(item.failure_details.unwrap().message, "boom");
+    }
+
+    #[test]
+    fn status_body_fields_and_options() {
+        let status = InstanceStatus {
+            instance_id: InstanceId::new("abc").unwrap(),
+            name: "Galaxy_Create".into(),
+            execution_id: "e".into(),
+            runtime_status: RuntimeStatus::Failed,
+            input: json!({"a": 1}),
+            output: None,
+            custom_status: Some(json!("half")),
+            failure: Some(FailureDetails::new("Panic", "oops")),
+            created_at: at(0),
+            last_updated_at: at(1500),
+            parent_instance_id: None,
+            history_events: 4,
+            history_bytes: 321,
+            history: None,
+        };
+        let body = serde_json::to_value(status_body(
+            &status,
+            StatusOptions {
+                show_input: true,
+                show_history_output: false,
+            },
+        ))
+        .unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "name": "Galaxy_Create", "instanceId": "abc", "runtimeStatus": "Failed",
+                "input": {"a": 1}, "customStatus": "half", "output": "Panic: oops",
+                "createdTime": "2023-11-14T22:13:20.000Z",
+                "lastUpdatedTime": "2023-11-14T22:13:21.500Z",
+                "historyEventCount": 4, "historyBytes": 321,
+                "failureDetails": {"kind": "Panic", "message": "oops"},
+            })
+        );
+        let hidden = status_body(
+            &status,
+            StatusOptions {
+                show_input: false,
+                show_history_output: false,
+            },
+        );
+        assert_eq!(hidden.input, Value::Null);
+    }
+
+    #[test]
+    fn hosts_are_checked_before_they_reach_a_uri() {
+        assert!(valid_host("localhost:7071"));
+        assert!(valid_host("[::1]:80"));
+        assert!(!valid_host("evil.com/path"));
+        assert!(!valid_host("a b"));
+        assert!(!valid_host(""));
+    }
+}

@@ -1,0 +1,132 @@
+//! The galaxies table over HTTP: `GET /api/galaxies` (pages, name prefix)
+//! and `GET /api/galaxies/{partitionKey}/{rowKey}` with an ETag.
+//!
+//! Table reads are synchronous SQLite calls, so they run on the blocking
+//! pool and never stall the async workers that serve other requests.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::error::{AppError, ErrorBody};
+use crate::extract::{self, Path, Query, CONTINUATION_HEADER};
+use crate::payload::{self, GalaxyEntity, GalaxyList};
+use crate::state::AppState;
+
+/// Page size without `top`.
+const DEFAULT_PAGE: usize = 100;
+
+/// Query parameters of the galaxy listing.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub struct GalaxyListParams {
+    /// Only galaxies whose name starts with this (case-sensitive).
+    pub name_prefix: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub top: Option<String>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, galaxy::TableError> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AppError::internal("a galaxies table read", e))?
+        .map_err(AppError::from)
+}
+
+/// Lists galaxies in key order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/galaxies",
+    tag = "galaxies",
+    params(
+        GalaxyListParams,
+        ("x-ms-continuation-token" = Option<String>, Header, description = "Token of the previous page's answer")
+    ),
+    responses(
+        (status = 200, description = "A page of galaxies", body = GalaxyList,
+         headers(("x-ms-continuation-token" = String, description = "Present when more galaxies match"))),
+        (status = 400, description = "Bad query or token", body = ErrorBody),
+        (status = 401, description = "Missing or wrong key", body = ErrorBody),
+    ),
+    security(("function_key" = []), ("function_key_header" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<GalaxyListParams>,
+) -> Result<Response, AppError> {
+    let top = extract::top(params.top.as_deref(), DEFAULT_PAGE)?;
+    let token = extract::decode_token(&headers)?;
+    let prefix = params.name_prefix.filter(|p| !p.is_empty());
+    let table = state.table.clone();
+    let page = blocking(move || table.list(prefix.as_deref(), top, token.as_deref())).await?;
+    let body = GalaxyList {
+        value: page.galaxies.iter().map(payload::entity).collect(),
+    };
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    if let Some(token) = page.continuation {
+        response
+            .headers_mut()
+            .insert(CONTINUATION_HEADER, extract::encode_token(&token));
+    }
+    Ok(response)
+}
+
+/// One galaxy by its keys, with its ETag (`If-None-Match` answers 304).
+#[utoipa::path(
+    get,
+    path = "/api/galaxies/{partitionKey}/{rowKey}",
+    tag = "galaxies",
+    params(
+        ("partitionKey" = String, Path, description = "Partition key (`galaxies`)"),
+        ("rowKey" = String, Path, description = "Row key"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")
+    ),
+    responses(
+        (status = 200, description = "The entity", body = GalaxyEntity,
+         headers(("ETag" = String, description = "The row's version"))),
+        (status = 304, description = "Unchanged since the given ETag"),
+        (status = 401, description = "Missing or wrong key", body = ErrorBody),
+        (status = 404, description = "No such galaxy", body = ErrorBody),
+    ),
+    security(("function_key" = []), ("function_key_header" = []))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((partition_key, row_key)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let table = state.table.clone();
+    let (pk, rk) = (partition_key.clone(), row_key.clone());
+    let galaxy = blocking(move || table.get(&pk, &rk))
+        .await?
+        .ok_or_else(|| {
+            AppError::not_found(
+                "GalaxyNotFound",
+                format!("no galaxy with partition key '{partition_key}' and row key '{row_key}'"),
+            )
+        })?;
+    let entity = payload::entity(&galaxy);
+    let etag = HeaderValue::from_str(&entity.etag)
+        .map_err(|e| AppError::internal("building an ETag", e))?;
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == entity.etag || t.trim() == "*")
+        });
+    let mut response = if unchanged {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (StatusCode::OK, Json(entity)).into_response()
+    };
+    response.headers_mut().insert(header::ETAG, etag);
+    Ok(response)
+}

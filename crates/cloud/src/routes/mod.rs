@@ -1,0 +1,80 @@
+//! The route table. Each route is registered once, through `utoipa-axum`,
+//! so the router and the OpenAPI document cannot disagree.
+
+pub mod galaxies;
+pub mod instances;
+pub mod ops;
+pub mod starter;
+pub mod stream;
+
+use axum::middleware::from_fn_with_state;
+use axum::Router;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::keys;
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "galaxy-cloud",
+        description = "The Durable Functions HTTP API (starter and management routes) over the Galaxy Forge engine, plus the galaxies table, live event streams and operations routes."
+    ),
+    modifiers(&KeySchemes),
+    tags(
+        (name = "starter", description = "Start orchestrations"),
+        (name = "management", description = "Durable Functions instance management"),
+        (name = "live", description = "Server-Sent Events of instance changes (extension)"),
+        (name = "galaxies", description = "The galaxies table"),
+        (name = "operations", description = "Health, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares how keys are passed, so the `security` of each operation means
+/// something to OpenAPI tools.
+struct KeySchemes;
+
+impl utoipa::Modify for KeySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let query = || SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("code")));
+        let header = || SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(keys::KEY_HEADER)));
+        components.add_security_scheme("function_key", query());
+        components.add_security_scheme("function_key_header", header());
+        components.add_security_scheme("master_key", query());
+        components.add_security_scheme("master_key_header", header());
+    }
+}
+
+/// Every route, with its OpenAPI description. Protected routes sit behind
+/// the key check; `/healthz` and `/api/openapi.json` do not.
+pub(crate) fn build(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let protected = OpenApiRouter::new()
+        .routes(routes!(starter::start))
+        .routes(routes!(starter::start_with_id))
+        .routes(routes!(instances::list, instances::purge_by_filter))
+        .routes(routes!(instances::status, instances::purge))
+        .routes(routes!(instances::raise_event))
+        .routes(routes!(instances::terminate))
+        .routes(routes!(instances::suspend))
+        .routes(routes!(instances::resume))
+        .routes(routes!(instances::restart))
+        .routes(routes!(instances::rewind))
+        .routes(routes!(stream::instance_stream))
+        .routes(routes!(stream::all_stream))
+        .routes(routes!(galaxies::list))
+        .routes(routes!(galaxies::get))
+        .routes(routes!(ops::metrics))
+        .route_layer(from_fn_with_state(state.clone(), keys::require_key));
+    let public = OpenApiRouter::new()
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::openapi));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(protected)
+        .merge(public)
+        .split_for_parts()
+}

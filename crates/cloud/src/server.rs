@@ -1,0 +1,229 @@
+//! Running the server: opening the store and table, binding, signals and
+//! graceful shutdown.
+//!
+//! Shutdown order: stop accepting and tell streams and waits to end
+//! ([`AppState::begin_shutdown`]), let in-flight requests finish (up to
+//! [`DRAIN`]), stop the engine (running turns and activities get
+//! [`ENGINE_GRACE`]; leased work not finished returns to the queue when its
+//! lease expires), close the databases, exit 0.
+
+use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use durable::{Engine, EngineConfig, Registry, SqliteConfig, SqliteStore, Store};
+use galaxy::GalaxyTable;
+use tokio::net::TcpListener;
+
+use crate::config::Args;
+use crate::keys::{self, KeyError, Keys};
+use crate::state::AppState;
+
+/// How long in-flight requests get to finish after shutdown begins.
+pub const DRAIN: Duration = Duration::from_secs(10);
+/// How long running turns and activities get at shutdown.
+pub const ENGINE_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `--database-url` was given, but this build has no PostgreSQL store.
+    #[error("PostgreSQL support is not built yet: run without --database-url (GALAXY_DATABASE_URL) to use SQLite in --data-dir")]
+    PostgresNotBuilt,
+    /// The keys could not be loaded, created or accepted.
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    /// The engine store refused to open.
+    #[error("engine store: {0}")]
+    Store(#[from] durable::StoreError),
+    /// The galaxies table refused to open.
+    #[error("galaxies table: {0}")]
+    Table(#[from] galaxy::TableError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another I/O failure (data directory, serving).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where the engine keeps its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// SQLite in `<dir>/engine.db` (the default).
+    Sqlite(PathBuf),
+    /// PostgreSQL at this URL.
+    Postgres(String),
+}
+
+impl StoreChoice {
+    /// The choice the command line makes.
+    pub fn from_args(args: &Args) -> Self {
+        match &args.database_url {
+            Some(url) => Self::Postgres(url.clone()),
+            None => Self::Sqlite(args.data_dir.clone()),
+        }
+    }
+}
+
+/// An open engine store and how to close it once the engine has stopped.
+pub struct OpenStore {
+    /// The store, behind the trait the engine uses.
+    pub store: Arc<dyn Store>,
+    close: Box<dyn FnOnce() + Send>,
+}
+
+impl OpenStore {
+    /// Closes the store (flushes and stops its background threads).
+    pub fn close(self) {
+        (self.close)()
+    }
+}
+
+/// Opens the engine store. This is the one place a new backend plugs in:
+/// everything above it sees only `Arc<dyn Store>`.
+pub fn open_store(choice: &StoreChoice) -> Result<OpenStore, ServeError> {
+    match choice {
+        StoreChoice::Sqlite(dir) => {
+            std::fs::create_dir_all(dir)?;
+            let store = Arc::new(SqliteStore::open_with(
+                dir.join("engine.db"),
+                SqliteConfig::default(),
+            )?);
+            let closing = store.clone();
+            Ok(OpenStore {
+                store,
+                close: Box::new(move || closing.close()),
+            })
+        }
+        StoreChoice::Postgres(_) => Err(ServeError::PostgresNotBuilt),
+    }
+}
+
+/// The functions this server runs: `Galaxy_Create` and its activities, and
+/// the samples when asked for.
+pub fn registry(table: Arc<GalaxyTable>, samples: bool) -> Registry {
+    let registry = galaxy::register(Registry::new(), table);
+    if samples {
+        crate::samples::register(registry)
+    } else {
+        registry
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains
+/// (see the module docs). Returns once the listener is closed; the engine
+/// is left to the caller.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = crate::app(state.clone());
+    let begin = state.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            begin.begin_shutdown();
+        })
+        .into_future();
+    let drained = state.shutdown_signal();
+    let deadline = async move {
+        drained.await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        r = server => r,
+        _ = deadline => {
+            tracing::warn!("requests still open {DRAIN:?} after shutdown began; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn termination() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Runs `galaxy-cloud` with these arguments until SIGTERM or Ctrl-C.
+///
+/// Prints (stdout) the keys when it creates them, then exactly one line
+/// `galaxy-cloud listening on http://ADDR` with the bound address (tests
+/// and scripts parse it), and `galaxy-cloud stopped` at the end.
+pub async fn run(args: Args) -> Result<(), ServeError> {
+    let choice = StoreChoice::from_args(&args);
+    if matches!(choice, StoreChoice::Postgres(_)) {
+        // Refuse before touching the data directory.
+        return Err(ServeError::PostgresNotBuilt);
+    }
+    std::fs::create_dir_all(&args.data_dir)?;
+    let (keys, created) = Keys::load_or_create(
+        &args.data_dir,
+        args.function_key.clone(),
+        args.master_key.clone(),
+    )?;
+    if created {
+        println!(
+            "galaxy-cloud: created keys in {} (shown once; keep them)\n  function key: {}\n  master key:   {}",
+            keys::keys_path(&args.data_dir).display(),
+            keys.function_key(),
+            keys.master_key()
+        );
+    }
+    let opened = open_store(&choice)?;
+    let table = Arc::new(GalaxyTable::open(args.data_dir.join("galaxies.db"), true)?);
+    let engine = Engine::start(
+        opened.store.clone(),
+        registry(table.clone(), args.samples),
+        EngineConfig::default(),
+    );
+    let listener = match TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(source) => {
+            engine.shutdown(ENGINE_GRACE).await;
+            opened.close();
+            return Err(ServeError::Bind {
+                addr: args.listen.clone(),
+                source,
+            });
+        }
+    };
+    let addr = listener.local_addr()?;
+    let state =
+        AppState::new(engine.clone(), table.clone(), keys).with_default_host(addr.to_string());
+    println!("galaxy-cloud listening on http://{addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let served = serve(listener, state, termination()).await;
+    engine.shutdown(ENGINE_GRACE).await;
+    drop(engine);
+    opened.close();
+    table.close();
+    served?;
+    println!("galaxy-cloud stopped");
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! What every handler shares: the engine, the galaxies table, the keys, the
+//! metrics and the shutdown signal.
+
+use std::sync::Arc;
+
+use durable::Engine;
+use galaxy::GalaxyTable;
+use tokio::sync::watch;
+
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+
+/// Shared state of the router. Cloning is cheap (handles only).
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine: its store may be SQLite or any other [`durable::Store`].
+    pub engine: Engine,
+    /// The galaxies table, read by the galaxy routes.
+    pub table: Arc<GalaxyTable>,
+    /// The access keys.
+    pub keys: Arc<Keys>,
+    /// Request counters and dispatch latency.
+    pub metrics: Arc<Metrics>,
+    /// Host (and port) used for absolute URIs when a request has no `Host`
+    /// header (HTTP/1.0 clients, in-process tests).
+    pub default_host: Arc<str>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl AppState {
+    /// State over a running engine and its table.
+    ///
+    /// Must be called inside a Tokio runtime: it spawns the task that
+    /// measures dispatch latency from the engine's update stream (it ends
+    /// on [`AppState::begin_shutdown`]).
+    pub fn new(engine: Engine, table: Arc<GalaxyTable>, keys: Keys) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = Arc::new(watch::channel(false).0);
+        tokio::spawn(crate::metrics::watch_dispatch(
+            engine.subscribe(),
+            metrics.clone(),
+            shutdown.subscribe(),
+        ));
+        Self {
+            engine,
+            table,
+            keys: Arc::new(keys),
+            metrics,
+            default_host: Arc::from("localhost"),
+            shutdown,
+        }
+    }
+
+    /// The same state with another fallback host (the bound address).
+    pub fn with_default_host(mut self, host: impl Into<String>) -> Self {
+        self.default_host = Arc::from(host.into());
+        self
+    }
+
+    /// Tells long-lived requests (event streams, starter waits) to finish,
+    /// so a graceful shutdown is not held open by them.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// True once [`AppState::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Resolves when shutdown begins.
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
