@@ -165,7 +165,10 @@ impl Engine {
     /// `grace`), and returns. Work still leased is picked up again after a
     /// restart; nothing is lost.
     pub async fn shutdown(&self, grace: Duration) {
-        let _ = self.inner.shutdown.send(true);
+        // `send` would not store the value while no task happens to be
+        // subscribed (both dispatchers busy in a store call): they would
+        // never see it and shutdown would wait for them forever.
+        self.inner.shutdown.send_replace(true);
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         for t in tasks {
             let _ = t.await;
@@ -445,7 +448,9 @@ async fn wait_for_work(
     tokio::select! {
         _ = notified => {}
         _ = tokio::time::sleep(sleep) => {}
-        _ = shutdown.changed() => {}
+        // Not `changed()`: a fresh receiver has already "seen" a shutdown
+        // requested before it subscribed, and would sleep through it.
+        _ = shutdown.wait_for(|s| *s) => {}
     }
 }
 

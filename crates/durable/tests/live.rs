@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use common::count;
+use durable::{Store, StoreError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_see_each_status_and_every_history_event_in_order() {
@@ -450,4 +451,168 @@ async fn many_instances_with_a_tiny_cache_all_finish_correctly() {
         assert_eq!(out[0], json!(sum));
         assert_eq!(out[1], json!(sum * 3));
     }
+}
+
+/// A store that can hold the dispatchers inside their fetch calls.
+struct GatedStore {
+    inner: Arc<durable::SqliteStore>,
+    hold: AtomicBool,
+    held: AtomicU32,
+    arrived: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl GatedStore {
+    async fn gate(&self) {
+        if self.hold.load(Ordering::SeqCst) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            self.arrived.notify_waiters();
+            self.release.acquire().await.expect("gate").forget();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl durable::Store for GatedStore {
+    fn work_signal(&self) -> Arc<durable::store::WorkSignal> {
+        self.inner.work_signal()
+    }
+    async fn create_instance(&self, i: durable::store::NewInstance) -> Result<(), StoreError> {
+        self.inner.create_instance(i).await
+    }
+    async fn send_message(
+        &self,
+        id: &durable::InstanceId,
+        m: durable::history::Message,
+    ) -> Result<(), StoreError> {
+        self.inner.send_message(id, m).await
+    }
+    async fn fetch_orchestration_work(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<durable::store::OrchestrationWorkItem>, StoreError> {
+        self.gate().await;
+        self.inner.fetch_orchestration_work(max, lease).await
+    }
+    async fn load_history(
+        &self,
+        id: &durable::InstanceId,
+    ) -> Result<Vec<HistoryEvent>, StoreError> {
+        self.inner.load_history(id).await
+    }
+    async fn commit_turn(&self, c: durable::store::TurnCommit) -> Result<(), StoreError> {
+        self.inner.commit_turn(c).await
+    }
+    async fn abandon_orchestration_work(
+        &self,
+        l: &durable::store::WorkLock,
+        d: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.abandon_orchestration_work(l, d).await
+    }
+    async fn fetch_activity_work(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<durable::store::ActivityWorkItem>, StoreError> {
+        self.gate().await;
+        self.inner.fetch_activity_work(max, lease).await
+    }
+    async fn complete_activity_work(
+        &self,
+        l: &durable::store::WorkLock,
+        m: durable::history::Message,
+    ) -> Result<(), StoreError> {
+        self.inner.complete_activity_work(l, m).await
+    }
+    async fn abandon_activity_work(
+        &self,
+        l: &durable::store::WorkLock,
+        d: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.abandon_activity_work(l, d).await
+    }
+    async fn next_wake_at(&self) -> Result<Option<durable::Timestamp>, StoreError> {
+        self.inner.next_wake_at().await
+    }
+    async fn get_instance(
+        &self,
+        id: &durable::InstanceId,
+        h: bool,
+    ) -> Result<Option<durable::InstanceStatus>, StoreError> {
+        self.inner.get_instance(id, h).await
+    }
+    async fn list_instances(
+        &self,
+        q: &durable::InstanceQuery,
+    ) -> Result<durable::InstancePage, StoreError> {
+        self.inner.list_instances(q).await
+    }
+    async fn purge_instance(
+        &self,
+        id: &durable::InstanceId,
+    ) -> Result<durable::store::PurgeOutcome, StoreError> {
+        self.inner.purge_instance(id).await
+    }
+    async fn purge_instances(
+        &self,
+        f: &durable::InstanceFilter,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.inner.purge_instances(f, limit).await
+    }
+    async fn count_by_status(&self) -> Result<Vec<(RuntimeStatus, u64)>, StoreError> {
+        self.inner.count_by_status().await
+    }
+    async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
+        self.inner.queue_depth().await
+    }
+}
+
+/// Shutdown requested while both dispatchers are busy (inside a store call,
+/// not parked on the shutdown signal) must still stop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_the_dispatchers_are_busy_stops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(GatedStore {
+        inner: Arc::new(durable::SqliteStore::open(common::db_path(&dir)).unwrap()),
+        hold: AtomicBool::new(false),
+        held: AtomicU32::new(0),
+        arrived: tokio::sync::Notify::new(),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let registry = Registry::new()
+        .orchestration("Noop", |_ctx: OrchestrationContext, _: ()| async move {
+            Ok::<_, TaskError>(())
+        });
+    let engine = durable::Engine::start(store.clone(), registry, EngineConfig::default());
+    // Park both dispatchers inside a fetch.
+    store.hold.store(true, Ordering::SeqCst);
+    loop {
+        let arrived = store.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        if store.held.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        let signal = store.work_signal();
+        signal.orchestrations.notify_waiters();
+        signal.activities.notify_waiters();
+        let _ = tokio::time::timeout(Duration::from_millis(50), arrived).await;
+    }
+    store.hold.store(false, Ordering::SeqCst);
+    // Request the shutdown (its first poll sends the signal), while both
+    // dispatchers are still inside their fetch.
+    let stopping = engine.shutdown(Duration::from_secs(5));
+    tokio::pin!(stopping);
+    assert!(futures::poll!(stopping.as_mut()).is_pending());
+    assert!(matches!(
+        engine.start_orchestration("Noop", None, ()).await,
+        Err(Error::ShuttingDown)
+    ));
+    store.release.add_permits(2);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown returns");
 }
