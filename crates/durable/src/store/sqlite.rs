@@ -139,7 +139,13 @@ struct ActRow {
 #[derive(Default)]
 struct Queues {
     entries: HashMap<InstanceId, Entry>,
+    /// Instances with history and new messages: they go first, so work
+    /// already started finishes before more is started. That keeps the set
+    /// of running instances (and the engine's cache of them) small and
+    /// latency low under a burst of starts.
     ready: VecDeque<InstanceId>,
+    /// Instances that have not run a turn yet (history empty).
+    ready_new: VecDeque<InstanceId>,
     delayed: BTreeMap<(i64, i64), (InstanceId, StoredMessage)>,
     leases: BTreeMap<(Instant, String), InstanceId>,
     act_ready: VecDeque<ActRow>,
@@ -158,7 +164,11 @@ impl Queues {
         if let Some(e) = self.entries.get_mut(id) {
             if !e.queued && e.lease.is_none() && !e.visible.is_empty() {
                 e.queued = true;
-                self.ready.push_back(id.clone());
+                if e.meta.history_len == 0 {
+                    self.ready_new.push_back(id.clone());
+                } else {
+                    self.ready.push_back(id.clone());
+                }
             }
         }
     }
@@ -1609,8 +1619,23 @@ impl Store for SqliteStore {
         {
             let mut q = self.shared.queues.lock().expect("queues lock");
             q.promote();
+            // Running instances first, but a quarter of each fetch (at least
+            // one) is kept for new ones, so a stream of continuing work
+            // (eternal orchestrations, timers) cannot starve starts.
+            let new_share = max.div_ceil(4);
+            let mut taken_new = 0;
             while items.len() < max {
-                let Some(id) = q.ready.pop_front() else { break };
+                let take_new = taken_new < new_share
+                    && (q.ready.is_empty() || items.len() + new_share - taken_new >= max);
+                let next = if take_new {
+                    q.ready_new.pop_front().or_else(|| q.ready.pop_front())
+                } else {
+                    q.ready.pop_front().or_else(|| q.ready_new.pop_front())
+                };
+                let Some(id) = next else { break };
+                if take_new {
+                    taken_new += 1;
+                }
                 let token = q.token('o');
                 let expires = Instant::now() + lease;
                 let Some(e) = q.entries.get_mut(&id) else {
