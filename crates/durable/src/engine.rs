@@ -301,7 +301,8 @@ impl Engine {
         self.send(instance_id, EventKind::Rewound { reason }).await
     }
 
-    /// Starts the instance again from the beginning with its original input.
+    /// Starts the instance again from the beginning with the input of its
+    /// latest execution (after continue-as-new, that is the newest input).
     /// With `new_instance_id` the new run gets a fresh id; otherwise the same
     /// id is reused, which needs the instance to be finished.
     pub async fn restart(
