@@ -35,6 +35,9 @@ struct Args {
     /// Activities in the fan-out run.
     #[arg(long, default_value_t = 10_000)]
     fan_out: usize,
+    /// Instances whose replay state the engine keeps in memory.
+    #[arg(long, default_value_t = EngineConfig::default().cache_capacity)]
+    cache: usize,
 }
 
 struct Bench {
@@ -63,7 +66,7 @@ async fn fan_out(ctx: OrchestrationContext, n: u64) -> Result<u64, TaskError> {
     Ok(sum)
 }
 
-fn open() -> anyhow::Result<Bench> {
+fn open(cache: usize) -> anyhow::Result<Bench> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open(dir.path().join("engine.db"))?);
     let table = Arc::new(GalaxyTable::open(dir.path().join("galaxies.db"), true)?);
@@ -73,6 +76,7 @@ fn open() -> anyhow::Result<Bench> {
         .activity("Step", |_, v: u64| async move { Ok::<_, String>(v + 1) });
     let config = EngineConfig {
         update_capacity: 1 << 20,
+        cache_capacity: cache,
         ..EngineConfig::default()
     };
     let engine = Engine::start(store.clone() as Arc<dyn Store>, registry, config);
@@ -105,8 +109,8 @@ impl Bench {
 
 /// Starts `n` Galaxy_Create as fast as 64 concurrent clients can and waits
 /// for all to complete. Returns (elapsed, starts/s over the start phase).
-async fn throughput(n: usize) -> anyhow::Result<(Duration, f64)> {
-    let b = open()?;
+async fn throughput(n: usize, cache: usize) -> anyhow::Result<(Duration, f64)> {
+    let b = open(cache)?;
     let mut updates = b.engine.subscribe();
     let t0 = Instant::now();
     let clients = 64;
@@ -158,8 +162,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Latency start -> Completed at a steady 100 starts per second.
-async fn latency(n: usize) -> anyhow::Result<(Duration, Duration)> {
-    let b = open()?;
+async fn latency(n: usize, cache: usize) -> anyhow::Result<(Duration, Duration)> {
+    let b = open(cache)?;
     let mut updates = b.engine.subscribe();
     let starts: Arc<std::sync::Mutex<HashMap<InstanceId, Instant>>> = Default::default();
     let engine = b.engine.clone();
@@ -194,8 +198,8 @@ async fn latency(n: usize) -> anyhow::Result<(Duration, Duration)> {
     Ok((percentile(&lat, 0.5), percentile(&lat, 0.99)))
 }
 
-async fn one(name: &str, n: usize) -> anyhow::Result<Duration> {
-    let b = open()?;
+async fn one(name: &str, n: usize, cache: usize) -> anyhow::Result<Duration> {
+    let b = open(cache)?;
     let t0 = Instant::now();
     let id = b.engine.start_orchestration(name, None, n as u64).await?;
     let s = b
@@ -236,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| benchmark | result | target |");
     println!("|---|---|---|");
     for n in &args.throughput {
-        let (elapsed, start_rate) = throughput(*n).await?;
+        let (elapsed, start_rate) = throughput(*n, args.cache).await?;
         println!(
             "| Galaxy_Create, {n} started at once | {:.0} completed/s ({:.2} s; starts {:.0}/s) | >= 10,000/s |",
             *n as f64 / elapsed.as_secs_f64(),
@@ -244,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
             start_rate
         );
     }
-    let (p50, p99) = latency(args.latency_instances).await?;
+    let (p50, p99) = latency(args.latency_instances, args.cache).await?;
     println!(
         "| Galaxy_Create latency start -> Completed at 100/s ({} instances) | p50 {:.2} ms, p99 {:.2} ms | p50 < 2 ms |",
         args.latency_instances,
@@ -253,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut per_step = Vec::new();
     for n in &args.chain {
-        let t = one("Chain", *n).await?;
+        let t = one("Chain", *n, args.cache).await?;
         let step = t.as_secs_f64() * 1e6 / *n as f64;
         per_step.push(step);
         println!(
@@ -267,7 +271,7 @@ async fn main() -> anyhow::Result<()> {
             per_step[per_step.len() - 1] / per_step[0]
         );
     }
-    let t = one("FanOut", args.fan_out).await?;
+    let t = one("FanOut", args.fan_out, args.cache).await?;
     println!(
         "| fan-out of {} activities in one instance | {:.2} s total | |",
         args.fan_out,
