@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::types::FailureDetails;
 
+/// Decides whether a failure is worth retrying.
+pub type RetryFilter = Arc<dyn Fn(&FailureDetails) -> bool + Send + Sync>;
+
 /// How to retry a failing activity. Mirrors Durable Functions' `RetryOptions`.
 #[derive(Clone)]
 pub struct RetryPolicy {
@@ -20,7 +23,7 @@ pub struct RetryPolicy {
     /// Stop retrying once this much time has passed since the first attempt.
     pub total_timeout: Option<Duration>,
     /// Which failures to retry; `None` retries all.
-    pub retry_if: Option<Arc<dyn Fn(&FailureDetails) -> bool + Send + Sync>>,
+    pub retry_if: Option<RetryFilter>,
 }
 
 impl std::fmt::Debug for RetryPolicy {

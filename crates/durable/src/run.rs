@@ -330,11 +330,9 @@ impl OrchestrationRun {
                     self.deliver(kind);
                 }
             }
-            EventKind::Terminated { reason } => {
-                if self.outcome.is_none() {
-                    self.fut = None;
-                    self.outcome = Some(Outcome::Terminated(reason.clone()));
-                }
+            EventKind::Terminated { reason } if self.outcome.is_none() => {
+                self.fut = None;
+                self.outcome = Some(Outcome::Terminated(reason.clone()));
             }
             EventKind::ExecutionCompleted { output } if self.outcome.is_none() => {
                 self.outcome = Some(Outcome::Completed(output.clone()));

@@ -1,3 +1,5 @@
+//! The smallest end-to-end check: fan-out, fan-in and a chain on a real store.
+
 mod common;
 
 use durable::{OrchestrationContext, Registry, RuntimeStatus};

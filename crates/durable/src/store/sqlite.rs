@@ -868,7 +868,7 @@ fn writer_loop(
     let mut batches = 0u32;
     while let Ok(first) = rx.recv() {
         batches += 1;
-        if batches % BATCHES_PER_CHECKPOINT == 0 {
+        if batches.is_multiple_of(BATCHES_PER_CHECKPOINT) {
             // A request already pending is as good as a new one.
             let _ = checkpoint.try_send(());
         }
