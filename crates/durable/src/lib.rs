@@ -9,8 +9,11 @@
 //! - `run`: replay of a history and execution of one turn (pure, no I/O).
 //! - [`registry`]: orchestrations and activities by name.
 //! - [`engine`]: dispatchers, client API, live updates.
-//! - [`store`]: the [`Store`] trait and its SQLite implementation.
+//! - [`store`]: the [`Store`] trait and its SQLite and PostgreSQL
+//!   implementations.
 //! - [`conformance`]: the test suite every store must pass.
+//! - `testing` (feature `testing`): a throwaway PostgreSQL cluster for
+//!   tests and benchmarks.
 //!
 //! # Glossary
 //! - **instance**: one run of an orchestration, named by an [`InstanceId`].
@@ -31,6 +34,8 @@ pub mod registry;
 pub mod retry;
 mod run;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 
 pub use context::{DurableFuture, OrchestrationContext, TaskError};
@@ -40,6 +45,7 @@ pub use history::{EventKind, HistoryEvent};
 pub use registry::{ActivityContext, Registry};
 pub use retry::RetryPolicy;
 pub use run::HistoryLimits;
+pub use store::postgres::{PostgresConfig, PostgresStore};
 pub use store::sqlite::{SqliteConfig, SqliteStore};
 pub use store::{Store, StoreError};
 pub use types::{

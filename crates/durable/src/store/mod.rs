@@ -18,6 +18,7 @@
 //!   task results for a terminal instance are dropped silently.
 //! - A message with `visible_at` in the future is not delivered before then.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -1,0 +1,1682 @@
+//! The PostgreSQL store: several processes share one database as competing
+//! workers.
+//!
+//! # Design
+//! - **The database is the queue.** Unlike the SQLite store nothing is kept
+//!   in memory: each instance row carries its lease (`lock_token`,
+//!   `lock_owner`) and `due_at`, the time (milliseconds, database clock) at
+//!   which it next becomes fetchable. Not leased: the earliest `due_ms` of
+//!   its messages (NULL with an empty inbox). Leased: the lease expiry.
+//!   Activities carry the same three columns. A fetch takes due rows with
+//!   `FOR UPDATE SKIP LOCKED`, so concurrent fetchers, in this process or
+//!   another, never wait for each other and never get the same row.
+//! - **Every write locks the instance row first.** A commit's first statement
+//!   is the status `UPDATE` guarded by the lease token; it doubles as the
+//!   lease check (no row: [`StoreError::LeaseLost`], the transaction is
+//!   rolled back and nothing changed). A send locks its target row before it
+//!   checks the status and inserts, so a message can never slip in beside a
+//!   commit that finishes the instance, a purge or a re-create. A fetch
+//!   re-tokens the row, so a holder whose lease expired and was taken over
+//!   finds a different token.
+//! - **One transaction per operation.** PostgreSQL flushes the WAL of
+//!   concurrent commits together, so the pool's connections share fsyncs
+//!   without the store batching operations itself; batching would hold many
+//!   instance rows locked at once and let two processes deadlock on them.
+//! - **Wake-ups across processes** go through `LISTEN`/`NOTIFY` on one
+//!   dedicated connection per store ([`listener`]): work made visible
+//!   locally fires the local [`WorkSignal`] at once and is announced to the
+//!   other processes, coalesced into one `NOTIFY` per round trip. Delayed
+//!   work (a lease, a timer) is announced as a wake-up hint, so an idle
+//!   dispatcher elsewhere that planned to sleep past it wakes up and
+//!   recomputes [`Store::next_wake_at`].
+//! - **Dead workers are noticed.** Each store registers its listener
+//!   connection (backend pid and start time) in the `workers` table and
+//!   stamps its leases with its worker id. When a dispatcher goes idle,
+//!   [`Store::next_wake_at`] drops workers whose backend is gone from
+//!   `pg_stat_activity` (the process died, the server closed its
+//!   connection) and makes their leases due at once: a killed process's work
+//!   moves on in milliseconds instead of after the lease. A worker that was
+//!   only disconnected loses nothing but the lease: its commits then get
+//!   [`StoreError::LeaseLost`] if someone else took the work.
+//! - **Its own schema** (default `durable`), created at the first connect
+//!   under an advisory lock (so processes starting together do not race)
+//!   and marked with a `meta` row (application and schema version). A schema
+//!   of that name holding anything else, or another version, is refused
+//!   without writing.
+//!
+//! Times are the database's clock (`statement_timestamp()`), so processes on
+//! machines whose clocks disagree still agree on lease expiry; message
+//! `visible_at` times come from the engine and are compared with it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::future::try_join_all;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    ActivityWorkItem, NewActivity, NewInstance, OrchestrationWorkItem, PurgeOutcome, Store,
+    StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
+};
+use crate::history::{EventKind, HistoryEvent, Message};
+use crate::types::{
+    self, FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
+    RuntimeStatus, Timestamp,
+};
+
+/// Written into the `meta` table; a schema with another value is not ours.
+const APPLICATION: &str = "galaxy-forge durable store";
+/// Version of the tables below; another version is refused at connect.
+const SCHEMA_VERSION: i32 = 1;
+/// The database clock in whole milliseconds. `statement_timestamp()` is
+/// stable within a statement, so index scans can use it; `floor` so that a
+/// time is never reported as reached before it is.
+const NOW: &str = "floor(extract(epoch from statement_timestamp()) * 1000)::int8";
+/// Marks a lease held by nobody: an abandoned work item waiting out its delay.
+const NOBODY: &str = "-";
+
+/// Settings of a PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// Connection URL or key/value string (`postgres://user@host:port/db`).
+    pub url: String,
+    /// The schema holding the store's tables; one database can hold several
+    /// independent stores under different schemas.
+    pub schema: String,
+    /// Connections in the pool (the listener has its own).
+    pub pool_size: usize,
+}
+
+impl PostgresConfig {
+    /// Defaults for `url`: schema `durable`, 16 connections.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: "durable".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+fn db_err(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(d) => StoreError::Database(format!("{}: {}", d.code().code(), d.message())),
+        None => StoreError::Database(e.to_string()),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db_err(e),
+        e => StoreError::Database(format!("connection pool: {e}")),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("values built from JSON serialize")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s)
+        .map_err(|e| StoreError::Incompatible(format!("unreadable stored value: {e}")))
+}
+
+fn parse_status(s: &str) -> Result<RuntimeStatus, StoreError> {
+    RuntimeStatus::parse(s).ok_or_else(|| StoreError::Incompatible(format!("unknown status {s}")))
+}
+
+/// `'Completed','Failed',...`: the terminal statuses as an SQL list.
+fn terminal_list() -> String {
+    RuntimeStatus::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A quoted schema name, after checking it is a plain identifier (it is
+/// spliced into every statement).
+fn quoted_schema(schema: &str) -> Result<String, StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && !schema.starts_with("pg_");
+    if !ok {
+        return Err(StoreError::Incompatible(format!(
+            "schema name '{schema}' must be lowercase letters, digits and '_', not starting with a digit or 'pg_'"
+        )));
+    }
+    Ok(format!("\"{schema}\""))
+}
+
+fn schema_ddl(s: &str) -> String {
+    format!(
+        "
+CREATE TABLE {s}.meta (
+    application text NOT NULL,
+    version int4 NOT NULL
+);
+CREATE TABLE {s}.instances (
+    instance_id text COLLATE \"C\" PRIMARY KEY,
+    name text NOT NULL,
+    execution_id text NOT NULL,
+    runtime_status text NOT NULL,
+    input text NOT NULL,
+    output text,
+    custom_status text,
+    failure text,
+    created_at int8 NOT NULL,
+    last_updated_at int8 NOT NULL,
+    parent_instance_id text,
+    history_events int8 NOT NULL DEFAULT 0,
+    history_bytes int8 NOT NULL DEFAULT 0,
+    attempts int4 NOT NULL DEFAULT 0,
+    lock_token text,
+    lock_owner int8,
+    due_at int8
+);
+CREATE INDEX instances_due ON {s}.instances (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX instances_by_created ON {s}.instances (created_at, instance_id);
+CREATE INDEX instances_by_status ON {s}.instances (runtime_status);
+CREATE INDEX instances_by_owner ON {s}.instances (lock_owner) WHERE lock_owner IS NOT NULL;
+CREATE TABLE {s}.history (
+    instance_id text COLLATE \"C\" NOT NULL,
+    first_event_id int8 NOT NULL,
+    events text NOT NULL,
+    PRIMARY KEY (instance_id, first_event_id)
+);
+CREATE TABLE {s}.messages (
+    id int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id text COLLATE \"C\" NOT NULL,
+    due_ms int8 NOT NULL,
+    message text NOT NULL
+);
+CREATE INDEX messages_by_instance ON {s}.messages (instance_id, due_ms);
+CREATE INDEX messages_by_due ON {s}.messages (due_ms);
+CREATE TABLE {s}.activities (
+    id int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id text COLLATE \"C\" NOT NULL,
+    execution_id text NOT NULL,
+    task_id int8 NOT NULL,
+    name text NOT NULL,
+    input text NOT NULL,
+    attempts int4 NOT NULL DEFAULT 0,
+    lock_token text,
+    lock_owner int8,
+    due_at int8 NOT NULL
+);
+CREATE INDEX activities_due ON {s}.activities (due_at);
+CREATE INDEX activities_by_instance ON {s}.activities (instance_id);
+CREATE INDEX activities_by_owner ON {s}.activities (lock_owner) WHERE lock_owner IS NOT NULL;
+CREATE TABLE {s}.workers (
+    id int8 PRIMARY KEY,
+    pid int4 NOT NULL,
+    backend_start timestamptz NOT NULL
+);
+INSERT INTO {s}.meta (application, version) VALUES ('{APPLICATION}', {SCHEMA_VERSION});
+"
+    )
+}
+
+/// Creates the schema if it is missing; refuses one that is not ours or has
+/// another version, without writing to it.
+async fn prepare_schema(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+) -> Result<(), StoreError> {
+    let s = quoted_schema(schema)?;
+    let tx = client.transaction().await.map_err(db_err)?;
+    // Processes starting together would otherwise both try to create it.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('galaxy-forge durable schema ' || $1::text))",
+        &[&schema],
+    )
+    .await
+    .map_err(db_err)?;
+    let relations: i64 = tx
+        .query_one(
+            "SELECT count(c.oid) FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid \
+             WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .map_err(db_err)?
+        .get(0);
+    let exists: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .map_err(db_err)?
+        .get(0);
+    let has_meta: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'meta')",
+            &[&schema],
+        )
+        .await
+        .map_err(db_err)?
+        .get(0);
+    if !has_meta {
+        if exists && relations > 0 {
+            return Err(StoreError::Incompatible(format!(
+                "schema {s} of this database holds tables that are not a Galaxy Forge engine store; \
+                 refusing to use it (nothing was changed): choose another schema or database"
+            )));
+        }
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; {}",
+            schema_ddl(&s)
+        ))
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        return Ok(());
+    }
+    let row = tx
+        .query_opt(&format!("SELECT application, version FROM {s}.meta"), &[])
+        .await
+        .map_err(|e| {
+            StoreError::Incompatible(format!(
+                "schema {s} has an unreadable meta table ({}); refusing to use it",
+                db_err(e)
+            ))
+        })?;
+    let Some(row) = row else {
+        return Err(StoreError::Incompatible(format!(
+            "schema {s} has an empty meta table; refusing to use it"
+        )));
+    };
+    let application: String = row.get(0);
+    let version: i32 = row.get(1);
+    if application != APPLICATION {
+        return Err(StoreError::Incompatible(format!(
+            "schema {s} belongs to '{application}', not to the Galaxy Forge engine; refusing to use it"
+        )));
+    }
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::Incompatible(format!(
+            "schema {s} has store schema version {version}; this build reads version {SCHEMA_VERSION}"
+        )));
+    }
+    tx.commit().await.map_err(db_err)?;
+    Ok(())
+}
+
+/// Notifications still to be announced to the other processes.
+#[derive(Debug, Default)]
+struct Outbox {
+    orchestrations: bool,
+    activities: bool,
+    /// Earliest wake-up hint (ms) not yet sent.
+    wake: Option<i64>,
+}
+
+/// State shared by the store and its listener task.
+#[derive(Debug)]
+struct Shared {
+    signal: Arc<WorkSignal>,
+    /// This store's worker id (stamped on its leases).
+    worker: i64,
+    /// Channel name of the store's schema.
+    channel: String,
+    outbox: Mutex<Outbox>,
+    /// Wakes the listener task to flush the outbox.
+    kick: tokio::sync::Notify,
+    /// The last value `next_wake_at` returned (ms; `None`: no wake-up
+    /// planned). A remote hint earlier than this wakes the dispatchers.
+    planned_wake: Mutex<Option<i64>>,
+    /// The earliest wake-up hint sent that is still in the future: the other
+    /// processes wake by then and read later ones from the tables, so later
+    /// hints need not be sent.
+    hint_sent: Mutex<Option<i64>>,
+}
+
+impl Shared {
+    fn wake_local(&self, orchestrations: bool, activities: bool) {
+        if orchestrations {
+            self.signal.orchestrations.notify_waiters();
+            self.signal.orchestrations.notify_one();
+        }
+        if activities {
+            self.signal.activities.notify_waiters();
+            self.signal.activities.notify_one();
+        }
+    }
+
+    /// Work became visible now: wake local dispatchers and tell the others.
+    fn announce(&self, orchestrations: bool, activities: bool) {
+        if !orchestrations && !activities {
+            return;
+        }
+        self.wake_local(orchestrations, activities);
+        let mut o = self.outbox.lock().expect("outbox lock");
+        o.orchestrations |= orchestrations;
+        o.activities |= activities;
+        drop(o);
+        self.kick.notify_one();
+    }
+
+    /// Work becomes due at `at_ms` (a lease expiry, a timer): tell the other
+    /// processes unless an earlier hint is still pending there.
+    fn hint(&self, at_ms: i64) {
+        let now = types::now().timestamp_millis();
+        {
+            let mut sent = self.hint_sent.lock().expect("hint lock");
+            if sent.is_some_and(|h| h > now && h <= at_ms) {
+                return;
+            }
+            *sent = Some(at_ms);
+        }
+        let mut o = self.outbox.lock().expect("outbox lock");
+        o.wake = Some(o.wake.map_or(at_ms, |w| w.min(at_ms)));
+        drop(o);
+        self.kick.notify_one();
+    }
+}
+
+pub mod listener {
+    //! The store's dedicated connection: `LISTEN` for the other processes'
+    //! announcements, `NOTIFY` for this one's, and the worker registration
+    //! whose backend's life marks this process alive.
+    //!
+    //! Notifications carry `o` (orchestration work), `a` (activity work)
+    //! and `w<ms>` (something becomes due then). Our own notifications come
+    //! back to us too; they are recognised by the sending backend's pid and
+    //! ignored. After a reconnect both signals fire, since announcements
+    //! may have been missed while disconnected.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use tokio::sync::{mpsc, oneshot, watch};
+    use tokio_postgres::{AsyncMessage, NoTls};
+
+    use super::{db_err, Shared};
+    use crate::store::StoreError;
+
+    /// Pause before reconnecting after the listener connection failed.
+    const RECONNECT: Duration = Duration::from_millis(500);
+
+    pub(super) async fn run(
+        config: tokio_postgres::Config,
+        schema: String,
+        shared: Arc<Shared>,
+        mut ready: Option<oneshot::Sender<Result<(), StoreError>>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let s = format!("\"{schema}\"");
+        loop {
+            let session = async {
+                let (client, mut conn) = config.connect(NoTls).await.map_err(db_err)?;
+                let (tx, rx) = mpsc::unbounded_channel();
+                let pump = tokio::spawn(async move {
+                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if tx.send(n).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "store listener connection failed");
+                                break;
+                            }
+                        }
+                    }
+                });
+                client
+                    .batch_execute(&format!("LISTEN \"{}\"", shared.channel))
+                    .await
+                    .map_err(db_err)?;
+                let pid: i32 = client
+                    .query_one(
+                        &format!(
+                            "INSERT INTO {s}.workers (id, pid, backend_start) \
+                             SELECT $1, pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid() \
+                             ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, backend_start = excluded.backend_start \
+                             RETURNING pid"
+                        ),
+                        &[&shared.worker],
+                    )
+                    .await
+                    .map_err(db_err)?
+                    .get(0);
+                Ok::<_, StoreError>((client, rx, pump, pid))
+            };
+            let (client, mut rx, pump, pid) = match session.await {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Err(e));
+                        return;
+                    }
+                    tracing::warn!(error = %e, "store listener cannot connect; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECONNECT) => continue,
+                        _ = stop_requested(&mut stop) => return,
+                    }
+                }
+            };
+            match ready.take() {
+                Some(r) => {
+                    let _ = r.send(Ok(()));
+                }
+                // Announcements may have been missed while disconnected.
+                None => shared.wake_local(true, true),
+            }
+            *shared.hint_sent.lock().expect("hint lock") = None;
+            let stopped = loop {
+                tokio::select! {
+                    n = rx.recv() => {
+                        let Some(n) = n else { break false };
+                        if n.process_id() != pid {
+                            receive(&shared, n.payload());
+                        }
+                    }
+                    _ = shared.kick.notified() => {
+                        let payload = take_payload(&shared);
+                        if !payload.is_empty() {
+                            if let Err(e) = client
+                                .execute("SELECT pg_notify($1, $2)", &[&shared.channel, &payload])
+                                .await
+                            {
+                                tracing::warn!(error = %e, "store listener cannot notify");
+                                *shared.hint_sent.lock().expect("hint lock") = None;
+                                break false;
+                            }
+                        }
+                    }
+                    _ = stop_requested(&mut stop) => break true,
+                }
+            };
+            if stopped {
+                let _ = client
+                    .execute(
+                        &format!("DELETE FROM {s}.workers WHERE id = $1"),
+                        &[&shared.worker],
+                    )
+                    .await;
+                drop(client);
+                let _ = pump.await;
+                return;
+            }
+            drop(client);
+            pump.abort();
+            tokio::select! {
+                _ = tokio::time::sleep(RECONNECT) => {}
+                _ = stop_requested(&mut stop) => return,
+            }
+        }
+    }
+
+    /// Resolves when the store asks the listener to stop.
+    async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
+    /// Empties the outbox into one notification payload.
+    fn take_payload(shared: &Shared) -> String {
+        let mut o = shared.outbox.lock().expect("outbox lock");
+        let mut p = String::new();
+        if std::mem::take(&mut o.orchestrations) {
+            p.push('o');
+        }
+        if std::mem::take(&mut o.activities) {
+            p.push('a');
+        }
+        if let Some(w) = o.wake.take() {
+            p.push_str(&format!("w{w}"));
+        }
+        p
+    }
+
+    fn receive(shared: &Shared, payload: &str) {
+        let orchestrations = payload.contains('o');
+        let activities = payload.contains('a');
+        shared.wake_local(orchestrations, activities);
+        if let Some(w) = payload
+            .split_once('w')
+            .and_then(|(_, w)| w.parse::<i64>().ok())
+        {
+            let mut planned = shared.planned_wake.lock().expect("planned lock");
+            if planned.is_none_or(|p| w < p) {
+                *planned = Some(w);
+                drop(planned);
+                shared.wake_local(true, true);
+            }
+        }
+    }
+}
+
+/// SQL text of the statements, with the schema spliced in once.
+#[derive(Debug)]
+struct Sql {
+    s: String,
+    terminal: String,
+    fetch_orchestrations: String,
+    fetch_messages: String,
+    release_empty: String,
+    commit_status: String,
+    delete_history: String,
+    insert_history: String,
+    delete_consumed: String,
+    delete_inbox: String,
+    insert_activities: String,
+    recompute_due: String,
+    upsert_instance: String,
+    send: String,
+    fetch_activities: String,
+    complete_activity: String,
+    abandon_instance: String,
+    abandon_activity: String,
+    next_wake: String,
+    reap: String,
+}
+
+impl Sql {
+    fn new(s: &str) -> Self {
+        let terminal = terminal_list();
+        Self {
+            fetch_orchestrations: format!(
+                "WITH picked AS (SELECT instance_id FROM {s}.instances WHERE due_at <= {NOW} \
+                   ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s}.instances i SET lock_token = $2 || i.instance_id, lock_owner = $3, \
+                   due_at = {NOW} + $4, attempts = i.attempts + 1 \
+                 FROM picked WHERE i.instance_id = picked.instance_id \
+                 RETURNING i.instance_id, i.runtime_status, i.execution_id, i.history_events, i.attempts, \
+                   i.lock_token, i.due_at"
+            ),
+            fetch_messages: format!(
+                "SELECT m.id, m.instance_id, m.message FROM {s}.messages m \
+                 JOIN {s}.instances i ON i.instance_id = m.instance_id \
+                 WHERE m.instance_id = ANY($1) AND i.lock_token = $2 || i.instance_id AND m.due_ms <= {NOW} \
+                 ORDER BY m.id"
+            ),
+            release_empty: format!(
+                "UPDATE {s}.instances SET lock_token = NULL, lock_owner = NULL, attempts = attempts - 1, \
+                   due_at = (SELECT min(due_ms) FROM {s}.messages m WHERE m.instance_id = $1) \
+                 WHERE instance_id = $1 AND lock_token = $2"
+            ),
+            commit_status: format!(
+                "UPDATE {s}.instances SET runtime_status = $3, execution_id = $4, input = COALESCE($5, input), \
+                   output = $6, custom_status = $7, failure = $8, history_events = $9, history_bytes = $10, \
+                   last_updated_at = $11, attempts = 0, lock_token = NULL, lock_owner = NULL, due_at = NULL \
+                 WHERE instance_id = $1 AND lock_token = $2"
+            ),
+            delete_history: format!("DELETE FROM {s}.history WHERE instance_id = $1"),
+            insert_history: format!(
+                "INSERT INTO {s}.history (instance_id, first_event_id, events) VALUES ($1, $2, $3)"
+            ),
+            delete_consumed: format!(
+                "DELETE FROM {s}.messages WHERE instance_id = $1 AND id = ANY($2)"
+            ),
+            delete_inbox: format!("DELETE FROM {s}.messages WHERE instance_id = $1"),
+            insert_activities: format!(
+                "INSERT INTO {s}.activities (instance_id, execution_id, task_id, name, input, due_at) \
+                 SELECT $1, $2, t, n, i, {NOW} FROM unnest($3::int8[], $4::text[], $5::text[]) AS a(t, n, i)"
+            ),
+            recompute_due: format!(
+                "UPDATE {s}.instances SET due_at = (SELECT min(due_ms) FROM {s}.messages m WHERE m.instance_id = $1) \
+                 WHERE instance_id = $1 RETURNING due_at, {NOW}"
+            ),
+            // Inserts a new instance, or replaces a terminal one (its history
+            // and inbox go; its row is reused, so queued activities of the
+            // old execution stay and are dropped by execution id later).
+            // A live one is left alone and nothing is returned.
+            upsert_instance: format!(
+                "WITH up AS ( \
+                   INSERT INTO {s}.instances AS i (instance_id, name, execution_id, runtime_status, input, \
+                     created_at, last_updated_at, parent_instance_id, due_at) \
+                   VALUES ($1, $2, $3, 'Pending', $4, $5, $5, $6, {NOW}) \
+                   ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, \
+                     execution_id = excluded.execution_id, runtime_status = 'Pending', input = excluded.input, \
+                     output = NULL, custom_status = NULL, failure = NULL, created_at = excluded.created_at, \
+                     last_updated_at = excluded.last_updated_at, parent_instance_id = excluded.parent_instance_id, \
+                     history_events = 0, history_bytes = 0, attempts = 0, lock_token = NULL, lock_owner = NULL, \
+                     due_at = excluded.due_at \
+                   WHERE i.runtime_status IN ({terminal}) \
+                   RETURNING i.instance_id, (xmax = 0) AS inserted), \
+                 dh AS (DELETE FROM {s}.history h USING up WHERE h.instance_id = up.instance_id AND NOT up.inserted), \
+                 dm AS (DELETE FROM {s}.messages m USING up WHERE m.instance_id = up.instance_id AND NOT up.inserted), \
+                 ins AS (INSERT INTO {s}.messages (instance_id, due_ms, message) \
+                   SELECT instance_id, {NOW}, $7 FROM up RETURNING id) \
+                 SELECT count(*) FROM ins"
+            ),
+            // Locks the target, checks its status, inserts and makes the
+            // target due no later than the message unless it is leased.
+            // Returns the target's status (NULL: no such instance) and the
+            // new message's due time (NULL: refused).
+            send: format!(
+                "WITH target AS (SELECT instance_id, runtime_status, lock_token FROM {s}.instances \
+                   WHERE instance_id = $1 FOR UPDATE), \
+                 ok AS (SELECT * FROM target WHERE runtime_status NOT IN ({terminal}) \
+                   OR (runtime_status = 'Failed' AND $4)), \
+                 ins AS (INSERT INTO {s}.messages (instance_id, due_ms, message) \
+                   SELECT instance_id, COALESCE($2, {NOW}), $3 FROM ok RETURNING due_ms), \
+                 upd AS (UPDATE {s}.instances i SET due_at = LEAST(COALESCE(i.due_at, ins.due_ms), ins.due_ms) \
+                   FROM ins, ok WHERE i.instance_id = ok.instance_id AND ok.lock_token IS NULL RETURNING 1) \
+                 SELECT (SELECT runtime_status FROM target), (SELECT due_ms FROM ins), {NOW}, \
+                   (SELECT count(*) FROM upd)"
+            ),
+            fetch_activities: format!(
+                "WITH picked AS (SELECT id FROM {s}.activities WHERE due_at <= {NOW} \
+                   ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s}.activities a SET lock_token = $2 || a.id::text, lock_owner = $3, \
+                   due_at = {NOW} + $4, attempts = a.attempts + 1 \
+                 FROM picked WHERE a.id = picked.id \
+                 RETURNING a.id, a.instance_id, a.execution_id, a.task_id, a.name, a.input, a.attempts, \
+                   a.lock_token, a.due_at"
+            ),
+            complete_activity: format!(
+                "DELETE FROM {s}.activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id"
+            ),
+            abandon_instance: format!(
+                "UPDATE {s}.instances SET lock_token = '{NOBODY}', lock_owner = NULL, due_at = {NOW} + $3 \
+                 WHERE instance_id = $1 AND lock_token = $2 RETURNING due_at"
+            ),
+            abandon_activity: format!(
+                "UPDATE {s}.activities SET lock_token = '{NOBODY}', lock_owner = NULL, due_at = {NOW} + $3 \
+                 WHERE id = $1 AND lock_token = $2 RETURNING due_at"
+            ),
+            next_wake: format!(
+                "SELECT LEAST((SELECT min(due_at) FROM {s}.instances WHERE due_at > {NOW}), \
+                   (SELECT min(due_at) FROM {s}.activities WHERE due_at > {NOW})), \
+                   EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
+                     (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid AND a.backend_start = w.backend_start))"
+            ),
+            reap: format!(
+                "WITH dead AS (DELETE FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
+                   (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid AND a.backend_start = w.backend_start) \
+                   RETURNING w.id), \
+                 ri AS (UPDATE {s}.instances SET due_at = {NOW}, lock_owner = NULL \
+                   WHERE lock_owner IN (SELECT id FROM dead) RETURNING 1), \
+                 ra AS (UPDATE {s}.activities SET due_at = {NOW}, lock_owner = NULL \
+                   WHERE lock_owner IN (SELECT id FROM dead) RETURNING 1) \
+                 SELECT (SELECT count(*) FROM ri), (SELECT count(*) FROM ra)"
+            ),
+            terminal,
+            s: s.to_string(),
+        }
+    }
+}
+
+/// The PostgreSQL store. See the module docs.
+pub struct PostgresStore {
+    pool: Pool,
+    sql: Arc<Sql>,
+    shared: Arc<Shared>,
+    closed: AtomicBool,
+    stop: tokio::sync::watch::Sender<bool>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+    schema: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .field("worker", &self.shared.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lock token: a random prefix per fetch, then the row's key, so one
+/// token names exactly one row.
+fn token_prefix() -> String {
+    format!("{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// The row key part of a token (instance id or activity id).
+fn token_key(lock: &WorkLock) -> Option<&str> {
+    lock.0.split_once(':').map(|(_, k)| k)
+}
+
+fn lease_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// What a statement made visible, for the wake-ups after the commit.
+#[derive(Debug, Default)]
+struct Woken {
+    orchestrations: bool,
+    activities: bool,
+    /// Earliest future due time created.
+    later: Option<i64>,
+}
+
+impl Woken {
+    fn due(&mut self, due_ms: i64, now_ms: i64) {
+        if due_ms <= now_ms {
+            self.orchestrations = true;
+        } else {
+            self.later = Some(self.later.map_or(due_ms, |l| l.min(due_ms)));
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if the database has none, and starts the
+    /// listener. Refuses a schema that is not ours or has another version.
+    pub async fn connect(config: PostgresConfig) -> Result<Self, StoreError> {
+        let s = quoted_schema(&config.schema)?;
+        let pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| StoreError::Database(format!("invalid database URL: {e}")))?;
+        {
+            let (mut client, conn) = pg.connect(NoTls).await.map_err(db_err)?;
+            let driver = tokio::spawn(conn);
+            let prepared = prepare_schema(&mut client, &config.schema).await;
+            drop(client);
+            let _ = driver.await;
+            prepared?;
+        }
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .build()
+            .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
+        let shared = Arc::new(Shared {
+            signal: Arc::new(WorkSignal::default()),
+            worker: rand::random::<i64>() & i64::MAX,
+            channel: format!("durable_work_{}", config.schema),
+            outbox: Mutex::new(Outbox::default()),
+            kick: tokio::sync::Notify::new(),
+            planned_wake: Mutex::new(None),
+            hint_sent: Mutex::new(None),
+        });
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let listener = tokio::spawn(listener::run(
+            pg,
+            config.schema.clone(),
+            shared.clone(),
+            Some(ready_tx),
+            stop_rx,
+        ));
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(StoreError::Database(
+                    "store listener failed to start".into(),
+                ))
+            }
+        }
+        Ok(Self {
+            pool,
+            sql: Arc::new(Sql::new(&s)),
+            shared,
+            closed: AtomicBool::new(false),
+            stop,
+            listener: Mutex::new(Some(listener)),
+            schema: config.schema,
+        })
+    }
+
+    /// The schema this store lives in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Stops the store: its leases become due at once (another process, or
+    /// this one after a restart, takes them over without waiting for them to
+    /// expire), its worker registration goes, the listener stops and the
+    /// connections close. Later calls fail with [`StoreError::Closed`].
+    /// Call it after the engine has stopped.
+    pub async fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(client) = self.pool.get().await {
+            let s = &self.sql.s;
+            for table in ["instances", "activities"] {
+                let _ = client
+                    .execute(
+                        &format!(
+                            "UPDATE {s}.{table} SET due_at = {NOW}, lock_owner = NULL WHERE lock_owner = $1"
+                        ),
+                        &[&self.shared.worker],
+                    )
+                    .await;
+            }
+        }
+        let _ = self.stop.send(true);
+        let handle = self.listener.lock().expect("listener lock").take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        self.pool.close();
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    fn after_commit(&self, woken: Woken) {
+        self.shared.announce(woken.orchestrations, woken.activities);
+        if let Some(at) = woken.later {
+            self.shared.hint(at);
+        }
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(h) = self.listener.lock().expect("listener lock").take() {
+            h.abort();
+        }
+    }
+}
+
+/// Sends a message inside a transaction. `external` sends (client requests)
+/// get errors for a missing or finished instance; internal ones (results)
+/// are dropped.
+async fn send_in(
+    c: &impl GenericClient,
+    sql: &Sql,
+    id: &InstanceId,
+    message: &Message,
+    external: bool,
+    woken: &mut Woken,
+) -> Result<(), StoreError> {
+    let stmt = c.prepare_cached(&sql.send).await.map_err(db_err)?;
+    let rewind = matches!(message.kind, EventKind::Rewound { .. });
+    let visible = message.visible_at.map(|t| t.timestamp_millis());
+    let text = json(message);
+    let row = c
+        .query_one(&stmt, &[&id.as_str(), &visible, &text, &rewind])
+        .await
+        .map_err(db_err)?;
+    let status: Option<String> = row.get(0);
+    let due: Option<i64> = row.get(1);
+    let now: i64 = row.get(2);
+    match (status, due) {
+        (None, _) if external => Err(StoreError::NotFound(id.clone())),
+        (Some(_), None) if external => Err(StoreError::Finished(id.clone())),
+        (_, Some(due)) => {
+            woken.due(due, now);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Inserts or replaces an instance inside a transaction; `false` when a live
+/// instance holds the id.
+async fn create_in(
+    c: &impl GenericClient,
+    sql: &Sql,
+    inst: &NewInstance,
+) -> Result<bool, StoreError> {
+    let started = Message {
+        execution_id: Some(inst.execution_id.clone()),
+        visible_at: None,
+        sent_at: inst.created_at,
+        kind: EventKind::ExecutionStarted {
+            name: inst.name.clone(),
+            input: inst.input.clone(),
+            execution_id: inst.execution_id.clone(),
+            parent: inst.parent.clone(),
+        },
+    };
+    let stmt = c
+        .prepare_cached(&sql.upsert_instance)
+        .await
+        .map_err(db_err)?;
+    let parent = inst.parent.as_ref().map(|p| p.instance_id.as_str());
+    let row = c
+        .query_one(
+            &stmt,
+            &[
+                &inst.instance_id.as_str(),
+                &inst.name,
+                &inst.execution_id,
+                &json(&inst.input),
+                &inst.created_at.timestamp_millis(),
+                &parent,
+                &json(&started),
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    Ok(row.get::<_, i64>(0) == 1)
+}
+
+fn status_from_row(r: &Row) -> Result<InstanceStatus, StoreError> {
+    let opt_json = |i: usize| -> Option<Value> {
+        r.get::<_, Option<String>>(i)
+            .and_then(|s| serde_json::from_str(&s).ok())
+    };
+    let status: String = r.get(3);
+    Ok(InstanceStatus {
+        instance_id: InstanceId::from_stored(r.get(0)),
+        name: r.get(1),
+        execution_id: r.get(2),
+        runtime_status: parse_status(&status)?,
+        input: opt_json(4).unwrap_or(Value::Null),
+        output: opt_json(5),
+        custom_status: opt_json(6),
+        failure: r
+            .get::<_, Option<String>>(7)
+            .and_then(|s| serde_json::from_str::<FailureDetails>(&s).ok()),
+        created_at: types::from_millis(r.get(8)),
+        last_updated_at: types::from_millis(r.get(9)),
+        parent_instance_id: r.get::<_, Option<String>>(10).map(InstanceId::from_stored),
+        history_events: r.get::<_, i64>(11) as u64,
+        history_bytes: r.get::<_, i64>(12) as u64,
+        history: None,
+    })
+}
+
+const STATUS_COLUMNS: &str =
+    "instance_id, name, execution_id, runtime_status, input, output, custom_status, failure, \
+     created_at, last_updated_at, parent_instance_id, history_events, history_bytes";
+
+async fn read_history(
+    c: &impl GenericClient,
+    sql: &Sql,
+    id: &str,
+) -> Result<Vec<HistoryEvent>, StoreError> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT events FROM {}.history WHERE instance_id = $1 ORDER BY first_event_id",
+                sql.s
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.extend(parse::<Vec<HistoryEvent>>(r.get(0))?);
+    }
+    Ok(out)
+}
+
+/// Builds the WHERE clause of a filter with numbered parameters.
+fn filter_sql(f: &InstanceFilter, args: &mut Vec<Box<dyn ToSql + Sync + Send>>) -> String {
+    let mut clauses = vec!["TRUE".to_string()];
+    if !f.statuses.is_empty() {
+        let statuses: Vec<String> = f.statuses.iter().map(|s| s.as_str().to_string()).collect();
+        args.push(Box::new(statuses));
+        clauses.push(format!("runtime_status = ANY(${})", args.len()));
+    }
+    if let Some(t) = f.created_from {
+        args.push(Box::new(t.timestamp_millis()));
+        clauses.push(format!("created_at >= ${}", args.len()));
+    }
+    if let Some(t) = f.created_to {
+        args.push(Box::new(t.timestamp_millis()));
+        clauses.push(format!("created_at <= ${}", args.len()));
+    }
+    if let Some(p) = &f.instance_id_prefix {
+        args.push(Box::new(p.clone()));
+        clauses.push(format!("starts_with(instance_id, ${})", args.len()));
+    }
+    clauses.join(" AND ")
+}
+
+fn params(args: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+fn encode_token(created_ms: i64, id: &InstanceId) -> String {
+    format!("{created_ms}:{id}")
+}
+
+fn decode_token(token: &str) -> Option<(i64, String)> {
+    let (ms, id) = token.split_once(':')?;
+    Some((ms.parse().ok()?, id.to_string()))
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn work_signal(&self) -> Arc<WorkSignal> {
+        self.shared.signal.clone()
+    }
+
+    async fn create_instance(&self, instance: NewInstance) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        if !create_in(&c, &self.sql, &instance).await? {
+            return Err(StoreError::Conflict(instance.instance_id));
+        }
+        self.shared.announce(true, false);
+        Ok(())
+    }
+
+    async fn send_message(
+        &self,
+        instance_id: &InstanceId,
+        message: Message,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let mut woken = Woken::default();
+        send_in(&c, &self.sql, instance_id, &message, true, &mut woken).await?;
+        self.after_commit(woken);
+        Ok(())
+    }
+
+    async fn fetch_orchestration_work(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let prefix = token_prefix();
+        let stmt = c
+            .prepare_cached(&self.sql.fetch_orchestrations)
+            .await
+            .map_err(db_err)?;
+        let rows = c
+            .query(
+                &stmt,
+                &[
+                    &(max as i64),
+                    &prefix,
+                    &self.shared.worker,
+                    &lease_ms(lease),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut items = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut expiry = i64::MAX;
+        for r in &rows {
+            let id: String = r.get(0);
+            let status: String = r.get(1);
+            expiry = expiry.min(r.get::<_, i64>(6));
+            items.push(OrchestrationWorkItem {
+                lock: WorkLock(r.get(5)),
+                instance_id: InstanceId::from_stored(id.clone()),
+                runtime_status: parse_status(&status)?,
+                execution_id: r.get(2),
+                history_len: r.get::<_, i64>(3) as u64,
+                messages: Vec::new(),
+                attempts: r.get::<_, i32>(4) as u32,
+            });
+            ids.push(id);
+        }
+        self.shared.hint(expiry);
+        let stmt = c
+            .prepare_cached(&self.sql.fetch_messages)
+            .await
+            .map_err(db_err)?;
+        let rows = c.query(&stmt, &[&ids, &prefix]).await.map_err(db_err)?;
+        let mut by_id: HashMap<String, Vec<StoredMessage>> = HashMap::new();
+        for r in rows {
+            by_id.entry(r.get(1)).or_default().push(StoredMessage {
+                id: r.get(0),
+                message: parse(r.get(2))?,
+            });
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for mut item in items {
+            match by_id.remove(item.instance_id.as_str()) {
+                Some(messages) => {
+                    item.messages = messages;
+                    out.push(item);
+                }
+                None => {
+                    // Nothing visible after all (a replaced instance, a race
+                    // with a purge): give it back untouched.
+                    let stmt = c
+                        .prepare_cached(&self.sql.release_empty)
+                        .await
+                        .map_err(db_err)?;
+                    c.execute(&stmt, &[&item.instance_id.as_str(), &item.lock.0])
+                        .await
+                        .map_err(db_err)?;
+                }
+            }
+        }
+        // Oldest work first, as fetched.
+        Ok(out)
+    }
+
+    async fn load_history(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<Vec<HistoryEvent>, StoreError> {
+        let c = self.client().await?;
+        read_history(&c, &self.sql, instance_id.as_str()).await
+    }
+
+    async fn commit_turn(&self, commit: TurnCommit) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let sql = self.sql.clone();
+        let tx = c.transaction().await.map_err(db_err)?;
+        let id = commit.instance_id.as_str();
+        let s = &commit.status;
+        let terminal = s.runtime_status.is_terminal();
+        let stmt = tx
+            .prepare_cached(&sql.commit_status)
+            .await
+            .map_err(db_err)?;
+        let updated = tx
+            .execute(
+                &stmt,
+                &[
+                    &id,
+                    &commit.lock.0,
+                    &s.runtime_status.as_str(),
+                    &s.execution_id,
+                    &s.input.as_ref().map(json),
+                    &s.output.as_ref().map(json),
+                    &s.custom_status.as_ref().map(json),
+                    &s.failure.as_ref().map(json),
+                    &(s.history_events as i64),
+                    &(s.history_bytes as i64),
+                    &s.updated_at.timestamp_millis(),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        if updated == 0 {
+            // Dropping the transaction rolls it back: nothing changed.
+            return Err(StoreError::LeaseLost);
+        }
+        // The row is locked now: nothing else changes this instance until
+        // the commit. The statements below go out pipelined.
+        let mut woken = Woken::default();
+        {
+            let mut work = Vec::new();
+            if commit.replace_history {
+                let st = tx
+                    .prepare_cached(&sql.delete_history)
+                    .await
+                    .map_err(db_err)?;
+                work.push((
+                    st,
+                    vec![Box::new(id.to_string()) as Box<dyn ToSql + Sync + Send>],
+                ));
+            }
+            if let Some(first) = commit.history.first() {
+                let st = tx
+                    .prepare_cached(&sql.insert_history)
+                    .await
+                    .map_err(db_err)?;
+                work.push((
+                    st,
+                    vec![
+                        Box::new(id.to_string()),
+                        Box::new(first.event_id as i64),
+                        Box::new(json(&commit.history)),
+                    ],
+                ));
+            }
+            if terminal {
+                // A finished instance takes no more work: drop what waits.
+                let st = tx.prepare_cached(&sql.delete_inbox).await.map_err(db_err)?;
+                work.push((st, vec![Box::new(id.to_string())]));
+            } else if !commit.consumed.is_empty() {
+                let st = tx
+                    .prepare_cached(&sql.delete_consumed)
+                    .await
+                    .map_err(db_err)?;
+                work.push((
+                    st,
+                    vec![Box::new(id.to_string()), Box::new(commit.consumed.clone())],
+                ));
+            }
+            // Activities grouped by (instance, execution): one statement each.
+            let mut groups: Vec<((String, String), Vec<&NewActivity>)> = Vec::new();
+            for a in &commit.activities {
+                let key = (a.instance_id.as_str().to_string(), a.execution_id.clone());
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.push(a),
+                    None => groups.push((key, vec![a])),
+                }
+            }
+            if !groups.is_empty() {
+                woken.activities = true;
+                let st = tx
+                    .prepare_cached(&sql.insert_activities)
+                    .await
+                    .map_err(db_err)?;
+                for ((inst, exec), acts) in groups {
+                    let tasks: Vec<i64> = acts.iter().map(|a| a.task_id as i64).collect();
+                    let names: Vec<String> = acts.iter().map(|a| a.name.clone()).collect();
+                    let inputs: Vec<String> = acts.iter().map(|a| json(&a.input)).collect();
+                    work.push((
+                        st.clone(),
+                        vec![
+                            Box::new(inst),
+                            Box::new(exec),
+                            Box::new(tasks),
+                            Box::new(names),
+                            Box::new(inputs),
+                        ],
+                    ));
+                }
+            }
+            let bound: Vec<_> = work.iter().map(|(st, args)| (st, params(args))).collect();
+            try_join_all(bound.iter().map(|(st, args)| tx.execute(*st, args)))
+                .await
+                .map_err(db_err)?;
+        }
+        for child in &commit.new_instances {
+            if create_in(&tx, &sql, child).await? {
+                woken.orchestrations = true;
+                continue;
+            }
+            let parent = child
+                .parent
+                .as_ref()
+                .expect("sub-orchestrations have a parent");
+            let message = Message {
+                execution_id: Some(parent.execution_id.clone()),
+                visible_at: None,
+                sent_at: child.created_at,
+                kind: EventKind::SubOrchestrationFailed {
+                    task_id: parent.task_id,
+                    error: FailureDetails::new(
+                        "Conflict",
+                        format!(
+                            "sub-orchestration instance '{}' already exists and is not finished",
+                            child.instance_id
+                        ),
+                    ),
+                },
+            };
+            send_in(&tx, &sql, &parent.instance_id, &message, false, &mut woken).await?;
+        }
+        for m in &commit.messages {
+            send_in(&tx, &sql, &m.instance_id, &m.message, false, &mut woken).await?;
+        }
+        if !terminal {
+            let st = tx
+                .prepare_cached(&sql.recompute_due)
+                .await
+                .map_err(db_err)?;
+            let row = tx.query_one(&st, &[&id]).await.map_err(db_err)?;
+            if let Some(due) = row.get::<_, Option<i64>>(0) {
+                woken.due(due, row.get(1));
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
+        self.after_commit(woken);
+        Ok(())
+    }
+
+    async fn abandon_orchestration_work(
+        &self,
+        lock: &WorkLock,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        let Some(id) = token_key(lock) else {
+            return Err(StoreError::LeaseLost);
+        };
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&self.sql.abandon_instance)
+            .await
+            .map_err(db_err)?;
+        let row = c
+            .query_opt(&stmt, &[&id, &lock.0, &lease_ms(delay)])
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            return Err(StoreError::LeaseLost);
+        };
+        if delay.is_zero() {
+            self.shared.announce(true, false);
+        } else {
+            self.shared.hint(row.get(0));
+        }
+        Ok(())
+    }
+
+    async fn fetch_activity_work(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ActivityWorkItem>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&self.sql.fetch_activities)
+            .await
+            .map_err(db_err)?;
+        let rows = c
+            .query(
+                &stmt,
+                &[
+                    &(max as i64),
+                    &token_prefix(),
+                    &self.shared.worker,
+                    &lease_ms(lease),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut expiry = None::<i64>;
+        for r in rows {
+            let due: i64 = r.get(8);
+            expiry = Some(expiry.map_or(due, |e| e.min(due)));
+            items.push((
+                r.get::<_, i64>(0),
+                ActivityWorkItem {
+                    lock: WorkLock(r.get(7)),
+                    activity: NewActivity {
+                        instance_id: InstanceId::from_stored(r.get(1)),
+                        execution_id: r.get(2),
+                        task_id: r.get::<_, i64>(3) as u64,
+                        name: r.get(4),
+                        input: parse(r.get(5))?,
+                    },
+                    attempts: r.get::<_, i32>(6) as u32,
+                },
+            ));
+        }
+        if let Some(e) = expiry {
+            self.shared.hint(e);
+        }
+        items.sort_by_key(|(id, _)| *id);
+        Ok(items.into_iter().map(|(_, i)| i).collect())
+    }
+
+    async fn complete_activity_work(
+        &self,
+        lock: &WorkLock,
+        result: Message,
+    ) -> Result<(), StoreError> {
+        let Some(row_id) = token_key(lock).and_then(|k| k.parse::<i64>().ok()) else {
+            return Err(StoreError::LeaseLost);
+        };
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let stmt = tx
+            .prepare_cached(&self.sql.complete_activity)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = tx
+            .query_opt(&stmt, &[&row_id, &lock.0])
+            .await
+            .map_err(db_err)?
+        else {
+            return Err(StoreError::LeaseLost);
+        };
+        let instance_id = InstanceId::from_stored(row.get(0));
+        let mut woken = Woken::default();
+        send_in(&tx, &self.sql, &instance_id, &result, false, &mut woken).await?;
+        tx.commit().await.map_err(db_err)?;
+        self.after_commit(woken);
+        Ok(())
+    }
+
+    async fn abandon_activity_work(
+        &self,
+        lock: &WorkLock,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        let Some(row_id) = token_key(lock).and_then(|k| k.parse::<i64>().ok()) else {
+            return Err(StoreError::LeaseLost);
+        };
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&self.sql.abandon_activity)
+            .await
+            .map_err(db_err)?;
+        let row = c
+            .query_opt(&stmt, &[&row_id, &lock.0, &lease_ms(delay)])
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            return Err(StoreError::LeaseLost);
+        };
+        if delay.is_zero() {
+            self.shared.announce(false, true);
+        } else {
+            self.shared.hint(row.get(0));
+        }
+        Ok(())
+    }
+
+    async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&self.sql.next_wake)
+            .await
+            .map_err(db_err)?;
+        let row = c
+            .query_one(&stmt, &[&self.shared.worker])
+            .await
+            .map_err(db_err)?;
+        let wake: Option<i64> = row.get(0);
+        let dead_workers: bool = row.get(1);
+        *self.shared.planned_wake.lock().expect("planned lock") = wake;
+        if dead_workers {
+            let stmt = c.prepare_cached(&self.sql.reap).await.map_err(db_err)?;
+            let row = c
+                .query_one(&stmt, &[&self.shared.worker])
+                .await
+                .map_err(db_err)?;
+            let (orchestrations, activities): (i64, i64) = (row.get(0), row.get(1));
+            if orchestrations > 0 || activities > 0 {
+                tracing::info!(
+                    orchestrations,
+                    activities,
+                    "took over the leases of a worker that is gone"
+                );
+                self.shared.announce(orchestrations > 0, activities > 0);
+                return Ok(Some(types::now()));
+            }
+        }
+        Ok(wake.map(types::from_millis))
+    }
+
+    async fn get_instance(
+        &self,
+        instance_id: &InstanceId,
+        with_history: bool,
+    ) -> Result<Option<InstanceStatus>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT {STATUS_COLUMNS} FROM {}.instances WHERE instance_id = $1",
+                    self.sql.s
+                ),
+                &[&instance_id.as_str()],
+            )
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut status = status_from_row(&row)?;
+        if with_history {
+            status.history = Some(read_history(&c, &self.sql, instance_id.as_str()).await?);
+        }
+        Ok(Some(status))
+    }
+
+    async fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut where_ = filter_sql(&query.filter, &mut args);
+        if let Some(token) = &query.continuation {
+            let (ms, id) = decode_token(token)
+                .ok_or_else(|| StoreError::Database("invalid continuation token".into()))?;
+            args.push(Box::new(ms));
+            let a = args.len();
+            args.push(Box::new(id));
+            let b = args.len();
+            where_.push_str(&format!(
+                " AND (created_at < ${a} OR (created_at = ${a} AND instance_id < ${b}))"
+            ));
+        }
+        let size = query.page_size.clamp(1, 1000);
+        let sql = format!(
+            "SELECT {STATUS_COLUMNS} FROM {}.instances WHERE {where_} \
+             ORDER BY created_at DESC, instance_id DESC LIMIT {}",
+            self.sql.s,
+            size + 1
+        );
+        let c = self.client().await?;
+        let rows = c.query(&sql, &params(&args)).await.map_err(db_err)?;
+        let mut instances = rows
+            .iter()
+            .map(status_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let continuation = if instances.len() > size {
+            instances.truncate(size);
+            instances
+                .last()
+                .map(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id))
+        } else {
+            None
+        };
+        Ok(InstancePage {
+            instances,
+            continuation,
+        })
+    }
+
+    async fn purge_instance(&self, instance_id: &InstanceId) -> Result<PurgeOutcome, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let s = &self.sql.s;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT runtime_status FROM {s}.instances WHERE instance_id = $1 FOR UPDATE"
+                ),
+                &[&instance_id.as_str()],
+            )
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(PurgeOutcome::NotFound);
+        };
+        let status = parse_status(row.get(0))?;
+        if !status.is_terminal() {
+            return Ok(PurgeOutcome::NotTerminal(status));
+        }
+        delete_instances(&tx, s, &[instance_id.as_str().to_string()]).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(PurgeOutcome::Deleted)
+    }
+
+    async fn purge_instances(
+        &self,
+        filter: &InstanceFilter,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let where_ = filter_sql(filter, &mut args);
+        let sql = format!(
+            "SELECT instance_id FROM {}.instances WHERE {where_} AND runtime_status IN ({}) \
+             LIMIT {} FOR UPDATE SKIP LOCKED",
+            self.sql.s,
+            self.sql.terminal,
+            limit.max(1)
+        );
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let ids: Vec<String> = tx
+            .query(&sql, &params(&args))
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        delete_instances(&tx, &self.sql.s, &ids).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(RuntimeStatus, u64)>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT runtime_status, count(*) FROM {}.instances GROUP BY runtime_status",
+                    self.sql.s
+                ),
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| RuntimeStatus::parse(r.get(0)).map(|s| (s, r.get::<_, i64>(1) as u64)))
+            .collect())
+    }
+
+    async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
+        let c = self.client().await?;
+        let s = &self.sql.s;
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT (SELECT count(DISTINCT instance_id) FROM {s}.messages WHERE due_ms <= {NOW}), \
+                            (SELECT count(*) FROM {s}.activities)"
+                ),
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+    }
+}
+
+/// Deletes instances with their history, inbox and queued activities.
+async fn delete_instances(
+    tx: &impl GenericClient,
+    s: &str,
+    ids: &[String],
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for table in ["history", "messages", "activities", "instances"] {
+        tx.execute(
+            &format!("DELETE FROM {s}.{table} WHERE instance_id = ANY($1)"),
+            &[&ids],
+        )
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}

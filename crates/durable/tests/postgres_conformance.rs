@@ -1,0 +1,371 @@
+//! Runs the store conformance suite (`durable::conformance`) against
+//! [`PostgresStore`], plus checks specific to the PostgreSQL store: the
+//! schema check at connect, wake-ups and lease handling across two stores
+//! on one database (two "processes").
+//!
+//! One throwaway cluster serves the whole test binary
+//! ([`PgCluster::shared`]); every test gets a fresh database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use durable::conformance::Harness;
+use durable::store::{NewInstance, PurgeOutcome};
+use durable::testing::PgCluster;
+use durable::{InstanceId, PostgresConfig, PostgresStore, Store, StoreError};
+use serde_json::json;
+
+/// A fresh database on the shared cluster; reopening connects again.
+struct PgHarness {
+    url: String,
+    open: Option<Arc<PostgresStore>>,
+}
+
+impl Harness for PgHarness {
+    async fn open(&mut self) -> Arc<dyn Store> {
+        let store = Arc::new(
+            PostgresStore::connect(PostgresConfig::new(&self.url))
+                .await
+                .expect("connect store"),
+        );
+        self.open = Some(store.clone());
+        store
+    }
+
+    async fn close(&mut self, store: Arc<dyn Store>) {
+        drop(store);
+        if let Some(store) = self.open.take() {
+            store.close().await;
+        }
+    }
+}
+
+async fn fresh_url() -> String {
+    PgCluster::shared()
+        .create_database()
+        .await
+        .expect("create database")
+}
+
+async fn harness() -> PgHarness {
+    PgHarness {
+        url: fresh_url().await,
+        open: None,
+    }
+}
+
+durable::conformance_tests!(harness);
+
+fn new_instance(id: &str) -> NewInstance {
+    NewInstance {
+        instance_id: InstanceId::new(id).unwrap(),
+        name: "Orch".into(),
+        input: json!(id),
+        execution_id: format!("{id}@1"),
+        parent: None,
+        created_at: durable::types::now(),
+    }
+}
+
+async fn raw(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+}
+
+/// A schema holding someone else's tables is refused without being
+/// touched; another store version is refused; a second connect to our own
+/// schema works (idempotent), also from several stores at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_checks_at_connect() {
+    let url = fresh_url().await;
+    raw(
+        &url,
+        "CREATE SCHEMA durable; CREATE TABLE durable.orders (id int)",
+    )
+    .await;
+    let r = PostgresStore::connect(PostgresConfig::new(&url)).await;
+    assert!(
+        matches!(&r, Err(StoreError::Incompatible(m)) if m.contains("not a Galaxy Forge engine store")),
+        "{r:?}"
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'durable'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1, "the foreign schema was changed");
+
+    // Another schema in the same database is fine; several stores connect
+    // at once and agree on one schema.
+    let mut config = PostgresConfig::new(&url);
+    config.schema = "engine".into();
+    let stores = futures::future::join_all((0..3).map(|_| PostgresStore::connect(config.clone())))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("concurrent first connects");
+    stores[0]
+        .create_instance(new_instance("kept"))
+        .await
+        .unwrap();
+    for s in &stores {
+        s.close().await;
+    }
+    let again = PostgresStore::connect(config.clone()).await.unwrap();
+    assert!(again
+        .get_instance(&InstanceId::new("kept").unwrap(), false)
+        .await
+        .unwrap()
+        .is_some());
+    again.close().await;
+
+    client
+        .batch_execute("UPDATE engine.meta SET version = version + 1")
+        .await
+        .unwrap();
+    let r = PostgresStore::connect(config).await;
+    assert!(
+        matches!(&r, Err(StoreError::Incompatible(m)) if m.contains("schema version")),
+        "{r:?}"
+    );
+
+    let mut bad = PostgresConfig::new(&url);
+    bad.schema = "x; DROP TABLE y".into();
+    let r = PostgresStore::connect(bad).await;
+    assert!(matches!(r, Err(StoreError::Incompatible(_))), "{r:?}");
+}
+
+/// Work made visible by one store wakes the dispatchers of another store
+/// on the same database (another process) through LISTEN/NOTIFY, with no
+/// polling on the receiving side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_wake_other_processes() {
+    let url = fresh_url().await;
+    let a = PostgresStore::connect(PostgresConfig::new(&url))
+        .await
+        .unwrap();
+    let b = PostgresStore::connect(PostgresConfig::new(&url))
+        .await
+        .unwrap();
+    let signal = b.work_signal();
+
+    let orchestrations = signal.orchestrations.notified();
+    tokio::pin!(orchestrations);
+    orchestrations.as_mut().enable();
+    a.create_instance(new_instance("x1")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), orchestrations)
+        .await
+        .expect("b woken for orchestration work created by a");
+    let item = b
+        .fetch_orchestration_work(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(item.len(), 1);
+
+    // A commit in b schedules an activity: a's activity dispatcher wakes.
+    let activities = a.work_signal();
+    let woken = activities.activities.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    let item = &item[0];
+    let commit = durable::store::TurnCommit {
+        lock: item.lock.clone(),
+        instance_id: item.instance_id.clone(),
+        consumed: item.messages.iter().map(|m| m.id).collect(),
+        replace_history: false,
+        history: Vec::new(),
+        status: durable::store::StatusUpdate {
+            runtime_status: durable::RuntimeStatus::Running,
+            execution_id: item.execution_id.clone(),
+            input: None,
+            output: None,
+            custom_status: None,
+            failure: None,
+            history_events: 0,
+            history_bytes: 0,
+            updated_at: durable::types::now(),
+        },
+        activities: vec![durable::store::NewActivity {
+            instance_id: item.instance_id.clone(),
+            execution_id: item.execution_id.clone(),
+            task_id: 1,
+            name: "Act".into(),
+            input: json!(null),
+        }],
+        messages: Vec::new(),
+        new_instances: Vec::new(),
+    };
+    b.commit_turn(commit).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("a woken for activity work committed by b");
+    assert_eq!(
+        a.fetch_activity_work(10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // An idle dispatcher in b that planned to sleep past a lease a takes
+    // is woken to recompute: a's lease expiry becomes the next wake-up.
+    let created = signal.orchestrations.notified();
+    tokio::pin!(created);
+    created.as_mut().enable();
+    a.create_instance(new_instance("x2")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), created)
+        .await
+        .expect("b woken for x2");
+    let planned = b.next_wake_at().await.unwrap().expect("a's activity lease");
+    // Discard a wake-up stored by the notifications above.
+    let _ = tokio::time::timeout(Duration::ZERO, signal.orchestrations.notified()).await;
+    let hint = signal.orchestrations.notified();
+    tokio::pin!(hint);
+    hint.as_mut().enable();
+    let taken = a
+        .fetch_orchestration_work(10, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    tokio::time::timeout(Duration::from_secs(5), hint)
+        .await
+        .expect("b woken by a's earlier lease expiry");
+    let wake = b.next_wake_at().await.unwrap().expect("a wake-up");
+    assert!(
+        wake < planned,
+        "{wake} is not before the earlier plan {planned}"
+    );
+    a.close().await;
+    b.close().await;
+}
+
+/// The leases of a worker whose connection is gone (a killed process) are
+/// taken over as soon as another worker goes idle, without waiting for the
+/// lease to expire; a closed store hands its leases back at once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_a_dead_worker_are_taken_over() {
+    let url = fresh_url().await;
+    let survivor = PostgresStore::connect(PostgresConfig::new(&url))
+        .await
+        .unwrap();
+    survivor.create_instance(new_instance("d1")).await.unwrap();
+    survivor.create_instance(new_instance("d2")).await.unwrap();
+
+    // The doomed worker runs in a runtime of its own; dropping the runtime
+    // kills its connections the way a SIGKILL would (no close, no cleanup).
+    let doomed_url = url.clone();
+    let held = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let ids = rt.block_on(async {
+            let doomed = PostgresStore::connect(PostgresConfig::new(&doomed_url))
+                .await
+                .unwrap();
+            let items = doomed
+                .fetch_orchestration_work(1, Duration::from_secs(600))
+                .await
+                .unwrap();
+            let acts = doomed
+                .fetch_activity_work(10, Duration::from_secs(600))
+                .await
+                .unwrap();
+            assert!(acts.is_empty());
+            std::mem::forget(doomed);
+            items
+                .into_iter()
+                .map(|i| (i.instance_id, i.lock))
+                .collect::<Vec<_>>()
+        });
+        drop(rt);
+        ids
+    })
+    .join()
+    .unwrap();
+    assert_eq!(held.len(), 1);
+    let (dead_id, dead_lock) = held.into_iter().next().unwrap();
+
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "dead worker's lease never taken over"
+        );
+        got.extend(
+            survivor
+                .fetch_orchestration_work(10, Duration::from_secs(60))
+                .await
+                .unwrap(),
+        );
+        if got.len() < 2 {
+            // What an idle dispatcher does: ask when to wake up.
+            let wake = survivor.next_wake_at().await.unwrap();
+            let signal = survivor.work_signal();
+            let notified = signal.orchestrations.notified();
+            // The dead backend may take a moment to leave
+            // pg_stat_activity: look again after a short while.
+            let until = wake
+                .map(|w| (w - durable::types::now()).to_std().unwrap_or_default())
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(until, notified).await;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took over only after the 600 s lease"
+    );
+    let retaken = got.iter().find(|i| i.instance_id == dead_id).unwrap();
+    assert_eq!(retaken.attempts, 2);
+    // The dead holder's lease is void.
+    let r = survivor
+        .abandon_orchestration_work(&dead_lock, Duration::ZERO)
+        .await;
+    assert!(matches!(r, Err(StoreError::LeaseLost)), "{r:?}");
+
+    // A store that closes hands back what it holds.
+    let other = PostgresStore::connect(PostgresConfig::new(&url))
+        .await
+        .unwrap();
+    for i in &got {
+        survivor
+            .abandon_orchestration_work(&i.lock, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let mine = survivor
+        .fetch_orchestration_work(10, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 2);
+    survivor.close().await;
+    let back = other
+        .fetch_orchestration_work(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 2, "leases of a closed store not handed back");
+    let r = survivor
+        .purge_instance(&InstanceId::new("d1").unwrap())
+        .await;
+    assert!(matches!(r, Err(StoreError::Closed)), "{r:?}");
+    assert_eq!(
+        other
+            .purge_instance(&InstanceId::new("d1").unwrap())
+            .await
+            .unwrap(),
+        PurgeOutcome::NotTerminal(durable::RuntimeStatus::Pending)
+    );
+    other.close().await;
+}
