@@ -76,7 +76,8 @@ async fn start_inner(
         .start_orchestration(&name, instance_id, input)
         .await?;
     if let Some(t) = timeout.filter(|t| *t > 0.0) {
-        let wait = Duration::from_secs_f64(t).min(MAX_WAIT);
+        // Capped before converting: a huge finite value overflows Duration.
+        let wait = Duration::from_secs_f64(t.min(MAX_WAIT.as_secs_f64()));
         let done = tokio::select! {
             r = state.engine.wait_for_completion(&id, wait) => Some(r),
             // A shutdown answers the waiting caller with the 202 at once.
