@@ -1270,27 +1270,82 @@ async fn keys_are_created_once_printed_once_and_persist() {
 }
 
 #[test]
-fn database_url_is_refused_with_a_clear_message() {
+fn an_unreachable_database_fails_the_start_clearly_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
     let out = Command::new(env!("CARGO_BIN_EXE_galaxy-cloud"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "postgres://localhost/galaxy",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--database-url"])
+        // Port 1 on loopback: nothing listens, the connection is refused.
+        .arg("postgres://postgres@127.0.0.1:1/galaxy?connect_timeout=5")
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(&data)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("PostgreSQL support is not built yet"),
-        "{stderr}"
+    assert!(stderr.contains("galaxy-cloud: engine store:"), "{stderr}");
+    assert!(!data.exists(), "the data directory was touched");
+}
+
+#[tokio::test]
+async fn database_url_runs_the_engine_on_postgresql() {
+    let cluster = durable::testing::PgCluster::shared();
+    let url = cluster.create_database().await.expect("create database");
+    let dir = tempfile::tempdir().unwrap();
+    let (child, lines) = spawn(
+        dir.path(),
+        &[
+            "--function-key",
+            FUNCTION_KEY,
+            "--master-key",
+            MASTER_KEY,
+            "--database-url",
+            &url,
+        ],
     );
+    let (_, base) = wait_listening(&lines);
+    let mut server = Server {
+        child: Some(child),
+        lines,
+        base,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    };
     assert!(
-        !dir.path().join("keys.json").exists(),
-        "refused before touching the data dir"
+        !server._dir.path().join("engine.db").exists(),
+        "the engine store is not SQLite"
     );
+    let r = server
+        .req(
+            Method::POST,
+            "/api/orchestrators/Galaxy_Create/pg-1?timeout=20",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!("Galaxy created!"));
+    let (code, body) = server.status("pg-1", "showHistory=true").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        history_types(&body).last().map(String::as_str),
+        Some("ExecutionCompleted")
+    );
+    let r = server.send(Method::GET, "/api/galaxies").await;
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["value"].as_array().unwrap().len(), 1);
+
+    // SIGTERM: the PostgreSQL store is closed on the way out, exit 0.
+    let mut child = server.child.take().unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .expect("exited in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
 }

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use durable::{Engine, EngineConfig, Registry, SqliteConfig, SqliteStore, Store};
+use durable::{
+    Engine, EngineConfig, PostgresConfig, PostgresStore, Registry, SqliteConfig, SqliteStore, Store,
+};
+use futures::future::BoxFuture;
 use galaxy::GalaxyTable;
 use tokio::net::TcpListener;
 
@@ -28,9 +31,6 @@ pub const ENGINE_GRACE: Duration = Duration::from_secs(10);
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// `--database-url` was given, but this build has no PostgreSQL store.
-    #[error("PostgreSQL support is not built yet: run without --database-url (GALAXY_DATABASE_URL) to use SQLite in --data-dir")]
-    PostgresNotBuilt,
     /// The keys could not be loaded, created or accepted.
     #[error("keys: {0}")]
     Keys(#[from] KeyError),
@@ -76,19 +76,21 @@ impl StoreChoice {
 pub struct OpenStore {
     /// The store, behind the trait the engine uses.
     pub store: Arc<dyn Store>,
-    close: Box<dyn FnOnce() + Send>,
+    close: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>,
 }
 
 impl OpenStore {
-    /// Closes the store (flushes and stops its background threads).
-    pub fn close(self) {
-        (self.close)()
+    /// Closes the store: SQLite flushes and stops its threads; PostgreSQL
+    /// hands this process's leases back at once, so other processes take
+    /// the work over without waiting for the leases to expire.
+    pub async fn close(self) {
+        (self.close)().await
     }
 }
 
-/// Opens the engine store. This is the one place a new backend plugs in:
-/// everything above it sees only `Arc<dyn Store>`.
-pub fn open_store(choice: &StoreChoice) -> Result<OpenStore, ServeError> {
+/// Opens the engine store. This is the one place a store backend is
+/// chosen: everything above it sees only `Arc<dyn Store>`.
+pub async fn open_store(choice: &StoreChoice) -> Result<OpenStore, ServeError> {
     match choice {
         StoreChoice::Sqlite(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -99,10 +101,17 @@ pub fn open_store(choice: &StoreChoice) -> Result<OpenStore, ServeError> {
             let closing = store.clone();
             Ok(OpenStore {
                 store,
-                close: Box::new(move || closing.close()),
+                close: Box::new(move || Box::pin(async move { closing.close() })),
             })
         }
-        StoreChoice::Postgres(_) => Err(ServeError::PostgresNotBuilt),
+        StoreChoice::Postgres(url) => {
+            let store = Arc::new(PostgresStore::connect(PostgresConfig::new(url.clone())).await?);
+            let closing = store.clone();
+            Ok(OpenStore {
+                store,
+                close: Box::new(move || Box::pin(async move { closing.close().await })),
+            })
+        }
     }
 }
 
@@ -176,16 +185,27 @@ pub async fn termination() {
 /// and scripts parse it), and `galaxy-cloud stopped` at the end.
 pub async fn run(args: Args) -> Result<(), ServeError> {
     let choice = StoreChoice::from_args(&args);
+    // The store first: a database that cannot be reached fails the start
+    // before anything is written to the data directory.
+    let opened = open_store(&choice).await?;
     if matches!(choice, StoreChoice::Postgres(_)) {
-        // Refuse before touching the data directory.
-        return Err(ServeError::PostgresNotBuilt);
+        tracing::info!(
+            "engine store on PostgreSQL; the galaxies table stays in {} (SQLite, per process)",
+            args.data_dir.join("galaxies.db").display()
+        );
     }
     std::fs::create_dir_all(&args.data_dir)?;
-    let (keys, created) = Keys::load_or_create(
+    let (keys, created) = match Keys::load_or_create(
         &args.data_dir,
         args.function_key.clone(),
         args.master_key.clone(),
-    )?;
+    ) {
+        Ok(k) => k,
+        Err(e) => {
+            opened.close().await;
+            return Err(e.into());
+        }
+    };
     if created {
         println!(
             "galaxy-cloud: created keys in {} (shown once; keep them)\n  function key: {}\n  master key:   {}",
@@ -194,8 +214,13 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
             keys.master_key()
         );
     }
-    let opened = open_store(&choice)?;
-    let table = Arc::new(GalaxyTable::open(args.data_dir.join("galaxies.db"), true)?);
+    let table = match GalaxyTable::open(args.data_dir.join("galaxies.db"), true) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            opened.close().await;
+            return Err(e.into());
+        }
+    };
     let engine = Engine::start(
         opened.store.clone(),
         registry(table.clone(), args.samples),
@@ -205,7 +230,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         Ok(l) => l,
         Err(source) => {
             engine.shutdown(ENGINE_GRACE).await;
-            opened.close();
+            opened.close().await;
             return Err(ServeError::Bind {
                 addr: args.listen.clone(),
                 source,
@@ -221,7 +246,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     let served = serve(listener, state, termination()).await;
     engine.shutdown(ENGINE_GRACE).await;
     drop(engine);
-    opened.close();
+    opened.close().await;
     table.close();
     served?;
     println!("galaxy-cloud stopped");
