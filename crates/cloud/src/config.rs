@@ -16,8 +16,8 @@ pub struct Args {
     #[arg(long, env = "GALAXY_DATA_DIR", default_value = "data/cloud")]
     pub data_dir: PathBuf,
     /// PostgreSQL connection URL (postgres://user@host:port/db) for the
-    /// engine store instead of SQLite; several processes may share one
-    /// database. The galaxies table and keys.json stay in --data-dir.
+    /// engine store and the galaxies table instead of SQLite; several
+    /// processes may share one database. keys.json stays in --data-dir.
     #[arg(long, env = "GALAXY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Function key, overriding the one stored in the data directory.

@@ -8,7 +8,7 @@
 //! lease expires), close the databases, exit 0.
 
 use std::future::{Future, IntoFuture};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use durable::{
     Engine, EngineConfig, PostgresConfig, PostgresStore, Registry, SqliteConfig, SqliteStore, Store,
 };
 use futures::future::BoxFuture;
-use galaxy::GalaxyTable;
+use galaxy::{Galaxies, GalaxyTable, PgGalaxyTable};
 use tokio::net::TcpListener;
 
 use crate::config::Args;
@@ -115,9 +115,27 @@ pub async fn open_store(choice: &StoreChoice) -> Result<OpenStore, ServeError> {
     }
 }
 
+/// Schema of the galaxies table in PostgreSQL.
+pub const PG_GALAXY_SCHEMA: &str = "galaxy";
+
+/// Opens the galaxies table beside the engine store: SQLite in the data
+/// directory, or the PostgreSQL database, where every process sharing it
+/// writes and reads one table (so a galaxy row is written once however many
+/// processes run the activity).
+pub async fn open_table(choice: &StoreChoice, data_dir: &Path) -> Result<Galaxies, ServeError> {
+    Ok(match choice {
+        StoreChoice::Sqlite(_) => {
+            Arc::new(GalaxyTable::open(data_dir.join("galaxies.db"), true)?).into()
+        }
+        StoreChoice::Postgres(url) => {
+            Arc::new(PgGalaxyTable::connect(url, PG_GALAXY_SCHEMA, 8).await?).into()
+        }
+    })
+}
+
 /// The functions this server runs: `Galaxy_Create` and its activities, and
 /// the samples when asked for.
-pub fn registry(table: Arc<GalaxyTable>, samples: bool) -> Registry {
+pub fn registry(table: impl Into<Galaxies>, samples: bool) -> Registry {
     let registry = galaxy::register(Registry::new(), table);
     if samples {
         crate::samples::register(registry)
@@ -188,12 +206,6 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     // The store first: a database that cannot be reached fails the start
     // before anything is written to the data directory.
     let opened = open_store(&choice).await?;
-    if matches!(choice, StoreChoice::Postgres(_)) {
-        tracing::info!(
-            "engine store on PostgreSQL; the galaxies table stays in {} (SQLite, per process)",
-            args.data_dir.join("galaxies.db").display()
-        );
-    }
     std::fs::create_dir_all(&args.data_dir)?;
     let (keys, created) = match Keys::load_or_create(
         &args.data_dir,
@@ -214,11 +226,11 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
             keys.master_key()
         );
     }
-    let table = match GalaxyTable::open(args.data_dir.join("galaxies.db"), true) {
-        Ok(t) => Arc::new(t),
+    let table = match open_table(&choice, &args.data_dir).await {
+        Ok(t) => t,
         Err(e) => {
             opened.close().await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     let engine = Engine::start(

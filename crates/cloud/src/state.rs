@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use durable::Engine;
-use galaxy::GalaxyTable;
+use galaxy::Galaxies;
 use tokio::sync::watch;
 
 use crate::keys::Keys;
@@ -15,8 +15,8 @@ use crate::metrics::Metrics;
 pub struct AppState {
     /// The engine: its store may be SQLite or any other [`durable::Store`].
     pub engine: Engine,
-    /// The galaxies table, read by the galaxy routes.
-    pub table: Arc<GalaxyTable>,
+    /// The galaxies table (SQLite or PostgreSQL), read by the galaxy routes.
+    pub table: Galaxies,
     /// The access keys.
     pub keys: Arc<Keys>,
     /// Request counters and dispatch latency.
@@ -33,7 +33,7 @@ impl AppState {
     /// Must be called inside a Tokio runtime: it spawns the task that
     /// measures dispatch latency from the engine's update stream (it ends
     /// on [`AppState::begin_shutdown`]).
-    pub fn new(engine: Engine, table: Arc<GalaxyTable>, keys: Keys) -> Self {
+    pub fn new(engine: Engine, table: impl Into<Galaxies>, keys: Keys) -> Self {
         let metrics = Arc::new(Metrics::default());
         let shutdown = Arc::new(watch::channel(false).0);
         tokio::spawn(crate::metrics::watch_dispatch(
@@ -43,7 +43,7 @@ impl AppState {
         ));
         Self {
             engine,
-            table,
+            table: table.into(),
             keys: Arc::new(keys),
             metrics,
             default_host: Arc::from("localhost"),

@@ -5,6 +5,9 @@
 //!   `Utility_Coords`.
 //! - [`table`]: the `galaxies` table (its own SQLite file), written exactly
 //!   once per galaxy however often the writing activity runs.
+//! - [`pg_table`]: the same table in PostgreSQL, shared by several
+//!   processes.
+//! - [`galaxies`]: [`Galaxies`], either table behind one type.
 //! - [`workload`]: `Galaxy_Create` and its activities, registered on a
 //!   [`durable::Registry`].
 //!
@@ -12,12 +15,16 @@
 //! way by the desktop app and the cloud backend.
 
 pub mod coords;
+pub mod galaxies;
 pub mod local;
 pub mod names;
+pub mod pg_table;
 pub mod table;
 pub mod workload;
 
 pub use coords::Coords;
+pub use galaxies::Galaxies;
 pub use local::{LocalConfig, LocalNode, OpenError};
+pub use pg_table::PgGalaxyTable;
 pub use table::{Galaxy, GalaxyPage, GalaxyTable, TableError};
 pub use workload::{register, CreateGalaxyContext, GALAXY_CREATE};

@@ -39,6 +39,13 @@ pub enum TableError {
     /// A continuation token that this table did not hand out.
     #[error("invalid continuation token")]
     BadContinuation,
+    /// PostgreSQL failed (the table of [`crate::pg_table`]).
+    #[error("galaxies database error: {0}")]
+    Postgres(String),
+    /// A table read on the blocking pool did not finish (runtime shutting
+    /// down, or the read panicked).
+    #[error("galaxies table read failed: {0}")]
+    Interrupted(String),
 }
 
 /// One galaxy, as stored.

@@ -2,15 +2,14 @@
 //! in parallel, then `Galaxy_Create_Impl` writing the row; output
 //! "Galaxy created!".
 
-use std::sync::Arc;
-
 use durable::{ActivityContext, OrchestrationContext, Registry, TaskError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::coords::Coords;
+use crate::galaxies::Galaxies;
 use crate::names::random_name;
-use crate::table::{Galaxy, GalaxyTable};
+use crate::table::Galaxy;
 
 /// The orchestration's name.
 pub const GALAXY_CREATE: &str = "Galaxy_Create";
@@ -68,8 +67,9 @@ async fn galaxy_create(ctx: OrchestrationContext, _input: Value) -> Result<Strin
 }
 
 /// Adds `Galaxy_Create` and its three activities to `registry`, writing to
-/// `table`.
-pub fn register(registry: Registry, table: Arc<GalaxyTable>) -> Registry {
+/// `table` (an `Arc<GalaxyTable>`, or any [`Galaxies`]).
+pub fn register(registry: Registry, table: impl Into<Galaxies>) -> Registry {
+    let table: Galaxies = table.into();
     registry
         .orchestration(GALAXY_CREATE, galaxy_create)
         .activity(UTILITY_COORDS, |_: ActivityContext, (): ()| async {

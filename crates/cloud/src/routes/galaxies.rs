@@ -1,8 +1,9 @@
 //! The galaxies table over HTTP: `GET /api/galaxies` (pages, name prefix)
 //! and `GET /api/galaxies/{partitionKey}/{rowKey}` with an ETag.
 //!
-//! Table reads are synchronous SQLite calls, so they run on the blocking
-//! pool and never stall the async workers that serve other requests.
+//! The table is SQLite or PostgreSQL ([`galaxy::Galaxies`]); SQLite reads
+//! run on the blocking pool there, so they never stall the async workers
+//! that serve other requests.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -30,15 +31,6 @@ pub struct GalaxyListParams {
     pub top: Option<String>,
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, galaxy::TableError> + Send + 'static,
-) -> Result<T, AppError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AppError::internal("a galaxies table read", e))?
-        .map_err(AppError::from)
-}
-
 /// Lists galaxies in key order, a page at a time.
 #[utoipa::path(
     get,
@@ -64,8 +56,10 @@ pub async fn list(
     let top = extract::top(params.top.as_deref(), DEFAULT_PAGE)?;
     let token = extract::decode_token(&headers)?;
     let prefix = params.name_prefix.filter(|p| !p.is_empty());
-    let table = state.table.clone();
-    let page = blocking(move || table.list(prefix.as_deref(), top, token.as_deref())).await?;
+    let page = state
+        .table
+        .list(prefix.as_deref(), top, token.as_deref())
+        .await?;
     let body = GalaxyList {
         value: page.galaxies.iter().map(payload::entity).collect(),
     };
@@ -102,9 +96,9 @@ pub async fn get(
     headers: HeaderMap,
     Path((partition_key, row_key)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
-    let table = state.table.clone();
-    let (pk, rk) = (partition_key.clone(), row_key.clone());
-    let galaxy = blocking(move || table.get(&pk, &rk))
+    let galaxy = state
+        .table
+        .get(&partition_key, &row_key)
         .await?
         .ok_or_else(|| {
             AppError::not_found(
