@@ -5,6 +5,7 @@
 //! No global state: each [`Engine`] owns its store, registry, cache and
 //! tasks, so several can run in one process.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -113,6 +114,9 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     orchestration_slots: Arc<Semaphore>,
     activity_slots: Arc<Semaphore>,
+    /// Per-instance locks that keep an instance's live updates in commit
+    /// order; see [`publish_in_order`].
+    publishing: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// An embedded orchestration engine. Cloning shares the same engine.
@@ -137,6 +141,7 @@ impl Engine {
             cache: Mutex::new(cache),
             updates,
             shutdown: watch::channel(false).0,
+            publishing: Mutex::new(HashMap::new()),
         });
         let mut tasks = vec![
             tokio::spawn(orchestration_loop(inner.clone())),
@@ -204,19 +209,16 @@ impl Engine {
             return Err(Error::ShuttingDown);
         }
         let created_at = types::now();
-        self.inner
-            .store
-            .create_instance(NewInstance {
-                instance_id: instance_id.clone(),
-                name: name.to_string(),
-                input,
-                execution_id: new_execution_id(),
-                parent: None,
-                created_at,
-            })
-            .await?;
-        let _ = self.inner.updates.send(InstanceUpdate {
-            instance_id,
+        let create = self.inner.store.create_instance(NewInstance {
+            instance_id: instance_id.clone(),
+            name: name.to_string(),
+            input,
+            execution_id: new_execution_id(),
+            parent: None,
+            created_at,
+        });
+        let update = InstanceUpdate {
+            instance_id: instance_id.clone(),
             name: name.to_string(),
             runtime_status: RuntimeStatus::Pending,
             history: Vec::new(),
@@ -224,8 +226,11 @@ impl Engine {
             custom_status: None,
             failure: None,
             at: created_at,
-        });
-        Ok(())
+        };
+        // Through the same ordering as turns, so Pending is never published
+        // after the first turn's Running.
+        let order = publish_order(&self.inner, &instance_id);
+        publish_in_order(&self.inner, &instance_id, order, create, update).await
     }
 
     /// Delivers an external event. Kept by the instance until a wait takes it.
@@ -911,12 +916,54 @@ async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Erro
     // Cached before the commit: the commit releases the instance, and a turn
     // that started before the run was back in the cache would replay the
     // whole history. A failed commit drops it again (see `process_turn`).
+    let order = publish_order(inner, &id);
     if run.outcome.is_none() {
-        inner.cache.lock().expect("cache lock").put(id, run);
+        inner.cache.lock().expect("cache lock").put(id.clone(), run);
     }
-    inner.store.commit_turn(commit).await?;
-    let _ = inner.updates.send(update);
-    Ok(())
+    publish_in_order(inner, &id, order, inner.store.commit_turn(commit), update).await
+}
+
+/// The lock that orders one instance's updates (see [`publish_in_order`]).
+fn publish_order(inner: &Inner, id: &InstanceId) -> Arc<tokio::sync::Mutex<()>> {
+    inner
+        .publishing
+        .lock()
+        .expect("publishing lock")
+        .entry(id.clone())
+        .or_default()
+        .clone()
+}
+
+/// Commits a turn (or a creation) and publishes its update, keeping one
+/// instance's updates in commit order.
+///
+/// The commit releases the instance, so its next turn can commit and publish
+/// before this task wakes up to publish: a subscriber would then see, say,
+/// Running after Completed. Each turn takes its instance's lock *before*
+/// committing and frees it after publishing; the next turn of the same
+/// instance can only commit after this one, so it queues behind it. Other
+/// instances are not held up.
+async fn publish_in_order(
+    inner: &Inner,
+    id: &InstanceId,
+    order: Arc<tokio::sync::Mutex<()>>,
+    commit: impl std::future::Future<Output = Result<(), StoreError>>,
+    update: InstanceUpdate,
+) -> Result<(), Error> {
+    let guard = order.clone().lock_owned().await;
+    let committed = commit.await;
+    if committed.is_ok() {
+        let _ = inner.updates.send(update);
+    }
+    drop(guard);
+    {
+        let mut map = inner.publishing.lock().expect("publishing lock");
+        // Only the map and this task hold it: nobody is queued behind.
+        if Arc::strong_count(&order) == 2 {
+            map.remove(id);
+        }
+    }
+    Ok(committed?)
 }
 
 /// Fails a run that already took its turn (poison), recording the failure.

@@ -453,13 +453,33 @@ async fn many_instances_with_a_tiny_cache_all_finish_correctly() {
     }
 }
 
-/// A store that can hold the dispatchers inside their fetch calls.
+/// A store that can hold the dispatchers inside their fetch calls, and can
+/// hold back the reply to an execution's first commit until a later commit
+/// has landed (widening the window between a commit and its publication).
 struct GatedStore {
     inner: Arc<durable::SqliteStore>,
     hold: AtomicBool,
     held: AtomicU32,
     arrived: tokio::sync::Notify,
     release: tokio::sync::Semaphore,
+    slow_first_ack: AtomicBool,
+    commits: AtomicU32,
+    committed: tokio::sync::Notify,
+}
+
+impl GatedStore {
+    fn new(inner: durable::SqliteStore) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            hold: AtomicBool::new(false),
+            held: AtomicU32::new(0),
+            arrived: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+            slow_first_ack: AtomicBool::new(false),
+            commits: AtomicU32::new(0),
+            committed: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl GatedStore {
@@ -502,7 +522,27 @@ impl durable::Store for GatedStore {
         self.inner.load_history(id).await
     }
     async fn commit_turn(&self, c: durable::store::TurnCommit) -> Result<(), StoreError> {
-        self.inner.commit_turn(c).await
+        let first = c.history.first().is_some_and(|e| e.event_id == 0);
+        let result = self.inner.commit_turn(c).await;
+        let mine = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        self.committed.notify_waiters();
+        if first && self.slow_first_ack.load(Ordering::SeqCst) {
+            // Bounded: an engine that orders publications correctly makes
+            // the next commit wait for this reply, so it never comes.
+            let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                loop {
+                    let next = self.committed.notified();
+                    tokio::pin!(next);
+                    next.as_mut().enable();
+                    if self.commits.load(Ordering::SeqCst) > mine {
+                        return;
+                    }
+                    next.await;
+                }
+            })
+            .await;
+        }
+        result
     }
     async fn abandon_orchestration_work(
         &self,
@@ -575,13 +615,9 @@ impl durable::Store for GatedStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_while_the_dispatchers_are_busy_stops_them() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(GatedStore {
-        inner: Arc::new(durable::SqliteStore::open(common::db_path(&dir)).unwrap()),
-        hold: AtomicBool::new(false),
-        held: AtomicU32::new(0),
-        arrived: tokio::sync::Notify::new(),
-        release: tokio::sync::Semaphore::new(0),
-    });
+    let store = Arc::new(GatedStore::new(
+        durable::SqliteStore::open(common::db_path(&dir)).unwrap(),
+    ));
     let registry = Registry::new()
         .orchestration("Noop", |_ctx: OrchestrationContext, _: ()| async move {
             Ok::<_, TaskError>(())
@@ -615,4 +651,114 @@ async fn shutdown_while_the_dispatchers_are_busy_stops_them() {
     tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
         .expect("shutdown returns");
+}
+
+/// Under load, each instance's updates arrive in commit order: every
+/// update's history continues exactly where the previous one of the same
+/// instance ended, and nothing follows the terminal update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_of_one_instance_arrive_in_commit_order_under_load() {
+    const INSTANCES: usize = 60;
+    const STEPS: u32 = 15;
+    let registry = Registry::new()
+        .orchestration("Steps", |ctx: OrchestrationContext, n: u32| async move {
+            let mut v = 0u32;
+            for _ in 0..n {
+                v = ctx.call_activity("Inc", v).await?;
+            }
+            Ok::<_, TaskError>(v)
+        })
+        .activity("Inc", |_ctx, v: u32| async move { Ok::<_, String>(v + 1) });
+    let t = common::start_with(
+        registry,
+        EngineConfig {
+            update_capacity: 1 << 16,
+            ..EngineConfig::default()
+        },
+    );
+    let mut rx = t.engine.subscribe();
+    for _ in 0..INSTANCES {
+        t.engine
+            .start_orchestration("Steps", None, STEPS)
+            .await
+            .unwrap();
+    }
+    // Next expected event id per instance, and which ones finished.
+    let mut next: HashMap<String, u64> = HashMap::new();
+    let mut finished = 0;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while finished < INSTANCES {
+        let u = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => panic!("only {finished} of {INSTANCES} finished"),
+            Ok(Err(RecvError::Lagged(n))) => panic!("lagged by {n}"),
+            Ok(Err(RecvError::Closed)) => panic!("closed"),
+            Ok(Ok(u)) => u,
+        };
+        let key = u.instance_id.to_string();
+        let seen_before = next.contains_key(&key);
+        assert_eq!(
+            u.runtime_status == RuntimeStatus::Pending,
+            !seen_before,
+            "{key}: Pending must be the first update, and only it"
+        );
+        let expected = next.entry(key.clone()).or_insert(0);
+        assert_ne!(*expected, u64::MAX, "{key}: update after its terminal one");
+        if let Some(first) = u.history.first() {
+            assert_eq!(
+                first.event_id, *expected,
+                "{key}: update out of order ({:?})",
+                u.runtime_status
+            );
+            *expected = u.history.last().unwrap().event_id + 1;
+        }
+        if u.runtime_status.is_terminal() {
+            assert_eq!(u.runtime_status, RuntimeStatus::Completed);
+            assert_eq!(u.output, Some(json!(STEPS)));
+            *expected = u64::MAX;
+            finished += 1;
+        }
+    }
+}
+
+/// The commit of a turn releases the instance, so the next turn can commit
+/// before the first one's update is published. With the reply to the first
+/// commit held back until a later commit lands, an engine that publishes
+/// after committing without ordering would send the second turn's update
+/// first; ours keeps commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_commit_reply_does_not_reorder_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(GatedStore::new(
+        durable::SqliteStore::open(common::db_path(&dir)).unwrap(),
+    ));
+    store.slow_first_ack.store(true, Ordering::SeqCst);
+    let registry = Registry::new()
+        .orchestration("Two", |ctx: OrchestrationContext, _: ()| async move {
+            let a: u32 = ctx.call_activity("One", ()).await?;
+            let b: u32 = ctx.call_activity("One", ()).await?;
+            Ok::<_, TaskError>(a + b)
+        })
+        .activity("One", |_ctx, _: ()| async move { Ok::<_, String>(1u32) });
+    let engine = durable::Engine::start(store.clone(), registry, EngineConfig::default());
+    let mut rx = engine.subscribe();
+    let id = engine.start_orchestration("Two", None, ()).await.unwrap();
+    let mut next_event = 0;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let u = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => panic!("no terminal update"),
+            Ok(Err(e)) => panic!("{e}"),
+            Ok(Ok(u)) => u,
+        };
+        assert_eq!(u.instance_id, id);
+        if let Some(first) = u.history.first() {
+            assert_eq!(first.event_id, next_event, "update out of commit order");
+            next_event = u.history.last().unwrap().event_id + 1;
+        }
+        if u.runtime_status.is_terminal() {
+            assert_eq!(u.output, Some(json!(2)));
+            break;
+        }
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
 }
