@@ -7,7 +7,7 @@ DATA_DIR ?= data/demo
 # Debian/Ubuntu packages needed to build: a C compiler for bundled SQLite.
 APT_BUILD := build-essential pkg-config
 
-.PHONY: run test bench deps fmt clippy
+.PHONY: run test bench deps pg-deps fmt clippy
 
 deps:
 	@missing=""; \
@@ -19,11 +19,20 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install the Rust toolchain (rustup) first"; exit 1; }
 
+# PostgreSQL server binaries (initdb, pg_ctl) for the PostgreSQL tests and
+# benchmark, which start a throwaway cluster of their own; installed only
+# when none is found.
+pg-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing: postgresql"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
+
 run: deps
 	$(CARGO) build --release -p galaxy --bin galaxy-demo
 	./target/release/galaxy-demo --data-dir $(DATA_DIR)
 
-test: deps
+test: deps pg-deps
 	$(CARGO) test --workspace --all-targets
 
 bench: deps
