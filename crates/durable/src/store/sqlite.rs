@@ -50,7 +50,7 @@ use crate::types::{
 
 /// Marks a database as ours; checked at open.
 const APPLICATION_ID: i32 = 0x4746_4431; // "GFD1"
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// Most operations in one group commit.
 const MAX_BATCH: usize = 2048;
 
@@ -467,7 +467,7 @@ enum Op {
     /// over-counts work that was never delivered by at most one.
     MarkFetched {
         instances: Vec<(InstanceId, u32)>,
-        activities: Vec<(i64, u32)>,
+        activities: Vec<(InstanceId, i64, u32)>,
     },
 }
 
@@ -481,6 +481,19 @@ enum Outcome {
 struct Shared {
     queues: Mutex<Queues>,
     signal: Arc<WorkSignal>,
+    /// The next message or activity id. Messages and activities are stored
+    /// clustered by instance (`WITHOUT ROWID`, key `(instance_id, id)`), one
+    /// B-tree each instead of a rowid table plus an instance index, so the
+    /// writer assigns ids itself. Only the writer thread takes ids; ids of a
+    /// rolled-back batch are skipped, which is harmless.
+    next_id: std::sync::atomic::AtomicI64,
+}
+
+impl Shared {
+    fn take_id(&self) -> i64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The SQLite store. See the module docs.
@@ -548,22 +561,22 @@ CREATE TABLE history (
     PRIMARY KEY (instance_id, first_event_id)
 ) WITHOUT ROWID;
 CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
     instance_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
     visible_at INTEGER,
-    message TEXT NOT NULL
-);
-CREATE INDEX messages_by_instance ON messages(instance_id);
+    message TEXT NOT NULL,
+    PRIMARY KEY (instance_id, id)
+) WITHOUT ROWID;
 CREATE TABLE activities (
-    id INTEGER PRIMARY KEY,
     instance_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
     execution_id TEXT NOT NULL,
     task_id INTEGER NOT NULL,
     name TEXT NOT NULL,
     input TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX activities_by_instance ON activities(instance_id);
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (instance_id, id)
+) WITHOUT ROWID;
 ";
 
 /// Checks that the file is ours (or empty) and creates the schema if empty.
@@ -768,9 +781,18 @@ impl SqliteStore {
         prepare_schema(&conn, &path, &config)?;
         let queues = load_queues(&conn)?;
         let reader = open_connection(&path, &config)?;
+        let max_id: i64 = conn
+            .query_row(
+                "SELECT max(coalesce((SELECT max(id) FROM messages), 0), \
+                            coalesce((SELECT max(id) FROM activities), 0))",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
         let shared = Arc::new(Shared {
             queues: Mutex::new(queues),
             signal: Arc::new(WorkSignal::default()),
+            next_id: std::sync::atomic::AtomicI64::new(max_id + 1),
         });
         // Checkpoints run on their own thread and connection so the writer
         // never copies WAL pages back into the database itself.
@@ -1001,8 +1023,8 @@ fn apply_op(
         }};
     }
     match op {
-        Op::Create(inst, r) => finish!(create(tx, *inst), Outcome::Unit, r),
-        Op::Send(id, msg, r) => finish!(send(tx, &id, msg, true), Outcome::Unit, r),
+        Op::Create(inst, r) => finish!(create(tx, shared, *inst), Outcome::Unit, r),
+        Op::Send(id, msg, r) => finish!(send(tx, shared, &id, msg, true), Outcome::Unit, r),
         Op::Commit(c, r) => finish!(commit(tx, *c, shared, claims), Outcome::Unit, r),
         Op::CompleteActivity(lock, msg, r) => {
             finish!(
@@ -1029,6 +1051,7 @@ type OpResult<T> = Result<(Effect, T), StoreError>;
 
 fn insert_message(
     tx: &Transaction<'_>,
+    shared: &Shared,
     id: &InstanceId,
     meta: Meta,
     message: Json<Message>,
@@ -1037,12 +1060,14 @@ fn insert_message(
         value: message,
         text,
     } = message;
+    let message_id = shared.take_id();
     tx.prepare_cached(
-        "INSERT INTO messages (instance_id, visible_at, message) VALUES (?1, ?2, ?3)",
+        "INSERT INTO messages (instance_id, id, visible_at, message) VALUES (?1, ?2, ?3, ?4)",
     )
     .map_err(db_err)?
     .execute(params![
         id.as_str(),
+        message_id,
         message.visible_at.map(|t| t.timestamp_millis()),
         text
     ])
@@ -1051,7 +1076,7 @@ fn insert_message(
         instance_id: id.clone(),
         meta,
         message: StoredMessage {
-            id: tx.last_insert_rowid(),
+            id: message_id,
             message,
         },
         fresh: false,
@@ -1060,6 +1085,7 @@ fn insert_message(
 
 fn insert_instance(
     tx: &Transaction<'_>,
+    shared: &Shared,
     prepared: PreparedInstance,
 ) -> Result<Delivery, StoreError> {
     let PreparedInstance {
@@ -1103,13 +1129,13 @@ fn insert_instance(
         execution_id: inst.execution_id.clone(),
         history_len: 0,
     };
-    let mut d = insert_message(tx, &inst.instance_id, meta, started)?;
+    let mut d = insert_message(tx, shared, &inst.instance_id, meta, started)?;
     d.fresh = true;
     Ok(d)
 }
 
-fn create(tx: &Transaction<'_>, inst: PreparedInstance) -> OpResult<()> {
-    let d = insert_instance(tx, inst)?;
+fn create(tx: &Transaction<'_>, shared: &Shared, inst: PreparedInstance) -> OpResult<()> {
+    let d = insert_instance(tx, shared, inst)?;
     Ok((Effect::Deliver(vec![d]), ()))
 }
 
@@ -1122,6 +1148,7 @@ fn accepted_when_terminal(status: RuntimeStatus, kind: &EventKind) -> bool {
 /// missing or finished instance; internal ones (results) are dropped.
 fn send_inner(
     tx: &Transaction<'_>,
+    shared: &Shared,
     id: &InstanceId,
     message: Json<Message>,
     external: bool,
@@ -1140,16 +1167,17 @@ fn send_inner(
             Ok(None)
         };
     }
-    insert_message(tx, id, meta, message).map(Some)
+    insert_message(tx, shared, id, meta, message).map(Some)
 }
 
 fn send(
     tx: &Transaction<'_>,
+    shared: &Shared,
     id: &InstanceId,
     message: Json<Message>,
     external: bool,
 ) -> OpResult<()> {
-    let d = send_inner(tx, id, message, external)?;
+    let d = send_inner(tx, shared, id, message, external)?;
     Ok((Effect::Deliver(d.into_iter().collect()), ()))
 }
 
@@ -1224,10 +1252,10 @@ fn commit(
     }
     {
         let mut del = tx
-            .prepare_cached("DELETE FROM messages WHERE id = ?1")
+            .prepare_cached("DELETE FROM messages WHERE instance_id = ?1 AND id = ?2")
             .map_err(db_err)?;
         for m in &c.consumed {
-            del.execute([m]).map_err(db_err)?;
+            del.execute(params![id, m]).map_err(db_err)?;
         }
     }
     if terminal {
@@ -1241,12 +1269,14 @@ fn commit(
     {
         let mut ins = tx
             .prepare_cached(
-                "INSERT INTO activities (instance_id, execution_id, task_id, name, input) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO activities (instance_id, id, execution_id, task_id, name, input) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(db_err)?;
         for (a, input) in new_activities {
+            let activity_id = shared.take_id();
             ins.execute(params![
                 a.instance_id.as_str(),
+                activity_id,
                 a.execution_id,
                 a.task_id as i64,
                 a.name,
@@ -1254,7 +1284,7 @@ fn commit(
             ])
             .map_err(db_err)?;
             activities.push(ActRow {
-                id: tx.last_insert_rowid(),
+                id: activity_id,
                 activity: a,
                 attempts: 0,
             });
@@ -1264,7 +1294,7 @@ fn commit(
     for child in children {
         let parent_link = child.inst.parent.clone();
         let created_at = child.inst.created_at;
-        match insert_instance(tx, child) {
+        match insert_instance(tx, shared, child) {
             Ok(d) => deliveries.push(d),
             Err(StoreError::Conflict(child_id)) => {
                 let parent = parent_link
@@ -1282,13 +1312,13 @@ fn commit(
                         ),
                     },
                 });
-                deliveries.extend(send_inner(tx, &parent.instance_id, message, false)?);
+                deliveries.extend(send_inner(tx, shared, &parent.instance_id, message, false)?);
             }
             Err(e) => return Err(e),
         }
     }
     for (to, message) in messages {
-        deliveries.extend(send_inner(tx, &to, message, false)?);
+        deliveries.extend(send_inner(tx, shared, &to, message, false)?);
     }
     let meta = Meta {
         status: s.runtime_status,
@@ -1327,15 +1357,15 @@ fn complete_activity(
     claims.push(Claim::Activity(lock.0.clone()));
     let (row_id, instance_id) = (row.id, row.activity.instance_id);
     let deleted = tx
-        .prepare_cached("DELETE FROM activities WHERE id = ?1")
+        .prepare_cached("DELETE FROM activities WHERE instance_id = ?1 AND id = ?2")
         .map_err(db_err)?
-        .execute([row_id])
+        .execute(params![instance_id.as_str(), row_id])
         .map_err(db_err)?;
     if deleted == 0 {
         // Purged earlier in this batch: nothing left to complete.
         return Err(StoreError::LeaseLost);
     }
-    let d = send_inner(tx, &instance_id, message, false)?;
+    let d = send_inner(tx, shared, &instance_id, message, false)?;
     Ok((
         Effect::ActivityDone {
             token: lock.0.clone(),
@@ -1432,7 +1462,7 @@ fn purge_many(tx: &Transaction<'_>, f: &InstanceFilter, limit: usize) -> OpResul
 fn mark_fetched(
     tx: &Transaction<'_>,
     instances: &[(InstanceId, u32)],
-    activities: &[(i64, u32)],
+    activities: &[(InstanceId, i64, u32)],
 ) -> Result<(), StoreError> {
     let mut upd = tx
         .prepare_cached("UPDATE instances SET attempts = ?2 WHERE instance_id = ?1")
@@ -1441,10 +1471,11 @@ fn mark_fetched(
         upd.execute(params![id.as_str(), n]).map_err(db_err)?;
     }
     let mut upd = tx
-        .prepare_cached("UPDATE activities SET attempts = ?2 WHERE id = ?1")
+        .prepare_cached("UPDATE activities SET attempts = ?3 WHERE instance_id = ?1 AND id = ?2")
         .map_err(db_err)?;
-    for (id, n) in activities {
-        upd.execute(params![id, n]).map_err(db_err)?;
+    for (instance, id, n) in activities {
+        upd.execute(params![instance.as_str(), id, n])
+            .map_err(db_err)?;
     }
     Ok(())
 }
@@ -1744,7 +1775,7 @@ impl Store for SqliteStore {
                 let token = q.token('t');
                 let expires = Instant::now() + lease;
                 if row.attempts >= 2 {
-                    marks.push((row.id, row.attempts));
+                    marks.push((row.activity.instance_id.clone(), row.id, row.attempts));
                 }
                 items.push(ActivityWorkItem {
                     lock: WorkLock(token.clone()),
