@@ -4,14 +4,18 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 DATA_DIR ?= data/demo
-# Debian/Ubuntu packages needed to build: a C compiler for bundled SQLite.
-APT_BUILD := build-essential pkg-config
+# Debian/Ubuntu packages needed to build: a C compiler for bundled SQLite;
+# WebKitGTK and friends for the Tauri desktop app (src-tauri).
+APT_BUILD := build-essential pkg-config libssl-dev file libwebkit2gtk-4.1-dev libgtk-3-dev librsvg2-dev libayatana-appindicator3-dev libxdo-dev
+# ...and to test it in a real window without a screen.
+APT_TEST := xvfb xauth webkit2gtk-driver imagemagick
+TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test bench deps pg-deps fmt clippy
+.PHONY: run test bench deps pg-deps fmt clippy demo screenshot tauri-driver
 
 deps:
 	@missing=""; \
-	for p in $(APT_BUILD); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(APT_BUILD) $(APT_TEST); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -29,15 +33,30 @@ pg-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
 run: deps
+	$(CARGO) build --release -p galaxy-desktop
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then ./target/release/galaxy-desktop; \
+	else echo "No DISPLAY here: 'make screenshot' runs the app under Xvfb and saves target/screenshots/run.png"; fi
+
+screenshot: deps
+	$(CARGO) build --release -p galaxy-desktop
+	scripts/desktop-screenshot.sh target/release/galaxy-desktop target/screenshots/run.png
+
+demo: deps
 	$(CARGO) build --release -p galaxy --bin galaxy-demo
 	./target/release/galaxy-demo --data-dir $(DATA_DIR)
 
-test: deps pg-deps
+tauri-driver:
+	@command -v tauri-driver >/dev/null || [ -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/tauri-driver" ] || \
+	  $(CARGO) install tauri-driver --version $(TAURI_DRIVER_VERSION) --locked
+
+test: deps pg-deps tauri-driver
 	$(CARGO) test --workspace --all-targets
 
 bench: deps
 	$(CARGO) build --release -p galaxy --bin galaxy-bench
 	./target/release/galaxy-bench
+	$(CARGO) build --release -p cloud --bin galaxy-cloud-bench
+	./target/release/galaxy-cloud-bench
 
 fmt:
 	$(CARGO) fmt --all

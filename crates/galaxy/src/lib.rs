@@ -10,6 +10,10 @@
 //! - [`galaxies`]: [`Galaxies`], either table behind one type.
 //! - [`workload`]: `Galaxy_Create` and its activities, registered on a
 //!   [`durable::Registry`].
+//! - [`local`]: [`LocalNode`], engine + table in one data directory.
+//! - [`view`]: view models of instances (tasks, timeline) for monitors.
+//! - [`monitor`]: queries returning those views, and [`monitor::forward`],
+//!   the update stream turned into views for a UI.
 //!
 //! Invariant: this crate knows nothing of HTTP or Tauri; it is used the same
 //! way by the desktop app and the cloud backend.
@@ -17,9 +21,11 @@
 pub mod coords;
 pub mod galaxies;
 pub mod local;
+pub mod monitor;
 pub mod names;
 pub mod pg_table;
 pub mod table;
+pub mod view;
 pub mod workload;
 
 pub use coords::Coords;
@@ -27,4 +33,5 @@ pub use galaxies::Galaxies;
 pub use local::{LocalConfig, LocalNode, OpenError};
 pub use pg_table::PgGalaxyTable;
 pub use table::{Galaxy, GalaxyPage, GalaxyTable, TableError};
+pub use view::{InstanceView, TaskState, TaskView, TimelineEntry};
 pub use workload::{register, CreateGalaxyContext, GALAXY_CREATE};

@@ -1,0 +1,42 @@
+//! The events the app pushes to the UI, and the sink that emits engine
+//! updates as those events.
+//!
+//! Events are only ever *applied* by the UI on top of a snapshot it fetched
+//! after registering its listeners (an event emitted before that is lost),
+//! so every payload is a whole object, never a diff.
+
+use galaxy::monitor::LiveSink;
+use galaxy::{Galaxy, InstanceView};
+use tauri::{AppHandle, Emitter, Runtime};
+
+/// Payload: an [`InstanceView`], the whole current view of one instance.
+pub const INSTANCE_UPDATED: &str = "instance-updated";
+/// Payload: a [`Galaxy`] just written by a completed instance.
+pub const GALAXY_ADDED: &str = "galaxy-added";
+/// Payload: none. Updates were lost; the UI re-reads everything.
+pub const RESYNC: &str = "resync";
+/// Payload: a [`sync::SyncStatus`].
+pub const SYNC_STATUS: &str = "sync-status";
+/// Payload: a message. The local store could not be opened.
+pub const FATAL: &str = "fatal";
+
+/// Emits monitor notifications to every window.
+pub struct UiSink<R: Runtime>(pub AppHandle<R>);
+
+impl<R: Runtime> LiveSink for UiSink<R> {
+    fn instance(&self, view: &InstanceView) {
+        if let Err(e) = self.0.emit(INSTANCE_UPDATED, view) {
+            tracing::warn!(error = %e, "emitting an instance update failed");
+        }
+    }
+
+    fn galaxy(&self, galaxy: &Galaxy) {
+        if let Err(e) = self.0.emit(GALAXY_ADDED, galaxy) {
+            tracing::warn!(error = %e, "emitting a galaxy failed");
+        }
+    }
+
+    fn resync(&self) {
+        let _ = self.0.emit(RESYNC, ());
+    }
+}

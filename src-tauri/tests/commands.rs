@@ -1,0 +1,276 @@
+//! The commands through Tauri's mock runtime: real IPC requests (origin
+//! `tauri://localhost`), real engine and SQLite files in a temp dir, events
+//! caught with Rust listeners. No window system needed at run time.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use galaxy_desktop::{configure_with, DesktopOptions, GALAXY_ADDED, INSTANCE_UPDATED};
+use serde_json::{json, Value};
+use tauri::ipc::{CallbackFn, InvokeBody};
+use tauri::test::{
+    get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY,
+};
+use tauri::webview::InvokeRequest;
+use tauri::{App, Listener, WebviewWindow, WebviewWindowBuilder};
+
+struct TestApp {
+    app: App<MockRuntime>,
+    window: WebviewWindow<MockRuntime>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn start_in(dir: &std::path::Path) -> TestApp {
+    let app = configure_with(
+        mock_builder(),
+        DesktopOptions {
+            data_dir: Some(dir.to_path_buf()),
+        },
+    )
+    .build(mock_context(noop_assets()))
+    .expect("app builds");
+    let window = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .expect("window");
+    // Setup runs when the event loop starts: one iteration runs it (the
+    // deprecation is about calling this in a loop, which we do not).
+    let mut app = app;
+    #[allow(deprecated)]
+    app.run_iteration(|_, _| {});
+    TestApp {
+        app,
+        window,
+        _dir: None,
+    }
+}
+
+fn start() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = start_in(dir.path());
+    t._dir = Some(dir);
+    t
+}
+
+impl TestApp {
+    /// Invokes a command as the page would; Ok(value) or Err(error payload).
+    fn invoke(&self, cmd: &str, args: Value) -> Result<Value, Value> {
+        get_ipc_response(
+            &self.window,
+            InvokeRequest {
+                cmd: cmd.into(),
+                callback: CallbackFn(0),
+                error: CallbackFn(1),
+                url: "tauri://localhost".parse().unwrap(),
+                body: InvokeBody::Json(args),
+                headers: Default::default(),
+                invoke_key: INVOKE_KEY.to_string(),
+            },
+        )
+        .map(|b| b.deserialize::<Value>().unwrap())
+    }
+
+    /// Collects the payloads of an event.
+    fn events(&self, name: &str) -> mpsc::Receiver<Value> {
+        let (tx, rx) = mpsc::channel();
+        self.app.listen_any(name, move |e| {
+            let _ = tx.send(serde_json::from_str(e.payload()).unwrap());
+        });
+        rx
+    }
+}
+
+/// Waits for a payload matching `pred` (with a deadline).
+fn wait_event(rx: &mpsc::Receiver<Value>, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let v = rx.recv_timeout(left).expect("event within 30 s");
+        if pred(&v) {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn create_galaxy_pushes_every_change_and_the_galaxy() {
+    let t = start();
+    let updates = t.events(INSTANCE_UPDATED);
+    let galaxies = t.events(GALAXY_ADDED);
+    let snap = t.invoke("load_state", json!({})).unwrap();
+    assert_eq!(snap["galaxies"], json!([]));
+    assert_eq!(snap["sync"]["pendingChanges"], 0);
+    assert!(snap["pid"].as_u64().unwrap() > 0);
+
+    let id = t.invoke("create_galaxy", json!({})).unwrap();
+    let id = id.as_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    let done = wait_event(&updates, |v| {
+        if v["instanceId"] == id.as_str() {
+            seen.push(v["runtimeStatus"].as_str().unwrap().to_string());
+        }
+        v["instanceId"] == id.as_str() && v["runtimeStatus"] == "Completed"
+    });
+    assert_eq!(seen.first().map(String::as_str), Some("Pending"));
+    assert!(seen.iter().any(|s| s == "Running"), "{seen:?}");
+    let tasks: Vec<_> = done["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        tasks,
+        [
+            ("Utility_Coords", "Completed"),
+            ("Utility_Name", "Completed"),
+            ("Galaxy_Create_Impl", "Completed")
+        ]
+    );
+    let galaxy = wait_event(&galaxies, |g| g["instanceId"] == id.as_str());
+    assert_eq!(galaxy["name"], done["galaxy"]["name"]);
+
+    // The queries agree with what was pushed.
+    let listed = t.invoke("list_galaxies", json!({})).unwrap();
+    assert_eq!(listed, json!([galaxy]));
+    let one = t
+        .invoke("get_instance", json!({ "instanceId": id }))
+        .unwrap();
+    assert_eq!(one["timeline"], done["timeline"]);
+    let completed = t
+        .invoke("list_instances", json!({ "statuses": ["Completed"] }))
+        .unwrap();
+    assert_eq!(completed.as_array().unwrap().len(), 1);
+    let running = t
+        .invoke(
+            "list_instances",
+            json!({ "statuses": ["Running", "Pending"] }),
+        )
+        .unwrap();
+    assert_eq!(running, json!([]));
+}
+
+#[test]
+fn failures_come_back_as_readable_messages() {
+    let t = start();
+    let err = t
+        .invoke("get_instance", json!({ "instanceId": "nope" }))
+        .unwrap_err();
+    assert_eq!(err["kind"], "notFound");
+    assert!(err["message"].as_str().unwrap().contains("'nope'"), "{err}");
+
+    let err = t
+        .invoke("list_instances", json!({ "statuses": ["Sleeping"] }))
+        .unwrap_err();
+    assert_eq!(err["kind"], "invalid");
+    assert!(
+        err["message"].as_str().unwrap().contains("Completed"),
+        "{err}"
+    );
+
+    let err = t
+        .invoke("purge_instance", json!({ "instanceId": "a/b" }))
+        .unwrap_err();
+    assert_eq!(err["kind"], "invalid");
+
+    // A finished instance cannot be terminated, only purged.
+    let updates = t.events(INSTANCE_UPDATED);
+    let id = t.invoke("create_galaxy", json!({})).unwrap();
+    wait_event(&updates, |v| {
+        v["instanceId"] == id && v["runtimeStatus"] == "Completed"
+    });
+    let err = t
+        .invoke("terminate_instance", json!({ "instanceId": id }))
+        .unwrap_err();
+    assert_eq!(err["kind"], "rejected", "{err}");
+    assert!(!err["message"].as_str().unwrap().is_empty());
+    t.invoke("purge_instance", json!({ "instanceId": id }))
+        .unwrap();
+    let err = t
+        .invoke("get_instance", json!({ "instanceId": id }))
+        .unwrap_err();
+    assert_eq!(err["kind"], "notFound");
+}
+
+#[test]
+fn suspend_resume_and_terminate_reach_the_engine() {
+    let t = start();
+    let updates = t.events(INSTANCE_UPDATED);
+    // Suspend right after the start: either the suspension lands before
+    // the instance finishes (Suspended, then resumed to Completed) or it is
+    // already finished and the request is refused with a message.
+    let id = t.invoke("create_galaxy", json!({})).unwrap();
+    match t.invoke("suspend_instance", json!({ "instanceId": id })) {
+        Ok(_) => {
+            let v = wait_event(&updates, |v| {
+                v["instanceId"] == id
+                    && (v["runtimeStatus"] == "Suspended" || v["runtimeStatus"] == "Completed")
+            });
+            if v["runtimeStatus"] == "Suspended" {
+                t.invoke("resume_instance", json!({ "instanceId": id }))
+                    .unwrap();
+            }
+            wait_event(&updates, |v| {
+                v["instanceId"] == id && v["runtimeStatus"] == "Completed"
+            });
+        }
+        Err(e) => assert_eq!(e["kind"], "rejected", "{e}"),
+    }
+    let err = t
+        .invoke("resume_instance", json!({ "instanceId": "missing" }))
+        .unwrap_err();
+    assert!(!err["message"].as_str().unwrap().is_empty(), "{err}");
+}
+
+#[test]
+fn settings_are_validated_saved_and_kept_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = start_in(dir.path());
+        let s = t.invoke("get_settings", json!({})).unwrap();
+        assert_eq!(s["cloudUrl"], "http://127.0.0.1:7071");
+        let err = t
+            .invoke(
+                "save_settings",
+                json!({ "settings": { "cloudUrl": "not a url", "cloudKey": "" } }),
+            )
+            .unwrap_err();
+        assert_eq!(err["kind"], "invalid");
+        assert!(
+            err["message"].as_str().unwrap().contains("http://"),
+            "{err}"
+        );
+        let saved = t
+            .invoke(
+                "save_settings",
+                json!({ "settings": { "cloudUrl": " http://127.0.0.1:9/ ", "cloudKey": "k" } }),
+            )
+            .unwrap();
+        assert_eq!(saved["cloudUrl"], "http://127.0.0.1:9");
+        // Nothing listens on port 9 (discard): the check says offline, why.
+        let status = t.invoke("check_connection", json!({})).unwrap();
+        assert_eq!(status["connection"]["state"], "Offline");
+        assert_eq!(status["connection"]["cloudUrl"], "http://127.0.0.1:9");
+        assert!(!status["connection"]["message"].as_str().unwrap().is_empty());
+        assert_eq!(status["pendingChanges"], 0);
+    }
+    let raw: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("settings.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        raw,
+        json!({ "cloudUrl": "http://127.0.0.1:9", "cloudKey": "k" })
+    );
+}
+
+#[test]
+fn a_store_held_by_another_process_is_explained_not_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another holder of the same data dir (as a second window would be).
+    let _holder = durable::SqliteStore::open(dir.path().join("engine.db")).unwrap();
+    let t = start_in(dir.path());
+    let err = t.invoke("load_state", json!({})).unwrap_err();
+    assert_eq!(err["kind"], "unavailable");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("Cannot open your galaxies"), "{message}");
+    assert!(message.contains("in use"), "{message}");
+}

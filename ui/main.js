@@ -1,0 +1,405 @@
+// Galaxy Forge front end. Start-up order matters: listeners are registered
+// first (an event emitted before that is lost), then the current state is
+// fetched, then the events that arrived meanwhile are applied on top.
+// Views are whole objects merged by version, so the order never matters.
+
+import { call, on, errorMessage } from "./api.js";
+import { toast, toastError } from "./toast.js";
+import { h } from "./format.js";
+import { state, subscribe, putInstance, putGalaxy, removeInstance, galaxyKey, matchesFilter, FILTERS } from "./store.js";
+import { createMap } from "./map.js";
+import { instanceRow, instanceDetail, galaxyCard, galaxyItem } from "./views.js";
+
+const $ = (id) => document.getElementById(id);
+const MAX_ROWS = 300;
+const MAX_GALAXY_ITEMS = 400;
+
+// Hooks for the end-to-end tests and the benchmark (read-only use).
+const metrics = { firstPaint: null, clicks: [] };
+window.galaxyForge = {
+  metrics,
+  mapHas: (key) => map.has(key),
+  mapCount: () => map.count(),
+  instance: (id) => state.instances.get(id) || null,
+  pid: () => state.pid,
+};
+
+// ---- map -----------------------------------------------------------------
+const map = createMap({
+  canvas: $("map-canvas"),
+  tooltip: $("map-tooltip"),
+  container: $("map"),
+  onSelect: (key) => selectGalaxy(key, { fromMap: true }),
+});
+$("zoom-in").onclick = () => map.zoomIn();
+$("zoom-out").onclick = () => map.zoomOut();
+$("zoom-reset").onclick = () => map.reset();
+
+// ---- orchestrations list -------------------------------------------------
+const rows = new Map(); // instanceId -> <li>
+const list = $("instance-list");
+
+const newestFirst = (a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt) || (a.instanceId < b.instanceId ? 1 : -1);
+
+function rowFor(view, fresh) {
+  const li = instanceRow(view, { open: state.openInstance === view.instanceId, error: state.rowErrors.get(view.instanceId) });
+  if (fresh) li.classList.add("fresh");
+  li.addEventListener("click", () => openInstance(view.instanceId));
+  li.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openInstance(view.instanceId); }
+  });
+  return li;
+}
+
+function renderAllRows() {
+  list.replaceChildren();
+  rows.clear();
+  const views = [...state.instances.values()].filter((v) => matchesFilter(v)).sort(newestFirst).slice(0, MAX_ROWS);
+  for (const v of views) {
+    const li = rowFor(v, false);
+    rows.set(v.instanceId, li);
+    list.append(li);
+  }
+  scheduleCounts();
+}
+
+function renderRow(view, isNew) {
+  const old = rows.get(view.instanceId);
+  if (!matchesFilter(view)) {
+    if (old) { old.remove(); rows.delete(view.instanceId); scheduleCounts(); }
+    return;
+  }
+  const li = rowFor(view, isNew);
+  const hadFocus = old && document.activeElement === old;
+  if (old) old.replaceWith(li);
+  else {
+    // newest first: walk from the top to the first older row
+    let before = null;
+    for (const el of list.children) {
+      const other = state.instances.get(el.dataset.id);
+      if (other && newestFirst(view, other) < 0) { before = el; break; }
+    }
+    list.insertBefore(li, before);
+    if (list.children.length > MAX_ROWS) {
+      const last = list.lastElementChild;
+      rows.delete(last.dataset.id);
+      last.remove();
+    }
+  }
+  rows.set(view.instanceId, li);
+  if (hadFocus) li.focus();
+  scheduleCounts();
+}
+
+let countsFrame = 0;
+function scheduleCounts() {
+  if (countsFrame) return;
+  countsFrame = requestAnimationFrame(() => {
+    countsFrame = 0;
+    const counts = { all: 0, live: 0, completed: 0, failed: 0 };
+    for (const v of state.instances.values()) {
+      counts.all++;
+      for (const f of ["live", "completed", "failed"]) if (FILTERS[f].includes(v.runtimeStatus)) counts[f]++;
+    }
+    for (const b of $("filters").querySelectorAll("button")) b.querySelector(".n").textContent = counts[b.dataset.filter];
+    $("live-count").textContent = counts.live;
+    $("instances-empty").hidden = list.children.length > 0;
+  });
+}
+
+for (const b of $("filters").querySelectorAll("button")) {
+  b.addEventListener("click", async () => {
+    state.filter = b.dataset.filter;
+    for (const o of $("filters").querySelectorAll("button")) o.setAttribute("aria-pressed", String(o === b));
+    renderAllRows();
+    // Older instances with that status than the first snapshot held.
+    const statuses = FILTERS[state.filter];
+    if (statuses) {
+      try {
+        for (const v of await call("list_instances", { statuses, limit: 200 })) putInstance(v);
+      } catch (e) { toastError(`Could not list instances: ${e.message}`); }
+    }
+  });
+}
+
+// ---- instance detail (dock) ----------------------------------------------
+const actions = {
+  terminate: (id) => act(id, "terminate_instance", "Terminated"),
+  suspend: (id) => act(id, "suspend_instance", "Suspend requested"),
+  resume: (id) => act(id, "resume_instance", "Resume requested"),
+  purge: async (id) => {
+    if (await act(id, "purge_instance", "Purged")) {
+      removeInstance(id);
+    }
+  },
+};
+
+async function act(id, cmd, done) {
+  try {
+    await call(cmd, { instanceId: id });
+    state.rowErrors.delete(id);
+    toast(`${done}: ${id.slice(-8)}`);
+    return true;
+  } catch (e) {
+    state.rowErrors.set(id, e.message);
+    toastError(e.message);
+    const v = state.instances.get(id);
+    if (v) { renderRow(v, false); if (state.openInstance === id) renderDetail(); }
+    return false;
+  }
+}
+
+function renderDetail() {
+  const box = $("instance-detail");
+  const v = state.openInstance && state.instances.get(state.openInstance);
+  if (!v) {
+    box.replaceChildren(h("p", { class: "hint" }, state.openInstance
+      ? "This instance was purged." : "Open an orchestration to see its history as a timeline."));
+    return;
+  }
+  box.replaceChildren(instanceDetail(v, actions, state.rowErrors.get(v.instanceId)));
+}
+
+async function openInstance(id) {
+  const previous = state.openInstance;
+  state.openInstance = id;
+  for (const pid of [previous, id]) {
+    const el = pid && rows.get(pid);
+    if (el) el.classList.toggle("open", pid === id);
+  }
+  if (!state.instances.has(id)) {
+    try { putInstance(await call("get_instance", { instanceId: id })); }
+    catch (e) { toastError(e.message); }
+  }
+  renderDetail();
+  const g = state.instances.get(id)?.galaxy;
+  const key = g && `${g.partitionKey}|${g.rowKey}`;
+  if (key && state.galaxies.has(key) && state.selectedGalaxy !== key) selectGalaxy(key);
+}
+
+// ---- galaxies ------------------------------------------------------------
+function selectGalaxy(key, { fromMap = false } = {}) {
+  state.selectedGalaxy = key;
+  if (!fromMap) map.select(key, { center: true });
+  const g = key && state.galaxies.get(key);
+  const card = $("galaxy-card");
+  if (!g) card.replaceChildren(h("p", { class: "hint" }, "Select a galaxy on the map to see its details."));
+  else {
+    card.replaceChildren(galaxyCard(g, openInstance));
+    if (fromMap) openInstance(g.instanceId);
+  }
+  for (const li of $("galaxy-list").children) li.classList.toggle("selected", li.dataset.key === key);
+}
+
+let galaxyListFrame = 0;
+function renderGalaxyList() {
+  if (galaxyListFrame || $("galaxies").hidden) return;
+  galaxyListFrame = requestAnimationFrame(() => {
+    galaxyListFrame = 0;
+    const q = $("galaxy-search").value.trim().toLowerCase();
+    const all = [...state.galaxies.entries()].reverse();
+    const shown = all.filter(([, g]) => !q || g.name.toLowerCase().includes(q)).slice(0, MAX_GALAXY_ITEMS);
+    $("galaxy-list").replaceChildren(...shown.map(([k, g]) => {
+      const li = galaxyItem(g, k, k === state.selectedGalaxy);
+      li.onclick = () => selectGalaxy(k);
+      li.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); selectGalaxy(k); } };
+      return li;
+    }));
+    $("galaxies-empty").hidden = shown.length > 0;
+  });
+}
+$("galaxy-search").addEventListener("input", renderGalaxyList);
+
+function showTab(name) {
+  for (const [tab, body] of [["tab-orchestrations", "orchestrations"], ["tab-galaxies", "galaxies"]]) {
+    const on = body === name;
+    $(tab).setAttribute("aria-selected", String(on));
+    $(body).hidden = !on;
+  }
+  renderGalaxyList();
+}
+$("tab-orchestrations").onclick = () => showTab("orchestrations");
+$("tab-galaxies").onclick = () => showTab("galaxies");
+
+function updateGalaxyCount() {
+  $("galaxy-count").textContent = state.galaxies.size;
+  $("map-empty").hidden = state.galaxies.size > 0;
+}
+
+// ---- store -> screen -----------------------------------------------------
+const pendingClicks = new Map(); // instanceId -> performance.now() of the click
+
+function noteClick(id) {
+  const t0 = pendingClicks.get(id);
+  const v = state.instances.get(id);
+  if (t0 == null || !v || v.runtimeStatus !== "Completed") return;
+  pendingClicks.delete(id);
+  // measured when the frame showing "Completed" is drawn
+  requestAnimationFrame(() => metrics.clicks.push({ id, ms: performance.now() - t0 }));
+}
+
+subscribe("instance", ({ view, isNew }) => {
+  if (!loaded) return;
+  renderRow(view, isNew);
+  if (state.openInstance === view.instanceId) {
+    renderDetail();
+    if (view.runtimeStatus === "Completed" && view.galaxy) {
+      const key = `${view.galaxy.partitionKey}|${view.galaxy.rowKey}`;
+      if (state.galaxies.has(key) && state.selectedGalaxy !== key) selectGalaxy(key);
+    }
+  }
+  if (view.runtimeStatus === "Failed" && !isNew) toastError(`${view.name} ${view.instanceId.slice(-8)} failed: ${view.failure ? view.failure.message : "unknown error"}`);
+  noteClick(view.instanceId);
+});
+subscribe("instance-removed", (id) => {
+  const el = rows.get(id);
+  if (el) { el.remove(); rows.delete(id); }
+  if (state.openInstance === id) renderDetail();
+  scheduleCounts();
+});
+subscribe("galaxy", ({ galaxy, fresh }) => {
+  if (!loaded) return;
+  map.addGalaxy(galaxy, galaxyKey(galaxy), fresh);
+  updateGalaxyCount();
+  renderGalaxyList();
+});
+
+// ---- connection, settings --------------------------------------------------
+function renderSync(s) {
+  if (!s) return;
+  state.sync = s;
+  const c = s.connection;
+  $("connection").dataset.state = c.state;
+  $("connection-text").textContent = c.state === "Online" ? "online" : c.state === "Offline" ? "offline" : "checking…";
+  $("pending-text").textContent = `${s.pendingChanges} to sync`;
+  $("connection").title = `${c.cloudUrl}: ${c.message}. Click to check now.`;
+}
+
+$("connection").onclick = async () => {
+  try {
+    const s = await call("check_connection");
+    renderSync(s);
+    const c = s.connection;
+    if (c.state === "Online") toast(`Cloud reachable at ${c.cloudUrl}`);
+    else toastError(`Cloud offline: ${c.message}`);
+  } catch (e) { toastError(e.message); }
+};
+
+const dialog = $("settings");
+$("open-settings").onclick = () => {
+  const s = state.settings || { cloudUrl: "", cloudKey: "" };
+  $("settings-url").value = s.cloudUrl;
+  $("settings-key").value = s.cloudKey;
+  $("settings-data-dir").textContent = state.dataDir;
+  $("settings-error").hidden = true;
+  dialog.showModal();
+  $("settings-url").focus();
+};
+$("settings-cancel").onclick = () => dialog.close();
+$("settings-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    state.settings = await call("save_settings", {
+      settings: { cloudUrl: $("settings-url").value, cloudKey: $("settings-key").value },
+    });
+    dialog.close();
+    toast("Settings saved. Checking the cloud…");
+  } catch (err) {
+    $("settings-error").textContent = err.message;
+    $("settings-error").hidden = false;
+    toastError(err.message);
+  }
+});
+
+// ---- creating --------------------------------------------------------------
+async function createGalaxy() {
+  const t0 = performance.now();
+  try {
+    const id = await call("create_galaxy");
+    pendingClicks.set(id, t0);
+    openInstance(id);
+    noteClick(id);
+  } catch (e) {
+    toastError(`Could not create a galaxy: ${e.message}`);
+  }
+}
+$("create").addEventListener("click", createGalaxy);
+
+document.addEventListener("keydown", (e) => {
+  const typing = e.target.closest && e.target.closest("input, textarea, dialog, canvas");
+  if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === "n" || e.key === "N") { e.preventDefault(); createGalaxy(); }
+  if (e.key === "/") { e.preventDefault(); showTab("galaxies"); $("galaxy-search").focus(); }
+});
+
+// ---- start-up --------------------------------------------------------------
+let loaded = false;
+const early = [];   // events that arrived before the snapshot
+
+function fatal(message) {
+  $("fatal-message").textContent = message || "An unknown error stopped the start-up.";
+  $("fatal").hidden = false;
+  $("app").dataset.state = "error";
+  $("fatal-retry").focus();
+}
+
+function applySnapshot(snap) {
+  state.pid = snap.pid;
+  state.dataDir = snap.dataDir;
+  state.settings = snap.settings;
+  for (const v of snap.instances) putInstance(v);
+  for (const g of snap.galaxies) putGalaxy(g);
+  renderSync(snap.sync);
+}
+
+async function load() {
+  try {
+    const snap = await call("load_state");
+    applySnapshot(snap);
+    loaded = true;
+    for (const [kind, payload] of early.splice(0)) apply(kind, payload);
+    map.setGalaxies([...state.galaxies.values()], galaxyKey);
+    updateGalaxyCount();
+    renderAllRows();
+    renderGalaxyList();
+    $("fatal").hidden = true;
+    $("app").dataset.state = "ready";
+    for (const w of snap.warnings) toastError(w);
+    requestAnimationFrame(() => {
+      metrics.firstPaint = { at: Date.now(), uptimeMs: snap.uptimeMs, sincePageStart: performance.now() };
+      call("ui_ready", { galaxies: state.galaxies.size, instances: state.instances.size }).catch(() => {});
+    });
+  } catch (e) {
+    console.error(e);
+    fatal(e instanceof Error && !e.kind ? `${e.name}: ${e.message} ${e.stack || ""}` : errorMessage(e.message || e));
+  }
+}
+
+function apply(kind, payload) {
+  if (kind === "instance") putInstance(payload);
+  else if (kind === "galaxy") putGalaxy(payload, { fresh: true });
+}
+
+$("fatal-retry").onclick = () => load();
+
+async function start() {
+  const buffer = (kind) => (payload) => (loaded ? apply(kind, payload) : early.push([kind, payload]));
+  await Promise.all([
+    on("instance-updated", buffer("instance")),
+    on("galaxy-added", buffer("galaxy")),
+    on("sync-status", renderSync),
+    on("fatal", (message) => { if (!loaded) fatal(message); else toastError(message); }),
+    on("resync", async () => {
+      try {
+        const snap = await call("load_state");
+        for (const v of snap.instances) putInstance(v);
+        for (const g of snap.galaxies) putGalaxy(g);
+      } catch (e) { toastError(e.message); }
+    }),
+  ]);
+  await load();
+}
+
+window.addEventListener("error", (e) => toastError(`Unexpected error: ${e.message}`));
+window.addEventListener("unhandledrejection", (e) => toastError(`Unexpected error: ${errorMessage(e.reason)}`));
+start();
