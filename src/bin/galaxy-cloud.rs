@@ -4,6 +4,11 @@
 //! `CARGO_BIN_EXE_galaxy-cloud`, which Cargo only provides for binaries of
 //! the test's own package.
 
+// mimalloc: the engine's many small allocations (JSON values, history
+// events) cost noticeably less CPU than with the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     cloud::main_entry()
 }

@@ -48,7 +48,9 @@ impl Histogram {
 /// The server's own counters.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<HashMap<(String, String, u16), u64>>,
+    /// route template -> (method, status) -> count. Keyed by route first so
+    /// the hot path looks up with a borrowed `&str` and allocates nothing.
+    requests: Mutex<HashMap<String, HashMap<(&'static str, u16), u64>>>,
     dispatch: Mutex<Histogram>,
     lagged: AtomicU64,
     streams: AtomicI64,
@@ -66,20 +68,38 @@ pub struct StoreGauges {
 }
 
 impl Metrics {
-    /// Counts one answered request.
+    /// Counts one answered request. Methods outside the standard set are
+    /// counted as `other`, so arbitrary methods cannot grow the label set.
     pub fn count_request(&self, method: &str, route: &str, status: u16) {
+        let method = match method {
+            "GET" => "GET",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "PATCH" => "PATCH",
+            "HEAD" => "HEAD",
+            "OPTIONS" => "OPTIONS",
+            _ => "other",
+        };
         let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry((method.to_string(), route.to_string(), status))
-            .or_default() += 1;
+        let by_route = match map.get_mut(route) {
+            Some(m) => m,
+            None => map.entry(route.to_string()).or_default(),
+        };
+        *by_route.entry((method, status)).or_default() += 1;
     }
 
     /// Requests answered so far for `route` with `status`, any method.
     pub fn requests(&self, route: &str, status: u16) -> u64 {
         let map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .filter(|((_, r, s), _)| r == route && *s == status)
-            .map(|(_, n)| n)
-            .sum()
+        map.get(route)
+            .map(|m| {
+                m.iter()
+                    .filter(|((_, s), _)| *s == status)
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Records one dispatch latency.
@@ -113,12 +133,16 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP galaxy_http_requests_total HTTP requests answered, by method, route and status.\n");
         out.push_str("# TYPE galaxy_http_requests_total counter\n");
-        let requests: BTreeMap<_, _> = self
+        let requests: BTreeMap<(String, String, u16), u64> = self
             .requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .into_iter()
+            .iter()
+            .flat_map(|(route, m)| {
+                m.iter().map(move |((method, status), n)| {
+                    ((method.to_string(), route.clone(), *status), *n)
+                })
+            })
             .collect();
         for ((method, route, status), n) in requests {
             let _ = writeln!(
@@ -206,19 +230,11 @@ pub async fn track(
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let response = next.run(request).await;
-    // Arbitrary methods would grow the label set without bound.
-    let method = match method.as_str() {
-        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
-        _ => "other".to_string(),
-    };
-    metrics.count_request(&method, &route, response.status().as_u16());
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    metrics.count_request(method.as_str(), route, response.status().as_u16());
     response
 }
 
