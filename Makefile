@@ -52,11 +52,13 @@ tauri-driver:
 test: deps pg-deps tauri-driver
 	$(CARGO) test --workspace --all-targets
 
-bench: deps
+bench: deps pg-deps
 	$(CARGO) build --release -p galaxy --bin galaxy-bench
 	./target/release/galaxy-bench
 	$(CARGO) build --release -p cloud --bin galaxy-cloud-bench
 	./target/release/galaxy-cloud-bench
+	$(CARGO) build --release --bin galaxy-cloud --bin galaxy-pg-bench
+	./target/release/galaxy-pg-bench
 
 fmt:
 	$(CARGO) fmt --all

@@ -161,6 +161,10 @@ fn quoted_schema(schema: &str) -> Result<String, StoreError> {
     Ok(format!("\"{schema}\""))
 }
 
+/// The tables. Only the indexes the hot paths use: instance and activity
+/// rows are updated on every fetch, commit and send, and each index costs
+/// every one of those updates. Counting by status, reaping dead workers'
+/// leases and the queue depth scan instead; they are rare.
 fn schema_ddl(s: &str) -> String {
     format!(
         "
@@ -189,8 +193,6 @@ CREATE TABLE {s}.instances (
 );
 CREATE INDEX instances_due ON {s}.instances (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX instances_by_created ON {s}.instances (created_at, instance_id);
-CREATE INDEX instances_by_status ON {s}.instances (runtime_status);
-CREATE INDEX instances_by_owner ON {s}.instances (lock_owner) WHERE lock_owner IS NOT NULL;
 CREATE TABLE {s}.history (
     instance_id text COLLATE \"C\" NOT NULL,
     first_event_id int8 NOT NULL,
@@ -204,7 +206,6 @@ CREATE TABLE {s}.messages (
     message text NOT NULL
 );
 CREATE INDEX messages_by_instance ON {s}.messages (instance_id, due_ms);
-CREATE INDEX messages_by_due ON {s}.messages (due_ms);
 CREATE TABLE {s}.activities (
     id int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     instance_id text COLLATE \"C\" NOT NULL,
@@ -219,7 +220,6 @@ CREATE TABLE {s}.activities (
 );
 CREATE INDEX activities_due ON {s}.activities (due_at);
 CREATE INDEX activities_by_instance ON {s}.activities (instance_id);
-CREATE INDEX activities_by_owner ON {s}.activities (lock_owner) WHERE lock_owner IS NOT NULL;
 CREATE TABLE {s}.workers (
     id int8 PRIMARY KEY,
     pid int4 NOT NULL,
@@ -720,6 +720,12 @@ impl Sql {
 /// The PostgreSQL store. See the module docs.
 pub struct PostgresStore {
     pool: Pool,
+    /// Connections with `synchronous_commit=off`, for lease bookkeeping
+    /// only (fetch, abandon, takeover). Losing such a commit in a server
+    /// crash just hands the work out again, and any durable commit that
+    /// depends on it flushes it first (the WAL is sequential); meanwhile
+    /// fetches do not wait for a disk flush of their own.
+    leases: Pool,
     sql: Arc<Sql>,
     shared: Arc<Shared>,
     closed: AtomicBool,
@@ -799,6 +805,18 @@ impl PostgresStore {
             .max_size(config.pool_size.max(1))
             .build()
             .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
+        let mut relaxed = pg.clone();
+        relaxed.options("-c synchronous_commit=off");
+        let leases = Pool::builder(Manager::from_config(
+            relaxed,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        ))
+        .max_size(config.pool_size.div_ceil(4).max(2))
+        .build()
+        .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
         let shared = Arc::new(Shared {
             signal: Arc::new(WorkSignal::default()),
             worker: rand::random::<i64>() & i64::MAX,
@@ -828,6 +846,7 @@ impl PostgresStore {
         }
         Ok(Self {
             pool,
+            leases,
             sql: Arc::new(Sql::new(&s)),
             shared,
             closed: AtomicBool::new(false),
@@ -870,6 +889,7 @@ impl PostgresStore {
             let _ = h.await;
         }
         self.pool.close();
+        self.leases.close();
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -877,6 +897,14 @@ impl PostgresStore {
             return Err(StoreError::Closed);
         }
         self.pool.get().await.map_err(pool_err)
+    }
+
+    /// A connection for lease bookkeeping (see [`PostgresStore::leases`]).
+    async fn lease_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.leases.get().await.map_err(pool_err)
     }
 
     fn after_commit(&self, woken: Woken) {
@@ -1095,7 +1123,7 @@ impl Store for PostgresStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let c = self.client().await?;
+        let c = self.lease_client().await?;
         let prefix = token_prefix();
         let stmt = c
             .prepare_cached(&self.sql.fetch_orchestrations)
@@ -1344,7 +1372,7 @@ impl Store for PostgresStore {
         let Some(id) = token_key(lock) else {
             return Err(StoreError::LeaseLost);
         };
-        let c = self.client().await?;
+        let c = self.lease_client().await?;
         let stmt = c
             .prepare_cached(&self.sql.abandon_instance)
             .await
@@ -1372,7 +1400,7 @@ impl Store for PostgresStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let c = self.client().await?;
+        let c = self.lease_client().await?;
         let stmt = c
             .prepare_cached(&self.sql.fetch_activities)
             .await
@@ -1453,7 +1481,7 @@ impl Store for PostgresStore {
         let Some(row_id) = token_key(lock).and_then(|k| k.parse::<i64>().ok()) else {
             return Err(StoreError::LeaseLost);
         };
-        let c = self.client().await?;
+        let c = self.lease_client().await?;
         let stmt = c
             .prepare_cached(&self.sql.abandon_activity)
             .await
@@ -1474,7 +1502,7 @@ impl Store for PostgresStore {
     }
 
     async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError> {
-        let c = self.client().await?;
+        let c = self.lease_client().await?;
         let stmt = c
             .prepare_cached(&self.sql.next_wake)
             .await
