@@ -24,15 +24,16 @@ pub struct TestApp {
 /// Starts an engine with `Galaxy_Create` (and the samples if asked) and
 /// builds the router. Must run inside a Tokio runtime.
 pub fn start(samples: bool) -> TestApp {
+    start_with(samples, EngineConfig::default())
+}
+
+/// [`start`] with engine settings (e.g. a tiny update channel).
+pub fn start_with(samples: bool, config: EngineConfig) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SqliteStore::open(dir.path().join("engine.db")).expect("store"));
     let table = Arc::new(GalaxyTable::open(dir.path().join("galaxies.db"), false).expect("table"));
     let registry = cloud::server::registry(table.clone(), samples);
-    let engine = Engine::start(
-        store.clone() as Arc<dyn Store>,
-        registry,
-        EngineConfig::default(),
-    );
+    let engine = Engine::start(store.clone() as Arc<dyn Store>, registry, config);
     let keys = Keys::new(FUNCTION_KEY, MASTER_KEY).expect("keys");
     let state = AppState::new(engine, table, keys);
     let router = cloud::app(state.clone());
