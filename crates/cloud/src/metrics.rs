@@ -45,12 +45,15 @@ impl Histogram {
     }
 }
 
+/// Request counts of one route: (method, status) -> count.
+type ByMethodStatus = HashMap<(&'static str, u16), u64>;
+
 /// The server's own counters.
 #[derive(Default)]
 pub struct Metrics {
     /// route template -> (method, status) -> count. Keyed by route first so
     /// the hot path looks up with a borrowed `&str` and allocates nothing.
-    requests: Mutex<HashMap<String, HashMap<(&'static str, u16), u64>>>,
+    requests: Mutex<HashMap<String, ByMethodStatus>>,
     dispatch: Mutex<Histogram>,
     lagged: AtomicU64,
     streams: AtomicI64,
