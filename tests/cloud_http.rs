@@ -1222,6 +1222,25 @@ async fn sigterm_ends_streams_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn ctrl_c_exits_zero_too() {
+    let mut server = start();
+    let mut child = server.child.take().unwrap();
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .expect("exited in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    let rest: Vec<String> = server.lines.try_iter().collect();
+    assert!(rest.iter().any(|l| l == "galaxy-cloud stopped"), "{rest:?}");
+}
+
+#[tokio::test]
 async fn keys_are_created_once_printed_once_and_persist() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, lines) = spawn(dir.path(), &[]);

@@ -174,25 +174,28 @@ pub async fn serve(
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-pub async fn termination() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGTERM and Ctrl-C (SIGINT) handlers now and returns a
+/// future that resolves on either. Installed before the server announces
+/// itself, so a signal sent right after the `listening on` line is a
+/// graceful shutdown, not the default (immediate) death.
+pub fn termination() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
@@ -202,6 +205,8 @@ pub async fn termination() {
 /// `galaxy-cloud listening on http://ADDR` with the bound address (tests
 /// and scripts parse it), and `galaxy-cloud stopped` at the end.
 pub async fn run(args: Args) -> Result<(), ServeError> {
+    // First, so a signal at any later point is a graceful shutdown.
+    let signals = termination()?;
     let choice = StoreChoice::from_args(&args);
     // The store first: a database that cannot be reached fails the start
     // before anything is written to the data directory.
@@ -255,7 +260,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     println!("galaxy-cloud listening on http://{addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let served = serve(listener, state, termination()).await;
+    let served = serve(listener, state, signals).await;
     engine.shutdown(ENGINE_GRACE).await;
     drop(engine);
     opened.close().await;
