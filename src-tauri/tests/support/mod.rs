@@ -140,6 +140,8 @@ pub struct App {
     pub pid: u32,
     /// When the launch was requested.
     pub launched_at: Instant,
+    /// When the WebDriver session (which starts the app) was requested.
+    pub session_requested_at: std::time::SystemTime,
 }
 
 impl App {
@@ -182,6 +184,7 @@ impl App {
             "browserName": "wry",
             "tauri:options": { "application": APP },
         });
+        let session_requested_at = std::time::SystemTime::now();
         let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(caps.as_object().expect("object").clone())
             .connect(&format!("http://127.0.0.1:{port}"))
@@ -192,6 +195,7 @@ impl App {
             client,
             pid: 0,
             launched_at,
+            session_requested_at,
         };
         this.wait_js(
             "the page to load its state",
