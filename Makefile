@@ -52,13 +52,14 @@ tauri-driver:
 test: deps pg-deps tauri-driver
 	$(CARGO) test --workspace --all-targets
 
-bench: deps pg-deps
+bench: deps pg-deps tauri-driver
 	$(CARGO) build --release -p galaxy --bin galaxy-bench
 	./target/release/galaxy-bench
 	$(CARGO) build --release -p cloud --bin galaxy-cloud-bench
 	./target/release/galaxy-cloud-bench
 	$(CARGO) build --release --bin galaxy-cloud --bin galaxy-pg-bench
 	./target/release/galaxy-pg-bench
+	$(CARGO) bench -p galaxy-desktop --bench desktop
 
 fmt:
 	$(CARGO) fmt --all
