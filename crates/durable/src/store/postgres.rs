@@ -34,7 +34,8 @@
 //!   stamps its leases with its worker id. When a dispatcher goes idle,
 //!   [`Store::next_wake_at`] drops workers whose backend is gone from
 //!   `pg_stat_activity` (the process died, the server closed its
-//!   connection) and makes their leases due at once: a killed process's work
+//!   connection; a backend start time hidden from a role without the
+//!   privilege to see it counts as alive) and makes their leases due at once: a killed process's work
 //!   moves on in milliseconds instead of after the lease. A worker that was
 //!   only disconnected loses nothing but the lease: its commits then get
 //!   [`StoreError::LeaseLost`] if someone else took the work.
@@ -56,7 +57,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use futures::future::try_join_all;
+use futures::future::join_all;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
@@ -481,6 +482,8 @@ pub mod listener {
                 // Announcements may have been missed while disconnected.
                 None => shared.wake_local(true, true),
             }
+            // Send what was queued while disconnected.
+            shared.kick.notify_one();
             *shared.hint_sent.lock().expect("hint lock") = None;
             let stopped = loop {
                 tokio::select! {
@@ -678,7 +681,7 @@ impl Sql {
             fetch_activities: format!(
                 "WITH picked AS (SELECT id FROM {s}.activities WHERE due_at <= {NOW} \
                    ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 UPDATE {s}.activities a SET lock_token = $2 || a.id::text, lock_owner = $3, \
+                 UPDATE {s}.activities a SET lock_token = $2 || a.id::text || '/' || a.instance_id, lock_owner = $3, \
                    due_at = {NOW} + $4, attempts = a.attempts + 1 \
                  FROM picked WHERE a.id = picked.id \
                  RETURNING a.id, a.instance_id, a.execution_id, a.task_id, a.name, a.input, a.attempts, \
@@ -699,11 +702,13 @@ impl Sql {
                 "SELECT LEAST((SELECT min(due_at) FROM {s}.instances WHERE due_at > {NOW}), \
                    (SELECT min(due_at) FROM {s}.activities WHERE due_at > {NOW})), \
                    EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
-                     (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid AND a.backend_start = w.backend_start))"
+                     (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
+                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)))"
             ),
             reap: format!(
                 "WITH dead AS (DELETE FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
-                   (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid AND a.backend_start = w.backend_start) \
+                   (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
+                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)) \
                    RETURNING w.id), \
                  ri AS (UPDATE {s}.instances SET due_at = {NOW}, lock_owner = NULL \
                    WHERE lock_owner IN (SELECT id FROM dead) RETURNING 1), \
@@ -749,9 +754,19 @@ fn token_prefix() -> String {
     format!("{}:", uuid::Uuid::new_v4().simple())
 }
 
-/// The row key part of a token (instance id or activity id).
+/// The row key part of a token: an instance id, or for an activity its row
+/// id, `/` and its instance id.
 fn token_key(lock: &WorkLock) -> Option<&str> {
     lock.0.split_once(':').map(|(_, k)| k)
+}
+
+/// An activity token's row id and instance id.
+fn activity_key(lock: &WorkLock) -> Option<(i64, InstanceId)> {
+    let (id, instance) = token_key(lock)?.split_once('/')?;
+    Some((
+        id.parse().ok()?,
+        InstanceId::from_stored(instance.to_string()),
+    ))
 }
 
 fn lease_ms(d: Duration) -> i64 {
@@ -924,25 +939,33 @@ impl Drop for PostgresStore {
     }
 }
 
-/// Sends a message inside a transaction. `external` sends (client requests)
+/// The parameters of the `send` statement for one message.
+struct SendArgs {
+    id: String,
+    visible: Option<i64>,
+    text: String,
+    rewind: bool,
+}
+
+impl SendArgs {
+    fn new(id: &InstanceId, message: &Message) -> Self {
+        Self {
+            id: id.as_str().to_string(),
+            visible: message.visible_at.map(|t| t.timestamp_millis()),
+            text: json(message),
+            rewind: matches!(message.kind, EventKind::Rewound { .. }),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 4] {
+        [&self.id, &self.visible, &self.text, &self.rewind]
+    }
+}
+
+/// What the `send` statement answered. `external` sends (client requests)
 /// get errors for a missing or finished instance; internal ones (results)
 /// are dropped.
-async fn send_in(
-    c: &impl GenericClient,
-    sql: &Sql,
-    id: &InstanceId,
-    message: &Message,
-    external: bool,
-    woken: &mut Woken,
-) -> Result<(), StoreError> {
-    let stmt = c.prepare_cached(&sql.send).await.map_err(db_err)?;
-    let rewind = matches!(message.kind, EventKind::Rewound { .. });
-    let visible = message.visible_at.map(|t| t.timestamp_millis());
-    let text = json(message);
-    let row = c
-        .query_one(&stmt, &[&id.as_str(), &visible, &text, &rewind])
-        .await
-        .map_err(db_err)?;
+fn sent(row: &Row, id: &InstanceId, external: bool, woken: &mut Woken) -> Result<(), StoreError> {
     let status: Option<String> = row.get(0);
     let due: Option<i64> = row.get(1);
     let now: i64 = row.get(2);
@@ -957,6 +980,72 @@ async fn send_in(
     }
 }
 
+/// Sends a message inside a transaction (see [`sent`]).
+async fn send_in(
+    c: &impl GenericClient,
+    sql: &Sql,
+    id: &InstanceId,
+    message: &Message,
+    external: bool,
+    woken: &mut Woken,
+) -> Result<(), StoreError> {
+    let stmt = c.prepare_cached(&sql.send).await.map_err(db_err)?;
+    let args = SendArgs::new(id, message);
+    let row = c.query_one(&stmt, &args.params()).await.map_err(db_err)?;
+    sent(&row, id, external, woken)
+}
+
+/// The parameters of the `upsert_instance` statement for one instance.
+struct CreateArgs {
+    id: String,
+    name: String,
+    execution_id: String,
+    input: String,
+    created: i64,
+    parent: Option<String>,
+    started: String,
+}
+
+impl CreateArgs {
+    fn new(inst: &NewInstance) -> Self {
+        let started = Message {
+            execution_id: Some(inst.execution_id.clone()),
+            visible_at: None,
+            sent_at: inst.created_at,
+            kind: EventKind::ExecutionStarted {
+                name: inst.name.clone(),
+                input: inst.input.clone(),
+                execution_id: inst.execution_id.clone(),
+                parent: inst.parent.clone(),
+            },
+        };
+        Self {
+            id: inst.instance_id.as_str().to_string(),
+            name: inst.name.clone(),
+            execution_id: inst.execution_id.clone(),
+            input: json(&inst.input),
+            created: inst.created_at.timestamp_millis(),
+            parent: inst
+                .parent
+                .as_ref()
+                .map(|p| p.instance_id.as_str().to_string()),
+            started: json(&started),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.id,
+            &self.name,
+            &self.execution_id,
+            &self.input,
+            &self.created,
+            &self.parent,
+            &self.started,
+        ]
+    }
+}
+
 /// Inserts or replaces an instance inside a transaction; `false` when a live
 /// instance holds the id.
 async fn create_in(
@@ -964,38 +1053,38 @@ async fn create_in(
     sql: &Sql,
     inst: &NewInstance,
 ) -> Result<bool, StoreError> {
-    let started = Message {
-        execution_id: Some(inst.execution_id.clone()),
-        visible_at: None,
-        sent_at: inst.created_at,
-        kind: EventKind::ExecutionStarted {
-            name: inst.name.clone(),
-            input: inst.input.clone(),
-            execution_id: inst.execution_id.clone(),
-            parent: inst.parent.clone(),
-        },
-    };
     let stmt = c
         .prepare_cached(&sql.upsert_instance)
         .await
         .map_err(db_err)?;
-    let parent = inst.parent.as_ref().map(|p| p.instance_id.as_str());
-    let row = c
-        .query_one(
-            &stmt,
-            &[
-                &inst.instance_id.as_str(),
-                &inst.name,
-                &inst.execution_id,
-                &json(&inst.input),
-                &inst.created_at.timestamp_millis(),
-                &parent,
-                &json(&started),
-            ],
-        )
-        .await
-        .map_err(db_err)?;
+    let args = CreateArgs::new(inst);
+    let row = c.query_one(&stmt, &args.params()).await.map_err(db_err)?;
     Ok(row.get::<_, i64>(0) == 1)
+}
+
+/// The `SubOrchestrationFailed` a parent gets when its child's id is held by
+/// a live instance.
+fn child_conflict(child: &NewInstance) -> (InstanceId, Message) {
+    let parent = child
+        .parent
+        .as_ref()
+        .expect("sub-orchestrations have a parent");
+    let message = Message {
+        execution_id: Some(parent.execution_id.clone()),
+        visible_at: None,
+        sent_at: child.created_at,
+        kind: EventKind::SubOrchestrationFailed {
+            task_id: parent.task_id,
+            error: FailureDetails::new(
+                "Conflict",
+                format!(
+                    "sub-orchestration instance '{}' already exists and is not finished",
+                    child.instance_id
+                ),
+            ),
+        },
+    };
+    (parent.instance_id.clone(), message)
 }
 
 fn status_from_row(r: &Row) -> Result<InstanceStatus, StoreError> {
@@ -1214,147 +1303,165 @@ impl Store for PostgresStore {
         let id = commit.instance_id.as_str();
         let s = &commit.status;
         let terminal = s.runtime_status.is_terminal();
-        let stmt = tx
+        // Everything goes out pipelined in one round trip; the server runs
+        // the statements in order. The status UPDATE comes first and is the
+        // lease check: once it holds the row lock, each later statement
+        // takes its snapshot after every send that committed before us, so
+        // the due time recomputed last sees every message. If the lease was
+        // lost, the UPDATE matched nothing and the whole transaction is
+        // rolled back below, whatever the later statements did.
+        let status_args: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(id.to_string()),
+            Box::new(commit.lock.0.clone()),
+            Box::new(s.runtime_status.as_str()),
+            Box::new(s.execution_id.clone()),
+            Box::new(s.input.as_ref().map(json)),
+            Box::new(s.output.as_ref().map(json)),
+            Box::new(s.custom_status.as_ref().map(json)),
+            Box::new(s.failure.as_ref().map(json)),
+            Box::new(s.history_events as i64),
+            Box::new(s.history_bytes as i64),
+            Box::new(s.updated_at.timestamp_millis()),
+        ];
+        let mut plain: Vec<(tokio_postgres::Statement, Vec<Box<dyn ToSql + Sync + Send>>)> =
+            Vec::new();
+        let st_status = tx
             .prepare_cached(&sql.commit_status)
             .await
             .map_err(db_err)?;
-        let updated = tx
-            .execute(
-                &stmt,
-                &[
-                    &id,
-                    &commit.lock.0,
-                    &s.runtime_status.as_str(),
-                    &s.execution_id,
-                    &s.input.as_ref().map(json),
-                    &s.output.as_ref().map(json),
-                    &s.custom_status.as_ref().map(json),
-                    &s.failure.as_ref().map(json),
-                    &(s.history_events as i64),
-                    &(s.history_bytes as i64),
-                    &s.updated_at.timestamp_millis(),
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        if updated == 0 {
-            // Dropping the transaction rolls it back: nothing changed.
-            return Err(StoreError::LeaseLost);
+        if commit.replace_history {
+            let st = tx
+                .prepare_cached(&sql.delete_history)
+                .await
+                .map_err(db_err)?;
+            plain.push((st, vec![Box::new(id.to_string())]));
         }
-        // The row is locked now: nothing else changes this instance until
-        // the commit. The statements below go out pipelined.
-        let mut woken = Woken::default();
-        {
-            let mut work = Vec::new();
-            if commit.replace_history {
-                let st = tx
-                    .prepare_cached(&sql.delete_history)
-                    .await
-                    .map_err(db_err)?;
-                work.push((
-                    st,
-                    vec![Box::new(id.to_string()) as Box<dyn ToSql + Sync + Send>],
-                ));
+        if let Some(first) = commit.history.first() {
+            let st = tx
+                .prepare_cached(&sql.insert_history)
+                .await
+                .map_err(db_err)?;
+            plain.push((
+                st,
+                vec![
+                    Box::new(id.to_string()),
+                    Box::new(first.event_id as i64),
+                    Box::new(json(&commit.history)),
+                ],
+            ));
+        }
+        if terminal {
+            // A finished instance takes no more work: drop what waits.
+            let st = tx.prepare_cached(&sql.delete_inbox).await.map_err(db_err)?;
+            plain.push((st, vec![Box::new(id.to_string())]));
+        } else if !commit.consumed.is_empty() {
+            let st = tx
+                .prepare_cached(&sql.delete_consumed)
+                .await
+                .map_err(db_err)?;
+            plain.push((
+                st,
+                vec![Box::new(id.to_string()), Box::new(commit.consumed.clone())],
+            ));
+        }
+        // Activities grouped by (instance, execution): one statement each.
+        let mut groups: Vec<((String, String), Vec<&NewActivity>)> = Vec::new();
+        for a in &commit.activities {
+            let key = (a.instance_id.as_str().to_string(), a.execution_id.clone());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(a),
+                None => groups.push((key, vec![a])),
             }
-            if let Some(first) = commit.history.first() {
-                let st = tx
-                    .prepare_cached(&sql.insert_history)
-                    .await
-                    .map_err(db_err)?;
-                work.push((
-                    st,
+        }
+        let mut woken = Woken::default();
+        if !groups.is_empty() {
+            woken.activities = true;
+            let st = tx
+                .prepare_cached(&sql.insert_activities)
+                .await
+                .map_err(db_err)?;
+            for ((inst, exec), acts) in groups {
+                let tasks: Vec<i64> = acts.iter().map(|a| a.task_id as i64).collect();
+                let names: Vec<String> = acts.iter().map(|a| a.name.clone()).collect();
+                let inputs: Vec<String> = acts.iter().map(|a| json(&a.input)).collect();
+                plain.push((
+                    st.clone(),
                     vec![
-                        Box::new(id.to_string()),
-                        Box::new(first.event_id as i64),
-                        Box::new(json(&commit.history)),
+                        Box::new(inst),
+                        Box::new(exec),
+                        Box::new(tasks),
+                        Box::new(names),
+                        Box::new(inputs),
                     ],
                 ));
             }
-            if terminal {
-                // A finished instance takes no more work: drop what waits.
-                let st = tx.prepare_cached(&sql.delete_inbox).await.map_err(db_err)?;
-                work.push((st, vec![Box::new(id.to_string())]));
-            } else if !commit.consumed.is_empty() {
-                let st = tx
-                    .prepare_cached(&sql.delete_consumed)
-                    .await
-                    .map_err(db_err)?;
-                work.push((
-                    st,
-                    vec![Box::new(id.to_string()), Box::new(commit.consumed.clone())],
-                ));
-            }
-            // Activities grouped by (instance, execution): one statement each.
-            let mut groups: Vec<((String, String), Vec<&NewActivity>)> = Vec::new();
-            for a in &commit.activities {
-                let key = (a.instance_id.as_str().to_string(), a.execution_id.clone());
-                match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, v)) => v.push(a),
-                    None => groups.push((key, vec![a])),
-                }
-            }
-            if !groups.is_empty() {
-                woken.activities = true;
-                let st = tx
-                    .prepare_cached(&sql.insert_activities)
-                    .await
-                    .map_err(db_err)?;
-                for ((inst, exec), acts) in groups {
-                    let tasks: Vec<i64> = acts.iter().map(|a| a.task_id as i64).collect();
-                    let names: Vec<String> = acts.iter().map(|a| a.name.clone()).collect();
-                    let inputs: Vec<String> = acts.iter().map(|a| json(&a.input)).collect();
-                    work.push((
-                        st.clone(),
-                        vec![
-                            Box::new(inst),
-                            Box::new(exec),
-                            Box::new(tasks),
-                            Box::new(names),
-                            Box::new(inputs),
-                        ],
-                    ));
-                }
-            }
-            let bound: Vec<_> = work.iter().map(|(st, args)| (st, params(args))).collect();
-            try_join_all(bound.iter().map(|(st, args)| tx.execute(*st, args)))
-                .await
-                .map_err(db_err)?;
         }
-        for child in &commit.new_instances {
-            if create_in(&tx, &sql, child).await? {
+        let children: Vec<CreateArgs> = commit.new_instances.iter().map(CreateArgs::new).collect();
+        let sends: Vec<SendArgs> = commit
+            .messages
+            .iter()
+            .map(|m| SendArgs::new(&m.instance_id, &m.message))
+            .collect();
+        let st_create = tx
+            .prepare_cached(&sql.upsert_instance)
+            .await
+            .map_err(db_err)?;
+        let st_send = tx.prepare_cached(&sql.send).await.map_err(db_err)?;
+        let st_recompute = tx
+            .prepare_cached(&sql.recompute_due)
+            .await
+            .map_err(db_err)?;
+
+        let status_params = params(&status_args);
+        let plain_params: Vec<_> = plain.iter().map(|(st, a)| (st, params(a))).collect();
+        let child_params: Vec<_> = children.iter().map(CreateArgs::params).collect();
+        let send_params: Vec<_> = sends.iter().map(SendArgs::params).collect();
+        let id_param: [&(dyn ToSql + Sync); 1] = [&id];
+        let (updated, plain_done, created, delivered, recomputed) = futures::join!(
+            tx.execute(&st_status, &status_params),
+            join_all(plain_params.iter().map(|(st, a)| tx.execute(*st, a))),
+            join_all(child_params.iter().map(|a| tx.query_one(&st_create, a))),
+            join_all(send_params.iter().map(|a| tx.query_one(&st_send, a))),
+            async {
+                if terminal {
+                    None
+                } else {
+                    Some(tx.query_one(&st_recompute, &id_param).await)
+                }
+            },
+        );
+        if updated.map_err(db_err)? == 0 {
+            // Nothing changed once rolled back. Awaited, not left to the
+            // drop: the later statements may hold row locks (a send's
+            // target) that a fetch right after this call must not skip.
+            let _ = tx.rollback().await;
+            return Err(StoreError::LeaseLost);
+        }
+        for r in plain_done {
+            r.map_err(db_err)?;
+        }
+        let mut conflicts = Vec::new();
+        for (child, row) in commit.new_instances.iter().zip(created) {
+            if row.map_err(db_err)?.get::<_, i64>(0) == 1 {
                 woken.orchestrations = true;
-                continue;
+            } else {
+                conflicts.push(child_conflict(child));
             }
-            let parent = child
-                .parent
-                .as_ref()
-                .expect("sub-orchestrations have a parent");
-            let message = Message {
-                execution_id: Some(parent.execution_id.clone()),
-                visible_at: None,
-                sent_at: child.created_at,
-                kind: EventKind::SubOrchestrationFailed {
-                    task_id: parent.task_id,
-                    error: FailureDetails::new(
-                        "Conflict",
-                        format!(
-                            "sub-orchestration instance '{}' already exists and is not finished",
-                            child.instance_id
-                        ),
-                    ),
-                },
-            };
-            send_in(&tx, &sql, &parent.instance_id, &message, false, &mut woken).await?;
         }
-        for m in &commit.messages {
-            send_in(&tx, &sql, &m.instance_id, &m.message, false, &mut woken).await?;
+        for (m, row) in commit.messages.iter().zip(delivered) {
+            sent(&row.map_err(db_err)?, &m.instance_id, false, &mut woken)?;
         }
-        if !terminal {
-            let st = tx
-                .prepare_cached(&sql.recompute_due)
-                .await
-                .map_err(db_err)?;
-            let row = tx.query_one(&st, &[&id]).await.map_err(db_err)?;
+        let mut recomputed = recomputed.transpose().map_err(db_err)?;
+        if !conflicts.is_empty() {
+            // Rare: tell the parent, then recompute its due time again.
+            for (parent, message) in &conflicts {
+                send_in(&tx, &sql, parent, message, false, &mut woken).await?;
+            }
+            if !terminal {
+                recomputed = Some(tx.query_one(&st_recompute, &[&id]).await.map_err(db_err)?);
+            }
+        }
+        if let Some(row) = recomputed {
             if let Some(due) = row.get::<_, Option<i64>>(0) {
                 woken.due(due, row.get(1));
             }
@@ -1449,25 +1556,34 @@ impl Store for PostgresStore {
         lock: &WorkLock,
         result: Message,
     ) -> Result<(), StoreError> {
-        let Some(row_id) = token_key(lock).and_then(|k| k.parse::<i64>().ok()) else {
+        let Some((row_id, instance_id)) = activity_key(lock) else {
             return Err(StoreError::LeaseLost);
         };
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db_err)?;
-        let stmt = tx
+        let done = tx
             .prepare_cached(&self.sql.complete_activity)
             .await
             .map_err(db_err)?;
-        let Some(row) = tx
-            .query_opt(&stmt, &[&row_id, &lock.0])
-            .await
-            .map_err(db_err)?
-        else {
+        let send = tx.prepare_cached(&self.sql.send).await.map_err(db_err)?;
+        // Both in one round trip (the token names the instance); if the
+        // DELETE found no row under this token the lease was lost and the
+        // rollback undoes the delivery too.
+        let args = SendArgs::new(&instance_id, &result);
+        let done_params: [&(dyn ToSql + Sync); 2] = [&row_id, &lock.0];
+        let send_params = args.params();
+        let (deleted, delivered) = futures::join!(
+            tx.query_opt(&done, &done_params),
+            tx.query_one(&send, &send_params),
+        );
+        if deleted.map_err(db_err)?.is_none() {
+            // Awaited: the delivery holds the instance's row lock until
+            // then, and a fetch right after this call must not skip it.
+            let _ = tx.rollback().await;
             return Err(StoreError::LeaseLost);
-        };
-        let instance_id = InstanceId::from_stored(row.get(0));
+        }
         let mut woken = Woken::default();
-        send_in(&tx, &self.sql, &instance_id, &result, false, &mut woken).await?;
+        sent(&delivered.map_err(db_err)?, &instance_id, false, &mut woken)?;
         tx.commit().await.map_err(db_err)?;
         self.after_commit(woken);
         Ok(())
@@ -1478,7 +1594,7 @@ impl Store for PostgresStore {
         lock: &WorkLock,
         delay: Duration,
     ) -> Result<(), StoreError> {
-        let Some(row_id) = token_key(lock).and_then(|k| k.parse::<i64>().ok()) else {
+        let Some((row_id, _)) = activity_key(lock) else {
             return Err(StoreError::LeaseLost);
         };
         let c = self.lease_client().await?;
@@ -1619,6 +1735,9 @@ impl Store for PostgresStore {
         };
         let status = parse_status(row.get(0))?;
         if !status.is_terminal() {
+            // Release the row lock now, not whenever the drop's rollback
+            // reaches the server: a fetch would skip the row meanwhile.
+            let _ = tx.rollback().await;
             return Ok(PurgeOutcome::NotTerminal(status));
         }
         delete_instances(&tx, s, &[instance_id.as_str().to_string()]).await?;
