@@ -108,11 +108,12 @@ impl PgGalaxyTable {
                 x int4 NOT NULL, y int4 NOT NULL, z int4 NOT NULL,
                 instance_id text NOT NULL,
                 PRIMARY KEY (partition_key, row_key)
-             );
-             CREATE INDEX IF NOT EXISTS galaxies_by_instance ON {table} (instance_id);"
+             );"
         ))
         .await
         .map_err(pg_err)?;
+        // A table that was already there must have our columns; checked
+        // before anything else touches it (the transaction then rolls back).
         tx.query(&format!("SELECT {COLUMNS} FROM {table} LIMIT 0"), &[])
             .await
             .map_err(|e| {
@@ -121,6 +122,11 @@ impl PgGalaxyTable {
                     pg_err(e)
                 ))
             })?;
+        tx.batch_execute(&format!(
+            "CREATE INDEX IF NOT EXISTS galaxies_by_instance ON {table} (instance_id)"
+        ))
+        .await
+        .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         drop(client);
         Ok(Self { pool, table })
