@@ -821,7 +821,12 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
         let mut relaxed = pg.clone();
-        relaxed.options("-c synchronous_commit=off");
+        // Added to whatever options the URL carries, not instead of them.
+        let options = match pg.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} -c synchronous_commit=off"),
+            _ => "-c synchronous_commit=off".to_string(),
+        };
+        relaxed.options(&options);
         let leases = Pool::builder(Manager::from_config(
             relaxed,
             NoTls,
