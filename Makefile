@@ -32,10 +32,22 @@ pg-deps:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
+# The backend on 127.0.0.1:7071 (data in data/cloud) and the desktop app.
+# Without a display the backend runs in the foreground and one line says
+# how to see the app.
+CLOUD_LISTEN ?= 127.0.0.1:7071
+CLOUD_DATA_DIR ?= data/cloud
+
 run: deps
-	$(CARGO) build --release -p galaxy-desktop
-	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then ./target/release/galaxy-desktop; \
-	else echo "No DISPLAY here: 'make screenshot' runs the app under Xvfb and saves target/screenshots/run.png"; fi
+	$(CARGO) build --release -p galaxy-desktop -p galaxy-forge --bin galaxy-desktop --bin galaxy-cloud
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
+	  ./target/release/galaxy-cloud --listen $(CLOUD_LISTEN) --data-dir $(CLOUD_DATA_DIR) & cloud=$$!; \
+	  trap 'kill $$cloud 2>/dev/null; wait $$cloud 2>/dev/null' EXIT INT TERM; \
+	  ./target/release/galaxy-desktop; \
+	else \
+	  echo "No display here: the backend runs below on http://$(CLOUD_LISTEN); to see the app, run 'make screenshot' (it opens the app under Xvfb and saves target/screenshots/run.png) or run 'make run' in a desktop session."; \
+	  exec ./target/release/galaxy-cloud --listen $(CLOUD_LISTEN) --data-dir $(CLOUD_DATA_DIR); \
+	fi
 
 screenshot: deps
 	$(CARGO) build --release -p galaxy-desktop
