@@ -67,6 +67,14 @@ fn new_instance(id: &str) -> NewInstance {
     }
 }
 
+/// A store that takes any due work at once, wherever its last turn ran:
+/// for tests of two stores handing work to each other.
+fn no_affinity(url: &str) -> PostgresConfig {
+    let mut c = PostgresConfig::new(url);
+    c.affinity = Duration::ZERO;
+    c
+}
+
 async fn raw(url: &str, sql: &str) {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -147,18 +155,88 @@ async fn schema_checks_at_connect() {
     assert!(matches!(r, Err(StoreError::Incompatible(_))), "{r:?}");
 }
 
+/// An instance's work goes to the process that created it or ran its last
+/// turn (it has the run cached); another process takes it only when that
+/// one leaves it due for longer than the affinity, and wakes up for that
+/// moment. A store that closes leaves its instances to the others at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_keeps_an_instance_where_it_ran() {
+    let url = fresh_url().await;
+    let affinity = Duration::from_millis(1500);
+    let mut config = PostgresConfig::new(&url);
+    config.affinity = affinity;
+    let a = PostgresStore::connect(config.clone()).await.unwrap();
+    let b = PostgresStore::connect(config).await.unwrap();
+    let lease = Duration::from_secs(60);
+
+    let t0 = Instant::now();
+    a.create_instance(new_instance("af")).await.unwrap();
+    let early = b.fetch_orchestration_work(10, lease).await.unwrap();
+    if t0.elapsed() < affinity {
+        assert!(early.is_empty(), "b took a's new instance at once");
+    }
+    let item = a.fetch_orchestration_work(10, lease).await.unwrap();
+    assert_eq!(item.len(), 1, "a did not get its own instance");
+    a.abandon_orchestration_work(&item[0].lock, Duration::ZERO)
+        .await
+        .unwrap();
+
+    // a leaves it due: b wakes up when the affinity runs out and takes it.
+    let due = Instant::now();
+    let wake = b
+        .next_wake_at()
+        .await
+        .unwrap()
+        .expect("a wake-up for a's work");
+    let until = (wake - durable::types::now()).to_std().unwrap_or_default();
+    assert!(until <= affinity, "b plans to wake in {until:?}");
+    let mut taken = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while taken.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "b never took the instance a left"
+        );
+        let wake = b.next_wake_at().await.unwrap();
+        let until = wake
+            .map(|w| (w - durable::types::now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(1));
+        tokio::time::sleep(until).await;
+        taken = b.fetch_orchestration_work(10, lease).await.unwrap();
+    }
+    assert!(due.elapsed() >= affinity - Duration::from_millis(50));
+    assert_eq!(taken[0].instance_id.as_str(), "af");
+    assert_eq!(taken[0].attempts, 2);
+    b.abandon_orchestration_work(&taken[0].lock, Duration::ZERO)
+        .await
+        .unwrap();
+
+    // a closes: b takes a's instances without waiting.
+    a.create_instance(new_instance("af2")).await.unwrap();
+    a.close().await;
+    let t1 = Instant::now();
+    let mut got: Vec<String> = b
+        .fetch_orchestration_work(10, lease)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.instance_id.to_string())
+        .collect();
+    got.sort();
+    if t1.elapsed() < affinity {
+        assert_eq!(got, ["af", "af2"]);
+    }
+    b.close().await;
+}
+
 /// Work made visible by one store wakes the dispatchers of another store
 /// on the same database (another process) through LISTEN/NOTIFY, with no
 /// polling on the receiving side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_wake_other_processes() {
     let url = fresh_url().await;
-    let a = PostgresStore::connect(PostgresConfig::new(&url))
-        .await
-        .unwrap();
-    let b = PostgresStore::connect(PostgresConfig::new(&url))
-        .await
-        .unwrap();
+    let a = PostgresStore::connect(no_affinity(&url)).await.unwrap();
+    let b = PostgresStore::connect(no_affinity(&url)).await.unwrap();
     let signal = b.work_signal();
 
     let orchestrations = signal.orchestrations.notified();
@@ -269,7 +347,7 @@ async fn leases_of_a_dead_worker_are_taken_over() {
     let held = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let ids = rt.block_on(async {
-            let doomed = PostgresStore::connect(PostgresConfig::new(&doomed_url))
+            let doomed = PostgresStore::connect(no_affinity(&doomed_url))
                 .await
                 .unwrap();
             let items = doomed

@@ -39,6 +39,12 @@
 //!   moves on in milliseconds instead of after the lease. A worker that was
 //!   only disconnected loses nothing but the lease: its commits then get
 //!   [`StoreError::LeaseLost`] if someone else took the work.
+//! - **Affinity**: an instance row names its `home`, the worker that
+//!   created it or committed its last turn and so holds its run in the
+//!   engine's cache. Other workers take its work only once it has been due
+//!   for [`PostgresConfig::affinity`] (and their `next_wake_at` says when
+//!   that is), so a busy or dead home delays it by that much at most, while
+//!   turns normally run where no history has to be replayed.
 //! - **Its own schema** (default `durable`), created at the first connect
 //!   under an advisory lock (so processes starting together do not race)
 //!   and marked with a `meta` row (application and schema version). A schema
@@ -76,7 +82,7 @@ use crate::types::{
 /// Written into the `meta` table; a schema with another value is not ours.
 const APPLICATION: &str = "galaxy-forge durable store";
 /// Version of the tables below; another version is refused at connect.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// The database clock in whole milliseconds. `statement_timestamp()` is
 /// stable within a statement, so index scans can use it; `floor` so that a
 /// time is never reported as reached before it is.
@@ -94,15 +100,22 @@ pub struct PostgresConfig {
     pub schema: String,
     /// Connections in the pool (the listener has its own).
     pub pool_size: usize,
+    /// How long work of an instance whose last turn ran in another live
+    /// process is left to that process before this one takes it. That
+    /// process holds the instance's run in its cache; a turn elsewhere
+    /// replays the whole history. Zero: no affinity.
+    pub affinity: Duration,
 }
 
 impl PostgresConfig {
-    /// Defaults for `url`: schema `durable`, 16 connections.
+    /// Defaults for `url`: schema `durable`, 16 connections, 50 ms of
+    /// affinity.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             schema: "durable".into(),
             pool_size: 16,
+            affinity: Duration::from_millis(50),
         }
     }
 }
@@ -190,7 +203,8 @@ CREATE TABLE {s}.instances (
     attempts int4 NOT NULL DEFAULT 0,
     lock_token text,
     lock_owner int8,
-    due_at int8
+    due_at int8,
+    home int8
 );
 CREATE INDEX instances_due ON {s}.instances (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX instances_by_created ON {s}.instances (created_at, instance_id);
@@ -599,6 +613,7 @@ impl Sql {
         Self {
             fetch_orchestrations: format!(
                 "WITH picked AS (SELECT instance_id FROM {s}.instances WHERE due_at <= {NOW} \
+                   AND (home IS NULL OR home = $3 OR due_at <= {NOW} - $5) \
                    ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  UPDATE {s}.instances i SET lock_token = $2 || i.instance_id, lock_owner = $3, \
                    due_at = {NOW} + $4, attempts = i.attempts + 1 \
@@ -620,7 +635,8 @@ impl Sql {
             commit_status: format!(
                 "UPDATE {s}.instances SET runtime_status = $3, execution_id = $4, input = COALESCE($5, input), \
                    output = $6, custom_status = $7, failure = $8, history_events = $9, history_bytes = $10, \
-                   last_updated_at = $11, attempts = 0, lock_token = NULL, lock_owner = NULL, due_at = NULL \
+                   last_updated_at = $11, attempts = 0, lock_token = NULL, lock_owner = NULL, due_at = NULL, \
+                   home = $12 \
                  WHERE instance_id = $1 AND lock_token = $2"
             ),
             delete_history: format!("DELETE FROM {s}.history WHERE instance_id = $1"),
@@ -646,14 +662,14 @@ impl Sql {
             upsert_instance: format!(
                 "WITH up AS ( \
                    INSERT INTO {s}.instances AS i (instance_id, name, execution_id, runtime_status, input, \
-                     created_at, last_updated_at, parent_instance_id, due_at) \
-                   VALUES ($1, $2, $3, 'Pending', $4, $5, $5, $6, {NOW}) \
+                     created_at, last_updated_at, parent_instance_id, due_at, home) \
+                   VALUES ($1, $2, $3, 'Pending', $4, $5, $5, $6, {NOW}, $8) \
                    ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, \
                      execution_id = excluded.execution_id, runtime_status = 'Pending', input = excluded.input, \
                      output = NULL, custom_status = NULL, failure = NULL, created_at = excluded.created_at, \
                      last_updated_at = excluded.last_updated_at, parent_instance_id = excluded.parent_instance_id, \
                      history_events = 0, history_bytes = 0, attempts = 0, lock_token = NULL, lock_owner = NULL, \
-                     due_at = excluded.due_at \
+                     due_at = excluded.due_at, home = excluded.home \
                    WHERE i.runtime_status IN ({terminal}) \
                    RETURNING i.instance_id, (xmax = 0) AS inserted), \
                  dh AS (DELETE FROM {s}.history h USING up WHERE h.instance_id = up.instance_id AND NOT up.inserted), \
@@ -700,7 +716,9 @@ impl Sql {
             ),
             next_wake: format!(
                 "SELECT LEAST((SELECT min(due_at) FROM {s}.instances WHERE due_at > {NOW}), \
-                   (SELECT min(due_at) FROM {s}.activities WHERE due_at > {NOW})), \
+                   (SELECT min(due_at) FROM {s}.activities WHERE due_at > {NOW}), \
+                   (SELECT min(due_at) + $2 FROM {s}.instances WHERE due_at > {NOW} - $2 \
+                     AND due_at <= {NOW} AND home <> $1)), \
                    EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
                      (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
                        AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)))"
@@ -710,8 +728,12 @@ impl Sql {
                    (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
                        AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)) \
                    RETURNING w.id), \
-                 ri AS (UPDATE {s}.instances SET due_at = {NOW}, lock_owner = NULL \
-                   WHERE lock_owner IN (SELECT id FROM dead) RETURNING 1), \
+                 ri AS (UPDATE {s}.instances SET \
+                     due_at = CASE WHEN lock_owner IN (SELECT id FROM dead) THEN {NOW} ELSE due_at END, \
+                     lock_owner = CASE WHEN lock_owner IN (SELECT id FROM dead) THEN NULL ELSE lock_owner END, \
+                     home = CASE WHEN home IN (SELECT id FROM dead) THEN NULL ELSE home END \
+                   WHERE lock_owner IN (SELECT id FROM dead) OR home IN (SELECT id FROM dead) \
+                   RETURNING 1), \
                  ra AS (UPDATE {s}.activities SET due_at = {NOW}, lock_owner = NULL \
                    WHERE lock_owner IN (SELECT id FROM dead) RETURNING 1) \
                  SELECT (SELECT count(*) FROM ri), (SELECT count(*) FROM ra)"
@@ -733,6 +755,8 @@ pub struct PostgresStore {
     leases: Pool,
     sql: Arc<Sql>,
     shared: Arc<Shared>,
+    /// [`PostgresConfig::affinity`] in milliseconds.
+    affinity_ms: i64,
     closed: AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -869,6 +893,7 @@ impl PostgresStore {
             leases,
             sql: Arc::new(Sql::new(&s)),
             shared,
+            affinity_ms: lease_ms(config.affinity),
             closed: AtomicBool::new(false),
             stop,
             listener: Mutex::new(Some(listener)),
@@ -902,6 +927,13 @@ impl PostgresStore {
                     )
                     .await;
             }
+            // Nobody need wait for this process to take its instances.
+            let _ = client
+                .execute(
+                    &format!("UPDATE {s}.instances SET home = NULL WHERE home = $1"),
+                    &[&self.shared.worker],
+                )
+                .await;
         }
         let _ = self.stop.send(true);
         let handle = self.listener.lock().expect("listener lock").take();
@@ -1009,10 +1041,12 @@ struct CreateArgs {
     created: i64,
     parent: Option<String>,
     started: String,
+    /// The creating worker: its process runs the first turn unless busy.
+    home: i64,
 }
 
 impl CreateArgs {
-    fn new(inst: &NewInstance) -> Self {
+    fn new(inst: &NewInstance, home: i64) -> Self {
         let started = Message {
             execution_id: Some(inst.execution_id.clone()),
             visible_at: None,
@@ -1035,10 +1069,11 @@ impl CreateArgs {
                 .as_ref()
                 .map(|p| p.instance_id.as_str().to_string()),
             started: json(&started),
+            home,
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
         [
             &self.id,
             &self.name,
@@ -1047,6 +1082,7 @@ impl CreateArgs {
             &self.created,
             &self.parent,
             &self.started,
+            &self.home,
         ]
     }
 }
@@ -1057,12 +1093,13 @@ async fn create_in(
     c: &impl GenericClient,
     sql: &Sql,
     inst: &NewInstance,
+    home: i64,
 ) -> Result<bool, StoreError> {
     let stmt = c
         .prepare_cached(&sql.upsert_instance)
         .await
         .map_err(db_err)?;
-    let args = CreateArgs::new(inst);
+    let args = CreateArgs::new(inst, home);
     let row = c.query_one(&stmt, &args.params()).await.map_err(db_err)?;
     Ok(row.get::<_, i64>(0) == 1)
 }
@@ -1190,7 +1227,7 @@ impl Store for PostgresStore {
 
     async fn create_instance(&self, instance: NewInstance) -> Result<(), StoreError> {
         let c = self.client().await?;
-        if !create_in(&c, &self.sql, &instance).await? {
+        if !create_in(&c, &self.sql, &instance, self.shared.worker).await? {
             return Err(StoreError::Conflict(instance.instance_id));
         }
         self.shared.announce(true, false);
@@ -1231,6 +1268,7 @@ impl Store for PostgresStore {
                     &prefix,
                     &self.shared.worker,
                     &lease_ms(lease),
+                    &self.affinity_ms,
                 ],
             )
             .await
@@ -1327,6 +1365,8 @@ impl Store for PostgresStore {
             Box::new(s.history_events as i64),
             Box::new(s.history_bytes as i64),
             Box::new(s.updated_at.timestamp_millis()),
+            // This process now holds the instance's run in its cache.
+            Box::new(self.shared.worker),
         ];
         let mut plain: Vec<(tokio_postgres::Statement, Vec<Box<dyn ToSql + Sync + Send>>)> =
             Vec::new();
@@ -1401,7 +1441,11 @@ impl Store for PostgresStore {
                 ));
             }
         }
-        let children: Vec<CreateArgs> = commit.new_instances.iter().map(CreateArgs::new).collect();
+        let children: Vec<CreateArgs> = commit
+            .new_instances
+            .iter()
+            .map(|c| CreateArgs::new(c, self.shared.worker))
+            .collect();
         let sends: Vec<SendArgs> = commit
             .messages
             .iter()
@@ -1629,7 +1673,7 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
         let row = c
-            .query_one(&stmt, &[&self.shared.worker])
+            .query_one(&stmt, &[&self.shared.worker, &self.affinity_ms])
             .await
             .map_err(db_err)?;
         let wake: Option<i64> = row.get(0);
