@@ -173,6 +173,22 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
+/// A 200 JSON answer carrying the next page's token in
+/// `x-ms-continuation-token`, when there is a next page.
+pub fn paged<T: serde::Serialize>(
+    body: T,
+    continuation: Option<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = (axum::http::StatusCode::OK, axum::Json(body)).into_response();
+    if let Some(token) = continuation {
+        response
+            .headers_mut()
+            .insert(CONTINUATION_HEADER, encode_token(&token));
+    }
+    response
+}
+
 /// Wraps a store's continuation token for the header: hex (always a valid
 /// header value, whatever the store put in it) plus a checksum, so a
 /// mangled or made-up token is a 400 here instead of reaching the store.

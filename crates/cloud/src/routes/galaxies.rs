@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::error::{AppError, ErrorBody};
-use crate::extract::{self, Path, Query, CONTINUATION_HEADER};
+use crate::extract::{self, Path, Query};
 use crate::payload::{self, GalaxyEntity, GalaxyList};
 use crate::state::AppState;
 
@@ -63,13 +63,7 @@ pub async fn list(
     let body = GalaxyList {
         value: page.galaxies.iter().map(payload::entity).collect(),
     };
-    let mut response = (StatusCode::OK, Json(body)).into_response();
-    if let Some(token) = page.continuation {
-        response
-            .headers_mut()
-            .insert(CONTINUATION_HEADER, extract::encode_token(&token));
-    }
-    Ok(response)
+    Ok(extract::paged(body, page.continuation))
 }
 
 /// One galaxy by its keys, with its ETag (`If-None-Match` answers 304).

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{AppError, ErrorBody};
-use crate::extract::{self, JsonBody, Path, Query, CONTINUATION_HEADER};
+use crate::extract::{self, JsonBody, Path, Query};
 use crate::keys::Access;
 use crate::payload::{self, BaseUrl, CheckStatus, StatusBody, StatusOptions};
 use crate::state::AppState;
@@ -225,13 +225,7 @@ pub async fn list(
         .iter()
         .map(|s| payload::status_body(s, options))
         .collect();
-    let mut response = (StatusCode::OK, Json(body)).into_response();
-    if let Some(token) = page.continuation {
-        response
-            .headers_mut()
-            .insert(CONTINUATION_HEADER, extract::encode_token(&token));
-    }
-    Ok(response)
+    Ok(extract::paged(body, page.continuation))
 }
 
 /// Delivers an external event to an instance.
