@@ -951,6 +951,34 @@ impl PostgresStore {
         self.pool.get().await.map_err(pool_err)
     }
 
+    /// Returns a leased work item (instance or activity, by `sql` and its
+    /// key) to its queue after `delay`, then wakes that queue's dispatchers
+    /// at once, or hints the time it becomes due.
+    async fn abandon(
+        &self,
+        sql: &str,
+        key: &(dyn tokio_postgres::types::ToSql + Sync),
+        lock: &WorkLock,
+        delay: Duration,
+        orchestration: bool,
+    ) -> Result<(), StoreError> {
+        let c = self.lease_client().await?;
+        let stmt = c.prepare_cached(sql).await.map_err(db_err)?;
+        let row = c
+            .query_opt(&stmt, &[key, &lock.0, &lease_ms(delay)])
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            return Err(StoreError::LeaseLost);
+        };
+        if delay.is_zero() {
+            self.shared.announce(orchestration, !orchestration);
+        } else {
+            self.shared.hint(row.get(0));
+        }
+        Ok(())
+    }
+
     /// A connection for lease bookkeeping (see [`PostgresStore::leases`]).
     async fn lease_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         if self.closed.load(Ordering::SeqCst) {
@@ -1528,24 +1556,8 @@ impl Store for PostgresStore {
         let Some(id) = token_key(lock) else {
             return Err(StoreError::LeaseLost);
         };
-        let c = self.lease_client().await?;
-        let stmt = c
-            .prepare_cached(&self.sql.abandon_instance)
+        self.abandon(&self.sql.abandon_instance, &id, lock, delay, true)
             .await
-            .map_err(db_err)?;
-        let row = c
-            .query_opt(&stmt, &[&id, &lock.0, &lease_ms(delay)])
-            .await
-            .map_err(db_err)?;
-        let Some(row) = row else {
-            return Err(StoreError::LeaseLost);
-        };
-        if delay.is_zero() {
-            self.shared.announce(true, false);
-        } else {
-            self.shared.hint(row.get(0));
-        }
-        Ok(())
     }
 
     async fn fetch_activity_work(
@@ -1646,24 +1658,8 @@ impl Store for PostgresStore {
         let Some((row_id, _)) = activity_key(lock) else {
             return Err(StoreError::LeaseLost);
         };
-        let c = self.lease_client().await?;
-        let stmt = c
-            .prepare_cached(&self.sql.abandon_activity)
+        self.abandon(&self.sql.abandon_activity, &row_id, lock, delay, false)
             .await
-            .map_err(db_err)?;
-        let row = c
-            .query_opt(&stmt, &[&row_id, &lock.0, &lease_ms(delay)])
-            .await
-            .map_err(db_err)?;
-        let Some(row) = row else {
-            return Err(StoreError::LeaseLost);
-        };
-        if delay.is_zero() {
-            self.shared.announce(false, true);
-        } else {
-            self.shared.hint(row.get(0));
-        }
-        Ok(())
     }
 
     async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError> {
