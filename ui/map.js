@@ -94,58 +94,97 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
     stars = c;
   }
 
-  function drawGrid(now) {
-    ctx.save();
-    ctx.strokeStyle = "rgba(120, 140, 255, 0.07)";
-    ctx.lineWidth = 1;
+  function drawGrid(g) {
+    g.save();
+    g.strokeStyle = "rgba(120, 140, 255, 0.07)";
+    g.lineWidth = 1;
     const [ox, oy] = toScreen({ x: 0, y: 0 });
     for (const r of [250, 500, 750, 1000]) {
-      ctx.beginPath();
-      ctx.arc(ox, oy, r * view.scale, 0, Math.PI * 2);
-      ctx.stroke();
+      g.beginPath();
+      g.arc(ox, oy, r * view.scale, 0, Math.PI * 2);
+      g.stroke();
     }
-    ctx.beginPath();
-    ctx.moveTo(ox - EXTENT * view.scale, oy); ctx.lineTo(ox + EXTENT * view.scale, oy);
-    ctx.moveTo(ox, oy - EXTENT * view.scale); ctx.lineTo(ox, oy + EXTENT * view.scale);
-    ctx.stroke();
-    ctx.restore();
+    g.beginPath();
+    g.moveTo(ox - EXTENT * view.scale, oy); g.lineTo(ox + EXTENT * view.scale, oy);
+    g.moveTo(ox, oy - EXTENT * view.scale); g.lineTo(ox, oy + EXTENT * view.scale);
+    g.stroke();
+    g.restore();
+  }
+
+  // The settled galaxies (not pulsing) with the starfield and the grid,
+  // drawn once per view into an offscreen layer: a frame then costs one
+  // copy plus whatever animates. Without a GPU, 1,000 glows per frame were
+  // most of a 76 ms frame.
+  let layer = null;
+  let layerKey = "";
+  let layerDirty = true;
+
+  function glow(g, p, sx, sy, base, now) {
+    const depth = 0.75 + ((p.z + 100) / 200) * 0.6;
+    let r = base * depth;
+    const age = now - p.born;
+    if (age < PULSE_MS) {
+      const t = age / PULSE_MS;
+      r *= 1 + 1.6 * (1 - t) * (1 - t);
+    }
+    g.drawImage(sprite(p.hue), sx - r * 2, sy - r * 2, r * 4, r * 4);
+  }
+
+  function drawLayer(base, now) {
+    const key = `${width}x${height}@${dpr}:${view.cx},${view.cy},${view.scale}`;
+    if (layer && !layerDirty && key === layerKey) return;
+    if (!layer) layer = document.createElement("canvas");
+    if (layer.width !== canvas.width || layer.height !== canvas.height) {
+      layer.width = canvas.width;
+      layer.height = canvas.height;
+    }
+    const g = layer.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.globalCompositeOperation = "source-over";
+    if (stars) g.drawImage(stars, 0, 0, width, height);
+    else g.clearRect(0, 0, width, height);
+    drawGrid(g);
+    g.globalCompositeOperation = "lighter";
+    for (const p of points) {
+      if (now - p.born < PULSE_MS) continue;
+      const [sx, sy] = toScreen(p);
+      if (sx < -40 || sy < -40 || sx > width + 40 || sy > height + 40) continue;
+      glow(g, p, sx, sy, base, now);
+    }
+    g.globalCompositeOperation = "source-over";
+    layerKey = key;
+    layerDirty = false;
   }
 
   function draw(now) {
     frame = 0;
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    if (stars) ctx.drawImage(stars, 0, 0, width, height);
-    drawGrid(now);
     const zoom = view.scale / fitScale;
     const base = 7 * Math.min(2.2, Math.sqrt(zoom));
     let animating = false;
     const visible = [];
-    ctx.globalCompositeOperation = "lighter";
+    const pulsing = [];
     for (const p of points) {
       const [sx, sy] = toScreen(p);
       if (sx < -40 || sy < -40 || sx > width + 40 || sy > height + 40) continue;
       visible.push([p, sx, sy]);
-      const depth = 0.75 + ((p.z + 100) / 200) * 0.6;
-      let r = base * depth;
-      const age = now - p.born;
-      if (age < PULSE_MS) {
-        animating = true;
-        const t = age / PULSE_MS;
-        r *= 1 + 1.6 * (1 - t) * (1 - t);
-      }
-      ctx.drawImage(sprite(p.hue), sx - r * 2, sy - r * 2, r * 4, r * 4);
+      if (now - p.born < PULSE_MS) pulsing.push([p, sx, sy]);
+      else if (p.pulsing) { p.pulsing = false; layerDirty = true; }
     }
+    drawLayer(base, now);
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.drawImage(layer, 0, 0);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.globalCompositeOperation = "lighter";
+    for (const [p, sx, sy] of pulsing) glow(ctx, p, sx, sy, base, now);
     ctx.globalCompositeOperation = "source-over";
-    for (const [p, sx, sy] of visible) {
-      const age = now - p.born;
-      if (age < PULSE_MS) {
-        const t = age / PULSE_MS;
-        ctx.strokeStyle = `hsla(${p.hue}, 100%, 80%, ${0.9 * (1 - t)})`;
-        ctx.lineWidth = 2;
-        ctx.beginPath();
-        ctx.arc(sx, sy, 6 + 46 * t, 0, Math.PI * 2);
-        ctx.stroke();
-      }
+    for (const [p, sx, sy] of pulsing) {
+      animating = true;
+      const t = (now - p.born) / PULSE_MS;
+      ctx.strokeStyle = `hsla(${p.hue}, 100%, 80%, ${0.9 * (1 - t)})`;
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      ctx.arc(sx, sy, 6 + 46 * t, 0, Math.PI * 2);
+      ctx.stroke();
     }
     // selection marker
     const sel = selected && byKey.get(selected);
@@ -202,6 +241,7 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
     fit();
     if (keep) view.scale = fitScale * keep;
     makeStars();
+    layerDirty = true;
     // Drawn now, not on the next frame: resizing cleared the canvas.
     if (frame) cancelAnimationFrame(frame);
     draw(performance.now());
@@ -304,9 +344,11 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
       x: galaxy.coords.x, y: galaxy.coords.y, z: galaxy.coords.z,
       hue: hueOf(galaxy.name),
       born: fresh ? performance.now() : -Infinity,
+      pulsing: fresh,   // joins the cached layer once its pulse ends
     };
     points.push(p);
     byKey.set(key, p);
+    if (!fresh) layerDirty = true;
   }
 
   function updateCount() {
@@ -321,6 +363,7 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
     setGalaxies(list, keyOf) {
       points.length = 0; byKey.clear();
       for (const g of list) add(g, keyOf(g), false);
+      layerDirty = true;
       updateCount();
       render();
     },

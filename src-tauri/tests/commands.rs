@@ -274,3 +274,25 @@ fn a_store_held_by_another_process_is_explained_not_hidden() {
     assert!(message.contains("Cannot open your galaxies"), "{message}");
     assert!(message.contains("in use"), "{message}");
 }
+
+#[test]
+fn webkit_draws_without_compositing_only_when_there_is_no_gpu_and_no_choice() {
+    use galaxy_desktop::prefer_software_drawing;
+    let dri = tempfile::tempdir().expect("tempdir");
+    let missing = dri.path().join("missing");
+    assert!(
+        prefer_software_drawing(&missing, None),
+        "no /dev/dri at all"
+    );
+    std::fs::write(dri.path().join("card0"), b"").expect("card0");
+    assert!(
+        prefer_software_drawing(dri.path(), None),
+        "a card without a render node cannot render"
+    );
+    std::fs::write(dri.path().join("renderD128"), b"").expect("renderD128");
+    assert!(!prefer_software_drawing(dri.path(), None), "a GPU");
+    assert!(
+        !prefer_software_drawing(&missing, Some("0")),
+        "the player's own choice wins"
+    );
+}

@@ -218,6 +218,15 @@ impl App {
             .with_context(|| format!("running {script}"))
     }
 
+    /// Runs an asynchronous script: its last argument is the callback that
+    /// gives its value (WebDriver's "execute async script").
+    pub async fn eval_async(&self, script: &str) -> Result<Value> {
+        self.client
+            .execute_async(script, vec![])
+            .await
+            .with_context(|| format!("running {script}"))
+    }
+
     /// Waits until a script returns `true`.
     pub async fn wait_js(&self, what: &str, script: &str) -> Result<()> {
         let until = Instant::now() + DEADLINE;
