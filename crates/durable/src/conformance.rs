@@ -72,6 +72,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $harness;
             case_create_and_fetch,
             case_create_conflict_and_replace,
+            case_create_with_first_turn,
             case_replace_failed_instance_with_pending_rewind,
             case_single_holder,
             case_concurrent_fetchers_never_share,
@@ -641,6 +642,128 @@ pub async fn case_commit_turn_effects(store: &dyn Store) {
         .unwrap();
     assert_eq!(cs.parent_instance_id, Some(iid("p")));
     assert_eq!(cs.runtime_status, RuntimeStatus::Pending);
+}
+
+/// The first turn of a new instance, committed with its creation: the
+/// ExecutionStarted a plain creation would queue is consumed, the turn's
+/// effects land, and nothing lands on a conflict. A store that does not
+/// fuse them answers `false` and must have created the instance plainly.
+pub async fn case_create_with_first_turn(store: &dyn Store) {
+    fn first_turn(id: &str, input: Value) -> (NewInstance, TurnCommit) {
+        let inst = new_instance(id, input.clone());
+        let at = types::now();
+        let history: Vec<HistoryEvent> = [
+            EventKind::OrchestratorStarted,
+            EventKind::ExecutionStarted {
+                name: inst.name.clone(),
+                input,
+                execution_id: inst.execution_id.clone(),
+                parent: None,
+            },
+            EventKind::TaskScheduled {
+                task_id: 0,
+                name: "Act".into(),
+                input: json!({"task": 0}),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| HistoryEvent {
+            event_id: i as u64,
+            timestamp: at,
+            kind,
+        })
+        .collect();
+        let commit = TurnCommit {
+            lock: WorkLock("ignored".into()),
+            instance_id: inst.instance_id.clone(),
+            consumed: vec![12345],
+            replace_history: false,
+            status: StatusUpdate {
+                runtime_status: RuntimeStatus::Running,
+                execution_id: inst.execution_id.clone(),
+                input: None,
+                output: None,
+                custom_status: Some(json!("first")),
+                failure: None,
+                history_events: history.len() as u64,
+                history_bytes: 99,
+                updated_at: at,
+            },
+            history,
+            activities: vec![activity(id, 0)],
+            messages: vec![OutgoingMessage {
+                instance_id: iid(id),
+                message: raised("to-self", json!(1)),
+            }],
+            new_instances: Vec::new(),
+        };
+        (inst, commit)
+    }
+
+    let (inst, commit) = first_turn("f", json!("in"));
+    let expected_history = commit.history.clone();
+    let fused = store
+        .create_instance_with_turn(inst, commit)
+        .await
+        .expect("create with turn");
+    let st = store.get_instance(&iid("f"), false).await.unwrap().unwrap();
+    assert_eq!(st.input, json!("in"));
+    if !fused {
+        assert_eq!(st.runtime_status, RuntimeStatus::Pending);
+        let item = fetch_only(store, "f").await;
+        assert_eq!(kinds(&item), ["ExecutionStarted"]);
+        assert!(store
+            .fetch_activity_work(10, LONG)
+            .await
+            .unwrap()
+            .is_empty());
+        return;
+    }
+    assert_eq!(st.runtime_status, RuntimeStatus::Running);
+    assert_eq!(st.custom_status, Some(json!("first")));
+    assert_eq!(st.history_events, 3);
+    assert_eq!(st.history_bytes, 99);
+    assert_eq!(
+        store.load_history(&iid("f")).await.unwrap(),
+        expected_history
+    );
+    let acts = store.fetch_activity_work(10, LONG).await.unwrap();
+    assert_eq!(acts.len(), 1);
+    assert_eq!(acts[0].activity, activity("f", 0));
+    let item = fetch_only(store, "f").await;
+    assert_eq!(
+        kinds(&item),
+        ["EventRaised"],
+        "no ExecutionStarted left to run"
+    );
+    assert_eq!(item.history_len, 3);
+    assert_eq!(item.runtime_status, RuntimeStatus::Running);
+
+    // A live instance of that id: a conflict, and nothing of the turn lands.
+    let (again, turn_again) = first_turn("f", json!("second"));
+    match store.create_instance_with_turn(again, turn_again).await {
+        Err(StoreError::Conflict(id)) => assert_eq!(id, iid("f")),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(history_len(store, "f").await, 3);
+    assert!(store
+        .fetch_activity_work(10, LONG)
+        .await
+        .unwrap()
+        .is_empty());
+    let st = store.get_instance(&iid("f"), false).await.unwrap().unwrap();
+    assert_eq!(st.input, json!("in"));
+
+    // A finished one is replaced, history and all.
+    create_with_status(store, "done", RuntimeStatus::Completed).await;
+    let (inst, commit) = first_turn("done", json!("new"));
+    assert!(store.create_instance_with_turn(inst, commit).await.unwrap());
+    assert_eq!(history_len(store, "done").await, 3);
+    assert_eq!(status_of(store, "done").await, RuntimeStatus::Running);
+    let acts = store.fetch_activity_work(10, LONG).await.unwrap();
+    assert_eq!(acts.len(), 1);
+    assert_eq!(acts[0].activity.instance_id, iid("done"));
 }
 
 /// A sub-orchestration whose id a live instance holds is not created; the

@@ -518,7 +518,9 @@ async fn orchestration_turns_that_never_commit_are_quarantined() {
     let failure = status.failure.unwrap();
     assert_eq!(failure.kind, "Poison", "{failure:?}");
     assert!(failure.message.contains("quarantined"), "{failure:?}");
-    assert!(polls.load(Ordering::SeqCst) <= 3, "{polls:?}");
+    // The first turn is tried once at start (dropped: it outlived the
+    // lease), then by the dispatcher until quarantined: never forever.
+    assert!(polls.load(Ordering::SeqCst) <= 4, "{polls:?}");
 }
 
 /// Panic messages seen by any thread of this test binary (the previous

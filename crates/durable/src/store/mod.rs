@@ -240,6 +240,27 @@ pub trait Store: Send + Sync + 'static {
     /// a [`StoreError::Conflict`].
     async fn create_instance(&self, instance: NewInstance) -> Result<(), StoreError>;
 
+    /// Creates an instance together with its first turn, which the caller
+    /// ran before anything was stored, in one transaction: the instance row,
+    /// then `commit` as if its `ExecutionStarted` message had been fetched
+    /// and consumed (`commit.lock` and `commit.consumed` are ignored: there
+    /// is no lease and no message). A live instance with the same id is a
+    /// [`StoreError::Conflict`] and nothing is written.
+    ///
+    /// Why: a new instance would otherwise cost a commit for its creation,
+    /// a dispatch, then a commit for its first turn. Returns `false` when
+    /// the store only created the instance (what this default does); its
+    /// first turn then runs from the queue like any other, and replay makes
+    /// it the same turn.
+    async fn create_instance_with_turn(
+        &self,
+        instance: NewInstance,
+        commit: TurnCommit,
+    ) -> Result<bool, StoreError> {
+        let _ = commit;
+        self.create_instance(instance).await.map(|()| false)
+    }
+
     /// Queues a message for an instance.
     async fn send_message(
         &self,

@@ -371,6 +371,10 @@ enum Effect {
         deliveries: Vec<Delivery>,
     },
     Purged(Vec<InstanceId>),
+    /// An instance created with its first turn: memory of a finished
+    /// instance it replaced is dropped first (as for a fresh delivery),
+    /// then the turn's effect applies.
+    Created(InstanceId, Box<Effect>),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -392,12 +396,13 @@ impl<T: serde::Serialize> Json<T> {
 struct PreparedInstance {
     inst: NewInstance,
     input: String,
-    started: Json<Message>,
+    /// Its start message; none when its first turn comes with it.
+    started: Option<Json<Message>>,
 }
 
 impl PreparedInstance {
     fn new(inst: NewInstance) -> Self {
-        let started = Json::new(Message {
+        let started = Some(Json::new(Message {
             execution_id: Some(inst.execution_id.clone()),
             visible_at: None,
             sent_at: inst.created_at,
@@ -407,11 +412,20 @@ impl PreparedInstance {
                 execution_id: inst.execution_id.clone(),
                 parent: inst.parent.clone(),
             },
-        });
+        }));
         Self {
             input: json(&inst.input),
             inst,
             started,
+        }
+    }
+
+    /// One whose first turn is committed with it (no start message).
+    fn with_turn(inst: NewInstance) -> Self {
+        Self {
+            input: json(&inst.input),
+            inst,
+            started: None,
         }
     }
 }
@@ -461,6 +475,7 @@ impl PreparedCommit {
 
 enum Op {
     Create(Box<PreparedInstance>, Reply<()>),
+    CreateWithTurn(Box<PreparedInstance>, Box<PreparedCommit>, Reply<()>),
     Send(InstanceId, Json<Message>, Reply<()>),
     Commit(Box<PreparedCommit>, Reply<()>),
     CompleteActivity(WorkLock, Json<Message>, Reply<()>),
@@ -969,9 +984,11 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
 fn fail_op(op: Op, msg: String) -> Outcome {
     let e = StoreError::Database(msg);
     match op {
-        Op::Create(_, r) | Op::Send(_, _, r) | Op::Commit(_, r) | Op::CompleteActivity(_, _, r) => {
-            Outcome::Unit(r, Err(e))
-        }
+        Op::Create(_, r)
+        | Op::CreateWithTurn(_, _, r)
+        | Op::Send(_, _, r)
+        | Op::Commit(_, r)
+        | Op::CompleteActivity(_, _, r) => Outcome::Unit(r, Err(e)),
         Op::Purge(_, r) => Outcome::Purge(r, Err(e)),
         Op::PurgeMany(_, _, r) => Outcome::Count(r, Err(e)),
         Op::MarkFetched { .. } => Outcome::Silent,
@@ -999,6 +1016,9 @@ fn apply_op(
     }
     match op {
         Op::Create(inst, r) => finish!(create(tx, shared, *inst), Outcome::Unit, r),
+        Op::CreateWithTurn(inst, c, r) => {
+            finish!(create_with_turn(tx, shared, *inst, *c), Outcome::Unit, r)
+        }
         Op::Send(id, msg, r) => finish!(send(tx, shared, &id, msg, true), Outcome::Unit, r),
         Op::Commit(c, r) => finish!(commit(tx, *c, shared, claims), Outcome::Unit, r),
         Op::CompleteActivity(lock, msg, r) => {
@@ -1058,11 +1078,13 @@ fn insert_message(
     })
 }
 
+/// Inserts an instance's row (replacing a finished one of the same id)
+/// and, unless its first turn comes with it, its start message.
 fn insert_instance(
     tx: &Transaction<'_>,
     shared: &Shared,
     prepared: PreparedInstance,
-) -> Result<Delivery, StoreError> {
+) -> Result<Option<Delivery>, StoreError> {
     let PreparedInstance {
         inst,
         input,
@@ -1104,14 +1126,39 @@ fn insert_instance(
         execution_id: inst.execution_id.clone(),
         history_len: 0,
     };
+    let Some(started) = started else {
+        return Ok(None);
+    };
     let mut d = insert_message(tx, shared, &inst.instance_id, meta, started)?;
     d.fresh = true;
-    Ok(d)
+    Ok(Some(d))
 }
 
 fn create(tx: &Transaction<'_>, shared: &Shared, inst: PreparedInstance) -> OpResult<()> {
     let d = insert_instance(tx, shared, inst)?;
-    Ok((Effect::Deliver(vec![d]), ()))
+    Ok((Effect::Deliver(d.into_iter().collect()), ()))
+}
+
+/// Creates an instance and commits its first turn (see
+/// [`Store::create_instance_with_turn`]): the turn's status update then
+/// matches the row just inserted instead of a leased one.
+fn create_with_turn(
+    tx: &Transaction<'_>,
+    shared: &Shared,
+    inst: PreparedInstance,
+    mut prepared: PreparedCommit,
+) -> OpResult<()> {
+    let id = inst.inst.instance_id.clone();
+    let fresh = Meta {
+        status: RuntimeStatus::Pending,
+        execution_id: inst.inst.execution_id.clone(),
+        history_len: 0,
+    };
+    insert_instance(tx, shared, inst)?;
+    prepared.commit.consumed.clear();
+    prepared.commit.lock = WorkLock(String::new());
+    let (effect, ()) = commit_body(tx, prepared, shared, fresh)?;
+    Ok((Effect::Created(id, Box::new(effect)), ()))
 }
 
 /// Is this message one a terminal instance still takes?
@@ -1178,6 +1225,35 @@ fn commit(
         return Err(StoreError::LeaseLost);
     };
     claims.push(Claim::Instance(c.instance_id.clone(), c.lock.0.clone()));
+    commit_body(
+        tx,
+        PreparedCommit {
+            commit: c,
+            history,
+            activities: new_activities,
+            messages,
+            children,
+        },
+        shared,
+        held,
+    )
+}
+
+/// Writes a turn whose instance row is expected to be as `held` says
+/// (execution and history length); a row that changed is a lost lease.
+fn commit_body(
+    tx: &Transaction<'_>,
+    prepared: PreparedCommit,
+    shared: &Shared,
+    held: Meta,
+) -> OpResult<()> {
+    let PreparedCommit {
+        commit: c,
+        history,
+        activities: new_activities,
+        messages,
+        children,
+    } = prepared;
     let id = c.instance_id.as_str();
     let s = &c.status;
     let terminal = s.runtime_status.is_terminal();
@@ -1270,7 +1346,7 @@ fn commit(
         let parent_link = child.inst.parent.clone();
         let created_at = child.inst.created_at;
         match insert_instance(tx, shared, child) {
-            Ok(d) => deliveries.push(d),
+            Ok(d) => deliveries.extend(d),
             Err(StoreError::Conflict(child_id)) => {
                 let parent = parent_link
                     .as_ref()
@@ -1535,6 +1611,10 @@ fn apply_effect(q: &mut Queues, effect: Effect) -> (bool, bool) {
             }
             (false, false)
         }
+        Effect::Created(id, then) => {
+            q.reset(&id);
+            apply_effect(q, *then)
+        }
     }
 }
 
@@ -1603,6 +1683,18 @@ impl Store for SqliteStore {
     async fn create_instance(&self, instance: NewInstance) -> Result<(), StoreError> {
         let prepared = Box::new(PreparedInstance::new(instance));
         self.call(|r| Op::Create(prepared, r)).await
+    }
+
+    async fn create_instance_with_turn(
+        &self,
+        instance: NewInstance,
+        commit: TurnCommit,
+    ) -> Result<bool, StoreError> {
+        let inst = Box::new(PreparedInstance::with_turn(instance));
+        let prepared = Box::new(PreparedCommit::new(commit));
+        self.call(|r| Op::CreateWithTurn(inst, prepared, r))
+            .await
+            .map(|()| true)
     }
 
     async fn send_message(
