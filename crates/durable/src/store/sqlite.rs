@@ -1078,6 +1078,27 @@ fn insert_message(
     })
 }
 
+/// Makes room for a new instance: a live one of that id is a conflict, a
+/// finished one is deleted with its history and inbox.
+fn clear_finished(tx: &Transaction<'_>, id: &InstanceId) -> Result<(), StoreError> {
+    if let Some((meta, _)) = read_meta(tx, id)? {
+        if !meta.status.is_terminal() {
+            return Err(StoreError::Conflict(id.clone()));
+        }
+        for sql in [
+            "DELETE FROM instances WHERE instance_id = ?1",
+            "DELETE FROM history WHERE instance_id = ?1",
+            "DELETE FROM messages WHERE instance_id = ?1",
+        ] {
+            tx.prepare_cached(sql)
+                .map_err(db_err)?
+                .execute([id.as_str()])
+                .map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
 /// Inserts an instance's row (replacing a finished one of the same id)
 /// and, unless its first turn comes with it, its start message.
 fn insert_instance(
@@ -1090,22 +1111,7 @@ fn insert_instance(
         input,
         started,
     } = prepared;
-    let existing = read_meta(tx, &inst.instance_id)?;
-    if let Some((meta, _)) = &existing {
-        if !meta.status.is_terminal() {
-            return Err(StoreError::Conflict(inst.instance_id.clone()));
-        }
-        for sql in [
-            "DELETE FROM instances WHERE instance_id = ?1",
-            "DELETE FROM history WHERE instance_id = ?1",
-            "DELETE FROM messages WHERE instance_id = ?1",
-        ] {
-            tx.prepare_cached(sql)
-                .map_err(db_err)?
-                .execute([inst.instance_id.as_str()])
-                .map_err(db_err)?;
-        }
-    }
+    clear_finished(tx, &inst.instance_id)?;
     let created = inst.created_at.timestamp_millis();
     tx.prepare_cached(
         "INSERT INTO instances (instance_id, name, execution_id, runtime_status, input, created_at, last_updated_at, parent_instance_id) \
@@ -1149,16 +1155,21 @@ fn create_with_turn(
     mut prepared: PreparedCommit,
 ) -> OpResult<()> {
     let id = inst.inst.instance_id.clone();
-    let fresh = Meta {
-        status: RuntimeStatus::Pending,
-        execution_id: inst.inst.execution_id.clone(),
-        history_len: 0,
-    };
-    insert_instance(tx, shared, inst)?;
+    clear_finished(tx, &id)?;
     prepared.commit.consumed.clear();
     prepared.commit.lock = WorkLock(String::new());
-    let (effect, ()) = commit_body(tx, prepared, shared, fresh)?;
+    let (effect, ()) = commit_body(tx, prepared, shared, Row::Insert(&inst))?;
     Ok((Effect::Created(id, Box::new(effect)), ()))
+}
+
+/// How a commit writes its instance's row.
+enum Row<'a> {
+    /// Updates the row, which must still be as the lease holder saw it
+    /// (execution and history length); a row that changed is a lost lease.
+    Update(Meta),
+    /// Inserts the row of an instance created with this, its first turn,
+    /// with the turn's status (no Pending row updated a moment later).
+    Insert(&'a PreparedInstance),
 }
 
 /// Is this message one a terminal instance still takes?
@@ -1235,17 +1246,17 @@ fn commit(
             children,
         },
         shared,
-        held,
+        Row::Update(held),
     )
 }
 
-/// Writes a turn whose instance row is expected to be as `held` says
-/// (execution and history length); a row that changed is a lost lease.
+/// Writes a turn: its instance's row (see [`Row`]), history, consumed
+/// messages, activities, children and outgoing messages.
 fn commit_body(
     tx: &Transaction<'_>,
     prepared: PreparedCommit,
     shared: &Shared,
-    held: Meta,
+    row: Row<'_>,
 ) -> OpResult<()> {
     let PreparedCommit {
         commit: c,
@@ -1257,35 +1268,65 @@ fn commit_body(
     let id = c.instance_id.as_str();
     let s = &c.status;
     let terminal = s.runtime_status.is_terminal();
-    // The status update goes first and doubles as the lease check: memory
-    // is only updated after a batch commits, so a purge or a re-create
-    // earlier in this batch may have deleted or replaced the row the holder
-    // worked on, and then it matches nothing. Nothing was written yet, so
-    // failing here leaves the batch intact.
-    let updated = tx
-        .prepare_cached(
-        "UPDATE instances SET runtime_status = ?2, execution_id = ?3, input = COALESCE(?4, input), output = ?5, \
-         custom_status = ?6, failure = ?7, history_events = ?8, history_bytes = ?9, last_updated_at = ?10, attempts = 0 \
-         WHERE instance_id = ?1 AND execution_id = ?11 AND history_events = ?12",
-    )
-    .map_err(db_err)?
-    .execute(params![
-        id,
-        s.runtime_status.as_str(),
-        s.execution_id,
-        s.input.as_ref().map(json),
-        s.output.as_ref().map(json),
-        s.custom_status.as_ref().map(json),
-        s.failure.as_ref().map(json),
-        s.history_events as i64,
-        s.history_bytes as i64,
-        s.updated_at.timestamp_millis(),
-        held.execution_id,
-        held.history_len as i64,
-    ])
-    .map_err(db_err)?;
-    if updated == 0 {
-        return Err(StoreError::LeaseLost);
+    match row {
+        // The status update goes first and doubles as the lease check:
+        // memory is only updated after a batch commits, so a purge or a
+        // re-create earlier in this batch may have deleted or replaced the
+        // row the holder worked on, and then it matches nothing. Nothing was
+        // written yet, so failing here leaves the batch intact.
+        Row::Update(held) => {
+            let updated = tx
+                .prepare_cached(
+                "UPDATE instances SET runtime_status = ?2, execution_id = ?3, input = COALESCE(?4, input), output = ?5, \
+                 custom_status = ?6, failure = ?7, history_events = ?8, history_bytes = ?9, last_updated_at = ?10, attempts = 0 \
+                 WHERE instance_id = ?1 AND execution_id = ?11 AND history_events = ?12",
+            )
+            .map_err(db_err)?
+            .execute(params![
+                id,
+                s.runtime_status.as_str(),
+                s.execution_id,
+                s.input.as_ref().map(json),
+                s.output.as_ref().map(json),
+                s.custom_status.as_ref().map(json),
+                s.failure.as_ref().map(json),
+                s.history_events as i64,
+                s.history_bytes as i64,
+                s.updated_at.timestamp_millis(),
+                held.execution_id,
+                held.history_len as i64,
+            ])
+            .map_err(db_err)?;
+            if updated == 0 {
+                return Err(StoreError::LeaseLost);
+            }
+        }
+        Row::Insert(new) => {
+            let inst = &new.inst;
+            tx.prepare_cached(
+                "INSERT INTO instances (instance_id, name, execution_id, runtime_status, input, output, custom_status, \
+                 failure, created_at, last_updated_at, parent_instance_id, history_events, history_bytes) \
+                 VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ?6), ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .map_err(db_err)?
+            .execute(params![
+                id,
+                inst.name,
+                s.execution_id,
+                s.runtime_status.as_str(),
+                s.input.as_ref().map(json),
+                new.input,
+                s.output.as_ref().map(json),
+                s.custom_status.as_ref().map(json),
+                s.failure.as_ref().map(json),
+                inst.created_at.timestamp_millis(),
+                s.updated_at.timestamp_millis(),
+                inst.parent.as_ref().map(|p| p.instance_id.as_str().to_string()),
+                s.history_events as i64,
+                s.history_bytes as i64,
+            ])
+            .map_err(db_err)?;
+        }
     }
     if c.replace_history {
         tx.prepare_cached("DELETE FROM history WHERE instance_id = ?1")
@@ -1301,15 +1342,14 @@ fn commit_body(
         .execute(params![id, first as i64, events])
         .map_err(db_err)?;
     }
-    {
+    if !terminal {
         let mut del = tx
             .prepare_cached("DELETE FROM messages WHERE instance_id = ?1 AND id = ?2")
             .map_err(db_err)?;
         for m in &c.consumed {
             del.execute(params![id, m]).map_err(db_err)?;
         }
-    }
-    if terminal {
+    } else {
         // A finished instance takes no more work: drop what waits for it.
         tx.prepare_cached("DELETE FROM messages WHERE instance_id = ?1")
             .map_err(db_err)?
