@@ -472,6 +472,75 @@ async fn foreign_database_files_are_refused_untouched() {
     SqliteStore::open(&empty).expect("an empty file becomes a store");
 }
 
+/// A store written by the previous schema (version 3: instances in a rowid
+/// table) is upgraded in place at open, its instances and work intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_store_is_upgraded_with_its_work() {
+    use durable::store::NewInstance;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    let id = durable::InstanceId::new("kept").unwrap();
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_instance(NewInstance {
+                instance_id: id.clone(),
+                name: "Orch".into(),
+                input: json!({"n": 7}),
+                execution_id: "kept@1".into(),
+                parent: None,
+                created_at: durable::types::now(),
+            })
+            .await
+            .unwrap();
+        store.close();
+    }
+    {
+        // Back to version 3 by hand: the same rows in a rowid table.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE v3 (instance_id TEXT PRIMARY KEY, name TEXT NOT NULL, execution_id TEXT NOT NULL,
+               runtime_status TEXT NOT NULL, input TEXT NOT NULL, output TEXT, custom_status TEXT, failure TEXT,
+               created_at INTEGER NOT NULL, last_updated_at INTEGER NOT NULL, parent_instance_id TEXT,
+               history_events INTEGER NOT NULL DEFAULT 0, history_bytes INTEGER NOT NULL DEFAULT 0,
+               attempts INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO v3 SELECT * FROM instances;
+             DROP TABLE instances;
+             ALTER TABLE v3 RENAME TO instances;
+             CREATE INDEX instances_by_created ON instances(created_at, instance_id);
+             CREATE INDEX instances_by_status ON instances(runtime_status, created_at);
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).expect("a version 3 store opens");
+    let status = store.get_instance(&id, false).await.unwrap().unwrap();
+    assert_eq!(status.runtime_status, RuntimeStatus::Pending);
+    assert_eq!(status.input, json!({"n": 7}));
+    let work = store
+        .fetch_orchestration_work(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(work.len(), 1, "its start message is still queued");
+    assert_eq!(work[0].instance_id, id);
+    store.close();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 4);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'instances'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_file_is_owned_by_one_store_at_a_time() {
     let dir = tempfile::tempdir().unwrap();

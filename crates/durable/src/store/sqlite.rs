@@ -55,7 +55,7 @@ use crate::types::{
 
 /// Marks a database as ours; checked at open.
 const APPLICATION_ID: i32 = 0x4746_4431; // "GFD1"
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 /// Most operations in one group commit.
 const MAX_BATCH: usize = 2048;
 
@@ -555,8 +555,12 @@ fn not_ours(path: &Path, e: rusqlite::Error) -> StoreError {
     ))
 }
 
-const SCHEMA: &str = "
-CREATE TABLE instances (
+/// The instances table, clustered by id (`WITHOUT ROWID`, since schema
+/// version 4): a commit finds and updates its row in one B-tree instead of
+/// an id index plus the rowid table (about a tenth of the writer's CPU in
+/// galaxy-bench). `{name}` lets the migration build it beside the old one.
+const INSTANCES_TABLE: &str = "
+CREATE TABLE {name} (
     instance_id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     execution_id TEXT NOT NULL,
@@ -571,9 +575,16 @@ CREATE TABLE instances (
     history_events INTEGER NOT NULL DEFAULT 0,
     history_bytes INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0
-);
+) WITHOUT ROWID;
+";
+
+const INSTANCES_INDEXES: &str = "
 CREATE INDEX instances_by_created ON instances(created_at, instance_id);
 CREATE INDEX instances_by_status ON instances(runtime_status, created_at);
+";
+
+/// The other tables.
+const SCHEMA: &str = "
 CREATE TABLE history (
     instance_id TEXT NOT NULL,
     first_event_id INTEGER NOT NULL,
@@ -608,8 +619,10 @@ fn prepare_schema(conn: &Connection, path: &Path, config: &SqliteConfig) -> Resu
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
         .map_err(|e| not_ours(path, e))?;
     if app_id == 0 && tables == 0 {
+        let instances = INSTANCES_TABLE.replace("{name}", "instances");
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            "BEGIN; {instances} {INSTANCES_INDEXES} {SCHEMA} PRAGMA application_id={APPLICATION_ID}; \
+             PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
         ))
         .map_err(db_err)?;
         return Ok(());
@@ -620,9 +633,13 @@ fn prepare_schema(conn: &Connection, path: &Path, config: &SqliteConfig) -> Resu
             path.display()
         )));
     }
-    let version: i64 = conn
+    let mut version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| not_ours(path, e))?;
+    if version == 3 {
+        migrate_3_to_4(conn)?;
+        version = 4;
+    }
     if version != SCHEMA_VERSION {
         return Err(StoreError::Incompatible(format!(
             "{} has schema version {version}; this build reads version {SCHEMA_VERSION}",
@@ -641,6 +658,26 @@ fn prepare_schema(conn: &Connection, path: &Path, config: &SqliteConfig) -> Resu
         }
     }
     Ok(())
+}
+
+/// Version 3 kept instances in a rowid table with an id index; version 4
+/// clusters them by id. One transaction: a crash leaves version 3 intact.
+fn migrate_3_to_4(conn: &Connection) -> Result<(), StoreError> {
+    const COLUMNS: &str = "instance_id, name, execution_id, runtime_status, input, output, custom_status, \
+         failure, created_at, last_updated_at, parent_instance_id, history_events, history_bytes, attempts";
+    let instances = INSTANCES_TABLE.replace("{name}", "instances_v4");
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {instances} \
+         INSERT INTO instances_v4 ({COLUMNS}) SELECT {COLUMNS} FROM instances; \
+         DROP TABLE instances; ALTER TABLE instances_v4 RENAME TO instances; {INSTANCES_INDEXES} \
+         PRAGMA user_version=4; COMMIT;"
+    ))
+    .map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        StoreError::Incompatible(format!(
+            "upgrading the store from schema version 3 failed: {e}"
+        ))
+    })
 }
 
 fn read_meta(tx: &Connection, id: &InstanceId) -> Result<Option<(Meta, u32)>, StoreError> {
