@@ -83,33 +83,35 @@ async fn every_change_arrives_as_a_whole_view_and_the_galaxy_follows() {
     sink.wait_until(|s| completed(s, id.as_str()) && !s.galaxies.is_empty())
         .await;
 
-    let seen = sink.seen.lock().unwrap();
-    let statuses: Vec<_> = seen.views.iter().map(|v| v.runtime_status).collect();
-    assert_eq!(statuses.first(), Some(&RuntimeStatus::Pending));
-    assert_eq!(statuses.last(), Some(&RuntimeStatus::Completed));
-    assert!(statuses.contains(&RuntimeStatus::Running), "{statuses:?}");
-    let versions: Vec<_> = seen.views.iter().map(|v| v.version).collect();
-    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
-    let last = seen.views.last().unwrap().clone();
-    let tasks: Vec<_> = last
-        .tasks
-        .iter()
-        .map(|t| (t.name.as_str(), t.state))
-        .collect();
-    assert_eq!(
-        tasks,
-        vec![
-            ("Utility_Coords", TaskState::Completed),
-            ("Utility_Name", TaskState::Completed),
-            ("Galaxy_Create_Impl", TaskState::Completed),
-        ]
-    );
-    let galaxy = seen.galaxies[0].clone();
-    assert_eq!(galaxy.instance_id, id.as_str());
-    assert_eq!(Some(&galaxy.name), last.galaxy.as_ref().map(|g| &g.name));
+    let (last, galaxy) = {
+        let seen = sink.seen.lock().unwrap();
+        let statuses: Vec<_> = seen.views.iter().map(|v| v.runtime_status).collect();
+        assert_eq!(statuses.first(), Some(&RuntimeStatus::Pending));
+        assert_eq!(statuses.last(), Some(&RuntimeStatus::Completed));
+        assert!(statuses.contains(&RuntimeStatus::Running), "{statuses:?}");
+        let versions: Vec<_> = seen.views.iter().map(|v| v.version).collect();
+        assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
+        let last = seen.views.last().unwrap().clone();
+        let tasks: Vec<_> = last
+            .tasks
+            .iter()
+            .map(|t| (t.name.as_str(), t.state))
+            .collect();
+        assert_eq!(
+            tasks,
+            vec![
+                ("Utility_Coords", TaskState::Completed),
+                ("Utility_Name", TaskState::Completed),
+                ("Galaxy_Create_Impl", TaskState::Completed),
+            ]
+        );
+        let galaxy = seen.galaxies[0].clone();
+        assert_eq!(galaxy.instance_id, id.as_str());
+        assert_eq!(Some(&galaxy.name), last.galaxy.as_ref().map(|g| &g.name));
+        (last, galaxy)
+    };
 
     // The views the queries return agree with the streamed one.
-    drop(seen);
     let listed = monitor::recent_instances(&node.engine, vec![], 10)
         .await
         .unwrap();

@@ -1257,34 +1257,17 @@ fn commit(
     shared: &Shared,
     claims: &mut Vec<Claim>,
 ) -> OpResult<()> {
-    let PreparedCommit {
-        commit: c,
-        history,
-        activities: new_activities,
-        messages,
-        children,
-    } = prepared;
+    let (id, token) = (&prepared.commit.instance_id, &prepared.commit.lock.0);
     let held = shared
         .queues
         .lock()
         .expect("queues lock")
-        .claim_instance(&c.instance_id, &c.lock.0);
+        .claim_instance(id, token);
     let Some(held) = held else {
         return Err(StoreError::LeaseLost);
     };
-    claims.push(Claim::Instance(c.instance_id.clone(), c.lock.0.clone()));
-    commit_body(
-        tx,
-        PreparedCommit {
-            commit: c,
-            history,
-            activities: new_activities,
-            messages,
-            children,
-        },
-        shared,
-        Row::Update(held),
-    )
+    claims.push(Claim::Instance(id.clone(), token.clone()));
+    commit_body(tx, prepared, shared, Row::Update(held))
 }
 
 /// Writes a turn: its instance's row (see [`Row`]), history, consumed
