@@ -100,6 +100,12 @@ macro_rules! conformance_tests {
             case_work_signal,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn case_results_outstanding_when_an_instance_finishes() {
+            let mut harness = ($harness)().await;
+            $crate::conformance::case_results_outstanding_when_an_instance_finishes(&mut harness)
+                .await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn case_survives_reopen() {
             let mut harness = ($harness)().await;
             $crate::conformance::case_survives_reopen(&mut harness).await;
@@ -1205,6 +1211,48 @@ pub async fn case_complete_activity_work(store: &dyn Store) {
 }
 
 /// Two concurrent completions under the same lease deliver one result.
+/// An instance that finishes while an activity result waits for it (and
+/// another is consumed by the finishing turn) leaves nothing behind: after
+/// a reopen no activity runs again and no work is queued.
+pub async fn case_results_outstanding_when_an_instance_finishes(harness: &mut impl Harness) {
+    let store = harness.open().await;
+    let s = &*store;
+    with_activities(s, "fin", &[1, 2]).await;
+    let acts = s.fetch_activity_work(10, LONG).await.unwrap();
+    assert_eq!(acts.len(), 2);
+    let (a1, a2) = if acts[0].activity.task_id == 1 {
+        (&acts[0], &acts[1])
+    } else {
+        (&acts[1], &acts[0])
+    };
+    s.complete_activity_work(&a1.lock, task_completed("fin", 1))
+        .await
+        .unwrap();
+    let item = fetch_only(s, "fin").await;
+    assert_eq!(kinds(&item), ["TaskCompleted"]);
+    // Arrives while the turn runs: not in its work item.
+    s.complete_activity_work(&a2.lock, task_completed("fin", 2))
+        .await
+        .unwrap();
+    s.commit_turn(turn(&item, RuntimeStatus::Completed))
+        .await
+        .unwrap();
+    assert!(fetch(s, LONG).await.is_empty());
+    assert_eq!(status_of(s, "fin").await, RuntimeStatus::Completed);
+    harness.close(store).await;
+
+    let store = harness.open().await;
+    let s = &*store;
+    assert!(
+        s.fetch_activity_work(10, LONG).await.unwrap().is_empty(),
+        "a completed activity of a finished instance ran again"
+    );
+    assert!(fetch(s, LONG).await.is_empty());
+    assert_eq!(s.queue_depth().await.unwrap(), (0, 0));
+    assert_eq!(status_of(s, "fin").await, RuntimeStatus::Completed);
+    harness.close(store).await;
+}
+
 pub async fn case_concurrent_double_completion(store: &dyn Store) {
     const N: u64 = 20;
     let tasks: Vec<u64> = (1..=N).collect();
