@@ -1210,7 +1210,6 @@ pub async fn case_complete_activity_work(store: &dyn Store) {
     assert_eq!(status_of(store, "ca").await, RuntimeStatus::Completed);
 }
 
-/// Two concurrent completions under the same lease deliver one result.
 /// An instance that finishes while an activity result waits for it (and
 /// another is consumed by the finishing turn) leaves nothing behind: after
 /// a reopen no activity runs again and no work is queued.
@@ -1253,6 +1252,7 @@ pub async fn case_results_outstanding_when_an_instance_finishes(harness: &mut im
     harness.close(store).await;
 }
 
+/// Two concurrent completions under the same lease deliver one result.
 pub async fn case_concurrent_double_completion(store: &dyn Store) {
     const N: u64 = 20;
     let tasks: Vec<u64> = (1..=N).collect();

@@ -117,6 +117,16 @@ struct Inner {
     /// Per-instance locks that keep an instance's live updates in commit
     /// order; see [`publish_in_order`].
     publishing: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Activity results waiting to be handed to the store together (see
+    /// [`complete_together`]).
+    completions: Mutex<Vec<Completion>>,
+}
+
+/// A finished activity: its lease, its name (for logs) and its result.
+struct Completion {
+    lock: WorkLock,
+    name: String,
+    result: Message,
 }
 
 /// An embedded orchestration engine. Cloning shares the same engine.
@@ -142,6 +152,7 @@ impl Engine {
             updates,
             shutdown: watch::channel(false).0,
             publishing: Mutex::new(HashMap::new()),
+            completions: Mutex::new(Vec::new()),
         });
         let mut tasks = vec![
             tokio::spawn(orchestration_loop(inner.clone())),
@@ -675,16 +686,46 @@ async fn process_activity(inner: &Inner, item: ActivityWorkItem) {
         sent_at: types::now(),
         kind,
     };
-    if let Err(e) = inner
-        .store
-        .complete_activity_work(&item.lock, message)
-        .await
-    {
-        tracing::warn!(error = %e, activity = %a.name, "completing activity failed; it will run again");
+    complete_together(
+        inner,
+        Completion {
+            lock: item.lock.clone(),
+            name: a.name.clone(),
+            result: message,
+        },
+    )
+    .await;
+}
+
+/// Hands an activity's result to the store together with any that finished
+/// at the same moment (the parallel activities of a fan-out usually do):
+/// the store then makes them visible at once and the instance takes one
+/// turn for all of them instead of one each. The result is queued, the
+/// task yields once so that siblings can queue theirs, and whichever task
+/// runs next completes everything queued.
+async fn complete_together(inner: &Inner, completion: Completion) {
+    inner
+        .completions
+        .lock()
+        .expect("completions lock")
+        .push(completion);
+    tokio::task::yield_now().await;
+    let batch = std::mem::take(&mut *inner.completions.lock().expect("completions lock"));
+    if batch.is_empty() {
+        return; // another task completed ours
+    }
+    let items = batch
+        .iter()
+        .map(|c| (c.lock.clone(), c.result.clone()))
+        .collect();
+    let results = inner.store.complete_activities(items).await;
+    for (c, result) in batch.iter().zip(results) {
+        let Err(e) = result else { continue };
+        tracing::warn!(error = %e, activity = %c.name, "completing activity failed; it will run again");
         if !matches!(e, StoreError::LeaseLost) {
             let _ = inner
                 .store
-                .abandon_activity_work(&item.lock, STORE_ERROR_BACKOFF)
+                .abandon_activity_work(&c.lock, STORE_ERROR_BACKOFF)
                 .await;
         }
     }

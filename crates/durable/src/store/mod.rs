@@ -298,12 +298,31 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ActivityWorkItem>, StoreError>;
 
     /// Deletes a finished activity work item and delivers its result message
-    /// to the instance, in one transaction.
+    /// to the instance, in one transaction. A store may instead deliver the
+    /// result from memory and delete the work item in the commit of the turn
+    /// that consumes the result (the SQLite store does, for live instances):
+    /// a crash in between then runs the activity again, which at-least-once
+    /// allows, and a clean shutdown must make held results durable.
     async fn complete_activity_work(
         &self,
         lock: &WorkLock,
         result: Message,
     ) -> Result<(), StoreError>;
+
+    /// Completes several activity work items, as [`Store::complete_activity_work`]
+    /// does one each; results answer the items in order. Stores that can
+    /// make the results visible together override it, so that an instance
+    /// waiting for several results takes one turn for them.
+    async fn complete_activities(
+        &self,
+        items: Vec<(WorkLock, Message)>,
+    ) -> Vec<Result<(), StoreError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (lock, result) in items {
+            out.push(self.complete_activity_work(&lock, result).await);
+        }
+        out
+    }
 
     /// Returns a leased activity work item to the queue after `delay`.
     async fn abandon_activity_work(

@@ -157,6 +157,16 @@ struct Queues {
     act_locked: HashMap<String, (ActRow, Instant)>,
     act_leases: BTreeMap<(Instant, String), ()>,
     next_token: u64,
+    /// Every instance that is not finished, with its status as last
+    /// committed: lets an activity result be delivered without the writer.
+    live: HashMap<InstanceId, Meta>,
+    /// Activity results delivered from memory (see
+    /// [`SqliteStore::complete_activity_work`]), by activity row id: the row
+    /// stays until the turn that consumes the result deletes it.
+    held: HashMap<i64, (InstanceId, Message)>,
+    /// Activity rows whose held result will never be consumed (their
+    /// instance finished first): deleted by the writer's next batch.
+    orphans: Vec<(InstanceId, i64)>,
 }
 
 impl Queues {
@@ -192,6 +202,7 @@ impl Queues {
     fn deliver(&mut self, d: Delivery) {
         if d.fresh {
             self.reset(&d.instance_id);
+            self.live.insert(d.instance_id.clone(), d.meta.clone());
         }
         let now = types::now().timestamp_millis();
         match d.message.message.visible_at.map(|t| t.timestamp_millis()) {
@@ -205,6 +216,34 @@ impl Queues {
                 self.enqueue(&d.instance_id);
             }
         }
+    }
+
+    /// Delivers an activity result from memory when the lease is held (and
+    /// not being completed by the writer) and the instance is live; gives
+    /// the result back otherwise. See [`SqliteStore::complete_activity_work`].
+    fn hold_result(&mut self, lock: &WorkLock, result: Message) -> Option<Message> {
+        let eligible = self.act_locked.get(&lock.0).and_then(|(row, expires)| {
+            let meta = self.live.get(&row.activity.instance_id)?.clone();
+            self.act_leases
+                .contains_key(&(*expires, lock.0.clone()))
+                .then(|| (row.id, row.activity.instance_id.clone(), *expires, meta))
+        });
+        let Some((row, instance_id, expires, meta)) = eligible else {
+            return Some(result);
+        };
+        self.act_locked.remove(&lock.0);
+        self.act_leases.remove(&(expires, lock.0.clone()));
+        self.held.insert(row, (instance_id.clone(), result.clone()));
+        self.deliver(Delivery {
+            instance_id,
+            meta,
+            message: StoredMessage {
+                id: -row,
+                message: result,
+            },
+            fresh: false,
+        });
+        None
     }
 
     fn forget_if_idle(&mut self, id: &InstanceId) {
@@ -273,6 +312,7 @@ impl Queues {
     /// messages, delayed ones included, and its lease, whose holder then gets
     /// [`StoreError::LeaseLost`] instead of committing into the new instance.
     fn reset(&mut self, id: &InstanceId) {
+        self.held.retain(|_, (i, _)| i != id);
         if let Some(e) = self.entries.remove(id) {
             if e.delayed > 0 {
                 self.delayed.retain(|_, (i, _)| i != id);
@@ -489,6 +529,10 @@ enum Op {
         instances: Vec<(InstanceId, u32)>,
         activities: Vec<(InstanceId, i64, u32)>,
     },
+    /// At close: the activity results held in memory become what they
+    /// stand for, a deleted activity row and a message (see
+    /// [`SqliteStore::complete_activity_work`]).
+    PersistHeld(Vec<(InstanceId, i64, Json<Message>)>),
 }
 
 enum Outcome {
@@ -714,6 +758,37 @@ fn load_queues(conn: &Connection) -> Result<Queues, StoreError> {
     let mut q = Queues::default();
     let mut stmt = conn
         .prepare(
+            "SELECT instance_id, runtime_status, execution_id, history_events FROM instances \
+             WHERE runtime_status NOT IN ('Completed', 'Failed', 'Terminated', 'Canceled')",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(db_err)?;
+    for row in rows {
+        let (id, status, execution_id, len) = row.map_err(db_err)?;
+        let status = RuntimeStatus::parse(&status)
+            .ok_or_else(|| StoreError::Incompatible(format!("unknown status {status}")))?;
+        if !status.is_terminal() {
+            q.live.insert(
+                InstanceId::from_stored(id),
+                Meta {
+                    status,
+                    execution_id,
+                    history_len: len as u64,
+                },
+            );
+        }
+    }
+    let mut stmt = conn
+        .prepare(
             "SELECT m.id, m.instance_id, m.message, i.runtime_status, i.execution_id, i.history_events, i.attempts \
              FROM messages m JOIN instances i ON i.instance_id = m.instance_id ORDER BY m.id",
         )
@@ -875,10 +950,29 @@ impl SqliteStore {
     /// Finishes queued writes and stops the writer thread. Later calls fail
     /// with [`StoreError::Closed`].
     pub fn close(&self) {
+        let (mut held, orphans): (Vec<_>, bool) = {
+            let mut q = self.shared.queues.lock().expect("queues lock");
+            let held = q
+                .held
+                .drain()
+                .map(|(row, (id, message))| (id, row, Json::new(message)))
+                .collect();
+            (held, !q.orphans.is_empty())
+        };
+        if !held.is_empty() || orphans {
+            // In arrival order; the batch also deletes the orphans.
+            held.sort_by_key(|(_, row, _)| *row);
+            let _ = self.submit(Op::PersistHeld(held));
+        }
         self.writer.lock().expect("writer lock").take();
         if let Some(t) = self.writer_thread.lock().expect("writer lock").take() {
             let _ = t.join();
         }
+    }
+
+    fn wake_orchestrations(&self) {
+        self.shared.signal.orchestrations.notify_waiters();
+        self.shared.signal.orchestrations.notify_one();
     }
 
     fn submit(&self, op: Op) -> Result<(), StoreError> {
@@ -929,11 +1023,18 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Sha
             }
         }
         let mut claims = Vec::new();
+        let orphans = std::mem::take(&mut shared.queues.lock().expect("queues lock").orphans);
         let (effects, outcomes, committed) = match conn.transaction() {
             Ok(tx) => {
                 let mut effects = Vec::with_capacity(batch.len());
                 let mut outcomes = Vec::with_capacity(batch.len());
-                let mut fatal: Option<String> = None;
+                // Rows of held results nobody will consume; if this batch
+                // fails they stay, and run again after a restart.
+                let mut fatal: Option<String> = orphans
+                    .iter()
+                    .try_for_each(|(id, row)| delete_activity_row(&tx, id, *row).map(|_| ()))
+                    .err()
+                    .map(|e| e.to_string());
                 for op in batch {
                     if let Some(msg) = &fatal {
                         outcomes.push(fail_op(op, msg.clone()));
@@ -1028,7 +1129,7 @@ fn fail_op(op: Op, msg: String) -> Outcome {
         | Op::CompleteActivity(_, _, r) => Outcome::Unit(r, Err(e)),
         Op::Purge(_, r) => Outcome::Purge(r, Err(e)),
         Op::PurgeMany(_, _, r) => Outcome::Count(r, Err(e)),
-        Op::MarkFetched { .. } => Outcome::Silent,
+        Op::MarkFetched { .. } | Op::PersistHeld(_) => Outcome::Silent,
     }
 }
 
@@ -1074,6 +1175,11 @@ fn apply_op(
             let fatal = mark_fetched(tx, &instances, &activities)
                 .err()
                 .map(|e| e.to_string());
+            (Effect::None, Outcome::Silent, fatal)
+        }
+        Op::PersistHeld(held) => {
+            // Memory is not updated: the store is closing.
+            let fatal = persist_held(tx, shared, held).err().map(|e| e.to_string());
             (Effect::None, Outcome::Silent, fatal)
         }
     }
@@ -1362,14 +1468,24 @@ fn commit_body(
         .execute(params![id, first as i64, events])
         .map_err(db_err)?;
     }
-    if !terminal {
+    {
+        // A negative id is an activity result held in memory (see
+        // `complete_activity_work`): consuming it deletes the activity row.
         let mut del = tx
             .prepare_cached("DELETE FROM messages WHERE instance_id = ?1 AND id = ?2")
             .map_err(db_err)?;
+        let mut del_act = tx
+            .prepare_cached("DELETE FROM activities WHERE instance_id = ?1 AND id = ?2")
+            .map_err(db_err)?;
         for m in &c.consumed {
-            del.execute(params![id, m]).map_err(db_err)?;
+            if *m < 0 {
+                del_act.execute(params![id, -m]).map_err(db_err)?;
+            } else if !terminal {
+                del.execute(params![id, m]).map_err(db_err)?;
+            }
         }
-    } else {
+    }
+    if terminal {
         // A finished instance takes no more work: drop what waits for it.
         tx.prepare_cached("DELETE FROM messages WHERE instance_id = ?1")
             .map_err(db_err)?
@@ -1467,12 +1583,7 @@ fn complete_activity(
     };
     claims.push(Claim::Activity(lock.0.clone()));
     let (row_id, instance_id) = (row.id, row.activity.instance_id);
-    let deleted = tx
-        .prepare_cached("DELETE FROM activities WHERE instance_id = ?1 AND id = ?2")
-        .map_err(db_err)?
-        .execute(params![instance_id.as_str(), row_id])
-        .map_err(db_err)?;
-    if deleted == 0 {
+    if !delete_activity_row(tx, &instance_id, row_id)? {
         // Purged earlier in this batch: nothing left to complete.
         return Err(StoreError::LeaseLost);
     }
@@ -1591,6 +1702,33 @@ fn mark_fetched(
     Ok(())
 }
 
+fn persist_held(
+    tx: &Transaction<'_>,
+    shared: &Shared,
+    held: Vec<(InstanceId, i64, Json<Message>)>,
+) -> Result<(), StoreError> {
+    for (id, row, message) in held {
+        if delete_activity_row(tx, &id, row)? {
+            send_inner(tx, shared, &id, message, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes one activity row; false when it was already gone (purged).
+fn delete_activity_row(
+    tx: &Transaction<'_>,
+    id: &InstanceId,
+    row: i64,
+) -> Result<bool, StoreError> {
+    let deleted = tx
+        .prepare_cached("DELETE FROM activities WHERE instance_id = ?1 AND id = ?2")
+        .map_err(db_err)?
+        .execute(params![id.as_str(), row])
+        .map_err(db_err)?;
+    Ok(deleted > 0)
+}
+
 /// Applies a committed effect to memory; returns (new orchestration work,
 /// new activity work).
 fn apply_effect(q: &mut Queues, effect: Effect) -> (bool, bool) {
@@ -1613,11 +1751,23 @@ fn apply_effect(q: &mut Queues, effect: Effect) -> (bool, bool) {
             activities,
         } => {
             q.release(&instance_id, &token);
+            for m in consumed.iter().filter(|m| **m < 0) {
+                q.held.remove(&-m);
+            }
+            if cleared {
+                q.live.remove(&instance_id);
+            } else {
+                q.live.insert(instance_id.clone(), meta.clone());
+            }
+            let mut orphans = Vec::new();
             if let Some(e) = q.entries.get_mut(&instance_id) {
                 e.meta = meta;
                 e.attempts = 0;
                 e.visible.retain(|m| !consumed.contains(&m.id));
                 if cleared {
+                    // Held results it will never consume: their activity
+                    // rows go with the writer's next batch.
+                    orphans.extend(e.visible.iter().filter(|m| m.id < 0).map(|m| -m.id));
                     e.visible.clear();
                     if e.delayed > 0 {
                         q.delayed.retain(|_, (id, _)| *id != instance_id);
@@ -1626,6 +1776,10 @@ fn apply_effect(q: &mut Queues, effect: Effect) -> (bool, bool) {
                         }
                     }
                 }
+            }
+            for row in orphans {
+                q.held.remove(&row);
+                q.orphans.push((instance_id.clone(), row));
             }
             q.enqueue(&instance_id);
             let any_act = !activities.is_empty();
@@ -1653,6 +1807,7 @@ fn apply_effect(q: &mut Queues, effect: Effect) -> (bool, bool) {
             // the purge deleted too.
             for id in &ids {
                 q.reset(id);
+                q.live.remove(id);
             }
             if !ids.is_empty() {
                 let ids: std::collections::HashSet<_> = ids.into_iter().collect();
@@ -1922,14 +2077,61 @@ impl Store for SqliteStore {
         Ok(items)
     }
 
+    /// When memory knows the instance is live, the result is delivered
+    /// from memory: no write and no commit. The activity row stays until
+    /// the turn that consumes the result deletes it in its own commit (as a
+    /// message id that is the row id negated); a crash before that turn
+    /// runs the activity again, which at-least-once allows, and a clean
+    /// [`SqliteStore::close`] writes held results out. This took 9 of the
+    /// 22 statements of a Galaxy_Create and two commits off its path.
+    /// Otherwise (finished or unknown instance, lost lease) the writer
+    /// completes it as before.
     async fn complete_activity_work(
         &self,
         lock: &WorkLock,
         result: Message,
     ) -> Result<(), StoreError> {
+        let result = {
+            let mut q = self.shared.queues.lock().expect("queues lock");
+            match q.hold_result(lock, result) {
+                None => {
+                    drop(q);
+                    self.wake_orchestrations();
+                    return Ok(());
+                }
+                Some(result) => result,
+            }
+        };
         let lock = lock.clone();
         let result = Json::new(result);
         self.call(|r| Op::CompleteActivity(lock, result, r)).await
+    }
+
+    /// Holds every result it can under one lock, so they become visible
+    /// together (one turn for all); the others go to the writer.
+    async fn complete_activities(
+        &self,
+        items: Vec<(WorkLock, Message)>,
+    ) -> Vec<Result<(), StoreError>> {
+        let mut out: Vec<Result<(), StoreError>> = Vec::with_capacity(items.len());
+        let mut rest = Vec::new();
+        {
+            let mut q = self.shared.queues.lock().expect("queues lock");
+            for (i, (lock, result)) in items.into_iter().enumerate() {
+                out.push(Ok(()));
+                if let Some(result) = q.hold_result(&lock, result) {
+                    rest.push((i, lock, result));
+                }
+            }
+        }
+        if rest.len() < out.len() {
+            self.wake_orchestrations();
+        }
+        for (i, lock, result) in rest {
+            let result = Json::new(result);
+            out[i] = self.call(|r| Op::CompleteActivity(lock, result, r)).await;
+        }
+        out
     }
 
     async fn abandon_activity_work(
