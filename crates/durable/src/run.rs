@@ -454,10 +454,24 @@ impl OrchestrationRun {
 }
 
 /// Bytes an event takes serialized; what history size limits count.
+/// Counted as the JSON is produced, without building it (every event of
+/// every turn is measured; the copy showed in profiles).
 pub(crate) fn event_size(event: &HistoryEvent) -> u64 {
-    serde_json::to_vec(event)
-        .map(|v| v.len() as u64)
-        .unwrap_or(0)
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, event) {
+        Ok(()) => count.0,
+        Err(_) => 0,
+    }
 }
 
 /// Turns a caught panic into failure details with the panic's message.
