@@ -146,6 +146,16 @@ fn name(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// One line of the printed table.
+fn row(measure: &str, value: String, target: &str) {
+    println!("{measure:<52} {value:>12} {target:>10}");
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -209,26 +219,15 @@ async fn run(plan: Plan, full: bool) -> Result<()> {
     }
     let clicks = app.eval("return window.galaxyForge.metrics.clicks").await?;
     let clicks: Vec<ClickTimes> = serde_json::from_value(clicks)?;
-    let part = |f: fn(&ClickTimes) -> f64| {
-        let mut v: Vec<f64> = clicks.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        percentile(&v, 0.5)
-    };
-    let (invoke, event, engine) = (
-        part(|c| c.invoke_ms),
-        part(|c| c.shown_ms),
-        part(|c| c.engine_ms),
-    );
-    let mut clicks: Vec<f64> = clicks.iter().map(|c| c.ms).collect();
     ensure!(
         clicks.len() == plan.clicks,
         "{} clicks measured",
         clicks.len()
     );
     app.close().await?;
-    clicks.sort_by(|a, b| a.total_cmp(b));
-    let mut sorted_starts = starts.clone();
-    sorted_starts.sort_by(|a, b| a.total_cmp(b));
+    let times = |f: fn(&ClickTimes) -> f64| sorted(clicks.iter().map(f).collect());
+    let shown = times(|c| c.ms);
+    let starts = sorted(starts);
 
     println!();
     println!(
@@ -241,63 +240,51 @@ async fn run(plan: Plan, full: bool) -> Result<()> {
         plan.galaxies
     );
     println!("{:<52} {:>12} {:>10}", "measure", "value", "target");
-    println!(
-        "{:<52} {:>9.0} ms {:>10}",
-        format!("cold start to first paint, median of {}", plan.starts),
-        percentile(&sorted_starts, 0.5),
-        "< 1000 ms"
+    let ms0 = |v: f64| format!("{v:.0} ms");
+    let ms1 = |v: f64| format!("{v:.1} ms");
+    let mib = |kib: u64| format!("{} MiB", kib / 1024);
+    row(
+        &format!("cold start to first paint, median of {}", plan.starts),
+        ms0(percentile(&starts, 0.5)),
+        "< 1000 ms",
     );
-    println!(
-        "{:<52} {:>9.0} ms {:>10}",
+    row(
         "cold start to first paint, worst",
-        sorted_starts.last().copied().unwrap_or(0.0),
-        ""
+        ms0(starts.last().copied().unwrap_or(0.0)),
+        "",
     );
-    println!(
-        "{:<52} {:>9.0} ms {:>10}",
+    row(
         "  of which process start to snapshot loaded (median)",
-        {
-            let mut l = loads.clone();
-            l.sort_by(|a, b| a.total_cmp(b));
-            percentile(&l, 0.5)
-        },
-        ""
+        ms0(percentile(&sorted(loads), 0.5)),
+        "",
     );
-    println!(
-        "{:<52} {:>9.1} ms {:>10}",
-        format!("click -> Completed shown, p50 of {}", plan.clicks),
-        percentile(&clicks, 0.5),
-        "< 50 ms"
+    row(
+        &format!("click -> Completed shown, p50 of {}", plan.clicks),
+        ms1(percentile(&shown, 0.5)),
+        "< 50 ms",
     );
-    println!(
-        "{:<52} {:>9.1} ms {:>10}",
-        format!("click -> Completed shown, p99 of {}", plan.clicks),
-        percentile(&clicks, 0.99),
-        ""
+    row(
+        &format!("click -> Completed shown, p99 of {}", plan.clicks),
+        ms1(percentile(&shown, 0.99)),
+        "",
     );
-    println!(
-        "{:<52} {:>9.1} ms",
-        "  p50 click -> create command answered", invoke
+    row(
+        "  p50 click -> create command answered",
+        ms1(percentile(&times(|c| c.invoke_ms), 0.5)),
+        "",
     );
-    println!(
-        "{:<52} {:>9.1} ms",
-        "  p50 click -> Completed in the page (not yet painted)", event
+    row(
+        "  p50 click -> Completed in the page (not yet painted)",
+        ms1(percentile(&times(|c| c.shown_ms), 0.5)),
+        "",
     );
-    println!(
-        "{:<52} {:>9.1} ms",
-        "  p50 engine created -> completed (ms clock)", engine
+    row(
+        "  p50 engine created -> completed (ms clock)",
+        ms1(percentile(&times(|c| c.engine_ms), 0.5)),
+        "",
     );
-    println!(
-        "{:<52} {:>9} MiB {:>9}",
-        "idle RSS, process tree",
-        rss / 1024,
-        "< 150 MiB"
-    );
-    println!(
-        "{:<52} {:>9} MiB",
-        "idle PSS, process tree (shared pages split)",
-        pss / 1024
-    );
+    row("idle RSS, process tree", mib(rss), "< 150 MiB");
+    row("idle PSS, process tree (shared pages split)", mib(pss), "");
     println!("  processes: {}", procs.join(", "));
     Ok(())
 }

@@ -227,7 +227,7 @@ impl Engine {
         let instance = NewInstance {
             instance_id: instance_id.clone(),
             name: name.to_string(),
-            input: input.clone(),
+            input,
             execution_id: new_execution_id(),
             parent: None,
             created_at,
@@ -253,17 +253,7 @@ impl Engine {
             history_len: 0,
             messages: vec![StoredMessage {
                 id: 0,
-                message: Message {
-                    execution_id: Some(instance.execution_id.clone()),
-                    visible_at: None,
-                    sent_at: created_at,
-                    kind: EventKind::ExecutionStarted {
-                        name: name.to_string(),
-                        input,
-                        execution_id: instance.execution_id.clone(),
-                        parent: None,
-                    },
-                },
+                message: instance.start_message(),
             }],
             attempts: 0,
         };
@@ -714,18 +704,18 @@ async fn complete_together(inner: &Inner, completion: Completion) {
     if batch.is_empty() {
         return; // another task completed ours
     }
-    let items = batch
-        .iter()
-        .map(|c| (c.lock.clone(), c.result.clone()))
-        .collect();
+    let (names, items): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|c| ((c.lock.clone(), c.name), (c.lock, c.result)))
+        .unzip();
     let results = inner.store.complete_activities(items).await;
-    for (c, result) in batch.iter().zip(results) {
+    for ((lock, name), result) in names.iter().zip(results) {
         let Err(e) = result else { continue };
-        tracing::warn!(error = %e, activity = %c.name, "completing activity failed; it will run again");
+        tracing::warn!(error = %e, activity = %name, "completing activity failed; it will run again");
         if !matches!(e, StoreError::LeaseLost) {
             let _ = inner
                 .store
-                .abandon_activity_work(&c.lock, STORE_ERROR_BACKOFF)
+                .abandon_activity_work(lock, STORE_ERROR_BACKOFF)
                 .await;
         }
     }

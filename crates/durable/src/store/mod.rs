@@ -88,6 +88,24 @@ pub struct NewInstance {
     pub created_at: Timestamp,
 }
 
+impl NewInstance {
+    /// The `ExecutionStarted` message that begins its execution: what a
+    /// store queues at creation and what its first turn consumes.
+    pub fn start_message(&self) -> Message {
+        Message {
+            execution_id: Some(self.execution_id.clone()),
+            visible_at: None,
+            sent_at: self.created_at,
+            kind: crate::history::EventKind::ExecutionStarted {
+                name: self.name.clone(),
+                input: self.input.clone(),
+                execution_id: self.execution_id.clone(),
+                parent: self.parent.clone(),
+            },
+        }
+    }
+}
+
 /// Proof of a lease, returned by a fetch and required by the matching commit.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WorkLock(pub String);

@@ -1075,17 +1075,7 @@ struct CreateArgs {
 
 impl CreateArgs {
     fn new(inst: &NewInstance, home: i64) -> Self {
-        let started = Message {
-            execution_id: Some(inst.execution_id.clone()),
-            visible_at: None,
-            sent_at: inst.created_at,
-            kind: EventKind::ExecutionStarted {
-                name: inst.name.clone(),
-                input: inst.input.clone(),
-                execution_id: inst.execution_id.clone(),
-                parent: inst.parent.clone(),
-            },
-        };
+        let started = inst.start_message();
         Self {
             id: inst.instance_id.as_str().to_string(),
             name: inst.name.clone(),

@@ -99,6 +99,23 @@ struct Meta {
     history_len: u64,
 }
 
+impl Meta {
+    /// From the instance row's `runtime_status`, `execution_id` and
+    /// `history_events`.
+    fn from_row(
+        status: &str,
+        execution_id: String,
+        history_events: i64,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            status: RuntimeStatus::parse(status)
+                .ok_or_else(|| StoreError::Incompatible(format!("unknown status {status}")))?,
+            execution_id,
+            history_len: history_events as u64,
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Lease {
     token: String,
@@ -442,17 +459,7 @@ struct PreparedInstance {
 
 impl PreparedInstance {
     fn new(inst: NewInstance) -> Self {
-        let started = Some(Json::new(Message {
-            execution_id: Some(inst.execution_id.clone()),
-            visible_at: None,
-            sent_at: inst.created_at,
-            kind: EventKind::ExecutionStarted {
-                name: inst.name.clone(),
-                input: inst.input.clone(),
-                execution_id: inst.execution_id.clone(),
-                parent: inst.parent.clone(),
-            },
-        }));
+        let started = Some(Json::new(inst.start_message()));
         Self {
             input: json(&inst.input),
             inst,
@@ -740,15 +747,7 @@ fn read_meta(tx: &Connection, id: &InstanceId) -> Result<Option<(Meta, u32)>, St
     .optional()
     .map_err(db_err)?
     .map(|(status, execution_id, len, attempts)| {
-        Ok((
-            Meta {
-                status: RuntimeStatus::parse(&status)
-                    .ok_or_else(|| StoreError::Incompatible(format!("unknown status {status}")))?,
-                execution_id,
-                history_len: len as u64,
-            },
-            attempts as u32,
-        ))
+        Ok((Meta::from_row(&status, execution_id, len)?, attempts as u32))
     })
     .transpose()
 }
@@ -756,11 +755,17 @@ fn read_meta(tx: &Connection, id: &InstanceId) -> Result<Option<(Meta, u32)>, St
 /// Rebuilds the in-memory queues from the tables.
 fn load_queues(conn: &Connection) -> Result<Queues, StoreError> {
     let mut q = Queues::default();
+    let terminal: Vec<String> = RuntimeStatus::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
     let mut stmt = conn
-        .prepare(
+        .prepare(&format!(
             "SELECT instance_id, runtime_status, execution_id, history_events FROM instances \
-             WHERE runtime_status NOT IN ('Completed', 'Failed', 'Terminated', 'Canceled')",
-        )
+             WHERE runtime_status NOT IN ({})",
+            terminal.join(", ")
+        ))
         .map_err(db_err)?;
     let rows = stmt
         .query_map([], |r| {
@@ -774,18 +779,10 @@ fn load_queues(conn: &Connection) -> Result<Queues, StoreError> {
         .map_err(db_err)?;
     for row in rows {
         let (id, status, execution_id, len) = row.map_err(db_err)?;
-        let status = RuntimeStatus::parse(&status)
-            .ok_or_else(|| StoreError::Incompatible(format!("unknown status {status}")))?;
-        if !status.is_terminal() {
-            q.live.insert(
-                InstanceId::from_stored(id),
-                Meta {
-                    status,
-                    execution_id,
-                    history_len: len as u64,
-                },
-            );
-        }
+        q.live.insert(
+            InstanceId::from_stored(id),
+            Meta::from_row(&status, execution_id, len)?,
+        );
     }
     let mut stmt = conn
         .prepare(
@@ -809,12 +806,7 @@ fn load_queues(conn: &Connection) -> Result<Queues, StoreError> {
     for row in rows {
         let (id, instance, message, status, execution_id, len, attempts) = row.map_err(db_err)?;
         let instance_id = InstanceId::from_stored(instance);
-        let meta = Meta {
-            status: RuntimeStatus::parse(&status)
-                .ok_or_else(|| StoreError::Incompatible(format!("unknown status {status}")))?,
-            execution_id,
-            history_len: len as u64,
-        };
+        let meta = Meta::from_row(&status, execution_id, len)?;
         q.entry(&instance_id, &meta).attempts = (attempts as u32).max(1);
         q.deliver(Delivery {
             instance_id,
@@ -2091,20 +2083,10 @@ impl Store for SqliteStore {
         lock: &WorkLock,
         result: Message,
     ) -> Result<(), StoreError> {
-        let result = {
-            let mut q = self.shared.queues.lock().expect("queues lock");
-            match q.hold_result(lock, result) {
-                None => {
-                    drop(q);
-                    self.wake_orchestrations();
-                    return Ok(());
-                }
-                Some(result) => result,
-            }
-        };
-        let lock = lock.clone();
-        let result = Json::new(result);
-        self.call(|r| Op::CompleteActivity(lock, result, r)).await
+        self.complete_activities(vec![(lock.clone(), result)])
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
     }
 
     /// Holds every result it can under one lock, so they become visible
