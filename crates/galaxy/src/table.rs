@@ -149,6 +149,10 @@ impl GalaxyTable {
             }
         }
         let conn = connect(path, durable)?;
+        // Earlier versions kept an index on `name`. No query can use it
+        // (the name filter is a prefix test applied while paging in key
+        // order) and random names made every insert dirty its own index
+        // page, so it is dropped from existing files.
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS galaxies (
                 partition_key TEXT NOT NULL,
@@ -159,7 +163,7 @@ impl GalaxyTable {
                 instance_id TEXT NOT NULL,
                 PRIMARY KEY (partition_key, row_key)
             ) WITHOUT ROWID;
-            CREATE INDEX IF NOT EXISTS galaxies_by_name ON galaxies(name);
+            DROP INDEX IF EXISTS galaxies_by_name;
             PRAGMA application_id = {APPLICATION_ID};"
         ))?;
         let reader = connect(path, durable)?;

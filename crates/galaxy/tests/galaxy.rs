@@ -143,3 +143,33 @@ fn a_file_that_is_not_ours_is_refused_and_left_untouched() {
     ));
     assert_eq!(std::fs::read(&junk).unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_the_old_name_index_keeps_its_rows_and_loses_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("galaxies.db");
+    {
+        let table = GalaxyTable::open(&path, true).unwrap();
+        assert!(table.insert(galaxy("a", "Andromeda")).await.unwrap());
+        table.close();
+    }
+    // What earlier versions created beside the table.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE INDEX galaxies_by_name ON galaxies(name);")
+        .unwrap();
+    drop(conn);
+
+    let table = GalaxyTable::open(&path, true).unwrap();
+    assert_eq!(table.count().unwrap(), 1);
+    assert!(table.get("galaxies", "a").unwrap().is_some());
+    table.close();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'galaxies_by_name'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0);
+}
