@@ -5,15 +5,16 @@
 //! writing activity can run twice and still leave one row: the insert is
 //! `INSERT OR IGNORE` on the key.
 //!
-//! Writes go through one writer thread that commits whatever has queued up in
-//! one transaction (group commit), so thousands of concurrent activities
-//! share each fsync.
+//! Writes go through the engine's [`GroupCommit`]: a writer thread commits
+//! whatever has queued up in one transaction, so thousands of concurrent
+//! activities share each fsync, and a write that finds the writer idle
+//! commits on its caller's thread without the hand-off.
 
 use std::path::Path;
-use std::sync::mpsc as std_mpsc;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use durable::store::group_commit::GroupCommit;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -79,8 +80,7 @@ type Write = (Galaxy, oneshot::Sender<Result<bool, TableError>>);
 
 /// The galaxies table. See the module docs.
 pub struct GalaxyTable {
-    writer: Mutex<Option<std_mpsc::Sender<Write>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: GroupCommit<Write>,
     reader: Mutex<Connection>,
 }
 
@@ -167,14 +167,10 @@ impl GalaxyTable {
             PRAGMA application_id = {APPLICATION_ID};"
         ))?;
         let reader = connect(path, durable)?;
-        let (tx, rx) = std_mpsc::channel::<Write>();
-        let thread = std::thread::Builder::new()
-            .name("galaxies-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+        let writer = GroupCommit::start("galaxies-writer", conn, MAX_BATCH, write_batch)
             .map_err(|e| not_ours(path, e))?;
         Ok(Self {
-            writer: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            writer,
             reader: Mutex::new(reader),
         })
     }
@@ -183,11 +179,9 @@ impl GalaxyTable {
     /// this call wrote it. Durable when it returns.
     pub async fn insert(&self, galaxy: Galaxy) -> Result<bool, TableError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let guard = self.writer.lock().expect("writer lock");
-            let writer = guard.as_ref().ok_or(TableError::Closed)?;
-            writer.send((galaxy, tx)).map_err(|_| TableError::Closed)?;
-        }
+        self.writer
+            .run((galaxy, tx))
+            .map_err(|_| TableError::Closed)?;
         rx.await.map_err(|_| TableError::Closed)?
     }
 
@@ -266,10 +260,7 @@ impl GalaxyTable {
 
     /// Finishes queued writes and stops the writer thread.
     pub fn close(&self) {
-        self.writer.lock().expect("writer lock").take();
-        if let Some(t) = self.thread.lock().expect("thread lock").take() {
-            let _ = t.join();
-        }
+        self.writer.close();
     }
 }
 
@@ -279,52 +270,44 @@ impl Drop for GalaxyTable {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Write>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
+/// Inserts a batch in one transaction and answers each writer.
+fn write_batch(conn: &mut Connection, batch: Vec<Write>) {
+    let result = (|| -> Result<Vec<bool>, rusqlite::Error> {
+        let tx = conn.transaction()?;
+        let mut inserted = Vec::with_capacity(batch.len());
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO galaxies ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?;
+            for (g, _) in &batch {
+                let n = stmt.execute(params![
+                    g.partition_key,
+                    g.row_key,
+                    g.timestamp.timestamp_millis(),
+                    g.name,
+                    g.coords.x,
+                    g.coords.y,
+                    g.coords.z,
+                    g.instance_id
+                ])?;
+                inserted.push(n == 1);
             }
         }
-        let result = (|| -> Result<Vec<bool>, rusqlite::Error> {
-            let tx = conn.transaction()?;
-            let mut inserted = Vec::with_capacity(batch.len());
-            {
-                let mut stmt = tx.prepare_cached(&format!(
-                    "INSERT OR IGNORE INTO galaxies ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-                ))?;
-                for (g, _) in &batch {
-                    let n = stmt.execute(params![
-                        g.partition_key,
-                        g.row_key,
-                        g.timestamp.timestamp_millis(),
-                        g.name,
-                        g.coords.x,
-                        g.coords.y,
-                        g.coords.z,
-                        g.instance_id
-                    ])?;
-                    inserted.push(n == 1);
-                }
+        tx.commit()?;
+        Ok(inserted)
+    })();
+    match result {
+        Ok(inserted) => {
+            for ((_, reply), ok) in batch.into_iter().zip(inserted) {
+                let _ = reply.send(Ok(ok));
             }
-            tx.commit()?;
-            Ok(inserted)
-        })();
-        match result {
-            Ok(inserted) => {
-                for ((_, reply), ok) in batch.into_iter().zip(inserted) {
-                    let _ = reply.send(Ok(ok));
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(TableError::Database(
-                        rusqlite::Error::ToSqlConversionFailure(msg.clone().into()),
-                    )));
-                }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(TableError::Database(
+                    rusqlite::Error::ToSqlConversionFailure(msg.clone().into()),
+                )));
             }
         }
     }

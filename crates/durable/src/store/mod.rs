@@ -18,6 +18,7 @@
 //!   task results for a terminal instance are dropped silently.
 //! - A message with `visible_at` in the future is not delivered before then.
 
+pub mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 

@@ -34,7 +34,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +42,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::group_commit::GroupCommit;
 use super::{
     ActivityWorkItem, NewActivity, NewInstance, OrchestrationWorkItem, PurgeOutcome, Store,
     StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
@@ -555,7 +555,7 @@ struct Shared {
     /// The next message or activity id. Messages and activities are stored
     /// clustered by instance (`WITHOUT ROWID`, key `(instance_id, id)`), one
     /// B-tree each instead of a rowid table plus an instance index, so the
-    /// writer assigns ids itself. Only the writer thread takes ids; ids of a
+    /// writer assigns ids itself. Only the holder of the write connection takes ids; ids of a
     /// rolled-back batch are skipped, which is harmless.
     next_id: std::sync::atomic::AtomicI64,
 }
@@ -570,8 +570,7 @@ impl Shared {
 /// The SQLite store. See the module docs.
 pub struct SqliteStore {
     shared: Arc<Shared>,
-    writer: Mutex<Option<std_mpsc::Sender<Op>>>,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: GroupCommit<Op>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     _lock: File,
@@ -925,16 +924,14 @@ impl SqliteStore {
             signal: Arc::new(WorkSignal::default()),
             next_id: std::sync::atomic::AtomicI64::new(max_id + 1),
         });
-        let (tx, rx) = std_mpsc::channel();
         let writer_shared = shared.clone();
-        let writer_thread = std::thread::Builder::new()
-            .name("durable-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, writer_shared))
-            .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
+        let writer = GroupCommit::start("durable-sqlite-writer", conn, MAX_BATCH, move |c, b| {
+            run_batch(c, b, &writer_shared)
+        })
+        .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             shared,
-            writer: Mutex::new(Some(tx)),
-            writer_thread: Mutex::new(Some(writer_thread)),
+            writer,
             reader: Arc::new(Mutex::new(reader)),
             path,
             _lock: lock,
@@ -963,10 +960,7 @@ impl SqliteStore {
             held.sort_by_key(|(_, row, _)| *row);
             let _ = self.submit(Op::PersistHeld(held));
         }
-        self.writer.lock().expect("writer lock").take();
-        if let Some(t) = self.writer_thread.lock().expect("writer lock").take() {
-            let _ = t.join();
-        }
+        self.writer.close();
     }
 
     fn wake_orchestrations(&self) {
@@ -975,14 +969,15 @@ impl SqliteStore {
     }
 
     fn submit(&self, op: Op) -> Result<(), StoreError> {
-        let guard = self.writer.lock().expect("writer lock");
-        let tx = guard.as_ref().ok_or(StoreError::Closed)?;
-        tx.send(op).map_err(|_| StoreError::Closed)
+        self.writer.submit(op).map_err(|_| StoreError::Closed)
     }
 
+    /// Runs one write operation and waits for its commit: on this thread
+    /// when the writer is idle, else in the writer's next group commit (see
+    /// [`GroupCommit`]).
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(make(tx))?;
+        self.writer.run(make(tx)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1012,109 +1007,102 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, shared: Arc<Shared>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// Applies `batch` in one transaction, then updates the in-memory queues,
+/// answers every operation and wakes the dispatchers.
+fn run_batch(conn: &mut Connection, batch: Vec<Op>, shared: &Shared) {
+    let mut claims = Vec::new();
+    let orphans = std::mem::take(&mut shared.queues.lock().expect("queues lock").orphans);
+    let (effects, outcomes, committed) = match conn.transaction() {
+        Ok(tx) => {
+            let mut effects = Vec::with_capacity(batch.len());
+            let mut outcomes = Vec::with_capacity(batch.len());
+            // Rows of held results nobody will consume; if this batch
+            // fails they stay, and run again after a restart.
+            let mut fatal: Option<String> = orphans
+                .iter()
+                .try_for_each(|(id, row)| delete_activity_row(&tx, id, *row).map(|_| ()))
+                .err()
+                .map(|e| e.to_string());
+            for op in batch {
+                if let Some(msg) = &fatal {
+                    outcomes.push(fail_op(op, msg.clone()));
+                    continue;
+                }
+                let (effect, outcome, error) = apply_op(&tx, op, shared, &mut claims);
+                fatal = error;
+                effects.push(effect);
+                outcomes.push(outcome);
             }
+            let committed = match fatal {
+                // Dropping the transaction rolls the whole batch back.
+                Some(msg) => Err(StoreError::Database(msg)),
+                None => tx.commit().map_err(db_err),
+            };
+            (effects, outcomes, committed)
         }
-        let mut claims = Vec::new();
-        let orphans = std::mem::take(&mut shared.queues.lock().expect("queues lock").orphans);
-        let (effects, outcomes, committed) = match conn.transaction() {
-            Ok(tx) => {
-                let mut effects = Vec::with_capacity(batch.len());
-                let mut outcomes = Vec::with_capacity(batch.len());
-                // Rows of held results nobody will consume; if this batch
-                // fails they stay, and run again after a restart.
-                let mut fatal: Option<String> = orphans
-                    .iter()
-                    .try_for_each(|(id, row)| delete_activity_row(&tx, id, *row).map(|_| ()))
-                    .err()
-                    .map(|e| e.to_string());
-                for op in batch {
-                    if let Some(msg) = &fatal {
-                        outcomes.push(fail_op(op, msg.clone()));
-                        continue;
-                    }
-                    let (effect, outcome, error) = apply_op(&tx, op, &shared, &mut claims);
-                    fatal = error;
-                    effects.push(effect);
-                    outcomes.push(outcome);
-                }
-                let committed = match fatal {
-                    // Dropping the transaction rolls the whole batch back.
-                    Some(msg) => Err(StoreError::Database(msg)),
-                    None => tx.commit().map_err(db_err),
-                };
-                (effects, outcomes, committed)
-            }
-            Err(e) => {
-                let err = db_err(e);
-                let outcomes = batch
-                    .into_iter()
-                    .map(|op| fail_op(op, err.to_string()))
-                    .collect();
-                (
-                    Vec::new(),
-                    outcomes,
-                    Err(StoreError::Database(err.to_string())),
-                )
-            }
-        };
-        let mut notify_orch = false;
-        let mut notify_act = false;
-        {
-            let mut q = shared.queues.lock().expect("queues lock");
-            if committed.is_ok() {
-                for effect in effects {
-                    let (o, a) = apply_effect(&mut q, effect);
-                    notify_orch |= o;
-                    notify_act |= a;
-                }
-            }
-            // After the effects: a claim whose operation landed has no lease
-            // left to return.
-            for claim in claims {
-                let (o, a) = q.unclaim(claim);
+        Err(e) => {
+            let err = db_err(e);
+            let outcomes = batch
+                .into_iter()
+                .map(|op| fail_op(op, err.to_string()))
+                .collect();
+            (
+                Vec::new(),
+                outcomes,
+                Err(StoreError::Database(err.to_string())),
+            )
+        }
+    };
+    let mut notify_orch = false;
+    let mut notify_act = false;
+    {
+        let mut q = shared.queues.lock().expect("queues lock");
+        if committed.is_ok() {
+            for effect in effects {
+                let (o, a) = apply_effect(&mut q, effect);
                 notify_orch |= o;
                 notify_act |= a;
             }
         }
-        for outcome in outcomes {
-            let failed = committed.as_ref().err().map(|e| e.to_string());
-            match outcome {
-                Outcome::Unit(tx, r) => {
-                    let _ = tx.send(match failed {
-                        Some(e) => Err(StoreError::Database(e)),
-                        None => r,
-                    });
-                }
-                Outcome::Purge(tx, r) => {
-                    let _ = tx.send(match failed {
-                        Some(e) => Err(StoreError::Database(e)),
-                        None => r,
-                    });
-                }
-                Outcome::Count(tx, r) => {
-                    let _ = tx.send(match failed {
-                        Some(e) => Err(StoreError::Database(e)),
-                        None => r,
-                    });
-                }
-                Outcome::Silent => {}
+        // After the effects: a claim whose operation landed has no lease
+        // left to return.
+        for claim in claims {
+            let (o, a) = q.unclaim(claim);
+            notify_orch |= o;
+            notify_act |= a;
+        }
+    }
+    for outcome in outcomes {
+        let failed = committed.as_ref().err().map(|e| e.to_string());
+        match outcome {
+            Outcome::Unit(tx, r) => {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(StoreError::Database(e)),
+                    None => r,
+                });
             }
+            Outcome::Purge(tx, r) => {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(StoreError::Database(e)),
+                    None => r,
+                });
+            }
+            Outcome::Count(tx, r) => {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(StoreError::Database(e)),
+                    None => r,
+                });
+            }
+            Outcome::Silent => {}
         }
-        if notify_orch {
-            shared.signal.orchestrations.notify_waiters();
-            shared.signal.orchestrations.notify_one();
-        }
-        if notify_act {
-            shared.signal.activities.notify_waiters();
-            shared.signal.activities.notify_one();
-        }
+    }
+    if notify_orch {
+        shared.signal.orchestrations.notify_waiters();
+        shared.signal.orchestrations.notify_one();
+    }
+    if notify_act {
+        shared.signal.activities.notify_waiters();
+        shared.signal.activities.notify_one();
     }
 }
 
