@@ -612,7 +612,7 @@ pub async fn case_commit_turn_effects(store: &dyn Store) {
 
     let acts = store.fetch_activity_work(10, LONG).await.unwrap();
     assert_eq!(acts.len(), 1);
-    assert_eq!(acts[0].activity, activity("p", 1));
+    assert_eq!(*acts[0].activity, activity("p", 1));
     assert_eq!(acts[0].attempts, 1);
 
     let mut items = fetch(store, LONG).await;
@@ -736,7 +736,7 @@ pub async fn case_create_with_first_turn(store: &dyn Store) {
     );
     let acts = store.fetch_activity_work(10, LONG).await.unwrap();
     assert_eq!(acts.len(), 1);
-    assert_eq!(acts[0].activity, activity("f", 0));
+    assert_eq!(*acts[0].activity, activity("f", 0));
     let item = fetch_only(store, "f").await;
     assert_eq!(
         kinds(&item),
@@ -1162,7 +1162,7 @@ pub async fn case_abandon_activity_work(store: &dyn Store) {
     };
     assert!(t0.elapsed() >= delay, "came back before the abandon delay");
     assert_eq!(back.attempts, 2);
-    assert_eq!(back.activity, activity("aa", 1));
+    assert_eq!(*back.activity, activity("aa", 1));
 }
 
 /// Completing an activity deletes it and delivers its result in one step;
@@ -2036,7 +2036,7 @@ pub async fn case_survives_reopen(harness: &mut impl Harness) {
         act.attempts, 2,
         "activity delivery count lost across reopen"
     );
-    assert_eq!(act.activity, activity("busy", 1));
+    assert_eq!(*act.activity, activity("busy", 1));
 
     s.complete_activity_work(&act.lock, task_completed("busy", 1))
         .await

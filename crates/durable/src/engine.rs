@@ -773,7 +773,10 @@ async fn prepare_turn_owned(
 
 /// Runs one turn of the work item's instance in memory: the commit to make
 /// and the update to publish once it lands.
-async fn prepare_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<PreparedTurn, Error> {
+async fn prepare_turn(
+    inner: &Inner,
+    mut item: OrchestrationWorkItem,
+) -> Result<PreparedTurn, Error> {
     let now = types::now();
     let id = item.instance_id.clone();
     // Poison: the instance keeps failing its turns; fail it instead of
@@ -837,6 +840,13 @@ async fn prepare_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<Prep
         }
     };
 
+    // Each inbox message's id, and whether it is for whichever execution
+    // is current (kept across a continue-as-new when the turn left it).
+    let inbox: Vec<(i64, bool)> = item
+        .messages
+        .iter()
+        .map(|m| (m.id, m.message.execution_id.is_none()))
+        .collect();
     let messages: Vec<_> = if rewind {
         answers
     } else if poisoned {
@@ -853,7 +863,8 @@ async fn prepare_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<Prep
             message: Message::now(EventKind::ExecutionFailed { error: failure }),
         }]
     } else {
-        item.messages.clone()
+        // Moved, not copied: what the commit needs of them is kept here.
+        std::mem::take(&mut item.messages)
     };
     let poison = messages.iter().find_map(|m| match &m.message.kind {
         EventKind::ExecutionFailed { error } if m.id < 0 => Some(error.clone()),
@@ -891,10 +902,10 @@ async fn prepare_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<Prep
         if matches!(run.outcome, Some(Outcome::ContinuedAsNew(_))) {
             let unapplied: std::collections::HashSet<i64> =
                 turn.unapplied.iter().copied().collect();
-            item.messages
+            inbox
                 .iter()
-                .filter(|m| unapplied.contains(&m.id) && m.message.execution_id.is_none())
-                .map(|m| m.id)
+                .filter(|(id, any_execution)| unapplied.contains(id) && *any_execution)
+                .map(|(id, _)| *id)
                 .collect()
         } else {
             Default::default()
@@ -902,10 +913,9 @@ async fn prepare_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<Prep
     let mut commit = TurnCommit {
         lock: item.lock.clone(),
         instance_id: id.clone(),
-        consumed: item
-            .messages
+        consumed: inbox
             .iter()
-            .map(|m| m.id)
+            .map(|(id, _)| *id)
             .filter(|m| !kept.contains(m))
             .collect(),
         replace_history,

@@ -71,6 +71,7 @@ pub enum EventKind {
         /// Sequence number of the action.
         task_id: u64,
         /// When it fires.
+        #[serde(with = "crate::types::ts")]
         fire_at: Timestamp,
     },
     /// A durable timer fired.
@@ -78,6 +79,7 @@ pub enum EventKind {
         /// The timer.
         task_id: u64,
         /// When it was due.
+        #[serde(with = "crate::types::ts")]
         fire_at: Timestamp,
     },
     /// A sub-orchestration was started (action recorded).
@@ -210,6 +212,7 @@ pub struct HistoryEvent {
     /// Position in the execution's history, from 0.
     pub event_id: u64,
     /// When it was recorded.
+    #[serde(with = "crate::types::ts")]
     pub timestamp: Timestamp,
     /// What happened.
     #[serde(flatten)]
@@ -224,8 +227,10 @@ pub struct Message {
     /// Results for an execution that has since been replaced are dropped.
     pub execution_id: Option<String>,
     /// Not delivered before this time (durable timers).
+    #[serde(default, with = "crate::types::ts::option")]
     pub visible_at: Option<Timestamp>,
     /// When it was sent.
+    #[serde(with = "crate::types::ts")]
     pub sent_at: Timestamp,
     /// The content.
     pub kind: EventKind,

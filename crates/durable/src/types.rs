@@ -25,6 +25,135 @@ pub fn from_millis(ms: i64) -> Timestamp {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+#[cfg(test)]
+mod ts_tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_serialize_exactly_as_chrono_does() {
+        let mut samples: Vec<Timestamp> = vec![
+            from_millis(0),
+            from_millis(1_795_539_177_000),
+            from_millis(1_795_539_177_007),
+            from_millis(1_795_539_177_120),
+            from_millis(253_402_300_799_999), // 9999-12-31T23:59:59.999
+            from_millis(-62_167_219_200_000), // 0000-01-01
+            from_millis(-62_167_219_200_001), // before year 0: chrono's way
+            DateTime::from_timestamp(1_795_539_177, 123_456_789).unwrap(),
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(from_millis((x % 4_102_444_800_000) as i64));
+        }
+        for t in samples {
+            #[derive(Serialize, Deserialize)]
+            struct Ours(#[serde(with = "ts")] Timestamp);
+            #[derive(Serialize)]
+            struct Opt(#[serde(with = "ts::option")] Option<Timestamp>);
+            let ours = serde_json::to_string(&Ours(t)).unwrap();
+            assert_eq!(ours, serde_json::to_string(&t).unwrap());
+            assert_eq!(serde_json::from_str::<Ours>(&ours).unwrap().0, t);
+            assert_eq!(serde_json::to_string(&Opt(Some(t))).unwrap(), ours);
+        }
+        #[derive(Serialize)]
+        struct Opt(#[serde(with = "ts::option")] Option<Timestamp>);
+        assert_eq!(serde_json::to_string(&Opt(None)).unwrap(), "null");
+    }
+}
+
+/// Serde for the timestamps of history events and messages: the same RFC
+/// 3339 text as chrono's own `Serialize` (`2026-11-24T17:10:07.123Z`, no
+/// fraction on a whole second), written digit by digit. chrono goes through
+/// `fmt` one character at a time, which was about half the cost of
+/// serializing a turn's history. Values the engine does not make (below
+/// millisecond precision, years outside 0..=9999) go through chrono.
+pub(crate) mod ts {
+    use chrono::{Datelike, Timelike};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Timestamp;
+
+    /// Writes `t` into `buf`; `None` when chrono must do it.
+    pub(crate) fn format(t: &Timestamp, buf: &mut [u8; 24]) -> Option<usize> {
+        let nanos = t.timestamp_subsec_nanos();
+        let year = t.year();
+        if !nanos.is_multiple_of(1_000_000) || nanos >= 1_000_000_000 || !(0..=9999).contains(&year) {
+            return None;
+        }
+        fn put(buf: &mut [u8; 24], at: usize, value: u32, width: usize) {
+            let mut v = value;
+            for i in (0..width).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        put(buf, 0, year as u32, 4);
+        put(buf, 5, t.month(), 2);
+        put(buf, 8, t.day(), 2);
+        put(buf, 11, t.hour(), 2);
+        put(buf, 14, t.minute(), 2);
+        put(buf, 17, t.second(), 2);
+        for (at, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+            buf[at] = c;
+        }
+        let mut len = 19;
+        if nanos != 0 {
+            buf[19] = b'.';
+            put(buf, 20, nanos / 1_000_000, 3);
+            len = 23;
+        }
+        buf[len] = b'Z';
+        Some(len + 1)
+    }
+
+    pub(crate) fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 24];
+        match format(t, &mut buf) {
+            // Only ASCII digits and separators were written.
+            Some(n) => s.serialize_str(std::str::from_utf8(&buf[..n]).unwrap_or_default()),
+            None => t.serialize(s),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        Timestamp::deserialize(d)
+    }
+
+    /// The same for optional timestamps.
+    pub(crate) mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::Timestamp;
+
+        pub(crate) fn serialize<S: Serializer>(
+            t: &Option<Timestamp>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_some(&Wrapped(t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Timestamp>, D::Error> {
+            Option::<Timestamp>::deserialize(d)
+        }
+
+        struct Wrapped<'a>(&'a Timestamp);
+
+        impl serde::Serialize for Wrapped<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                super::serialize(self.0, s)
+            }
+        }
+    }
+}
+
 /// The id of one instance, chosen by the caller or generated (UUIDv7, so ids
 /// sort by creation time).
 ///

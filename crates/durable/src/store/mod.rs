@@ -163,8 +163,9 @@ pub struct NewActivity {
 pub struct ActivityWorkItem {
     /// The lease.
     pub lock: WorkLock,
-    /// What to run.
-    pub activity: NewActivity,
+    /// What to run (shared with the store's queue, which keeps it until
+    /// the activity completes).
+    pub activity: Arc<NewActivity>,
     /// How many times it was handed out, this time included (a restart may
     /// count as one, as for [`OrchestrationWorkItem::attempts`]).
     pub attempts: u32,

@@ -1584,13 +1584,13 @@ impl Store for PostgresStore {
                 r.get::<_, i64>(0),
                 ActivityWorkItem {
                     lock: WorkLock(r.get(7)),
-                    activity: NewActivity {
+                    activity: Arc::new(NewActivity {
                         instance_id: InstanceId::from_stored(r.get(1)),
                         execution_id: r.get(2),
                         task_id: r.get::<_, i64>(3) as u64,
                         name: r.get(4),
                         input: parse(r.get(5))?,
-                    },
+                    }),
                     attempts: r.get::<_, i32>(6) as u32,
                 },
             ));

@@ -154,7 +154,7 @@ struct Entry {
 #[derive(Clone, Debug)]
 struct ActRow {
     id: i64,
-    activity: NewActivity,
+    activity: Arc<NewActivity>,
     attempts: u32,
 }
 
@@ -844,13 +844,13 @@ fn load_queues(conn: &Connection) -> Result<Queues, StoreError> {
         let (id, instance, execution_id, task_id, name, input, attempts) = row.map_err(db_err)?;
         q.act_ready.push_back(ActRow {
             id,
-            activity: NewActivity {
+            activity: Arc::new(NewActivity {
                 instance_id: InstanceId::from_stored(instance),
                 execution_id,
                 task_id: task_id as u64,
                 name,
                 input: parse(&input)?,
-            },
+            }),
             attempts: (attempts as u32).max(1),
         });
     }
@@ -1499,7 +1499,7 @@ fn commit_body(
             .map_err(db_err)?;
             activities.push(ActRow {
                 id: activity_id,
-                activity: a,
+                activity: Arc::new(a),
                 attempts: 0,
             });
         }
@@ -1569,7 +1569,7 @@ fn complete_activity(
         return Err(StoreError::LeaseLost);
     };
     claims.push(Claim::Activity(lock.0.clone()));
-    let (row_id, instance_id) = (row.id, row.activity.instance_id);
+    let (row_id, instance_id) = (row.id, row.activity.instance_id.clone());
     if !delete_activity_row(tx, &instance_id, row_id)? {
         // Purged earlier in this batch: nothing left to complete.
         return Err(StoreError::LeaseLost);
@@ -2048,7 +2048,7 @@ impl Store for SqliteStore {
                 }
                 items.push(ActivityWorkItem {
                     lock: WorkLock(token.clone()),
-                    activity: row.activity.clone(),
+                    activity: Arc::clone(&row.activity),
                     attempts: row.attempts,
                 });
                 q.act_leases.insert((expires, token.clone()), ());
