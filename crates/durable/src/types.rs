@@ -80,7 +80,8 @@ pub(crate) mod ts {
     pub(crate) fn format(t: &Timestamp, buf: &mut [u8; 24]) -> Option<usize> {
         let nanos = t.timestamp_subsec_nanos();
         let year = t.year();
-        if !nanos.is_multiple_of(1_000_000) || nanos >= 1_000_000_000 || !(0..=9999).contains(&year) {
+        if !nanos.is_multiple_of(1_000_000) || nanos >= 1_000_000_000 || !(0..=9999).contains(&year)
+        {
             return None;
         }
         fn put(buf: &mut [u8; 24], at: usize, value: u32, width: usize) {

@@ -1229,6 +1229,26 @@ fn clear_finished(tx: &Transaction<'_>, id: &InstanceId) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Runs `insert` (an `INSERT .. ON CONFLICT DO NOTHING` of an instance
+/// row); when the id is taken, clears a finished instance of that id (a
+/// live one is a conflict) and inserts again. Ids are almost always new, so
+/// the common case is one statement instead of a lookup and an insert.
+fn insert_or_replace_finished(
+    tx: &Transaction<'_>,
+    id: &InstanceId,
+    insert: impl Fn() -> Result<usize, StoreError>,
+) -> Result<(), StoreError> {
+    if insert()? == 1 {
+        return Ok(());
+    }
+    clear_finished(tx, id)?;
+    if insert()? == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(id.clone()))
+    }
+}
+
 /// Inserts an instance's row (replacing a finished one of the same id)
 /// and, unless its first turn comes with it, its start message.
 fn insert_instance(
@@ -1241,22 +1261,23 @@ fn insert_instance(
         input,
         started,
     } = prepared;
-    clear_finished(tx, &inst.instance_id)?;
     let created = inst.created_at.timestamp_millis();
-    tx.prepare_cached(
-        "INSERT INTO instances (instance_id, name, execution_id, runtime_status, input, created_at, last_updated_at, parent_instance_id) \
-         VALUES (?1, ?2, ?3, 'Pending', ?4, ?5, ?5, ?6)",
-    )
-    .map_err(db_err)?
-    .execute(params![
-        inst.instance_id.as_str(),
-        inst.name,
-        inst.execution_id,
-        input,
-        created,
-        inst.parent.as_ref().map(|p| p.instance_id.as_str().to_string()),
-    ])
-    .map_err(db_err)?;
+    insert_or_replace_finished(tx, &inst.instance_id, || {
+        tx.prepare_cached(
+            "INSERT INTO instances (instance_id, name, execution_id, runtime_status, input, created_at, last_updated_at, parent_instance_id) \
+             VALUES (?1, ?2, ?3, 'Pending', ?4, ?5, ?5, ?6) ON CONFLICT (instance_id) DO NOTHING",
+        )
+        .map_err(db_err)?
+        .execute(params![
+            inst.instance_id.as_str(),
+            inst.name,
+            inst.execution_id,
+            input,
+            created,
+            inst.parent.as_ref().map(|p| p.instance_id.as_str().to_string()),
+        ])
+        .map_err(db_err)
+    })?;
     let meta = Meta {
         status: RuntimeStatus::Pending,
         execution_id: inst.execution_id.clone(),
@@ -1285,7 +1306,6 @@ fn create_with_turn(
     mut prepared: PreparedCommit,
 ) -> OpResult<()> {
     let id = inst.inst.instance_id.clone();
-    clear_finished(tx, &id)?;
     prepared.commit.consumed.clear();
     prepared.commit.lock = WorkLock(String::new());
     let (effect, ()) = commit_body(tx, prepared, shared, Row::Insert(&inst))?;
@@ -1416,10 +1436,12 @@ fn commit_body(
         }
         Row::Insert(new) => {
             let inst = &new.inst;
-            tx.prepare_cached(
+            insert_or_replace_finished(tx, &inst.instance_id, || {
+                tx.prepare_cached(
                 "INSERT INTO instances (instance_id, name, execution_id, runtime_status, input, output, custom_status, \
                  failure, created_at, last_updated_at, parent_instance_id, history_events, history_bytes) \
-                 VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ?6), ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 VALUES (?1, ?2, ?3, ?4, COALESCE(?5, ?6), ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+                 ON CONFLICT (instance_id) DO NOTHING",
             )
             .map_err(db_err)?
             .execute(params![
@@ -1438,7 +1460,8 @@ fn commit_body(
                 s.history_events as i64,
                 s.history_bytes as i64,
             ])
-            .map_err(db_err)?;
+            .map_err(db_err)
+            })?;
         }
     }
     if c.replace_history {
