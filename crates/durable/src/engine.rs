@@ -503,7 +503,7 @@ pub(crate) async fn purge_all(
 }
 
 fn new_execution_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
+    types::new_uuid_v7().simple().to_string()
 }
 
 /// Back-off after a store error in a dispatcher loop.

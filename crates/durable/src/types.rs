@@ -20,14 +20,42 @@ pub fn now() -> Timestamp {
     from_millis(Utc::now().timestamp_millis())
 }
 
+/// A UUIDv7 from the clock and the thread's random generator (seeded once
+/// from the OS). `Uuid::now_v7` asks the OS for random bytes on every call:
+/// two system calls per started instance.
+pub(crate) fn new_uuid_v7() -> uuid::Uuid {
+    let ms = Utc::now().timestamp_millis().max(0) as u64;
+    uuid::Builder::from_unix_timestamp_millis(ms, &rand::random::<[u8; 10]>()).into_uuid()
+}
+
 /// Converts stored milliseconds back into a [`Timestamp`].
 pub fn from_millis(ms: i64) -> Timestamp {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 #[cfg(test)]
-mod ts_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn generated_ids_are_distinct_uuid_v7_stamped_now() {
+        let before = Utc::now().timestamp_millis() as u64;
+        let ids: Vec<InstanceId> = (0..1000).map(|_| InstanceId::generate()).collect();
+        let after = Utc::now().timestamp_millis() as u64;
+        for id in &ids {
+            assert_eq!(id.as_str().len(), 32);
+            let u = uuid::Uuid::parse_str(id.as_str()).unwrap();
+            assert_eq!(u.get_version_num(), 7);
+            let (secs, nanos) = u.get_timestamp().unwrap().to_unix();
+            let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(
+                (before..=after).contains(&ms),
+                "{ms} not in {before}..={after}"
+            );
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 
     #[test]
     fn timestamps_serialize_exactly_as_chrono_does() {
@@ -182,7 +210,7 @@ impl InstanceId {
     /// A fresh id: a UUIDv7 in simple (32 hex digits) form, like the ids
     /// Durable Functions hands out.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().simple().to_string())
+        Self(new_uuid_v7().simple().to_string())
     }
 
     /// The id as text.
