@@ -91,3 +91,42 @@ async fn drop_then_reopen_keeps_work_and_attempts() {
     let st = store.get_instance(&id, false).await.unwrap().unwrap();
     assert_eq!(st.input, json!(1));
 }
+
+/// Commits reach the database file by a checkpoint on the store's own
+/// thread after a few dozen commits, not only when the writer's log is
+/// full (tens of thousands of pages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_checkpointed_beside_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let initial = std::fs::metadata(&path).unwrap().len();
+    // Rows big enough that the database needs new pages.
+    let input = json!("x".repeat(2000));
+    for i in 0..64 {
+        store
+            .create_instance(NewInstance {
+                instance_id: InstanceId::new(format!("ckpt-{i}")).unwrap(),
+                name: "Orch".into(),
+                input: input.clone(),
+                execution_id: "e1".into(),
+                parent: None,
+                created_at: durable::types::now(),
+            })
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let len = std::fs::metadata(&path).unwrap().len();
+        if len > initial + 64 * 2000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "database file still {len} bytes (was {initial}): nothing checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.close();
+}

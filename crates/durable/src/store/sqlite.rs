@@ -35,6 +35,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,10 @@ const APPLICATION_ID: i32 = 0x4746_4431; // "GFD1"
 const SCHEMA_VERSION: i64 = 4;
 /// Most operations in one group commit.
 const MAX_BATCH: usize = 2048;
+/// Commits between two background checkpoints.
+const COMMITS_PER_CHECKPOINT: u32 = 32;
+/// The writer checkpoints itself only past this many log frames (64 MiB).
+const WRITER_CHECKPOINT_FRAMES: u32 = 16_384;
 
 /// Settings of a SQLite store.
 #[derive(Clone, Debug)]
@@ -559,6 +564,10 @@ struct Shared {
     /// writer assigns ids itself. Only the holder of the write connection takes ids; ids of a
     /// rolled-back batch are skipped, which is harmless.
     next_id: std::sync::atomic::AtomicI64,
+    /// Commits since the checkpointer was last woken.
+    commits_since_checkpoint: std::sync::atomic::AtomicU32,
+    /// Wakes the checkpointer thread; `None` once closed.
+    checkpoint: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
 
 impl Shared {
@@ -572,6 +581,7 @@ impl Shared {
 pub struct SqliteStore {
     shared: Arc<Shared>,
     writer: GroupCommit<Op>,
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     _lock: File,
@@ -920,10 +930,35 @@ impl SqliteStore {
                 |r| r.get(0),
             )
             .map_err(db_err)?;
+        // WAL checkpoints run on their own thread and connection, beside
+        // the writer, instead of inside the commit that crossed SQLite's
+        // threshold (a tenth of the writer's CPU, plus fsyncs of the
+        // database file on the commit path). The writer keeps a far
+        // threshold as a backstop: a checkpoint that runs beside the writer
+        // cannot finish while the writer keeps appending, so under
+        // sustained load the log is only reset by the writer's own.
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_FRAMES};"
+        ))
+        .map_err(db_err)?;
+        let ckpt_conn = open_connection(&path, &config)?;
+        let (ckpt_tx, ckpt_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let checkpointer = std::thread::Builder::new()
+            .name("durable-sqlite-checkpoint".into())
+            .spawn(move || {
+                while ckpt_rx.recv().is_ok() {
+                    // Busy (the writer's own checkpoint) or failed: the next
+                    // signal tries again.
+                    let _ = ckpt_conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start checkpoint thread: {e}")))?;
         let shared = Arc::new(Shared {
             queues: Mutex::new(queues),
             signal: Arc::new(WorkSignal::default()),
             next_id: std::sync::atomic::AtomicI64::new(max_id + 1),
+            commits_since_checkpoint: std::sync::atomic::AtomicU32::new(0),
+            checkpoint: Mutex::new(Some(ckpt_tx)),
         });
         let writer_shared = shared.clone();
         let writer = GroupCommit::start("durable-sqlite-writer", conn, MAX_BATCH, move |c, b| {
@@ -933,6 +968,7 @@ impl SqliteStore {
         Ok(Self {
             shared,
             writer,
+            checkpointer: Mutex::new(Some(checkpointer)),
             reader: Arc::new(Mutex::new(reader)),
             path,
             _lock: lock,
@@ -962,6 +998,14 @@ impl SqliteStore {
             let _ = self.submit(Op::PersistHeld(held));
         }
         self.writer.close();
+        self.shared
+            .checkpoint
+            .lock()
+            .expect("checkpoint lock")
+            .take();
+        if let Some(t) = self.checkpointer.lock().expect("checkpoint lock").take() {
+            let _ = t.join();
+        }
     }
 
     fn wake_orchestrations(&self) {
@@ -1141,6 +1185,17 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, shared: &Shared) {
     {
         let mut q = shared.queues.lock().expect("queues lock");
         if committed.is_ok() {
+            let n = shared
+                .commits_since_checkpoint
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            if n >= COMMITS_PER_CHECKPOINT {
+                shared.commits_since_checkpoint.store(0, Ordering::Relaxed);
+                if let Some(tx) = shared.checkpoint.lock().expect("checkpoint lock").as_ref() {
+                    // Full: a checkpoint is already due.
+                    let _ = tx.try_send(());
+                }
+            }
             for effect in effects {
                 let (o, a) = apply_effect(&mut q, effect);
                 notify_orch |= o;
