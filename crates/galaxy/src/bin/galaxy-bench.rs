@@ -34,6 +34,9 @@ struct Args {
     /// Activities in the fan-out run.
     #[arg(long, default_value_t = 10_000)]
     fan_out: usize,
+    /// Concurrent clients starting instances in the throughput runs.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
     /// Instances whose replay state the engine keeps in memory.
     #[arg(long, default_value_t = EngineConfig::default().cache_capacity)]
     cache: usize,
@@ -108,12 +111,12 @@ impl Bench {
     }
 }
 
-/// Starts `n` Galaxy_Create as fast as 64 concurrent clients can and waits
-/// for all to complete. Returns (elapsed, starts/s over the start phase).
-async fn throughput(n: usize, cache: usize) -> anyhow::Result<(Duration, f64)> {
+/// Starts `n` Galaxy_Create as fast as `clients` concurrent clients can and
+/// waits for all to complete. Returns (elapsed, starts/s over the start
+/// phase).
+async fn throughput(n: usize, clients: usize, cache: usize) -> anyhow::Result<(Duration, f64)> {
     let b = open(cache)?;
     let t0 = Instant::now();
-    let clients = 64;
     let mut handles = Vec::new();
     for c in 0..clients {
         let engine = b.engine.clone();
@@ -245,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| benchmark | result | target |");
     println!("|---|---|---|");
     for n in &args.throughput {
-        let (elapsed, start_rate) = throughput(*n, args.cache).await?;
+        let (elapsed, start_rate) = throughput(*n, args.clients, args.cache).await?;
         println!(
             "| Galaxy_Create, {n} started at once | {:.0} completed/s ({:.2} s; starts {:.0}/s) | >= 10,000/s |",
             *n as f64 / elapsed.as_secs_f64(),
