@@ -249,6 +249,23 @@ pub struct WorkSignal {
     pub activities: Notify,
 }
 
+impl WorkSignal {
+    /// Wakes the dispatchers of the kinds of work that may have appeared:
+    /// every waiting one, and the next to wait if none is waiting yet (a
+    /// dispatcher between its fetch and its wait would otherwise sleep).
+    pub fn wake(&self, orchestrations: bool, activities: bool) {
+        for (wake, notify) in [
+            (orchestrations, &self.orchestrations),
+            (activities, &self.activities),
+        ] {
+            if wake {
+                notify.notify_waiters();
+                notify.notify_one();
+            }
+        }
+    }
+}
+
 /// The storage contract. See the module docs for the invariants.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -362,14 +362,7 @@ struct Shared {
 
 impl Shared {
     fn wake_local(&self, orchestrations: bool, activities: bool) {
-        if orchestrations {
-            self.signal.orchestrations.notify_waiters();
-            self.signal.orchestrations.notify_one();
-        }
-        if activities {
-            self.signal.activities.notify_waiters();
-            self.signal.activities.notify_one();
-        }
+        self.signal.wake(orchestrations, activities);
     }
 
     /// Work became visible now: wake local dispatchers and tell the others.

@@ -1009,8 +1009,7 @@ impl SqliteStore {
     }
 
     fn wake_orchestrations(&self) {
-        self.shared.signal.orchestrations.notify_waiters();
-        self.shared.signal.orchestrations.notify_one();
+        self.shared.signal.wake(true, false);
     }
 
     fn submit(&self, op: Op) -> Result<(), StoreError> {
@@ -1234,14 +1233,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, shared: &Shared) {
             Outcome::Silent => {}
         }
     }
-    if notify_orch {
-        shared.signal.orchestrations.notify_waiters();
-        shared.signal.orchestrations.notify_one();
-    }
-    if notify_act {
-        shared.signal.activities.notify_waiters();
-        shared.signal.activities.notify_one();
-    }
+    shared.signal.wake(notify_orch, notify_act);
 }
 
 fn fail_op(op: Op, msg: String) -> Outcome {
