@@ -8,6 +8,11 @@
 //! - [`pg_table`]: the same table in PostgreSQL, shared by several
 //!   processes.
 //! - [`galaxies`]: [`Galaxies`], either table behind one type.
+//! - [`body`]: a galaxy as a sync entity body, and the rules it follows.
+//! - [`replica`]: the device's side of sync over its table (outbox, sync
+//!   state, renames and deletes), [`GalaxyReplica`].
+//! - [`players`]: the cloud's side of sync: players, devices, tokens, link
+//!   codes and each player's synced galaxies, in SQLite or PostgreSQL.
 //! - [`workload`]: `Galaxy_Create` and its activities, registered on a
 //!   [`durable::Registry`].
 //! - [`local`]: [`LocalNode`], engine + table in one data directory.
@@ -18,12 +23,15 @@
 //! Invariant: this crate knows nothing of HTTP or Tauri; it is used the same
 //! way by the desktop app and the cloud backend.
 
+pub mod body;
 pub mod coords;
 pub mod galaxies;
 pub mod local;
 pub mod monitor;
 pub mod names;
 pub mod pg_table;
+pub mod players;
+pub mod replica;
 pub mod table;
 pub mod view;
 pub mod workload;
@@ -32,6 +40,7 @@ pub use coords::Coords;
 pub use galaxies::Galaxies;
 pub use local::{LocalConfig, LocalNode, OpenError};
 pub use pg_table::PgGalaxyTable;
+pub use replica::{EditError, GalaxyEvent, GalaxyReplica};
 pub use table::{Galaxy, GalaxyPage, GalaxyTable, TableError};
 pub use view::{InstanceView, TaskState, TaskView, TimelineEntry};
 pub use workload::{register, CreateGalaxyContext, GALAXY_CREATE};

@@ -44,6 +44,8 @@ fn from_row(r: &Row) -> Galaxy {
             z: r.get(6),
         },
         instance_id: r.get(7),
+        version: 0,
+        origin: String::new(),
     }
 }
 

@@ -91,6 +91,8 @@ pub fn register(registry: Registry, table: impl Into<Galaxies>) -> Registry {
                             name: c.name,
                             coords: c.coords,
                             instance_id: actx.instance_id.to_string(),
+                            version: 0,
+                            origin: String::new(),
                         })
                         .await
                         .map_err(|e| e.to_string())

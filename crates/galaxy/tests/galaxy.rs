@@ -14,6 +14,8 @@ fn galaxy(row_key: &str, name: &str) -> Galaxy {
         name: name.into(),
         coords: Coords { x: 1, y: 2, z: 3 },
         instance_id: format!("i-{row_key}"),
+        version: 0,
+        origin: String::new(),
     }
 }
 

@@ -16,6 +16,8 @@ fn galaxy(row_key: &str, name: &str, instance: &str) -> Galaxy {
         name: name.into(),
         coords: Coords { x: 1, y: -2, z: 3 },
         instance_id: instance.into(),
+        version: 0,
+        origin: String::new(),
     }
 }
 

@@ -16,7 +16,10 @@
 //! the cloud and reads and writes its settings file.
 
 pub mod link;
+pub mod protocol;
+pub mod replica;
 pub mod settings;
 
 pub use link::{CloudLink, Connection, NothingToSync, Outbox, Reachability, SyncStatus};
+pub use replica::{Replica, ReplicaState};
 pub use settings::{Settings, SettingsError, SettingsFile, DEFAULT_CLOUD_URL};
