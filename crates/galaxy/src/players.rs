@@ -424,12 +424,15 @@ impl Players {
     }
 
     /// The changes after `cursor`, at most `limit` (default
-    /// [`DEFAULT_PULL_LIMIT`], at most [`MAX_PULL_LIMIT`]).
+    /// [`DEFAULT_PULL_LIMIT`], at most [`MAX_PULL_LIMIT`]). A cursor below
+    /// the tombstone floor answers `reset`, unless `fresh` (the client's
+    /// chain of pages began at 0: it never held a purged entity).
     pub async fn pull(
         &self,
         device: &Device,
         client_id: &str,
         cursor: u64,
+        fresh: bool,
         limit: Option<usize>,
     ) -> Result<PullResponse, PlayersError> {
         let limit = limit.unwrap_or(DEFAULT_PULL_LIMIT).clamp(1, MAX_PULL_LIMIT);
@@ -439,7 +442,7 @@ impl Players {
             let tx = conn.transaction()?;
             let (latest, floor) = player_versions(&tx, &player_id)?;
             let last_mutation_id = client_last(&tx, &client_id, &player_id)?.unwrap_or(0);
-            if cursor > latest || (cursor > 0 && cursor < floor) {
+            if cursor > latest || (cursor > 0 && cursor < floor && !fresh) {
                 return Ok(PullResponse {
                     reset: true,
                     last_mutation_id,

@@ -1,7 +1,6 @@
 //! [`CloudLink`]: is the cloud reachable, and what is waiting to sync.
 //!
-//! Reachability is a plain `GET {cloudUrl}/healthz` (with the key as
-//! `x-functions-key` when one is set): any 2xx answer within the timeout
+//! Reachability is a plain `GET {cloudUrl}/healthz`: any 2xx answer within the timeout
 //! means online. The link checks at start, then every interval, and at once
 //! when the settings change. Each result is published as a [`SyncStatus`]
 //! on a watch channel, so a UI shows the latest and never polls.
@@ -164,10 +163,7 @@ impl CloudLink {
 /// One `GET {cloudUrl}/healthz`.
 pub async fn check_health(http: &reqwest::Client, settings: &Settings) -> Connection {
     let url = format!("{}/healthz", settings.cloud_url.trim_end_matches('/'));
-    let mut request = http.get(&url);
-    if !settings.cloud_key.is_empty() {
-        request = request.header("x-functions-key", &settings.cloud_key);
-    }
+    let request = http.get(&url);
     let started = Instant::now();
     let (state, message) = match request.send().await {
         Ok(r) if r.status().is_success() => (

@@ -1,4 +1,10 @@
-//! The cloud settings and the JSON file that keeps them.
+//! The cloud settings and the JSON file that keeps them: the cloud's URL
+//! and, once the device has registered or joined a player, its
+//! [`Account`] (player id, device id, device token).
+//!
+//! Older files may hold a `cloudKey` (the server-wide function key the app
+//! once used). It is read so the app knows to migrate (register, then
+//! save, which drops it) and is never written again.
 
 use std::path::{Path, PathBuf};
 
@@ -8,22 +14,77 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CLOUD_URL: &str = "http://127.0.0.1:7071";
 
 /// What the player configures about the cloud.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Settings {
     /// Base URL of the cloud backend, e.g. `https://forge.example.com`.
     pub cloud_url: String,
-    /// The function key sent as `x-functions-key`; empty for none.
-    pub cloud_key: String,
+    /// This device's cloud account, once registered or linked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+    /// A function key left by an older version: read, never written.
+    #[serde(skip_serializing)]
+    pub legacy_cloud_key: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    // Neither the token nor a legacy key may reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("cloud_url", &self.cloud_url)
+            .field("account", &self.account)
+            .field("legacy_cloud_key", &self.legacy_cloud_key.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// A device's membership of a player: what the cloud gave at register or
+/// join.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Account {
+    /// The player.
+    pub player_id: String,
+    /// This device.
+    pub device_id: String,
+    /// The device token (`Authorization: Bearer`).
+    pub token: String,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("player_id", &self.player_id)
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<crate::protocol::DeviceCredentials> for Account {
+    fn from(c: crate::protocol::DeviceCredentials) -> Self {
+        Self {
+            player_id: c.player_id,
+            device_id: c.device_id,
+            token: c.token,
+        }
+    }
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             cloud_url: DEFAULT_CLOUD_URL.to_string(),
-            cloud_key: String::new(),
+            account: None,
+            legacy_cloud_key: None,
         }
     }
+}
+
+/// The legacy field's wire name, accepted on read.
+#[derive(Deserialize)]
+struct Legacy {
+    #[serde(rename = "cloudKey", default)]
+    cloud_key: Option<String>,
 }
 
 /// Why settings could not be used, read or written. The messages are
@@ -54,11 +115,20 @@ pub enum SettingsError {
 }
 
 impl Settings {
-    /// Trims the values, drops a trailing `/` from the URL and checks that
-    /// the URL is an absolute http(s) URL and the key fits in a header.
+    /// The same settings for another cloud URL: an account belongs to one
+    /// cloud, so it is dropped when the URL changes.
+    pub fn with_cloud_url(mut self, url: &str) -> Self {
+        if self.cloud_url.trim_end_matches('/') != url.trim().trim_end_matches('/') {
+            self.account = None;
+        }
+        self.cloud_url = url.to_string();
+        self
+    }
+
+    /// Trims the URL, drops a trailing `/` and checks that it is an
+    /// absolute http(s) URL.
     pub fn normalized(self) -> Result<Self, SettingsError> {
         let cloud_url = self.cloud_url.trim().trim_end_matches('/').to_string();
-        let cloud_key = self.cloud_key.trim().to_string();
         let rest = cloud_url
             .strip_prefix("http://")
             .or_else(|| cloud_url.strip_prefix("https://"))
@@ -72,15 +142,7 @@ impl Settings {
                 "the cloud URL '{cloud_url}' has no host"
             )));
         }
-        if cloud_key.chars().any(|c| c.is_control() || !c.is_ascii()) {
-            return Err(SettingsError::Invalid(
-                "the cloud key may only contain printable ASCII characters".to_string(),
-            ));
-        }
-        Ok(Self {
-            cloud_url,
-            cloud_key,
-        })
+        Ok(Self { cloud_url, ..self })
     }
 }
 
@@ -115,6 +177,13 @@ impl SettingsFile {
             }
         };
         serde_json::from_str::<Settings>(&text)
+            .map(|mut s| {
+                s.legacy_cloud_key = serde_json::from_str::<Legacy>(&text)
+                    .ok()
+                    .and_then(|l| l.cloud_key)
+                    .filter(|k| !k.is_empty());
+                s
+            })
             .map_err(|e| e.to_string())
             .and_then(|s| s.normalized().map_err(|e| e.to_string()))
             .map_err(|reason| SettingsError::Corrupt {
@@ -152,12 +221,11 @@ mod tests {
     fn urls_are_trimmed_and_checked() {
         let ok = Settings {
             cloud_url: "  https://forge.example.com/ ".into(),
-            cloud_key: " k1 ".into(),
+            ..Settings::default()
         }
         .normalized()
         .unwrap();
         assert_eq!(ok.cloud_url, "https://forge.example.com");
-        assert_eq!(ok.cloud_key, "k1");
         for bad in [
             "forge.example.com",
             "ftp://x",
@@ -167,19 +235,12 @@ mod tests {
         ] {
             let err = Settings {
                 cloud_url: bad.into(),
-                cloud_key: String::new(),
+                ..Settings::default()
             }
             .normalized()
             .unwrap_err();
             assert!(matches!(err, SettingsError::Invalid(_)), "{bad}: {err}");
         }
-        let err = Settings {
-            cloud_url: DEFAULT_CLOUD_URL.into(),
-            cloud_key: "a\nb".into(),
-        }
-        .normalized()
-        .unwrap_err();
-        assert!(err.to_string().contains("printable"), "{err}");
     }
 
     #[test]
@@ -190,7 +251,12 @@ mod tests {
         let saved = file
             .save(Settings {
                 cloud_url: "http://10.1.2.3:7071/".into(),
-                cloud_key: "secret".into(),
+                account: Some(Account {
+                    player_id: "p".into(),
+                    device_id: "d".into(),
+                    token: "secret".into(),
+                }),
+                legacy_cloud_key: None,
             })
             .unwrap();
         assert_eq!(saved.cloud_url, "http://10.1.2.3:7071");
@@ -198,6 +264,40 @@ mod tests {
         let raw: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(file.path()).unwrap()).unwrap();
         assert_eq!(raw["cloudUrl"], "http://10.1.2.3:7071");
+        assert_eq!(raw["account"]["token"], "secret");
+        assert!(!format!("{saved:?}").contains("secret"));
+    }
+
+    #[test]
+    fn a_legacy_function_key_is_read_and_never_written_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SettingsFile::new(dir.path().join("settings.json"));
+        std::fs::write(
+            file.path(),
+            r#"{"cloudUrl":"http://127.0.0.1:7071","cloudKey":"master-secret"}"#,
+        )
+        .unwrap();
+        let loaded = file.load().unwrap();
+        assert_eq!(loaded.legacy_cloud_key.as_deref(), Some("master-secret"));
+        assert!(!format!("{loaded:?}").contains("master-secret"));
+        file.save(loaded).unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(!text.contains("master-secret"), "{text}");
+        assert_eq!(file.load().unwrap().legacy_cloud_key, None);
+    }
+
+    #[test]
+    fn another_cloud_url_drops_the_account() {
+        let s = Settings {
+            account: Some(Account {
+                player_id: "p".into(),
+                device_id: "d".into(),
+                token: "t".into(),
+            }),
+            ..Settings::default()
+        };
+        assert!(s.clone().with_cloud_url(&format!("{DEFAULT_CLOUD_URL}/")).account.is_some());
+        assert!(s.with_cloud_url("http://elsewhere:1").account.is_none());
     }
 
     #[test]
@@ -212,7 +312,7 @@ mod tests {
         assert!(file
             .save(Settings {
                 cloud_url: "nope".into(),
-                cloud_key: String::new()
+                ..Settings::default()
             })
             .is_err());
         assert_eq!(std::fs::read_to_string(file.path()).unwrap(), "{not json");

@@ -40,17 +40,17 @@ async fn closed_port_url() -> String {
     url
 }
 
-fn settings(url: &str, key: &str) -> Settings {
+fn settings(url: &str) -> Settings {
     Settings {
         cloud_url: url.to_string(),
-        cloud_key: key.to_string(),
+        ..Settings::default()
     }
 }
 
 #[tokio::test]
-async fn a_healthy_cloud_is_online_and_gets_the_key() {
+async fn a_healthy_cloud_is_online_and_never_gets_a_function_key() {
     let (url, mut requests) = server("200 OK").await;
-    let link = CloudLink::new(settings(&url, "k-123"), Arc::new(NothingToSync));
+    let link = CloudLink::new(settings(&url), Arc::new(NothingToSync));
     assert_eq!(link.status().connection.state, Reachability::Unknown);
     let status = link.check_now().await;
     assert_eq!(status.connection.state, Reachability::Online, "{status:?}");
@@ -58,19 +58,19 @@ async fn a_healthy_cloud_is_online_and_gets_the_key() {
     assert_eq!(link.status(), status, "published");
     let head = requests.recv().await.unwrap().to_lowercase();
     assert!(head.starts_with("get /healthz "), "{head}");
-    assert!(head.contains("x-functions-key: k-123"), "{head}");
+    assert!(!head.contains("x-functions-key"), "{head}");
 }
 
 #[tokio::test]
 async fn an_unhealthy_or_absent_cloud_is_offline_with_a_reason() {
     let (url, _requests) = server("503 Service Unavailable").await;
-    let link = CloudLink::new(settings(&url, ""), Arc::new(NothingToSync));
+    let link = CloudLink::new(settings(&url), Arc::new(NothingToSync));
     let status = link.check_now().await;
     assert_eq!(status.connection.state, Reachability::Offline);
     assert!(status.connection.message.contains("503"), "{status:?}");
 
     let url = closed_port_url().await;
-    let link = CloudLink::new(settings(&url, ""), Arc::new(NothingToSync));
+    let link = CloudLink::new(settings(&url), Arc::new(NothingToSync));
     let status = link.check_now().await;
     assert_eq!(status.connection.state, Reachability::Offline);
     assert!(
@@ -83,7 +83,7 @@ async fn an_unhealthy_or_absent_cloud_is_offline_with_a_reason() {
 async fn changing_the_settings_rechecks_at_once() {
     let down = closed_port_url().await;
     let (up, _requests) = server("200 OK").await;
-    let link = CloudLink::new(settings(&down, ""), Arc::new(NothingToSync));
+    let link = CloudLink::new(settings(&down), Arc::new(NothingToSync));
     let mut statuses = link.subscribe();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // An hour between periodic checks: only the settings change can
@@ -100,7 +100,7 @@ async fn changing_the_settings_rechecks_at_once() {
     .unwrap()
     .clone();
     assert_eq!(offline.connection.cloud_url, down);
-    link.set_settings(settings(&up, ""));
+    link.set_settings(settings(&up));
     let online = tokio::time::timeout(
         Duration::from_secs(10),
         statuses.wait_for(|s| s.connection.state == Reachability::Online),

@@ -1,0 +1,340 @@
+//! The sync protocol between real device replicas (tracked galaxies tables
+//! in SQLite files) and the cloud's real players store, with the round of
+//! `sync::round` in between. No HTTP here (tests/sync.rs at the root runs
+//! it through galaxy-cloud); this pins down the data rules.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use galaxy::players::{Device, Players, PlayersError};
+use galaxy::{Coords, Galaxy, GalaxyReplica, GalaxyTable};
+use sync::protocol::{Mutation, MutationStatus, PullResponse, PushRequest, PushResponse};
+use sync::{run_round, Replica, RoundReport, Transport, TransportError};
+
+/// The players store as a device's transport, in-process.
+struct Direct {
+    players: Players,
+    device: Device,
+}
+
+fn map(e: PlayersError) -> TransportError {
+    match e {
+        PlayersError::ClientStateNotFound(m) => TransportError::ClientStateNotFound(m),
+        e @ PlayersError::MutationGap { .. } => TransportError::MutationGap(e.to_string()),
+        PlayersError::Unauthorized => TransportError::Unauthorized("revoked".into()),
+        e => TransportError::Refused {
+            status: 400,
+            code: "Invalid".into(),
+            message: e.to_string(),
+        },
+    }
+}
+
+impl Transport for Direct {
+    async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportError> {
+        self.players.push(&self.device, request.clone()).await.map_err(map)
+    }
+
+    async fn pull(
+        &self,
+        client_id: &str,
+        cursor: u64,
+        fresh: bool,
+        limit: Option<usize>,
+    ) -> Result<PullResponse, TransportError> {
+        self.players
+            .pull(&self.device, client_id, cursor, fresh, limit)
+            .await
+            .map_err(map)
+    }
+}
+
+struct Phone {
+    replica: GalaxyReplica,
+    link: Direct,
+    _dir: tempfile::TempDir,
+}
+
+impl Phone {
+    fn new(players: &Players, device: Device) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let table = Arc::new(GalaxyTable::open_tracked(dir.path().join("galaxies.db"), true).unwrap());
+        Self {
+            replica: GalaxyReplica::new(table),
+            link: Direct {
+                players: players.clone(),
+                device,
+            },
+            _dir: dir,
+        }
+    }
+
+    async fn create(&self, name: &str) -> String {
+        let id = uuid::Uuid::now_v7().to_string();
+        let g = Galaxy {
+            partition_key: "galaxies".into(),
+            row_key: id.clone(),
+            timestamp: Utc::now(),
+            name: name.into(),
+            coords: Coords { x: 10, y: -20, z: 3 },
+            instance_id: format!("inst-{id}"),
+            version: 0,
+            origin: String::new(),
+        };
+        assert!(self.replica.table().insert(g).await.unwrap());
+        id
+    }
+
+    async fn sync(&self) -> RoundReport {
+        run_round(&self.replica, &self.link, 500, |_| {}).await.unwrap()
+    }
+
+    fn all(&self) -> Vec<Galaxy> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.replica.table().list(None, 1000, token.as_deref()).unwrap();
+            all.extend(page.galaxies);
+            match page.continuation {
+                Some(t) => token = Some(t),
+                None => return all,
+            }
+        }
+    }
+
+    fn names(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.all().into_iter().map(|g| (g.row_key, g.name)).collect();
+        v.sort();
+        v
+    }
+}
+
+async fn player() -> (tempfile::TempDir, Players, Device, Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let players = Players::open(dir.path().join("players.db")).unwrap();
+    let a = players.register(Some("laptop")).await.unwrap();
+    let code = players
+        .create_link_code(&players.authenticate(&a.token).await.unwrap())
+        .await
+        .unwrap();
+    let b = players.join(&code.code.to_lowercase(), Some("phone")).await.unwrap();
+    assert_eq!(a.player_id, b.player_id);
+    let a = players.authenticate(&a.token).await.unwrap();
+    let b = players.authenticate(&b.token).await.unwrap();
+    (dir, players, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn galaxies_made_on_one_device_reach_the_other_once_marked_with_their_origin() {
+    let (_d, players, a, b) = player().await;
+    let (pa, pb) = (Phone::new(&players, a.clone()), Phone::new(&players, b));
+    for n in ["Vega", "Altair", "Deneb"] {
+        pa.create(n).await;
+    }
+    assert_eq!(pa.replica.pending_count(), 3);
+    let r = pa.sync().await;
+    assert_eq!((r.pushed, r.notices.len()), (3, 0));
+    assert_eq!(pa.replica.pending_count(), 0);
+    let r = pb.sync().await;
+    assert_eq!(r.pulled, 3);
+    assert_eq!(pa.names(), pb.names());
+    let g = pb.all();
+    assert!(g.iter().all(|g| g.origin == "laptop" && g.version > 0), "{g:?}");
+    // Nothing more to move either way, and the cloud holds three.
+    assert_eq!(pa.sync().await, RoundReport { pushed: 0, pulled: 0, notices: vec![] });
+    assert_eq!(players.galaxy_count(&a.player_id).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_beats_a_concurrent_rename_and_both_devices_converge_with_a_notice() {
+    let (_d, players, a, b) = player().await;
+    let (pa, pb) = (Phone::new(&players, a), Phone::new(&players, b));
+    let id = pa.create("Vega").await;
+    pa.sync().await;
+    pb.sync().await;
+    pb.replica.delete(&id).await.unwrap();
+    pa.replica.rename(&id, "Vega Prime").await.unwrap();
+    pb.sync().await;
+    let r = pa.sync().await;
+    assert_eq!(r.notices.len(), 1, "{r:?}");
+    assert!(r.notices[0].contains("deleted on another device"), "{r:?}");
+    assert!(pa.names().is_empty(), "the tombstone came back: {:?}", pa.names());
+    assert!(pb.names().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_renames_end_in_the_servers_order_with_a_conflict_reported() {
+    let (_d, players, a, b) = player().await;
+    let (pa, pb) = (Phone::new(&players, a), Phone::new(&players, b));
+    let id = pa.create("Vega").await;
+    pa.sync().await;
+    pb.sync().await;
+    pa.replica.rename(&id, "From A").await.unwrap();
+    pb.replica.rename(&id, "From B").await.unwrap();
+    assert!(pa.sync().await.notices.is_empty());
+    let r = pb.sync().await;
+    assert!(r.notices.iter().any(|n| n.contains("also changed")), "{r:?}");
+    pa.sync().await;
+    assert_eq!(pa.names(), vec![(id.clone(), "From B".to_string())]);
+    assert_eq!(pb.names(), pa.names());
+}
+
+fn put(id: u64, entity: &str, name: &str) -> Mutation {
+    Mutation {
+        mutation_id: id,
+        op: "put".into(),
+        entity_id: entity.into(),
+        base_version: 0,
+        body: serde_json::json!({
+            "name": name, "coords": {"x": 1, "y": 2, "z": 3},
+            "createdAt": "2026-12-01T00:00:00Z", "instanceId": "i"
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_push_is_skipped_a_gap_applies_nothing_and_bad_mutations_do_not_wedge() {
+    let (_d, players, a, _b) = player().await;
+    let e1 = uuid::Uuid::now_v7().to_string();
+    let e2 = uuid::Uuid::now_v7().to_string();
+    let first = PushRequest {
+        client_id: "client-1".into(),
+        mutations: vec![put(1, &e1, "One"), put(2, &e2, "Two")],
+    };
+    let r = players.push(&a, first.clone()).await.unwrap();
+    assert_eq!(r.last_mutation_id, 2);
+    assert!(r.results.iter().all(|m| m.status == MutationStatus::Applied));
+    // The answer was lost; the client sends the same batch again.
+    let again = players.push(&a, first).await.unwrap();
+    assert!(again.results.iter().all(|m| m.status == MutationStatus::Skipped));
+    let pulled = players.pull(&a, "client-1", 0, false, None).await.unwrap();
+    assert_eq!((pulled.changes.len(), pulled.latest, pulled.last_mutation_id), (2, 2, 2));
+
+    let gap = players
+        .push(&a, PushRequest { client_id: "client-1".into(), mutations: vec![put(4, &e1, "Four")] })
+        .await
+        .unwrap_err();
+    assert!(matches!(gap, PlayersError::MutationGap { expected: 3, got: 4 }), "{gap}");
+    let unknown = players
+        .push(&a, PushRequest { client_id: "client-2".into(), mutations: vec![put(7, &e1, "x")] })
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, PlayersError::ClientStateNotFound(_)), "{unknown}");
+
+    let mut bad_op = put(4, &e1, "x");
+    bad_op.op = "explode".into();
+    let r = players
+        .push(&a, PushRequest {
+            client_id: "client-1".into(),
+            mutations: vec![put(3, "NOT-A-UUID", "x"), bad_op, put(5, &e2, &"n".repeat(81)), put(6, &e2, "Fine")],
+        })
+        .await
+        .unwrap();
+    let statuses: Vec<_> = r.results.iter().map(|m| m.status).collect();
+    use MutationStatus::*;
+    assert_eq!(statuses, vec![Rejected, Rejected, Rejected, Applied]);
+    assert_eq!(r.last_mutation_id, 6);
+    assert!(r.results[2].reason.as_deref().unwrap().contains("80"), "{r:?}");
+    assert_eq!(players.pull(&a, "client-1", 0, false, None).await.unwrap().last_mutation_id, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_cloud_forgot_renumbers_and_its_changes_still_arrive_once() {
+    let (_d, players, a, b) = player().await;
+    let pa = Phone::new(&players, a.clone());
+    pa.create("Early").await;
+    pa.sync().await;
+    // A client id the cloud never saw, with outbox ids that do not start at 1.
+    pa.create("Late").await;
+    pa.replica.renumber().await.unwrap();
+    pa.create("Later").await;
+    {
+        let st = pa.replica.state().await.unwrap();
+        let pending = pa.replica.pending(10).await.unwrap();
+        assert_eq!(pending.iter().map(|m| m.mutation_id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_ne!(st.client_id, "");
+    }
+    // Another player's device cannot use this client id.
+    let other = players.register(Some("stranger")).await.unwrap();
+    let other = players.authenticate(&other.token).await.unwrap();
+    let st = pa.replica.state().await.unwrap();
+    let pending = pa.replica.pending(10).await.unwrap();
+    players
+        .push(&a, PushRequest { client_id: st.client_id.clone(), mutations: pending.clone() })
+        .await
+        .unwrap();
+    let stolen = players
+        .push(&other, PushRequest { client_id: st.client_id, mutations: pending })
+        .await
+        .unwrap_err();
+    assert!(matches!(stolen, PlayersError::ClientStateNotFound(_)));
+    let pb = Phone::new(&players, b);
+    pb.sync().await;
+    assert_eq!(pb.names().len(), 3);
+    assert_eq!(players.galaxy_count(&other.player_id).await.unwrap(), 0);
+    assert!(players.pull(&other, "x", 0, false, None).await.unwrap().changes.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pulls_come_in_pages_and_old_cursors_get_a_reset() {
+    let (_d, players, a, b) = player().await;
+    let pa = Phone::new(&players, a.clone());
+    for i in 0..1200 {
+        pa.create(&format!("G{i}")).await;
+    }
+    let r = pa.sync().await;
+    assert_eq!(r.pushed, 1200);
+    let page = players.pull(&b, "c", 0, false, Some(1000)).await.unwrap();
+    assert!(page.has_more && page.changes.len() == 1000 && page.latest == 1200);
+    let rest = players.pull(&b, "c", page.cursor, false, Some(5000)).await.unwrap();
+    assert!(!rest.has_more && rest.changes.len() == 200 && rest.cursor == 1200);
+
+    let pb = Phone::new(&players, b.clone());
+    let mut seen = Vec::new();
+    let r = run_round(&pb.replica, &pb.link, 500, |p| seen.push(p)).await.unwrap();
+    assert_eq!(r.pulled, 1200);
+    assert_eq!(seen.len(), 3, "500 + 500 + 200: {seen:?}");
+    assert_eq!(seen.last().unwrap().cursor, 1200);
+
+    // A deletes one; the tombstone outlives no retention; B, still at 1200,
+    // is below the floor and starts over.
+    let victim = pa.names()[0].0.clone();
+    pa.replica.delete(&victim).await.unwrap();
+    pa.sync().await;
+    assert_eq!(players.purge_tombstones(Duration::ZERO).await.unwrap(), 1);
+    let stale = players.pull(&b, "c", 1200, false, None).await.unwrap();
+    assert!(stale.reset);
+    // ... but a chain of pages that began at 0 passes below the floor.
+    assert!(!players.pull(&b, "c", 1, true, None).await.unwrap().reset);
+    let r = pb.sync().await;
+    assert!(r.notices.iter().any(|n| n.contains("reloaded")), "{r:?}");
+    assert_eq!(pb.names(), pa.names());
+    assert_eq!(pb.names().len(), 1199);
+    // A cursor beyond anything the cloud has also resets.
+    assert!(players.pull(&b, "c", 999_999, false, None).await.unwrap().reset);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_link_codes_and_revocation() {
+    let (_d, players, a, b) = player().await;
+    assert!(matches!(players.authenticate("gf1.x.y").await, Err(PlayersError::Unauthorized)));
+    let forged = format!("gf1.{}.{}", a.device_id, "0".repeat(64));
+    assert!(matches!(players.authenticate(&forged).await, Err(PlayersError::Unauthorized)));
+    let code = players.create_link_code(&a).await.unwrap();
+    let c = players.join(&code.code, None).await.unwrap();
+    assert!(players.authenticate(&c.token).await.is_ok());
+    assert!(matches!(players.join(&code.code, None).await, Err(PlayersError::BadLinkCode)));
+    assert!(matches!(players.join("AAAA-AAAA", None).await, Err(PlayersError::BadLinkCode)));
+    let me = players.me(&a).await.unwrap();
+    assert_eq!(me.devices.len(), 3);
+    // Another player cannot revoke this player's device.
+    let other = players.register(None).await.unwrap();
+    let other = players.authenticate(&other.token).await.unwrap();
+    assert!(matches!(players.revoke(&other, &b.device_id).await, Err(PlayersError::NotFound(_))));
+    players.revoke(&a, &b.device_id).await.unwrap();
+    players.revoke(&a, &c.device_id).await.unwrap();
+    assert!(matches!(players.authenticate(&c.token).await, Err(PlayersError::Unauthorized)));
+    let me = players.me(&a).await.unwrap();
+    assert!(me.devices.iter().any(|d| d.device_id == b.device_id && d.revoked));
+}

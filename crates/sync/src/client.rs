@@ -1,0 +1,251 @@
+//! [`CloudApi`]: galaxy-cloud's player and sync routes, over HTTP.
+//!
+//! Every call maps the cloud's `{"error":{"code","message"}}` answers to a
+//! [`TransportError`], so callers tell "try later" (network, 5xx) from
+//! "renumber" (`ClientStateNotFound`) from "this device was revoked" (401).
+//! The token travels only in the `Authorization` header and is never
+//! logged.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::protocol::{
+    DeviceCredentials, LinkCode, PlayerInfo, Poke, PullResponse, PushRequest, PushResponse,
+    RegisterRequest, CLIENT_STATE_NOT_FOUND, MUTATION_GAP,
+};
+use crate::sse;
+use crate::transport::{Transport, TransportError};
+
+/// How long one request (not the live stream) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cloud's player and sync routes for one device.
+#[derive(Clone)]
+pub struct CloudApi {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for CloudApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudApi")
+            .field("base", &self.base)
+            .field("has_token", &self.token.is_some())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorFields,
+}
+
+#[derive(Deserialize)]
+struct ErrorFields {
+    code: String,
+    message: String,
+}
+
+/// A readable cause: reqwest's own message names only the outermost layer.
+fn unavailable(url: &str, e: &reqwest::Error) -> TransportError {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    TransportError::Unavailable(if e.is_timeout() {
+        format!("no answer from {url} in time")
+    } else if e.is_connect() {
+        format!("cannot connect to {url}: {root}")
+    } else {
+        format!("request to {url} failed: {root}")
+    })
+}
+
+impl CloudApi {
+    /// The API at `base` (e.g. `http://127.0.0.1:7071`), with the device's
+    /// token when it has one.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .expect("an HTTP client without custom TLS settings always builds");
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> (String, reqwest::RequestBuilder) {
+        let url = format!("{}{path}", self.base);
+        let mut r = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        (url, r)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, TransportError> {
+        let response = request
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| unavailable(url, &e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| unavailable(url, &e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| TransportError::Refused {
+                status: status.as_u16(),
+                code: "UnexpectedAnswer".into(),
+                message: format!("{url} answered something this client cannot read: {e}"),
+            });
+        }
+        let (code, message) = match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
+            Ok(e) => (e.error.code, e.error.message),
+            Err(_) => (
+                "HttpError".into(),
+                String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            ),
+        };
+        Err(match (status.as_u16(), code.as_str()) {
+            (401, _) => TransportError::Unauthorized(message),
+            (409, CLIENT_STATE_NOT_FOUND) => TransportError::ClientStateNotFound(message),
+            (409, MUTATION_GAP) => TransportError::MutationGap(message),
+            (s, _) if s >= 500 || s == 429 || s == 408 => {
+                TransportError::Unavailable(format!("{url} answered HTTP {s} {code}: {message}"))
+            }
+            (s, _) => TransportError::Refused {
+                status: s,
+                code,
+                message,
+            },
+        })
+    }
+
+    /// `POST /api/players`: a new player with this device.
+    pub async fn register(&self, device_name: &str) -> Result<DeviceCredentials, TransportError> {
+        let (url, r) = self.request(reqwest::Method::POST, "/api/players");
+        let body = RegisterRequest {
+            device_name: Some(device_name.to_string()),
+            code: None,
+        };
+        self.send(&url, r.json(&body)).await
+    }
+
+    /// `POST /api/players/devices`: joins the player of a link code.
+    pub async fn join(
+        &self,
+        code: &str,
+        device_name: &str,
+    ) -> Result<DeviceCredentials, TransportError> {
+        let (url, r) = self.request(reqwest::Method::POST, "/api/players/devices");
+        let body = RegisterRequest {
+            device_name: Some(device_name.to_string()),
+            code: Some(code.to_string()),
+        };
+        self.send(&url, r.json(&body)).await
+    }
+
+    /// `POST /api/players/link-codes`.
+    pub async fn link_code(&self) -> Result<LinkCode, TransportError> {
+        let (url, r) = self.request(reqwest::Method::POST, "/api/players/link-codes");
+        self.send(&url, r).await
+    }
+
+    /// `GET /api/players/me`.
+    pub async fn me(&self) -> Result<PlayerInfo, TransportError> {
+        let (url, r) = self.request(reqwest::Method::GET, "/api/players/me");
+        self.send(&url, r).await
+    }
+
+    /// `DELETE /api/players/devices/{id}`.
+    pub async fn revoke(&self, device_id: &str) -> Result<(), TransportError> {
+        let (url, r) = self.request(
+            reqwest::Method::DELETE,
+            &format!("/api/players/devices/{device_id}"),
+        );
+        self.send::<serde_json::Value>(&url, r).await.map(drop)
+    }
+
+    /// Opens `GET /api/sync/events` and calls `on_poke` for every poke
+    /// until the stream ends or fails. Returns once it was open and then
+    /// ended (`Ok`), or could not be opened (`Err`); `on_open` runs when the
+    /// stream is open (a reconnect: time to sync).
+    pub async fn follow_pokes(
+        &self,
+        mut on_open: impl FnMut() + Send,
+        mut on_poke: impl FnMut(Poke) + Send,
+    ) -> Result<(), TransportError> {
+        let (url, r) = self.request(reqwest::Method::GET, "/api/sync/events");
+        let mut response = r
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| unavailable(&url, &e))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            return Err(if status == 401 {
+                TransportError::Unauthorized("the live stream refused the token".into())
+            } else {
+                TransportError::Unavailable(format!("{url} answered HTTP {status}"))
+            });
+        }
+        on_open();
+        let mut parser = sse::Parser::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(bytes)) => {
+                    for event in parser.feed(&bytes) {
+                        if event.event == "poke" {
+                            match serde_json::from_str::<Poke>(&event.data) {
+                                Ok(p) => on_poke(p),
+                                Err(e) => tracing::warn!("sync: unreadable poke: {e}"),
+                            }
+                        }
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(unavailable(&url, &e)),
+            }
+        }
+    }
+}
+
+impl Transport for CloudApi {
+    async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportError> {
+        let (url, r) = self.request(reqwest::Method::POST, "/api/sync/push");
+        self.send(&url, r.json(request)).await
+    }
+
+    async fn pull(
+        &self,
+        client_id: &str,
+        cursor: u64,
+        fresh: bool,
+        limit: Option<usize>,
+    ) -> Result<PullResponse, TransportError> {
+        let (url, mut r) = self.request(reqwest::Method::GET, "/api/sync/pull");
+        r = r.query(&[("client_id", client_id), ("cursor", &cursor.to_string())]);
+        if fresh {
+            r = r.query(&[("fresh", "true")]);
+        }
+        if let Some(l) = limit {
+            r = r.query(&[("limit", l)]);
+        }
+        self.send(&url, r).await
+    }
+}
