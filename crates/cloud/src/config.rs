@@ -26,8 +26,48 @@ pub struct Args {
     /// Master key, overriding the one stored in the data directory.
     #[arg(long, env = "GALAXY_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
+    /// How long deletions are remembered for devices that were away: a
+    /// device that stayed away longer reloads its galaxies from the cloud.
+    /// A whole number followed by s, m, h or d.
+    #[arg(long, env = "GALAXY_TOMBSTONE_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub tombstone_retention: std::time::Duration,
     /// Also register the sample orchestrations (Sample_WaitForEvent,
     /// Sample_Fail) for trying the management API.
     #[arg(long, env = "GALAXY_SAMPLES")]
     pub samples: bool,
+}
+
+/// `30d`, `12h`, `90m`, `45s` (and `0s`: forget deletions at once).
+pub fn parse_retention(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 30d, 12h, 90m or 45s"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("'{text}' needs a unit: s, m, h or d")),
+    };
+    n.checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retentions_parse_with_units_only() {
+        assert_eq!(parse_retention("30d").unwrap().as_secs(), 30 * 86_400);
+        assert_eq!(parse_retention("0s").unwrap().as_secs(), 0);
+        assert_eq!(parse_retention("90m").unwrap().as_secs(), 5400);
+        for bad in ["", "30", "d", "-1d", "1w", "99999999999999999999d"] {
+            assert!(parse_retention(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -155,6 +155,34 @@ impl From<galaxy::TableError> for AppError {
     }
 }
 
+impl From<galaxy::players::PlayersError> for AppError {
+    fn from(e: galaxy::players::PlayersError) -> Self {
+        use galaxy::players::PlayersError as E;
+        let message = e.to_string();
+        match e {
+            E::Unauthorized => Self::unauthorized(message),
+            E::BadLinkCode => Self::bad_request("InvalidLinkCode", message),
+            E::NotFound(_) => Self::not_found("NotFound", message),
+            E::ClientStateNotFound(_) => Self::new(
+                StatusCode::CONFLICT,
+                sync::protocol::CLIENT_STATE_NOT_FOUND,
+                message,
+            ),
+            E::MutationGap { .. } => {
+                Self::new(StatusCode::CONFLICT, sync::protocol::MUTATION_GAP, message)
+            }
+            E::TooMany(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "TooManyMutations", message),
+            E::Invalid(_) => Self::bad_request("InvalidRequest", message),
+            E::Interrupted(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ShuttingDown",
+                "the server is shutting down; retry later",
+            ),
+            E::Database(e) => Self::internal("the players store", e),
+        }
+    }
+}
+
 /// Middleware: rewrites any error response that is not JSON (made by a
 /// layer, the router or an extractor rejection) into the JSON error shape,
 /// keeping its status and headers such as `Allow`.

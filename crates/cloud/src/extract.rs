@@ -42,6 +42,27 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// A JSON request body of a known shape: not JSON is 400 `InvalidJson`,
+/// the wrong shape (missing or unknown fields, wrong types) is 400
+/// `InvalidRequest` naming the field, over the limit is 413.
+pub struct Typed<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Typed<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        let JsonBody(value) = JsonBody::from_request(request, state).await?;
+        let value = if value.is_null() {
+            Value::Object(Default::default())
+        } else {
+            value
+        };
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| AppError::bad_request("InvalidRequest", format!("the body does not fit: {e}")))
+    }
+}
+
 /// Query parameters; a malformed query string is 400.
 pub struct Query<T>(pub T);
 

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`app`]: the router; [`routes`] holds the handlers, one module per
-//!   area (starter, management, live streams, galaxies, operations). Each
+//!   area (starter, management, live streams, galaxies, players, sync,
+//!   operations). Each
 //!   handler parses, calls the engine or the table, and maps errors.
 //! - [`payload`]: the contract's JSON shapes, built by pure functions.
 //! - [`extract`]: request parsing (bodies, queries, continuation tokens).
@@ -14,6 +15,8 @@
 //!   keeps every error response in the `{"error":{"code","message"}}` shape.
 //! - [`keys`]: function and master keys, stored in the data directory and
 //!   compared in constant time.
+//! - [`device_auth`]: device tokens (`Authorization: Bearer`), the
+//!   credential of the player and sync routes.
 //! - [`metrics`]: Prometheus counters and the dispatch latency histogram.
 //! - [`state`]: [`AppState`], what the handlers share.
 //! - [`server`]: opening the store, serving, signals, graceful shutdown;
@@ -24,6 +27,7 @@
 //! and the galaxy crate know nothing of HTTP.
 
 pub mod config;
+pub mod device_auth;
 pub mod error;
 pub mod extract;
 pub mod keys;

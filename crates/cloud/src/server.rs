@@ -40,6 +40,9 @@ pub enum ServeError {
     /// The galaxies table refused to open.
     #[error("galaxies table: {0}")]
     Table(#[from] galaxy::TableError),
+    /// The players store refused to open.
+    #[error("players store: {0}")]
+    Players(#[from] galaxy::players::PlayersError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -174,6 +177,31 @@ pub async fn serve(
     }
 }
 
+/// How often old tombstones are purged (and once at start).
+pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Purges tombstones older than `retention` at start and every
+/// [`PURGE_EVERY`] until shutdown.
+async fn purge_tombstones(
+    players: galaxy::players::Players,
+    retention: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        match players.purge_tombstones(retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("purged {n} tombstones older than {retention:?}"),
+            Err(e) => tracing::warn!("purging tombstones failed: {e}"),
+        }
+        let every = if retention.is_zero() { Duration::from_secs(1) } else { PURGE_EVERY.min(retention) };
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// Installs the SIGTERM and Ctrl-C (SIGINT) handlers now and returns a
 /// future that resolves on either. Installed before the server announces
 /// itself, so a signal sent right after the `listening on` line is a
@@ -238,6 +266,13 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
             return Err(e);
         }
     };
+    let players = match galaxy::players::Players::open(args.data_dir.join("players.db")) {
+        Ok(p) => p,
+        Err(e) => {
+            opened.close().await;
+            return Err(e.into());
+        }
+    };
     let engine = Engine::start(
         opened.store.clone(),
         registry(table.clone(), args.samples),
@@ -255,8 +290,13 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         }
     };
     let addr = listener.local_addr()?;
-    let state =
-        AppState::new(engine.clone(), table.clone(), keys).with_default_host(addr.to_string());
+    let state = AppState::new(engine.clone(), table.clone(), keys, players.clone())
+        .with_default_host(addr.to_string());
+    tokio::spawn(purge_tombstones(
+        players,
+        args.tombstone_retention,
+        state.shutdown_signal(),
+    ));
     println!("galaxy-cloud listening on http://{addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -1,9 +1,10 @@
-//! What every handler shares: the engine, the galaxies table, the keys, the
-//! metrics and the shutdown signal.
+//! What every handler shares: the engine, the galaxies table, the keys,
+//! the players store, the metrics and the shutdown signal.
 
 use std::sync::Arc;
 
 use durable::Engine;
+use galaxy::players::Players;
 use galaxy::Galaxies;
 use tokio::sync::watch;
 
@@ -19,6 +20,8 @@ pub struct AppState {
     pub table: Galaxies,
     /// The access keys.
     pub keys: Arc<Keys>,
+    /// Players, devices and their synced galaxies.
+    pub players: Players,
     /// Request counters and dispatch latency.
     pub metrics: Arc<Metrics>,
     /// Host (and port) used for absolute URIs when a request has no `Host`
@@ -33,7 +36,7 @@ impl AppState {
     /// Must be called inside a Tokio runtime: it spawns the task that
     /// measures dispatch latency from the engine's update stream (it ends
     /// on [`AppState::begin_shutdown`]).
-    pub fn new(engine: Engine, table: impl Into<Galaxies>, keys: Keys) -> Self {
+    pub fn new(engine: Engine, table: impl Into<Galaxies>, keys: Keys, players: Players) -> Self {
         let metrics = Arc::new(Metrics::default());
         let shutdown = Arc::new(watch::channel(false).0);
         tokio::spawn(crate::metrics::watch_dispatch(
@@ -45,6 +48,7 @@ impl AppState {
             engine,
             table: table.into(),
             keys: Arc::new(keys),
+            players,
             metrics,
             default_host: Arc::from("localhost"),
             shutdown,

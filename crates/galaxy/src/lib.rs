@@ -16,6 +16,8 @@
 //! - [`workload`]: `Galaxy_Create` and its activities, registered on a
 //!   [`durable::Registry`].
 //! - [`local`]: [`LocalNode`], engine + table in one data directory.
+//! - [`device`]: [`PlayerDevice`], a player's device (tracked node,
+//!   settings, sync loop), shared by the desktop app and the `galaxy` CLI.
 //! - [`view`]: view models of instances (tasks, timeline) for monitors.
 //! - [`monitor`]: queries returning those views, and [`monitor::forward`],
 //!   the update stream turned into views for a UI.
@@ -25,6 +27,7 @@
 
 pub mod body;
 pub mod coords;
+pub mod device;
 pub mod galaxies;
 pub mod local;
 pub mod monitor;
@@ -37,6 +40,7 @@ pub mod view;
 pub mod workload;
 
 pub use coords::Coords;
+pub use device::{DeviceError, DeviceStatus, PlayerDevice};
 pub use galaxies::Galaxies;
 pub use local::{LocalConfig, LocalNode, OpenError};
 pub use pg_table::PgGalaxyTable;

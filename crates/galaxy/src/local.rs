@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use durable::{Engine, EngineConfig, Registry, SqliteConfig, SqliteStore, Store};
 
+use crate::replica::GalaxyReplica;
 use crate::table::{GalaxyTable, TableError};
 
 /// Why a local node could not open.
@@ -28,6 +29,10 @@ pub struct LocalConfig {
     pub engine: EngineConfig,
     /// Every commit survives power loss (`synchronous=FULL`) when true.
     pub durable: bool,
+    /// A player's device: every galaxy change also writes its sync outbox
+    /// row, and the node has a [`GalaxyReplica`]. Benchmarks and tools
+    /// that never sync leave it off.
+    pub tracked: bool,
 }
 
 impl Default for LocalConfig {
@@ -35,6 +40,7 @@ impl Default for LocalConfig {
         Self {
             engine: EngineConfig::default(),
             durable: true,
+            tracked: false,
         }
     }
 }
@@ -45,6 +51,8 @@ pub struct LocalNode {
     pub engine: Engine,
     /// The galaxies table.
     pub table: Arc<GalaxyTable>,
+    /// The sync side of the table, when the node is tracked.
+    pub replica: Option<GalaxyReplica>,
     store: Arc<SqliteStore>,
     dir: PathBuf,
 }
@@ -61,12 +69,19 @@ impl LocalNode {
                 ..SqliteConfig::default()
             },
         )?);
-        let table = Arc::new(GalaxyTable::open(dir.join("galaxies.db"), config.durable)?);
+        let path = dir.join("galaxies.db");
+        let table = Arc::new(if config.tracked {
+            GalaxyTable::open_tracked(path, config.durable)?
+        } else {
+            GalaxyTable::open(path, config.durable)?
+        });
+        let replica = config.tracked.then(|| GalaxyReplica::new(table.clone()));
         let registry = crate::workload::register(Registry::new(), table.clone());
         let engine = Engine::start(store.clone() as Arc<dyn Store>, registry, config.engine);
         Ok(Self {
             engine,
             table,
+            replica,
             store,
             dir,
         })

@@ -4,8 +4,10 @@
 pub mod galaxies;
 pub mod instances;
 pub mod ops;
+pub mod players;
 pub mod starter;
 pub mod stream;
+pub mod sync;
 
 use axum::middleware::from_fn_with_state;
 use axum::Router;
@@ -14,8 +16,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::keys;
 use crate::state::AppState;
+use crate::{device_auth, keys};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +31,8 @@ use crate::state::AppState;
         (name = "management", description = "Durable Functions instance management"),
         (name = "live", description = "Server-Sent Events of instance changes (extension)"),
         (name = "galaxies", description = "The galaxies table"),
+        (name = "players", description = "Players, devices, device tokens and link codes"),
+        (name = "sync", description = "Device sync: push, pull, live pokes"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]
@@ -47,11 +51,18 @@ impl utoipa::Modify for KeySchemes {
         components.add_security_scheme("function_key_header", header());
         components.add_security_scheme("master_key", query());
         components.add_security_scheme("master_key_header", header());
+        components.add_security_scheme(
+            "device_token",
+            SecurityScheme::Http(utoipa::openapi::security::Http::new(
+                utoipa::openapi::security::HttpAuthScheme::Bearer,
+            )),
+        );
     }
 }
 
 /// Every route, with its OpenAPI description. Protected routes sit behind
-/// the key check; `/healthz` and `/api/openapi.json` do not.
+/// the key check, player and sync routes behind the device token check;
+/// registering, joining, `/healthz` and `/api/openapi.json` need neither.
 pub(crate) fn build(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let protected = OpenApiRouter::new()
         .routes(routes!(starter::start))
@@ -70,11 +81,22 @@ pub(crate) fn build(state: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(galaxies::get))
         .routes(routes!(ops::metrics))
         .route_layer(from_fn_with_state(state.clone(), keys::require_key));
+    let device = OpenApiRouter::new()
+        .routes(routes!(players::link_code))
+        .routes(routes!(players::me))
+        .routes(routes!(players::revoke))
+        .routes(routes!(sync::push))
+        .routes(routes!(sync::pull))
+        .routes(routes!(sync::events))
+        .route_layer(from_fn_with_state(state.clone(), device_auth::require_device));
     let public = OpenApiRouter::new()
+        .routes(routes!(players::register))
+        .routes(routes!(players::join))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::openapi));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)
+        .merge(device)
         .merge(public)
         .split_for_parts()
 }

@@ -35,7 +35,9 @@ pub fn start_with(samples: bool, config: EngineConfig) -> TestApp {
     let registry = cloud::server::registry(table.clone(), samples);
     let engine = Engine::start(store.clone() as Arc<dyn Store>, registry, config);
     let keys = Keys::new(FUNCTION_KEY, MASTER_KEY).expect("keys");
-    let state = AppState::new(engine, table, keys);
+    let players =
+        galaxy::players::Players::open(dir.path().join("players.db")).expect("players");
+    let state = AppState::new(engine, table, keys, players);
     let router = cloud::app(state.clone());
     TestApp {
         state,

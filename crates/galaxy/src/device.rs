@@ -1,0 +1,279 @@
+//! [`PlayerDevice`]: one player's device, as the desktop app and the
+//! `galaxy` command line both use it: a tracked local node (engine and
+//! galaxies with their outbox), its settings file (cloud URL and account),
+//! and the sync loop over them.
+//!
+//! Everything a device does is here, once: register or join a player, make
+//! link codes, create galaxies through the embedded engine (offline), rename
+//! and delete them, sync. The app's commands and the CLI's subcommands only
+//! parse, call these and print.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use durable::{InstanceId, RuntimeStatus};
+use serde::Serialize;
+use sync::protocol::LinkCode;
+use sync::{
+    Account, CloudApi, RoundError, RoundReport, Settings, SettingsError, SettingsFile, Syncer,
+    SyncerConfig, SyncerStatus, TransportError,
+};
+
+use crate::local::{LocalConfig, LocalNode, OpenError};
+use crate::replica::{EditError, GalaxyReplica};
+use crate::table::{Galaxy, TableError};
+use crate::workload::GALAXY_CREATE;
+
+/// How long `create` waits for one galaxy.
+const CREATE_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a device operation failed. Messages are for players.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The local data could not be opened.
+    #[error("cannot open the galaxies in this data directory: {0}")]
+    Open(#[from] OpenError),
+    /// The settings file failed.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The device has no cloud account yet.
+    #[error("this device is not linked to a cloud account yet: run `register --cloud URL` or `link CODE --cloud URL`")]
+    NotRegistered,
+    /// The device already has an account with this cloud.
+    #[error("this device already belongs to player {0} on this cloud")]
+    AlreadyRegistered(String),
+    /// The cloud refused or could not be reached.
+    #[error(transparent)]
+    Cloud(#[from] TransportError),
+    /// A rename or delete was refused.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// The galaxies table failed.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// The engine refused or failed.
+    #[error("the local engine: {0}")]
+    Engine(#[from] durable::Error),
+    /// A sync round failed.
+    #[error("sync: {0}")]
+    Sync(String),
+}
+
+impl From<RoundError<TableError>> for DeviceError {
+    fn from(e: RoundError<TableError>) -> Self {
+        match e {
+            RoundError::Transport(t) => Self::Cloud(t),
+            other => Self::Sync(other.to_string()),
+        }
+    }
+}
+
+/// What `status` shows.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    /// The cloud URL.
+    pub cloud_url: String,
+    /// The player, once registered.
+    pub player_id: Option<String>,
+    /// This device, once registered.
+    pub device_id: Option<String>,
+    /// Galaxies on this device.
+    pub galaxies: u64,
+    /// The sync loop's status (pending changes, last sync, phase).
+    pub sync: SyncerStatus,
+}
+
+/// One player's device. See the module docs.
+pub struct PlayerDevice {
+    node: LocalNode,
+    replica: GalaxyReplica,
+    syncer: Arc<Syncer<GalaxyReplica>>,
+    settings_file: SettingsFile,
+    settings: std::sync::Mutex<Settings>,
+}
+
+impl PlayerDevice {
+    /// Opens the device's data in `data_dir` (creating it) with its
+    /// settings in `settings_path` (default `<data_dir>/settings.json`).
+    ///
+    /// A settings file holding a function key from an older version is
+    /// rewritten without it at once: a player's device never holds the
+    /// server-wide key ([`PlayerDevice::had_legacy_key`] tells the app to
+    /// register instead).
+    pub fn open(
+        data_dir: &Path,
+        settings_path: Option<PathBuf>,
+        config: SyncerConfig,
+    ) -> Result<(Self, bool), DeviceError> {
+        let settings_file =
+            SettingsFile::new(settings_path.unwrap_or_else(|| data_dir.join("settings.json")));
+        let mut settings = settings_file.load()?;
+        let had_legacy_key = settings.legacy_cloud_key.take().is_some();
+        if had_legacy_key {
+            settings = settings_file.save(settings)?;
+        }
+        let node = LocalNode::open(
+            data_dir,
+            LocalConfig {
+                tracked: true,
+                ..LocalConfig::default()
+            },
+        )?;
+        let replica = node.replica.clone().expect("a tracked node has a replica");
+        let api = api_of(&settings);
+        let syncer = Syncer::new(Arc::new(replica.clone()), api, config);
+        Ok((
+            Self {
+                node,
+                replica,
+                syncer,
+                settings_file,
+                settings: std::sync::Mutex::new(settings),
+            },
+            had_legacy_key,
+        ))
+    }
+
+    /// The local node (engine and table).
+    pub fn node(&self) -> &LocalNode {
+        &self.node
+    }
+
+    /// The sync side of the table.
+    pub fn replica(&self) -> &GalaxyReplica {
+        &self.replica
+    }
+
+    /// The sync loop (run it with [`Syncer::run`] to keep in sync live).
+    pub fn syncer(&self) -> &Arc<Syncer<GalaxyReplica>> {
+        &self.syncer
+    }
+
+    /// The current settings.
+    pub fn settings(&self) -> Settings {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Saves new settings (validated) and points the sync loop at them.
+    pub fn save_settings(&self, settings: Settings) -> Result<Settings, DeviceError> {
+        let saved = self.settings_file.save(settings)?;
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = saved.clone();
+        self.syncer.set_api(api_of(&saved));
+        Ok(saved)
+    }
+
+    fn account(&self) -> Result<Account, DeviceError> {
+        self.settings().account.ok_or(DeviceError::NotRegistered)
+    }
+
+    /// Registers a new player at `cloud_url` with this device.
+    pub async fn register(&self, cloud_url: &str, device_name: &str) -> Result<Account, DeviceError> {
+        let settings = self.settings().with_cloud_url(cloud_url).normalized()?;
+        if let Some(a) = &settings.account {
+            return Err(DeviceError::AlreadyRegistered(a.player_id.clone()));
+        }
+        let creds = CloudApi::new(&settings.cloud_url, None).register(device_name).await?;
+        let account = Account::from(creds);
+        self.save_settings(Settings {
+            account: Some(account.clone()),
+            ..settings
+        })?;
+        Ok(account)
+    }
+
+    /// Joins the player of a link code at `cloud_url` (leaving any other
+    /// account this device had).
+    pub async fn join(&self, cloud_url: &str, code: &str, device_name: &str) -> Result<Account, DeviceError> {
+        let settings = self.settings().with_cloud_url(cloud_url).normalized()?;
+        let creds = CloudApi::new(&settings.cloud_url, None).join(code, device_name).await?;
+        let account = Account::from(creds);
+        self.save_settings(Settings {
+            account: Some(account.clone()),
+            ..settings
+        })?;
+        Ok(account)
+    }
+
+    /// A link code for another device to join this player.
+    pub async fn link_code(&self) -> Result<LinkCode, DeviceError> {
+        let account = self.account()?;
+        Ok(CloudApi::new(&self.settings().cloud_url, Some(account.token)).link_code().await?)
+    }
+
+    /// Runs `Galaxy_Create` `count` times on the embedded engine (no network
+    /// needed) and waits for them. Returns the instance ids.
+    pub async fn create(&self, count: usize) -> Result<Vec<InstanceId>, DeviceError> {
+        let engine = &self.node.engine;
+        let mut ids = Vec::with_capacity(count);
+        for _ in 0..count {
+            ids.push(engine.start_orchestration(GALAXY_CREATE, None, ()).await?);
+        }
+        for id in &ids {
+            let status = engine.wait_for_completion(id, CREATE_WAIT).await?;
+            if status.runtime_status != RuntimeStatus::Completed {
+                return Err(DeviceError::Sync(format!(
+                    "Galaxy_Create {id} ended {}",
+                    status.runtime_status
+                )));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Renames a galaxy (synced on the next round).
+    pub async fn rename(&self, row_key: &str, name: &str) -> Result<Galaxy, DeviceError> {
+        Ok(self.replica.rename(row_key, name).await?)
+    }
+
+    /// Deletes a galaxy (synced on the next round).
+    pub async fn delete(&self, row_key: &str) -> Result<(), DeviceError> {
+        Ok(self.replica.delete(row_key).await?)
+    }
+
+    /// One sync round now.
+    pub async fn sync_once(&self) -> Result<RoundReport, DeviceError> {
+        self.account()?;
+        Ok(self.syncer.sync_once().await?)
+    }
+
+    /// Every galaxy on this device, in key order.
+    pub fn list(&self) -> Result<Vec<Galaxy>, DeviceError> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.node.table.list(None, 1000, token.as_deref())?;
+            all.extend(page.galaxies);
+            match page.continuation {
+                Some(t) => token = Some(t),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Where the device stands.
+    pub fn status(&self) -> Result<DeviceStatus, DeviceError> {
+        let settings = self.settings();
+        Ok(DeviceStatus {
+            cloud_url: settings.cloud_url,
+            player_id: settings.account.as_ref().map(|a| a.player_id.clone()),
+            device_id: settings.account.as_ref().map(|a| a.device_id.clone()),
+            galaxies: self.node.table.count()?,
+            sync: self.syncer.status(),
+        })
+    }
+
+    /// Stops the engine and closes the databases.
+    pub async fn shutdown(self, grace: Duration) {
+        drop(self.syncer);
+        self.node.shutdown(grace).await;
+    }
+}
+
+fn api_of(settings: &Settings) -> Option<CloudApi> {
+    settings
+        .account
+        .as_ref()
+        .map(|a| CloudApi::new(&settings.cloud_url, Some(a.token.clone())))
+}
