@@ -4,13 +4,13 @@
 //! drives it over HTTP with reqwest. Waits are driven by the server's own
 //! event stream (or the process exit), never by sleeps.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod common;
+use common::{spawn, wait_listening};
 use futures::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -20,50 +20,6 @@ const MASTER_KEY: &str = "e2e-master-key-0000001";
 const M: &str = "/runtime/webhooks/durabletask";
 /// Longest wait for anything (a start, an event, an exit) before failing.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn spawn(dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy-cloud"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(extra)
-        .env_remove("GALAXY_FUNCTION_KEY")
-        .env_remove("GALAXY_MASTER_KEY")
-        .env_remove("GALAXY_DATABASE_URL")
-        .env_remove("GALAXY_LISTEN")
-        .env_remove("GALAXY_DATA_DIR")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn galaxy-cloud");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
-/// Lines up to and including the `listening on` line, and the URL in it.
-fn wait_listening(lines: &mpsc::Receiver<String>) -> (Vec<String>, String) {
-    let mut seen = Vec::new();
-    loop {
-        let line = lines
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|e| panic!("no 'listening on' line ({e}); got {seen:?}"));
-        if let Some(url) = line.strip_prefix("galaxy-cloud listening on ") {
-            let url = url.trim().to_string();
-            seen.push(line);
-            return (seen, url);
-        }
-        seen.push(line);
-    }
-}
 
 struct Server {
     /// `None` once a test took the process to end it itself.

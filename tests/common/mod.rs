@@ -1,0 +1,58 @@
+//! What the cross-process tests share: starting the real `galaxy-cloud`
+//! binary on a free loopback port and reading the address it prints.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Longest wait for the server's first lines.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Starts `galaxy-cloud` on `127.0.0.1:0` with `dir` as its data directory
+/// and `extra` arguments; returns the child and its stdout lines.
+pub fn spawn(dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy-cloud"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env_remove("GALAXY_FUNCTION_KEY")
+        .env_remove("GALAXY_MASTER_KEY")
+        .env_remove("GALAXY_DATABASE_URL")
+        .env_remove("GALAXY_LISTEN")
+        .env_remove("GALAXY_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn galaxy-cloud");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Lines up to and including the `listening on` line, and the URL in it.
+pub fn wait_listening(lines: &mpsc::Receiver<String>) -> (Vec<String>, String) {
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("no 'listening on' line ({e}); got {seen:?}"));
+        if let Some(url) = line.strip_prefix("galaxy-cloud listening on ") {
+            let url = url.trim().to_string();
+            seen.push(line);
+            return (seen, url);
+        }
+        seen.push(line);
+    }
+}

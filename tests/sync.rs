@@ -1,0 +1,395 @@
+//! Sync end to end, across processes: the real `galaxy-cloud` binary and
+//! devices driven through the real `galaxy` CLI, each with its own data
+//! directory. Waits follow the processes' own output (a status line, an
+//! exit), never sleeps.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+mod common;
+use rand::Rng;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Cloud {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cloud(extra: &[&str]) -> Cloud {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, lines) = common::spawn(dir.path(), extra);
+    let (_, base) = common::wait_listening(&lines);
+    Cloud {
+        child,
+        base,
+        _dir: dir,
+    }
+}
+
+fn galaxy(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_galaxy"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("GALAXY_DEVICE_DIR")
+        .output()
+        .expect("run galaxy")
+}
+
+/// Runs `galaxy` and returns its stdout; fails the test on a non-zero exit.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = galaxy(dir, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "galaxy {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The galaxies of a device, by id: (name, origin).
+fn list(dir: &Path) -> Vec<(String, String)> {
+    let all: Vec<Value> = serde_json::from_str(&ok(dir, &["list", "--json"])).unwrap();
+    let mut v: Vec<_> = all
+        .iter()
+        .map(|g| {
+            (
+                g["rowKey"].as_str().unwrap().to_string(),
+                g["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+struct Devices {
+    a: PathBuf,
+    b: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Device A registers, device B joins A's player with a link code.
+fn two_devices(base: &str) -> Devices {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(&a, &["register", "--cloud", base, "--name", "laptop"]);
+    let code = ok(&a, &["link"]).trim().to_string();
+    assert_eq!(code.len(), 9, "{code}");
+    ok(&b, &["link", &code, "--cloud", base, "--name", "phone"]);
+    Devices { a, b, _dir: dir }
+}
+
+fn token(dir: &Path) -> String {
+    let settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("settings.json")).unwrap()).unwrap();
+    settings["account"]["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn galaxies_made_offline_reach_the_other_device_live_and_edits_converge() {
+    let cloud = cloud(&[]);
+    let d = two_devices(&cloud.base);
+    // B keeps syncing live; its status lines say what each round did.
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_galaxy"))
+        .arg("--data-dir")
+        .arg(&d.b)
+        .args(["sync", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let out = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        let line = lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("the watching device never said '{needle}'"));
+        if line.contains(needle) {
+            return;
+        }
+    };
+    wait_for("UpToDate");
+
+    // A is offline as far as sync goes: creating needs no cloud.
+    assert_eq!(ok(&d.a, &["create", "-n", "5"]).trim(), "created 5 galaxies");
+    let status: Value = serde_json::from_str(&ok(&d.a, &["status"])).unwrap();
+    assert_eq!(status["sync"]["pending"], 5);
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 5 pulled 0");
+    // The poke makes B pull at once.
+    wait_for("pulled 5");
+    let _ = Command::new("kill").arg(watcher.id().to_string()).status();
+    assert!(watcher.wait().unwrap().success(), "sync --watch ends cleanly on SIGTERM");
+    let a_list = list(&d.a);
+    assert_eq!(a_list.len(), 5);
+    assert_eq!(list(&d.b), a_list);
+    let b_all: Vec<Value> = serde_json::from_str(&ok(&d.b, &["list", "--json"])).unwrap();
+    assert!(b_all.iter().all(|g| g["origin"] == "laptop"), "{b_all:?}");
+
+    // A renames what B deletes: the delete wins and A is told.
+    let (x, y) = (&a_list[0].0, &a_list[1].0);
+    ok(&d.a, &["rename", x, "Home Cluster"]);
+    ok(&d.b, &["delete", x]);
+    // Both rename y: the one that reaches the cloud last wins.
+    ok(&d.a, &["rename", y, "From A"]);
+    ok(&d.b, &["rename", y, "From B"]);
+    ok(&d.b, &["sync"]);
+    let a_sync = ok(&d.a, &["sync"]);
+    assert!(a_sync.contains("deleted on another device"), "{a_sync}");
+    assert!(a_sync.contains("also changed on another device"), "{a_sync}");
+    ok(&d.b, &["sync"]);
+    let a_list = list(&d.a);
+    assert_eq!(list(&d.b), a_list);
+    assert_eq!(a_list.len(), 4);
+    assert!(!a_list.iter().any(|(id, _)| id == x));
+    assert!(a_list.contains(&(y.clone(), "From A".to_string())), "{a_list:?}");
+
+    // Bad input gets readable errors and changes nothing.
+    let out = galaxy(&d.a, &["rename", y, "   "]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be empty"));
+    let out = galaxy(&d.a, &["delete", "no-such-galaxy"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no galaxy with id no-such-galaxy"));
+    assert_eq!(list(&d.a), a_list);
+}
+
+/// A TCP proxy to `upstream` that, for the first `drop_answers`
+/// connections, forwards the request and then closes without passing the
+/// answer on (the server applied the push; the client never hears so).
+fn lossy_proxy(upstream: &str, drop_answers: usize) -> (String, Arc<AtomicUsize>) {
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let counter = dropped.clone();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(mut client) = client else { continue };
+            let mut server = TcpStream::connect(&upstream).unwrap();
+            let lose = n < drop_answers;
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut c2 = client.try_clone().unwrap();
+                let mut s2 = server.try_clone().unwrap();
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                if lose {
+                    // Wait for the server's answer, then drop it.
+                    let mut first = [0u8; 1];
+                    let _ = server.read(&mut first);
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                } else {
+                    let _ = std::io::copy(&mut server, &mut client);
+                    let _ = client.flush();
+                    let _ = client.shutdown(std::net::Shutdown::Write);
+                }
+                let _ = up.join();
+            });
+        }
+    });
+    (url, dropped)
+}
+
+#[test]
+fn lost_answers_and_killed_pushes_still_give_each_galaxy_exactly_once() {
+    let cloud = cloud(&[]);
+    let d = two_devices(&cloud.base);
+    ok(&d.a, &["create", "-n", "1500"]);
+
+    // SIGKILL the pushing device at a random point, a few times.
+    let mut rng = rand::thread_rng();
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy"))
+            .arg("--data-dir")
+            .arg(&d.a)
+            .arg("sync")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The fault point is random on purpose; nothing waits on it.
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..400)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // Then the answers of the next two connections are lost after the
+    // server applied the push (new galaxies, so there is a push to lose).
+    ok(&d.a, &["create", "-n", "200"]);
+    let status: Value = serde_json::from_str(&ok(&d.a, &["status"])).unwrap();
+    assert!(status["sync"]["pending"].as_u64().unwrap() >= 200, "{status}");
+    let (lossy, dropped) = lossy_proxy(&cloud.base, 2);
+    let mut settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.a.join("settings.json")).unwrap()).unwrap();
+    let real = settings["cloudUrl"].clone();
+    settings["cloudUrl"] = json!(lossy);
+    std::fs::write(d.a.join("settings.json"), settings.to_string()).unwrap();
+    for _ in 0..2 {
+        let out = galaxy(&d.a, &["sync"]);
+        assert!(!out.status.success(), "the answer was lost, so the push cannot look settled");
+    }
+    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+    ok(&d.a, &["sync"]);
+    settings["cloudUrl"] = real;
+    std::fs::write(d.a.join("settings.json"), settings.to_string()).unwrap();
+
+    let status: Value = serde_json::from_str(&ok(&d.a, &["status"])).unwrap();
+    assert_eq!(status["sync"]["pending"], 0, "{status}");
+    let pulled = ok(&d.b, &["sync"]);
+    assert_eq!(pulled.trim(), "pushed 0 pulled 1700");
+    let a_list = list(&d.a);
+    assert_eq!(a_list.len(), 1700);
+    assert_eq!(list(&d.b), a_list);
+    // The cloud applied each galaxy once: one version each.
+    let page: Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/api/sync/pull?client_id=x&limit=1000", cloud.base))
+            .bearer_auth(token(&d.b))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(page["latest"], 1700, "one version per galaxy, no duplicates: {}", page["latest"]);
+}
+
+#[tokio::test]
+async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
+    let cloud = cloud(&[]);
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", cloud.base);
+    let register = |name: &str| {
+        let http = http.clone();
+        let u = url("/api/players");
+        let name = name.to_string();
+        async move {
+            let r = http.post(u).json(&json!({ "device_name": name })).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let alice = register("alice-laptop").await;
+    let bob = register("bob-laptop").await;
+    let (ta, tb) = (alice["token"].as_str().unwrap(), bob["token"].as_str().unwrap());
+    assert!(ta.len() > 64 && ta != tb);
+
+    // No token, a wrong one, a function key instead of a token: 401 JSON.
+    for auth in [None, Some("Bearer nope"), Some("Bearer gf1.x.0000"), Some("Basic abc")] {
+        for (method, path) in [("GET", "/api/players/me"), ("GET", "/api/sync/pull"), ("POST", "/api/sync/push"), ("GET", "/api/sync/events"), ("POST", "/api/players/link-codes")] {
+            let mut r = http.request(method.parse().unwrap(), url(path));
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {auth:?}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "Unauthorized");
+        }
+    }
+    // Bob's pushes land in Bob's data only.
+    let entity = "01a00000-0000-7000-8000-000000000001";
+    let push = json!({"client_id": "bob-1", "mutations": [{"mutation_id": 1, "op": "put", "entity_id": entity, "base_version": 0,
+        "body": {"name": "Bob's", "coords": {"x": 1, "y": 2, "z": 3}, "createdAt": "2026-12-01T00:00:00Z"}}]});
+    let r = http.post(url("/api/sync/push")).bearer_auth(tb).json(&push).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let a_pull: Value = http.get(url("/api/sync/pull?client_id=a")).bearer_auth(ta).send().await.unwrap().json().await.unwrap();
+    assert_eq!(a_pull["changes"], json!([]));
+    // Alice using Bob's client id is a stranger to it.
+    let mut stolen = push.clone();
+    stolen["mutations"][0]["mutation_id"] = json!(2);
+    let r = http.post(url("/api/sync/push")).bearer_auth(ta).json(&stolen).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "ClientStateNotFound");
+    // Alice cannot revoke Bob's device: it does not exist for her.
+    let r = http.delete(url(&format!("/api/players/devices/{}", bob["device_id"].as_str().unwrap()))).bearer_auth(ta).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Malformed bodies and queries: 400 with a code; too many mutations: 413.
+    for (body, code) in [("{", "InvalidJson"), ("{\"client_id\": 5}", "InvalidRequest"), ("{\"client_id\":\"c\",\"mutations\":[],\"x\":1}", "InvalidRequest")] {
+        let r = http.post(url("/api/sync/push")).bearer_auth(ta).header("content-type", "application/json").body(body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code, "{body}");
+    }
+    let many: Vec<Value> = (1..=1001).map(|i| json!({"mutation_id": i, "op": "delete", "entity_id": entity})).collect();
+    let r = http.post(url("/api/sync/push")).bearer_auth(ta).json(&json!({"client_id": "a-1", "mutations": many})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    for q in ["cursor=-1", "cursor=abc", "limit=0", "fresh=maybe"] {
+        let r = http.get(url(&format!("/api/sync/pull?client_id=a&{q}"))).bearer_auth(ta).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{q}");
+    }
+    // A gap applies nothing.
+    let gap = json!({"client_id": "bob-1", "mutations": [{"mutation_id": 5, "op": "delete", "entity_id": entity}]});
+    let r = http.post(url("/api/sync/push")).bearer_auth(tb).json(&gap).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "MutationGap");
+
+    // Link codes: used once; wrong ones refused; revocation is immediate.
+    let code: Value = http.post(url("/api/players/link-codes")).bearer_auth(ta).send().await.unwrap().json().await.unwrap();
+    let join = |code: &str| http.post(url("/api/players/devices")).json(&json!({"code": code, "device_name": "phone"})).send();
+    let phone = join(code["code"].as_str().unwrap()).await.unwrap();
+    assert_eq!(phone.status(), StatusCode::CREATED);
+    let phone: Value = phone.json().await.unwrap();
+    assert_eq!(phone["player_id"], alice["player_id"]);
+    for c in [code["code"].as_str().unwrap(), "ZZZZ-ZZZZ", ""] {
+        let r = join(c).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{c}");
+    }
+    let r = http.delete(url(&format!("/api/players/devices/{}", phone["device_id"].as_str().unwrap()))).bearer_auth(ta).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http.get(url("/api/players/me")).bearer_auth(phone["token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let me: Value = http.get(url("/api/players/me")).bearer_auth(ta).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["devices"].as_array().unwrap().len(), 2);
+
+    // Device tokens open no Durable Functions route, and function keys no
+    // player route.
+    let r = http.get(url("/runtime/webhooks/durabletask/instances")).bearer_auth(ta).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn a_function_key_in_old_settings_is_dropped_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"cloudUrl":"http://127.0.0.1:9","cloudKey":"the-master-function-key"}"#,
+    )
+    .unwrap();
+    let out = galaxy(dir.path(), &["status"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("function key"));
+    let text = std::fs::read_to_string(dir.path().join("settings.json")).unwrap();
+    assert!(!text.contains("the-master-function-key"), "{text}");
+    // Unregistered: sync says what to do.
+    let out = galaxy(dir.path(), &["sync"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("register"));
+}
