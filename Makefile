@@ -71,6 +71,8 @@ bench: deps pg-deps tauri-driver
 	./target/release/galaxy-cloud-bench
 	$(CARGO) build --release --bin galaxy-cloud --bin galaxy-pg-bench
 	./target/release/galaxy-pg-bench
+	$(CARGO) build --release --bin galaxy-cloud --bin galaxy-sync-bench
+	./target/release/galaxy-sync-bench
 	$(CARGO) bench -p galaxy-desktop --bench desktop
 
 fmt:

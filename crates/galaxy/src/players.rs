@@ -217,6 +217,7 @@ impl Players {
                  deleted INTEGER NOT NULL,
                  body TEXT,
                  updated_at INTEGER NOT NULL,
+                 writer TEXT,
                  PRIMARY KEY (player_id, entity_id)
              );
              CREATE INDEX IF NOT EXISTS sync_galaxies_by_version
@@ -452,28 +453,39 @@ impl Players {
             }
             let mut changes = tx
                 .prepare_cached(
-                    "SELECT entity_id, version, deleted, body FROM sync_galaxies
+                    "SELECT entity_id, version, deleted, body, writer IS ?4 FROM sync_galaxies
                      WHERE player_id = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
                 )?
-                .query_map(params![player_id, cursor as i64, limit as i64 + 1], |r| {
+                .query_map(params![player_id, cursor as i64, limit as i64 + 1, client_id], |r| {
                     let body: Option<String> = r.get(3)?;
-                    Ok(Change {
-                        entity_id: r.get(0)?,
-                        version: r.get::<_, i64>(1)? as u64,
-                        deleted: r.get(2)?,
-                        body: body
-                            .and_then(|b| serde_json::from_str(&b).ok())
-                            .unwrap_or(Value::Null),
-                    })
+                    let own: bool = r.get(4)?;
+                    Ok((
+                        own,
+                        Change {
+                            entity_id: r.get(0)?,
+                            version: r.get::<_, i64>(1)? as u64,
+                            deleted: r.get(2)?,
+                            body: body
+                                .and_then(|b| serde_json::from_str(&b).ok())
+                                .unwrap_or(Value::Null),
+                        },
+                    ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             let has_more = changes.len() > limit;
             changes.truncate(limit);
             let cursor = if has_more {
-                changes.last().map_or(cursor, |c| c.version)
+                changes.last().map_or(cursor, |(_, c)| c.version)
             } else {
                 latest
             };
+            // The client's own latest writes: it has them already (its
+            // push's answer gave it their versions), so they are not sent
+            // back; the cursor still moves past them.
+            let changes = changes
+                .into_iter()
+                .filter_map(|(own, c)| (!own).then_some(c))
+                .collect();
             Ok(PullResponse {
                 changes,
                 cursor,
@@ -680,23 +692,24 @@ fn push_in(
                     _ => device.name.clone(),
                 };
                 tx.prepare_cached(
-                    "INSERT INTO sync_galaxies (player_id, entity_id, version, deleted, body, updated_at)
-                     VALUES (?1, ?2, ?3, 0, ?4, ?5)
+                    "INSERT INTO sync_galaxies (player_id, entity_id, version, deleted, body, updated_at, writer)
+                     VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)
                      ON CONFLICT (player_id, entity_id) DO UPDATE SET
                          version = excluded.version, deleted = 0, body = excluded.body,
-                         updated_at = excluded.updated_at",
+                         updated_at = excluded.updated_at, writer = excluded.writer",
                 )?
-                .execute(params![player_id, m.entity_id, counter as i64, b.to_value().to_string(), now_ms])?;
+                .execute(params![player_id, m.entity_id, counter as i64, b.to_value().to_string(), now_ms, request.client_id])?;
                 Ok(Some(counter))
             }
             Ok((Op::Delete, _)) => match &existing {
                 Some(c) if !c.deleted => {
                     counter += 1;
                     tx.prepare_cached(
-                        "UPDATE sync_galaxies SET version = ?3, deleted = 1, body = NULL, updated_at = ?4
+                        "UPDATE sync_galaxies SET version = ?3, deleted = 1, body = NULL, updated_at = ?4,
+                             writer = ?5
                          WHERE player_id = ?1 AND entity_id = ?2",
                     )?
-                    .execute(params![player_id, m.entity_id, counter as i64, now_ms])?;
+                    .execute(params![player_id, m.entity_id, counter as i64, now_ms, request.client_id])?;
                     Ok(Some(counter))
                 }
                 // Already gone (or never here): nothing to change.
@@ -718,7 +731,8 @@ fn push_in(
                 if existing.is_some() {
                     counter += 1;
                     tx.prepare_cached(
-                        "UPDATE sync_galaxies SET version = ?3 WHERE player_id = ?1 AND entity_id = ?2",
+                        "UPDATE sync_galaxies SET version = ?3, writer = NULL
+                         WHERE player_id = ?1 AND entity_id = ?2",
                     )?
                     .execute(params![player_id, m.entity_id, counter as i64])?;
                 }

@@ -209,7 +209,10 @@ async fn a_resent_push_is_skipped_a_gap_applies_nothing_and_bad_mutations_do_not
     let again = players.push(&a, first).await.unwrap();
     assert!(again.results.iter().all(|m| m.status == MutationStatus::Skipped));
     let pulled = players.pull(&a, "client-1", 0, false, None).await.unwrap();
-    assert_eq!((pulled.changes.len(), pulled.latest, pulled.last_mutation_id), (2, 2, 2));
+    // Its own writes are not sent back to it; the cursor passes them.
+    assert_eq!((pulled.changes.len(), pulled.cursor, pulled.last_mutation_id), (0, 2, 2));
+    let other = players.pull(&a, "client-2", 0, false, None).await.unwrap();
+    assert_eq!((other.changes.len(), other.latest, other.last_mutation_id), (2, 2, 0));
 
     let gap = players
         .push(&a, PushRequest { client_id: "client-1".into(), mutations: vec![put(4, &e1, "Four")] })
