@@ -6,7 +6,7 @@
 import { call, on, errorMessage } from "./api.js";
 import { toast, toastError } from "./toast.js";
 import { h } from "./format.js";
-import { state, subscribe, putInstance, putGalaxy, removeInstance, galaxyKey, matchesFilter, FILTERS } from "./store.js";
+import { state, subscribe, putInstance, putGalaxy, upsertGalaxy, removeGalaxy, removeInstance, galaxyKey, matchesFilter, FILTERS } from "./store.js";
 import { createMap } from "./map.js";
 import { instanceRow, instanceDetail, galaxyCard, galaxyItem } from "./views.js";
 
@@ -31,6 +31,7 @@ window.galaxyForge = {
     if (metrics.clicks.length >= n) resolve(); else clickWaiters.push([n, resolve]);
   }),
   mapHas: (key) => map.has(key),
+  syncLoop: () => state.syncLoop,
   mapCount: () => map.count(),
   instance: (id) => state.instances.get(id) || null,
   pid: () => state.pid,
@@ -197,11 +198,27 @@ function selectGalaxy(key, { fromMap = false } = {}) {
   const card = $("galaxy-card");
   if (!g) card.replaceChildren(h("p", { class: "hint" }, "Select a galaxy on the map to see its details."));
   else {
-    card.replaceChildren(galaxyCard(g, openInstance));
+    card.replaceChildren(galaxyCard(g, openInstance, galaxyEdits));
     if (fromMap) openInstance(g.instanceId);
   }
   for (const li of $("galaxy-list").children) li.classList.toggle("selected", li.dataset.key === key);
 }
+
+const galaxyEdits = {
+  rename: async (g, name) => {
+    try {
+      upsertGalaxy(await call("rename_galaxy", { rowKey: g.rowKey, name }));
+      toast(`Renamed to ${name.trim()}`);
+    } catch (e) { toastError(e.message); }
+  },
+  remove: async (g) => {
+    try {
+      await call("delete_galaxy", { rowKey: g.rowKey });
+      removeGalaxy(galaxyKey(g));
+      toast(`Deleted ${g.name}`);
+    } catch (e) { toastError(e.message); }
+  },
+};
 
 let galaxyListFrame = 0;
 function renderGalaxyList() {
@@ -304,51 +321,138 @@ subscribe("galaxy", ({ galaxy, fresh }) => {
   renderGalaxyList();
 });
 
-// ---- connection, settings --------------------------------------------------
+subscribe("galaxy-changed", ({ galaxy, key }) => {
+  map.updateGalaxy(galaxy, key);
+  if (state.selectedGalaxy === key) selectGalaxy(key, { fromMap: false });
+  renderGalaxyList();
+});
+subscribe("galaxy-removed", (key) => {
+  map.removeGalaxy(key);
+  if (state.selectedGalaxy === key) selectGalaxy(null);
+  updateGalaxyCount();
+  renderGalaxyList();
+});
+
+// ---- sync indicator, settings ----------------------------------------------
+// Two sources: the reachability check (whether the cloud answers) and, once
+// the device has an account, the sync loop (what it did last). The loop's
+// word wins when there is one.
+const registered = () => !!(state.settings && state.settings.playerId);
+const seenNotices = { count: 0 };
+
+function renderIndicator() {
+  const c = state.sync && state.sync.connection;
+  const l = state.syncLoop;
+  const el = $("connection");
+  let dot = c ? c.state : "Unknown", text = "checking…", title = c ? `${c.cloudUrl}: ${c.message}.` : "";
+  if (!registered()) {
+    text = dot === "Online" ? "online · not linked" : dot === "Offline" ? "offline" : "checking…";
+    title += " This device has no cloud account: open Settings to register or link it.";
+  } else if (l) {
+    const phase = { upToDate: ["Online", "up to date"], syncing: ["Syncing", "syncing…"], offline: ["Offline", "offline"], error: ["Error", "sync error"], notRegistered: [dot, "not linked"] }[l.phase] || [dot, l.phase];
+    [dot, text] = phase;
+    if (l.phase === "syncing" && l.progress && l.progress.latest > 0) {
+      text = `syncing ${Math.min(100, Math.round((100 * l.progress.cursor) / l.progress.latest))}%`;
+    }
+    title = `${l.message}.${l.retryInMs != null && l.phase !== "upToDate" ? ` Retrying in ${Math.ceil(l.retryInMs / 1000)} s.` : ""} Click to sync now.`;
+  }
+  el.dataset.state = dot;
+  el.dataset.phase = l ? l.phase : "";
+  $("connection-text").textContent = text;
+  const pending = l ? l.pending : (state.sync ? state.sync.pendingChanges : 0);
+  $("pending-text").textContent = `${pending} to sync`;
+  const last = l && l.lastSyncAt;
+  $("last-sync").hidden = !last;
+  if (last) $("last-sync").textContent = `· synced ${new Date(last).toLocaleTimeString()}`;
+  el.title = title.trim();
+}
+
 function renderSync(s) {
   if (!s) return;
   state.sync = s;
-  const c = s.connection;
-  $("connection").dataset.state = c.state;
-  $("connection-text").textContent = c.state === "Online" ? "online" : c.state === "Offline" ? "offline" : "checking…";
-  $("pending-text").textContent = `${s.pendingChanges} to sync`;
-  $("connection").title = `${c.cloudUrl}: ${c.message}. Click to check now.`;
+  renderIndicator();
+}
+
+function renderLoop(l) {
+  if (!l) return;
+  const previous = state.syncLoop;
+  state.syncLoop = l;
+  renderIndicator();
+  // Conflicts and rejections: told once each.
+  if (previous && l.notices.length) {
+    const fresh = l.notices.filter((n) => !previous.notices.includes(n));
+    for (const n of fresh) toastError(n);
+  }
+  if (l.phase === "error" && (!previous || previous.phase !== "error")) toastError(`Sync: ${l.message}`);
 }
 
 $("connection").onclick = async () => {
   try {
+    if (registered()) {
+      await call("sync_now");
+      return;
+    }
     const s = await call("check_connection");
     renderSync(s);
     const c = s.connection;
-    if (c.state === "Online") toast(`Cloud reachable at ${c.cloudUrl}`);
+    if (c.state === "Online") toast(`Cloud reachable at ${c.cloudUrl}; open Settings to register this device`);
     else toastError(`Cloud offline: ${c.message}`);
   } catch (e) { toastError(e.message); }
 };
 
 const dialog = $("settings");
+function renderAccount() {
+  const s = state.settings || {};
+  $("account-none").hidden = registered();
+  $("account-some").hidden = !registered();
+  $("account-status").textContent = registered()
+    ? `Player ${s.playerId} · this device ${s.deviceId}`
+    : "Not linked: register a new player, or join the player of your other device.";
+}
+function settingsError(message) {
+  $("settings-error").textContent = message;
+  $("settings-error").hidden = !message;
+  if (message) toastError(message);
+}
+async function accountAction(cmd, args, done) {
+  try {
+    state.settings = await call(cmd, args);
+    settingsError("");
+    renderAccount();
+    renderIndicator();
+    toast(done);
+  } catch (e) { settingsError(e.message); }
+}
 $("open-settings").onclick = () => {
-  const s = state.settings || { cloudUrl: "", cloudKey: "" };
+  const s = state.settings || { cloudUrl: "" };
   $("settings-url").value = s.cloudUrl;
-  $("settings-key").value = s.cloudKey;
   $("settings-data-dir").textContent = state.dataDir;
-  $("settings-error").hidden = true;
+  $("link-code").hidden = true;
+  settingsError("");
+  renderAccount();
   dialog.showModal();
   $("settings-url").focus();
 };
 $("settings-cancel").onclick = () => dialog.close();
+$("register").onclick = () => accountAction("register_device", {}, "Registered: this device now syncs with the cloud");
+$("join").onclick = () => accountAction("join_player", { code: $("join-code").value }, "Linked: your galaxies will arrive here");
+$("sign-out").onclick = () => accountAction("sign_out", {}, "Signed out: this device's token is revoked");
+$("make-code").onclick = async () => {
+  try {
+    const code = await call("create_link_code");
+    $("link-code").textContent = code.code;
+    $("link-code").title = `Valid once, until ${new Date(code.expiresAt).toLocaleTimeString()}`;
+    $("link-code").hidden = false;
+  } catch (e) { settingsError(e.message); }
+};
 $("settings-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   try {
-    state.settings = await call("save_settings", {
-      settings: { cloudUrl: $("settings-url").value, cloudKey: $("settings-key").value },
-    });
+    state.settings = await call("save_settings", { settings: { cloudUrl: $("settings-url").value } });
+    renderIndicator();
     dialog.close();
     toast("Settings saved. Checking the cloud…");
-  } catch (err) {
-    $("settings-error").textContent = err.message;
-    $("settings-error").hidden = false;
-    toastError(err.message);
-  }
+  } catch (err) { settingsError(err.message); }
 });
 
 // ---- creating --------------------------------------------------------------
@@ -390,6 +494,7 @@ function applySnapshot(snap) {
   for (const v of snap.instances) putInstance(v);
   for (const g of snap.galaxies) putGalaxy(g);
   renderSync(snap.sync);
+  renderLoop(snap.syncLoop);
 }
 
 async function load() {
@@ -418,6 +523,8 @@ async function load() {
 function apply(kind, payload) {
   if (kind === "instance") putInstance(payload);
   else if (kind === "galaxy") putGalaxy(payload, { fresh: true });
+  else if (kind === "galaxy-upserted") upsertGalaxy(payload);
+  else if (kind === "galaxy-removed") removeGalaxy(`galaxies|${payload.rowKey}`);
 }
 
 $("fatal-retry").onclick = () => load();
@@ -427,13 +534,23 @@ async function start() {
   await Promise.all([
     on("instance-updated", buffer("instance")),
     on("galaxy-added", buffer("galaxy")),
+    on("galaxy-upserted", buffer("galaxy-upserted")),
+    on("galaxy-removed", buffer("galaxy-removed")),
     on("sync-status", renderSync),
+    on("sync-loop", renderLoop),
+    on("notice", (message) => toastError(message)),
     on("fatal", (message) => { if (!loaded) fatal(message); else toastError(message); }),
     on("resync", async () => {
       try {
         const snap = await call("load_state");
         for (const v of snap.instances) putInstance(v);
-        for (const g of snap.galaxies) putGalaxy(g);
+        // Galaxies may also have gone (a reset reloads them from the cloud).
+        const keep = new Set(snap.galaxies.map(galaxyKey));
+        for (const key of [...state.galaxies.keys()]) if (!keep.has(key)) removeGalaxy(key);
+        for (const g of snap.galaxies) {
+          const old = state.galaxies.get(galaxyKey(g));
+          if (!old || old.name !== g.name || old.version !== g.version) upsertGalaxy(g);
+        }
       } catch (e) { toastError(e.message); }
     }),
   ]);

@@ -367,6 +367,26 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
       updateCount();
       render();
     },
+    /** Replaces a galaxy's data (a rename changes its colour). */
+    updateGalaxy(galaxy, key) {
+      const p = byKey.get(key);
+      if (!p) return;
+      p.galaxy = galaxy;
+      p.hue = hueOf(galaxy.name);
+      layerDirty = true;
+      render();
+    },
+    /** Removes a galaxy. */
+    removeGalaxy(key) {
+      const p = byKey.get(key);
+      if (!p) return;
+      points.splice(points.indexOf(p), 1);
+      byKey.delete(key);
+      if (selected === key) selected = null;
+      layerDirty = true;
+      updateCount();
+      render();
+    },
     /** Adds one galaxy; `fresh` ones pulse in. */
     addGalaxy(galaxy, key, fresh) {
       add(galaxy, key, fresh);

@@ -7,7 +7,8 @@ export const state = {
   instances: new Map(),   // instanceId -> InstanceView (from Rust)
   galaxies: new Map(),    // "pk|rk" -> Galaxy
   sync: null,
-  settings: null,
+  syncLoop: null,         // the sync loop's status (phase, pending, last sync)
+  settings: null,         // { cloudUrl, playerId, deviceId }
   dataDir: "",
   pid: 0,
   filter: "all",
@@ -58,6 +59,20 @@ export function putGalaxy(galaxy, { fresh = false } = {}) {
   state.galaxies.set(key, galaxy);
   publish("galaxy", { galaxy, fresh });
   return true;
+}
+
+/** Stores a galaxy, replacing an older copy (a rename, a sync). */
+export function upsertGalaxy(galaxy) {
+  const key = galaxyKey(galaxy);
+  const old = state.galaxies.get(key);
+  state.galaxies.set(key, galaxy);
+  if (old) publish("galaxy-changed", { galaxy, key });
+  else publish("galaxy", { galaxy, fresh: true });
+}
+
+/** Forgets a galaxy (deleted here or on another device). */
+export function removeGalaxy(key) {
+  if (state.galaxies.delete(key)) publish("galaxy-removed", key);
 }
 
 /** Which statuses each filter shows. */

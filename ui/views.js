@@ -118,21 +118,28 @@ export function instanceDetail(view, actions, error) {
 }
 
 /** The dock's galaxy card. */
-export function galaxyCard(galaxy, openInstance) {
+export function galaxyCard(galaxy, openInstance, { rename, remove } = {}) {
+  const input = h("input", { class: "rename-input", value: galaxy.name, "aria-label": "New name", maxlength: "80" });
+  const edit = rename ? h("form", { class: "galaxy-edit", onsubmit: (e) => { e.preventDefault(); rename(galaxy, input.value); } },
+    input,
+    h("button", { type: "submit", class: "rename" }, "Rename"),
+    h("button", { type: "button", class: "delete ghost", onclick: () => remove(galaxy) }, "Delete")) : null;
   return h("div", { dataset: { key: `${galaxy.partitionKey}|${galaxy.rowKey}` } },
     h("h3", { class: "glow-name", style: { color: `hsl(${hueOf(galaxy.name)}, 90%, 82%)` } }, galaxy.name),
     h("dl", { class: "kv" },
+      h("dt", {}, "From"), h("dd", { class: "origin" }, galaxy.origin ? `device ${galaxy.origin}` : "this device"),
       h("dt", {}, "Coordinates"), h("dd", {}, `(${galaxy.coords.x}, ${galaxy.coords.y}, ${galaxy.coords.z})`),
       h("dt", {}, "Created"), h("dd", {}, dateTime(galaxy.timestamp)),
       h("dt", {}, "Realm"), h("dd", {}, galaxy.partitionKey),
       h("dt", {}, "Row key"), h("dd", { class: "mono", title: galaxy.rowKey }, shortId(galaxy.rowKey)),
       h("dt", {}, "Created by"), h("dd", {},
-        h("button", { type: "button", class: "link", onclick: () => openInstance(galaxy.instanceId) }, `Galaxy_Create ${shortId(galaxy.instanceId)}`))));
+        h("button", { type: "button", class: "link", onclick: () => openInstance(galaxy.instanceId) }, `Galaxy_Create ${shortId(galaxy.instanceId)}`))),
+    edit);
 }
 
 /** One entry of the galaxies list. */
 export function galaxyItem(galaxy, key, selected) {
-  return h("li", { class: "galaxy-item" + (selected ? " selected" : ""), tabindex: "0", role: "button", dataset: { key } },
+  return h("li", { class: "galaxy-item" + (selected ? " selected" : ""), tabindex: "0", role: "button", dataset: { key, origin: galaxy.origin || "" } },
     h("span", { class: "swatch", style: { background: `hsl(${hueOf(galaxy.name)}, 90%, 70%)`, boxShadow: `0 0 8px hsl(${hueOf(galaxy.name)}, 90%, 60%)` } }),
     h("span", { class: "gname" }, galaxy.name),
     h("span", { class: "gcoords" }, `${galaxy.coords.x}, ${galaxy.coords.y}`));

@@ -1,12 +1,13 @@
 //! The commands the UI invokes. Each parses its arguments, delegates to the
-//! engine, the galaxies table or the cloud link, and maps errors to
-//! [`CommandError`]. No logic lives here.
+//! engine, the galaxies table, the player's device (account, sync, edits)
+//! or the cloud link, and maps errors to [`CommandError`]. No logic lives
+//! here.
 
 use durable::{InstanceId, RuntimeStatus};
 use galaxy::monitor;
 use galaxy::{Galaxy, InstanceView, GALAXY_CREATE};
-use serde::Serialize;
-use sync::{Settings, SyncStatus};
+use serde::{Deserialize, Serialize};
+use sync::{Settings, SyncStatus, SyncerStatus};
 use tauri::State;
 
 use crate::error::CommandError;
@@ -27,10 +28,12 @@ pub struct AppSnapshot {
     pub galaxies: Vec<Galaxy>,
     /// The newest instances, newest first.
     pub instances: Vec<InstanceView>,
-    /// Cloud reachability and changes waiting to sync.
+    /// Cloud reachability.
     pub sync: SyncStatus,
-    /// The cloud settings.
-    pub settings: Settings,
+    /// The sync loop: phase, pending changes, last sync, notices.
+    pub sync_loop: SyncerStatus,
+    /// The cloud settings (without the token).
+    pub settings: SettingsView,
     /// Where the data lives.
     pub data_dir: String,
     /// Problems at start that the player should know about.
@@ -39,6 +42,46 @@ pub struct AppSnapshot {
     pub pid: u32,
     /// Milliseconds since the app started.
     pub uptime_ms: u64,
+}
+
+/// The settings as the UI sees them: never the device token.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsView {
+    /// The cloud's base URL.
+    pub cloud_url: String,
+    /// The player, once this device is registered or linked.
+    pub player_id: Option<String>,
+    /// This device's id at the cloud.
+    pub device_id: Option<String>,
+}
+
+impl From<Settings> for SettingsView {
+    fn from(s: Settings) -> Self {
+        Self {
+            cloud_url: s.cloud_url,
+            player_id: s.account.as_ref().map(|a| a.player_id.clone()),
+            device_id: s.account.map(|a| a.device_id),
+        }
+    }
+}
+
+/// What the settings form sends.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsInput {
+    /// The cloud's base URL.
+    pub cloud_url: String,
+}
+
+/// A link code, as the UI shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkCodeView {
+    /// The code, e.g. `K7QF-9M2D`.
+    pub code: String,
+    /// When it stops working (RFC 3339).
+    pub expires_at: String,
 }
 
 fn instance_id(raw: &str) -> Result<InstanceId, CommandError> {
@@ -77,7 +120,8 @@ pub async fn load_state(desktop: State<'_, Desktop>) -> Result<AppSnapshot, Comm
         galaxies,
         instances,
         sync: link.status(),
-        settings: link.settings(),
+        sync_loop: node.device.syncer().status(),
+        settings: node.device.settings().into(),
         data_dir: desktop.paths()?.data_dir.display().to_string(),
         warnings: desktop.warnings(),
         pid: std::process::id(),
@@ -200,20 +244,90 @@ pub async fn check_connection(desktop: State<'_, Desktop>) -> Result<SyncStatus,
 
 /// The cloud settings.
 #[tauri::command]
-pub fn get_settings(desktop: State<'_, Desktop>) -> Result<Settings, CommandError> {
-    Ok(desktop.link()?.settings())
+pub async fn get_settings(desktop: State<'_, Desktop>) -> Result<SettingsView, CommandError> {
+    Ok(desktop.node().await?.device.settings().into())
 }
 
-/// Validates and saves the cloud settings, then rechecks the connection.
-/// Returns the settings as saved (trimmed).
+/// Validates and saves the cloud URL (another URL leaves the account),
+/// then rechecks the connection. Returns the settings as saved.
 #[tauri::command]
-pub fn save_settings(
+pub async fn save_settings(
     desktop: State<'_, Desktop>,
-    settings: Settings,
-) -> Result<Settings, CommandError> {
-    let saved = desktop.settings_file()?.save(settings)?;
+    settings: SettingsInput,
+) -> Result<SettingsView, CommandError> {
+    let saved = desktop.node().await?.device.set_cloud_url(&settings.cloud_url)?;
     desktop.link()?.set_settings(saved.clone());
-    Ok(saved)
+    Ok(saved.into())
+}
+
+/// Registers a new player at the cloud with this device.
+#[tauri::command]
+pub async fn register_device(
+    desktop: State<'_, Desktop>,
+    device_name: Option<String>,
+) -> Result<SettingsView, CommandError> {
+    let device = &desktop.node().await?.device;
+    let name = device_name.unwrap_or_else(crate::state::device_name);
+    device.register(&device.settings().cloud_url, &name).await?;
+    Ok(device.settings().into())
+}
+
+/// Makes a link code for another device of this player.
+#[tauri::command]
+pub async fn create_link_code(desktop: State<'_, Desktop>) -> Result<LinkCodeView, CommandError> {
+    let code = desktop.node().await?.device.link_code().await?;
+    Ok(LinkCodeView {
+        code: code.code,
+        expires_at: code.expires_at,
+    })
+}
+
+/// Joins the player of a link code with this device.
+#[tauri::command]
+pub async fn join_player(
+    desktop: State<'_, Desktop>,
+    code: String,
+    device_name: Option<String>,
+) -> Result<SettingsView, CommandError> {
+    let device = &desktop.node().await?.device;
+    let name = device_name.unwrap_or_else(crate::state::device_name);
+    device.join(&device.settings().cloud_url, &code, &name).await?;
+    Ok(device.settings().into())
+}
+
+/// Revokes this device's token and forgets the account (galaxies stay).
+#[tauri::command]
+pub async fn sign_out(desktop: State<'_, Desktop>) -> Result<SettingsView, CommandError> {
+    let device = &desktop.node().await?.device;
+    device.sign_out().await?;
+    Ok(device.settings().into())
+}
+
+/// Renames a galaxy; it syncs on its own.
+#[tauri::command]
+pub async fn rename_galaxy(
+    desktop: State<'_, Desktop>,
+    row_key: String,
+    name: String,
+) -> Result<Galaxy, CommandError> {
+    Ok(desktop.node().await?.device.rename(&row_key, &name).await?)
+}
+
+/// Deletes a galaxy; the delete syncs on its own.
+#[tauri::command]
+pub async fn delete_galaxy(desktop: State<'_, Desktop>, row_key: String) -> Result<(), CommandError> {
+    Ok(desktop.node().await?.device.delete(&row_key).await?)
+}
+
+/// Syncs now (the retry button); the outcome arrives as `sync-loop`.
+#[tauri::command]
+pub async fn sync_now(desktop: State<'_, Desktop>) -> Result<(), CommandError> {
+    let node = desktop.node().await?;
+    if node.device.settings().account.is_none() {
+        return Err(galaxy::DeviceError::NotRegistered.into());
+    }
+    node.device.syncer().kick();
+    Ok(())
 }
 
 /// The page reports its first paint with data; logged on stdout (the

@@ -80,3 +80,24 @@ impl From<sync::SettingsError> for CommandError {
         }
     }
 }
+
+impl From<galaxy::DeviceError> for CommandError {
+    fn from(e: galaxy::DeviceError) -> Self {
+        use galaxy::{DeviceError as D, EditError as E};
+        match e {
+            D::Edit(E::NotFound(id)) => Self::Invalid(format!("no galaxy with id {id} here (deleted?)")),
+            D::Edit(E::Invalid(m)) => Self::Invalid(m),
+            D::Settings(s) => s.into(),
+            D::NotRegistered => Self::Rejected(
+                "this device is not linked to a cloud account yet: register it or join with a code in Settings".into(),
+            ),
+            D::AlreadyRegistered(_) => Self::Rejected(e.to_string()),
+            D::Cloud(sync::TransportError::Unavailable(m)) => {
+                Self::Unavailable(format!("the cloud cannot be reached: {m}"))
+            }
+            D::Cloud(sync::TransportError::Refused { message, .. }) => Self::Rejected(message),
+            D::Cloud(c) => Self::Rejected(c.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -15,8 +15,17 @@ pub const INSTANCE_UPDATED: &str = "instance-updated";
 pub const GALAXY_ADDED: &str = "galaxy-added";
 /// Payload: none. Updates were lost; the UI re-reads everything.
 pub const RESYNC: &str = "resync";
-/// Payload: a [`sync::SyncStatus`].
+/// Payload: a [`sync::SyncStatus`] (cloud reachability).
 pub const SYNC_STATUS: &str = "sync-status";
+/// Payload: a [`sync::SyncerStatus`] (the sync loop: phase, pending
+/// changes, last sync, progress, notices).
+pub const SYNC_LOOP: &str = "sync-loop";
+/// Payload: a [`Galaxy`] added or changed by sync or a rename.
+pub const GALAXY_UPSERTED: &str = "galaxy-upserted";
+/// Payload: `{ "rowKey" }` of a galaxy deleted here or on another device.
+pub const GALAXY_REMOVED: &str = "galaxy-removed";
+/// Payload: a message for the player.
+pub const NOTICE: &str = "notice";
 /// Payload: a message. The local store could not be opened.
 pub const FATAL: &str = "fatal";
 

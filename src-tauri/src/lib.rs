@@ -1,5 +1,6 @@
 //! The Galaxy Forge desktop app: a thin Tauri 2 shell around
-//! [`galaxy::LocalNode`] and the HTML5 front end in `ui/`.
+//! [`galaxy::PlayerDevice`] (the local node, settings and sync loop) and
+//! the HTML5 front end in `ui/`.
 //!
 //! # Layout
 //! - [`configure`]: the whole app as a function of a [`tauri::Builder`], so
@@ -7,7 +8,8 @@
 //! - `state`: [`Desktop`], the managed state (paths, node, cloud link) and
 //!   the background tasks started at setup.
 //! - `commands`: what the UI invokes; parse, delegate, map errors.
-//! - `events`: what Rust pushes to the UI (engine updates, sync status).
+//! - `events`: what Rust pushes to the UI (engine updates, sync status,
+//!   galaxies changed by sync).
 //! - `error`: [`CommandError`], serialized as `{kind, message}`.
 //!
 //! Invariant: this is the only crate that knows Tauri. Logic (views of
@@ -23,7 +25,10 @@ use tauri::{Builder, RunEvent, Runtime};
 
 pub use commands::AppSnapshot;
 pub use error::CommandError;
-pub use events::{FATAL, GALAXY_ADDED, INSTANCE_UPDATED, RESYNC, SYNC_STATUS};
+pub use events::{
+    FATAL, GALAXY_ADDED, GALAXY_REMOVED, GALAXY_UPSERTED, INSTANCE_UPDATED, NOTICE, RESYNC,
+    SYNC_LOOP, SYNC_STATUS,
+};
 pub use state::{Desktop, DesktopOptions, DATA_DIR_ENV};
 
 /// The app with options from the command line and environment
@@ -50,6 +55,13 @@ pub fn configure_with<R: Runtime>(builder: Builder<R>, options: DesktopOptions) 
             commands::check_connection,
             commands::get_settings,
             commands::save_settings,
+            commands::register_device,
+            commands::create_link_code,
+            commands::join_player,
+            commands::sign_out,
+            commands::rename_galaxy,
+            commands::delete_galaxy,
+            commands::sync_now,
             commands::ui_ready,
         ])
         .setup(|app| state::start(app.handle()))

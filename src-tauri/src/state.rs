@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use durable::Engine;
-use galaxy::{GalaxyTable, LocalConfig, LocalNode};
-use sync::{CloudLink, NothingToSync, Settings, SettingsFile};
+use galaxy::{GalaxyEvent, GalaxyTable, PlayerDevice};
+use sync::{CloudLink, NothingToSync, Reachability, Settings, SettingsFile, SyncerConfig};
 use tauri::{AppHandle, Emitter, Manager, Runtime};
 use tokio::sync::{broadcast, watch, OnceCell};
 
@@ -66,6 +66,10 @@ pub struct Node {
     pub engine: Engine,
     /// The galaxies table.
     pub table: Arc<GalaxyTable>,
+    /// The player's device: settings, account, sync loop, edits.
+    pub device: Arc<PlayerDevice>,
+    /// The settings held a function key (now removed): register at once.
+    pub migrate_key: bool,
 }
 
 /// Where things are, once resolved.
@@ -83,13 +87,12 @@ pub struct Desktop {
     started: Instant,
     paths: OnceLock<Paths>,
     node: OnceCell<Node>,
-    /// The node itself, kept for a clean shutdown at exit.
-    closer: Mutex<Option<LocalNode>>,
+    /// The device itself, kept for a clean shutdown at exit.
+    closer: Mutex<Option<Arc<PlayerDevice>>>,
     /// Called once when the node opens, with the update stream subscribed
     /// before any command could read (so nothing in between is missed).
     on_open: OnceLock<OnOpen>,
     link: OnceLock<Arc<CloudLink>>,
-    settings_file: OnceLock<SettingsFile>,
     warnings: Mutex<Vec<String>>,
     stop: watch::Sender<bool>,
 }
@@ -106,7 +109,6 @@ impl Desktop {
             closer: Mutex::new(None),
             on_open: OnceLock::new(),
             link: OnceLock::new(),
-            settings_file: OnceLock::new(),
             warnings: Mutex::new(Vec::new()),
             stop: watch::channel(false).0,
         }
@@ -132,8 +134,9 @@ impl Desktop {
         self.node
             .get_or_try_init(|| async {
                 let dir = paths.data_dir.clone();
-                let node = tokio::task::spawn_blocking(move || {
-                    LocalNode::open(&dir, LocalConfig::default())
+                let settings = paths.settings.clone();
+                let (device, notes) = tokio::task::spawn_blocking(move || {
+                    PlayerDevice::open(&dir, Some(settings), SyncerConfig::default())
                 })
                 .await
                 .map_err(|e| {
@@ -145,12 +148,18 @@ impl Desktop {
                         paths.data_dir.display()
                     ))
                 })?;
-                let updates = node.engine.subscribe();
+                for w in notes.warnings {
+                    self.warn(w);
+                }
+                let device = Arc::new(device);
+                let updates = device.node().engine.subscribe();
                 let parts = Node {
-                    engine: node.engine.clone(),
-                    table: node.table.clone(),
+                    engine: device.node().engine.clone(),
+                    table: device.node().table.clone(),
+                    device: device.clone(),
+                    migrate_key: notes.legacy_key_dropped,
                 };
-                *self.closer.lock().expect("closer lock") = Some(node);
+                *self.closer.lock().expect("closer lock") = Some(device);
                 if let Some(on_open) = self.on_open.get() {
                     on_open(&parts, updates);
                 }
@@ -162,13 +171,6 @@ impl Desktop {
     /// The cloud link (after setup).
     pub fn link(&self) -> Result<&Arc<CloudLink>, CommandError> {
         self.link
-            .get()
-            .ok_or_else(|| CommandError::Unavailable("the app is still starting".into()))
-    }
-
-    /// The settings file (after setup).
-    pub fn settings_file(&self) -> Result<&SettingsFile, CommandError> {
-        self.settings_file
             .get()
             .ok_or_else(|| CommandError::Unavailable("the app is still starting".into()))
     }
@@ -190,11 +192,12 @@ impl Desktop {
         }
     }
 
-    /// Stops the background tasks and closes the node. Called at exit.
+    /// Stops the background tasks (the sync loop among them) and closes
+    /// the node. Called at exit.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
-        if let Some(node) = self.closer.lock().expect("closer lock").take() {
-            tauri::async_runtime::block_on(node.shutdown(EXIT_GRACE));
+        if let Some(device) = self.closer.lock().expect("closer lock").take() {
+            tauri::async_runtime::block_on(device.close(EXIT_GRACE));
         }
     }
 }
@@ -216,12 +219,11 @@ pub fn start<R: Runtime>(app: &AppHandle<R>) -> Result<(), Box<dyn std::error::E
         },
     };
     tracing::info!(data = %paths.data_dir.display(), settings = %paths.settings.display(), "starting");
-    let file = SettingsFile::new(&paths.settings);
-    let settings = file.load().unwrap_or_else(|e| {
-        desktop.warn(e.to_string());
-        Settings::default()
-    });
-    let _ = desktop.settings_file.set(file);
+    // Reachability needs only the URL; the device (opened below) reads the
+    // same file and reports a damaged one.
+    let settings = SettingsFile::new(&paths.settings)
+        .load()
+        .unwrap_or_else(|_| Settings::default());
     let _ = desktop.paths.set(paths);
     let link = CloudLink::new(settings, Arc::new(NothingToSync));
     let _ = desktop.link.set(link.clone());
@@ -278,6 +280,7 @@ pub fn start<R: Runtime>(app: &AppHandle<R>) -> Result<(), Box<dyn std::error::E
             UiSink(sink_app.clone()),
             desktop.stopped(),
         ));
+        start_sync(&sink_app, &desktop, node);
     }));
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
@@ -287,4 +290,92 @@ pub fn start<R: Runtime>(app: &AppHandle<R>) -> Result<(), Box<dyn std::error::E
         }
     });
     Ok(())
+}
+
+/// The sync side of an open node: the loop itself, its status and the
+/// galaxies it changes pushed to the UI, and (for settings that held a
+/// function key) registering as soon as the cloud answers.
+fn start_sync<R: Runtime>(app: &AppHandle<R>, desktop: &Desktop, node: &Node) {
+    let syncer = node.device.syncer().clone();
+    tauri::async_runtime::spawn(syncer.clone().run(desktop.stopped()));
+
+    let mut statuses = syncer.subscribe();
+    let emitter = app.clone();
+    let stop = desktop.stopped();
+    tauri::async_runtime::spawn(async move {
+        tokio::pin!(stop);
+        let _ = emitter.emit(events::SYNC_LOOP, statuses.borrow_and_update().clone());
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                changed = statuses.changed() => if changed.is_err() { return },
+            }
+            let status = statuses.borrow_and_update().clone();
+            let _ = emitter.emit(events::SYNC_LOOP, status);
+        }
+    });
+
+    let mut changes = node.device.replica().subscribe();
+    let emitter = app.clone();
+    let stop = desktop.stopped();
+    tauri::async_runtime::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            let event = tokio::select! {
+                _ = &mut stop => return,
+                e = changes.recv() => e,
+            };
+            match event {
+                Ok(GalaxyEvent::Upserted(g)) => {
+                    let _ = emitter.emit(events::GALAXY_UPSERTED, g);
+                }
+                Ok(GalaxyEvent::Removed { row_key }) => {
+                    let _ = emitter.emit(events::GALAXY_REMOVED, serde_json::json!({ "rowKey": row_key }));
+                }
+                Ok(GalaxyEvent::Reloaded) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = emitter.emit(events::RESYNC, ());
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+
+    if node.migrate_key && node.device.settings().account.is_none() {
+        let device = node.device.clone();
+        let link = desktop.link.get().cloned();
+        let emitter = app.clone();
+        let stop = desktop.stopped();
+        tauri::async_runtime::spawn(async move {
+            let Some(link) = link else { return };
+            let mut reach = link.subscribe();
+            let online = async {
+                let _ = reach
+                    .wait_for(|s| s.connection.state == Reachability::Online)
+                    .await;
+            };
+            tokio::select! {
+                _ = stop => return,
+                _ = online => {}
+            }
+            let url = device.settings().cloud_url;
+            match device.register(&url, &device_name()).await {
+                Ok(a) => tracing::info!(player = %a.player_id, "registered in place of the old function key"),
+                Err(e) => {
+                    let _ = emitter.emit(
+                        events::NOTICE,
+                        format!("Could not register this device with the cloud ({e}); use Settings to register."),
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// This device's name for the cloud: the host name.
+pub fn device_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "desktop".into())
 }

@@ -231,7 +231,7 @@ fn settings_are_validated_saved_and_kept_in_the_data_dir() {
         let err = t
             .invoke(
                 "save_settings",
-                json!({ "settings": { "cloudUrl": "not a url", "cloudKey": "" } }),
+                json!({ "settings": { "cloudUrl": "not a url" } }),
             )
             .unwrap_err();
         assert_eq!(err["kind"], "invalid");
@@ -242,7 +242,7 @@ fn settings_are_validated_saved_and_kept_in_the_data_dir() {
         let saved = t
             .invoke(
                 "save_settings",
-                json!({ "settings": { "cloudUrl": " http://127.0.0.1:9/ ", "cloudKey": "k" } }),
+                json!({ "settings": { "cloudUrl": " http://127.0.0.1:9/ " } }),
             )
             .unwrap();
         assert_eq!(saved["cloudUrl"], "http://127.0.0.1:9");
@@ -256,10 +256,7 @@ fn settings_are_validated_saved_and_kept_in_the_data_dir() {
     let raw: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("settings.json")).unwrap())
             .unwrap();
-    assert_eq!(
-        raw,
-        json!({ "cloudUrl": "http://127.0.0.1:9", "cloudKey": "k" })
-    );
+    assert_eq!(raw, json!({ "cloudUrl": "http://127.0.0.1:9" }));
 }
 
 #[test]
@@ -295,4 +292,118 @@ fn webkit_draws_without_compositing_only_when_there_is_no_gpu_and_no_choice() {
         !prefer_software_drawing(&missing, Some("0")),
         "the player's own choice wins"
     );
+}
+
+/// A real galaxy-cloud in this process (SQLite in its own temp dir).
+fn local_cloud() -> (cloud::server::LocalServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = cloud::Keys::new("desktop-test-function-key", "desktop-test-master-key0").unwrap();
+    let server = tauri::async_runtime::block_on(cloud::server::spawn_local(dir.path(), keys)).unwrap();
+    (server, dir)
+}
+
+fn http<T>(f: impl std::future::Future<Output = T>) -> T {
+    tauri::async_runtime::block_on(f)
+}
+
+#[test]
+fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
+    let (cloud, _cloud_dir) = local_cloud();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        json!({ "cloudUrl": cloud.base_url, "cloudKey": "desktop-test-function-key" }).to_string(),
+    )
+    .unwrap();
+    let t = start_in(dir.path());
+    let loop_events = t.events(galaxy_desktop::SYNC_LOOP);
+    let upserts = t.events(galaxy_desktop::GALAXY_UPSERTED);
+    let removals = t.events(galaxy_desktop::GALAXY_REMOVED);
+    let galaxies = t.events(GALAXY_ADDED);
+    t.invoke("load_state", json!({})).unwrap();
+    // The key is gone from the file at once; once the cloud answers, the
+    // app registers and syncs.
+    let text = std::fs::read_to_string(dir.path().join("settings.json")).unwrap();
+    assert!(!text.contains("desktop-test-function-key"), "{text}");
+    wait_event(&loop_events, |s| s["phase"] == "upToDate");
+    let settings = t.invoke("get_settings", json!({})).unwrap();
+    assert!(settings["playerId"].is_string(), "{settings}");
+    assert!(settings.get("token").is_none(), "the UI never sees the token");
+    let raw: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("settings.json")).unwrap()).unwrap();
+    let token = raw["account"]["token"].as_str().unwrap().to_string();
+
+    // A galaxy made here reaches the cloud: the loop ends up to date with
+    // nothing pending, and the cloud's pull has it.
+    let id = t.invoke("create_galaxy", json!({})).unwrap();
+    let galaxy = wait_event(&galaxies, |g| g["instanceId"] == id);
+    let row_key = galaxy["rowKey"].as_str().unwrap().to_string();
+    wait_event(&loop_events, |s| s["phase"] == "upToDate" && s["pending"] == 0 && s["lastSyncAt"].is_string());
+    let client = reqwest::Client::new();
+    let page: Value = http(async {
+        client
+            .get(format!("{}/api/sync/pull?client_id=probe", cloud.base_url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(page["changes"][0]["entity_id"], row_key.as_str(), "{page}");
+
+    // Renames and deletes: bad input is refused readably.
+    let err = t.invoke("rename_galaxy", json!({ "rowKey": row_key, "name": "  " })).unwrap_err();
+    assert_eq!(err["kind"], "invalid", "{err}");
+    let err = t.invoke("delete_galaxy", json!({ "rowKey": "nope" })).unwrap_err();
+    assert!(err["message"].as_str().unwrap().contains("no galaxy"), "{err}");
+    let renamed = t.invoke("rename_galaxy", json!({ "rowKey": row_key, "name": "Home" })).unwrap();
+    assert_eq!(renamed["name"], "Home");
+
+    // Another device of the player joins with a link code and pushes a
+    // galaxy: it appears here without any command.
+    let code = t.invoke("create_link_code", json!({})).unwrap();
+    let other: Value = http(async {
+        client
+            .post(format!("{}/api/players/devices", cloud.base_url))
+            .json(&json!({ "code": code["code"], "device_name": "phone" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(other["player_id"], settings["playerId"]);
+    let remote = uuid::Uuid::now_v7().to_string();
+    let push = json!({ "client_id": "phone-1", "mutations": [
+        { "mutation_id": 1, "op": "put", "entity_id": remote, "base_version": 0,
+          "body": { "name": "Far Away", "coords": { "x": 5, "y": 6, "z": 7 }, "createdAt": "2026-12-01T10:00:00Z" } },
+        { "mutation_id": 2, "op": "delete", "entity_id": row_key } ] });
+    let r = http(
+        client
+            .post(format!("{}/api/sync/push", cloud.base_url))
+            .bearer_auth(other["token"].as_str().unwrap())
+            .json(&push)
+            .send(),
+    )
+    .unwrap();
+    assert!(r.status().is_success());
+    let arrived = wait_event(&upserts, |g| g["rowKey"] == remote.as_str());
+    assert_eq!((arrived["name"].as_str(), arrived["origin"].as_str()), (Some("Far Away"), Some("phone")));
+    let gone = wait_event(&removals, |r| r["rowKey"] == row_key.as_str());
+    assert_eq!(gone["rowKey"], row_key.as_str());
+    let listed = t.invoke("list_galaxies", json!({})).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // Signing out revokes the token at the cloud and forgets the account.
+    let out = t.invoke("sign_out", json!({})).unwrap();
+    assert!(out["playerId"].is_null());
+    let me = http(client.get(format!("{}/api/players/me", cloud.base_url)).bearer_auth(&token).send()).unwrap();
+    assert_eq!(me.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let err = t.invoke("sync_now", json!({})).unwrap_err();
+    assert!(err["message"].as_str().unwrap().contains("not linked"), "{err}");
+    drop(t);
+    http(cloud.stop());
 }

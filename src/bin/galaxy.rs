@@ -99,9 +99,12 @@ fn device_name(given: Option<String>) -> String {
 }
 
 async fn run(cli: Cli) -> Result<(), DeviceError> {
-    let (device, migrated) = PlayerDevice::open(&cli.data_dir, None, SyncerConfig::default())?;
-    if migrated {
+    let (device, notes) = PlayerDevice::open(&cli.data_dir, None, SyncerConfig::default())?;
+    if notes.legacy_key_dropped {
         eprintln!("note: the settings held a function key; it was removed (devices use their own token)");
+    }
+    for w in notes.warnings {
+        eprintln!("warning: {w}");
     }
     let outcome = command(&device, cli.command).await;
     device.shutdown(Duration::from_secs(5)).await;

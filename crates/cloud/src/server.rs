@@ -177,6 +177,62 @@ pub async fn serve(
     }
 }
 
+/// A server started by [`spawn_local`]: its address, and how to stop it.
+pub struct LocalServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The shared state (engine, players).
+    pub state: AppState,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    store: Arc<SqliteStore>,
+    table: Arc<GalaxyTable>,
+}
+
+impl LocalServer {
+    /// Stops serving, then the engine, then closes the databases.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.served.await;
+        self.state.engine.shutdown(ENGINE_GRACE).await;
+        self.store.close();
+        self.table.close();
+    }
+}
+
+/// Runs galaxy-cloud inside this process on `127.0.0.1:0` with SQLite
+/// files in `dir`: what other crates' tests and benchmarks use to talk to a
+/// real server without a child process.
+pub async fn spawn_local(dir: &Path, keys: Keys) -> Result<LocalServer, ServeError> {
+    std::fs::create_dir_all(dir)?;
+    let store = Arc::new(SqliteStore::open_with(dir.join("engine.db"), SqliteConfig::default())?);
+    let table = Arc::new(GalaxyTable::open(dir.join("galaxies.db"), true)?);
+    let players = galaxy::players::Players::open(dir.join("players.db"))?;
+    let engine = Engine::start(
+        store.clone() as Arc<dyn Store>,
+        registry(table.clone(), false),
+        EngineConfig::default(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|source| ServeError::Bind {
+        addr: "127.0.0.1:0".into(),
+        source,
+    })?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(engine, table.clone(), keys, players).with_default_host(addr.to_string());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Ok(LocalServer {
+        base_url: format!("http://{addr}"),
+        state,
+        stop,
+        served,
+        store,
+        table,
+    })
+}
+
 /// How often old tombstones are purged (and once at start).
 pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 

@@ -85,6 +85,17 @@ pub struct DeviceStatus {
     pub sync: SyncerStatus,
 }
 
+/// What opening a device found that its user should know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenNotes {
+    /// The settings held a function key from an older version; it was
+    /// removed from the file (register to sync again).
+    pub legacy_key_dropped: bool,
+    /// Problems that did not stop the opening (a damaged settings file:
+    /// defaults are used until the next save).
+    pub warnings: Vec<String>,
+}
+
 /// One player's device. See the module docs.
 pub struct PlayerDevice {
     node: LocalNode,
@@ -100,19 +111,28 @@ impl PlayerDevice {
     ///
     /// A settings file holding a function key from an older version is
     /// rewritten without it at once: a player's device never holds the
-    /// server-wide key ([`PlayerDevice::had_legacy_key`] tells the app to
-    /// register instead).
+    /// server-wide key ([`OpenNotes::legacy_key_dropped`] tells the app to
+    /// register instead). A damaged settings file does not stop the
+    /// opening: defaults are used, and a warning says so.
     pub fn open(
         data_dir: &Path,
         settings_path: Option<PathBuf>,
         config: SyncerConfig,
-    ) -> Result<(Self, bool), DeviceError> {
+    ) -> Result<(Self, OpenNotes), DeviceError> {
         let settings_file =
             SettingsFile::new(settings_path.unwrap_or_else(|| data_dir.join("settings.json")));
-        let mut settings = settings_file.load()?;
-        let had_legacy_key = settings.legacy_cloud_key.take().is_some();
-        if had_legacy_key {
+        let mut notes = OpenNotes::default();
+        let mut settings = match settings_file.load() {
+            Ok(s) => s,
+            Err(e @ SettingsError::Corrupt { .. }) => {
+                notes.warnings.push(e.to_string());
+                Settings::default()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if settings.legacy_cloud_key.take().is_some() {
             settings = settings_file.save(settings)?;
+            notes.legacy_key_dropped = true;
         }
         let node = LocalNode::open(
             data_dir,
@@ -132,7 +152,7 @@ impl PlayerDevice {
                 settings_file,
                 settings: std::sync::Mutex::new(settings),
             },
-            had_legacy_key,
+            notes,
         ))
     }
 
@@ -194,6 +214,30 @@ impl PlayerDevice {
             ..settings
         })?;
         Ok(account)
+    }
+
+    /// Switches to another cloud URL (an account belongs to one cloud, so
+    /// a different URL leaves it).
+    pub fn set_cloud_url(&self, cloud_url: &str) -> Result<Settings, DeviceError> {
+        let settings = self.settings().with_cloud_url(cloud_url);
+        self.save_settings(settings)
+    }
+
+    /// Revokes this device's token at the cloud and forgets the account.
+    /// The galaxies stay. A token the cloud already refuses is forgotten
+    /// too; an unreachable cloud is an error (the token would stay valid).
+    pub async fn sign_out(&self) -> Result<(), DeviceError> {
+        let account = self.account()?;
+        let api = CloudApi::new(&self.settings().cloud_url, Some(account.token.clone()));
+        match api.revoke(&account.device_id).await {
+            Ok(()) | Err(TransportError::Unauthorized(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.save_settings(Settings {
+            account: None,
+            ..self.settings()
+        })?;
+        Ok(())
     }
 
     /// A link code for another device to join this player.
@@ -266,8 +310,13 @@ impl PlayerDevice {
 
     /// Stops the engine and closes the databases.
     pub async fn shutdown(self, grace: Duration) {
-        drop(self.syncer);
-        self.node.shutdown(grace).await;
+        self.close(grace).await;
+    }
+
+    /// [`shutdown`](Self::shutdown) for a device shared by reference (stop
+    /// its sync loop first).
+    pub async fn close(&self, grace: Duration) {
+        self.node.close(grace).await;
     }
 }
 

@@ -40,7 +40,7 @@ pub mod view;
 pub mod workload;
 
 pub use coords::Coords;
-pub use device::{DeviceError, DeviceStatus, PlayerDevice};
+pub use device::{DeviceError, DeviceStatus, OpenNotes, PlayerDevice};
 pub use galaxies::Galaxies;
 pub use local::{LocalConfig, LocalNode, OpenError};
 pub use pg_table::PgGalaxyTable;

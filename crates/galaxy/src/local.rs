@@ -95,6 +95,12 @@ impl LocalNode {
     /// Stops the engine (waiting up to `grace` for running work) and closes
     /// both databases.
     pub async fn shutdown(self, grace: Duration) {
+        self.close(grace).await;
+    }
+
+    /// [`shutdown`](Self::shutdown) for a node shared by reference: after
+    /// it, the engine refuses work and the databases are closed.
+    pub async fn close(&self, grace: Duration) {
         self.engine.shutdown(grace).await;
         self.store.close();
         self.table.close();
