@@ -298,7 +298,7 @@ fn webkit_draws_without_compositing_only_when_there_is_no_gpu_and_no_choice() {
 fn local_cloud() -> (cloud::server::LocalServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let keys = cloud::Keys::new("desktop-test-function-key", "desktop-test-master-key0").unwrap();
-    let server = tauri::async_runtime::block_on(cloud::server::spawn_local(dir.path(), keys)).unwrap();
+    let server = tauri::async_runtime::block_on(cloud::server::spawn_local(dir.path(), "127.0.0.1:0", keys)).unwrap();
     (server, dir)
 }
 

@@ -253,3 +253,88 @@ async fn an_app_killed_during_creation_finishes_the_instances_after_restart() ->
     ensure!(unfinished(data.path()).await?.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_appears_live(
+) -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let display = Display::start()?;
+    let data = tempfile::tempdir()?;
+    // The cloud's address is known, but nothing listens there yet.
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    std::fs::write(
+        data.path().join("settings.json"),
+        serde_json::json!({ "cloudUrl": base }).to_string(),
+    )?;
+    let app = App::launch(&display, data.path()).await?;
+    app.click("#create").await?;
+    app.wait_js("the galaxy made offline", &map_count(1)).await?;
+    app.wait_js(
+        "the indicator to say offline",
+        "return document.getElementById('connection-text').textContent === 'offline'",
+    )
+    .await?;
+
+    // The cloud starts; the player registers from Settings.
+    let cloud_dir = tempfile::tempdir()?;
+    let keys = cloud::Keys::new("e2e-sync-function-key-01", "e2e-sync-master-key-0001")?;
+    let cloud = cloud::server::spawn_local(cloud_dir.path(), &format!("127.0.0.1:{port}"), keys).await?;
+    app.click("#open-settings").await?;
+    app.click("#register").await?;
+    app.wait_js(
+        "the indicator to reach up to date with nothing pending",
+        "return document.getElementById('connection').dataset.phase === 'upToDate' \
+         && document.getElementById('pending-text').textContent === '0 to sync'",
+    )
+    .await?;
+    app.screenshot("05-synced").await?;
+    // The galaxy is in the cloud: its pull, with the app's own token.
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.path().join("settings.json"))?)?;
+    let token = raw["account"]["token"].as_str().unwrap_or_default().to_string();
+    let page: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/api/sync/pull?client_id=probe"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let local = app
+        .eval("return [...document.querySelectorAll('#galaxy-list li')].length || window.galaxyForge.mapCount()")
+        .await?;
+    ensure!(local == serde_json::json!(1), "one galaxy here: {local}");
+    ensure!(page["changes"].as_array().map(Vec::len) == Some(1), "the cloud has it: {page}");
+
+    // A headless device of the same player (the CLI's library) joins with
+    // the code the app shows and creates a galaxy: it appears on the map
+    // without any click.
+    app.click("#make-code").await?;
+    app.wait_js("the link code", "return !document.getElementById('link-code').hidden")
+        .await?;
+    let code = app
+        .eval("return document.getElementById('link-code').textContent")
+        .await?;
+    let device_dir = tempfile::tempdir()?;
+    let (device, _) =
+        galaxy::PlayerDevice::open(device_dir.path(), None, sync::SyncerConfig::default())?;
+    device
+        .join(&base, code.as_str().unwrap_or_default(), "headless")
+        .await?;
+    device.create(1).await?;
+    device.sync_once().await?;
+    app.wait_js("the other device's galaxy on the map", &map_count(2))
+        .await?;
+    app.click("#settings-cancel").await?;
+    app.click("#tab-galaxies").await?;
+    app.wait_js(
+        "the galaxy marked with its device",
+        "return [...document.querySelectorAll('#galaxy-list li')].some(li => li.dataset.origin === 'headless')",
+    )
+    .await?;
+    app.screenshot("06-from-another-device").await?;
+    device.shutdown(std::time::Duration::from_secs(5)).await;
+    app.close().await?;
+    cloud.stop().await;
+    Ok(())
+}

@@ -200,10 +200,10 @@ impl LocalServer {
     }
 }
 
-/// Runs galaxy-cloud inside this process on `127.0.0.1:0` with SQLite
-/// files in `dir`: what other crates' tests and benchmarks use to talk to a
-/// real server without a child process.
-pub async fn spawn_local(dir: &Path, keys: Keys) -> Result<LocalServer, ServeError> {
+/// Runs galaxy-cloud inside this process on `listen` (e.g.
+/// `127.0.0.1:0`) with SQLite files in `dir`: what other crates' tests and
+/// benchmarks use to talk to a real server without a child process.
+pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalServer, ServeError> {
     std::fs::create_dir_all(dir)?;
     let store = Arc::new(SqliteStore::open_with(dir.join("engine.db"), SqliteConfig::default())?);
     let table = Arc::new(GalaxyTable::open(dir.join("galaxies.db"), true)?);
@@ -213,8 +213,8 @@ pub async fn spawn_local(dir: &Path, keys: Keys) -> Result<LocalServer, ServeErr
         registry(table.clone(), false),
         EngineConfig::default(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|source| ServeError::Bind {
-        addr: "127.0.0.1:0".into(),
+    let listener = TcpListener::bind(listen).await.map_err(|source| ServeError::Bind {
+        addr: listen.to_string(),
         source,
     })?;
     let addr = listener.local_addr()?;
