@@ -14,9 +14,14 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Starts `galaxy-cloud` on `127.0.0.1:0` with `dir` as its data directory
 /// and `extra` arguments; returns the child and its stdout lines.
 pub fn spawn(dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    spawn_on(dir, "127.0.0.1:0", extra)
+}
+
+/// [`spawn`] on a chosen address (a restart on the same port).
+pub fn spawn_on(dir: &Path, listen: &str, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy-cloud"))
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(listen)
         .arg("--data-dir")
         .arg(dir)
         .args(extra)

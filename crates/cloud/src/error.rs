@@ -162,7 +162,7 @@ impl From<galaxy::players::PlayersError> for AppError {
         match e {
             E::Unauthorized => Self::unauthorized(message),
             E::BadLinkCode => Self::bad_request("InvalidLinkCode", message),
-            E::NotFound(_) => Self::not_found("NotFound", message),
+            E::NotFound(_) => Self::not_found("DeviceNotFound", message),
             E::ClientStateNotFound(_) => Self::new(
                 StatusCode::CONFLICT,
                 sync::protocol::CLIENT_STATE_NOT_FOUND,
