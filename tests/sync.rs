@@ -393,3 +393,74 @@ fn a_function_key_in_old_settings_is_dropped_at_once() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("register"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_in_the_cloud_runs_for_the_player_and_arrives_through_pull() {
+    let cloud = cloud(&["--function-key", "sync-e2e-function-key-1", "--master-key", "sync-e2e-master-key-01"]);
+    let d = two_devices(&cloud.base);
+    let out = ok(&d.a, &["create", "--in-cloud"]);
+    assert!(out.contains("Completed"), "{out}");
+    assert!(out.trim_end().ends_with("pulled 1"), "{out}");
+    let all: Vec<Value> = serde_json::from_str(&ok(&d.a, &["list", "--json"])).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["origin"], "cloud (laptop)");
+    let instance = all[0]["instanceId"].as_str().unwrap().to_string();
+    // B gets it too, once.
+    assert_eq!(ok(&d.b, &["sync"]).trim(), "pushed 0 pulled 1");
+
+    let http = reqwest::Client::new();
+    let status = |token: String| {
+        let url = format!("{}/runtime/webhooks/durabletask/instances/{instance}", cloud.base);
+        let http = http.clone();
+        async move { http.get(url).bearer_auth(token).send().await.unwrap().status() }
+    };
+    // The player's devices read its instance; another player's do not
+    // even learn it exists; the function key still sees everything.
+    assert_eq!(status(token(&d.b)).await, StatusCode::OK);
+    let stranger: Value = http
+        .post(format!("{}/api/players", cloud.base))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let st = stranger["token"].as_str().unwrap().to_string();
+    assert_eq!(status(st.clone()).await, StatusCode::NOT_FOUND);
+    let r = http
+        .get(format!("{}/runtime/webhooks/durabletask/instances/{instance}/stream", cloud.base))
+        .bearer_auth(&st)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = http
+        .get(format!("{}/runtime/webhooks/durabletask/instances/{instance}", cloud.base))
+        .header("x-functions-key", "sync-e2e-function-key-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A device token starts nothing else, and manages nothing.
+    let r = http
+        .post(format!("{}/api/orchestrators/Sample_Fail", cloud.base))
+        .bearer_auth(token(&d.a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    for (method, path) in [
+        (reqwest::Method::DELETE, format!("/runtime/webhooks/durabletask/instances/{instance}")),
+        (reqwest::Method::POST, format!("/runtime/webhooks/durabletask/instances/{instance}/terminate")),
+        (reqwest::Method::POST, format!("/api/orchestrators/Galaxy_Create/{instance}x")),
+    ] {
+        let r = http
+            .request(method.clone(), format!("{}{path}", cloud.base))
+            .bearer_auth(token(&d.a))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+}

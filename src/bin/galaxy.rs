@@ -52,11 +52,15 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Creates galaxies through the embedded engine (works offline).
+    /// Creates galaxies through the embedded engine (works offline), or
+    /// with --in-cloud on galaxy-cloud for this player (then pulled).
     Create {
         /// How many.
         #[arg(short = 'n', long, default_value_t = 1)]
         count: usize,
+        /// Run Galaxy_Create in the cloud, follow it live, then sync.
+        #[arg(long)]
+        in_cloud: bool,
     },
     /// Renames a galaxy.
     Rename {
@@ -127,9 +131,24 @@ async fn command(device: &PlayerDevice, command: Command) -> Result<(), DeviceEr
             let account = device.join(&cloud, &code, &device_name(name)).await?;
             println!("linked: player {} device {}", account.player_id, account.device_id);
         }
-        Command::Create { count } => {
+        Command::Create { count, in_cloud: false } => {
             let ids = device.create(count).await?;
             println!("created {} galaxies", ids.len());
+        }
+        Command::Create { count, in_cloud: true } => {
+            for _ in 0..count {
+                let done = device
+                    .create_in_cloud(|s| println!("cloud {} {}", s.instance_id, s.runtime_status))
+                    .await?;
+                if done.runtime_status != "Completed" {
+                    return Err(DeviceError::Sync(format!(
+                        "the cloud's Galaxy_Create {} ended {}",
+                        done.instance_id, done.runtime_status
+                    )));
+                }
+            }
+            let report = device.sync_once().await?;
+            println!("created {count} galaxies in the cloud; pulled {}", report.pulled);
         }
         Command::Rename { id, name } => {
             let g = device.rename(&id, &name).await?;

@@ -1,5 +1,9 @@
 //! Device tokens: the credential of the player routes (`/api/players/...`
-//! except registering and joining) and the sync routes (`/api/sync/...`).
+//! except registering and joining) and the sync routes (`/api/sync/...`),
+//! and, on three Durable Functions routes, a player's own way in: starting
+//! `Galaxy_Create` for itself ([`DEVICE_KEY_ROUTES`]) and reading the
+//! status and stream of its own instances. A player's instances have ids
+//! `<player id>.<uuid>`; any other instance answers 404 to its devices.
 //!
 //! A token arrives as `Authorization: Bearer <token>`; the players store
 //! finds its device and compares hashes in constant time. The device goes
@@ -7,8 +11,9 @@
 //! are not device tokens: they open the Durable Functions routes, not a
 //! player's data.
 
-use axum::extract::{Request, State};
-use axum::http::header;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method};
+use galaxy::players::Device;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -44,5 +49,45 @@ pub async fn require_device(
             next.run(request).await
         }
         Err(e) => AppError::from(e).into_response(),
+    }
+}
+
+/// The key-protected routes a device token also opens (method, template).
+pub const DEVICE_KEY_ROUTES: [(Method, &str); 3] = [
+    (Method::POST, "/api/orchestrators/{functionName}"),
+    (Method::GET, "/runtime/webhooks/durabletask/instances/{instanceId}"),
+    (Method::GET, "/runtime/webhooks/durabletask/instances/{instanceId}/stream"),
+];
+
+/// For a request without a valid key: its bearer token when the route is
+/// one of [`DEVICE_KEY_ROUTES`] (an error when it is another); `None` when
+/// it has no token.
+pub fn token_for_key_route(request: &Request) -> Option<Result<String, AppError>> {
+    let token = bearer(request)?.to_string();
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let open = DEVICE_KEY_ROUTES
+        .iter()
+        .any(|(m, p)| m == request.method() && Some(*p) == route);
+    if !open {
+        return Some(Err(AppError::unauthorized(
+            "a device token opens only POST /api/orchestrators/Galaxy_Create and the status and stream of the player's own instances; this route needs the function key",
+        )));
+    }
+    Some(Ok(token))
+}
+
+/// The instance id prefix of a player's instances.
+pub fn instance_prefix(device: &Device) -> String {
+    format!("{}.", device.player_id)
+}
+
+/// 404 (as for an instance that does not exist) unless the instance is
+/// the device's player's.
+pub fn check_owner(device: Option<&Device>, id: &durable::InstanceId) -> Result<(), AppError> {
+    match device {
+        Some(d) if !id.as_str().starts_with(&instance_prefix(d)) => {
+            Err(durable::Error::NotFound(id.clone()).into())
+        }
+        _ => Ok(()),
     }
 }

@@ -232,9 +232,10 @@ fn presented_key(request: &Request) -> Option<String> {
     q.get("code").cloned()
 }
 
-/// Middleware for every protected route: 401 without a valid key;
-/// otherwise the granted [`Access`] goes into the request extensions for
-/// handlers that need the master key.
+/// Middleware for every protected route: 401 without a valid key (or, on
+/// the few routes a player may use, a device token: see
+/// [`crate::device_auth`]); otherwise the granted [`Access`] (or the
+/// device) goes into the request extensions for the handlers.
 pub async fn require_key(
     State(state): State<AppState>,
     mut request: Request,
@@ -246,10 +247,20 @@ pub async fn require_key(
             request.extensions_mut().insert(access);
             next.run(request).await
         }
-        None => AppError::unauthorized(
-            "a valid key is required: pass the function key as ?code= or the x-functions-key header",
-        )
-        .into_response(),
+        None => match crate::device_auth::token_for_key_route(&request) {
+            Some(Ok(token)) => match state.players.authenticate(&token).await {
+                Ok(device) => {
+                    request.extensions_mut().insert(device);
+                    next.run(request).await
+                }
+                Err(e) => AppError::from(e).into_response(),
+            },
+            Some(Err(e)) => e.into_response(),
+            None => AppError::unauthorized(
+                "a valid key is required: pass the function key as ?code= or the x-functions-key header",
+            )
+            .into_response(),
+        },
     }
 }
 

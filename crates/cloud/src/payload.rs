@@ -123,6 +123,23 @@ pub fn check_status(base: &BaseUrl, id: &str, key: &str) -> CheckStatus {
     }
 }
 
+/// The check-status payload for a player's device: no key in any URI (the
+/// device sends its token as a header); of them, only the status URI (and
+/// its `/stream`) opens to a device token.
+pub fn check_status_for_device(base: &BaseUrl, id: &str) -> CheckStatus {
+    let instance = instance_url(base, id);
+    CheckStatus {
+        id: id.to_string(),
+        status_query_get_uri: instance.clone(),
+        send_event_post_uri: format!("{instance}/raiseEvent/{{eventName}}"),
+        terminate_post_uri: format!("{instance}/terminate?reason={{text}}"),
+        purge_history_delete_uri: instance.clone(),
+        restart_post_uri: format!("{instance}/restart"),
+        suspend_post_uri: format!("{instance}/suspend?reason={{text}}"),
+        resume_post_uri: format!("{instance}/resume?reason={{text}}"),
+    }
+}
+
 /// Why an instance failed (extension: Durable Functions only gives the
 /// message in `output`).
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]

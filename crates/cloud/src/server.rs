@@ -136,10 +136,15 @@ pub async fn open_table(choice: &StoreChoice, data_dir: &Path) -> Result<Galaxie
     })
 }
 
-/// The functions this server runs: `Galaxy_Create` and its activities, and
-/// the samples when asked for.
-pub fn registry(table: impl Into<Galaxies>, samples: bool) -> Registry {
-    let registry = galaxy::register(Registry::new(), table);
+/// The functions this server runs: `Galaxy_Create` and its activities
+/// (a galaxy a player starts also goes into the player's synced galaxies),
+/// and the samples when asked for.
+pub fn registry(
+    table: impl Into<Galaxies>,
+    players: Option<galaxy::players::Players>,
+    samples: bool,
+) -> Registry {
+    let registry = galaxy::register_with_players(Registry::new(), table, players);
     if samples {
         crate::samples::register(registry)
     } else {
@@ -210,7 +215,7 @@ pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalSe
     let players = galaxy::players::Players::open(dir.join("players.db"))?;
     let engine = Engine::start(
         store.clone() as Arc<dyn Store>,
-        registry(table.clone(), false),
+        registry(table.clone(), Some(players.clone()), false),
         EngineConfig::default(),
     );
     let listener = TcpListener::bind(listen).await.map_err(|source| ServeError::Bind {
@@ -331,7 +336,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     };
     let engine = Engine::start(
         opened.store.clone(),
-        registry(table.clone(), args.samples),
+        registry(table.clone(), Some(players.clone()), args.samples),
         EngineConfig::default(),
     );
     let listener = match TcpListener::bind(&args.listen).await {

@@ -266,6 +266,19 @@ impl PlayerDevice {
         Ok(ids)
     }
 
+    /// Starts `Galaxy_Create` in the cloud for this player and follows it
+    /// live until it finishes, calling `on_state` for each state; the
+    /// galaxy then arrives through pull (a running sync loop gets a poke).
+    pub async fn create_in_cloud(
+        &self,
+        on_state: impl FnMut(&sync::InstanceState) + Send,
+    ) -> Result<sync::InstanceState, DeviceError> {
+        let account = self.account()?;
+        let api = CloudApi::new(&self.settings().cloud_url, Some(account.token));
+        let started = api.start_galaxy_create().await?;
+        Ok(api.follow_instance(&started.id, on_state).await?)
+    }
+
     /// Renames a galaxy (synced on the next round).
     pub async fn rename(&self, row_key: &str, name: &str) -> Result<Galaxy, DeviceError> {
         Ok(self.replica.rename(row_key, name).await?)

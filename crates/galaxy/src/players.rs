@@ -524,6 +524,51 @@ impl Players {
         .await
     }
 
+    /// Adds a galaxy made in the cloud for a player (a `Galaxy_Create`
+    /// the player started through the starter route): it takes the next
+    /// version like a pushed one, and devices pull it. Idempotent: an
+    /// activity that runs twice adds it once. Returns its version when
+    /// this call added it.
+    pub async fn put_cloud_galaxy(
+        &self,
+        player_id: &str,
+        entity_id: &str,
+        body: body::GalaxyBody,
+    ) -> Result<Option<u64>, PlayersError> {
+        body::check_entity_id(entity_id).map_err(PlayersError::Invalid)?;
+        let (player_id, entity_id) = (player_id.to_string(), entity_id.to_string());
+        let changes = self.changes.clone();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (counter, _) = player_versions(&tx, &player_id)?;
+            let exists = current(&tx, &player_id, &entity_id)?.is_some();
+            let known: bool = tx
+                .query_row("SELECT 1 FROM players WHERE player_id = ?1", [&player_id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if exists || !known {
+                return Ok(None);
+            }
+            let version = counter + 1;
+            tx.execute(
+                "INSERT INTO sync_galaxies (player_id, entity_id, version, deleted, body, updated_at, writer)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5, NULL)",
+                params![player_id, entity_id, version as i64, body.to_value().to_string(), now().timestamp_millis()],
+            )?;
+            tx.execute(
+                "UPDATE players SET counter = ?2 WHERE player_id = ?1",
+                params![player_id, version as i64],
+            )?;
+            tx.commit()?;
+            let _ = changes.send(PlayerChange {
+                player_id,
+                version,
+            });
+            Ok(Some(version))
+        })
+        .await
+    }
+
     /// A player's synced galaxy count (live ones), for status and tests.
     pub async fn galaxy_count(&self, player_id: &str) -> Result<u64, PlayersError> {
         let player_id = player_id.to_string();

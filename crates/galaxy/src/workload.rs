@@ -6,7 +6,9 @@ use durable::{ActivityContext, OrchestrationContext, Registry, TaskError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::body::GalaxyBody;
 use crate::coords::Coords;
+use crate::players::Players;
 use crate::galaxies::Galaxies;
 use crate::names::random_name;
 use crate::table::Galaxy;
@@ -37,6 +39,30 @@ pub struct CreateGalaxyContext {
     pub name: String,
     /// Coordinates from `Utility_Coords`.
     pub coords: Coords,
+    /// The player who started it in the cloud (the galaxy also goes into
+    /// that player's synced galaxies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub player: Option<PlayerRef>,
+}
+
+/// A player who started `Galaxy_Create` in the cloud, and from which device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlayerRef {
+    /// The player.
+    pub player_id: String,
+    /// The device that asked (shown as the galaxy's origin).
+    pub device_name: String,
+}
+
+/// The input of `Galaxy_Create`: empty, or `{"player": PlayerRef}` when a
+/// player's device started it in the cloud.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateInput {
+    /// Who started it in the cloud.
+    #[serde(default)]
+    pub player: Option<PlayerRef>,
 }
 
 /// A row key that sorts by creation time: UUIDv7 layout built from the
@@ -51,7 +77,11 @@ fn row_key(ctx: &OrchestrationContext) -> String {
         .to_string()
 }
 
-async fn galaxy_create(ctx: OrchestrationContext, _input: Value) -> Result<String, TaskError> {
+async fn galaxy_create(ctx: OrchestrationContext, input: Value) -> Result<String, TaskError> {
+    // Any other input (the seed's callers send none) is ignored.
+    let player = serde_json::from_value::<CreateInput>(input)
+        .ok()
+        .and_then(|i| i.player);
     let coords = ctx.call_activity::<Coords>(UTILITY_COORDS, ());
     let name = ctx.call_activity::<String>(UTILITY_NAME, ());
     let (coords, name) = futures::join!(coords, name);
@@ -60,6 +90,7 @@ async fn galaxy_create(ctx: OrchestrationContext, _input: Value) -> Result<Strin
         row_key: row_key(&ctx),
         name: name?,
         coords: coords?,
+        player,
     };
     ctx.call_activity::<bool>(GALAXY_CREATE_IMPL, context)
         .await?;
@@ -69,6 +100,16 @@ async fn galaxy_create(ctx: OrchestrationContext, _input: Value) -> Result<Strin
 /// Adds `Galaxy_Create` and its three activities to `registry`, writing to
 /// `table` (an `Arc<GalaxyTable>`, or any [`Galaxies`]).
 pub fn register(registry: Registry, table: impl Into<Galaxies>) -> Registry {
+    register_with_players(registry, table, None)
+}
+
+/// [`register`] for the cloud: a galaxy a player started there also goes
+/// into that player's synced galaxies in `players`.
+pub fn register_with_players(
+    registry: Registry,
+    table: impl Into<Galaxies>,
+    players: Option<Players>,
+) -> Registry {
     let table: Galaxies = table.into();
     registry
         .orchestration(GALAXY_CREATE, galaxy_create)
@@ -82,20 +123,28 @@ pub fn register(registry: Registry, table: impl Into<Galaxies>) -> Registry {
             GALAXY_CREATE_IMPL,
             move |actx: ActivityContext, c: CreateGalaxyContext| {
                 let table = table.clone();
+                let players = players.clone();
                 async move {
-                    table
-                        .insert(Galaxy {
-                            partition_key: c.partition_key,
-                            row_key: c.row_key,
-                            timestamp: chrono::Utc::now(),
-                            name: c.name,
-                            coords: c.coords,
-                            instance_id: actx.instance_id.to_string(),
-                            version: 0,
-                            origin: String::new(),
-                        })
-                        .await
-                        .map_err(|e| e.to_string())
+                    let galaxy = Galaxy {
+                        partition_key: c.partition_key,
+                        row_key: c.row_key,
+                        timestamp: chrono::Utc::now(),
+                        name: c.name,
+                        coords: c.coords,
+                        instance_id: actx.instance_id.to_string(),
+                        version: 0,
+                        origin: String::new(),
+                    };
+                    let inserted = table.insert(galaxy.clone()).await.map_err(|e| e.to_string())?;
+                    if let (Some(players), Some(p)) = (players, c.player) {
+                        let mut body = GalaxyBody::of(&galaxy);
+                        body.origin = format!("cloud ({})", p.device_name);
+                        players
+                            .put_cloud_galaxy(&p.player_id, &galaxy.row_key, body)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok::<_, String>(inserted)
                 }
             },
         )

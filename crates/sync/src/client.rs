@@ -225,6 +225,90 @@ impl CloudApi {
     }
 }
 
+/// What the starter answers a device (the fields it uses).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Started {
+    /// The instance id (`<player id>.<uuid>`).
+    pub id: String,
+    /// Its status URL (send the token as a header).
+    pub status_query_get_uri: String,
+}
+
+/// One state of a cloud instance, from its live stream.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceState {
+    /// The instance.
+    pub instance_id: String,
+    /// Durable Functions runtime status (`Pending`, `Running`, `Completed`...).
+    pub runtime_status: String,
+}
+
+impl InstanceState {
+    /// The instance has finished (one way or another).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.runtime_status.as_str(),
+            "Completed" | "Failed" | "Terminated" | "Canceled"
+        )
+    }
+}
+
+impl CloudApi {
+    /// `POST /api/orchestrators/Galaxy_Create` with the device token: a
+    /// galaxy made in the cloud for this player (it arrives through pull).
+    pub async fn start_galaxy_create(&self) -> Result<Started, TransportError> {
+        let (url, r) = self.request(reqwest::Method::POST, "/api/orchestrators/Galaxy_Create");
+        self.send(&url, r).await
+    }
+
+    /// Follows one of the player's cloud instances on its live stream,
+    /// calling `on_state` for each state, until it finishes. Returns the
+    /// final state.
+    pub async fn follow_instance(
+        &self,
+        id: &str,
+        mut on_state: impl FnMut(&InstanceState) + Send,
+    ) -> Result<InstanceState, TransportError> {
+        let path = format!(
+            "/runtime/webhooks/durabletask/instances/{}/stream",
+            id.replace('%', "%25").replace(' ', "%20")
+        );
+        let (url, r) = self.request(reqwest::Method::GET, &path);
+        let mut response = r.send().await.map_err(|e| unavailable(&url, &e))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            return Err(TransportError::Refused {
+                status,
+                code: "StreamRefused".into(),
+                message: format!("{url} answered HTTP {status}"),
+            });
+        }
+        let mut parser = sse::Parser::new();
+        loop {
+            let chunk = response.chunk().await.map_err(|e| unavailable(&url, &e))?;
+            let Some(bytes) = chunk else {
+                return Err(TransportError::Unavailable(format!(
+                    "{url} ended before the instance finished"
+                )));
+            };
+            for event in parser.feed(&bytes) {
+                if event.event != "status" && event.event != "update" {
+                    continue;
+                }
+                let Ok(state) = serde_json::from_str::<InstanceState>(&event.data) else {
+                    continue;
+                };
+                on_state(&state);
+                if state.is_terminal() {
+                    return Ok(state);
+                }
+            }
+        }
+    }
+}
+
 impl Transport for CloudApi {
     async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportError> {
         let (url, r) = self.request(reqwest::Method::POST, "/api/sync/push");

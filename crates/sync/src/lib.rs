@@ -29,7 +29,7 @@ pub mod sse;
 pub mod syncer;
 pub mod transport;
 
-pub use client::CloudApi;
+pub use client::{CloudApi, InstanceState, Started};
 pub use link::{CloudLink, Connection, NothingToSync, Outbox, Reachability, SyncStatus};
 pub use replica::{Replica, ReplicaState};
 pub use round::{run_round, PullProgress, RoundError, RoundReport};

@@ -117,12 +117,14 @@ fn reason(params: ReasonParams) -> Option<String> {
 )]
 pub async fn status(
     State(state): State<AppState>,
+    device: Option<Extension<galaxy::players::Device>>,
     base: BaseUrl,
     uri: Uri,
     Path(raw_id): Path<String>,
     Query(params): Query<StatusParams>,
 ) -> Result<Response, AppError> {
     let id = extract::instance_id(raw_id)?;
+    crate::device_auth::check_owner(device.as_ref().map(|d| &d.0), &id)?;
     let show_history = extract::flag("showHistory", params.show_history.as_deref(), false)?;
     let options = StatusOptions {
         show_input: extract::flag("showInput", params.show_input.as_deref(), true)?,

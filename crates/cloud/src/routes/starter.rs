@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +13,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
 
+use galaxy::players::Device;
+
+use crate::device_auth;
 use crate::error::{AppError, ErrorBody};
 use crate::extract::{self, JsonBody, Path, Query};
 use crate::payload::{self, BaseUrl, CheckStatus, StatusBody, StatusOptions};
@@ -44,7 +47,13 @@ pub(crate) fn accepted(
     id: &InstanceId,
     retry_after: &'static str,
 ) -> Response {
-    let payload = payload::check_status(base, id.as_str(), state.keys.function_key());
+    accepted_with(
+        payload::check_status(base, id.as_str(), state.keys.function_key()),
+        retry_after,
+    )
+}
+
+fn accepted_with(payload: CheckStatus, retry_after: &'static str) -> Response {
     let mut response = (StatusCode::ACCEPTED, Json(&payload)).into_response();
     if let Ok(location) = HeaderValue::from_str(&payload.status_query_get_uri) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -62,7 +71,35 @@ async fn start_inner(
     instance_id: Option<InstanceId>,
     params: StartParams,
     input: Value,
+    device: Option<Device>,
 ) -> Result<Response, AppError> {
+    // A player's device starts Galaxy_Create for itself only: the id marks
+    // the instance as the player's and the input names the player.
+    let (instance_id, input) = match &device {
+        None => (instance_id, input),
+        Some(d) if name == galaxy::GALAXY_CREATE => {
+            let id = InstanceId::new(format!(
+                "{}{}",
+                device_auth::instance_prefix(d),
+                uuid::Uuid::now_v7().simple()
+            ))?;
+            let input = serde_json::to_value(galaxy::CreateInput {
+                player: Some(galaxy::PlayerRef {
+                    player_id: d.player_id.clone(),
+                    device_name: d.name.clone(),
+                }),
+            })
+            .expect("input serializes");
+            (Some(id), input)
+        }
+        Some(_) => {
+            return Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("a device token starts only {}; other orchestrations need the function key", galaxy::GALAXY_CREATE),
+            ))
+        }
+    };
     let timeout = params
         .timeout
         .as_deref()
@@ -102,7 +139,13 @@ async fn start_inner(
             Some(Err(e)) => return Err(e.into()),
         }
     }
-    Ok(accepted(&state, &base, &id, STARTER_RETRY_AFTER))
+    Ok(match device {
+        Some(_) => accepted_with(
+            payload::check_status_for_device(&base, id.as_str()),
+            STARTER_RETRY_AFTER,
+        ),
+        None => accepted(&state, &base, &id, STARTER_RETRY_AFTER),
+    })
 }
 
 /// Starts `functionName` with a generated instance id.
@@ -118,19 +161,22 @@ async fn start_inner(
         (status = 200, description = "With timeout: finished in time; the output (Completed) or the status (otherwise)", body = StatusBody),
         (status = 400, description = "Body not JSON or bad query", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
+        (status = 403, description = "A device token asked for another orchestration than Galaxy_Create", body = ErrorBody),
         (status = 404, description = "Unknown orchestration", body = ErrorBody),
         (status = 413, description = "Body over 1 MB", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("device_token" = []))
 )]
 pub async fn start(
     State(state): State<AppState>,
+    device: Option<Extension<Device>>,
     base: BaseUrl,
     Path(function_name): Path<String>,
     Query(params): Query<StartParams>,
     JsonBody(input): JsonBody,
 ) -> Result<Response, AppError> {
-    start_inner(state, base, function_name, None, params, input).await
+    let device = device.map(|d| d.0);
+    start_inner(state, base, function_name, None, params, input, device).await
 }
 
 /// Starts `functionName` under a caller-chosen instance id (a singleton:
@@ -165,5 +211,5 @@ pub async fn start_with_id(
     JsonBody(input): JsonBody,
 ) -> Result<Response, AppError> {
     let id = extract::instance_id(instance_id)?;
-    start_inner(state, base, function_name, Some(id), params, input).await
+    start_inner(state, base, function_name, Some(id), params, input, None).await
 }

@@ -159,10 +159,12 @@ fn feed(state: &AppState, only: Option<InstanceId>, show_output: bool) -> Feed {
 )]
 pub async fn instance_stream(
     State(state): State<AppState>,
+    device: Option<axum::extract::Extension<galaxy::players::Device>>,
     Path(raw_id): Path<String>,
     Query(params): Query<StreamParams>,
 ) -> Result<Response, AppError> {
     let id = extract::instance_id(raw_id)?;
+    crate::device_auth::check_owner(device.as_ref().map(|d| &d.0), &id)?;
     let show_output = extract::flag(
         "showHistoryOutput",
         params.show_history_output.as_deref(),
