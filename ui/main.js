@@ -165,6 +165,13 @@ async function act(id, cmd, done) {
 function renderDetail() {
   const box = $("instance-detail");
   const v = state.openInstance && state.instances.get(state.openInstance);
+  if (v && v.cloud) {
+    box.replaceChildren(h("div", { class: "detail", dataset: { id: v.instanceId, status: v.runtimeStatus } },
+      h("div", { class: "detail-head" }, h("h3", {}, `${v.name} ☁`), h("code", { title: v.instanceId }, v.instanceId.slice(-8)),
+        h("span", { class: "status", dataset: { status: v.runtimeStatus } }, v.runtimeStatus)),
+      h("p", { class: "hint" }, "Runs on galaxy-cloud for your account; its galaxy arrives here through sync.")));
+    return;
+  }
   if (!v) {
     box.replaceChildren(h("p", { class: "hint" }, state.openInstance
       ? "This instance was purged." : "Open an orchestration to see its history as a timeline."));
@@ -341,6 +348,7 @@ const registered = () => !!(state.settings && state.settings.playerId);
 const seenNotices = { count: 0 };
 
 function renderIndicator() {
+  $("create-cloud").hidden = !registered();
   const c = state.sync && state.sync.connection;
   const l = state.syncLoop;
   const el = $("connection");
@@ -469,6 +477,29 @@ async function createGalaxy() {
 }
 $("create").addEventListener("click", createGalaxy);
 
+// A cloud instance, as far as the panel needs one (its states come from
+// the cloud's live stream through Rust).
+function cloudView(id, status, old) {
+  const now = new Date().toISOString();
+  return {
+    instanceId: id, name: "Galaxy_Create", runtimeStatus: status, cloud: true,
+    createdAt: old ? old.createdAt : now, lastUpdatedAt: now, version: old ? old.version + 1 : 0,
+    tasks: [], timeline: [], durationMs: null, galaxy: null, failure: null,
+  };
+}
+function putCloud({ instanceId, runtimeStatus }) {
+  const old = state.instances.get(instanceId);
+  if (old && old.runtimeStatus === runtimeStatus) return;
+  putInstance(cloudView(instanceId, runtimeStatus, old));
+}
+$("create-cloud").addEventListener("click", async () => {
+  try {
+    const id = await call("create_in_cloud");
+    putCloud({ instanceId: id, runtimeStatus: "Pending" });
+    openInstance(id);
+  } catch (e) { toastError(`Could not create in the cloud: ${e.message}`); }
+});
+
 document.addEventListener("keydown", (e) => {
   const typing = e.target.closest && e.target.closest("input, textarea, dialog, canvas");
   if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
@@ -539,6 +570,7 @@ async function start() {
     on("sync-status", renderSync),
     on("sync-loop", renderLoop),
     on("notice", (message) => toastError(message)),
+    on("cloud-instance", putCloud),
     on("fatal", (message) => { if (!loaded) fatal(message); else toastError(message); }),
     on("resync", async () => {
       try {

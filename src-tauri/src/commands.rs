@@ -319,6 +319,16 @@ pub async fn delete_galaxy(desktop: State<'_, Desktop>, row_key: String) -> Resu
     Ok(desktop.node().await?.device.delete(&row_key).await?)
 }
 
+/// Starts `Galaxy_Create` in the cloud for this player; returns the
+/// instance id at once. Its states arrive as `cloud-instance` events, its
+/// galaxy through sync.
+#[tauri::command]
+pub async fn create_in_cloud(desktop: State<'_, Desktop>) -> Result<String, CommandError> {
+    let started = desktop.node().await?.device.start_in_cloud().await?;
+    desktop.follow_cloud_instance(started.id.clone());
+    Ok(started.id)
+}
+
 /// Syncs now (the retry button); the outcome arrives as `sync-loop`.
 #[tauri::command]
 pub async fn sync_now(desktop: State<'_, Desktop>) -> Result<(), CommandError> {

@@ -24,6 +24,9 @@ pub const SYNC_LOOP: &str = "sync-loop";
 pub const GALAXY_UPSERTED: &str = "galaxy-upserted";
 /// Payload: `{ "rowKey" }` of a galaxy deleted here or on another device.
 pub const GALAXY_REMOVED: &str = "galaxy-removed";
+/// Payload: `{ "instanceId", "runtimeStatus" }` of a `Galaxy_Create` this
+/// app started in the cloud, at each of its states.
+pub const CLOUD_INSTANCE: &str = "cloud-instance";
 /// Payload: a message for the player.
 pub const NOTICE: &str = "notice";
 /// Payload: a message. The local store could not be opened.

@@ -26,7 +26,7 @@ use tauri::{Builder, RunEvent, Runtime};
 pub use commands::AppSnapshot;
 pub use error::CommandError;
 pub use events::{
-    FATAL, GALAXY_ADDED, GALAXY_REMOVED, GALAXY_UPSERTED, INSTANCE_UPDATED, NOTICE, RESYNC,
+    CLOUD_INSTANCE, FATAL, GALAXY_ADDED, GALAXY_REMOVED, GALAXY_UPSERTED, INSTANCE_UPDATED, NOTICE, RESYNC,
     SYNC_LOOP, SYNC_STATUS,
 };
 pub use state::{Desktop, DesktopOptions, DATA_DIR_ENV};
@@ -62,6 +62,7 @@ pub fn configure_with<R: Runtime>(builder: Builder<R>, options: DesktopOptions) 
             commands::rename_galaxy,
             commands::delete_galaxy,
             commands::sync_now,
+            commands::create_in_cloud,
             commands::ui_ready,
         ])
         .setup(|app| state::start(app.handle()))

@@ -95,6 +95,8 @@ pub struct Desktop {
     link: OnceLock<Arc<CloudLink>>,
     warnings: Mutex<Vec<String>>,
     stop: watch::Sender<bool>,
+    /// Cloud instances started by this app, to follow and show live.
+    cloud_started: broadcast::Sender<String>,
 }
 
 impl Desktop {
@@ -111,6 +113,7 @@ impl Desktop {
             link: OnceLock::new(),
             warnings: Mutex::new(Vec::new()),
             stop: watch::channel(false).0,
+            cloud_started: broadcast::channel(64).0,
         }
     }
 
@@ -183,6 +186,12 @@ impl Desktop {
     fn warn(&self, message: String) {
         tracing::warn!("{message}");
         self.warnings.lock().expect("warnings lock").push(message);
+    }
+
+    /// Hands a cloud instance this app started to the task that follows
+    /// it and shows it live.
+    pub fn follow_cloud_instance(&self, instance_id: String) {
+        let _ = self.cloud_started.send(instance_id);
     }
 
     fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -340,6 +349,38 @@ fn start_sync<R: Runtime>(app: &AppHandle<R>, desktop: &Desktop, node: &Node) {
         }
     });
 
+    // Cloud instances started here: followed on their live stream, each
+    // state shown in the orchestrations panel as a cloud instance.
+    let mut started = desktop.cloud_started.subscribe();
+    let device = node.device.clone();
+    let emitter = app.clone();
+    let stop = desktop.stopped();
+    tauri::async_runtime::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            let id = tokio::select! {
+                _ = &mut stop => return,
+                id = started.recv() => match id {
+                    Ok(id) => id,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            let (device, emitter) = (device.clone(), emitter.clone());
+            tauri::async_runtime::spawn(async move {
+                let emit = |state: &sync::InstanceState| {
+                    let _ = emitter.emit(events::CLOUD_INSTANCE, state_payload(state));
+                };
+                if let Err(e) = device.follow_in_cloud(&id, emit).await {
+                    let _ = emitter.emit(
+                        events::NOTICE,
+                        format!("Lost track of the cloud's Galaxy_Create {id}: {e}; its galaxy still arrives through sync"),
+                    );
+                }
+            });
+        }
+    });
+
     if node.migrate_key && node.device.settings().account.is_none() {
         let device = node.device.clone();
         let link = desktop.link.get().cloned();
@@ -378,4 +419,12 @@ pub fn device_name() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "desktop".into())
+}
+
+/// A cloud instance's state as the UI's `cloud-instance` event carries it.
+fn state_payload(state: &sync::InstanceState) -> serde_json::Value {
+    serde_json::json!({
+        "instanceId": state.instance_id,
+        "runtimeStatus": state.runtime_status,
+    })
 }

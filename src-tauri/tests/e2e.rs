@@ -306,6 +306,20 @@ async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_
     ensure!(local == serde_json::json!(1), "one galaxy here: {local}");
     ensure!(page["changes"].as_array().map(Vec::len) == Some(1), "the cloud has it: {page}");
 
+    // "Create in the cloud": the instance runs on galaxy-cloud, shows in
+    // the orchestrations panel as a cloud instance, and its galaxy arrives
+    // through sync.
+    app.click("#settings-cancel").await?;
+    app.click("#create-cloud").await?;
+    app.wait_js(
+        "the cloud instance to complete in the panel",
+        "return [...document.querySelectorAll('#instance-list li.instance')]\
+           .some(li => li.dataset.cloud === 'true' && li.dataset.status === 'Completed')",
+    )
+    .await?;
+    app.wait_js("the cloud's galaxy on the map", &map_count(2)).await?;
+    app.click("#open-settings").await?;
+
     // A headless device of the same player (the CLI's library) joins with
     // the code the app shows and creates a galaxy: it appears on the map
     // without any click.
@@ -323,7 +337,7 @@ async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_
         .await?;
     device.create(1).await?;
     device.sync_once().await?;
-    app.wait_js("the other device's galaxy on the map", &map_count(2))
+    app.wait_js("the other device's galaxy on the map", &map_count(3))
         .await?;
     app.click("#settings-cancel").await?;
     app.click("#tab-galaxies").await?;

@@ -273,10 +273,28 @@ impl PlayerDevice {
         &self,
         on_state: impl FnMut(&sync::InstanceState) + Send,
     ) -> Result<sync::InstanceState, DeviceError> {
+        let started = self.start_in_cloud().await?;
+        self.follow_in_cloud(&started.id, on_state).await
+    }
+
+    fn cloud_api(&self) -> Result<CloudApi, DeviceError> {
         let account = self.account()?;
-        let api = CloudApi::new(&self.settings().cloud_url, Some(account.token));
-        let started = api.start_galaxy_create().await?;
-        Ok(api.follow_instance(&started.id, on_state).await?)
+        Ok(CloudApi::new(&self.settings().cloud_url, Some(account.token)))
+    }
+
+    /// Starts `Galaxy_Create` in the cloud for this player (see
+    /// [`create_in_cloud`](Self::create_in_cloud)).
+    pub async fn start_in_cloud(&self) -> Result<sync::Started, DeviceError> {
+        Ok(self.cloud_api()?.start_galaxy_create().await?)
+    }
+
+    /// Follows one of the player's cloud instances until it finishes.
+    pub async fn follow_in_cloud(
+        &self,
+        instance_id: &str,
+        on_state: impl FnMut(&sync::InstanceState) + Send,
+    ) -> Result<sync::InstanceState, DeviceError> {
+        Ok(self.cloud_api()?.follow_instance(instance_id, on_state).await?)
     }
 
     /// Renames a galaxy (synced on the next round).
