@@ -134,14 +134,20 @@ fn galaxies_made_offline_reach_the_other_device_live_and_edits_converge() {
     wait_for("UpToDate");
 
     // A is offline as far as sync goes: creating needs no cloud.
-    assert_eq!(ok(&d.a, &["create", "-n", "5"]).trim(), "created 5 galaxies");
+    assert_eq!(
+        ok(&d.a, &["create", "-n", "5"]).trim(),
+        "created 5 galaxies"
+    );
     let status: Value = serde_json::from_str(&ok(&d.a, &["status"])).unwrap();
     assert_eq!(status["sync"]["pending"], 5);
     assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 5 pulled 0");
     // The poke makes B pull at once.
     wait_for("pulled 5");
     let _ = Command::new("kill").arg(watcher.id().to_string()).status();
-    assert!(watcher.wait().unwrap().success(), "sync --watch ends cleanly on SIGTERM");
+    assert!(
+        watcher.wait().unwrap().success(),
+        "sync --watch ends cleanly on SIGTERM"
+    );
     let a_list = list(&d.a);
     assert_eq!(a_list.len(), 5);
     assert_eq!(list(&d.b), a_list);
@@ -158,13 +164,19 @@ fn galaxies_made_offline_reach_the_other_device_live_and_edits_converge() {
     ok(&d.b, &["sync"]);
     let a_sync = ok(&d.a, &["sync"]);
     assert!(a_sync.contains("deleted on another device"), "{a_sync}");
-    assert!(a_sync.contains("also changed on another device"), "{a_sync}");
+    assert!(
+        a_sync.contains("also changed on another device"),
+        "{a_sync}"
+    );
     ok(&d.b, &["sync"]);
     let a_list = list(&d.a);
     assert_eq!(list(&d.b), a_list);
     assert_eq!(a_list.len(), 4);
     assert!(!a_list.iter().any(|(id, _)| id == x));
-    assert!(a_list.contains(&(y.clone(), "From A".to_string())), "{a_list:?}");
+    assert!(
+        a_list.contains(&(y.clone(), "From A".to_string())),
+        "{a_list:?}"
+    );
 
     // Bad input gets readable errors and changes nothing.
     let out = galaxy(&d.a, &["rename", y, "   "]);
@@ -242,7 +254,10 @@ fn lost_answers_and_killed_pushes_still_give_each_galaxy_exactly_once() {
     // server applied the push (new galaxies, so there is a push to lose).
     ok(&d.a, &["create", "-n", "200"]);
     let status: Value = serde_json::from_str(&ok(&d.a, &["status"])).unwrap();
-    assert!(status["sync"]["pending"].as_u64().unwrap() >= 200, "{status}");
+    assert!(
+        status["sync"]["pending"].as_u64().unwrap() >= 200,
+        "{status}"
+    );
     let (lossy, dropped) = lossy_proxy(&cloud.base, 2);
     let mut settings: Value =
         serde_json::from_str(&std::fs::read_to_string(d.a.join("settings.json")).unwrap()).unwrap();
@@ -251,7 +266,10 @@ fn lost_answers_and_killed_pushes_still_give_each_galaxy_exactly_once() {
     std::fs::write(d.a.join("settings.json"), settings.to_string()).unwrap();
     for _ in 0..2 {
         let out = galaxy(&d.a, &["sync"]);
-        assert!(!out.status.success(), "the answer was lost, so the push cannot look settled");
+        assert!(
+            !out.status.success(),
+            "the answer was lost, so the push cannot look settled"
+        );
     }
     assert_eq!(dropped.load(Ordering::SeqCst), 2);
     ok(&d.a, &["sync"]);
@@ -268,7 +286,10 @@ fn lost_answers_and_killed_pushes_still_give_each_galaxy_exactly_once() {
     // The cloud applied each galaxy once: one version each.
     let page: Value = tokio::runtime::Runtime::new().unwrap().block_on(async {
         reqwest::Client::new()
-            .get(format!("{}/api/sync/pull?client_id=x&limit=1000", cloud.base))
+            .get(format!(
+                "{}/api/sync/pull?client_id=x&limit=1000",
+                cloud.base
+            ))
             .bearer_auth(token(&d.b))
             .send()
             .await
@@ -277,7 +298,11 @@ fn lost_answers_and_killed_pushes_still_give_each_galaxy_exactly_once() {
             .await
             .unwrap()
     });
-    assert_eq!(page["latest"], 1700, "one version per galaxy, no duplicates: {}", page["latest"]);
+    assert_eq!(
+        page["latest"], 1700,
+        "one version per galaxy, no duplicates: {}",
+        page["latest"]
+    );
 }
 
 #[tokio::test]
@@ -290,25 +315,48 @@ async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
         let u = url("/api/players");
         let name = name.to_string();
         async move {
-            let r = http.post(u).json(&json!({ "device_name": name })).send().await.unwrap();
+            let r = http
+                .post(u)
+                .json(&json!({ "device_name": name }))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), StatusCode::CREATED);
             r.json::<Value>().await.unwrap()
         }
     };
     let alice = register("alice-laptop").await;
     let bob = register("bob-laptop").await;
-    let (ta, tb) = (alice["token"].as_str().unwrap(), bob["token"].as_str().unwrap());
+    let (ta, tb) = (
+        alice["token"].as_str().unwrap(),
+        bob["token"].as_str().unwrap(),
+    );
     assert!(ta.len() > 64 && ta != tb);
 
     // No token, a wrong one, a function key instead of a token: 401 JSON.
-    for auth in [None, Some("Bearer nope"), Some("Bearer gf1.x.0000"), Some("Basic abc")] {
-        for (method, path) in [("GET", "/api/players/me"), ("GET", "/api/sync/pull"), ("POST", "/api/sync/push"), ("GET", "/api/sync/events"), ("POST", "/api/players/link-codes")] {
+    for auth in [
+        None,
+        Some("Bearer nope"),
+        Some("Bearer gf1.x.0000"),
+        Some("Basic abc"),
+    ] {
+        for (method, path) in [
+            ("GET", "/api/players/me"),
+            ("GET", "/api/sync/pull"),
+            ("POST", "/api/sync/push"),
+            ("GET", "/api/sync/events"),
+            ("POST", "/api/players/link-codes"),
+        ] {
             let mut r = http.request(method.parse().unwrap(), url(path));
             if let Some(a) = auth {
                 r = r.header("authorization", a);
             }
             let r = r.send().await.unwrap();
-            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {auth:?}");
+            assert_eq!(
+                r.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {auth:?}"
+            );
             let body: Value = r.json().await.unwrap();
             assert_eq!(body["error"]["code"], "Unauthorized");
         }
@@ -317,42 +365,125 @@ async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
     let entity = "01a00000-0000-7000-8000-000000000001";
     let push = json!({"client_id": "bob-1", "mutations": [{"mutation_id": 1, "op": "put", "entity_id": entity, "base_version": 0,
         "body": {"name": "Bob's", "coords": {"x": 1, "y": 2, "z": 3}, "createdAt": "2026-12-01T00:00:00Z"}}]});
-    let r = http.post(url("/api/sync/push")).bearer_auth(tb).json(&push).send().await.unwrap();
+    let r = http
+        .post(url("/api/sync/push"))
+        .bearer_auth(tb)
+        .json(&push)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let a_pull: Value = http.get(url("/api/sync/pull?client_id=a")).bearer_auth(ta).send().await.unwrap().json().await.unwrap();
+    let a_pull: Value = http
+        .get(url("/api/sync/pull?client_id=a"))
+        .bearer_auth(ta)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(a_pull["changes"], json!([]));
     // Alice using Bob's client id is a stranger to it.
     let mut stolen = push.clone();
     stolen["mutations"][0]["mutation_id"] = json!(2);
-    let r = http.post(url("/api/sync/push")).bearer_auth(ta).json(&stolen).send().await.unwrap();
+    let r = http
+        .post(url("/api/sync/push"))
+        .bearer_auth(ta)
+        .json(&stolen)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "ClientStateNotFound");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "ClientStateNotFound"
+    );
     // Alice cannot revoke Bob's device: it does not exist for her.
-    let r = http.delete(url(&format!("/api/players/devices/{}", bob["device_id"].as_str().unwrap()))).bearer_auth(ta).send().await.unwrap();
+    let r = http
+        .delete(url(&format!(
+            "/api/players/devices/{}",
+            bob["device_id"].as_str().unwrap()
+        )))
+        .bearer_auth(ta)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // Malformed bodies and queries: 400 with a code; too many mutations: 413.
-    for (body, code) in [("{", "InvalidJson"), ("{\"client_id\": 5}", "InvalidRequest"), ("{\"client_id\":\"c\",\"mutations\":[],\"x\":1}", "InvalidRequest")] {
-        let r = http.post(url("/api/sync/push")).bearer_auth(ta).header("content-type", "application/json").body(body).send().await.unwrap();
+    for (body, code) in [
+        ("{", "InvalidJson"),
+        ("{\"client_id\": 5}", "InvalidRequest"),
+        (
+            "{\"client_id\":\"c\",\"mutations\":[],\"x\":1}",
+            "InvalidRequest",
+        ),
+    ] {
+        let r = http
+            .post(url("/api/sync/push"))
+            .bearer_auth(ta)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code, "{body}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            code,
+            "{body}"
+        );
     }
-    let many: Vec<Value> = (1..=1001).map(|i| json!({"mutation_id": i, "op": "delete", "entity_id": entity})).collect();
-    let r = http.post(url("/api/sync/push")).bearer_auth(ta).json(&json!({"client_id": "a-1", "mutations": many})).send().await.unwrap();
+    let many: Vec<Value> = (1..=1001)
+        .map(|i| json!({"mutation_id": i, "op": "delete", "entity_id": entity}))
+        .collect();
+    let r = http
+        .post(url("/api/sync/push"))
+        .bearer_auth(ta)
+        .json(&json!({"client_id": "a-1", "mutations": many}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     for q in ["cursor=-1", "cursor=abc", "limit=0", "fresh=maybe"] {
-        let r = http.get(url(&format!("/api/sync/pull?client_id=a&{q}"))).bearer_auth(ta).send().await.unwrap();
+        let r = http
+            .get(url(&format!("/api/sync/pull?client_id=a&{q}")))
+            .bearer_auth(ta)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{q}");
     }
     // A gap applies nothing.
     let gap = json!({"client_id": "bob-1", "mutations": [{"mutation_id": 5, "op": "delete", "entity_id": entity}]});
-    let r = http.post(url("/api/sync/push")).bearer_auth(tb).json(&gap).send().await.unwrap();
+    let r = http
+        .post(url("/api/sync/push"))
+        .bearer_auth(tb)
+        .json(&gap)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "MutationGap");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "MutationGap"
+    );
 
     // Link codes: used once; wrong ones refused; revocation is immediate.
-    let code: Value = http.post(url("/api/players/link-codes")).bearer_auth(ta).send().await.unwrap().json().await.unwrap();
-    let join = |code: &str| http.post(url("/api/players/devices")).json(&json!({"code": code, "device_name": "phone"})).send();
+    let code: Value = http
+        .post(url("/api/players/link-codes"))
+        .bearer_auth(ta)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let join = |code: &str| {
+        http.post(url("/api/players/devices"))
+            .json(&json!({"code": code, "device_name": "phone"}))
+            .send()
+    };
     let phone = join(code["code"].as_str().unwrap()).await.unwrap();
     assert_eq!(phone.status(), StatusCode::CREATED);
     let phone: Value = phone.json().await.unwrap();
@@ -361,16 +492,42 @@ async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
         let r = join(c).await.unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{c}");
     }
-    let r = http.delete(url(&format!("/api/players/devices/{}", phone["device_id"].as_str().unwrap()))).bearer_auth(ta).send().await.unwrap();
+    let r = http
+        .delete(url(&format!(
+            "/api/players/devices/{}",
+            phone["device_id"].as_str().unwrap()
+        )))
+        .bearer_auth(ta)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = http.get(url("/api/players/me")).bearer_auth(phone["token"].as_str().unwrap()).send().await.unwrap();
+    let r = http
+        .get(url("/api/players/me"))
+        .bearer_auth(phone["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let me: Value = http.get(url("/api/players/me")).bearer_auth(ta).send().await.unwrap().json().await.unwrap();
+    let me: Value = http
+        .get(url("/api/players/me"))
+        .bearer_auth(ta)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["devices"].as_array().unwrap().len(), 2);
 
     // Device tokens open no Durable Functions route, and function keys no
     // player route.
-    let r = http.get(url("/runtime/webhooks/durabletask/instances")).bearer_auth(ta).send().await.unwrap();
+    let r = http
+        .get(url("/runtime/webhooks/durabletask/instances"))
+        .bearer_auth(ta)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -396,7 +553,12 @@ fn a_function_key_in_old_settings_is_dropped_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_in_the_cloud_runs_for_the_player_and_arrives_through_pull() {
-    let cloud = cloud(&["--function-key", "sync-e2e-function-key-1", "--master-key", "sync-e2e-master-key-01"]);
+    let cloud = cloud(&[
+        "--function-key",
+        "sync-e2e-function-key-1",
+        "--master-key",
+        "sync-e2e-master-key-01",
+    ]);
     let d = two_devices(&cloud.base);
     let out = ok(&d.a, &["create", "--in-cloud"]);
     assert!(out.contains("Completed"), "{out}");
@@ -410,9 +572,19 @@ async fn create_in_the_cloud_runs_for_the_player_and_arrives_through_pull() {
 
     let http = reqwest::Client::new();
     let status = |token: String| {
-        let url = format!("{}/runtime/webhooks/durabletask/instances/{instance}", cloud.base);
+        let url = format!(
+            "{}/runtime/webhooks/durabletask/instances/{instance}",
+            cloud.base
+        );
         let http = http.clone();
-        async move { http.get(url).bearer_auth(token).send().await.unwrap().status() }
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     };
     // The player's devices read its instance; another player's do not
     // even learn it exists; the function key still sees everything.
@@ -429,14 +601,20 @@ async fn create_in_the_cloud_runs_for_the_player_and_arrives_through_pull() {
     let st = stranger["token"].as_str().unwrap().to_string();
     assert_eq!(status(st.clone()).await, StatusCode::NOT_FOUND);
     let r = http
-        .get(format!("{}/runtime/webhooks/durabletask/instances/{instance}/stream", cloud.base))
+        .get(format!(
+            "{}/runtime/webhooks/durabletask/instances/{instance}/stream",
+            cloud.base
+        ))
         .bearer_auth(&st)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = http
-        .get(format!("{}/runtime/webhooks/durabletask/instances/{instance}", cloud.base))
+        .get(format!(
+            "{}/runtime/webhooks/durabletask/instances/{instance}",
+            cloud.base
+        ))
         .header("x-functions-key", "sync-e2e-function-key-1")
         .send()
         .await
@@ -451,9 +629,18 @@ async fn create_in_the_cloud_runs_for_the_player_and_arrives_through_pull() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     for (method, path) in [
-        (reqwest::Method::DELETE, format!("/runtime/webhooks/durabletask/instances/{instance}")),
-        (reqwest::Method::POST, format!("/runtime/webhooks/durabletask/instances/{instance}/terminate")),
-        (reqwest::Method::POST, format!("/api/orchestrators/Galaxy_Create/{instance}x")),
+        (
+            reqwest::Method::DELETE,
+            format!("/runtime/webhooks/durabletask/instances/{instance}"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/runtime/webhooks/durabletask/instances/{instance}/terminate"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/orchestrators/Galaxy_Create/{instance}x"),
+        ),
     ] {
         let r = http
             .request(method.clone(), format!("{}{path}", cloud.base))

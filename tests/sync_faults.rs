@@ -59,7 +59,8 @@ async fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
     while buf.len() < head_end + length {
@@ -99,7 +100,9 @@ async fn forward(upstream: &str, request: &[u8]) -> Option<Vec<u8>> {
 
 /// Records which mutations a push answer applied.
 fn record(ledger: &Mutex<Ledger>, request_body: &[u8], answer: &[u8]) {
-    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
     let (Ok(req), Ok(res)) = (
         serde_json::from_slice::<Value>(request_body),
         serde_json::from_slice::<Value>(&answer[split + 4..]),
@@ -125,12 +128,20 @@ async fn start_proxy(upstream: String) -> Proxy {
     tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(7);
         loop {
-            let Ok((mut client, _)) = listener.accept().await else { return };
-            let fault = if f.load(Ordering::SeqCst) { rng.gen_range(0..100u32) } else { 100 };
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let fault = if f.load(Ordering::SeqCst) {
+                rng.gen_range(0..100u32)
+            } else {
+                100
+            };
             let delay = rng.gen_range(0..20u64);
             let (upstream, ledger) = (upstream.clone(), l.clone());
             tokio::spawn(async move {
-                let Some((head, body)) = read_request(&mut client).await else { return };
+                let Some((head, body)) = read_request(&mut client).await else {
+                    return;
+                };
                 let is_push = head.starts_with("POST /api/sync/push");
                 let request = closing(&head, &body);
                 match fault {
@@ -203,7 +214,12 @@ fn galaxy_row(name: String) -> Galaxy {
 /// A random local change among the galaxies `known` (kept current by
 /// it); returns whether it made a mutation. A galaxy a pull removed since
 /// the list was read makes no mutation.
-async fn random_change(d: &PlayerDevice, known: &mut Vec<String>, rng: &mut StdRng, n: usize) -> bool {
+async fn random_change(
+    d: &PlayerDevice,
+    known: &mut Vec<String>,
+    rng: &mut StdRng,
+    n: usize,
+) -> bool {
     let roll = rng.gen_range(0..10);
     if known.is_empty() || roll < 5 {
         let g = galaxy_row(format!("G{n}"));
@@ -235,14 +251,19 @@ async fn retried<T, E: std::fmt::Display, F: std::future::Future<Output = Result
 }
 
 fn state(d: &PlayerDevice) -> Vec<(String, String)> {
-    let mut v: Vec<_> = d.list().unwrap().into_iter().map(|g| (g.row_key, g.name)).collect();
+    let mut v: Vec<_> = d
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.row_key, g.name))
+        .collect();
     v.sort();
     v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_mutations_through_a_hostile_network_and_a_server_crash_apply_once_and_converge()
-{
+async fn ten_thousand_mutations_through_a_hostile_network_and_a_server_crash_apply_once_and_converge(
+) {
     let cloud_dir = tempfile::tempdir().unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -254,7 +275,9 @@ async fn ten_thousand_mutations_through_a_hostile_network_and_a_server_crash_app
 
     let dir = tempfile::tempdir().unwrap();
     let open = |name: &str| {
-        PlayerDevice::open(&dir.path().join(name), None, SyncerConfig::default()).unwrap().0
+        PlayerDevice::open(&dir.path().join(name), None, SyncerConfig::default())
+            .unwrap()
+            .0
     };
     let (a, b) = (open("a"), open("b"));
     // Registering and joining cross the faults too: retried (a join whose
@@ -312,7 +335,9 @@ async fn ten_thousand_mutations_through_a_hostile_network_and_a_server_crash_app
     let mut live = HashMap::new();
     loop {
         let page: Value = http
-            .get(format!("{direct}/api/sync/pull?client_id=audit&cursor={cursor}&limit=1000"))
+            .get(format!(
+                "{direct}/api/sync/pull?client_id=audit&cursor={cursor}&limit=1000"
+            ))
             .bearer_auth(&token)
             .send()
             .await
@@ -341,11 +366,15 @@ async fn ten_thousand_mutations_through_a_hostile_network_and_a_server_crash_app
     let ids: HashSet<_> = server_state.iter().map(|(id, _)| id).collect();
     assert_eq!(ids.len(), server_state.len());
 
-    let ledger = proxy.ledger.lock().unwrap();
-    let twice: Vec<_> = ledger.applied.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "applied more than once: {twice:?}");
-    assert!(ledger.applied.len() >= MUTATIONS / 2, "pushes went through the proxy");
-    drop(ledger);
+    {
+        let ledger = proxy.ledger.lock().unwrap();
+        let twice: Vec<_> = ledger.applied.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "applied more than once: {twice:?}");
+        assert!(
+            ledger.applied.len() >= MUTATIONS / 2,
+            "pushes went through the proxy"
+        );
+    }
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
     let _ = server.kill();

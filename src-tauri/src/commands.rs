@@ -255,7 +255,11 @@ pub async fn save_settings(
     desktop: State<'_, Desktop>,
     settings: SettingsInput,
 ) -> Result<SettingsView, CommandError> {
-    let saved = desktop.node().await?.device.set_cloud_url(&settings.cloud_url)?;
+    let saved = desktop
+        .node()
+        .await?
+        .device
+        .set_cloud_url(&settings.cloud_url)?;
     desktop.link()?.set_settings(saved.clone());
     Ok(saved.into())
 }
@@ -291,7 +295,9 @@ pub async fn join_player(
 ) -> Result<SettingsView, CommandError> {
     let device = &desktop.node().await?.device;
     let name = device_name.unwrap_or_else(crate::state::device_name);
-    device.join(&device.settings().cloud_url, &code, &name).await?;
+    device
+        .join(&device.settings().cloud_url, &code, &name)
+        .await?;
     Ok(device.settings().into())
 }
 
@@ -315,7 +321,10 @@ pub async fn rename_galaxy(
 
 /// Deletes a galaxy; the delete syncs on its own.
 #[tauri::command]
-pub async fn delete_galaxy(desktop: State<'_, Desktop>, row_key: String) -> Result<(), CommandError> {
+pub async fn delete_galaxy(
+    desktop: State<'_, Desktop>,
+    row_key: String,
+) -> Result<(), CommandError> {
     Ok(desktop.node().await?.device.delete(&row_key).await?)
 }
 

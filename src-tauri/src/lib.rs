@@ -26,8 +26,8 @@ use tauri::{Builder, RunEvent, Runtime};
 pub use commands::AppSnapshot;
 pub use error::CommandError;
 pub use events::{
-    CLOUD_INSTANCE, FATAL, GALAXY_ADDED, GALAXY_REMOVED, GALAXY_UPSERTED, INSTANCE_UPDATED, NOTICE, RESYNC,
-    SYNC_LOOP, SYNC_STATUS,
+    CLOUD_INSTANCE, FATAL, GALAXY_ADDED, GALAXY_REMOVED, GALAXY_UPSERTED, INSTANCE_UPDATED, NOTICE,
+    RESYNC, SYNC_LOOP, SYNC_STATUS,
 };
 pub use state::{Desktop, DesktopOptions, DATA_DIR_ENV};
 

@@ -339,7 +339,10 @@ fn start_sync<R: Runtime>(app: &AppHandle<R>, desktop: &Desktop, node: &Node) {
                     let _ = emitter.emit(events::GALAXY_UPSERTED, g);
                 }
                 Ok(GalaxyEvent::Removed { row_key }) => {
-                    let _ = emitter.emit(events::GALAXY_REMOVED, serde_json::json!({ "rowKey": row_key }));
+                    let _ = emitter.emit(
+                        events::GALAXY_REMOVED,
+                        serde_json::json!({ "rowKey": row_key }),
+                    );
                 }
                 Ok(GalaxyEvent::Reloaded) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     let _ = emitter.emit(events::RESYNC, ());
@@ -400,7 +403,9 @@ fn start_sync<R: Runtime>(app: &AppHandle<R>, desktop: &Desktop, node: &Node) {
             }
             let url = device.settings().cloud_url;
             match device.register(&url, &device_name()).await {
-                Ok(a) => tracing::info!(player = %a.player_id, "registered in place of the old function key"),
+                Ok(a) => {
+                    tracing::info!(player = %a.player_id, "registered in place of the old function key")
+                }
                 Err(e) => {
                     let _ = emitter.emit(
                         events::NOTICE,

@@ -298,7 +298,9 @@ fn webkit_draws_without_compositing_only_when_there_is_no_gpu_and_no_choice() {
 fn local_cloud() -> (cloud::server::LocalServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let keys = cloud::Keys::new("desktop-test-function-key", "desktop-test-master-key0").unwrap();
-    let server = tauri::async_runtime::block_on(cloud::server::spawn_local(dir.path(), "127.0.0.1:0", keys)).unwrap();
+    let server =
+        tauri::async_runtime::block_on(cloud::server::spawn_local(dir.path(), "127.0.0.1:0", keys))
+            .unwrap();
     (server, dir)
 }
 
@@ -328,9 +330,13 @@ fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
     wait_event(&loop_events, |s| s["phase"] == "upToDate");
     let settings = t.invoke("get_settings", json!({})).unwrap();
     assert!(settings["playerId"].is_string(), "{settings}");
-    assert!(settings.get("token").is_none(), "the UI never sees the token");
+    assert!(
+        settings.get("token").is_none(),
+        "the UI never sees the token"
+    );
     let raw: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("settings.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("settings.json")).unwrap())
+            .unwrap();
     let token = raw["account"]["token"].as_str().unwrap().to_string();
 
     // A galaxy made here reaches the cloud: the loop ends up to date with
@@ -338,7 +344,9 @@ fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
     let id = t.invoke("create_galaxy", json!({})).unwrap();
     let galaxy = wait_event(&galaxies, |g| g["instanceId"] == id);
     let row_key = galaxy["rowKey"].as_str().unwrap().to_string();
-    wait_event(&loop_events, |s| s["phase"] == "upToDate" && s["pending"] == 0 && s["lastSyncAt"].is_string());
+    wait_event(&loop_events, |s| {
+        s["phase"] == "upToDate" && s["pending"] == 0 && s["lastSyncAt"].is_string()
+    });
     let client = reqwest::Client::new();
     let page: Value = http(async {
         client
@@ -354,11 +362,23 @@ fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
     assert_eq!(page["changes"][0]["entity_id"], row_key.as_str(), "{page}");
 
     // Renames and deletes: bad input is refused readably.
-    let err = t.invoke("rename_galaxy", json!({ "rowKey": row_key, "name": "  " })).unwrap_err();
+    let err = t
+        .invoke("rename_galaxy", json!({ "rowKey": row_key, "name": "  " }))
+        .unwrap_err();
     assert_eq!(err["kind"], "invalid", "{err}");
-    let err = t.invoke("delete_galaxy", json!({ "rowKey": "nope" })).unwrap_err();
-    assert!(err["message"].as_str().unwrap().contains("no galaxy"), "{err}");
-    let renamed = t.invoke("rename_galaxy", json!({ "rowKey": row_key, "name": "Home" })).unwrap();
+    let err = t
+        .invoke("delete_galaxy", json!({ "rowKey": "nope" }))
+        .unwrap_err();
+    assert!(
+        err["message"].as_str().unwrap().contains("no galaxy"),
+        "{err}"
+    );
+    let renamed = t
+        .invoke(
+            "rename_galaxy",
+            json!({ "rowKey": row_key, "name": "Home" }),
+        )
+        .unwrap();
     assert_eq!(renamed["name"], "Home");
 
     // Another device of the player joins with a link code and pushes a
@@ -391,7 +411,10 @@ fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
     .unwrap();
     assert!(r.status().is_success());
     let arrived = wait_event(&upserts, |g| g["rowKey"] == remote.as_str());
-    assert_eq!((arrived["name"].as_str(), arrived["origin"].as_str()), (Some("Far Away"), Some("phone")));
+    assert_eq!(
+        (arrived["name"].as_str(), arrived["origin"].as_str()),
+        (Some("Far Away"), Some("phone"))
+    );
     let gone = wait_event(&removals, |r| r["rowKey"] == row_key.as_str());
     assert_eq!(gone["rowKey"], row_key.as_str());
     let listed = t.invoke("list_galaxies", json!({})).unwrap();
@@ -400,10 +423,19 @@ fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
     // Signing out revokes the token at the cloud and forgets the account.
     let out = t.invoke("sign_out", json!({})).unwrap();
     assert!(out["playerId"].is_null());
-    let me = http(client.get(format!("{}/api/players/me", cloud.base_url)).bearer_auth(&token).send()).unwrap();
+    let me = http(
+        client
+            .get(format!("{}/api/players/me", cloud.base_url))
+            .bearer_auth(&token)
+            .send(),
+    )
+    .unwrap();
     assert_eq!(me.status(), reqwest::StatusCode::UNAUTHORIZED);
     let err = t.invoke("sync_now", json!({})).unwrap_err();
-    assert!(err["message"].as_str().unwrap().contains("not linked"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("not linked"),
+        "{err}"
+    );
     drop(t);
     http(cloud.stop());
 }

@@ -269,7 +269,8 @@ async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_
     )?;
     let app = App::launch(&display, data.path()).await?;
     app.click("#create").await?;
-    app.wait_js("the galaxy made offline", &map_count(1)).await?;
+    app.wait_js("the galaxy made offline", &map_count(1))
+        .await?;
     app.wait_js(
         "the indicator to say offline",
         "return document.getElementById('connection-text').textContent === 'offline'",
@@ -279,7 +280,8 @@ async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_
     // The cloud starts; the player registers from Settings.
     let cloud_dir = tempfile::tempdir()?;
     let keys = cloud::Keys::new("e2e-sync-function-key-01", "e2e-sync-master-key-0001")?;
-    let cloud = cloud::server::spawn_local(cloud_dir.path(), &format!("127.0.0.1:{port}"), keys).await?;
+    let cloud =
+        cloud::server::spawn_local(cloud_dir.path(), &format!("127.0.0.1:{port}"), keys).await?;
     app.click("#open-settings").await?;
     app.click("#register").await?;
     app.wait_js(
@@ -292,7 +294,10 @@ async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_
     // The galaxy is in the cloud: its pull, with the app's own token.
     let raw: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.path().join("settings.json"))?)?;
-    let token = raw["account"]["token"].as_str().unwrap_or_default().to_string();
+    let token = raw["account"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let page: serde_json::Value = reqwest::Client::new()
         .get(format!("{base}/api/sync/pull?client_id=probe"))
         .bearer_auth(&token)
@@ -304,7 +309,10 @@ async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_
         .eval("return [...document.querySelectorAll('#galaxy-list li')].length || window.galaxyForge.mapCount()")
         .await?;
     ensure!(local == serde_json::json!(1), "one galaxy here: {local}");
-    ensure!(page["changes"].as_array().map(Vec::len) == Some(1), "the cloud has it: {page}");
+    ensure!(
+        page["changes"].as_array().map(Vec::len) == Some(1),
+        "the cloud has it: {page}"
+    );
 
     // "Create in the cloud": the instance runs on galaxy-cloud, shows in
     // the orchestrations panel as a cloud instance, and its galaxy arrives
@@ -317,15 +325,19 @@ async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_
            .some(li => li.dataset.cloud === 'true' && li.dataset.status === 'Completed')",
     )
     .await?;
-    app.wait_js("the cloud's galaxy on the map", &map_count(2)).await?;
+    app.wait_js("the cloud's galaxy on the map", &map_count(2))
+        .await?;
     app.click("#open-settings").await?;
 
     // A headless device of the same player (the CLI's library) joins with
     // the code the app shows and creates a galaxy: it appears on the map
     // without any click.
     app.click("#make-code").await?;
-    app.wait_js("the link code", "return !document.getElementById('link-code').hidden")
-        .await?;
+    app.wait_js(
+        "the link code",
+        "return !document.getElementById('link-code').hidden",
+    )
+    .await?;
     let code = app
         .eval("return document.getElementById('link-code').textContent")
         .await?;

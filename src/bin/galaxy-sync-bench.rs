@@ -96,7 +96,10 @@ async fn bulk(bin: &PathBuf, n: usize) -> anyhow::Result<Bulk> {
     let code = a.link_code().await?;
     b.join(&cloud.base, &code.code, "bench-b").await?;
     a.create(n).await?;
-    ensure!(a.replica().table().pending_changes() == n as u64, "outbox holds every galaxy");
+    ensure!(
+        a.replica().table().pending_changes() == n as u64,
+        "outbox holds every galaxy"
+    );
     let t0 = Instant::now();
     let pushed = a.sync_once().await?;
     let push = t0.elapsed();
@@ -188,7 +191,11 @@ async fn main() -> anyhow::Result<()> {
             .context("no directory")?
             .join("galaxy-cloud"),
     };
-    ensure!(bin.exists(), "{} not found: build galaxy-cloud in the same profile", bin.display());
+    ensure!(
+        bin.exists(),
+        "{} not found: build galaxy-cloud in the same profile",
+        bin.display()
+    );
     println!("## Sync: bulk (device A to device B through galaxy-cloud)\n");
     println!(
         "{} galaxies created offline on A; then A pushes (batches of 500) and B pulls (pages \

@@ -105,7 +105,9 @@ fn device_name(given: Option<String>) -> String {
 async fn run(cli: Cli) -> Result<(), DeviceError> {
     let (device, notes) = PlayerDevice::open(&cli.data_dir, None, SyncerConfig::default())?;
     if notes.legacy_key_dropped {
-        eprintln!("note: the settings held a function key; it was removed (devices use their own token)");
+        eprintln!(
+            "note: the settings held a function key; it was removed (devices use their own token)"
+        );
     }
     for w in notes.warnings {
         eprintln!("warning: {w}");
@@ -119,23 +121,39 @@ async fn command(device: &PlayerDevice, command: Command) -> Result<(), DeviceEr
     match command {
         Command::Register { cloud, name } => {
             let account = device.register(&cloud, &device_name(name)).await?;
-            println!("registered: player {} device {}", account.player_id, account.device_id);
+            println!(
+                "registered: player {} device {}",
+                account.player_id, account.device_id
+            );
         }
         Command::Link { code: None, .. } => {
             let code = device.link_code().await?;
             println!("{}", code.code);
             eprintln!("valid once, until {}", code.expires_at);
         }
-        Command::Link { code: Some(code), cloud, name } => {
+        Command::Link {
+            code: Some(code),
+            cloud,
+            name,
+        } => {
             let cloud = cloud.unwrap_or_else(|| device.settings().cloud_url);
             let account = device.join(&cloud, &code, &device_name(name)).await?;
-            println!("linked: player {} device {}", account.player_id, account.device_id);
+            println!(
+                "linked: player {} device {}",
+                account.player_id, account.device_id
+            );
         }
-        Command::Create { count, in_cloud: false } => {
+        Command::Create {
+            count,
+            in_cloud: false,
+        } => {
             let ids = device.create(count).await?;
             println!("created {} galaxies", ids.len());
         }
-        Command::Create { count, in_cloud: true } => {
+        Command::Create {
+            count,
+            in_cloud: true,
+        } => {
             for _ in 0..count {
                 let done = device
                     .create_in_cloud(|s| println!("cloud {} {}", s.instance_id, s.runtime_status))
@@ -148,7 +166,10 @@ async fn command(device: &PlayerDevice, command: Command) -> Result<(), DeviceEr
                 }
             }
             let report = device.sync_once().await?;
-            println!("created {count} galaxies in the cloud; pulled {}", report.pulled);
+            println!(
+                "created {count} galaxies in the cloud; pulled {}",
+                report.pulled
+            );
         }
         Command::Rename { id, name } => {
             let g = device.rename(&id, &name).await?;
@@ -175,7 +196,11 @@ async fn command(device: &PlayerDevice, command: Command) -> Result<(), DeviceEr
                 );
             } else {
                 for g in all {
-                    let origin = if g.origin.is_empty() { "-" } else { g.origin.as_str() };
+                    let origin = if g.origin.is_empty() {
+                        "-"
+                    } else {
+                        g.origin.as_str()
+                    };
                     println!(
                         "{}  {:<24} ({}, {}, {})  v{}  {}",
                         g.row_key, g.name, g.coords.x, g.coords.y, g.coords.z, g.version, origin

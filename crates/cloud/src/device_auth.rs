@@ -13,16 +13,20 @@
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method};
-use galaxy::players::Device;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use galaxy::players::Device;
 
 use crate::error::AppError;
 use crate::state::AppState;
 
 /// The bearer token of a request, if it has one.
 pub fn bearer(request: &Request) -> Option<&str> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -55,8 +59,14 @@ pub async fn require_device(
 /// The key-protected routes a device token also opens (method, template).
 pub const DEVICE_KEY_ROUTES: [(Method, &str); 3] = [
     (Method::POST, "/api/orchestrators/{functionName}"),
-    (Method::GET, "/runtime/webhooks/durabletask/instances/{instanceId}"),
-    (Method::GET, "/runtime/webhooks/durabletask/instances/{instanceId}/stream"),
+    (
+        Method::GET,
+        "/runtime/webhooks/durabletask/instances/{instanceId}",
+    ),
+    (
+        Method::GET,
+        "/runtime/webhooks/durabletask/instances/{instanceId}/stream",
+    ),
 ];
 
 /// For a request without a valid key: its bearer token when the route is
@@ -64,7 +74,10 @@ pub const DEVICE_KEY_ROUTES: [(Method, &str); 3] = [
 /// it has no token.
 pub fn token_for_key_route(request: &Request) -> Option<Result<String, AppError>> {
     let token = bearer(request)?.to_string();
-    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
     let open = DEVICE_KEY_ROUTES
         .iter()
         .any(|(m, p)| m == request.method() && Some(*p) == route);

@@ -57,9 +57,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Typed<T> {
         } else {
             value
         };
-        serde_json::from_value(value)
-            .map(Self)
-            .map_err(|e| AppError::bad_request("InvalidRequest", format!("the body does not fit: {e}")))
+        serde_json::from_value(value).map(Self).map_err(|e| {
+            AppError::bad_request("InvalidRequest", format!("the body does not fit: {e}"))
+        })
     }
 }
 

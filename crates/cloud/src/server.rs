@@ -210,7 +210,10 @@ impl LocalServer {
 /// benchmarks use to talk to a real server without a child process.
 pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalServer, ServeError> {
     std::fs::create_dir_all(dir)?;
-    let store = Arc::new(SqliteStore::open_with(dir.join("engine.db"), SqliteConfig::default())?);
+    let store = Arc::new(SqliteStore::open_with(
+        dir.join("engine.db"),
+        SqliteConfig::default(),
+    )?);
     let table = Arc::new(GalaxyTable::open(dir.join("galaxies.db"), true)?);
     let players = galaxy::players::Players::open(dir.join("players.db"))?;
     let engine = Engine::start(
@@ -218,12 +221,15 @@ pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalSe
         registry(table.clone(), Some(players.clone()), false),
         EngineConfig::default(),
     );
-    let listener = TcpListener::bind(listen).await.map_err(|source| ServeError::Bind {
-        addr: listen.to_string(),
-        source,
-    })?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: listen.to_string(),
+            source,
+        })?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(engine, table.clone(), keys, players).with_default_host(addr.to_string());
+    let state =
+        AppState::new(engine, table.clone(), keys, players).with_default_host(addr.to_string());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(serve(listener, state.clone(), async move {
         let _ = stopped.await;
@@ -255,7 +261,11 @@ async fn purge_tombstones(
             Ok(n) => tracing::info!("purged {n} tombstones older than {retention:?}"),
             Err(e) => tracing::warn!("purging tombstones failed: {e}"),
         }
-        let every = if retention.is_zero() { Duration::from_secs(1) } else { PURGE_EVERY.min(retention) };
+        let every = if retention.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            PURGE_EVERY.min(retention)
+        };
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(every) => {}

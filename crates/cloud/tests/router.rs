@@ -141,7 +141,12 @@ async fn openapi_covers_every_route_and_every_documented_route_is_served() {
 
     // Player and sync routes check a device token before the method: send
     // one along, so an undocumented method there answers 405 too.
-    let device = app.state.players.register(Some("router-test")).await.unwrap();
+    let device = app
+        .state
+        .players
+        .register(Some("router-test"))
+        .await
+        .unwrap();
     let bearer = format!("Bearer {}", device.token);
     let methods = [
         Method::GET,

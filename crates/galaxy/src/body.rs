@@ -101,7 +101,9 @@ pub fn parse(value: &Value) -> Result<GalaxyBody, String> {
     let name = check_name(&body.name)?;
     let Coords { x, y, z } = body.coords;
     if x.abs() > EXTENT || y.abs() > EXTENT || z.abs() > EXTENT / 10 {
-        return Err(format!("coordinates ({x}, {y}, {z}) are outside the universe"));
+        return Err(format!(
+            "coordinates ({x}, {y}, {z}) are outside the universe"
+        ));
     }
     if body.instance_id.len() > 256 || body.origin.len() > 256 {
         return Err("instanceId and origin have at most 256 bytes".into());
@@ -123,7 +125,9 @@ mod tests {
     fn a_good_body_round_trips_through_a_galaxy() {
         let b = parse(&body()).unwrap();
         assert_eq!(b.name, "Vega");
-        let g = b.clone().into_galaxy("0190d7a0-0000-7000-8000-000000000000", 4);
+        let g = b
+            .clone()
+            .into_galaxy("0190d7a0-0000-7000-8000-000000000000", 4);
         assert_eq!(g.version, 4);
         assert_eq!(GalaxyBody::of(&g), b);
     }

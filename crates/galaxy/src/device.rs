@@ -173,7 +173,10 @@ impl PlayerDevice {
 
     /// The current settings.
     pub fn settings(&self) -> Settings {
-        self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Saves new settings (validated) and points the sync loop at them.
@@ -189,12 +192,18 @@ impl PlayerDevice {
     }
 
     /// Registers a new player at `cloud_url` with this device.
-    pub async fn register(&self, cloud_url: &str, device_name: &str) -> Result<Account, DeviceError> {
+    pub async fn register(
+        &self,
+        cloud_url: &str,
+        device_name: &str,
+    ) -> Result<Account, DeviceError> {
         let settings = self.settings().with_cloud_url(cloud_url).normalized()?;
         if let Some(a) = &settings.account {
             return Err(DeviceError::AlreadyRegistered(a.player_id.clone()));
         }
-        let creds = CloudApi::new(&settings.cloud_url, None).register(device_name).await?;
+        let creds = CloudApi::new(&settings.cloud_url, None)
+            .register(device_name)
+            .await?;
         let account = Account::from(creds);
         self.save_settings(Settings {
             account: Some(account.clone()),
@@ -205,9 +214,16 @@ impl PlayerDevice {
 
     /// Joins the player of a link code at `cloud_url` (leaving any other
     /// account this device had).
-    pub async fn join(&self, cloud_url: &str, code: &str, device_name: &str) -> Result<Account, DeviceError> {
+    pub async fn join(
+        &self,
+        cloud_url: &str,
+        code: &str,
+        device_name: &str,
+    ) -> Result<Account, DeviceError> {
         let settings = self.settings().with_cloud_url(cloud_url).normalized()?;
-        let creds = CloudApi::new(&settings.cloud_url, None).join(code, device_name).await?;
+        let creds = CloudApi::new(&settings.cloud_url, None)
+            .join(code, device_name)
+            .await?;
         let account = Account::from(creds);
         self.save_settings(Settings {
             account: Some(account.clone()),
@@ -243,7 +259,11 @@ impl PlayerDevice {
     /// A link code for another device to join this player.
     pub async fn link_code(&self) -> Result<LinkCode, DeviceError> {
         let account = self.account()?;
-        Ok(CloudApi::new(&self.settings().cloud_url, Some(account.token)).link_code().await?)
+        Ok(
+            CloudApi::new(&self.settings().cloud_url, Some(account.token))
+                .link_code()
+                .await?,
+        )
     }
 
     /// Runs `Galaxy_Create` `count` times on the embedded engine (no network
@@ -279,7 +299,10 @@ impl PlayerDevice {
 
     fn cloud_api(&self) -> Result<CloudApi, DeviceError> {
         let account = self.account()?;
-        Ok(CloudApi::new(&self.settings().cloud_url, Some(account.token)))
+        Ok(CloudApi::new(
+            &self.settings().cloud_url,
+            Some(account.token),
+        ))
     }
 
     /// Starts `Galaxy_Create` in the cloud for this player (see
@@ -294,7 +317,10 @@ impl PlayerDevice {
         instance_id: &str,
         on_state: impl FnMut(&sync::InstanceState) + Send,
     ) -> Result<sync::InstanceState, DeviceError> {
-        Ok(self.cloud_api()?.follow_instance(instance_id, on_state).await?)
+        Ok(self
+            .cloud_api()?
+            .follow_instance(instance_id, on_state)
+            .await?)
     }
 
     /// Renames a galaxy (synced on the next round).

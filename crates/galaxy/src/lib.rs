@@ -47,4 +47,6 @@ pub use pg_table::PgGalaxyTable;
 pub use replica::{EditError, GalaxyEvent, GalaxyReplica};
 pub use table::{Galaxy, GalaxyPage, GalaxyTable, TableError};
 pub use view::{InstanceView, TaskState, TaskView, TimelineEntry};
-pub use workload::{register, register_with_players, CreateGalaxyContext, CreateInput, PlayerRef, GALAXY_CREATE};
+pub use workload::{
+    register, register_with_players, CreateGalaxyContext, CreateInput, PlayerRef, GALAXY_CREATE,
+};

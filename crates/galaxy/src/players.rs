@@ -30,9 +30,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use sync::protocol::{
-    Change, DeviceCredentials, DeviceInfo, LinkCode, Mutation, MutationResult, MutationStatus,
-    Op, PlayerInfo, PullResponse, PushRequest, PushResponse, DEFAULT_PULL_LIMIT,
-    MAX_PULL_LIMIT, MAX_PUSH_MUTATIONS,
+    Change, DeviceCredentials, DeviceInfo, LinkCode, Mutation, MutationResult, MutationStatus, Op,
+    PlayerInfo, PullResponse, PushRequest, PushResponse, DEFAULT_PULL_LIMIT, MAX_PULL_LIMIT,
+    MAX_PUSH_MUTATIONS,
 };
 use tokio::sync::broadcast;
 
@@ -281,7 +281,9 @@ impl Players {
                 .prepare_cached(
                     "SELECT player_id, name, token_hash, revoked FROM devices WHERE device_id = ?1",
                 )?
-                .query_row([&device_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .query_row([&device_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()?;
             match row {
                 Some((player_id, name, stored, false))
@@ -311,7 +313,11 @@ impl Players {
             )?;
             conn.execute(
                 "INSERT INTO link_codes (code_hash, player_id, expires_at) VALUES (?1, ?2, ?3)",
-                params![digest(&normalize_code(&code)), player_id, expires.timestamp()],
+                params![
+                    digest(&normalize_code(&code)),
+                    player_id,
+                    expires.timestamp()
+                ],
             )?;
             Ok(LinkCode {
                 code,
@@ -456,21 +462,24 @@ impl Players {
                     "SELECT entity_id, version, deleted, body, writer IS ?4 FROM sync_galaxies
                      WHERE player_id = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
                 )?
-                .query_map(params![player_id, cursor as i64, limit as i64 + 1, client_id], |r| {
-                    let body: Option<String> = r.get(3)?;
-                    let own: bool = r.get(4)?;
-                    Ok((
-                        own,
-                        Change {
-                            entity_id: r.get(0)?,
-                            version: r.get::<_, i64>(1)? as u64,
-                            deleted: r.get(2)?,
-                            body: body
-                                .and_then(|b| serde_json::from_str(&b).ok())
-                                .unwrap_or(Value::Null),
-                        },
-                    ))
-                })?
+                .query_map(
+                    params![player_id, cursor as i64, limit as i64 + 1, client_id],
+                    |r| {
+                        let body: Option<String> = r.get(3)?;
+                        let own: bool = r.get(4)?;
+                        Ok((
+                            own,
+                            Change {
+                                entity_id: r.get(0)?,
+                                version: r.get::<_, i64>(1)? as u64,
+                                deleted: r.get(2)?,
+                                body: body
+                                    .and_then(|b| serde_json::from_str(&b).ok())
+                                    .unwrap_or(Value::Null),
+                            },
+                        ))
+                    },
+                )?
                 .collect::<Result<Vec<_>, _>>()?;
             let has_more = changes.len() > limit;
             changes.truncate(limit);
@@ -502,8 +511,8 @@ impl Players {
     /// player's floor to the newest dropped version. Returns how many it
     /// dropped.
     pub async fn purge_tombstones(&self, retention: Duration) -> Result<usize, PlayersError> {
-        let horizon = now().timestamp_millis()
-            - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+        let horizon =
+            now().timestamp_millis() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
@@ -632,7 +641,11 @@ struct Current {
     origin: String,
 }
 
-fn current(conn: &Connection, player_id: &str, entity_id: &str) -> Result<Option<Current>, PlayersError> {
+fn current(
+    conn: &Connection,
+    player_id: &str,
+    entity_id: &str,
+) -> Result<Option<Current>, PlayersError> {
     Ok(conn
         .prepare_cached(
             "SELECT version, deleted, json_extract(body, '$.origin') FROM sync_galaxies
@@ -651,7 +664,8 @@ fn current(conn: &Connection, player_id: &str, entity_id: &str) -> Result<Option
 /// What one mutation does, before any write: its parsed op and body, or
 /// why it is refused.
 fn check(m: &Mutation) -> Result<(Op, Option<body::GalaxyBody>), String> {
-    let op = Op::parse(&m.op).ok_or_else(|| format!("unknown op '{}'", m.op.chars().take(32).collect::<String>()))?;
+    let op = Op::parse(&m.op)
+        .ok_or_else(|| format!("unknown op '{}'", m.op.chars().take(32).collect::<String>()))?;
     body::check_entity_id(&m.entity_id)?;
     match op {
         Op::Put => Ok((op, Some(body::parse(&m.body)?))),
@@ -681,7 +695,9 @@ fn push_in(
                 return Err(PlayersError::ClientStateNotFound(request.client_id.clone()));
             }
             if request.client_id.is_empty() || request.client_id.len() > 64 {
-                return Err(PlayersError::Invalid("client_id has 1 to 64 characters".into()));
+                return Err(PlayersError::Invalid(
+                    "client_id has 1 to 64 characters".into(),
+                ));
             }
             tx.prepare_cached(
                 "INSERT INTO clients (client_id, player_id, last_mutation_id) VALUES (?1, ?2, 0)",
@@ -723,7 +739,9 @@ fn push_in(
             continue;
         }
         let existing = current(tx, player_id, &m.entity_id)?;
-        let conflict = existing.as_ref().is_some_and(|c| c.version != m.base_version);
+        let conflict = existing
+            .as_ref()
+            .is_some_and(|c| c.version != m.base_version);
         let outcome = match check(m) {
             Err(reason) => Err((reason, false)),
             Ok((Op::Put, _)) if existing.as_ref().is_some_and(|c| c.deleted) => Err((
@@ -779,7 +797,11 @@ fn push_in(
                         "UPDATE sync_galaxies SET version = ?3, writer = NULL
                          WHERE player_id = ?1 AND entity_id = ?2",
                     )?
-                    .execute(params![player_id, m.entity_id, counter as i64])?;
+                    .execute(params![
+                        player_id,
+                        m.entity_id,
+                        counter as i64
+                    ])?;
                 }
                 MutationResult {
                     mutation_id: m.mutation_id,
@@ -791,7 +813,10 @@ fn push_in(
             }
         });
     }
-    let new_last = request.mutations.last().map_or(last, |m| m.mutation_id.max(last));
+    let new_last = request
+        .mutations
+        .last()
+        .map_or(last, |m| m.mutation_id.max(last));
     tx.prepare_cached("UPDATE clients SET last_mutation_id = ?2 WHERE client_id = ?1")?
         .execute(params![request.client_id, new_last as i64])?;
     let changed = counter != start;
@@ -825,7 +850,10 @@ mod tests {
     fn link_codes_read_the_same_in_any_case_and_with_any_dashes() {
         let c = new_code();
         assert_eq!(c.len(), 9);
-        assert_eq!(normalize_code(&c.to_lowercase()), normalize_code(&c.replace('-', " ")));
+        assert_eq!(
+            normalize_code(&c.to_lowercase()),
+            normalize_code(&c.replace('-', " "))
+        );
     }
 
     #[test]

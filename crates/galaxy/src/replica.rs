@@ -82,7 +82,13 @@ fn enqueue(
 /// The outbox row of a galaxy written locally (create or edit).
 pub(crate) fn enqueue_put(conn: &Connection, g: &Galaxy) -> Result<(), TableError> {
     let body = GalaxyBody::of(g).to_value().to_string();
-    enqueue(conn, &g.row_key, sync::protocol::Op::Put, Some(body), g.version)
+    enqueue(
+        conn,
+        &g.row_key,
+        sync::protocol::Op::Put,
+        Some(body),
+        g.version,
+    )
 }
 
 fn has_pending(conn: &Connection, entity_id: &str) -> Result<bool, TableError> {
@@ -328,11 +334,10 @@ impl Replica for GalaxyReplica {
     async fn renumber(&self) -> Result<(), TableError> {
         self.table
             .write(|conn, _| {
-                let (min, count): (Option<i64>, i64) = conn.query_row(
-                    "SELECT min(mutation_id), count(*) FROM outbox",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
+                let (min, count): (Option<i64>, i64) =
+                    conn.query_row("SELECT min(mutation_id), count(*) FROM outbox", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
                 if let Some(min) = min {
                     // Through negative ids, so no row meets another's id.
                     conn.execute_batch("UPDATE outbox SET mutation_id = -mutation_id")?;

@@ -508,9 +508,6 @@ pub(crate) fn get_local(conn: &Connection, row_key: &str) -> Result<Option<Galax
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM galaxies WHERE partition_key = ?1 AND row_key = ?2"
         ))?
-        .query_row(
-            [crate::workload::DEFAULT_PARTITION, row_key],
-            from_row,
-        )
+        .query_row([crate::workload::DEFAULT_PARTITION, row_key], from_row)
         .optional()?)
 }

@@ -8,9 +8,9 @@ use serde_json::Value;
 
 use crate::body::GalaxyBody;
 use crate::coords::Coords;
-use crate::players::Players;
 use crate::galaxies::Galaxies;
 use crate::names::random_name;
+use crate::players::Players;
 use crate::table::Galaxy;
 
 /// The orchestration's name.
@@ -135,7 +135,10 @@ pub fn register_with_players(
                         version: 0,
                         origin: String::new(),
                     };
-                    let inserted = table.insert(galaxy.clone()).await.map_err(|e| e.to_string())?;
+                    let inserted = table
+                        .insert(galaxy.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
                     if let (Some(players), Some(p)) = (players, c.player) {
                         let mut body = GalaxyBody::of(&galaxy);
                         body.origin = format!("cloud ({})", p.device_name);

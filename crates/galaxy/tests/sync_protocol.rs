@@ -33,7 +33,10 @@ fn map(e: PlayersError) -> TransportError {
 
 impl Transport for Direct {
     async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportError> {
-        self.players.push(&self.device, request.clone()).await.map_err(map)
+        self.players
+            .push(&self.device, request.clone())
+            .await
+            .map_err(map)
     }
 
     async fn pull(
@@ -59,7 +62,8 @@ struct Phone {
 impl Phone {
     fn new(players: &Players, device: Device) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let table = Arc::new(GalaxyTable::open_tracked(dir.path().join("galaxies.db"), true).unwrap());
+        let table =
+            Arc::new(GalaxyTable::open_tracked(dir.path().join("galaxies.db"), true).unwrap());
         Self {
             replica: GalaxyReplica::new(table),
             link: Direct {
@@ -77,7 +81,11 @@ impl Phone {
             row_key: id.clone(),
             timestamp: Utc::now(),
             name: name.into(),
-            coords: Coords { x: 10, y: -20, z: 3 },
+            coords: Coords {
+                x: 10,
+                y: -20,
+                z: 3,
+            },
             instance_id: format!("inst-{id}"),
             version: 0,
             origin: String::new(),
@@ -87,14 +95,20 @@ impl Phone {
     }
 
     async fn sync(&self) -> RoundReport {
-        run_round(&self.replica, &self.link, 500, |_| {}).await.unwrap()
+        run_round(&self.replica, &self.link, 500, |_| {})
+            .await
+            .unwrap()
     }
 
     fn all(&self) -> Vec<Galaxy> {
         let mut all = Vec::new();
         let mut token = None;
         loop {
-            let page = self.replica.table().list(None, 1000, token.as_deref()).unwrap();
+            let page = self
+                .replica
+                .table()
+                .list(None, 1000, token.as_deref())
+                .unwrap();
             all.extend(page.galaxies);
             match page.continuation {
                 Some(t) => token = Some(t),
@@ -104,7 +118,11 @@ impl Phone {
     }
 
     fn names(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self.all().into_iter().map(|g| (g.row_key, g.name)).collect();
+        let mut v: Vec<_> = self
+            .all()
+            .into_iter()
+            .map(|g| (g.row_key, g.name))
+            .collect();
         v.sort();
         v
     }
@@ -118,7 +136,10 @@ async fn player() -> (tempfile::TempDir, Players, Device, Device) {
         .create_link_code(&players.authenticate(&a.token).await.unwrap())
         .await
         .unwrap();
-    let b = players.join(&code.code.to_lowercase(), Some("phone")).await.unwrap();
+    let b = players
+        .join(&code.code.to_lowercase(), Some("phone"))
+        .await
+        .unwrap();
     assert_eq!(a.player_id, b.player_id);
     let a = players.authenticate(&a.token).await.unwrap();
     let b = players.authenticate(&b.token).await.unwrap();
@@ -140,9 +161,19 @@ async fn galaxies_made_on_one_device_reach_the_other_once_marked_with_their_orig
     assert_eq!(r.pulled, 3);
     assert_eq!(pa.names(), pb.names());
     let g = pb.all();
-    assert!(g.iter().all(|g| g.origin == "laptop" && g.version > 0), "{g:?}");
+    assert!(
+        g.iter().all(|g| g.origin == "laptop" && g.version > 0),
+        "{g:?}"
+    );
     // Nothing more to move either way, and the cloud holds three.
-    assert_eq!(pa.sync().await, RoundReport { pushed: 0, pulled: 0, notices: vec![] });
+    assert_eq!(
+        pa.sync().await,
+        RoundReport {
+            pushed: 0,
+            pulled: 0,
+            notices: vec![]
+        }
+    );
     assert_eq!(players.galaxy_count(&a.player_id).await.unwrap(), 3);
 }
 
@@ -159,7 +190,11 @@ async fn a_delete_beats_a_concurrent_rename_and_both_devices_converge_with_a_not
     let r = pa.sync().await;
     assert_eq!(r.notices.len(), 1, "{r:?}");
     assert!(r.notices[0].contains("deleted on another device"), "{r:?}");
-    assert!(pa.names().is_empty(), "the tombstone came back: {:?}", pa.names());
+    assert!(
+        pa.names().is_empty(),
+        "the tombstone came back: {:?}",
+        pa.names()
+    );
     assert!(pb.names().is_empty());
 }
 
@@ -174,7 +209,10 @@ async fn concurrent_renames_end_in_the_servers_order_with_a_conflict_reported() 
     pb.replica.rename(&id, "From B").await.unwrap();
     assert!(pa.sync().await.notices.is_empty());
     let r = pb.sync().await;
-    assert!(r.notices.iter().any(|n| n.contains("also changed")), "{r:?}");
+    assert!(
+        r.notices.iter().any(|n| n.contains("also changed")),
+        "{r:?}"
+    );
     pa.sync().await;
     assert_eq!(pa.names(), vec![(id.clone(), "From B".to_string())]);
     assert_eq!(pb.names(), pa.names());
@@ -204,42 +242,96 @@ async fn a_resent_push_is_skipped_a_gap_applies_nothing_and_bad_mutations_do_not
     };
     let r = players.push(&a, first.clone()).await.unwrap();
     assert_eq!(r.last_mutation_id, 2);
-    assert!(r.results.iter().all(|m| m.status == MutationStatus::Applied));
+    assert!(r
+        .results
+        .iter()
+        .all(|m| m.status == MutationStatus::Applied));
     // The answer was lost; the client sends the same batch again.
     let again = players.push(&a, first).await.unwrap();
-    assert!(again.results.iter().all(|m| m.status == MutationStatus::Skipped));
+    assert!(again
+        .results
+        .iter()
+        .all(|m| m.status == MutationStatus::Skipped));
     let pulled = players.pull(&a, "client-1", 0, false, None).await.unwrap();
     // Its own writes are not sent back to it; the cursor passes them.
-    assert_eq!((pulled.changes.len(), pulled.cursor, pulled.last_mutation_id), (0, 2, 2));
+    assert_eq!(
+        (pulled.changes.len(), pulled.cursor, pulled.last_mutation_id),
+        (0, 2, 2)
+    );
     let other = players.pull(&a, "client-2", 0, false, None).await.unwrap();
-    assert_eq!((other.changes.len(), other.latest, other.last_mutation_id), (2, 2, 0));
+    assert_eq!(
+        (other.changes.len(), other.latest, other.last_mutation_id),
+        (2, 2, 0)
+    );
 
     let gap = players
-        .push(&a, PushRequest { client_id: "client-1".into(), mutations: vec![put(4, &e1, "Four")] })
+        .push(
+            &a,
+            PushRequest {
+                client_id: "client-1".into(),
+                mutations: vec![put(4, &e1, "Four")],
+            },
+        )
         .await
         .unwrap_err();
-    assert!(matches!(gap, PlayersError::MutationGap { expected: 3, got: 4 }), "{gap}");
+    assert!(
+        matches!(
+            gap,
+            PlayersError::MutationGap {
+                expected: 3,
+                got: 4
+            }
+        ),
+        "{gap}"
+    );
     let unknown = players
-        .push(&a, PushRequest { client_id: "client-2".into(), mutations: vec![put(7, &e1, "x")] })
+        .push(
+            &a,
+            PushRequest {
+                client_id: "client-2".into(),
+                mutations: vec![put(7, &e1, "x")],
+            },
+        )
         .await
         .unwrap_err();
-    assert!(matches!(unknown, PlayersError::ClientStateNotFound(_)), "{unknown}");
+    assert!(
+        matches!(unknown, PlayersError::ClientStateNotFound(_)),
+        "{unknown}"
+    );
 
     let mut bad_op = put(4, &e1, "x");
     bad_op.op = "explode".into();
     let r = players
-        .push(&a, PushRequest {
-            client_id: "client-1".into(),
-            mutations: vec![put(3, "NOT-A-UUID", "x"), bad_op, put(5, &e2, &"n".repeat(81)), put(6, &e2, "Fine")],
-        })
+        .push(
+            &a,
+            PushRequest {
+                client_id: "client-1".into(),
+                mutations: vec![
+                    put(3, "NOT-A-UUID", "x"),
+                    bad_op,
+                    put(5, &e2, &"n".repeat(81)),
+                    put(6, &e2, "Fine"),
+                ],
+            },
+        )
         .await
         .unwrap();
     let statuses: Vec<_> = r.results.iter().map(|m| m.status).collect();
     use MutationStatus::*;
     assert_eq!(statuses, vec![Rejected, Rejected, Rejected, Applied]);
     assert_eq!(r.last_mutation_id, 6);
-    assert!(r.results[2].reason.as_deref().unwrap().contains("80"), "{r:?}");
-    assert_eq!(players.pull(&a, "client-1", 0, false, None).await.unwrap().last_mutation_id, 6);
+    assert!(
+        r.results[2].reason.as_deref().unwrap().contains("80"),
+        "{r:?}"
+    );
+    assert_eq!(
+        players
+            .pull(&a, "client-1", 0, false, None)
+            .await
+            .unwrap()
+            .last_mutation_id,
+        6
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +347,10 @@ async fn a_device_the_cloud_forgot_renumbers_and_its_changes_still_arrive_once()
     {
         let st = pa.replica.state().await.unwrap();
         let pending = pa.replica.pending(10).await.unwrap();
-        assert_eq!(pending.iter().map(|m| m.mutation_id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            pending.iter().map(|m| m.mutation_id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_ne!(st.client_id, "");
     }
     // Another player's device cannot use this client id.
@@ -264,11 +359,23 @@ async fn a_device_the_cloud_forgot_renumbers_and_its_changes_still_arrive_once()
     let st = pa.replica.state().await.unwrap();
     let pending = pa.replica.pending(10).await.unwrap();
     players
-        .push(&a, PushRequest { client_id: st.client_id.clone(), mutations: pending.clone() })
+        .push(
+            &a,
+            PushRequest {
+                client_id: st.client_id.clone(),
+                mutations: pending.clone(),
+            },
+        )
         .await
         .unwrap();
     let stolen = players
-        .push(&other, PushRequest { client_id: st.client_id, mutations: pending })
+        .push(
+            &other,
+            PushRequest {
+                client_id: st.client_id,
+                mutations: pending,
+            },
+        )
         .await
         .unwrap_err();
     assert!(matches!(stolen, PlayersError::ClientStateNotFound(_)));
@@ -276,7 +383,12 @@ async fn a_device_the_cloud_forgot_renumbers_and_its_changes_still_arrive_once()
     pb.sync().await;
     assert_eq!(pb.names().len(), 3);
     assert_eq!(players.galaxy_count(&other.player_id).await.unwrap(), 0);
-    assert!(players.pull(&other, "x", 0, false, None).await.unwrap().changes.is_empty());
+    assert!(players
+        .pull(&other, "x", 0, false, None)
+        .await
+        .unwrap()
+        .changes
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,12 +402,17 @@ async fn large_pulls_come_in_pages_and_old_cursors_get_a_reset() {
     assert_eq!(r.pushed, 1200);
     let page = players.pull(&b, "c", 0, false, Some(1000)).await.unwrap();
     assert!(page.has_more && page.changes.len() == 1000 && page.latest == 1200);
-    let rest = players.pull(&b, "c", page.cursor, false, Some(5000)).await.unwrap();
+    let rest = players
+        .pull(&b, "c", page.cursor, false, Some(5000))
+        .await
+        .unwrap();
     assert!(!rest.has_more && rest.changes.len() == 200 && rest.cursor == 1200);
 
     let pb = Phone::new(&players, b.clone());
     let mut seen = Vec::new();
-    let r = run_round(&pb.replica, &pb.link, 500, |p| seen.push(p)).await.unwrap();
+    let r = run_round(&pb.replica, &pb.link, 500, |p| seen.push(p))
+        .await
+        .unwrap();
     assert_eq!(r.pulled, 1200);
     assert_eq!(seen.len(), 3, "500 + 500 + 200: {seen:?}");
     assert_eq!(seen.last().unwrap().cursor, 1200);
@@ -315,29 +432,56 @@ async fn large_pulls_come_in_pages_and_old_cursors_get_a_reset() {
     assert_eq!(pb.names(), pa.names());
     assert_eq!(pb.names().len(), 1199);
     // A cursor beyond anything the cloud has also resets.
-    assert!(players.pull(&b, "c", 999_999, false, None).await.unwrap().reset);
+    assert!(
+        players
+            .pull(&b, "c", 999_999, false, None)
+            .await
+            .unwrap()
+            .reset
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_link_codes_and_revocation() {
     let (_d, players, a, b) = player().await;
-    assert!(matches!(players.authenticate("gf1.x.y").await, Err(PlayersError::Unauthorized)));
+    assert!(matches!(
+        players.authenticate("gf1.x.y").await,
+        Err(PlayersError::Unauthorized)
+    ));
     let forged = format!("gf1.{}.{}", a.device_id, "0".repeat(64));
-    assert!(matches!(players.authenticate(&forged).await, Err(PlayersError::Unauthorized)));
+    assert!(matches!(
+        players.authenticate(&forged).await,
+        Err(PlayersError::Unauthorized)
+    ));
     let code = players.create_link_code(&a).await.unwrap();
     let c = players.join(&code.code, None).await.unwrap();
     assert!(players.authenticate(&c.token).await.is_ok());
-    assert!(matches!(players.join(&code.code, None).await, Err(PlayersError::BadLinkCode)));
-    assert!(matches!(players.join("AAAA-AAAA", None).await, Err(PlayersError::BadLinkCode)));
+    assert!(matches!(
+        players.join(&code.code, None).await,
+        Err(PlayersError::BadLinkCode)
+    ));
+    assert!(matches!(
+        players.join("AAAA-AAAA", None).await,
+        Err(PlayersError::BadLinkCode)
+    ));
     let me = players.me(&a).await.unwrap();
     assert_eq!(me.devices.len(), 3);
     // Another player cannot revoke this player's device.
     let other = players.register(None).await.unwrap();
     let other = players.authenticate(&other.token).await.unwrap();
-    assert!(matches!(players.revoke(&other, &b.device_id).await, Err(PlayersError::NotFound(_))));
+    assert!(matches!(
+        players.revoke(&other, &b.device_id).await,
+        Err(PlayersError::NotFound(_))
+    ));
     players.revoke(&a, &b.device_id).await.unwrap();
     players.revoke(&a, &c.device_id).await.unwrap();
-    assert!(matches!(players.authenticate(&c.token).await, Err(PlayersError::Unauthorized)));
+    assert!(matches!(
+        players.authenticate(&c.token).await,
+        Err(PlayersError::Unauthorized)
+    ));
     let me = players.me(&a).await.unwrap();
-    assert!(me.devices.iter().any(|d| d.device_id == b.device_id && d.revoked));
+    assert!(me
+        .devices
+        .iter()
+        .any(|d| d.device_id == b.device_id && d.revoked));
 }

@@ -89,7 +89,10 @@ pub async fn run_round<R: Replica, T: Transport>(
                     )));
                 }
                 report.pushed += settled as u64;
-                let notices = replica.acknowledge(response).await.map_err(RoundError::Local)?;
+                let notices = replica
+                    .acknowledge(response)
+                    .await
+                    .map_err(RoundError::Local)?;
                 report.notices.extend(notices);
             }
             Err(e @ (TransportError::ClientStateNotFound(_) | TransportError::MutationGap(_))) => {
@@ -108,11 +111,15 @@ pub async fn run_round<R: Replica, T: Transport>(
     loop {
         let state = replica.state().await.map_err(RoundError::Local)?;
         let fresh = *chain_fresh.get_or_insert(state.cursor == 0);
-        let page = transport.pull(&state.client_id, state.cursor, fresh, None).await?;
+        let page = transport
+            .pull(&state.client_id, state.cursor, fresh, None)
+            .await?;
         if page.reset {
             resets += 1;
             if resets > 1 {
-                return Err(RoundError::Wedged("the cloud asked for a reset twice in a row".into()));
+                return Err(RoundError::Wedged(
+                    "the cloud asked for a reset twice in a row".into(),
+                ));
             }
             replica.reset().await.map_err(RoundError::Local)?;
             chain_fresh = Some(true);

@@ -33,7 +33,10 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("cloud_url", &self.cloud_url)
             .field("account", &self.account)
-            .field("legacy_cloud_key", &self.legacy_cloud_key.as_ref().map(|_| "…"))
+            .field(
+                "legacy_cloud_key",
+                &self.legacy_cloud_key.as_ref().map(|_| "…"),
+            )
             .finish()
     }
 }
@@ -296,7 +299,11 @@ mod tests {
             }),
             ..Settings::default()
         };
-        assert!(s.clone().with_cloud_url(&format!("{DEFAULT_CLOUD_URL}/")).account.is_some());
+        assert!(s
+            .clone()
+            .with_cloud_url(&format!("{DEFAULT_CLOUD_URL}/"))
+            .account
+            .is_some());
         assert!(s.with_cloud_url("http://elsewhere:1").account.is_none());
     }
 

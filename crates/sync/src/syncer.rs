@@ -238,7 +238,11 @@ impl<R: Replica> Syncer<R> {
             Err(e) => {
                 let offline = matches!(e, RoundError::Transport(t) if t.is_transient());
                 self.update(|s| {
-                    s.phase = if offline { Phase::Offline } else { Phase::Error };
+                    s.phase = if offline {
+                        Phase::Offline
+                    } else {
+                        Phase::Error
+                    };
                     s.message = e.to_string();
                     s.progress = None;
                 });
@@ -344,7 +348,10 @@ impl<R: Replica> Syncer<R> {
             let delay = backoff(&self.config, failures, rand::thread_rng().gen());
             match &result {
                 Ok(()) => tracing::debug!("sync: live stream ended; reopening"),
-                Err(e) => tracing::debug!("sync: live stream: {e}; retrying in {} ms", delay.as_millis()),
+                Err(e) => tracing::debug!(
+                    "sync: live stream: {e}; retrying in {} ms",
+                    delay.as_millis()
+                ),
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

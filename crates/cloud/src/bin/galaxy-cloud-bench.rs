@@ -69,8 +69,13 @@ async fn start_server() -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let players = galaxy::players::Players::open(dir.path().join("players.db"))?;
-    let state = AppState::new(engine.clone(), table.clone(), Keys::new(KEY, MASTER)?, players)
-        .with_default_host(addr.to_string());
+    let state = AppState::new(
+        engine.clone(),
+        table.clone(),
+        Keys::new(KEY, MASTER)?,
+        players,
+    )
+    .with_default_host(addr.to_string());
     let (stop, mut stopped) = watch::channel(false);
     let server = tokio::spawn(cloud::serve(listener, state, async move {
         let _ = stopped.wait_for(|s| *s).await;

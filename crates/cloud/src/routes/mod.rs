@@ -88,7 +88,10 @@ pub(crate) fn build(state: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(sync::push))
         .routes(routes!(sync::pull))
         .routes(routes!(sync::events))
-        .route_layer(from_fn_with_state(state.clone(), device_auth::require_device));
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            device_auth::require_device,
+        ));
     let public = OpenApiRouter::new()
         .routes(routes!(players::register))
         .routes(routes!(players::join))

@@ -84,7 +84,10 @@ pub async fn join(
             "joining needs a link code made on a device of the player (\"code\")",
         ));
     };
-    let creds = state.players.join(code, body.device_name.as_deref()).await?;
+    let creds = state
+        .players
+        .join(code, body.device_name.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(creds)).into_response())
 }
 

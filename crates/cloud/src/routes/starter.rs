@@ -96,7 +96,10 @@ async fn start_inner(
             return Err(AppError::new(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
-                format!("a device token starts only {}; other orchestrations need the function key", galaxy::GALAXY_CREATE),
+                format!(
+                    "a device token starts only {}; other orchestrations need the function key",
+                    galaxy::GALAXY_CREATE
+                ),
             ))
         }
     };

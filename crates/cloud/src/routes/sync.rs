@@ -72,7 +72,10 @@ fn number(name: &str, value: Option<&str>) -> Result<Option<u64>, AppError> {
             v.parse::<u64>().map_err(|_| {
                 AppError::bad_request(
                     "InvalidQuery",
-                    format!("{name} must be a whole number >= 0 (got '{}')", v.chars().take(32).collect::<String>()),
+                    format!(
+                        "{name} must be a whole number >= 0 (got '{}')",
+                        v.chars().take(32).collect::<String>()
+                    ),
                 )
             })
         })
@@ -99,10 +102,13 @@ pub async fn pull(
 ) -> Result<Response, AppError> {
     let client_id = params.client_id.unwrap_or_default();
     let cursor = number("cursor", params.cursor.as_deref())?.unwrap_or(0);
-    let limit = number("limit", params.limit.as_deref())?
-        .map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+    let limit =
+        number("limit", params.limit.as_deref())?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
     if limit == Some(0) {
-        return Err(AppError::bad_request("InvalidQuery", "limit must be 1 to 1000"));
+        return Err(AppError::bad_request(
+            "InvalidQuery",
+            "limit must be 1 to 1000",
+        ));
     }
     let fresh = extract::flag("fresh", params.fresh.as_deref(), false)?;
     let page = state
@@ -152,7 +158,10 @@ pub async fn events(
                     .event("poke")
                     .json_data(Poke { version })
                     .unwrap_or_else(|_| Event::default().event("poke").data("{}"));
-                return Some((Ok::<_, Infallible>(event), (changes, shutdown, player, last)));
+                return Some((
+                    Ok::<_, Infallible>(event),
+                    (changes, shutdown, player, last),
+                ));
             }
         },
     );
