@@ -278,8 +278,20 @@ fn lost_answers_and_killed_pushes_still_give_each_galaxy_exactly_once() {
 
     let status: Value = serde_json::from_str(&ok(&d.a, &["status"])).unwrap();
     assert_eq!(status["sync"]["pending"], 0, "{status}");
-    let pulled = ok(&d.b, &["sync"]);
-    assert_eq!(pulled.trim(), "pushed 0 pulled 1700");
+    // B is SIGKILLed mid-pull (each page commits on its own), then pulls
+    // the rest.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy"))
+        .arg("--data-dir")
+        .arg(&d.b)
+        .arg("sync")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(rng.gen_range(0..150)));
+    let _ = child.kill();
+    let _ = child.wait();
+    ok(&d.b, &["sync"]);
     let a_list = list(&d.a);
     assert_eq!(a_list.len(), 1700);
     assert_eq!(list(&d.b), a_list);
@@ -529,6 +541,49 @@ async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn tokens_never_reach_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("cloud.log");
+    let (mut child, lines) = common::spawn_with(
+        &dir.path().join("cloud"),
+        "127.0.0.1:0",
+        &[],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+        &[("GALAXY_LOG", "trace")],
+    );
+    let (_, base) = common::wait_listening(&lines);
+    let d = two_devices(&base);
+    let verbose = |dir: &Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_galaxy"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .env("GALAXY_LOG", "trace")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let mut device_logs = verbose(&d.a, &["create", "-n", "3"]);
+    device_logs += &verbose(&d.a, &["sync"]);
+    device_logs += &verbose(&d.b, &["sync"]);
+    device_logs += &verbose(&d.b, &["status"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let cloud_log = std::fs::read_to_string(&log).unwrap();
+    for dev in [&d.a, &d.b] {
+        let t = token(dev);
+        let secret = t.rsplit('.').next().unwrap();
+        assert!(!cloud_log.contains(secret), "the cloud logged a token");
+        assert!(!device_logs.contains(secret), "a device logged a token");
+    }
+    assert!(
+        !device_logs.is_empty() && !cloud_log.is_empty(),
+        "trace logging was on"
+    );
 }
 
 #[test]

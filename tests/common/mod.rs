@@ -19,6 +19,18 @@ pub fn spawn(dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
 
 /// [`spawn`] on a chosen address (a restart on the same port).
 pub fn spawn_on(dir: &Path, listen: &str, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    spawn_with(dir, listen, extra, Stdio::piped(), &[])
+}
+
+/// [`spawn_on`] with the server's stderr (its log) sent to `stderr` and
+/// extra environment variables (e.g. `GALAXY_LOG`).
+pub fn spawn_with(
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    stderr: Stdio,
+    env: &[(&str, &str)],
+) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy-cloud"))
         .arg("--listen")
         .arg(listen)
@@ -30,8 +42,9 @@ pub fn spawn_on(dir: &Path, listen: &str, extra: &[&str]) -> (Child, mpsc::Recei
         .env_remove("GALAXY_DATABASE_URL")
         .env_remove("GALAXY_LISTEN")
         .env_remove("GALAXY_DATA_DIR")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("spawn galaxy-cloud");
     let out = child.stdout.take().expect("stdout");
