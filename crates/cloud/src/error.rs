@@ -179,6 +179,7 @@ impl From<galaxy::players::PlayersError> for AppError {
                 "the server is shutting down; retry later",
             ),
             E::Database(e) => Self::internal("the players store", e),
+            E::Postgres(e) => Self::internal("the players store", e),
         }
     }
 }

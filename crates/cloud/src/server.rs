@@ -136,6 +136,21 @@ pub async fn open_table(choice: &StoreChoice, data_dir: &Path) -> Result<Galaxie
     })
 }
 
+/// Opens the players store beside the engine store: `players.db` in the
+/// data directory, or tables in the PostgreSQL database (shared by every
+/// process serving the same players).
+pub async fn open_players(
+    choice: &StoreChoice,
+    data_dir: &Path,
+) -> Result<galaxy::players::Players, ServeError> {
+    Ok(match choice {
+        StoreChoice::Sqlite(_) => galaxy::players::Players::open(data_dir.join("players.db"))?,
+        StoreChoice::Postgres(url) => {
+            galaxy::players::Players::connect(url, PG_GALAXY_SCHEMA).await?
+        }
+    })
+}
+
 /// The functions this server runs: `Galaxy_Create` and its activities
 /// (a galaxy a player starts also goes into the player's synced galaxies),
 /// and the samples when asked for.
@@ -337,7 +352,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
             return Err(e);
         }
     };
-    let players = match galaxy::players::Players::open(args.data_dir.join("players.db")) {
+    let players = match open_players(&choice, &args.data_dir).await {
         Ok(p) => p,
         Err(e) => {
             opened.close().await;

@@ -1,0 +1,442 @@
+//! The rules of push and pull as pure functions: given what the store
+//! holds (the client's state, the player's counter, the entities a push
+//! touches), what a push answers and writes, and what a pull page holds.
+//! Both stores ([`super::sqlite`], [`super::postgres`]) load the inputs in
+//! their transaction, call these, and apply the writes, so the protocol is
+//! written once and tested on canned data.
+
+use std::collections::HashMap;
+
+use sync::protocol::{
+    Change, Mutation, MutationResult, MutationStatus, Op, PullResponse, PushRequest, PushResponse,
+};
+
+use super::{Device, PlayersError};
+use crate::body;
+
+/// What the store knows of a pushing client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClientState {
+    /// This player's client; its last settled mutation id.
+    Known(u64),
+    /// Never seen.
+    Unknown,
+    /// Another player's client id (treated as unknown, never shared).
+    Foreign,
+}
+
+/// The current state of one entity of a player.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Current {
+    pub version: u64,
+    pub deleted: bool,
+    pub origin: String,
+}
+
+/// A row change a push makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum EntityWrite {
+    /// Upsert a live entity written by the pushing client.
+    Put {
+        entity_id: String,
+        version: u64,
+        body: String,
+    },
+    /// Make it a tombstone (written by the pushing client).
+    Delete { entity_id: String, version: u64 },
+    /// A new version, no writer: every device pulls the entity again
+    /// (after a rejected change, so the pusher gets the truth back).
+    Touch { entity_id: String, version: u64 },
+}
+
+/// What a push does.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PushPlan {
+    pub response: PushResponse,
+    /// Insert the client row (it was unknown).
+    pub new_client: bool,
+    /// The client's last settled mutation id after the push.
+    pub last: u64,
+    /// The player's counter after the push (changed when it grew).
+    pub counter: u64,
+    pub changed: bool,
+    pub writes: Vec<EntityWrite>,
+}
+
+/// What one mutation does, before any write: its parsed op and body, or
+/// why it is refused.
+fn check(m: &Mutation) -> Result<(Op, Option<body::GalaxyBody>), String> {
+    let op = Op::parse(&m.op)
+        .ok_or_else(|| format!("unknown op '{}'", m.op.chars().take(32).collect::<String>()))?;
+    body::check_entity_id(&m.entity_id)?;
+    match op {
+        Op::Put => Ok((op, Some(body::parse(&m.body)?))),
+        Op::Delete => Ok((op, None)),
+    }
+}
+
+/// Checks a push's shape against the client's state: unknown clients
+/// start at 1, ids are contiguous and leave no hole after the last settled
+/// one. Returns the last settled id.
+pub(crate) fn check_sequence(
+    request: &PushRequest,
+    client: ClientState,
+) -> Result<u64, PlayersError> {
+    let first = request.mutations.first().map(|m| m.mutation_id);
+    let last = match client {
+        ClientState::Known(last) => last,
+        ClientState::Foreign => {
+            return Err(PlayersError::ClientStateNotFound(request.client_id.clone()))
+        }
+        ClientState::Unknown => {
+            if first.is_some_and(|f| f != 1) {
+                return Err(PlayersError::ClientStateNotFound(request.client_id.clone()));
+            }
+            if request.client_id.is_empty() || request.client_id.len() > 64 {
+                return Err(PlayersError::Invalid(
+                    "client_id has 1 to 64 characters".into(),
+                ));
+            }
+            0
+        }
+    };
+    if let Some(first) = first {
+        if first > last + 1 {
+            return Err(PlayersError::MutationGap {
+                expected: last + 1,
+                got: first,
+            });
+        }
+        for (i, m) in request.mutations.iter().enumerate() {
+            if m.mutation_id != first + i as u64 {
+                return Err(PlayersError::MutationGap {
+                    expected: first + i as u64,
+                    got: m.mutation_id,
+                });
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// Plans a push. `current` holds the entities the push names (absent: the
+/// player has no such entity).
+pub(crate) fn plan_push(
+    device: &Device,
+    request: &PushRequest,
+    client: ClientState,
+    counter: u64,
+    mut current: HashMap<String, Current>,
+) -> Result<PushPlan, PlayersError> {
+    let last = check_sequence(request, client)?;
+    let start = counter;
+    let mut counter = counter;
+    let mut writes = Vec::new();
+    let mut results = Vec::with_capacity(request.mutations.len());
+    for m in &request.mutations {
+        if m.mutation_id <= last {
+            results.push(MutationResult {
+                mutation_id: m.mutation_id,
+                status: MutationStatus::Skipped,
+                version: None,
+                conflict: false,
+                reason: None,
+            });
+            continue;
+        }
+        let existing = current.get(&m.entity_id).cloned();
+        let conflict = existing
+            .as_ref()
+            .is_some_and(|c| c.version != m.base_version);
+        let outcome = match check(m) {
+            Err(reason) => Err((reason, false)),
+            Ok((Op::Put, _)) if existing.as_ref().is_some_and(|c| c.deleted) => Err((
+                "the galaxy was deleted on another device; deletes win".to_string(),
+                true,
+            )),
+            Ok((Op::Put, Some(mut b))) => {
+                counter += 1;
+                b.origin = match &existing {
+                    Some(c) if !c.origin.is_empty() => c.origin.clone(),
+                    _ => device.name.clone(),
+                };
+                writes.push(EntityWrite::Put {
+                    entity_id: m.entity_id.clone(),
+                    version: counter,
+                    body: b.to_value().to_string(),
+                });
+                current.insert(
+                    m.entity_id.clone(),
+                    Current {
+                        version: counter,
+                        deleted: false,
+                        origin: b.origin,
+                    },
+                );
+                Ok(Some(counter))
+            }
+            Ok((Op::Delete, _)) => match existing {
+                Some(c) if !c.deleted => {
+                    counter += 1;
+                    writes.push(EntityWrite::Delete {
+                        entity_id: m.entity_id.clone(),
+                        version: counter,
+                    });
+                    current.insert(
+                        m.entity_id.clone(),
+                        Current {
+                            version: counter,
+                            deleted: true,
+                            origin: c.origin,
+                        },
+                    );
+                    Ok(Some(counter))
+                }
+                // Already gone (or never here): nothing to change.
+                _ => Ok(None),
+            },
+            Ok((Op::Put, None)) => unreachable!("check gives puts a body"),
+        };
+        results.push(match outcome {
+            Ok(version) => MutationResult {
+                mutation_id: m.mutation_id,
+                status: MutationStatus::Applied,
+                version,
+                conflict,
+                reason: None,
+            },
+            Err((reason, conflict)) => {
+                // The client's copy is wrong: touch the entity so its next
+                // pull brings the server's truth back.
+                if let Some(c) = current.get_mut(&m.entity_id) {
+                    counter += 1;
+                    c.version = counter;
+                    writes.push(EntityWrite::Touch {
+                        entity_id: m.entity_id.clone(),
+                        version: counter,
+                    });
+                }
+                MutationResult {
+                    mutation_id: m.mutation_id,
+                    status: MutationStatus::Rejected,
+                    version: None,
+                    conflict,
+                    reason: Some(reason),
+                }
+            }
+        });
+    }
+    let new_last = request
+        .mutations
+        .last()
+        .map_or(last, |m| m.mutation_id.max(last));
+    Ok(PushPlan {
+        response: PushResponse {
+            last_mutation_id: new_last,
+            results,
+        },
+        new_client: client == ClientState::Unknown,
+        last: new_last,
+        counter,
+        changed: counter != start,
+        writes,
+    })
+}
+
+/// Whether a pull from `cursor` must reset instead: below the tombstone
+/// floor (unless the chain of pages began at 0), or beyond the player's
+/// latest version.
+pub(crate) fn needs_reset(cursor: u64, latest: u64, floor: u64, fresh: bool) -> bool {
+    cursor > latest || (cursor > 0 && cursor < floor && !fresh)
+}
+
+/// Shapes a pull page from up to `limit + 1` rows in version order, each
+/// with whether the pulling client wrote its latest version: those are not
+/// sent back (the client has them), but the cursor moves past them.
+pub(crate) fn pull_page(
+    rows: Vec<(bool, Change)>,
+    cursor: u64,
+    latest: u64,
+    limit: usize,
+    last_mutation_id: u64,
+) -> PullResponse {
+    let has_more = rows.len() > limit;
+    let rows: Vec<_> = rows.into_iter().take(limit).collect();
+    let cursor = if has_more {
+        rows.last().map_or(cursor, |(_, c)| c.version)
+    } else {
+        latest
+    };
+    PullResponse {
+        changes: rows
+            .into_iter()
+            .filter_map(|(own, c)| (!own).then_some(c))
+            .collect(),
+        cursor,
+        has_more,
+        last_mutation_id,
+        reset: false,
+        latest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn device() -> Device {
+        Device {
+            player_id: "p".into(),
+            device_id: "d".into(),
+            name: "laptop".into(),
+        }
+    }
+
+    const E: &str = "01a00000-0000-7000-8000-000000000001";
+
+    fn put(id: u64, base: u64, name: &str) -> Mutation {
+        Mutation {
+            mutation_id: id,
+            op: "put".into(),
+            entity_id: E.into(),
+            base_version: base,
+            body: json!({"name": name, "coords": {"x": 1, "y": 2, "z": 3}, "createdAt": "2026-12-01T00:00:00Z"}),
+        }
+    }
+
+    fn del(id: u64, base: u64) -> Mutation {
+        Mutation {
+            mutation_id: id,
+            op: "delete".into(),
+            entity_id: E.into(),
+            base_version: base,
+            body: json!(null),
+        }
+    }
+
+    fn request(mutations: Vec<Mutation>) -> PushRequest {
+        PushRequest {
+            client_id: "c".into(),
+            mutations,
+        }
+    }
+
+    #[test]
+    fn a_batch_that_creates_renames_and_deletes_takes_one_version_each() {
+        let plan = plan_push(
+            &device(),
+            &request(vec![put(1, 0, "A"), put(2, 11, "B"), del(3, 12)]),
+            ClientState::Unknown,
+            10,
+            HashMap::new(),
+        )
+        .unwrap();
+        assert!(plan.new_client && plan.changed);
+        assert_eq!((plan.last, plan.counter), (3, 13));
+        let versions: Vec<_> = plan.response.results.iter().map(|r| r.version).collect();
+        assert_eq!(versions, vec![Some(11), Some(12), Some(13)]);
+        assert!(plan.response.results.iter().all(|r| !r.conflict));
+        assert!(matches!(
+            plan.writes[2],
+            EntityWrite::Delete { version: 13, .. }
+        ));
+    }
+
+    #[test]
+    fn resent_ids_are_skipped_and_a_put_on_a_tombstone_is_rejected_and_touched() {
+        let current = HashMap::from([(
+            E.to_string(),
+            Current {
+                version: 5,
+                deleted: true,
+                origin: String::new(),
+            },
+        )]);
+        let plan = plan_push(
+            &device(),
+            &request(vec![put(4, 0, "old"), put(5, 3, "late")]),
+            ClientState::Known(4),
+            5,
+            current,
+        )
+        .unwrap();
+        use MutationStatus::*;
+        let statuses: Vec<_> = plan.response.results.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, vec![Skipped, Rejected]);
+        assert!(plan.response.results[1].conflict);
+        assert_eq!(
+            plan.writes,
+            vec![EntityWrite::Touch {
+                entity_id: E.into(),
+                version: 6
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_foreign_and_gapped_pushes_are_refused_whole() {
+        let r = request(vec![put(3, 0, "x")]);
+        assert!(matches!(
+            plan_push(&device(), &r, ClientState::Unknown, 0, HashMap::new()),
+            Err(PlayersError::ClientStateNotFound(_))
+        ));
+        assert!(matches!(
+            plan_push(
+                &device(),
+                &request(vec![put(1, 0, "x")]),
+                ClientState::Foreign,
+                0,
+                HashMap::new()
+            ),
+            Err(PlayersError::ClientStateNotFound(_))
+        ));
+        assert!(matches!(
+            plan_push(&device(), &r, ClientState::Known(1), 0, HashMap::new()),
+            Err(PlayersError::MutationGap {
+                expected: 2,
+                got: 3
+            })
+        ));
+        assert!(matches!(
+            plan_push(
+                &device(),
+                &request(vec![put(2, 0, "x"), put(4, 0, "y")]),
+                ClientState::Known(1),
+                0,
+                HashMap::new()
+            ),
+            Err(PlayersError::MutationGap {
+                expected: 3,
+                got: 4
+            })
+        ));
+    }
+
+    #[test]
+    fn pull_pages_hide_the_clients_own_writes_but_move_past_them() {
+        let change = |v| Change {
+            entity_id: format!("e{v}"),
+            version: v,
+            deleted: false,
+            body: json!(null),
+        };
+        let page = pull_page(
+            vec![(true, change(1)), (false, change(2)), (false, change(3))],
+            0,
+            9,
+            2,
+            4,
+        );
+        assert!(page.has_more);
+        assert_eq!(page.cursor, 2);
+        assert_eq!(page.changes, vec![change(2)]);
+        let last = pull_page(vec![(false, change(3))], 2, 9, 2, 4);
+        assert!(!last.has_more);
+        assert_eq!(last.cursor, 9);
+        assert!(needs_reset(5, 4, 0, false));
+        assert!(needs_reset(2, 9, 3, false));
+        assert!(!needs_reset(2, 9, 3, true));
+        assert!(!needs_reset(0, 9, 3, false));
+    }
+}

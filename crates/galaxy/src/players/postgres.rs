@@ -1,0 +1,603 @@
+//! The players store in PostgreSQL, shared by several galaxy-cloud
+//! processes (tables in the `galaxy` schema, beside the galaxies table).
+//!
+//! A push locks its player's row (`SELECT ... FOR UPDATE`) for the whole
+//! transaction: two processes pushing for one player take turns, so the
+//! player's counter hands out each version once, and versions commit in
+//! their order (a pull never sees version N+1 before N). Every committed
+//! change is announced with `NOTIFY galaxy_forge_players`; each process
+//! listens and pokes its own connected devices.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::StreamExt;
+use serde_json::Value;
+use sync::protocol::{
+    Change, DeviceCredentials, DeviceInfo, PlayerInfo, PullResponse, PushRequest,
+};
+use tokio::sync::broadcast;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::plan::{self, ClientState, Current, EntityWrite, PushPlan};
+use super::{digest, new_token, now, rfc3339, Device, PlayerChange, PlayersError};
+use crate::body::GalaxyBody;
+
+/// The channel of change announcements.
+const CHANNEL: &str = "galaxy_forge_players";
+
+fn pg(e: tokio_postgres::Error) -> PlayersError {
+    PlayersError::Postgres(match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    })
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> PlayersError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        e => PlayersError::Postgres(format!("connection pool: {e}")),
+    }
+}
+
+/// The PostgreSQL store: a pool, and the connection that listens for
+/// other processes' changes.
+pub(super) struct PgPlayers {
+    pool: Pool,
+    _listener: tokio_postgres::Client,
+}
+
+impl PgPlayers {
+    /// Connects, creates the tables in `schema` if missing (under an
+    /// advisory lock, so processes starting together do not race), and
+    /// starts listening: every change any process commits goes to
+    /// `changes`.
+    pub(super) async fn connect(
+        url: &str,
+        schema: &str,
+        changes: broadcast::Sender<PlayerChange>,
+    ) -> Result<Self, PlayersError> {
+        if schema.is_empty()
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(PlayersError::Invalid(format!(
+                "schema name '{schema}' must be lowercase letters, digits and '_'"
+            )));
+        }
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| PlayersError::Postgres(format!("invalid database URL: {e}")))?;
+        config.options(format!("-c search_path={schema}"));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(8)
+            .build()
+            .map_err(|e| PlayersError::Postgres(format!("connection pool: {e}")))?;
+        let mut client = pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('galaxy-forge players ' || $1::text))",
+            &[&schema],
+        )
+        .await
+        .map_err(pg)?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+             CREATE TABLE IF NOT EXISTS players (
+                 player_id text PRIMARY KEY,
+                 counter int8 NOT NULL,
+                 tombstone_floor int8 NOT NULL,
+                 created_at text NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS devices (
+                 device_id text PRIMARY KEY,
+                 player_id text NOT NULL REFERENCES players (player_id),
+                 name text NOT NULL,
+                 token_hash text NOT NULL,
+                 created_at text NOT NULL,
+                 revoked bool NOT NULL DEFAULT false
+             );
+             CREATE INDEX IF NOT EXISTS devices_by_player ON devices (player_id);
+             CREATE TABLE IF NOT EXISTS link_codes (
+                 code_hash text PRIMARY KEY,
+                 player_id text NOT NULL,
+                 expires_at int8 NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS sync_clients (
+                 client_id text PRIMARY KEY,
+                 player_id text NOT NULL,
+                 last_mutation_id int8 NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS sync_galaxies (
+                 player_id text NOT NULL,
+                 entity_id text NOT NULL,
+                 version int8 NOT NULL,
+                 deleted bool NOT NULL,
+                 body text,
+                 updated_at int8 NOT NULL,
+                 writer text,
+                 PRIMARY KEY (player_id, entity_id)
+             );
+             CREATE INDEX IF NOT EXISTS sync_galaxies_by_version ON sync_galaxies (player_id, version);"
+        ))
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        drop(client);
+
+        let (listener, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if let Some((player_id, version)) = n.payload().rsplit_once(' ') {
+                            if let Ok(version) = version.parse() {
+                                let _ = changes.send(PlayerChange {
+                                    player_id: player_id.to_string(),
+                                    version,
+                                });
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("players: the change listener's connection failed ({e}); live pokes stop until restart");
+                        return;
+                    }
+                }
+            }
+        });
+        listener
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(pg)?;
+        Ok(Self {
+            pool,
+            _listener: listener,
+        })
+    }
+
+    /// A pooled connection (the schema is on its search path).
+    async fn client(&self) -> Result<deadpool_postgres::Object, PlayersError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    async fn add_device(
+        tx: &tokio_postgres::Transaction<'_>,
+        player_id: &str,
+        name: &str,
+    ) -> Result<DeviceCredentials, PlayersError> {
+        let device_id = uuid::Uuid::now_v7().to_string();
+        let token = new_token(&device_id);
+        tx.execute(
+            "INSERT INTO devices (device_id, player_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&device_id, &player_id, &name, &digest(&token), &rfc3339(now())],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(DeviceCredentials {
+            player_id: player_id.to_string(),
+            device_id,
+            token,
+        })
+    }
+
+    pub(super) async fn register(&self, name: &str) -> Result<DeviceCredentials, PlayersError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let player_id = uuid::Uuid::now_v7().to_string();
+        tx.execute(
+            "INSERT INTO players (player_id, counter, tombstone_floor, created_at) VALUES ($1, 0, 0, $2)",
+            &[&player_id, &rfc3339(now())],
+        )
+        .await
+        .map_err(pg)?;
+        let creds = Self::add_device(&tx, &player_id, name).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(creds)
+    }
+
+    pub(super) async fn device_row(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<(String, String, String, bool)>, PlayersError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT player_id, name, token_hash, revoked FROM devices WHERE device_id = $1",
+                &[&device_id],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+    }
+
+    pub(super) async fn add_link_code(
+        &self,
+        player_id: &str,
+        code_hash: &str,
+        expires_at: i64,
+    ) -> Result<(), PlayersError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM link_codes WHERE expires_at < $1",
+                &[&now().timestamp()],
+            )
+            .await
+            .map_err(pg)?;
+        client
+            .execute(
+                "INSERT INTO link_codes (code_hash, player_id, expires_at) VALUES ($1, $2, $3)",
+                &[&code_hash, &player_id, &expires_at],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    pub(super) async fn join(
+        &self,
+        code_hash: &str,
+        name: &str,
+    ) -> Result<DeviceCredentials, PlayersError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let row = tx
+            .query_opt(
+                "DELETE FROM link_codes WHERE code_hash = $1 AND expires_at >= $2 RETURNING player_id",
+                &[&code_hash, &now().timestamp()],
+            )
+            .await
+            .map_err(pg)?;
+        let Some(row) = row else {
+            return Err(PlayersError::BadLinkCode);
+        };
+        let player_id: String = row.get(0);
+        let creds = Self::add_device(&tx, &player_id, name).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(creds)
+    }
+
+    pub(super) async fn me(&self, device: &Device) -> Result<PlayerInfo, PlayersError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT device_id, name, created_at, revoked FROM devices WHERE player_id = $1 ORDER BY created_at, device_id",
+                &[&device.player_id],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(PlayerInfo {
+            player_id: device.player_id.clone(),
+            device_id: device.device_id.clone(),
+            devices: rows
+                .iter()
+                .map(|r| DeviceInfo {
+                    device_id: r.get(0),
+                    name: r.get(1),
+                    created_at: r.get(2),
+                    revoked: r.get(3),
+                })
+                .collect(),
+        })
+    }
+
+    pub(super) async fn revoke(
+        &self,
+        player_id: &str,
+        device_id: &str,
+    ) -> Result<bool, PlayersError> {
+        let client = self.client().await?;
+        Ok(client
+            .execute(
+                "UPDATE devices SET revoked = true WHERE device_id = $1 AND player_id = $2",
+                &[&device_id, &player_id],
+            )
+            .await
+            .map_err(pg)?
+            > 0)
+    }
+
+    async fn client_state(
+        tx: &tokio_postgres::Transaction<'_>,
+        client_id: &str,
+        player_id: &str,
+    ) -> Result<ClientState, PlayersError> {
+        let row = tx
+            .query_opt("SELECT player_id, last_mutation_id FROM sync_clients WHERE client_id = $1 FOR UPDATE", &[&client_id])
+            .await
+            .map_err(pg)?;
+        Ok(match row {
+            Some(r) if r.get::<_, String>(0) == player_id => {
+                ClientState::Known(r.get::<_, i64>(1) as u64)
+            }
+            Some(_) => ClientState::Foreign,
+            None => ClientState::Unknown,
+        })
+    }
+
+    pub(super) async fn push(
+        &self,
+        device: &Device,
+        request: &PushRequest,
+    ) -> Result<PushPlan, PlayersError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let player_id = device.player_id.as_str();
+        // The player's row first: pushes for one player take turns here.
+        let counter: i64 = tx
+            .query_opt(
+                "SELECT counter FROM players WHERE player_id = $1 FOR UPDATE",
+                &[&player_id],
+            )
+            .await
+            .map_err(pg)?
+            .map_or(0, |r| r.get(0));
+        let client_state = Self::client_state(&tx, &request.client_id, player_id).await?;
+        plan::check_sequence(request, client_state)?;
+        let ids: Vec<&str> = request
+            .mutations
+            .iter()
+            .map(|m| m.entity_id.as_str())
+            .collect();
+        let rows = tx
+            .query(
+                "SELECT entity_id, version, deleted, (body::jsonb)->>'origin' FROM sync_galaxies
+                 WHERE player_id = $1 AND entity_id = ANY($2)",
+                &[&player_id, &ids],
+            )
+            .await
+            .map_err(pg)?;
+        let entities: HashMap<String, Current> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Current {
+                        version: r.get::<_, i64>(1) as u64,
+                        deleted: r.get(2),
+                        origin: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                    },
+                )
+            })
+            .collect();
+        let plan = plan::plan_push(device, request, client_state, counter as u64, entities)?;
+        let now_ms = now().timestamp_millis();
+        for w in &plan.writes {
+            match w {
+                EntityWrite::Put { entity_id, version, body } => tx
+                    .execute(
+                        "INSERT INTO sync_galaxies (player_id, entity_id, version, deleted, body, updated_at, writer)
+                         VALUES ($1, $2, $3, false, $4, $5, $6)
+                         ON CONFLICT (player_id, entity_id) DO UPDATE SET
+                             version = excluded.version, deleted = false, body = excluded.body,
+                             updated_at = excluded.updated_at, writer = excluded.writer",
+                        &[&player_id, entity_id, &(*version as i64), body, &now_ms, &request.client_id],
+                    )
+                    .await
+                    .map_err(pg)?,
+                EntityWrite::Delete { entity_id, version } => tx
+                    .execute(
+                        "UPDATE sync_galaxies SET version = $3, deleted = true, body = NULL, updated_at = $4, writer = $5
+                         WHERE player_id = $1 AND entity_id = $2",
+                        &[&player_id, entity_id, &(*version as i64), &now_ms, &request.client_id],
+                    )
+                    .await
+                    .map_err(pg)?,
+                EntityWrite::Touch { entity_id, version } => tx
+                    .execute(
+                        "UPDATE sync_galaxies SET version = $3, writer = NULL WHERE player_id = $1 AND entity_id = $2",
+                        &[&player_id, entity_id, &(*version as i64)],
+                    )
+                    .await
+                    .map_err(pg)?,
+            };
+        }
+        let last = plan.last as i64;
+        if plan.new_client {
+            tx.execute(
+                "INSERT INTO sync_clients (client_id, player_id, last_mutation_id) VALUES ($1, $2, $3)",
+                &[&request.client_id, &player_id, &last],
+            )
+            .await
+            .map_err(pg)?;
+        } else {
+            tx.execute(
+                "UPDATE sync_clients SET last_mutation_id = $2 WHERE client_id = $1",
+                &[&request.client_id, &last],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        if plan.changed {
+            tx.execute(
+                "UPDATE players SET counter = $2 WHERE player_id = $1",
+                &[&player_id, &(plan.counter as i64)],
+            )
+            .await
+            .map_err(pg)?;
+            notify(&tx, player_id, plan.counter).await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(plan)
+    }
+
+    pub(super) async fn pull(
+        &self,
+        player_id: &str,
+        client_id: &str,
+        cursor: u64,
+        fresh: bool,
+        limit: usize,
+    ) -> Result<PullResponse, PlayersError> {
+        let mut client = self.client().await?;
+        // One snapshot for the counter and the rows.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
+        let (latest, floor) = tx
+            .query_opt(
+                "SELECT counter, tombstone_floor FROM players WHERE player_id = $1",
+                &[&player_id],
+            )
+            .await
+            .map_err(pg)?
+            .map_or((0, 0), |r| {
+                (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)
+            });
+        let last_mutation_id = tx
+            .query_opt(
+                "SELECT player_id, last_mutation_id FROM sync_clients WHERE client_id = $1",
+                &[&client_id],
+            )
+            .await
+            .map_err(pg)?
+            .filter(|r| r.get::<_, String>(0) == player_id)
+            .map_or(0, |r| r.get::<_, i64>(1) as u64);
+        if plan::needs_reset(cursor, latest, floor, fresh) {
+            return Ok(PullResponse {
+                reset: true,
+                last_mutation_id,
+                latest,
+                ..PullResponse::default()
+            });
+        }
+        let rows = tx
+            .query(
+                "SELECT entity_id, version, deleted, body, writer IS NOT DISTINCT FROM $4 FROM sync_galaxies
+                 WHERE player_id = $1 AND version > $2 ORDER BY version LIMIT $3",
+                &[&player_id, &(cursor as i64), &(limit as i64 + 1), &client_id],
+            )
+            .await
+            .map_err(pg)?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let body: Option<String> = r.get(3);
+                (
+                    r.get::<_, bool>(4),
+                    Change {
+                        entity_id: r.get(0),
+                        version: r.get::<_, i64>(1) as u64,
+                        deleted: r.get(2),
+                        body: body
+                            .and_then(|b| serde_json::from_str(&b).ok())
+                            .unwrap_or(Value::Null),
+                    },
+                )
+            })
+            .collect();
+        Ok(plan::pull_page(
+            rows,
+            cursor,
+            latest,
+            limit,
+            last_mutation_id,
+        ))
+    }
+
+    pub(super) async fn purge_tombstones(&self, horizon_ms: i64) -> Result<usize, PlayersError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute(
+            "UPDATE players p SET tombstone_floor = greatest(p.tombstone_floor, g.top)
+             FROM (SELECT player_id, max(version) AS top FROM sync_galaxies
+                   WHERE deleted AND updated_at < $1 GROUP BY player_id) g
+             WHERE p.player_id = g.player_id",
+            &[&horizon_ms],
+        )
+        .await
+        .map_err(pg)?;
+        let n = tx
+            .execute(
+                "DELETE FROM sync_galaxies WHERE deleted AND updated_at < $1",
+                &[&horizon_ms],
+            )
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(n as usize)
+    }
+
+    pub(super) async fn put_cloud_galaxy(
+        &self,
+        player_id: &str,
+        entity_id: &str,
+        body: &GalaxyBody,
+    ) -> Result<Option<u64>, PlayersError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT counter FROM players WHERE player_id = $1 FOR UPDATE",
+                &[&player_id],
+            )
+            .await
+            .map_err(pg)?
+        else {
+            return Ok(None);
+        };
+        let version = row.get::<_, i64>(0) + 1;
+        let inserted = tx
+            .execute(
+                "INSERT INTO sync_galaxies (player_id, entity_id, version, deleted, body, updated_at, writer)
+                 VALUES ($1, $2, $3, false, $4, $5, NULL) ON CONFLICT DO NOTHING",
+                &[&player_id, &entity_id, &version, &body.to_value().to_string(), &now().timestamp_millis()],
+            )
+            .await
+            .map_err(pg)?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE players SET counter = $2 WHERE player_id = $1",
+            &[&player_id, &version],
+        )
+        .await
+        .map_err(pg)?;
+        notify(&tx, player_id, version as u64).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(Some(version as u64))
+    }
+
+    pub(super) async fn galaxy_count(&self, player_id: &str) -> Result<u64, PlayersError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM sync_galaxies WHERE player_id = $1 AND NOT deleted",
+                &[&player_id],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+/// Announces a change; PostgreSQL delivers it when the transaction commits.
+async fn notify(
+    tx: &tokio_postgres::Transaction<'_>,
+    player_id: &str,
+    version: u64,
+) -> Result<(), PlayersError> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &format!("{player_id} {version}")],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
