@@ -25,6 +25,9 @@ use crate::replica::{EditError, GalaxyReplica};
 use crate::table::{Galaxy, TableError};
 use crate::workload::GALAXY_CREATE;
 
+/// Longest pause between status reads when a cloud instance's stream is
+/// unavailable.
+pub const STATUS_POLL_MAX: Duration = Duration::from_secs(5);
 /// How long `create` waits for one galaxy.
 const CREATE_WAIT: Duration = Duration::from_secs(60);
 

@@ -263,6 +263,16 @@ impl CloudApi {
         self.send(&url, r).await
     }
 
+    /// `GET` a cloud instance's status (its `statusQueryGetUri`).
+    pub async fn instance_status(&self, id: &str) -> Result<InstanceState, TransportError> {
+        let path = format!(
+            "/runtime/webhooks/durabletask/instances/{}",
+            id.replace('%', "%25").replace(' ', "%20")
+        );
+        let (url, r) = self.request(reqwest::Method::GET, &path);
+        self.send(&url, r).await
+    }
+
     /// Follows one of the player's cloud instances on its live stream,
     /// calling `on_state` for each state, until it finishes. Returns the
     /// final state.
