@@ -1,0 +1,19 @@
+//! The event router of Galaxy Forge, modeled on Azure Event Grid
+//! (`../shared/reference/event-grid.md`): publishers post events to a
+//! topic, the router pushes each event to every matching subscription.
+//!
+//! # Layout
+//! - [`filter`]: a subscription's filter (event types, subject prefix and
+//!   suffix, the advanced filters on `data.*` and event attributes) and the
+//!   matching rules, as pure functions over JSON events.
+//!
+//! Still to come (issue 10): topics and keys, publishing (both schemas,
+//! limits, SAS tokens), persistence in the engine's store, push delivery
+//! with the validation handshake, retries and dead letters, and the routes
+//! in galaxy-cloud.
+//!
+//! Invariant: no HTTP routes here (galaxy-cloud serves them), no Tauri.
+
+pub mod filter;
+
+pub use filter::{AdvancedFilter, Filter, FilterError, Operator};
