@@ -6,14 +6,18 @@
 //! - [`filter`]: a subscription's filter (event types, subject prefix and
 //!   suffix, the advanced filters on `data.*` and event attributes) and the
 //!   matching rules, as pure functions over JSON events.
+//! - [`event`]: what a publisher sends, in either schema (Event Grid,
+//!   CloudEvents 1.0 structured, batch or binary), checked against the
+//!   reference's rules and limits into [`Event`]s.
 //!
-//! Still to come (issue 10): topics and keys, publishing (both schemas,
-//! limits, SAS tokens), persistence in the engine's store, push delivery
+//! Still to come (issue 10): topics and keys (SAS tokens), persistence in the engine's store, push delivery
 //! with the validation handshake, retries and dead letters, and the routes
 //! in galaxy-cloud.
 //!
 //! Invariant: no HTTP routes here (galaxy-cloud serves them), no Tauri.
 
+pub mod event;
 pub mod filter;
 
+pub use event::{Event, PublishError, Schema};
 pub use filter::{AdvancedFilter, Filter, FilterError, Operator};

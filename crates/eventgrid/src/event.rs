@@ -1,0 +1,466 @@
+//! Published events: parsing and checking what a publisher sends, in
+//! either schema, with the reference's limits, into [`Event`]s the router
+//! stores. Pure: bytes and headers in, events or a [`PublishError`] out.
+//!
+//! - Event Grid schema: a JSON array of `{id, subject, eventType,
+//!   eventTime, data, dataVersion, topic?, metadataVersion?}`; the router
+//!   sets `topic` and `metadataVersion` ("1"); a publisher's `topic` must
+//!   name this topic and its `metadataVersion` must be "1".
+//! - CloudEvents 1.0: structured (`application/cloudevents+json`, one
+//!   object), batch (`application/cloudevents-batch+json`, an array), and
+//!   binary (attributes in `ce-*` headers, the body is `data`). Official
+//!   SDKs send batches with `charset=utf-8`; a batch may also come as
+//!   `application/json`.
+//! - Limits: 1 MB per event and per request, 5,000 events per request.
+
+use serde_json::{Map, Value};
+
+/// Largest request body, and largest single event, in bytes.
+pub const MAX_BYTES: usize = 1024 * 1024;
+/// Most events per publish.
+pub const MAX_EVENTS: usize = 5000;
+
+/// A topic's input schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Schema {
+    /// `EventGridSchema`.
+    EventGridSchema,
+    /// `CloudEventSchemaV1_0`.
+    #[serde(rename = "CloudEventSchemaV1_0")]
+    CloudEvents,
+}
+
+/// One accepted event, in its topic's schema, as stored and delivered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// The publisher's id (receivers dedupe on it).
+    pub id: String,
+    /// The whole event as JSON (router attributes set).
+    pub json: Value,
+    /// Its size in bytes as JSON (billing counts 64 KB units).
+    pub size: usize,
+}
+
+/// Why a publish was refused: the status and the Event Grid error body.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct PublishError {
+    /// HTTP status: 400 or 413.
+    pub status: u16,
+    /// `BadRequest` or `RequestEntityTooLarge`.
+    pub code: &'static str,
+    /// For people, naming the event and attribute at fault.
+    pub message: String,
+}
+
+fn bad(message: impl Into<String>) -> PublishError {
+    PublishError {
+        status: 400,
+        code: "BadRequest",
+        message: message.into(),
+    }
+}
+
+fn too_large(message: impl Into<String>) -> PublishError {
+    PublishError {
+        status: 413,
+        code: "RequestEntityTooLarge",
+        message: message.into(),
+    }
+}
+
+/// The media type of a `Content-Type` header, lower-case, without
+/// parameters.
+fn media_type(content_type: Option<&str>) -> String {
+    content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Parses a publish to a topic named `topic` with schema `schema`.
+/// `headers` are the request's (name, value) pairs (binary CloudEvents
+/// read `ce-*` from them).
+pub fn parse(
+    topic: &str,
+    schema: Schema,
+    content_type: Option<&str>,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<Vec<Event>, PublishError> {
+    if body.len() > MAX_BYTES {
+        return Err(too_large(format!(
+            "the request has {} bytes; at most {MAX_BYTES} are accepted",
+            body.len()
+        )));
+    }
+    let media = media_type(content_type);
+    let binary = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("ce-specversion"));
+    let events = match schema {
+        Schema::EventGridSchema => {
+            if media.starts_with("application/cloudevents") || binary {
+                return Err(bad(
+                    "this topic's input schema is EventGridSchema; CloudEvents are not accepted here",
+                ));
+            }
+            let items = json_array(body)?;
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| event_grid(topic, i, e))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Schema::CloudEvents => {
+            if binary
+                && media != "application/cloudevents+json"
+                && media != "application/cloudevents-batch+json"
+            {
+                vec![cloud_event(0, binary_event(headers, content_type, body)?)?]
+            } else if media == "application/cloudevents+json" {
+                let value: Value = serde_json::from_slice(body)
+                    .map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+                vec![cloud_event(0, value)?]
+            } else if media == "application/cloudevents-batch+json"
+                || media == "application/json"
+                || media.is_empty()
+            {
+                json_array(body)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| cloud_event(i, e))
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                return Err(bad(format!(
+                    "Content-Type '{media}' is not a CloudEvents type: use application/cloudevents+json, application/cloudevents-batch+json or binary mode (ce-* headers)"
+                )));
+            }
+        }
+    };
+    if events.len() > MAX_EVENTS {
+        return Err(too_large(format!(
+            "a publish carries at most {MAX_EVENTS} events; this one has {}",
+            events.len()
+        )));
+    }
+    Ok(events)
+}
+
+fn json_array(body: &[u8]) -> Result<Vec<Value>, PublishError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) if items.is_empty() => Err(bad("the array holds no events")),
+        Ok(Value::Array(items)) => Ok(items),
+        Ok(_) => Err(bad("the body must be a JSON array of events")),
+        Err(e) => Err(bad(format!("the body is not JSON: {e}"))),
+    }
+}
+
+fn sized(i: usize, id: String, json: Value) -> Result<Event, PublishError> {
+    let size = serde_json::to_vec(&json).map_or(0, |v| v.len());
+    if size > MAX_BYTES {
+        return Err(too_large(format!(
+            "event {i} has {size} bytes; an event has at most {MAX_BYTES}"
+        )));
+    }
+    Ok(Event { id, json, size })
+}
+
+fn required_string<'a>(
+    i: usize,
+    e: &'a Map<String, Value>,
+    name: &str,
+) -> Result<&'a str, PublishError> {
+    match e.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            Err(bad(format!("event {i}: '{name}' is required")))
+        }
+        Some(_) => Err(bad(format!("event {i}: '{name}' must be a string"))),
+    }
+}
+
+fn rfc3339(i: usize, name: &str, s: &str) -> Result<(), PublishError> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(drop)
+        .map_err(|_| {
+            bad(format!(
+                "event {i}: '{name}' is not an RFC 3339 time: '{s}'"
+            ))
+        })
+}
+
+fn event_grid(topic: &str, i: usize, value: Value) -> Result<Event, PublishError> {
+    let Value::Object(mut e) = value else {
+        return Err(bad(format!("event {i} is not a JSON object")));
+    };
+    let id = required_string(i, &e, "id")?.to_string();
+    required_string(i, &e, "subject")?;
+    required_string(i, &e, "eventType")?;
+    let time = required_string(i, &e, "eventTime")?.to_string();
+    rfc3339(i, "eventTime", &time)?;
+    if let Some(t) = e.get("topic").filter(|t| !t.is_null()) {
+        if t.as_str().is_none_or(|t| !t.eq_ignore_ascii_case(topic)) {
+            return Err(bad(format!(
+                "event {i}: 'topic' names another topic than '{topic}'"
+            )));
+        }
+    }
+    match e.get("metadataVersion") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(v)) if v == "1" => {}
+        Some(_) => {
+            return Err(bad(format!(
+                "event {i}: 'metadataVersion' must be \"1\" when given"
+            )))
+        }
+    }
+    match e.get("dataVersion") {
+        None | Some(Value::Null) => {
+            e.insert("dataVersion".into(), Value::String(String::new()));
+        }
+        Some(Value::String(_)) => {}
+        Some(_) => return Err(bad(format!("event {i}: 'dataVersion' must be a string"))),
+    }
+    e.insert("topic".into(), Value::String(topic.to_string()));
+    e.insert("metadataVersion".into(), Value::String("1".into()));
+    e.entry("data").or_insert(Value::Null);
+    sized(i, id, Value::Object(e))
+}
+
+fn cloud_event(i: usize, value: Value) -> Result<Event, PublishError> {
+    let Value::Object(e) = value else {
+        return Err(bad(format!("event {i} is not a JSON object")));
+    };
+    match e.get("specversion") {
+        Some(Value::String(v)) if v == "1.0" => {}
+        None | Some(Value::Null) => {
+            return Err(bad(format!("event {i}: 'specversion' is required")))
+        }
+        Some(_) => return Err(bad(format!("event {i}: 'specversion' must be \"1.0\""))),
+    }
+    let id = required_string(i, &e, "id")?.to_string();
+    required_string(i, &e, "source")?;
+    required_string(i, &e, "type")?;
+    if let Some(t) = e.get("time").and_then(Value::as_str) {
+        rfc3339(i, "time", t)?;
+    }
+    if e.contains_key("data") && e.contains_key("data_base64") {
+        return Err(bad(format!(
+            "event {i}: 'data' and 'data_base64' exclude each other"
+        )));
+    }
+    sized(i, id, Value::Object(e))
+}
+
+/// A binary-mode CloudEvent: `ce-*` headers are the attributes, the body
+/// is `data` (JSON when the content type says so, else text).
+fn binary_event(
+    headers: &[(String, String)],
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Value, PublishError> {
+    let mut e = Map::new();
+    for (k, v) in headers {
+        let k = k.to_ascii_lowercase();
+        if let Some(name) = k.strip_prefix("ce-") {
+            e.insert(name.to_string(), Value::String(v.clone()));
+        }
+    }
+    let media = media_type(content_type);
+    if let Some(ct) = content_type {
+        e.insert("datacontenttype".into(), Value::String(ct.to_string()));
+    }
+    if !body.is_empty() {
+        let data = if media.is_empty() || media == "application/json" || media.ends_with("+json") {
+            serde_json::from_slice(body)
+                .map_err(|err| bad(format!("the binary event's body is not JSON: {err}")))?
+        } else {
+            Value::String(String::from_utf8_lossy(body).into_owned())
+        };
+        e.insert("data".into(), data);
+    }
+    Ok(Value::Object(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn eg(events: Value) -> Result<Vec<Event>, PublishError> {
+        parse(
+            "galaxies",
+            Schema::EventGridSchema,
+            Some("application/json; charset=utf-8"),
+            &[],
+            events.to_string().as_bytes(),
+        )
+    }
+
+    fn one() -> Value {
+        json!({"id": "e1", "subject": "/g/1", "eventType": "Galaxy.Created", "eventTime": "2026-12-01T10:00:00Z", "data": {"n": 1}})
+    }
+
+    #[test]
+    fn event_grid_events_get_the_router_attributes() {
+        let events = eg(json!([one()])).unwrap();
+        assert_eq!(events[0].id, "e1");
+        assert_eq!(events[0].json["topic"], "galaxies");
+        assert_eq!(events[0].json["metadataVersion"], "1");
+        assert_eq!(events[0].json["dataVersion"], "");
+        assert!(events[0].size > 50);
+        let mut same_topic = one();
+        same_topic["topic"] = json!("GALAXIES");
+        same_topic["metadataVersion"] = json!("1");
+        assert!(eg(json!([same_topic])).is_ok());
+    }
+
+    #[test]
+    fn bad_event_grid_publishes_say_what_is_wrong() {
+        let cases: Vec<(Value, &str)> = vec![
+            (one(), "array"),
+            (json!([]), "no events"),
+            (
+                json!([{"subject": "s", "eventType": "t", "eventTime": "2026-12-01T10:00:00Z"}]),
+                "'id' is required",
+            ),
+            (
+                json!([{"id": "1", "subject": "s", "eventType": "t", "eventTime": "yesterday"}]),
+                "RFC 3339",
+            ),
+            (
+                json!([{"id": "1", "subject": "s", "eventType": 5, "eventTime": "2026-12-01T10:00:00Z"}]),
+                "must be a string",
+            ),
+            (
+                json!([{"topic": "other", "id": "1", "subject": "s", "eventType": "t", "eventTime": "2026-12-01T10:00:00Z"}]),
+                "another topic",
+            ),
+            (
+                json!([{"metadataVersion": "2", "id": "1", "subject": "s", "eventType": "t", "eventTime": "2026-12-01T10:00:00Z"}]),
+                "metadataVersion",
+            ),
+        ];
+        for (body, needle) in cases {
+            let err = eg(body.clone()).unwrap_err();
+            assert_eq!(err.status, 400, "{body}");
+            assert!(err.message.contains(needle), "{body}: {err}");
+        }
+        let err = parse(
+            "t",
+            Schema::EventGridSchema,
+            Some("application/json"),
+            &[],
+            b"{nope",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("not JSON"));
+        let err = parse(
+            "t",
+            Schema::EventGridSchema,
+            Some("application/cloudevents-batch+json"),
+            &[],
+            b"[]",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("EventGridSchema"));
+    }
+
+    #[test]
+    fn limits_are_413() {
+        let many: Vec<Value> = (0..5001)
+            .map(|i| {
+                let mut e = one();
+                e["id"] = json!(i.to_string());
+                e
+            })
+            .collect();
+        assert_eq!(eg(json!(many)).unwrap_err().status, 413);
+        let big = vec![b' '; MAX_BYTES + 1];
+        assert_eq!(
+            parse("t", Schema::EventGridSchema, None, &[], &big)
+                .unwrap_err()
+                .status,
+            413
+        );
+    }
+
+    #[test]
+    fn cloud_events_structured_batch_and_binary() {
+        let ce = json!({"specversion": "1.0", "id": "c1", "source": "/forge", "type": "Galaxy.Created", "data": {"n": 1}});
+        let one = parse(
+            "t",
+            Schema::CloudEvents,
+            Some("application/cloudevents+json"),
+            &[],
+            ce.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(one[0].id, "c1");
+        let batch = parse(
+            "t",
+            Schema::CloudEvents,
+            Some("application/cloudevents-batch+json; charset=utf-8"),
+            &[],
+            json!([ce, {"specversion": "1.0", "id": "c2", "source": "/forge", "type": "X", "data_base64": "AAE="}]).to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(batch.len(), 2);
+        let headers = vec![
+            ("ce-specversion".to_string(), "1.0".to_string()),
+            ("CE-id".to_string(), "b1".to_string()),
+            ("ce-source".to_string(), "/forge".to_string()),
+            ("ce-type".to_string(), "Galaxy.Created".to_string()),
+        ];
+        let bin = parse(
+            "t",
+            Schema::CloudEvents,
+            Some("application/json"),
+            &headers,
+            br#"{"n":2}"#,
+        )
+        .unwrap();
+        assert_eq!(bin[0].json["data"]["n"], 2);
+        assert_eq!(bin[0].json["type"], "Galaxy.Created");
+        let no_type = parse("t", Schema::CloudEvents, None, &headers, br#"{"n":2}"#).unwrap();
+        assert_eq!(no_type[0].id, "b1");
+        for (body, needle) in [
+            (
+                json!({"id": "1", "source": "s", "type": "t"}),
+                "specversion",
+            ),
+            (
+                json!({"specversion": "0.3", "id": "1", "source": "s", "type": "t"}),
+                "1.0",
+            ),
+            (
+                json!({"specversion": "1.0", "id": "1", "type": "t"}),
+                "'source'",
+            ),
+            (
+                json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": 1, "data_base64": "AA=="}),
+                "exclude",
+            ),
+            (
+                json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "time": "noon"}),
+                "RFC 3339",
+            ),
+        ] {
+            let err = parse(
+                "t",
+                Schema::CloudEvents,
+                Some("application/cloudevents+json"),
+                &[],
+                body.to_string().as_bytes(),
+            )
+            .unwrap_err();
+            assert!(err.message.contains(needle), "{body}: {err}");
+        }
+        let err = parse("t", Schema::CloudEvents, Some("text/plain"), &[], b"x").unwrap_err();
+        assert!(err.message.contains("not a CloudEvents type"));
+    }
+}
