@@ -9,8 +9,9 @@
 //! - [`event`]: what a publisher sends, in either schema (Event Grid,
 //!   CloudEvents 1.0 structured, batch or binary), checked against the
 //!   reference's rules and limits into [`Event`]s.
+//! - [`sas`]: topic keys, `aeg-sas-key` and `aeg-sas-token` checks.
 //!
-//! Still to come (issue 10): topics and keys (SAS tokens), persistence in the engine's store, push delivery
+//! Still to come (issue 10): topics, persistence in the engine's store, push delivery
 //! with the validation handshake, retries and dead letters, and the routes
 //! in galaxy-cloud.
 //!
@@ -18,6 +19,7 @@
 
 pub mod event;
 pub mod filter;
+pub mod sas;
 
 pub use event::{Event, PublishError, Schema};
 pub use filter::{AdvancedFilter, Filter, FilterError, Operator};
