@@ -10,15 +10,19 @@
 //!   CloudEvents 1.0 structured, batch or binary), checked against the
 //!   reference's rules and limits into [`Event`]s.
 //! - [`sas`]: topic keys, `aeg-sas-key` and `aeg-sas-token` checks.
+//! - [`retry`]: after a delivery attempt: delivered, retried when, or
+//!   dead-lettered why (schedule, non-retried codes, `Retry-After`, limits).
 //!
-//! Still to come (issue 10): topics, persistence in the engine's store, push delivery
-//! with the validation handshake, retries and dead letters, and the routes
-//! in galaxy-cloud.
+//! Still to come (issue 10): topics and subscriptions persisted in the
+//! engine's store, the delivery workers (validation handshake, batching,
+//! dead-letter records, re-drive), orchestration subscriptions, the system
+//! topic, and the routes in galaxy-cloud.
 //!
 //! Invariant: no HTTP routes here (galaxy-cloud serves them), no Tauri.
 
 pub mod event;
 pub mod filter;
+pub mod retry;
 pub mod sas;
 
 pub use event::{Event, PublishError, Schema};

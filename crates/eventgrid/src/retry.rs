@@ -1,0 +1,315 @@
+//! What happens after a delivery attempt: delivered, retried later (when),
+//! or dead-lettered (why), by the reference's rules. Pure: an attempt's
+//! outcome, the subscription's retry policy and the clock in, a
+//! [`Decision`] out.
+//!
+//! - Success is 200-204 only.
+//! - 400, 401, 403 and 413 are not retried: dead-lettered at once.
+//! - Everything else (other statuses, timeouts, refused or reset
+//!   connections) is retried on the schedule 10 s, 30 s, 1 min, 5 min,
+//!   10 min, 30 min, 1 h, 3 h, 6 h, then every 12 h, each delay randomised
+//!   (between 80% and 120%) so receivers that failed together are not hit
+//!   together again; a 429 or 503 `Retry-After` is honored when longer.
+//! - `maxDeliveryAttempts` (1-30) or `eventTimeToLiveInMinutes` (1-1440),
+//!   whichever comes first, ends the retries.
+//! - The schedule can be scaled (a documented setting), so tests run the
+//!   real sequence in seconds.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The delays before retry 1, 2, ... (then 12 h each).
+pub const SCHEDULE: [Duration; 9] = [
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+    Duration::from_secs(600),
+    Duration::from_secs(1800),
+    Duration::from_secs(3600),
+    Duration::from_secs(3 * 3600),
+    Duration::from_secs(6 * 3600),
+];
+/// The delay after the schedule runs out.
+pub const LATER: Duration = Duration::from_secs(12 * 3600);
+
+/// A subscription's `retryPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// 1 to 30 (default 30).
+    #[serde(default = "default_attempts")]
+    pub max_delivery_attempts: u32,
+    /// 1 to 1440 (default 1440).
+    #[serde(default = "default_ttl")]
+    pub event_time_to_live_in_minutes: u32,
+}
+
+fn default_attempts() -> u32 {
+    30
+}
+
+fn default_ttl() -> u32 {
+    1440
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_delivery_attempts: default_attempts(),
+            event_time_to_live_in_minutes: default_ttl(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Checks the ranges; what a subscription write refuses with 400.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=30).contains(&self.max_delivery_attempts) {
+            return Err(format!(
+                "retryPolicy.maxDeliveryAttempts must be 1 to 30 (got {})",
+                self.max_delivery_attempts
+            ));
+        }
+        if !(1..=1440).contains(&self.event_time_to_live_in_minutes) {
+            return Err(format!(
+                "retryPolicy.eventTimeToLiveInMinutes must be 1 to 1440 (got {})",
+                self.event_time_to_live_in_minutes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How one attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// The receiver answered with this status (and `Retry-After`, if any).
+    Status(u16, Option<Duration>),
+    /// No answer within the timeout.
+    TimedOut,
+    /// The connection failed or was reset.
+    SocketError,
+}
+
+impl Attempt {
+    /// The `lastDeliveryOutcome` name of this attempt.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Attempt::Status(200..=204, _) => "Probation",
+            Attempt::Status(400, _) => "BadRequest",
+            Attempt::Status(401, _) => "Unauthorized",
+            Attempt::Status(403, _) => "Forbidden",
+            Attempt::Status(404, _) => "NotFound",
+            Attempt::Status(413, _) => "PayloadTooLarge",
+            Attempt::Status(429 | 503, _) => "Busy",
+            Attempt::Status(_, _) => "GenericError",
+            Attempt::TimedOut => "TimedOut",
+            Attempt::SocketError => "SocketError",
+        }
+    }
+}
+
+/// What to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Done.
+    Delivered,
+    /// Try again after this long.
+    RetryAfter(Duration),
+    /// Give up: the dead-letter reason.
+    DeadLetter(&'static str),
+}
+
+/// The decision after attempt number `attempts` (1-based) ended with
+/// `attempt`, `age` after the event was published, with retry delays
+/// scaled by `scale` and randomised by `unit_random` (0..1).
+pub fn decide(
+    attempt: &Attempt,
+    attempts: u32,
+    age: Duration,
+    policy: RetryPolicy,
+    scale: f64,
+    unit_random: f64,
+) -> Decision {
+    match attempt {
+        Attempt::Status(200..=204, _) => return Decision::Delivered,
+        Attempt::Status(400 | 401 | 403 | 413, _) => return Decision::DeadLetter("NotRetriable"),
+        _ => {}
+    }
+    if attempts >= policy.max_delivery_attempts {
+        return Decision::DeadLetter("MaxDeliveryAttemptsExceeded");
+    }
+    let base = SCHEDULE
+        .get(attempts.saturating_sub(1) as usize)
+        .copied()
+        .unwrap_or(LATER);
+    let mut delay = base.mul_f64((0.8 + 0.4 * unit_random.clamp(0.0, 1.0)) * scale.max(0.0));
+    if let Attempt::Status(429 | 503, Some(after)) = attempt {
+        delay = delay.max(after.mul_f64(scale.clamp(0.0, 1.0).max(f64::MIN_POSITIVE)));
+    }
+    let ttl = Duration::from_secs(u64::from(policy.event_time_to_live_in_minutes) * 60)
+        .mul_f64(scale.max(0.0));
+    if age + delay > ttl {
+        return Decision::DeadLetter("TimeToLiveExceeded");
+    }
+    Decision::RetryAfter(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn success_is_200_to_204_and_four_codes_are_never_retried() {
+        let p = RetryPolicy::default();
+        for s in [200, 201, 202, 203, 204] {
+            assert_eq!(
+                decide(&Attempt::Status(s, None), 1, Duration::ZERO, p, 1.0, 0.5),
+                Decision::Delivered
+            );
+        }
+        for s in [400, 401, 403, 413] {
+            assert_eq!(
+                decide(&Attempt::Status(s, None), 1, Duration::ZERO, p, 1.0, 0.5),
+                Decision::DeadLetter("NotRetriable"),
+                "{s}"
+            );
+        }
+        for a in [
+            Attempt::Status(205, None),
+            Attempt::Status(404, None),
+            Attempt::Status(500, None),
+            Attempt::TimedOut,
+            Attempt::SocketError,
+        ] {
+            assert!(
+                matches!(
+                    decide(&a, 1, Duration::ZERO, p, 1.0, 0.5),
+                    Decision::RetryAfter(_)
+                ),
+                "{a:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_schedule_is_followed_within_its_randomisation_and_scales() {
+        let p = RetryPolicy::default();
+        let expected = [
+            10u64, 30, 60, 300, 600, 1800, 3600, 10_800, 21_600, 43_200, 43_200,
+        ];
+        for (i, secs) in expected.iter().enumerate() {
+            let attempts = i as u32 + 1;
+            let at = |r| match decide(
+                &Attempt::Status(500, None),
+                attempts,
+                Duration::ZERO,
+                p,
+                1.0,
+                r,
+            ) {
+                Decision::RetryAfter(d) => d,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(at(0.5), Duration::from_secs(*secs));
+            assert_eq!(at(0.0), Duration::from_secs(*secs).mul_f64(0.8));
+            assert_eq!(at(1.0), Duration::from_secs(*secs).mul_f64(1.2));
+        }
+        let fast = decide(&Attempt::TimedOut, 1, Duration::ZERO, p, 0.001, 0.5);
+        assert_eq!(fast, Decision::RetryAfter(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn retry_after_is_honored_when_longer_for_429_and_503_only() {
+        let p = RetryPolicy::default();
+        let long = Some(Duration::from_secs(120));
+        assert_eq!(
+            decide(&Attempt::Status(429, long), 1, Duration::ZERO, p, 1.0, 0.5),
+            Decision::RetryAfter(Duration::from_secs(120))
+        );
+        assert_eq!(
+            decide(&Attempt::Status(503, long), 1, Duration::ZERO, p, 1.0, 0.5),
+            Decision::RetryAfter(Duration::from_secs(120))
+        );
+        assert_eq!(
+            decide(&Attempt::Status(500, long), 1, Duration::ZERO, p, 1.0, 0.5),
+            Decision::RetryAfter(Duration::from_secs(10))
+        );
+        let short = Some(Duration::from_secs(1));
+        assert_eq!(
+            decide(&Attempt::Status(429, short), 1, Duration::ZERO, p, 1.0, 0.5),
+            Decision::RetryAfter(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn attempts_and_time_to_live_end_the_retries_whichever_comes_first() {
+        let p = RetryPolicy {
+            max_delivery_attempts: 3,
+            event_time_to_live_in_minutes: 1440,
+        };
+        assert!(matches!(
+            decide(&Attempt::SocketError, 2, Duration::ZERO, p, 1.0, 0.5),
+            Decision::RetryAfter(_)
+        ));
+        assert_eq!(
+            decide(&Attempt::SocketError, 3, Duration::ZERO, p, 1.0, 0.5),
+            Decision::DeadLetter("MaxDeliveryAttemptsExceeded")
+        );
+        let short = RetryPolicy {
+            max_delivery_attempts: 30,
+            event_time_to_live_in_minutes: 1,
+        };
+        assert!(matches!(
+            decide(&Attempt::SocketError, 1, Duration::ZERO, short, 1.0, 0.5),
+            Decision::RetryAfter(_)
+        ));
+        assert_eq!(
+            decide(
+                &Attempt::SocketError,
+                2,
+                Duration::from_secs(40),
+                short,
+                1.0,
+                0.5
+            ),
+            Decision::DeadLetter("TimeToLiveExceeded")
+        );
+        assert_eq!(
+            decide(
+                &Attempt::SocketError,
+                10,
+                DAY,
+                RetryPolicy::default(),
+                1.0,
+                0.5
+            ),
+            Decision::DeadLetter("TimeToLiveExceeded")
+        );
+    }
+
+    #[test]
+    fn policies_are_checked_and_default_like_azure() {
+        let p: RetryPolicy = serde_json::from_str("{}").unwrap();
+        assert_eq!(p, RetryPolicy::default());
+        assert!(
+            serde_json::from_str::<RetryPolicy>(r#"{"maxDeliveryAttempts": 0}"#)
+                .unwrap()
+                .check()
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<RetryPolicy>(r#"{"eventTimeToLiveInMinutes": 1441}"#)
+                .unwrap()
+                .check()
+                .is_err()
+        );
+        assert!(serde_json::from_str::<RetryPolicy>(r#"{"maxRetries": 3}"#).is_err());
+        assert_eq!(Attempt::Status(503, None).outcome(), "Busy");
+        assert_eq!(Attempt::TimedOut.outcome(), "TimedOut");
+    }
+}
