@@ -706,3 +706,50 @@ async fn create_in_the_cloud_runs_for_the_player_and_arrives_through_pull() {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
     }
 }
+
+#[test]
+fn joining_another_player_brings_everything_both_ways_even_galaxies_from_before_sync() {
+    let cloud = cloud(&[]);
+    let d = two_devices(&cloud.base);
+    ok(&d.a, &["create", "-n", "3"]);
+    ok(&d.a, &["sync"]);
+    // C made galaxies before this version tracked them (an old desktop's
+    // table), then registered its own player and made more.
+    let dir = tempfile::tempdir().unwrap();
+    let c = dir.path().join("c");
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let node = galaxy::LocalNode::open(&c, galaxy::LocalConfig::default()).unwrap();
+            for _ in 0..2 {
+                let id = node
+                    .engine
+                    .start_orchestration(galaxy::GALAXY_CREATE, None, ())
+                    .await
+                    .unwrap();
+                node.engine
+                    .wait_for_completion(&id, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+            }
+            node.shutdown(Duration::from_secs(5)).await;
+        });
+    }
+    ok(
+        &c,
+        &["register", "--cloud", &cloud.base, "--name", "old-desktop"],
+    );
+    ok(&c, &["create", "-n", "1"]);
+    assert_eq!(ok(&c, &["sync"]).trim(), "pushed 3 pulled 0");
+    // Then C joins A's player: its three go there, A's three come here.
+    let code = ok(&d.a, &["link"]).trim().to_string();
+    ok(&c, &["link", &code, "--name", "old-desktop"]);
+    let synced = ok(&c, &["sync"]);
+    assert_eq!(synced.trim(), "pushed 3 pulled 3", "{synced}");
+    ok(&d.a, &["sync"]);
+    ok(&d.b, &["sync"]);
+    let all = list(&d.a);
+    assert_eq!(all.len(), 6);
+    assert_eq!(list(&c), all);
+    assert_eq!(list(&d.b), all);
+}

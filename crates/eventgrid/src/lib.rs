@@ -10,6 +10,8 @@
 //!   CloudEvents 1.0 structured, batch or binary), checked against the
 //!   reference's rules and limits into [`Event`]s.
 //! - [`sas`]: topic keys, `aeg-sas-key` and `aeg-sas-token` checks.
+//! - [`model`]: topics and event subscriptions with Azure's property
+//!   names, and the checks a write passes (URLs, batching, headers).
 //! - [`retry`]: after a delivery attempt: delivered, retried when, or
 //!   dead-lettered why (schedule, non-retried codes, `Retry-After`, limits).
 //!
@@ -22,6 +24,7 @@
 
 pub mod event;
 pub mod filter;
+pub mod model;
 pub mod retry;
 pub mod sas;
 

@@ -194,7 +194,8 @@ impl PlayerDevice {
         self.settings().account.ok_or(DeviceError::NotRegistered)
     }
 
-    /// Registers a new player at `cloud_url` with this device.
+    /// Registers a new player at `cloud_url` with this device. Everything
+    /// on the device goes to the new player ([`GalaxyReplica::rebase`]).
     pub async fn register(
         &self,
         cloud_url: &str,
@@ -208,6 +209,7 @@ impl PlayerDevice {
             .register(device_name)
             .await?;
         let account = Account::from(creds);
+        self.switch_account().await?;
         self.save_settings(Settings {
             account: Some(account.clone()),
             ..settings
@@ -216,7 +218,8 @@ impl PlayerDevice {
     }
 
     /// Joins the player of a link code at `cloud_url` (leaving any other
-    /// account this device had).
+    /// account this device had): the device's galaxies join the player's,
+    /// and the player's arrive here ([`GalaxyReplica::rebase`]).
     pub async fn join(
         &self,
         cloud_url: &str,
@@ -228,6 +231,7 @@ impl PlayerDevice {
             .join(code, device_name)
             .await?;
         let account = Account::from(creds);
+        self.switch_account().await?;
         self.save_settings(Settings {
             account: Some(account.clone()),
             ..settings
@@ -257,6 +261,16 @@ impl PlayerDevice {
             ..self.settings()
         })?;
         Ok(())
+    }
+
+    /// Detaches the sync loop from the old account and rebases the replica
+    /// for a new one, with no round in between.
+    async fn switch_account(&self) -> Result<(), DeviceError> {
+        self.syncer.set_api(None);
+        Ok(self
+            .syncer
+            .with_rounds_paused(self.replica.rebase())
+            .await?)
     }
 
     /// A link code for another device to join this player.

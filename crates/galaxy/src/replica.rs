@@ -220,6 +220,37 @@ impl GalaxyReplica {
         Ok(())
     }
 
+    /// Starts over with another account (or the first one): a new client
+    /// id, the pull cursor at 0, every galaxy here unsynced, and the outbox
+    /// rebuilt as one put per galaxy, so everything on this device goes to
+    /// the new account and everything there comes here. Pending deletes
+    /// are dropped (the new account never had those galaxies).
+    pub async fn rebase(&self) -> Result<(), TableError> {
+        self.table
+            .write(|conn, effects| {
+                let before: i64 =
+                    conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+                conn.execute_batch(
+                    "DELETE FROM outbox;
+                     UPDATE galaxies SET version = 0;
+                     UPDATE sync_state SET pull_cursor = 0, next_mutation_id = 1;",
+                )?;
+                let keys: Vec<String> = conn
+                    .prepare("SELECT row_key FROM galaxies ORDER BY row_key")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for key in &keys {
+                    if let Some(g) = get_local(conn, key)? {
+                        enqueue_put(conn, &g)?;
+                    }
+                }
+                renumber_in(conn)?;
+                effects.outbox_delta += keys.len() as i64 - before;
+                Ok(())
+            })
+            .await
+    }
+
     /// Reads on the blocking pool (the table's reads are synchronous).
     async fn read<T: Send + 'static>(
         &self,
@@ -230,6 +261,27 @@ impl GalaxyReplica {
             .await
             .map_err(|e| TableError::Interrupted(e.to_string()))?
     }
+}
+
+/// Takes a new client id and renumbers the outbox from 1 (through negative
+/// ids, so no row meets another's id).
+fn renumber_in(conn: &Connection) -> Result<(), TableError> {
+    let (min, count): (Option<i64>, i64) =
+        conn.query_row("SELECT min(mutation_id), count(*) FROM outbox", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    if let Some(min) = min {
+        conn.execute_batch("UPDATE outbox SET mutation_id = -mutation_id")?;
+        conn.execute(
+            "UPDATE outbox SET mutation_id = -mutation_id - ?1",
+            [min - 1],
+        )?;
+    }
+    conn.execute(
+        "UPDATE sync_state SET client_id = ?1, next_mutation_id = ?2",
+        params![new_client_id(), count + 1],
+    )?;
+    Ok(())
 }
 
 fn describe(name: Option<&str>, entity_id: &str) -> String {
@@ -297,7 +349,9 @@ impl Replica for GalaxyReplica {
                         .optional()?;
                     let Some((entity_id, op)) = row else { continue };
                     let name = get_local(conn, &entity_id)?.map(|g| g.name);
-                    if let (MutationStatus::Applied, Some(v)) = (r.status, r.version) {
+                    if let (MutationStatus::Applied | MutationStatus::Skipped, Some(v)) =
+                        (r.status, r.version)
+                    {
                         // Our own change is the base of any later local edit.
                         conn.prepare_cached(
                             "UPDATE galaxies SET version = max(version, ?3)
@@ -332,27 +386,7 @@ impl Replica for GalaxyReplica {
     }
 
     async fn renumber(&self) -> Result<(), TableError> {
-        self.table
-            .write(|conn, _| {
-                let (min, count): (Option<i64>, i64) =
-                    conn.query_row("SELECT min(mutation_id), count(*) FROM outbox", [], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?;
-                if let Some(min) = min {
-                    // Through negative ids, so no row meets another's id.
-                    conn.execute_batch("UPDATE outbox SET mutation_id = -mutation_id")?;
-                    conn.execute(
-                        "UPDATE outbox SET mutation_id = -mutation_id - ?1",
-                        [min - 1],
-                    )?;
-                }
-                conn.execute(
-                    "UPDATE sync_state SET client_id = ?1, next_mutation_id = ?2",
-                    params![new_client_id(), count + 1],
-                )?;
-                Ok(())
-            })
-            .await
+        self.table.write(|conn, _| renumber_in(conn)).await
     }
 
     async fn apply_pull(&self, page: PullResponse) -> Result<usize, TableError> {
@@ -419,6 +453,8 @@ impl Replica for GalaxyReplica {
     }
 
     async fn reset(&self) -> Result<(), TableError> {
+        // A new client id too: the cloud leaves a client's own latest
+        // writes out of its pulls, and this re-pull must bring them back.
         self.table
             .write(|conn, _| {
                 conn.execute_batch(
@@ -426,7 +462,7 @@ impl Replica for GalaxyReplica {
                        AND row_key NOT IN (SELECT entity_id FROM outbox);
                      UPDATE sync_state SET pull_cursor = 0;",
                 )?;
-                Ok(())
+                renumber_in(conn)
             })
             .await?;
         let _ = self.events.send(GalaxyEvent::Reloaded);

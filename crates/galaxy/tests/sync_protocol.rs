@@ -485,3 +485,24 @@ async fn tokens_link_codes_and_revocation() {
         .iter()
         .any(|d| d.device_id == b.device_id && d.revoked));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_must_reset_gets_its_own_galaxies_back() {
+    let (_d, players, a, b) = player().await;
+    let (pa, pb) = (Phone::new(&players, a), Phone::new(&players, b));
+    for i in 0..10 {
+        pa.create(&format!("G{i}")).await;
+    }
+    pa.sync().await;
+    pb.sync().await;
+    let victim = pb.names()[0].0.clone();
+    pb.replica.delete(&victim).await.unwrap();
+    pb.sync().await;
+    assert_eq!(players.purge_tombstones(Duration::ZERO).await.unwrap(), 1);
+    // A's cursor (10) is below the floor (11): it resets, and its own
+    // nine galaxies, which it wrote last, come back with the re-pull.
+    let r = pa.sync().await;
+    assert!(r.notices.iter().any(|n| n.contains("reloaded")), "{r:?}");
+    assert_eq!(pa.names().len(), 9);
+    assert_eq!(pa.names(), pb.names());
+}

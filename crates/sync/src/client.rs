@@ -22,6 +22,24 @@ use crate::transport::{Transport, TransportError};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A live stream silent this long is taken for dead (the server sends a
+/// keep-alive every 15 s): a half-open connection after a laptop slept or
+/// a NAT entry expired would otherwise wait forever.
+pub const STREAM_IDLE: Duration = Duration::from_secs(45);
+
+/// The next chunk of a live stream, or `Unavailable` after [`STREAM_IDLE`].
+async fn next_chunk(
+    url: &str,
+    response: &mut reqwest::Response,
+) -> Result<Option<bytes::Bytes>, TransportError> {
+    match tokio::time::timeout(STREAM_IDLE, response.chunk()).await {
+        Ok(chunk) => chunk.map_err(|e| unavailable(url, &e)),
+        Err(_) => Err(TransportError::Unavailable(format!(
+            "{url} sent nothing for {} s",
+            STREAM_IDLE.as_secs()
+        ))),
+    }
+}
 
 /// The cloud's player and sync routes for one device.
 #[derive(Clone)]
@@ -207,7 +225,7 @@ impl CloudApi {
         on_open();
         let mut parser = sse::Parser::new();
         loop {
-            match response.chunk().await {
+            match next_chunk(&url, &mut response).await {
                 Ok(Some(bytes)) => {
                     for event in parser.feed(&bytes) {
                         if event.event == "poke" {
@@ -219,7 +237,7 @@ impl CloudApi {
                     }
                 }
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(unavailable(&url, &e)),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -297,8 +315,7 @@ impl CloudApi {
         }
         let mut parser = sse::Parser::new();
         loop {
-            let chunk = response.chunk().await.map_err(|e| unavailable(&url, &e))?;
-            let Some(bytes) = chunk else {
+            let Some(bytes) = next_chunk(&url, &mut response).await? else {
                 return Err(TransportError::Unavailable(format!(
                     "{url} ended before the instance finished"
                 )));

@@ -6,7 +6,9 @@
 //!   brings a poke (another device changed something),
 //! - the cloud settings change, or someone calls [`Syncer::kick`].
 //!
-//! There is no polling timer: between triggers the loop sleeps. A failed
+//! There is no polling timer: between triggers the loop sleeps (a safety
+//! round runs after [`SyncerConfig::safety_interval`], five minutes, with no
+//! trigger: the reference's "slow safety pull"). A failed
 //! round re-arms itself after an exponential back-off with jitter (so a
 //! fleet of devices does not return in step), and so does a dropped live
 //! stream. Every state change is published as a [`SyncerStatus`] on a
@@ -35,6 +37,9 @@ pub struct SyncerConfig {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// A round this long after the last one even without a trigger: a
+    /// slow safety net under the live stream (not a polling loop).
+    pub safety_interval: Duration,
 }
 
 impl Default for SyncerConfig {
@@ -43,6 +48,7 @@ impl Default for SyncerConfig {
             batch: 500,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
+            safety_interval: Duration::from_secs(300),
         }
     }
 }
@@ -182,6 +188,14 @@ impl<R: Replica> Syncer<R> {
         self.api.borrow().clone()
     }
 
+    /// Runs `f` while no round runs (waiting for a running one to end), so
+    /// `f` can rewrite the replica's sync state without a push answer
+    /// landing on top of it.
+    pub async fn with_rounds_paused<T>(&self, f: impl Future<Output = T>) -> T {
+        let _no_round = self.round_lock.lock().await;
+        f.await
+    }
+
     /// Asks for a round now.
     pub fn kick(&self) {
         self.kick.notify_one();
@@ -258,6 +272,7 @@ impl<R: Replica> Syncer<R> {
         let mut pending = self.replica.watch_pending();
         let mut failures: u32 = 0;
         let mut retry: Option<tokio::time::Instant> = None;
+        let mut safety = tokio::time::Instant::now() + self.config.safety_interval;
         // The first round runs at once (whatever waited while the app was
         // closed).
         self.kick();
@@ -281,7 +296,9 @@ impl<R: Replica> Syncer<R> {
                         None => std::future::pending().await,
                     }
                 } => {}
+                _ = tokio::time::sleep_until(safety) => {}
             }
+            safety = tokio::time::Instant::now() + self.config.safety_interval;
             if self.api().is_none() {
                 retry = None;
                 continue;
@@ -376,6 +393,7 @@ mod tests {
             batch: 1,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
+            safety_interval: Duration::from_secs(300),
         };
         assert_eq!(backoff(&c, 1, 1.0), Duration::from_millis(100));
         assert_eq!(backoff(&c, 2, 1.0), Duration::from_millis(200));

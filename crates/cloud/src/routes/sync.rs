@@ -148,6 +148,8 @@ pub async fn events(
                 };
                 let version = match received {
                     Ok(c) if c.player_id == player => c.version,
+                    // Changes may have been missed: pull anyway.
+                    Ok(c) if c.player_id == "*" => last,
                     Ok(_) => continue,
                     // Fell behind: a change of ours may be among the missed.
                     Err(RecvError::Lagged(_)) => last,

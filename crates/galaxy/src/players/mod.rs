@@ -101,7 +101,9 @@ pub struct Device {
     pub name: String,
 }
 
-/// A player's data changed: its version is now `version`.
+/// A player's data changed: its version is now `version`. Player `*`
+/// means "any player, maybe": changes may have been missed (the PostgreSQL
+/// listener reconnected), so every device should pull.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlayerChange {
     /// The player.

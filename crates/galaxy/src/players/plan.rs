@@ -31,6 +31,9 @@ pub(crate) struct Current {
     pub version: u64,
     pub deleted: bool,
     pub origin: String,
+    /// The client whose change this is (none after a touch or a cloud
+    /// create).
+    pub writer: Option<String>,
 }
 
 /// A row change a push makes.
@@ -135,10 +138,17 @@ pub(crate) fn plan_push(
     let mut results = Vec::with_capacity(request.mutations.len());
     for m in &request.mutations {
         if m.mutation_id <= last {
+            // A resend (its answer was lost): when the entity is still as
+            // this client left it, say its version, so the client's copy
+            // is current (its own writes are not pulled back to it).
+            let version = current
+                .get(&m.entity_id)
+                .filter(|c| c.writer.as_deref() == Some(request.client_id.as_str()))
+                .map(|c| c.version);
             results.push(MutationResult {
                 mutation_id: m.mutation_id,
                 status: MutationStatus::Skipped,
-                version: None,
+                version,
                 conflict: false,
                 reason: None,
             });
@@ -171,6 +181,7 @@ pub(crate) fn plan_push(
                         version: counter,
                         deleted: false,
                         origin: b.origin,
+                        writer: Some(request.client_id.clone()),
                     },
                 );
                 Ok(Some(counter))
@@ -188,6 +199,7 @@ pub(crate) fn plan_push(
                             version: counter,
                             deleted: true,
                             origin: c.origin,
+                            writer: Some(request.client_id.clone()),
                         },
                     );
                     Ok(Some(counter))
@@ -211,6 +223,7 @@ pub(crate) fn plan_push(
                 if let Some(c) = current.get_mut(&m.entity_id) {
                     counter += 1;
                     c.version = counter;
+                    c.writer = None;
                     writes.push(EntityWrite::Touch {
                         entity_id: m.entity_id.clone(),
                         version: counter,
@@ -351,6 +364,7 @@ mod tests {
                 version: 5,
                 deleted: true,
                 origin: String::new(),
+                writer: Some("other".into()),
             },
         )]);
         let plan = plan_push(
@@ -371,6 +385,30 @@ mod tests {
                 entity_id: E.into(),
                 version: 6
             }]
+        );
+    }
+
+    #[test]
+    fn a_resend_tells_the_version_while_the_entity_is_still_the_clients() {
+        let mine = |writer: &str| {
+            HashMap::from([(
+                E.to_string(),
+                Current {
+                    version: 7,
+                    deleted: false,
+                    origin: "laptop".into(),
+                    writer: Some(writer.into()),
+                },
+            )])
+        };
+        let r = request(vec![put(3, 0, "x")]);
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, mine("c")).unwrap();
+        assert_eq!(plan.response.results[0].version, Some(7));
+        assert!(!plan.changed);
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, mine("other")).unwrap();
+        assert_eq!(
+            plan.response.results[0].version, None,
+            "another device wrote since"
         );
     }
 

@@ -40,11 +40,10 @@ fn pool_err(e: deadpool_postgres::PoolError) -> PlayersError {
     }
 }
 
-/// The PostgreSQL store: a pool, and the connection that listens for
-/// other processes' changes.
+/// The PostgreSQL store: a pool (and, in its own task, the connection that
+/// listens for every process's changes).
 pub(super) struct PgPlayers {
     pool: Pool,
-    _listener: tokio_postgres::Client,
 }
 
 impl PgPlayers {
@@ -133,37 +132,12 @@ impl PgPlayers {
         tx.commit().await.map_err(pg)?;
         drop(client);
 
-        let (listener, mut connection) = config.connect(NoTls).await.map_err(pg)?;
-        tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(n)) => {
-                        if let Some((player_id, version)) = n.payload().rsplit_once(' ') {
-                            if let Ok(version) = version.parse() {
-                                let _ = changes.send(PlayerChange {
-                                    player_id: player_id.to_string(),
-                                    version,
-                                });
-                            }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!("players: the change listener's connection failed ({e}); live pokes stop until restart");
-                        return;
-                    }
-                }
-            }
-        });
-        listener
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        tokio::spawn(listen(config, changes, ready_tx));
+        ready
             .await
-            .map_err(pg)?;
-        Ok(Self {
-            pool,
-            _listener: listener,
-        })
+            .map_err(|_| PlayersError::Postgres("the change listener did not start".into()))??;
+        Ok(Self { pool })
     }
 
     /// A pooled connection (the schema is on its search path).
@@ -352,7 +326,7 @@ impl PgPlayers {
             .collect();
         let rows = tx
             .query(
-                "SELECT entity_id, version, deleted, (body::jsonb)->>'origin' FROM sync_galaxies
+                "SELECT entity_id, version, deleted, (body::jsonb)->>'origin', writer FROM sync_galaxies
                  WHERE player_id = $1 AND entity_id = ANY($2)",
                 &[&player_id, &ids],
             )
@@ -367,6 +341,7 @@ impl PgPlayers {
                         version: r.get::<_, i64>(1) as u64,
                         deleted: r.get(2),
                         origin: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                        writer: r.get(4),
                     },
                 )
             })
@@ -584,6 +559,88 @@ impl PgPlayers {
             .await
             .map_err(pg)?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+/// Listens for changes on a connection of its own, forever: every
+/// notification becomes a [`PlayerChange`]. A lost connection is
+/// reconnected with a growing pause; after a reconnect a wildcard change
+/// (player `*`) pokes every device, since notifications in between were
+/// missed. `ready` learns how the first `LISTEN` went.
+async fn listen(
+    config: tokio_postgres::Config,
+    changes: broadcast::Sender<PlayerChange>,
+    ready: tokio::sync::oneshot::Sender<Result<(), PlayersError>>,
+) {
+    let mut ready = Some(ready);
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        let started = async {
+            let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+            let (msg_tx, msg_rx) = tokio::sync::mpsc::unbounded_channel();
+            let pump = tokio::spawn(async move {
+                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(m) = messages.next().await {
+                    if msg_tx.send(m).is_err() {
+                        return;
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .await
+                .map_err(pg)?;
+            Ok::<_, PlayersError>((client, msg_rx, pump))
+        }
+        .await;
+        let (client, mut messages, pump) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                    return;
+                }
+                tracing::warn!("players: reconnecting the change listener failed ({e})");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+                continue;
+            }
+        };
+        match ready.take() {
+            Some(r) => {
+                let _ = r.send(Ok(()));
+            }
+            None => {
+                let _ = changes.send(PlayerChange {
+                    player_id: "*".into(),
+                    version: 0,
+                });
+            }
+        }
+        pause = std::time::Duration::from_millis(200);
+        while let Some(message) = messages.recv().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if let Some((player_id, version)) = n.payload().rsplit_once(' ') {
+                        if let Ok(version) = version.parse() {
+                            let _ = changes.send(PlayerChange {
+                                player_id: player_id.to_string(),
+                                version,
+                            });
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "players: the change listener's connection failed ({e}); reconnecting"
+                    );
+                    break;
+                }
+            }
+        }
+        drop(client);
+        pump.abort();
     }
 }
 

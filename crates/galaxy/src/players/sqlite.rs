@@ -215,7 +215,7 @@ fn current(
 ) -> Result<Option<Current>, PlayersError> {
     Ok(conn
         .prepare_cached(
-            "SELECT version, deleted, json_extract(body, '$.origin') FROM sync_galaxies
+            "SELECT version, deleted, json_extract(body, '$.origin'), writer FROM sync_galaxies
              WHERE player_id = ?1 AND entity_id = ?2",
         )?
         .query_row(params![player_id, entity_id], |r| {
@@ -223,6 +223,7 @@ fn current(
                 version: r.get::<_, i64>(0)? as u64,
                 deleted: r.get(1)?,
                 origin: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                writer: r.get(3)?,
             })
         })
         .optional()?)

@@ -1,0 +1,297 @@
+//! Topics and event subscriptions as the management API reads and writes
+//! them, with Azure's property names, and the checks a write passes.
+//! Pure: JSON in, a checked definition or a reason out.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::Schema;
+use crate::filter::Filter;
+use crate::retry::RetryPolicy;
+
+/// Longest topic or subscription name.
+pub const MAX_NAME: usize = 64;
+/// Most custom delivery headers per subscription.
+pub const MAX_DELIVERY_HEADERS: usize = 10;
+
+/// A name Azure would accept: 3 to 64 letters, digits and dashes.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = (3..=MAX_NAME).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "a {what} name has 3 to {MAX_NAME} letters, digits and dashes (got '{}')",
+            name.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
+/// `PUT .../topics/{topic}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicInput {
+    /// The schema publishers use (default `EventGridSchema`).
+    #[serde(default = "default_schema")]
+    pub input_schema: Schema,
+}
+
+fn default_schema() -> Schema {
+    Schema::EventGridSchema
+}
+
+/// One custom delivery header (`deliveryAttributeMappings`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryAttribute {
+    /// The header's name.
+    pub name: String,
+    /// `Static` (only kind supported).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `{ "value": "...", "isSecret": false }`.
+    pub properties: Value,
+}
+
+/// Where a subscription's events go.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "endpointType", content = "properties")]
+pub enum Destination {
+    /// POST to a URL.
+    WebHook(WebHook),
+    /// Start an orchestration per event (its input is the event).
+    Orchestration(OrchestrationTarget),
+}
+
+/// A webhook destination.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebHook {
+    /// http(s) URL.
+    pub endpoint_url: String,
+    /// 1 to 5000 (default 1).
+    #[serde(default = "one")]
+    pub max_events_per_batch: u32,
+    /// 1 to 1024 (default 64).
+    #[serde(default = "default_batch_kb")]
+    pub preferred_batch_size_in_kilobytes: u32,
+    /// Custom headers on every delivery.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivery_attribute_mappings: Vec<DeliveryAttribute>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_batch_kb() -> u32 {
+    64
+}
+
+/// An orchestration destination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrchestrationTarget {
+    /// A registered orchestration, e.g. `Galaxy_Create`.
+    pub name: String,
+}
+
+/// `PUT .../eventSubscriptions/{name}` (at the top level or under
+/// `properties`, as Azure's REST API nests it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionInput {
+    /// Where events go.
+    pub destination: Destination,
+    /// Which events.
+    #[serde(default)]
+    pub filter: Filter,
+    /// The schema events are delivered in (default: the topic's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_delivery_schema: Option<Schema>,
+    /// Retries.
+    #[serde(default)]
+    pub retry_policy: RetryPolicy,
+    /// Dead letters are kept (and listable) when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_destination: Option<Value>,
+    /// Labels (kept, unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+}
+
+impl SubscriptionInput {
+    /// Reads a PUT body (top-level or `properties`) and checks it against
+    /// the topic's schema.
+    pub fn parse(body: Value, topic_schema: Schema) -> Result<Self, String> {
+        let body = match body {
+            Value::Object(mut o) if o.contains_key("properties") => {
+                o.remove("properties").unwrap_or(Value::Null)
+            }
+            other => other,
+        };
+        let input: SubscriptionInput =
+            serde_json::from_value(body).map_err(|e| format!("not an event subscription: {e}"))?;
+        input.check(topic_schema)?;
+        Ok(input)
+    }
+
+    /// The checks of a write.
+    pub fn check(&self, topic_schema: Schema) -> Result<(), String> {
+        self.filter.check().map_err(|e| e.0)?;
+        self.retry_policy.check()?;
+        if topic_schema == Schema::CloudEvents
+            && self.event_delivery_schema == Some(Schema::EventGridSchema)
+        {
+            return Err(
+                "events published as CloudEvents cannot be delivered in the Event Grid schema"
+                    .into(),
+            );
+        }
+        match &self.destination {
+            Destination::WebHook(w) => {
+                check_url(&w.endpoint_url)?;
+                if !(1..=5000).contains(&w.max_events_per_batch) {
+                    return Err("maxEventsPerBatch must be 1 to 5000".into());
+                }
+                if !(1..=1024).contains(&w.preferred_batch_size_in_kilobytes) {
+                    return Err("preferredBatchSizeInKilobytes must be 1 to 1024".into());
+                }
+                if w.delivery_attribute_mappings.len() > MAX_DELIVERY_HEADERS {
+                    return Err(format!(
+                        "at most {MAX_DELIVERY_HEADERS} delivery attribute mappings"
+                    ));
+                }
+                for a in &w.delivery_attribute_mappings {
+                    let valid = !a.name.is_empty()
+                        && a.name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                    if !valid || a.kind != "Static" || !a.properties["value"].is_string() {
+                        return Err(format!(
+                            "delivery attribute '{}' must be a Static header with a string value and a name of letters, digits, '-' or '_'",
+                            a.name
+                        ));
+                    }
+                }
+            }
+            Destination::Orchestration(o) => {
+                if o.name.trim().is_empty() {
+                    return Err("an Orchestration destination needs properties.name".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The schema deliveries use.
+    pub fn delivery_schema(&self, topic_schema: Schema) -> Schema {
+        self.event_delivery_schema.unwrap_or(topic_schema)
+    }
+}
+
+/// A webhook URL the router may call: http(s) with a host that is not a
+/// link-local or cloud metadata address.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!(
+                "endpointUrl must be an http(s) URL (got '{}')",
+                url.chars().take(80).collect::<String>()
+            )
+        })?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    }
+    .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err("endpointUrl has no host".into());
+    }
+    let forbidden = host.starts_with("169.254.")
+        || host.starts_with("fe80:")
+        || host == "metadata.google.internal"
+        || host == "metadata"
+        || host == "fd00:ec2::254";
+    if forbidden {
+        return Err(format!(
+            "endpointUrl may not point at a link-local or metadata address ({host})"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subscriptions_read_azures_shape_nested_or_not() {
+        let body = json!({"properties": {
+            "destination": {"endpointType": "WebHook", "properties": {"endpointUrl": "http://127.0.0.1:9/hook", "maxEventsPerBatch": 10,
+                "deliveryAttributeMappings": [{"name": "x-game", "type": "Static", "properties": {"value": "forge", "isSecret": false}}]}},
+            "filter": {"includedEventTypes": ["Galaxy.Created"]},
+            "retryPolicy": {"maxDeliveryAttempts": 5},
+            "deadLetterDestination": {"endpointType": "StorageBlob"}
+        }});
+        let s = SubscriptionInput::parse(body, Schema::EventGridSchema).unwrap();
+        assert!(
+            matches!(&s.destination, Destination::WebHook(w) if w.max_events_per_batch == 10 && w.preferred_batch_size_in_kilobytes == 64)
+        );
+        assert_eq!(s.retry_policy.max_delivery_attempts, 5);
+        assert_eq!(s.retry_policy.event_time_to_live_in_minutes, 1440);
+        let o = SubscriptionInput::parse(
+            json!({"destination": {"endpointType": "Orchestration", "properties": {"name": "Galaxy_Create"}}}),
+            Schema::CloudEvents,
+        )
+        .unwrap();
+        assert_eq!(o.delivery_schema(Schema::CloudEvents), Schema::CloudEvents);
+    }
+
+    #[test]
+    fn bad_subscriptions_say_why() {
+        let hook = |url: &str| json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": url}}});
+        for (body, needle) in [
+            (hook("ftp://x/y"), "http(s)"),
+            (
+                hook("http://169.254.169.254/latest/meta-data"),
+                "link-local",
+            ),
+            (hook("http://[fe80::1]/x"), "link-local"),
+            (hook("http:///x"), "no host"),
+            (
+                json!({"destination": {"endpointType": "Queue", "properties": {}}}),
+                "not an event subscription",
+            ),
+            (
+                json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": "http://a/b", "maxEventsPerBatch": 0}}}),
+                "maxEventsPerBatch",
+            ),
+            (
+                json!({"destination": {"endpointType": "Orchestration", "properties": {"name": " "}}}),
+                "properties.name",
+            ),
+        ] {
+            let err = SubscriptionInput::parse(body.clone(), Schema::EventGridSchema).unwrap_err();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
+        let mut many = hook("http://a/b");
+        many["filter"] = json!({"advancedFilters": (0..26).map(|_| json!({"operatorType": "IsNotNull", "key": "data.x"})).collect::<Vec<_>>()});
+        assert!(SubscriptionInput::parse(many, Schema::EventGridSchema)
+            .unwrap_err()
+            .contains("25"));
+        let mut ce_to_eg = hook("http://a/b");
+        ce_to_eg["eventDeliverySchema"] = json!("EventGridSchema");
+        assert!(SubscriptionInput::parse(ce_to_eg, Schema::CloudEvents).is_err());
+        assert!(check_name("topic", "ab").is_err());
+        assert!(check_name("topic", "galaxy-events").is_ok());
+        assert!(check_name("topic", "no/slash").is_err());
+    }
+}
