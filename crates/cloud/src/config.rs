@@ -31,6 +31,11 @@ pub struct Args {
     /// A whole number followed by s, m, h or d.
     #[arg(long, env = "GALAXY_TOMBSTONE_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub tombstone_retention: std::time::Duration,
+    /// Event delivery retry delays are multiplied by this (the schedule is
+    /// 10 s, 30 s, 1 min, ... 12 h; 0.001 runs it in milliseconds, for
+    /// tests and demos).
+    #[arg(long, env = "GALAXY_EVENT_RETRY_SCALE", default_value_t = 1.0)]
+    pub event_retry_scale: f64,
     /// Also register the sample orchestrations (Sample_WaitForEvent,
     /// Sample_Fail) for trying the management API.
     #[arg(long, env = "GALAXY_SAMPLES")]

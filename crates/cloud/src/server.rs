@@ -40,6 +40,9 @@ pub enum ServeError {
     /// The galaxies table refused to open.
     #[error("galaxies table: {0}")]
     Table(#[from] galaxy::TableError),
+    /// The event router's store refused to open.
+    #[error("events store: {0}")]
+    Events(#[from] eventgrid::store::StoreError),
     /// The players store refused to open.
     #[error("players store: {0}")]
     Players(#[from] galaxy::players::PlayersError),
@@ -243,8 +246,10 @@ pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalSe
             source,
         })?;
     let addr = listener.local_addr()?;
-    let state =
-        AppState::new(engine, table.clone(), keys, players).with_default_host(addr.to_string());
+    let events = eventgrid::RouterStore::open(dir.join("events.db"))?;
+    let state = AppState::new(engine, table.clone(), keys, players, events)
+        .with_default_host(addr.to_string());
+    state.start_delivery();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(serve(listener, state.clone(), async move {
         let _ = stopped.await;
@@ -376,8 +381,21 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         }
     };
     let addr = listener.local_addr()?;
-    let state = AppState::new(engine.clone(), table.clone(), keys, players.clone())
-        .with_default_host(addr.to_string());
+    let events = match eventgrid::RouterStore::open(args.data_dir.join("events.db")) {
+        Ok(e) => e,
+        Err(e) => {
+            engine.shutdown(ENGINE_GRACE).await;
+            opened.close().await;
+            return Err(e.into());
+        }
+    };
+    let state = AppState::new(engine.clone(), table.clone(), keys, players.clone(), events)
+        .with_default_host(addr.to_string())
+        .with_event_config(eventgrid::deliver::DeliveryConfig {
+            retry_scale: args.event_retry_scale,
+            ..eventgrid::deliver::DeliveryConfig::default()
+        });
+    state.start_delivery();
     tokio::spawn(purge_tombstones(
         players,
         args.tombstone_retention,

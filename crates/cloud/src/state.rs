@@ -22,6 +22,12 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// Players, devices and their synced galaxies.
     pub players: Players,
+    /// The event router's topics, subscriptions and deliveries.
+    pub events: eventgrid::RouterStore,
+    /// The client the router calls receivers with.
+    pub event_http: reqwest::Client,
+    /// How the router delivers (timeout, retry scale).
+    pub event_config: eventgrid::deliver::DeliveryConfig,
     /// Request counters and dispatch latency.
     pub metrics: Arc<Metrics>,
     /// Host (and port) used for absolute URIs when a request has no `Host`
@@ -36,7 +42,13 @@ impl AppState {
     /// Must be called inside a Tokio runtime: it spawns the task that
     /// measures dispatch latency from the engine's update stream (it ends
     /// on [`AppState::begin_shutdown`]).
-    pub fn new(engine: Engine, table: impl Into<Galaxies>, keys: Keys, players: Players) -> Self {
+    pub fn new(
+        engine: Engine,
+        table: impl Into<Galaxies>,
+        keys: Keys,
+        players: Players,
+        events: eventgrid::RouterStore,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let shutdown = Arc::new(watch::channel(false).0);
         tokio::spawn(crate::metrics::watch_dispatch(
@@ -49,10 +61,34 @@ impl AppState {
             table: table.into(),
             keys: Arc::new(keys),
             players,
+            events,
+            event_http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client without custom TLS settings always builds"),
+            event_config: eventgrid::deliver::DeliveryConfig::default(),
             metrics,
             default_host: Arc::from("localhost"),
             shutdown,
         }
+    }
+
+    /// The same state with other delivery settings.
+    pub fn with_event_config(mut self, config: eventgrid::deliver::DeliveryConfig) -> Self {
+        self.event_config = config;
+        self
+    }
+
+    /// Starts the router's delivery loop (until shutdown begins).
+    pub fn start_delivery(&self) {
+        let starter = Arc::new(EngineStarter(self.engine.clone()));
+        tokio::spawn(eventgrid::deliver::run(
+            self.events.clone(),
+            self.event_http.clone(),
+            starter,
+            self.event_config.clone(),
+            self.shutdown_signal(),
+        ));
     }
 
     /// The same state with another fallback host (the bound address).
@@ -78,5 +114,27 @@ impl AppState {
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
+    }
+}
+
+/// Orchestration subscriptions start instances on this server's engine;
+/// an instance that exists already is the event's earlier delivery.
+struct EngineStarter(Engine);
+
+impl eventgrid::deliver::Starter for EngineStarter {
+    fn start(
+        &self,
+        name: &str,
+        instance_id: String,
+        input: serde_json::Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let id = durable::InstanceId::new(instance_id).map_err(|e| e.to_string())?;
+            match self.0.start_orchestration(&name, Some(id), input).await {
+                Ok(_) | Err(durable::Error::Conflict(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 }

@@ -69,6 +69,21 @@ fn contract_routes() -> BTreeSet<(String, String)> {
         ("post", "/api/sync/push"),
         ("get", "/api/sync/pull"),
         ("get", "/api/sync/events"),
+        ("get", "/api/events/topics"),
+        ("put", "/api/events/topics/{topic}"),
+        ("get", "/api/events/topics/{topic}"),
+        ("delete", "/api/events/topics/{topic}"),
+        ("post", "/api/events/topics/{topic}/listKeys"),
+        ("post", "/api/events/topics/{topic}/regenerateKey"),
+        ("post", "/api/events/topics/{topic}/events"),
+        ("get", "/api/events/topics/{topic}/events/{eventId}/deliveries"),
+        ("get", "/api/events/topics/{topic}/eventSubscriptions"),
+        ("put", "/api/events/topics/{topic}/eventSubscriptions/{name}"),
+        ("get", "/api/events/topics/{topic}/eventSubscriptions/{name}"),
+        ("delete", "/api/events/topics/{topic}/eventSubscriptions/{name}"),
+        ("get", "/api/events/topics/{topic}/eventSubscriptions/{name}/validate"),
+        ("get", "/api/events/topics/{topic}/eventSubscriptions/{name}/deadLetters"),
+        ("post", "/api/events/topics/{topic}/eventSubscriptions/{name}/redeliver"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))

@@ -14,19 +14,27 @@
 //!   names, and the checks a write passes (URLs, batching, headers).
 //! - [`retry`]: after a delivery attempt: delivered, retried when, or
 //!   dead-lettered why (schedule, non-retried codes, `Retry-After`, limits).
+//! - [`store`]: [`RouterStore`], topics, subscriptions, accepted events and
+//!   their deliveries (made in the publish's transaction), attempts, dead
+//!   letters, in SQLite.
+//! - [`deliver`]: the validation handshake and the delivery loop (batches,
+//!   headers, orchestration subscriptions through a [`deliver::Starter`]).
 //!
-//! Still to come (issue 10): topics and subscriptions persisted in the
-//! engine's store, the delivery workers (validation handshake, batching,
-//! dead-letter records, re-drive), orchestration subscriptions, the system
-//! topic, and the routes in galaxy-cloud.
+//! Still to come (issue 10): PostgreSQL and leases between processes, the
+//! system topic (engine and galaxy events through a transactional
+//! outbox), metrics, the official SDK publisher run, the benchmark.
 //!
 //! Invariant: no HTTP routes here (galaxy-cloud serves them), no Tauri.
 
 pub mod event;
+pub mod deliver;
 pub mod filter;
 pub mod model;
 pub mod retry;
 pub mod sas;
+pub mod store;
 
 pub use event::{Event, PublishError, Schema};
 pub use filter::{AdvancedFilter, Filter, FilterError, Operator};
+pub use model::Destination;
+pub use store::RouterStore;

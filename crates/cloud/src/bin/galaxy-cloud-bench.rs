@@ -69,11 +69,13 @@ async fn start_server() -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let players = galaxy::players::Players::open(dir.path().join("players.db"))?;
+    let events = eventgrid::RouterStore::open(dir.path().join("events.db"))?;
     let state = AppState::new(
         engine.clone(),
         table.clone(),
         Keys::new(KEY, MASTER)?,
         players,
+        events,
     )
     .with_default_host(addr.to_string());
     let (stop, mut stopped) = watch::channel(false);

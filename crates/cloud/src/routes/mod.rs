@@ -1,6 +1,7 @@
 //! The route table. Each route is registered once, through `utoipa-axum`,
 //! so the router and the OpenAPI document cannot disagree.
 
+pub mod events;
 pub mod galaxies;
 pub mod instances;
 pub mod ops;
@@ -33,6 +34,7 @@ use crate::{device_auth, keys};
         (name = "galaxies", description = "The galaxies table"),
         (name = "players", description = "Players, devices, device tokens and link codes"),
         (name = "sync", description = "Device sync: push, pull, live pokes"),
+        (name = "events", description = "The event router (Event Grid model): topics, subscriptions, publishing, dead letters"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]
@@ -80,6 +82,15 @@ pub(crate) fn build(state: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(galaxies::list))
         .routes(routes!(galaxies::get))
         .routes(routes!(ops::metrics))
+        .routes(routes!(events::list_topics))
+        .routes(routes!(events::put_topic, events::get_topic, events::delete_topic))
+        .routes(routes!(events::list_keys))
+        .routes(routes!(events::regenerate_key))
+        .routes(routes!(events::list_subscriptions))
+        .routes(routes!(events::put_subscription, events::get_subscription, events::delete_subscription))
+        .routes(routes!(events::dead_letters))
+        .routes(routes!(events::redeliver))
+        .routes(routes!(events::deliveries))
         .route_layer(from_fn_with_state(state.clone(), keys::require_key));
     let device = OpenApiRouter::new()
         .routes(routes!(players::link_code))
@@ -95,6 +106,8 @@ pub(crate) fn build(state: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
     let public = OpenApiRouter::new()
         .routes(routes!(players::register))
         .routes(routes!(players::join))
+        .routes(routes!(events::publish))
+        .routes(routes!(events::validate))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::openapi));
     OpenApiRouter::with_openapi(ApiDoc::openapi())

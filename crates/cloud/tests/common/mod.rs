@@ -36,7 +36,8 @@ pub fn start_with(samples: bool, config: EngineConfig) -> TestApp {
     let registry = cloud::server::registry(table.clone(), Some(players.clone()), samples);
     let engine = Engine::start(store.clone() as Arc<dyn Store>, registry, config);
     let keys = Keys::new(FUNCTION_KEY, MASTER_KEY).expect("keys");
-    let state = AppState::new(engine, table, keys, players);
+    let events = eventgrid::RouterStore::open(dir.path().join("events.db")).expect("events");
+    let state = AppState::new(engine, table, keys, players, events);
     let router = cloud::app(state.clone());
     TestApp {
         state,

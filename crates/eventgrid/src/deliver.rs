@@ -1,0 +1,387 @@
+//! Push delivery: the validation handshake of a new webhook subscription,
+//! and the loop that delivers due events (batched as the subscription
+//! asks), records each attempt and decides what follows
+//! ([`crate::retry`]). The loop sleeps until the next delivery is due or a
+//! publish wakes it: no polling.
+//!
+//! Deliveries carry the reference's headers (`aeg-subscription-name`,
+//! `aeg-delivery-count`, `aeg-event-type: Notification`,
+//! `aeg-metadata-version`, `aeg-data-version`) and the subscription's
+//! static headers. An orchestration subscription starts one instance per
+//! event through [`Starter`], with an instance id made from the topic and
+//! the event id, so a redelivered or republished event starts nothing new.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+use crate::event::Schema;
+use crate::model::{Destination, WebHook};
+use crate::retry::{decide, Attempt, Decision};
+use crate::store::{DueDelivery, Next, Provisioning, RecordedAttempt, RouterStore, SubscriptionRecord};
+
+/// Starts an orchestration for an event (galaxy-cloud gives the engine).
+pub trait Starter: Send + Sync + 'static {
+    /// Starts `name` as `instance_id` with `input`; an instance that
+    /// already exists under that id is success (the event was delivered
+    /// before).
+    fn start(
+        &self,
+        name: &str,
+        instance_id: String,
+        input: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// How delivery behaves.
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// A receiver's answer must come within this.
+    pub timeout: Duration,
+    /// Retry delays are multiplied by this (1.0 in production; tests use
+    /// 0.001 to run the real schedule in milliseconds).
+    pub retry_scale: f64,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            retry_scale: 1.0,
+            concurrency: 32,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// An Event Grid event as a CloudEvent (the one conversion allowed).
+pub fn to_cloud_event(e: &Value) -> Value {
+    let topic = e["topic"].as_str().unwrap_or("");
+    let mut ce = json!({
+        "specversion": "1.0",
+        "id": e["id"],
+        "source": format!("/topics/{topic}"),
+        "type": e["eventType"],
+        "subject": e["subject"],
+        "time": e["eventTime"],
+        "datacontenttype": "application/json",
+        "data": e["data"],
+    });
+    if let Some(v) = e["dataVersion"].as_str().filter(|v| !v.is_empty()) {
+        ce["dataschema"] = json!(v);
+    }
+    ce
+}
+
+/// The instance id an orchestration subscription uses for an event: the
+/// same event always maps to the same instance.
+pub fn instance_id_for(topic: &str, event_id: &str) -> String {
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| if c.is_control() || matches!(c, '/' | '\\' | '#' | '?') { '_' } else { c })
+            .collect::<String>()
+    };
+    let id = format!("eg:{}:{}", clean(topic).to_lowercase(), clean(event_id));
+    id.chars().take(256).collect()
+}
+
+/// Runs the handshake of a webhook subscription and records the outcome:
+/// `Succeeded` when the endpoint proves it wants the events, `Failed`
+/// (with why) when it answers anything else. An endpoint that does not
+/// answer stays `AwaitingManualAction`.
+pub async fn validate(store: &RouterStore, http: &reqwest::Client, sub: &SubscriptionRecord, schema: Schema, timeout: Duration) {
+    let Destination::WebHook(hook) = &sub.input.destination else { return };
+    let outcome = match schema {
+        Schema::EventGridSchema => {
+            let event = json!([{
+                "id": uuid::Uuid::new_v4().to_string(),
+                "topic": sub.topic,
+                "subject": "",
+                "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+                "eventTime": chrono::Utc::now().to_rfc3339(),
+                "data": { "validationCode": sub.validation_code },
+                "dataVersion": "2",
+                "metadataVersion": "1",
+            }]);
+            let sent = http
+                .post(&hook.endpoint_url)
+                .header("aeg-event-type", "SubscriptionValidation")
+                .header("aeg-subscription-name", sub.name.to_uppercase())
+                .json(&event)
+                .timeout(timeout)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                    Ok(v) if v["validationResponse"].as_str() == Some(sub.validation_code.as_str()) => Ok(()),
+                    _ => Err("the endpoint answered without the validationResponse code".to_string()),
+                },
+                Ok(r) => Err(format!("the endpoint answered HTTP {} to the validation event", r.status().as_u16())),
+                Err(e) => {
+                    tracing::info!(subscription = %sub.name, "validation: {e}");
+                    return;
+                }
+            }
+        }
+        Schema::CloudEvents => {
+            let sent = http
+                .request(reqwest::Method::OPTIONS, &hook.endpoint_url)
+                .header("WebHook-Request-Origin", "eventgrid.galaxy-forge.local")
+                .header("WebHook-Request-Rate", "120")
+                .timeout(timeout)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    let allowed = r
+                        .headers()
+                        .get("WebHook-Allowed-Origin")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if allowed == "*" || allowed.eq_ignore_ascii_case("eventgrid.galaxy-forge.local") {
+                        Ok(())
+                    } else {
+                        Err("the endpoint did not grant WebHook-Allowed-Origin".to_string())
+                    }
+                }
+                Ok(r) => Err(format!("the endpoint answered HTTP {} to the OPTIONS handshake", r.status().as_u16())),
+                Err(e) => {
+                    tracing::info!(subscription = %sub.name, "validation: {e}");
+                    return;
+                }
+            }
+        }
+    };
+    let (state, reason) = match outcome {
+        Ok(()) => (Provisioning::Succeeded, None),
+        Err(why) => (Provisioning::Failed, Some(why)),
+    };
+    if let Err(e) = store.set_provisioning(&sub.topic, &sub.name, state, reason).await {
+        tracing::warn!("recording a validation: {e}");
+    }
+}
+
+/// Groups due deliveries into requests: per subscription, up to its batch
+/// size and preferred kilobytes (a single event larger than that still
+/// goes alone).
+fn batches(due: Vec<DueDelivery>, subs: &HashMap<(String, String), SubscriptionRecord>) -> Vec<Vec<DueDelivery>> {
+    let mut by_sub: HashMap<(String, String), Vec<DueDelivery>> = HashMap::new();
+    for d in due {
+        by_sub.entry((d.topic.to_lowercase(), d.subscription.to_lowercase())).or_default().push(d);
+    }
+    let mut out = Vec::new();
+    for (key, list) in by_sub {
+        let (max_n, max_bytes) = match subs.get(&key).map(|s| &s.input.destination) {
+            Some(Destination::WebHook(w)) => (w.max_events_per_batch as usize, w.preferred_batch_size_in_kilobytes as usize * 1024),
+            _ => (1, usize::MAX),
+        };
+        let mut current: Vec<DueDelivery> = Vec::new();
+        let mut bytes = 0;
+        for d in list {
+            let size = d.event.to_string().len();
+            if !current.is_empty() && (current.len() >= max_n || bytes + size > max_bytes) {
+                out.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += size;
+            current.push(d);
+        }
+        if !current.is_empty() {
+            out.push(current);
+        }
+    }
+    out
+}
+
+async fn post(
+    http: &reqwest::Client,
+    hook: &WebHook,
+    sub: &str,
+    schema: Schema,
+    topic_schema: Schema,
+    batch: &[DueDelivery],
+    timeout: Duration,
+) -> Attempt {
+    let events: Vec<Value> = batch
+        .iter()
+        .map(|d| match (topic_schema, schema) {
+            (Schema::EventGridSchema, Schema::CloudEvents) => to_cloud_event(&d.event),
+            _ => d.event.clone(),
+        })
+        .collect();
+    let first = &batch[0];
+    let mut request = http
+        .post(&hook.endpoint_url)
+        .timeout(timeout)
+        .header("aeg-subscription-name", sub.to_uppercase())
+        .header("aeg-delivery-count", first.attempts.to_string())
+        .header("aeg-event-type", "Notification")
+        .header("aeg-metadata-version", "1")
+        .header("aeg-data-version", first.event["dataVersion"].as_str().unwrap_or(""));
+    for a in &hook.delivery_attribute_mappings {
+        if let Some(v) = a.properties["value"].as_str() {
+            request = request.header(a.name.as_str(), v);
+        }
+    }
+    let (content_type, body) = match schema {
+        Schema::CloudEvents if events.len() == 1 => ("application/cloudevents+json; charset=utf-8", events[0].to_string()),
+        Schema::CloudEvents => ("application/cloudevents-batch+json; charset=utf-8", Value::Array(events).to_string()),
+        Schema::EventGridSchema => ("application/json; charset=utf-8", Value::Array(events).to_string()),
+    };
+    match request.header("content-type", content_type).body(body).send().await {
+        Ok(r) => {
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Attempt::Status(r.status().as_u16(), retry_after)
+        }
+        Err(e) if e.is_timeout() => Attempt::TimedOut,
+        Err(_) => Attempt::SocketError,
+    }
+}
+
+/// Delivers one request's worth of events and records the outcome of each.
+async fn deliver_batch(
+    store: RouterStore,
+    http: reqwest::Client,
+    starter: Arc<dyn Starter>,
+    config: DeliveryConfig,
+    sub: Option<SubscriptionRecord>,
+    topic_schema: Schema,
+    batch: Vec<DueDelivery>,
+) {
+    let attempt = match &sub {
+        // The subscription was deleted: nothing to deliver to.
+        None => Attempt::Status(404, None),
+        Some(s) => match &s.input.destination {
+            Destination::WebHook(hook) => {
+                let schema = s.input.delivery_schema(topic_schema);
+                post(&http, hook, &s.name, schema, topic_schema, &batch, config.timeout).await
+            }
+            Destination::Orchestration(o) => {
+                let d = &batch[0];
+                let id = instance_id_for(&d.topic, d.event["id"].as_str().unwrap_or_default());
+                match starter.start(&o.name, id, d.event.clone()).await {
+                    Ok(()) => Attempt::Status(200, None),
+                    Err(e) => {
+                        tracing::warn!("starting {} for an event: {e}", o.name);
+                        Attempt::Status(500, None)
+                    }
+                }
+            }
+        },
+    };
+    let policy = sub.as_ref().map(|s| s.input.retry_policy).unwrap_or_default();
+    let at = now_ms();
+    for d in batch {
+        let n = d.attempts + 1;
+        let age = Duration::from_millis((at - d.published_ms).max(0) as u64);
+        let decision = if sub.is_none() {
+            Decision::DeadLetter("SubscriptionDeleted")
+        } else {
+            decide(&attempt, n, age, policy, config.retry_scale, rand::thread_rng().gen())
+        };
+        let next = match decision {
+            Decision::Delivered => Next::Delivered,
+            Decision::RetryAfter(delay) => Next::RetryAt(at + delay.as_millis() as i64),
+            Decision::DeadLetter(reason) => Next::Dead(reason.to_string()),
+        };
+        let status = match &attempt {
+            Attempt::Status(s, _) => Some(*s),
+            _ => None,
+        };
+        let recorded = RecordedAttempt {
+            seq: d.seq,
+            topic: d.topic.clone(),
+            subscription: d.subscription.clone(),
+            n,
+            at_ms: at,
+            outcome: attempt.outcome().to_string(),
+            status,
+            next,
+        };
+        if let Err(e) = store.record_attempt(recorded).await {
+            tracing::warn!("recording a delivery attempt: {e}");
+        }
+    }
+}
+
+/// Delivers due events until `stop` resolves.
+pub async fn run(
+    store: RouterStore,
+    http: reqwest::Client,
+    starter: Arc<dyn Starter>,
+    config: DeliveryConfig,
+    stop: impl Future<Output = ()> + Send,
+) {
+    tokio::pin!(stop);
+    let wake = store.wake();
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    loop {
+        let due = match store.due(now_ms(), config.concurrency.max(1) * 8).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("reading due deliveries: {e}");
+                Vec::new()
+            }
+        };
+        if !due.is_empty() {
+            let mut subs = HashMap::new();
+            let mut schemas = HashMap::new();
+            for d in &due {
+                let key = (d.topic.to_lowercase(), d.subscription.to_lowercase());
+                if !subs.contains_key(&key) {
+                    if let Ok(s) = store.subscription(&d.topic, &d.subscription).await {
+                        subs.insert(key.clone(), s);
+                    }
+                }
+                if !schemas.contains_key(&key.0) {
+                    let schema = store.topic(&d.topic).await.map_or(Schema::EventGridSchema, |t| t.input_schema);
+                    schemas.insert(key.0.clone(), schema);
+                }
+            }
+            for batch in batches(due, &subs) {
+                while in_flight.len() >= config.concurrency.max(1) {
+                    in_flight.join_next().await;
+                }
+                let key = (batch[0].topic.to_lowercase(), batch[0].subscription.to_lowercase());
+                in_flight.spawn(deliver_batch(
+                    store.clone(),
+                    http.clone(),
+                    starter.clone(),
+                    config.clone(),
+                    subs.get(&key).cloned(),
+                    schemas.get(&key.0).copied().unwrap_or(Schema::EventGridSchema),
+                    batch,
+                ));
+            }
+            // What was just sent must be recorded before it is read again.
+            while in_flight.join_next().await.is_some() {}
+            continue;
+        }
+        let next = store.next_due_ms().await.ok().flatten();
+        let sleep = match next {
+            Some(ms) => Duration::from_millis((ms - now_ms()).clamp(0, 3_600_000) as u64),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
