@@ -76,14 +76,35 @@ fn contract_routes() -> BTreeSet<(String, String)> {
         ("post", "/api/events/topics/{topic}/listKeys"),
         ("post", "/api/events/topics/{topic}/regenerateKey"),
         ("post", "/api/events/topics/{topic}/events"),
-        ("get", "/api/events/topics/{topic}/events/{eventId}/deliveries"),
+        (
+            "get",
+            "/api/events/topics/{topic}/events/{eventId}/deliveries",
+        ),
         ("get", "/api/events/topics/{topic}/eventSubscriptions"),
-        ("put", "/api/events/topics/{topic}/eventSubscriptions/{name}"),
-        ("get", "/api/events/topics/{topic}/eventSubscriptions/{name}"),
-        ("delete", "/api/events/topics/{topic}/eventSubscriptions/{name}"),
-        ("get", "/api/events/topics/{topic}/eventSubscriptions/{name}/validate"),
-        ("get", "/api/events/topics/{topic}/eventSubscriptions/{name}/deadLetters"),
-        ("post", "/api/events/topics/{topic}/eventSubscriptions/{name}/redeliver"),
+        (
+            "put",
+            "/api/events/topics/{topic}/eventSubscriptions/{name}",
+        ),
+        (
+            "get",
+            "/api/events/topics/{topic}/eventSubscriptions/{name}",
+        ),
+        (
+            "delete",
+            "/api/events/topics/{topic}/eventSubscriptions/{name}",
+        ),
+        (
+            "get",
+            "/api/events/topics/{topic}/eventSubscriptions/{name}/validate",
+        ),
+        (
+            "get",
+            "/api/events/topics/{topic}/eventSubscriptions/{name}/deadLetters",
+        ),
+        (
+            "post",
+            "/api/events/topics/{topic}/eventSubscriptions/{name}/redeliver",
+        ),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))

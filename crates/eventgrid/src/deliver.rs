@@ -24,7 +24,9 @@ use tokio::task::JoinSet;
 use crate::event::Schema;
 use crate::model::{Destination, WebHook};
 use crate::retry::{decide, Attempt, Decision};
-use crate::store::{DueDelivery, Next, Provisioning, RecordedAttempt, RouterStore, SubscriptionRecord};
+use crate::store::{
+    DueDelivery, Next, Provisioning, RecordedAttempt, RouterStore, SubscriptionRecord,
+};
 
 /// Starts an orchestration for an event (galaxy-cloud gives the engine).
 pub trait Starter: Send + Sync + 'static {
@@ -89,7 +91,13 @@ pub fn to_cloud_event(e: &Value) -> Value {
 pub fn instance_id_for(topic: &str, event_id: &str) -> String {
     let clean = |s: &str| {
         s.chars()
-            .map(|c| if c.is_control() || matches!(c, '/' | '\\' | '#' | '?') { '_' } else { c })
+            .map(|c| {
+                if c.is_control() || matches!(c, '/' | '\\' | '#' | '?') {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .collect::<String>()
     };
     let id = format!("eg:{}:{}", clean(topic).to_lowercase(), clean(event_id));
@@ -100,8 +108,16 @@ pub fn instance_id_for(topic: &str, event_id: &str) -> String {
 /// `Succeeded` when the endpoint proves it wants the events, `Failed`
 /// (with why) when it answers anything else. An endpoint that does not
 /// answer stays `AwaitingManualAction`.
-pub async fn validate(store: &RouterStore, http: &reqwest::Client, sub: &SubscriptionRecord, schema: Schema, timeout: Duration) {
-    let Destination::WebHook(hook) = &sub.input.destination else { return };
+pub async fn validate(
+    store: &RouterStore,
+    http: &reqwest::Client,
+    sub: &SubscriptionRecord,
+    schema: Schema,
+    timeout: Duration,
+) {
+    let Destination::WebHook(hook) = &sub.input.destination else {
+        return;
+    };
     let outcome = match schema {
         Schema::EventGridSchema => {
             let event = json!([{
@@ -124,10 +140,20 @@ pub async fn validate(store: &RouterStore, http: &reqwest::Client, sub: &Subscri
                 .await;
             match sent {
                 Ok(r) if r.status().is_success() => match r.json::<Value>().await {
-                    Ok(v) if v["validationResponse"].as_str() == Some(sub.validation_code.as_str()) => Ok(()),
-                    _ => Err("the endpoint answered without the validationResponse code".to_string()),
+                    Ok(v)
+                        if v["validationResponse"].as_str()
+                            == Some(sub.validation_code.as_str()) =>
+                    {
+                        Ok(())
+                    }
+                    _ => {
+                        Err("the endpoint answered without the validationResponse code".to_string())
+                    }
                 },
-                Ok(r) => Err(format!("the endpoint answered HTTP {} to the validation event", r.status().as_u16())),
+                Ok(r) => Err(format!(
+                    "the endpoint answered HTTP {} to the validation event",
+                    r.status().as_u16()
+                )),
                 Err(e) => {
                     tracing::info!(subscription = %sub.name, "validation: {e}");
                     return;
@@ -149,13 +175,18 @@ pub async fn validate(store: &RouterStore, http: &reqwest::Client, sub: &Subscri
                         .get("WebHook-Allowed-Origin")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    if allowed == "*" || allowed.eq_ignore_ascii_case("eventgrid.galaxy-forge.local") {
+                    if allowed == "*"
+                        || allowed.eq_ignore_ascii_case("eventgrid.galaxy-forge.local")
+                    {
                         Ok(())
                     } else {
                         Err("the endpoint did not grant WebHook-Allowed-Origin".to_string())
                     }
                 }
-                Ok(r) => Err(format!("the endpoint answered HTTP {} to the OPTIONS handshake", r.status().as_u16())),
+                Ok(r) => Err(format!(
+                    "the endpoint answered HTTP {} to the OPTIONS handshake",
+                    r.status().as_u16()
+                )),
                 Err(e) => {
                     tracing::info!(subscription = %sub.name, "validation: {e}");
                     return;
@@ -167,7 +198,10 @@ pub async fn validate(store: &RouterStore, http: &reqwest::Client, sub: &Subscri
         Ok(()) => (Provisioning::Succeeded, None),
         Err(why) => (Provisioning::Failed, Some(why)),
     };
-    if let Err(e) = store.set_provisioning(&sub.topic, &sub.name, state, reason).await {
+    if let Err(e) = store
+        .set_provisioning(&sub.topic, &sub.name, state, reason)
+        .await
+    {
         tracing::warn!("recording a validation: {e}");
     }
 }
@@ -175,15 +209,24 @@ pub async fn validate(store: &RouterStore, http: &reqwest::Client, sub: &Subscri
 /// Groups due deliveries into requests: per subscription, up to its batch
 /// size and preferred kilobytes (a single event larger than that still
 /// goes alone).
-fn batches(due: Vec<DueDelivery>, subs: &HashMap<(String, String), SubscriptionRecord>) -> Vec<Vec<DueDelivery>> {
+fn batches(
+    due: Vec<DueDelivery>,
+    subs: &HashMap<(String, String), SubscriptionRecord>,
+) -> Vec<Vec<DueDelivery>> {
     let mut by_sub: HashMap<(String, String), Vec<DueDelivery>> = HashMap::new();
     for d in due {
-        by_sub.entry((d.topic.to_lowercase(), d.subscription.to_lowercase())).or_default().push(d);
+        by_sub
+            .entry((d.topic.to_lowercase(), d.subscription.to_lowercase()))
+            .or_default()
+            .push(d);
     }
     let mut out = Vec::new();
     for (key, list) in by_sub {
         let (max_n, max_bytes) = match subs.get(&key).map(|s| &s.input.destination) {
-            Some(Destination::WebHook(w)) => (w.max_events_per_batch as usize, w.preferred_batch_size_in_kilobytes as usize * 1024),
+            Some(Destination::WebHook(w)) => (
+                w.max_events_per_batch as usize,
+                w.preferred_batch_size_in_kilobytes as usize * 1024,
+            ),
             _ => (1, usize::MAX),
         };
         let mut current: Vec<DueDelivery> = Vec::new();
@@ -228,18 +271,35 @@ async fn post(
         .header("aeg-delivery-count", first.attempts.to_string())
         .header("aeg-event-type", "Notification")
         .header("aeg-metadata-version", "1")
-        .header("aeg-data-version", first.event["dataVersion"].as_str().unwrap_or(""));
+        .header(
+            "aeg-data-version",
+            first.event["dataVersion"].as_str().unwrap_or(""),
+        );
     for a in &hook.delivery_attribute_mappings {
         if let Some(v) = a.properties["value"].as_str() {
             request = request.header(a.name.as_str(), v);
         }
     }
     let (content_type, body) = match schema {
-        Schema::CloudEvents if events.len() == 1 => ("application/cloudevents+json; charset=utf-8", events[0].to_string()),
-        Schema::CloudEvents => ("application/cloudevents-batch+json; charset=utf-8", Value::Array(events).to_string()),
-        Schema::EventGridSchema => ("application/json; charset=utf-8", Value::Array(events).to_string()),
+        Schema::CloudEvents if events.len() == 1 => (
+            "application/cloudevents+json; charset=utf-8",
+            events[0].to_string(),
+        ),
+        Schema::CloudEvents => (
+            "application/cloudevents-batch+json; charset=utf-8",
+            Value::Array(events).to_string(),
+        ),
+        Schema::EventGridSchema => (
+            "application/json; charset=utf-8",
+            Value::Array(events).to_string(),
+        ),
     };
-    match request.header("content-type", content_type).body(body).send().await {
+    match request
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+    {
         Ok(r) => {
             let retry_after = r
                 .headers()
@@ -270,7 +330,16 @@ async fn deliver_batch(
         Some(s) => match &s.input.destination {
             Destination::WebHook(hook) => {
                 let schema = s.input.delivery_schema(topic_schema);
-                post(&http, hook, &s.name, schema, topic_schema, &batch, config.timeout).await
+                post(
+                    &http,
+                    hook,
+                    &s.name,
+                    schema,
+                    topic_schema,
+                    &batch,
+                    config.timeout,
+                )
+                .await
             }
             Destination::Orchestration(o) => {
                 let d = &batch[0];
@@ -285,7 +354,10 @@ async fn deliver_batch(
             }
         },
     };
-    let policy = sub.as_ref().map(|s| s.input.retry_policy).unwrap_or_default();
+    let policy = sub
+        .as_ref()
+        .map(|s| s.input.retry_policy)
+        .unwrap_or_default();
     let at = now_ms();
     for d in batch {
         let n = d.attempts + 1;
@@ -293,7 +365,14 @@ async fn deliver_batch(
         let decision = if sub.is_none() {
             Decision::DeadLetter("SubscriptionDeleted")
         } else {
-            decide(&attempt, n, age, policy, config.retry_scale, rand::thread_rng().gen())
+            decide(
+                &attempt,
+                n,
+                age,
+                policy,
+                config.retry_scale,
+                rand::thread_rng().gen(),
+            )
         };
         let next = match decision {
             Decision::Delivered => Next::Delivered,
@@ -350,7 +429,10 @@ pub async fn run(
                     }
                 }
                 if !schemas.contains_key(&key.0) {
-                    let schema = store.topic(&d.topic).await.map_or(Schema::EventGridSchema, |t| t.input_schema);
+                    let schema = store
+                        .topic(&d.topic)
+                        .await
+                        .map_or(Schema::EventGridSchema, |t| t.input_schema);
                     schemas.insert(key.0.clone(), schema);
                 }
             }
@@ -358,14 +440,20 @@ pub async fn run(
                 while in_flight.len() >= config.concurrency.max(1) {
                     in_flight.join_next().await;
                 }
-                let key = (batch[0].topic.to_lowercase(), batch[0].subscription.to_lowercase());
+                let key = (
+                    batch[0].topic.to_lowercase(),
+                    batch[0].subscription.to_lowercase(),
+                );
                 in_flight.spawn(deliver_batch(
                     store.clone(),
                     http.clone(),
                     starter.clone(),
                     config.clone(),
                     subs.get(&key).cloned(),
-                    schemas.get(&key.0).copied().unwrap_or(Schema::EventGridSchema),
+                    schemas
+                        .get(&key.0)
+                        .copied()
+                        .unwrap_or(Schema::EventGridSchema),
                     batch,
                 ));
             }

@@ -26,8 +26,8 @@
 //!
 //! Invariant: no HTTP routes here (galaxy-cloud serves them), no Tauri.
 
-pub mod event;
 pub mod deliver;
+pub mod event;
 pub mod filter;
 pub mod model;
 pub mod retry;

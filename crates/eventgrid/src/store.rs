@@ -168,16 +168,28 @@ fn topic_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TopicRecord> {
     })
 }
 
-fn subscription_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, String, Option<String>, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+fn subscription_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, String, String, String, Option<String>, String)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn to_record(
     row: (String, String, String, String, Option<String>, String),
 ) -> Result<SubscriptionRecord, StoreError> {
     let (topic, name, json, state, reason, code) = row;
-    let input = serde_json::from_str(&json)
-        .map_err(|e| StoreError::Invalid(format!("stored subscription {topic}/{name} is damaged: {e}")))?;
+    let input = serde_json::from_str(&json).map_err(|e| {
+        StoreError::Invalid(format!(
+            "stored subscription {topic}/{name} is damaged: {e}"
+        ))
+    })?;
     Ok(SubscriptionRecord {
         topic,
         name,
@@ -321,7 +333,10 @@ impl RouterStore {
                 return Err(StoreError::NoTopic(name));
             }
             tx.execute("DELETE FROM subscriptions WHERE topic = ?1", [&name])?;
-            tx.execute("DELETE FROM deliveries WHERE topic = ?1 AND state = 'pending'", [&name])?;
+            tx.execute(
+                "DELETE FROM deliveries WHERE topic = ?1 AND state = 'pending'",
+                [&name],
+            )?;
             tx.commit()?;
             Ok(())
         })
@@ -329,15 +344,26 @@ impl RouterStore {
     }
 
     /// Replaces `key1` or `key2` with a new key.
-    pub async fn regenerate_key(&self, topic: &str, which: &str) -> Result<TopicRecord, StoreError> {
+    pub async fn regenerate_key(
+        &self,
+        topic: &str,
+        which: &str,
+    ) -> Result<TopicRecord, StoreError> {
         let column = match which {
             "key1" => "key1",
             "key2" => "key2",
-            other => return Err(StoreError::Invalid(format!("keyName must be key1 or key2 (got '{other}')"))),
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "keyName must be key1 or key2 (got '{other}')"
+                )))
+            }
         };
         let topic = topic.to_string();
         self.call(move |conn| {
-            let n = conn.execute(&format!("UPDATE topics SET {column} = ?2 WHERE name = ?1"), params![topic, new_key()])?;
+            let n = conn.execute(
+                &format!("UPDATE topics SET {column} = ?2 WHERE name = ?1"),
+                params![topic, new_key()],
+            )?;
             if n == 0 {
                 return Err(StoreError::NoTopic(topic));
             }
@@ -414,7 +440,11 @@ impl RouterStore {
     }
 
     /// One subscription.
-    pub async fn subscription(&self, topic: &str, name: &str) -> Result<SubscriptionRecord, StoreError> {
+    pub async fn subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<SubscriptionRecord, StoreError> {
         let (topic, name) = (topic.to_string(), name.to_string());
         self.call(move |conn| {
             let row = conn
@@ -468,7 +498,12 @@ impl RouterStore {
     /// Stores accepted events and, in the same transaction, a delivery for
     /// every active subscription whose filter matches. Durable when it
     /// returns. Returns how many deliveries it queued.
-    pub async fn publish(&self, topic: &str, events: Vec<Event>, now_ms: i64) -> Result<usize, StoreError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
         let topic = topic.to_string();
         let queued = self
             .call(move |conn| {
@@ -538,7 +573,11 @@ impl RouterStore {
     /// When the next pending delivery is due, if any.
     pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         self.call(|conn| {
-            Ok(conn.query_row("SELECT min(due_ms) FROM deliveries WHERE state = 'pending'", [], |r| r.get(0))?)
+            Ok(conn.query_row(
+                "SELECT min(due_ms) FROM deliveries WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )?)
         })
         .await
     }
@@ -552,7 +591,15 @@ impl RouterStore {
                 "INSERT INTO attempts (seq, topic, subscription, n, at_ms, outcome, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![a.seq, a.topic, a.subscription, a.n, a.at_ms, a.outcome, a.status])?;
+            .execute(params![
+                a.seq,
+                a.topic,
+                a.subscription,
+                a.n,
+                a.at_ms,
+                a.outcome,
+                a.status
+            ])?;
             let (state, due, reason) = match &a.next {
                 Next::Delivered => ("delivered", a.at_ms, None),
                 Next::RetryAt(due) => ("pending", *due, None),
@@ -563,7 +610,17 @@ impl RouterStore {
                      last_attempt_ms = ?8, reason = ?9
                  WHERE seq = ?1 AND topic = ?2 AND subscription = ?3",
             )?
-            .execute(params![a.seq, a.topic, a.subscription, state, a.n, due, a.outcome, a.at_ms, reason])?;
+            .execute(params![
+                a.seq,
+                a.topic,
+                a.subscription,
+                state,
+                a.n,
+                due,
+                a.outcome,
+                a.at_ms,
+                reason
+            ])?;
             tx.commit()?;
             Ok(())
         })
@@ -571,7 +628,11 @@ impl RouterStore {
     }
 
     /// A subscription's dead letters, oldest first.
-    pub async fn dead_letters(&self, topic: &str, subscription: &str) -> Result<Vec<DeadLetter>, StoreError> {
+    pub async fn dead_letters(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         let (topic, subscription) = (topic.to_string(), subscription.to_string());
         self.call(move |conn| {
             Ok(conn
@@ -639,7 +700,11 @@ impl RouterStore {
 
     /// An event's deliveries on a topic: per subscription, its state and
     /// every attempt.
-    pub async fn event_deliveries(&self, topic: &str, event_id: &str) -> Result<Vec<Value>, StoreError> {
+    pub async fn event_deliveries(
+        &self,
+        topic: &str,
+        event_id: &str,
+    ) -> Result<Vec<Value>, StoreError> {
         let (topic, event_id) = (topic.to_string(), event_id.to_string());
         self.call(move |conn| {
             let mut out = Vec::new();

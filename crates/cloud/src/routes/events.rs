@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use eventgrid::model::{check_name, SubscriptionInput, TopicInput};
 use eventgrid::store::{Provisioning, StoreError, SubscriptionRecord, TopicRecord};
-use eventgrid::{Schema, Destination};
+use eventgrid::{Destination, Schema};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -25,9 +25,13 @@ impl From<StoreError> for AppError {
         let message = e.to_string();
         match e {
             StoreError::NoTopic(_) => AppError::not_found("TopicNotFound", message),
-            StoreError::NoSubscription(..) => AppError::not_found("EventSubscriptionNotFound", message),
+            StoreError::NoSubscription(..) => {
+                AppError::not_found("EventSubscriptionNotFound", message)
+            }
             StoreError::Invalid(_) => AppError::bad_request("InvalidRequest", message),
-            StoreError::Interrupted(_) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", message),
+            StoreError::Interrupted(_) => {
+                AppError::new(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", message)
+            }
             StoreError::Database(e) => AppError::internal("the events store", e),
         }
     }
@@ -104,7 +108,11 @@ pub async fn put_topic(
     responses((status = 200, description = "The topic", body = Object), (status = 404, description = "No such topic", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
-pub async fn get_topic(State(state): State<AppState>, base: BaseUrl, Path(topic): Path<String>) -> Result<Response, AppError> {
+pub async fn get_topic(
+    State(state): State<AppState>,
+    base: BaseUrl,
+    Path(topic): Path<String>,
+) -> Result<Response, AppError> {
     Ok(Json(topic_body(&base, &state.events.topic(&topic).await?)).into_response())
 }
 
@@ -114,7 +122,10 @@ pub async fn get_topic(State(state): State<AppState>, base: BaseUrl, Path(topic)
     responses((status = 200, description = "Deleted", body = Object), (status = 404, description = "No such topic", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
-pub async fn delete_topic(State(state): State<AppState>, Path(topic): Path<String>) -> Result<Response, AppError> {
+pub async fn delete_topic(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Response, AppError> {
     state.events.delete_topic(&topic).await?;
     Ok(Json(json!({ "name": topic, "deleted": true })).into_response())
 }
@@ -123,8 +134,17 @@ pub async fn delete_topic(State(state): State<AppState>, Path(topic): Path<Strin
 #[utoipa::path(get, path = "/api/events/topics", tag = "events",
     responses((status = 200, description = "`{value: [topic]}`", body = Object), (status = 401, description = "Missing or wrong key", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
-pub async fn list_topics(State(state): State<AppState>, base: BaseUrl) -> Result<Response, AppError> {
-    let value: Vec<Value> = state.events.topics().await?.iter().map(|t| topic_body(&base, t)).collect();
+pub async fn list_topics(
+    State(state): State<AppState>,
+    base: BaseUrl,
+) -> Result<Response, AppError> {
+    let value: Vec<Value> = state
+        .events
+        .topics()
+        .await?
+        .iter()
+        .map(|t| topic_body(&base, t))
+        .collect();
     Ok(Json(json!({ "value": value })).into_response())
 }
 
@@ -134,7 +154,10 @@ pub async fn list_topics(State(state): State<AppState>, base: BaseUrl) -> Result
     responses((status = 200, description = "`{key1, key2}` (base64)", body = Object), (status = 404, description = "No such topic", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
-pub async fn list_keys(State(state): State<AppState>, Path(topic): Path<String>) -> Result<Response, AppError> {
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Response, AppError> {
     let t = state.events.topic(&topic).await?;
     Ok(Json(json!({ "key1": t.key1, "key2": t.key2 })).into_response())
 }
@@ -158,8 +181,12 @@ pub async fn regenerate_key(
     Path(topic): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, AppError> {
-    let k: KeyName = serde_json::from_value(body)
-        .map_err(|e| AppError::bad_request("InvalidRequest", format!("expected {{\"keyName\": \"key1\"}}: {e}")))?;
+    let k: KeyName = serde_json::from_value(body).map_err(|e| {
+        AppError::bad_request(
+            "InvalidRequest",
+            format!("expected {{\"keyName\": \"key1\"}}: {e}"),
+        )
+    })?;
     let t = state.events.regenerate_key(&topic, &k.key_name).await?;
     Ok(Json(json!({ "key1": t.key1, "key2": t.key2 })).into_response())
 }
@@ -182,19 +209,32 @@ pub async fn put_subscription(
 ) -> Result<Response, AppError> {
     name("event subscription", &sub)?;
     let t = state.events.topic(&topic).await?;
-    let input = SubscriptionInput::parse(body, t.input_schema).map_err(|m| AppError::bad_request("InvalidRequest", m))?;
+    let input = SubscriptionInput::parse(body, t.input_schema)
+        .map_err(|m| AppError::bad_request("InvalidRequest", m))?;
     let webhook = matches!(input.destination, Destination::WebHook(_));
     let schema = input.delivery_schema(t.input_schema);
     let (initial, code) = if webhook {
-        (Provisioning::AwaitingManualAction, uuid::Uuid::new_v4().to_string())
+        (
+            Provisioning::AwaitingManualAction,
+            uuid::Uuid::new_v4().to_string(),
+        )
     } else {
         (Provisioning::Succeeded, String::new())
     };
-    let record = state.events.put_subscription(&t.name, &sub, input, initial, code).await?;
+    let record = state
+        .events
+        .put_subscription(&t.name, &sub, input, initial, code)
+        .await?;
     if webhook {
-        let (store, http, timeout) = (state.events.clone(), state.event_http.clone(), state.event_config.timeout);
+        let (store, http, timeout) = (
+            state.events.clone(),
+            state.event_http.clone(),
+            state.event_config.timeout,
+        );
         let r = record.clone();
-        tokio::spawn(async move { eventgrid::deliver::validate(&store, &http, &r, schema, timeout).await });
+        tokio::spawn(async move {
+            eventgrid::deliver::validate(&store, &http, &r, schema, timeout).await
+        });
     }
     Ok(Json(subscription_body(&base, &record)).into_response())
 }
@@ -210,7 +250,11 @@ pub async fn get_subscription(
     base: BaseUrl,
     Path((topic, sub)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
-    Ok(Json(subscription_body(&base, &state.events.subscription(&topic, &sub).await?)).into_response())
+    Ok(Json(subscription_body(
+        &base,
+        &state.events.subscription(&topic, &sub).await?,
+    ))
+    .into_response())
 }
 
 /// Deletes an event subscription and its pending deliveries.
@@ -239,7 +283,13 @@ pub async fn list_subscriptions(
     Path(topic): Path<String>,
 ) -> Result<Response, AppError> {
     state.events.topic(&topic).await?;
-    let value: Vec<Value> = state.events.subscriptions(&topic).await?.iter().map(|s| subscription_body(&base, s)).collect();
+    let value: Vec<Value> = state
+        .events
+        .subscriptions(&topic)
+        .await?
+        .iter()
+        .map(|s| subscription_body(&base, s))
+        .collect();
     Ok(Json(json!({ "value": value })).into_response())
 }
 
@@ -266,11 +316,20 @@ pub async fn validate(
     let s = state.events.subscription(&topic, &sub).await?;
     let given = params.validation_code.unwrap_or_default();
     let ok = !s.validation_code.is_empty()
-        && bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), s.validation_code.as_bytes()));
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            s.validation_code.as_bytes(),
+        ));
     if !ok {
-        return Err(AppError::bad_request("InvalidValidationCode", "the validation code is not this subscription's"));
+        return Err(AppError::bad_request(
+            "InvalidValidationCode",
+            "the validation code is not this subscription's",
+        ));
     }
-    state.events.set_provisioning(&topic, &sub, Provisioning::Succeeded, None).await?;
+    state
+        .events
+        .set_provisioning(&topic, &sub, Provisioning::Succeeded, None)
+        .await?;
     Ok(Json(json!({ "name": sub, "provisioningState": "Succeeded" })).into_response())
 }
 
@@ -312,9 +371,18 @@ pub async fn redeliver(
     let r: Redeliver = if body.is_null() {
         Redeliver::default()
     } else {
-        serde_json::from_value(body).map_err(|e| AppError::bad_request("InvalidRequest", e.to_string()))?
+        serde_json::from_value(body)
+            .map_err(|e| AppError::bad_request("InvalidRequest", e.to_string()))?
     };
-    let n = state.events.redeliver(&topic, &sub, r.sequences, chrono::Utc::now().timestamp_millis()).await?;
+    let n = state
+        .events
+        .redeliver(
+            &topic,
+            &sub,
+            r.sequences,
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await?;
     Ok(Json(json!({ "redelivered": n })).into_response())
 }
 
@@ -328,7 +396,10 @@ pub async fn deliveries(
     State(state): State<AppState>,
     Path((topic, event_id)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
-    Ok(Json(json!({ "value": state.events.event_deliveries(&topic, &event_id).await? })).into_response())
+    Ok(
+        Json(json!({ "value": state.events.event_deliveries(&topic, &event_id).await? }))
+            .into_response(),
+    )
 }
 
 /// Publishes events to a topic (its endpoint): `aeg-sas-key` or
@@ -351,7 +422,9 @@ pub async fn publish(
     let keys = [t.key1.as_str(), t.key2.as_str()];
     let checked = match (header("aeg-sas-key"), header("aeg-sas-token")) {
         (Some(k), _) => eventgrid::sas::check_key(k, &keys),
-        (None, Some(token)) => eventgrid::sas::check_token(token, &endpoint(&base, &t.name), &keys, chrono::Utc::now()),
+        (None, Some(token)) => {
+            eventgrid::sas::check_token(token, &endpoint(&base, &t.name), &keys, chrono::Utc::now())
+        }
         (None, None) => Err(eventgrid::sas::SasError::Missing),
     };
     checked.map_err(|e| AppError::unauthorized(e.to_string()))?;
@@ -359,9 +432,23 @@ pub async fn publish(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let events = eventgrid::event::parse(&t.name, t.input_schema, header("content-type"), &pairs, &body).map_err(|e| {
-        AppError::new(StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST), e.code, e.message)
+    let events = eventgrid::event::parse(
+        &t.name,
+        t.input_schema,
+        header("content-type"),
+        &pairs,
+        &body,
+    )
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.code,
+            e.message,
+        )
     })?;
-    state.events.publish(&t.name, events, chrono::Utc::now().timestamp_millis()).await?;
+    state
+        .events
+        .publish(&t.name, events, chrono::Utc::now().timestamp_millis())
+        .await?;
     Ok(StatusCode::OK.into_response())
 }

@@ -83,11 +83,19 @@ pub(crate) fn build(state: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(galaxies::get))
         .routes(routes!(ops::metrics))
         .routes(routes!(events::list_topics))
-        .routes(routes!(events::put_topic, events::get_topic, events::delete_topic))
+        .routes(routes!(
+            events::put_topic,
+            events::get_topic,
+            events::delete_topic
+        ))
         .routes(routes!(events::list_keys))
         .routes(routes!(events::regenerate_key))
         .routes(routes!(events::list_subscriptions))
-        .routes(routes!(events::put_subscription, events::get_subscription, events::delete_subscription))
+        .routes(routes!(
+            events::put_subscription,
+            events::get_subscription,
+            events::delete_subscription
+        ))
         .routes(routes!(events::dead_letters))
         .routes(routes!(events::redeliver))
         .routes(routes!(events::deliveries))

@@ -1,0 +1,517 @@
+//! The event router end to end: the real `galaxy-cloud` binary (retry
+//! delays scaled down with `--event-retry-scale`), real webhook receivers
+//! on free loopback ports (axum), publishes over HTTP. Waits follow what
+//! receivers get (a channel) or poll the API with a deadline.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::any;
+use axum::Router;
+use reqwest::Client;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+mod common;
+
+const KEY: &str = "events-e2e-function-key1";
+const MASTER: &str = "events-e2e-master-key-01";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What a receiver does with the requests it gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// Answers the validation (both schemas).
+    Answer,
+    /// Answers 404 to it.
+    Refuse,
+}
+
+struct ReceiverState {
+    handshake: Handshake,
+    /// Statuses for the next deliveries, then 200.
+    script: Mutex<Vec<u16>>,
+    got: mpsc::UnboundedSender<(HeaderMap, Value)>,
+}
+
+async fn receive(
+    State(s): State<Arc<ReceiverState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    if method == Method::OPTIONS {
+        if s.handshake == Handshake::Refuse {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        let origin = headers.get("webhook-request-origin").cloned();
+        let mut r = StatusCode::OK.into_response();
+        if let Some(o) = origin {
+            r.headers_mut().insert("WebHook-Allowed-Origin", o);
+        }
+        return r;
+    }
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    if headers.get("aeg-event-type").and_then(|v| v.to_str().ok()) == Some("SubscriptionValidation")
+    {
+        if s.handshake == Handshake::Refuse {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        let code = value[0]["data"]["validationCode"].clone();
+        return axum::Json(json!({ "validationResponse": code })).into_response();
+    }
+    let status = {
+        let mut script = s.script.lock().unwrap();
+        if script.is_empty() {
+            200
+        } else {
+            script.remove(0)
+        }
+    };
+    let _ = s.got.send((headers, value));
+    StatusCode::from_u16(status).unwrap().into_response()
+}
+
+struct Receiver {
+    url: String,
+    got: mpsc::UnboundedReceiver<(HeaderMap, Value)>,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    async fn start(handshake: Handshake, script: Vec<u16>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(ReceiverState {
+            handshake,
+            script: Mutex::new(script),
+            got: tx,
+        });
+        let app = Router::new()
+            .route("/hook", any(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url,
+            got: rx,
+            state,
+        }
+    }
+
+    /// The next delivery (headers, body).
+    async fn next(&mut self) -> (HeaderMap, Value) {
+        tokio::time::timeout(WAIT, self.got.recv())
+            .await
+            .expect("a delivery in time")
+            .expect("open")
+    }
+}
+
+struct Cloud {
+    child: std::process::Child,
+    base: String,
+    http: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cloud {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (child, lines) = common::spawn(
+            dir.path(),
+            &[
+                "--function-key",
+                KEY,
+                "--master-key",
+                MASTER,
+                "--event-retry-scale",
+                "0.001",
+            ],
+        );
+        let (_, base) = common::wait_listening(&lines);
+        Self {
+            child,
+            base,
+            http: Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-functions-key", KEY);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn topic(&self, name: &str, schema: &str) -> (String, String) {
+        let (s, t) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/events/topics/{name}"),
+                Some(json!({"inputSchema": schema})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{t}");
+        assert_eq!(t["provisioningState"], "Succeeded");
+        let (_, keys) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/events/topics/{name}/listKeys"),
+                None,
+            )
+            .await;
+        (
+            t["endpoint"].as_str().unwrap().to_string(),
+            keys["key1"].as_str().unwrap().to_string(),
+        )
+    }
+
+    async fn subscribe(&self, topic: &str, name: &str, body: Value) -> Value {
+        let (s, v) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/events/topics/{topic}/eventSubscriptions/{name}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Waits (polling the API, with a deadline) until the subscription
+    /// reaches `state`.
+    async fn wait_state(&self, topic: &str, name: &str, state: &str) -> Value {
+        let until = Instant::now() + WAIT;
+        loop {
+            let (_, v) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/events/topics/{topic}/eventSubscriptions/{name}"),
+                    None,
+                )
+                .await;
+            if v["properties"]["provisioningState"] == state {
+                return v;
+            }
+            assert!(Instant::now() < until, "{name} never reached {state}: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn publish(&self, endpoint: &str, key: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{endpoint}?api-version=2018-01-01"))
+            .header("aeg-sas-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn hook(url: &str) -> Value {
+    json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": url}}})
+}
+
+fn event(id: &str, kind: &str, n: i64) -> Value {
+    json!({"id": id, "subject": format!("/galaxies/{id}"), "eventType": kind, "eventTime": "2026-12-01T10:00:00Z", "data": {"n": n}, "dataVersion": "1.0"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
+    let cloud = Cloud::start();
+    let (endpoint, key) = cloud.topic("galaxy-events", "EventGridSchema").await;
+
+    // A receiver that proves it wants events, with a filter.
+    let mut good = Receiver::start(Handshake::Answer, vec![]).await;
+    let mut sub = hook(&good.url);
+    sub["filter"] = json!({"includedEventTypes": ["Galaxy.Created"],
+        "advancedFilters": [{"operatorType": "NumberGreaterThan", "key": "data.n", "value": 1}]});
+    let created = cloud.subscribe("galaxy-events", "good", sub).await;
+    assert!(
+        created["properties"]["provisioningState"] == "AwaitingManualAction"
+            || created["properties"]["provisioningState"] == "Succeeded"
+    );
+    cloud.wait_state("galaxy-events", "good", "Succeeded").await;
+    // One that refuses the handshake receives nothing.
+    let refusing = Receiver::start(Handshake::Refuse, vec![]).await;
+    cloud
+        .subscribe("galaxy-events", "refusing", hook(&refusing.url))
+        .await;
+    let failed = cloud
+        .wait_state("galaxy-events", "refusing", "Failed")
+        .await;
+    assert!(
+        failed["properties"]["provisioningReason"]
+            .as_str()
+            .unwrap()
+            .contains("404"),
+        "{failed}"
+    );
+
+    let (s, _) = cloud
+        .publish(
+            &endpoint,
+            &key,
+            json!([
+                event("e1", "Galaxy.Created", 5),
+                event("e2", "Galaxy.Deleted", 5),
+                event("e3", "Galaxy.Created", 1)
+            ]),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (headers, body) = good.next().await;
+    assert_eq!(body[0]["id"], "e1", "only the matching event: {body}");
+    assert_eq!(body[0]["topic"], "galaxy-events");
+    assert_eq!(headers["aeg-event-type"], "Notification");
+    assert_eq!(headers["aeg-subscription-name"], "GOOD");
+    assert_eq!(headers["aeg-delivery-count"], "0");
+    assert_eq!(headers["aeg-data-version"], "1.0");
+
+    // Bad publishes: each its status and JSON error, nothing stored.
+    let (s, e) = cloud
+        .publish(&endpoint, "wrong", json!([event("x", "Galaxy.Created", 5)]))
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (401, Some("Unauthorized"))
+    );
+    let (s, e) = cloud.publish(&endpoint, &key, json!([{"id": "x"}])).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("subject"),
+        "{e}"
+    );
+    let (s, _) = cloud
+        .publish(
+            &format!("{}/api/events/topics/nope/events", cloud.base),
+            &key,
+            json!([event("x", "T", 1)]),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // A receiver failing twice with 500 then accepting: delivered on the
+    // third attempt, each attempt visible through the API.
+    let mut flaky = Receiver::start(Handshake::Answer, vec![500, 503]).await;
+    cloud
+        .subscribe("galaxy-events", "flaky", hook(&flaky.url))
+        .await;
+    cloud
+        .wait_state("galaxy-events", "flaky", "Succeeded")
+        .await;
+    // One answering 400 is dead-lettered at once.
+    let mut rejecting = Receiver::start(Handshake::Answer, vec![400]).await;
+    let mut with_dl = hook(&rejecting.url);
+    with_dl["deadLetterDestination"] = json!({"endpointType": "StorageBlob"});
+    cloud.subscribe("galaxy-events", "rejecting", with_dl).await;
+    cloud
+        .wait_state("galaxy-events", "rejecting", "Succeeded")
+        .await;
+
+    let (s, _) = cloud
+        .publish(&endpoint, &key, json!([event("e4", "Galaxy.Created", 9)]))
+        .await;
+    assert_eq!(s, 200);
+    good.next().await;
+    for expected_count in ["0", "1", "2"] {
+        let (h, b) = flaky.next().await;
+        assert_eq!(b[0]["id"], "e4");
+        assert_eq!(h["aeg-delivery-count"], expected_count);
+    }
+    rejecting.next().await;
+    let until = Instant::now() + WAIT;
+    let dead = loop {
+        let (_, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                "/api/events/topics/galaxy-events/eventSubscriptions/rejecting/deadLetters",
+                None,
+            )
+            .await;
+        if !v["value"].as_array().unwrap().is_empty() {
+            break v;
+        }
+        assert!(Instant::now() < until, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead["value"][0]["deadLetterReason"], "NotRetriable");
+    assert_eq!(dead["value"][0]["deliveryAttempts"], 1);
+    assert_eq!(dead["value"][0]["lastDeliveryOutcome"], "BadRequest");
+    let (_, history) = cloud
+        .call(
+            reqwest::Method::GET,
+            "/api/events/topics/galaxy-events/events/e4/deliveries",
+            None,
+        )
+        .await;
+    let flaky_history = history["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["subscription"] == "flaky")
+        .unwrap()
+        .clone();
+    assert_eq!(flaky_history["state"], "delivered");
+    let outcomes: Vec<_> = flaky_history["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec![500, 503, 200]);
+
+    // Re-drive: the receiver accepts now.
+    let (s, r) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/api/events/topics/galaxy-events/eventSubscriptions/rejecting/redeliver",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((s, r["redelivered"].as_i64()), (StatusCode::OK, Some(1)));
+    let (_, b) = rejecting.next().await;
+    assert_eq!(b[0]["id"], "e4");
+    assert!(rejecting.state.script.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_events_and_an_event_that_starts_one_galaxy_however_often_it_comes() {
+    let cloud = Cloud::start();
+    let (endpoint, key) = cloud.topic("forge-ce", "CloudEventSchemaV1_0").await;
+    let mut receiver = Receiver::start(Handshake::Answer, vec![]).await;
+    cloud
+        .subscribe("forge-ce", "hook", hook(&receiver.url))
+        .await;
+    cloud.wait_state("forge-ce", "hook", "Succeeded").await;
+    let created = cloud
+        .subscribe("forge-ce", "creator", json!({"destination": {"endpointType": "Orchestration", "properties": {"name": "Galaxy_Create"}},
+            "filter": {"includedEventTypes": ["Galaxy.Requested"]}}))
+        .await;
+    assert_eq!(created["properties"]["provisioningState"], "Succeeded");
+
+    let ce = json!({"specversion": "1.0", "id": "req-1", "source": "/players/p1", "type": "Galaxy.Requested", "data": {"why": "test"}});
+    for _ in 0..2 {
+        // The same event twice (a republish).
+        let r = cloud
+            .http
+            .post(&endpoint)
+            .header("aeg-sas-key", &key)
+            .header(
+                "content-type",
+                "application/cloudevents+json; charset=utf-8",
+            )
+            .body(ce.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    for _ in 0..2 {
+        let (h, b) = receiver.next().await;
+        assert_eq!(b["id"], "req-1", "{b}");
+        assert!(h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/cloudevents+json"));
+    }
+    // One instance, one galaxy.
+    let id = "eg:forge-ce:req-1";
+    let until = Instant::now() + WAIT;
+    loop {
+        let (s, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                &format!("/runtime/webhooks/durabletask/instances/{id}"),
+                None,
+            )
+            .await;
+        if s == StatusCode::OK && v["runtimeStatus"] == "Completed" {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the event's orchestration never completed: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, deliveries) = cloud
+        .call(
+            reqwest::Method::GET,
+            "/api/events/topics/forge-ce/events/req-1/deliveries",
+            None,
+        )
+        .await;
+    let creator: Vec<_> = deliveries["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["subscription"] == "creator")
+        .collect();
+    assert_eq!(
+        creator.len(),
+        2,
+        "two deliveries of the event: {deliveries}"
+    );
+    let until = Instant::now() + WAIT;
+    loop {
+        let (_, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                "/api/events/topics/forge-ce/events/req-1/deliveries",
+                None,
+            )
+            .await;
+        if v["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "delivered")
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "not all delivered: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, galaxies) = cloud
+        .call(reqwest::Method::GET, "/api/galaxies", None)
+        .await;
+    assert_eq!(
+        galaxies["value"].as_array().map(Vec::len),
+        Some(1),
+        "one galaxy: {galaxies}"
+    );
+
+    // An Event Grid array to a CloudEvents topic is refused.
+    let (s, e) = cloud
+        .publish(&endpoint, &key, json!([event("x", "T", 1)]))
+        .await;
+    assert_eq!(s, 400, "{e}");
+}
