@@ -8,10 +8,10 @@ DATA_DIR ?= data/demo
 # WebKitGTK and friends for the Tauri desktop app (src-tauri).
 APT_BUILD := build-essential pkg-config libssl-dev file libwebkit2gtk-4.1-dev libgtk-3-dev librsvg2-dev libayatana-appindicator3-dev libxdo-dev
 # ...and to test it in a real window without a screen.
-APT_TEST := xvfb xauth webkit2gtk-driver imagemagick
+APT_TEST := xvfb xauth webkit2gtk-driver imagemagick python3-pip
 TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test bench deps pg-deps fmt clippy demo screenshot tauri-driver
+.PHONY: run test bench deps pg-deps fmt clippy demo screenshot tauri-driver test-clients
 
 deps:
 	@missing=""; \
@@ -61,7 +61,16 @@ tauri-driver:
 	@command -v tauri-driver >/dev/null || [ -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/tauri-driver" ] || \
 	  $(CARGO) install tauri-driver --version $(TAURI_DRIVER_VERSION) --locked
 
-test: deps pg-deps tauri-driver
+# The official clients some tests drive, pinned, installed into target/
+# (never system-wide): the Azure Event Grid publisher SDK for Python.
+TEST_CLIENTS := target/test-clients/python
+EVENTGRID_SDK_VERSION := 4.22.0
+test-clients:
+	@[ -d $(TEST_CLIENTS)/azure/eventgrid ] && grep -q "^Version: $(EVENTGRID_SDK_VERSION)$$" $(TEST_CLIENTS)/azure_eventgrid-*.dist-info/METADATA 2>/dev/null || { \
+	  echo "installing: azure-eventgrid $(EVENTGRID_SDK_VERSION) into $(TEST_CLIENTS)"; \
+	  python3 -m pip install --quiet --disable-pip-version-check --upgrade --target $(TEST_CLIENTS) azure-eventgrid==$(EVENTGRID_SDK_VERSION); }
+
+test: deps pg-deps tauri-driver test-clients
 	$(CARGO) test --workspace --all-targets
 
 bench: deps pg-deps tauri-driver

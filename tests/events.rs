@@ -515,3 +515,84 @@ async fn cloud_events_and_an_event_that_starts_one_galaxy_however_often_it_comes
         .await;
     assert_eq!(s, 400, "{e}");
 }
+
+/// Where `make test` installs the pinned Python publisher SDK.
+fn python_clients() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-clients/python")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_azure_python_publisher_works_unchanged() {
+    let clients = python_clients();
+    assert!(
+        clients.join("azure/eventgrid").is_dir(),
+        "the Azure Event Grid SDK is not installed in {}: run `make test` (it installs the pinned version there)",
+        clients.display()
+    );
+    let cloud = Cloud::start();
+    let (eg_endpoint, eg_key) = cloud.topic("sdk-eg", "EventGridSchema").await;
+    let (ce_endpoint, ce_key) = cloud.topic("sdk-ce", "CloudEventSchemaV1_0").await;
+    let mut eg_receiver = Receiver::start(Handshake::Answer, vec![]).await;
+    let mut ce_receiver = Receiver::start(Handshake::Answer, vec![]).await;
+    cloud
+        .subscribe("sdk-eg", "hook", hook(&eg_receiver.url))
+        .await;
+    cloud
+        .subscribe("sdk-ce", "hook", hook(&ce_receiver.url))
+        .await;
+    cloud.wait_state("sdk-eg", "hook", "Succeeded").await;
+    cloud.wait_state("sdk-ce", "hook", "Succeeded").await;
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/eventgrid_publish.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args([&eg_endpoint, &eg_key, &ce_endpoint, &ce_key])
+        .env("PYTHONPATH", &clients)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<_> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["key", "sas", "cloudevents", "wrong-key"]);
+    assert!(steps.iter().all(|s| s["ok"] == true), "{stdout}");
+    assert_eq!(steps[3]["status"], 401);
+
+    let mut types = Vec::new();
+    for _ in 0..3 {
+        let (_, body) = eg_receiver.next().await;
+        for e in body.as_array().unwrap() {
+            types.push(e["eventType"].as_str().unwrap().to_string());
+            assert_eq!(e["dataVersion"], "1.0");
+        }
+        if types.len() == 3 {
+            break;
+        }
+    }
+    types.sort();
+    assert_eq!(
+        types,
+        vec!["Sdk.KeyPublished", "Sdk.KeyPublished", "Sdk.SasPublished"]
+    );
+    let mut ces = Vec::new();
+    while ces.len() < 2 {
+        let (_, body) = ce_receiver.next().await;
+        ces.push(body);
+    }
+    assert!(ces
+        .iter()
+        .all(|c| c["type"] == "Sdk.CloudEvent" && c["specversion"] == "1.0"));
+    assert!(
+        ces.iter().any(|c| c["data_base64"] == "AAE="),
+        "bytes travel as data_base64: {ces:?}"
+    );
+}
