@@ -32,6 +32,8 @@ enum Handshake {
 
 struct ReceiverState {
     handshake: Handshake,
+    /// Each delivery's answer waits this long (deliveries in flight).
+    delay: Duration,
     /// Statuses for the next deliveries, then 200.
     script: Mutex<Vec<u16>>,
     got: mpsc::UnboundedSender<(HeaderMap, Value)>,
@@ -71,6 +73,9 @@ async fn receive(
             script.remove(0)
         }
     };
+    if !s.delay.is_zero() {
+        tokio::time::sleep(s.delay).await;
+    }
     let _ = s.got.send((headers, value));
     StatusCode::from_u16(status).unwrap().into_response()
 }
@@ -83,9 +88,14 @@ struct Receiver {
 
 impl Receiver {
     async fn start(handshake: Handshake, script: Vec<u16>) -> Self {
+        Self::start_slow(handshake, script, Duration::ZERO).await
+    }
+
+    async fn start_slow(handshake: Handshake, script: Vec<u16>, delay: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(ReceiverState {
             handshake,
+            delay,
             script: Mutex::new(script),
             got: tx,
         });
@@ -127,7 +137,11 @@ impl Drop for Cloud {
 
 impl Cloud {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// galaxy-cloud on the data directory `dir` (a restart reuses it).
+    fn start_in(dir: tempfile::TempDir) -> Self {
         let (child, lines) = common::spawn(
             dir.path(),
             &[
@@ -595,4 +609,80 @@ async fn the_official_azure_python_publisher_works_unchanged() {
         ces.iter().any(|c| c["data_base64"] == "AAE="),
         "bytes travel as data_base64: {ces:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_event_is_delivered_across_a_sigkill_and_retries_end_by_attempts() {
+    let mut cloud = Cloud::start();
+    let (endpoint, key) = cloud.topic("durable", "EventGridSchema").await;
+    let mut receiver =
+        Receiver::start_slow(Handshake::Answer, vec![], Duration::from_millis(20)).await;
+    let mut sub = hook(&receiver.url);
+    sub["destination"]["properties"]["maxEventsPerBatch"] = json!(5);
+    cloud.subscribe("durable", "slow", sub).await;
+    cloud.wait_state("durable", "slow", "Succeeded").await;
+    // Always failing, two attempts at most.
+    let mut failing = Receiver::start(Handshake::Answer, vec![500; 10]).await;
+    let mut limited = hook(&failing.url);
+    limited["retryPolicy"] = json!({"maxDeliveryAttempts": 2});
+    limited["filter"] = json!({"subjectBeginsWith": "/limited"});
+    cloud.subscribe("durable", "limited", limited).await;
+    cloud.wait_state("durable", "limited", "Succeeded").await;
+
+    const N: usize = 300;
+    let events: Vec<Value> = (0..N)
+        .map(|i| event(&format!("d{i}"), "Galaxy.Created", i as i64))
+        .collect();
+    for chunk in events.chunks(100) {
+        assert_eq!(cloud.publish(&endpoint, &key, json!(chunk)).await.0, 200);
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 20 {
+        let (_, b) = receiver.next().await;
+        for e in b.as_array().unwrap() {
+            seen.insert(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    // SIGKILL with deliveries in flight, then the same data directory.
+    cloud.child.kill().unwrap();
+    cloud.child.wait().unwrap();
+    let dir = std::mem::replace(&mut cloud._dir, tempfile::tempdir().unwrap());
+    let cloud = Cloud::start_in(dir);
+    while seen.len() < N {
+        let (_, b) = receiver.next().await;
+        for e in b.as_array().unwrap() {
+            seen.insert(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        N,
+        "every accepted event arrived (at least once)"
+    );
+
+    // The limited subscription: two attempts, then a dead letter.
+    let mut e = event("lim", "Galaxy.Created", 1);
+    e["subject"] = json!("/limited/1");
+    let endpoint = format!("{}/api/events/topics/durable/events", cloud.base);
+    assert_eq!(cloud.publish(&endpoint, &key, json!([e])).await.0, 200);
+    failing.next().await;
+    failing.next().await;
+    let until = Instant::now() + WAIT;
+    loop {
+        let (_, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                "/api/events/topics/durable/eventSubscriptions/limited/deadLetters",
+                None,
+            )
+            .await;
+        if let Some(d) = v["value"].as_array().and_then(|a| a.first()) {
+            assert_eq!(d["deadLetterReason"], "MaxDeliveryAttemptsExceeded");
+            assert_eq!(d["deliveryAttempts"], 2);
+            assert_eq!(d["lastDeliveryOutcome"], "GenericError");
+            break;
+        }
+        assert!(Instant::now() < until, "no dead letter: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
