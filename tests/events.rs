@@ -414,6 +414,36 @@ async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
     let (_, b) = rejecting.next().await;
     assert_eq!(b[0]["id"], "e4");
     assert!(rejecting.state.script.lock().unwrap().is_empty());
+
+    // The counters per topic (read from the store once the re-drive is
+    // recorded).
+    let until = Instant::now() + WAIT;
+    loop {
+        let text = cloud
+            .http
+            .get(format!("{}/metrics", cloud.base))
+            .header("x-functions-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}{{topic=\"galaxy-events\"}}")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        if value("galaxy_events_delivered_total") == Some(4) {
+            assert_eq!(value("galaxy_events_published_total"), Some(4), "{text}");
+            assert_eq!(value("galaxy_events_billed_operations_total"), Some(4));
+            assert_eq!(value("galaxy_events_retried_total"), Some(2));
+            assert_eq!(value("galaxy_events_dead_lettered_total"), Some(0));
+            break;
+        }
+        assert!(Instant::now() < until, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -225,6 +225,44 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Appends the event router's per-topic counters.
+pub fn render_events(out: &mut String, counts: &[eventgrid::store::TopicCounts]) {
+    let families: [(&str, &str, fn(&eventgrid::store::TopicCounts) -> u64); 5] = [
+        (
+            "galaxy_events_published_total",
+            "Events accepted, by topic.",
+            |c| c.published,
+        ),
+        (
+            "galaxy_events_billed_operations_total",
+            "Billed operations (each event in 64 KB units), by topic.",
+            |c| c.billed_units,
+        ),
+        (
+            "galaxy_events_delivered_total",
+            "Deliveries that succeeded, by topic.",
+            |c| c.delivered,
+        ),
+        (
+            "galaxy_events_retried_total",
+            "Delivery attempts after the first, by topic.",
+            |c| c.retried,
+        ),
+        (
+            "galaxy_events_dead_lettered_total",
+            "Deliveries dead-lettered, by topic.",
+            |c| c.dead_lettered,
+        ),
+    ];
+    for (name, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for c in counts {
+            let _ = writeln!(out, "{name}{{topic=\"{}\"}} {}", escape(&c.topic), get(c));
+        }
+    }
+}
+
 /// Middleware: counts every answered request under its route template
 /// (`/runtime/webhooks/durabletask/instances/{instanceId}`, not the
 /// concrete path, so the label set stays small) or `unmatched`.

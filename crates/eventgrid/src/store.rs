@@ -739,6 +739,72 @@ impl RouterStore {
     }
 }
 
+/// One topic's event counts, for metrics (read from the store, so they
+/// survive restarts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicCounts {
+    /// The topic.
+    pub topic: String,
+    /// Events accepted.
+    pub published: u64,
+    /// Billed operations: each accepted event in 64 KB units.
+    pub billed_units: u64,
+    /// Deliveries that succeeded.
+    pub delivered: u64,
+    /// Attempts after the first (retries).
+    pub retried: u64,
+    /// Deliveries dead-lettered.
+    pub dead_lettered: u64,
+}
+
+impl RouterStore {
+    /// Per-topic counts of published, billed, delivered, retried and
+    /// dead-lettered events.
+    pub async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError> {
+        self.call(|conn| {
+            let mut by_topic: std::collections::BTreeMap<String, TopicCounts> =
+                std::collections::BTreeMap::new();
+            let mut add = |sql: &str, set: fn(&mut TopicCounts, u64)| -> Result<(), StoreError> {
+                let rows: Vec<(String, i64)> = conn
+                    .prepare(sql)?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (topic, n) in rows {
+                    let key = topic.to_lowercase();
+                    let e = by_topic.entry(key).or_insert_with(|| TopicCounts {
+                        topic: topic.clone(),
+                        ..TopicCounts::default()
+                    });
+                    set(e, n as u64);
+                }
+                Ok(())
+            };
+            add(
+                "SELECT topic, count(*) FROM events GROUP BY topic",
+                |c, n| c.published = n,
+            )?;
+            add(
+                "SELECT topic, sum((size + 65535) / 65536) FROM events GROUP BY topic",
+                |c, n| c.billed_units = n,
+            )?;
+            add(
+                "SELECT topic, count(*) FROM deliveries WHERE state = 'delivered' GROUP BY topic",
+                |c, n| c.delivered = n,
+            )?;
+            add(
+                "SELECT topic, count(*) FROM deliveries WHERE state = 'dead' GROUP BY topic",
+                |c, n| c.dead_lettered = n,
+            )?;
+            add(
+                "SELECT topic, count(*) FROM attempts WHERE n > 1 GROUP BY topic",
+                |c, n| c.retried = n,
+            )?;
+            Ok(by_topic.into_values().collect())
+        })
+        .await
+    }
+}
+
 /// What follows an attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {

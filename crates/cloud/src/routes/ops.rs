@@ -72,11 +72,13 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, AppError
         .queue_depth()
         .await
         .map_err(|e| AppError::internal("reading queue depth", e))?;
-    let text = state.metrics.render(&StoreGauges {
+    let mut text = state.metrics.render(&StoreGauges {
         by_status,
         orchestration_queue,
         activity_queue,
     });
+    let counts = state.events.counts().await?;
+    crate::metrics::render_events(&mut text, &counts);
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
