@@ -82,6 +82,8 @@ bench: deps pg-deps tauri-driver
 	./target/release/galaxy-pg-bench
 	$(CARGO) build --release --bin galaxy-cloud --bin galaxy-sync-bench
 	./target/release/galaxy-sync-bench
+	$(CARGO) build --release --bin galaxy-cloud --bin galaxy-events-bench
+	./target/release/galaxy-events-bench
 	$(CARGO) bench -p galaxy-desktop --bench desktop
 
 fmt:

@@ -314,16 +314,16 @@ async fn post(
     }
 }
 
-/// Delivers one request's worth of events and records the outcome of each.
+/// Delivers one request's worth of events; returns each one's attempt to
+/// record.
 async fn deliver_batch(
-    store: RouterStore,
     http: reqwest::Client,
     starter: Arc<dyn Starter>,
     config: DeliveryConfig,
     sub: Option<SubscriptionRecord>,
     topic_schema: Schema,
     batch: Vec<DueDelivery>,
-) {
+) -> Vec<RecordedAttempt> {
     let attempt = match &sub {
         // The subscription was deleted: nothing to deliver to.
         None => Attempt::Status(404, None),
@@ -359,6 +359,7 @@ async fn deliver_batch(
         .map(|s| s.input.retry_policy)
         .unwrap_or_default();
     let at = now_ms();
+    let mut recorded = Vec::with_capacity(batch.len());
     for d in batch {
         let n = d.attempts + 1;
         let age = Duration::from_millis((at - d.published_ms).max(0) as u64);
@@ -383,7 +384,7 @@ async fn deliver_batch(
             Attempt::Status(s, _) => Some(*s),
             _ => None,
         };
-        let recorded = RecordedAttempt {
+        recorded.push(RecordedAttempt {
             seq: d.seq,
             topic: d.topic.clone(),
             subscription: d.subscription.clone(),
@@ -392,11 +393,9 @@ async fn deliver_batch(
             outcome: attempt.outcome().to_string(),
             status,
             next,
-        };
-        if let Err(e) = store.record_attempt(recorded).await {
-            tracing::warn!("recording a delivery attempt: {e}");
-        }
+        });
     }
+    recorded
 }
 
 /// Delivers due events until `stop` resolves.
@@ -409,7 +408,7 @@ pub async fn run(
 ) {
     tokio::pin!(stop);
     let wake = store.wake();
-    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut in_flight: JoinSet<Vec<RecordedAttempt>> = JoinSet::new();
     loop {
         let due = match store.due(now_ms(), config.concurrency.max(1) * 8).await {
             Ok(d) => d,
@@ -436,16 +435,18 @@ pub async fn run(
                     schemas.insert(key.0.clone(), schema);
                 }
             }
+            let mut outcomes = Vec::new();
             for batch in batches(due, &subs) {
                 while in_flight.len() >= config.concurrency.max(1) {
-                    in_flight.join_next().await;
+                    if let Some(Ok(done)) = in_flight.join_next().await {
+                        outcomes.extend(done);
+                    }
                 }
                 let key = (
                     batch[0].topic.to_lowercase(),
                     batch[0].subscription.to_lowercase(),
                 );
                 in_flight.spawn(deliver_batch(
-                    store.clone(),
                     http.clone(),
                     starter.clone(),
                     config.clone(),
@@ -457,8 +458,16 @@ pub async fn run(
                     batch,
                 ));
             }
-            // What was just sent must be recorded before it is read again.
-            while in_flight.join_next().await.is_some() {}
+            // What was just sent is recorded (one transaction) before the
+            // pending deliveries are read again.
+            while let Some(done) = in_flight.join_next().await {
+                if let Ok(done) = done {
+                    outcomes.extend(done);
+                }
+            }
+            if let Err(e) = store.record_attempts(outcomes).await {
+                tracing::warn!("recording delivery attempts: {e}");
+            }
             continue;
         }
         let next = store.next_due_ms().await.ok().flatten();

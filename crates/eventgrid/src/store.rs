@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use durable::store::group_commit::GroupCommit;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use serde_json::Value;
@@ -137,11 +138,87 @@ pub struct DeadLetter {
     pub last_delivery_attempt_time_ms: i64,
 }
 
+/// One queued publish: topic, events, time, and where its answer goes.
+type PublishOp = (
+    String,
+    Vec<Event>,
+    i64,
+    tokio::sync::oneshot::Sender<Result<usize, StoreError>>,
+);
+
 /// The router's store. Cloning shares it.
 #[derive(Clone)]
 pub struct RouterStore {
     conn: Arc<Mutex<Connection>>,
+    publisher: Arc<GroupCommit<PublishOp>>,
     wake: Arc<Notify>,
+}
+
+/// Applies a group of publishes in one transaction and answers each.
+fn publish_group(conn: &mut Connection, ops: Vec<PublishOp>) {
+    let mut answers = Vec::with_capacity(ops.len());
+    let outcome = (|| -> Result<(), StoreError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (topic, events, now_ms, reply) in ops {
+            let queued = publish_in(&tx, &topic, &events, now_ms)?;
+            answers.push((reply, queued));
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => {
+            for (reply, queued) in answers {
+                let _ = reply.send(Ok(queued));
+            }
+        }
+        Err(e) => {
+            // Nothing of the group was stored; publishers not reached see
+            // their answer dropped (Interrupted).
+            let message = e.to_string();
+            for (reply, _) in answers {
+                let _ = reply.send(Err(StoreError::Invalid(format!(
+                    "the publish was not stored: {message}"
+                ))));
+            }
+        }
+    }
+}
+
+/// One publish inside a transaction: its events and their deliveries.
+fn publish_in(
+    tx: &Connection,
+    topic: &str,
+    events: &[Event],
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    let subs: Vec<SubscriptionRecord> = tx
+        .prepare_cached(
+            "SELECT topic, name, definition, state, reason, validation_code FROM subscriptions
+             WHERE topic = ?1 AND state = 'Succeeded'",
+        )?
+        .query_map([topic], subscription_row)?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(to_record)
+        .collect::<Result<_, _>>()?;
+    let mut queued = 0;
+    for e in events {
+        tx.prepare_cached(
+            "INSERT INTO events (topic, event_id, body, size, published_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![topic, e.id, e.json.to_string(), e.size as i64, now_ms])?;
+        let seq = tx.last_insert_rowid();
+        for s in subs.iter().filter(|s| s.input.filter.matches(&e.json)) {
+            tx.prepare_cached(
+                "INSERT INTO deliveries (seq, topic, subscription, state, attempts, due_ms)
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
+            )?
+            .execute(params![seq, topic, s.name, now_ms])?;
+            queued += 1;
+        }
+    }
+    Ok(queued)
 }
 
 fn schema_name(s: Schema) -> &'static str {
@@ -203,6 +280,7 @@ fn to_record(
 impl RouterStore {
     /// Opens (creating) the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
         let conn = Connection::open(path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -255,8 +333,13 @@ impl RouterStore {
              );
              CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (topic, seq);",
         )?;
+        let writer = Connection::open(path)?;
+        writer.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")?;
+        let publisher = GroupCommit::start("events-publisher", writer, 256, publish_group)
+            .map_err(|e| StoreError::Interrupted(format!("starting the events writer: {e}")))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            publisher: Arc::new(publisher),
             wake: Arc::new(Notify::new()),
         })
     }
@@ -497,47 +580,22 @@ impl RouterStore {
 
     /// Stores accepted events and, in the same transaction, a delivery for
     /// every active subscription whose filter matches. Durable when it
-    /// returns. Returns how many deliveries it queued.
+    /// returns. Concurrent publishes share one transaction (group commit:
+    /// one fsync for many publishers). Returns how many deliveries it
+    /// queued.
     pub async fn publish(
         &self,
         topic: &str,
         events: Vec<Event>,
         now_ms: i64,
     ) -> Result<usize, StoreError> {
-        let topic = topic.to_string();
-        let queued = self
-            .call(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let subs: Vec<SubscriptionRecord> = tx
-                    .prepare(
-                        "SELECT topic, name, definition, state, reason, validation_code FROM subscriptions
-                         WHERE topic = ?1 AND state = 'Succeeded'",
-                    )?
-                    .query_map([&topic], subscription_row)?
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into_iter()
-                    .map(to_record)
-                    .collect::<Result<_, _>>()?;
-                let mut queued = 0;
-                for e in &events {
-                    tx.prepare_cached(
-                        "INSERT INTO events (topic, event_id, body, size, published_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?
-                    .execute(params![topic, e.id, e.json.to_string(), e.size as i64, now_ms])?;
-                    let seq = tx.last_insert_rowid();
-                    for s in subs.iter().filter(|s| s.input.filter.matches(&e.json)) {
-                        tx.prepare_cached(
-                            "INSERT INTO deliveries (seq, topic, subscription, state, attempts, due_ms)
-                             VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
-                        )?
-                        .execute(params![seq, topic, s.name, now_ms])?;
-                        queued += 1;
-                    }
-                }
-                tx.commit()?;
-                Ok(queued)
-            })
-            .await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.publisher
+            .run((topic.to_string(), events, now_ms, tx))
+            .map_err(|_| StoreError::Interrupted("the events store is closed".into()))?;
+        let queued = rx
+            .await
+            .map_err(|_| StoreError::Interrupted("the events writer stopped".into()))??;
         if queued > 0 {
             self.wake.notify_one();
         }
@@ -582,45 +640,32 @@ impl RouterStore {
         .await
     }
 
-    /// Records one attempt of a delivery and what follows it.
-    pub async fn record_attempt(&self, attempt: RecordedAttempt) -> Result<(), StoreError> {
+    /// Records attempts and what follows each, in one transaction (a
+    /// delivery round's worth: one fsync for many deliveries).
+    pub async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let a = &attempt;
-            tx.prepare_cached(
-                "INSERT INTO attempts (seq, topic, subscription, n, at_ms, outcome, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                a.seq,
-                a.topic,
-                a.subscription,
-                a.n,
-                a.at_ms,
-                a.outcome,
-                a.status
-            ])?;
-            let (state, due, reason) = match &a.next {
-                Next::Delivered => ("delivered", a.at_ms, None),
-                Next::RetryAt(due) => ("pending", *due, None),
-                Next::Dead(reason) => ("dead", a.at_ms, Some(reason.clone())),
-            };
-            tx.prepare_cached(
-                "UPDATE deliveries SET state = ?4, attempts = ?5, due_ms = ?6, last_outcome = ?7,
-                     last_attempt_ms = ?8, reason = ?9
-                 WHERE seq = ?1 AND topic = ?2 AND subscription = ?3",
-            )?
-            .execute(params![
-                a.seq,
-                a.topic,
-                a.subscription,
-                state,
-                a.n,
-                due,
-                a.outcome,
-                a.at_ms,
-                reason
-            ])?;
+            for a in &attempts {
+                tx.prepare_cached(
+                    "INSERT INTO attempts (seq, topic, subscription, n, at_ms, outcome, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![a.seq, a.topic, a.subscription, a.n, a.at_ms, a.outcome, a.status])?;
+                let (state, due, reason) = match &a.next {
+                    Next::Delivered => ("delivered", a.at_ms, None),
+                    Next::RetryAt(due) => ("pending", *due, None),
+                    Next::Dead(reason) => ("dead", a.at_ms, Some(reason.clone())),
+                };
+                tx.prepare_cached(
+                    "UPDATE deliveries SET state = ?4, attempts = ?5, due_ms = ?6, last_outcome = ?7,
+                         last_attempt_ms = ?8, reason = ?9
+                     WHERE seq = ?1 AND topic = ?2 AND subscription = ?3",
+                )?
+                .execute(params![a.seq, a.topic, a.subscription, state, a.n, due, a.outcome, a.at_ms, reason])?;
+            }
             tx.commit()?;
             Ok(())
         })
