@@ -716,3 +716,79 @@ async fn every_accepted_event_is_delivered_across_a_sigkill_and_retries_end_by_a
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_starts_galaxy_create_and_galaxy_created_reaches_a_subscriber_once() {
+    let cloud = Cloud::start();
+    // The system topic exists from the start.
+    let (s, t) = cloud
+        .call(
+            reqwest::Method::GET,
+            "/api/events/topics/galaxy-forge",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    let mut receiver = Receiver::start(Handshake::Answer, vec![]).await;
+    let mut sub = hook(&receiver.url);
+    sub["filter"] = json!({"includedEventTypes": ["Galaxy.Created"]});
+    cloud.subscribe("galaxy-forge", "watcher", sub).await;
+    cloud
+        .wait_state("galaxy-forge", "watcher", "Succeeded")
+        .await;
+    let (endpoint, key) = cloud.topic("requests", "EventGridSchema").await;
+    cloud
+        .subscribe("requests", "creator", json!({"destination": {"endpointType": "Orchestration", "properties": {"name": "Galaxy_Create"}}}))
+        .await;
+    for _ in 0..2 {
+        assert_eq!(
+            cloud
+                .publish(&endpoint, &key, json!([event("r1", "Galaxy.Requested", 1)]))
+                .await
+                .0,
+            200
+        );
+    }
+    let (_, body) = receiver.next().await;
+    let created = &body[0];
+    assert_eq!(created["eventType"], "Galaxy.Created");
+    assert_eq!(created["topic"], "galaxy-forge");
+    assert_eq!(created["data"]["instanceId"], "eg:requests:r1");
+    let row_key = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["data"]["rowKey"], row_key.as_str());
+    // Both deliveries of the request are done: still one galaxy, one event.
+    let until = Instant::now() + WAIT;
+    loop {
+        let (_, v) = cloud
+            .call(
+                reqwest::Method::GET,
+                "/api/events/topics/requests/events/r1/deliveries",
+                None,
+            )
+            .await;
+        let list = v["value"].as_array().unwrap();
+        if list.len() == 2 && list.iter().all(|d| d["state"] == "delivered") {
+            break;
+        }
+        assert!(Instant::now() < until, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, galaxies) = cloud
+        .call(reqwest::Method::GET, "/api/galaxies", None)
+        .await;
+    assert_eq!(galaxies["value"].as_array().map(Vec::len), Some(1));
+    let text = cloud
+        .http
+        .get(format!("{}/metrics", cloud.base))
+        .header("x-functions-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("galaxy_events_published_total{topic=\"galaxy-forge\"} 1"),
+        "{text}"
+    );
+}

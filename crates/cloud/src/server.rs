@@ -155,14 +155,11 @@ pub async fn open_players(
 }
 
 /// The functions this server runs: `Galaxy_Create` and its activities
-/// (a galaxy a player starts also goes into the player's synced galaxies),
-/// and the samples when asked for.
-pub fn registry(
-    table: impl Into<Galaxies>,
-    players: Option<galaxy::players::Players>,
-    samples: bool,
-) -> Registry {
-    let registry = galaxy::register_with_players(Registry::new(), table, players);
+/// (a galaxy a player starts also goes into the player's synced galaxies;
+/// every galaxy is announced on the system topic when `hooks` say so), and
+/// the samples when asked for.
+pub fn registry(table: impl Into<Galaxies>, hooks: galaxy::CloudHooks, samples: bool) -> Registry {
+    let registry = galaxy::register_for_cloud(Registry::new(), table, hooks);
     if samples {
         crate::samples::register(registry)
     } else {
@@ -200,6 +197,53 @@ pub async fn serve(
     }
 }
 
+/// The system topic (made at start, so subscribers can subscribe before
+/// the first galaxy): galaxy-cloud publishes `Galaxy.Created` there.
+pub const SYSTEM_TOPIC: &str = "galaxy-forge";
+
+/// Publishes `Galaxy.Created` on the system topic for every galaxy written
+/// (the galaxy's row key is the event id, so a retried activity publishes
+/// once).
+pub struct SystemEvents(pub eventgrid::RouterStore);
+
+impl galaxy::GalaxyObserver for SystemEvents {
+    fn created(
+        &self,
+        g: &galaxy::Galaxy,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        let event = eventgrid::Event::system(
+            SYSTEM_TOPIC,
+            &g.row_key,
+            &format!("/galaxies/{}", g.row_key),
+            "Galaxy.Created",
+            &g.timestamp.to_rfc3339(),
+            serde_json::to_value(g).unwrap_or_default(),
+        );
+        Box::pin(async move {
+            self.0
+                .publish_system(
+                    SYSTEM_TOPIC,
+                    vec![event],
+                    chrono::Utc::now().timestamp_millis(),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The cloud's workload hooks over its players and event stores.
+pub fn hooks(
+    players: &galaxy::players::Players,
+    events: &eventgrid::RouterStore,
+) -> galaxy::CloudHooks {
+    galaxy::CloudHooks {
+        players: Some(players.clone()),
+        observer: Some(Arc::new(SystemEvents(events.clone()))),
+    }
+}
+
 /// A server started by [`spawn_local`]: its address, and how to stop it.
 pub struct LocalServer {
     /// `http://127.0.0.1:PORT`.
@@ -234,9 +278,13 @@ pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalSe
     )?);
     let table = Arc::new(GalaxyTable::open(dir.join("galaxies.db"), true)?);
     let players = galaxy::players::Players::open(dir.join("players.db"))?;
+    let events = eventgrid::RouterStore::open(dir.join("events.db"))?;
+    events
+        .put_topic(SYSTEM_TOPIC, eventgrid::Schema::EventGridSchema)
+        .await?;
     let engine = Engine::start(
         store.clone() as Arc<dyn Store>,
-        registry(table.clone(), Some(players.clone()), false),
+        registry(table.clone(), hooks(&players, &events), false),
         EngineConfig::default(),
     );
     let listener = TcpListener::bind(listen)
@@ -246,7 +294,6 @@ pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalSe
             source,
         })?;
     let addr = listener.local_addr()?;
-    let events = eventgrid::RouterStore::open(dir.join("events.db"))?;
     let state = AppState::new(engine, table.clone(), keys, players, events)
         .with_default_host(addr.to_string());
     state.start_delivery();
@@ -364,9 +411,23 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
             return Err(e.into());
         }
     };
+    let events = match eventgrid::RouterStore::open(args.data_dir.join("events.db")) {
+        Ok(e) => e,
+        Err(e) => {
+            opened.close().await;
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = events
+        .put_topic(SYSTEM_TOPIC, eventgrid::Schema::EventGridSchema)
+        .await
+    {
+        opened.close().await;
+        return Err(e.into());
+    }
     let engine = Engine::start(
         opened.store.clone(),
-        registry(table.clone(), Some(players.clone()), args.samples),
+        registry(table.clone(), hooks(&players, &events), args.samples),
         EngineConfig::default(),
     );
     let listener = match TcpListener::bind(&args.listen).await {
@@ -381,14 +442,6 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         }
     };
     let addr = listener.local_addr()?;
-    let events = match eventgrid::RouterStore::open(args.data_dir.join("events.db")) {
-        Ok(e) => e,
-        Err(e) => {
-            engine.shutdown(ENGINE_GRACE).await;
-            opened.close().await;
-            return Err(e.into());
-        }
-    };
     let state = AppState::new(engine.clone(), table.clone(), keys, players.clone(), events)
         .with_default_host(addr.to_string())
         .with_event_config(eventgrid::deliver::DeliveryConfig {

@@ -41,6 +41,30 @@ pub struct Event {
     pub size: usize,
 }
 
+impl Event {
+    /// An event the router itself publishes (the system topic), in the
+    /// Event Grid schema.
+    pub fn system(
+        topic: &str,
+        id: &str,
+        subject: &str,
+        event_type: &str,
+        time: &str,
+        data: Value,
+    ) -> Self {
+        let json = serde_json::json!({
+            "id": id, "topic": topic, "subject": subject, "eventType": event_type,
+            "eventTime": time, "data": data, "dataVersion": "1", "metadataVersion": "1",
+        });
+        let size = json.to_string().len();
+        Self {
+            id: id.to_string(),
+            json,
+            size,
+        }
+    }
+}
+
 /// Why a publish was refused: the status and the Event Grid error body.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{status} {code}: {message}")]

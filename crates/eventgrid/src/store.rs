@@ -309,6 +309,7 @@ impl RouterStore {
                  size INTEGER NOT NULL,
                  published_ms INTEGER NOT NULL
              );
+             CREATE INDEX IF NOT EXISTS events_by_id ON events (topic, event_id);
              CREATE TABLE IF NOT EXISTS deliveries (
                  seq INTEGER NOT NULL,
                  topic TEXT NOT NULL COLLATE NOCASE,
@@ -600,6 +601,47 @@ impl RouterStore {
             self.wake.notify_one();
         }
         Ok(queued)
+    }
+
+    /// Publishes events the router makes itself to `topic` (created with
+    /// the Event Grid schema if missing), each at most once: an event whose
+    /// id the topic already has is skipped, so a producer that runs twice
+    /// (an activity retried after a crash) publishes once. Returns how
+    /// many events were new.
+    pub async fn publish_system(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let topic = topic.to_string();
+        let (fresh, queued) = self
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO topics (name, input_schema, key1, key2) VALUES (?1, 'EventGridSchema', ?2, ?3)",
+                    params![topic, new_key(), new_key()],
+                )?;
+                let mut new = Vec::new();
+                for e in events {
+                    let seen = tx
+                        .prepare_cached("SELECT 1 FROM events WHERE topic = ?1 AND event_id = ?2")?
+                        .query_row(params![topic, e.id], |_| Ok(()))
+                        .optional()?
+                        .is_some();
+                    if !seen {
+                        new.push(e);
+                    }
+                }
+                let queued = publish_in(&tx, &topic, &new, now_ms)?;
+                tx.commit()?;
+                Ok((new.len(), queued))
+            })
+            .await?;
+        if queued > 0 {
+            self.wake.notify_one();
+        }
+        Ok(fresh)
     }
 
     /// Pending deliveries due at `now_ms`, oldest first, at most `limit`.

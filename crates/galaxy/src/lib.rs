@@ -48,5 +48,6 @@ pub use replica::{EditError, GalaxyEvent, GalaxyReplica};
 pub use table::{Galaxy, GalaxyPage, GalaxyTable, TableError};
 pub use view::{InstanceView, TaskState, TaskView, TimelineEntry};
 pub use workload::{
-    register, register_with_players, CreateGalaxyContext, CreateInput, PlayerRef, GALAXY_CREATE,
+    register, register_for_cloud, register_with_players, CloudHooks, CreateGalaxyContext,
+    CreateInput, GalaxyObserver, PlayerRef, GALAXY_CREATE,
 };

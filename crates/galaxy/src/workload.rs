@@ -103,13 +103,51 @@ pub fn register(registry: Registry, table: impl Into<Galaxies>) -> Registry {
     register_with_players(registry, table, None)
 }
 
-/// [`register`] for the cloud: a galaxy a player started there also goes
-/// into that player's synced galaxies in `players`.
+/// Told about every galaxy `Galaxy_Create_Impl` wrote (galaxy-cloud
+/// publishes `Galaxy.Created` to its system topic). Called each time the
+/// activity runs, so at least once per galaxy: implementations make it
+/// idempotent (the galaxy's row key is a natural event id).
+pub trait GalaxyObserver: Send + Sync + 'static {
+    /// A galaxy was written (or found written by an earlier run).
+    fn created(
+        &self,
+        galaxy: &Galaxy,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// What the cloud adds to the workload.
+#[derive(Clone, Default)]
+pub struct CloudHooks {
+    /// A galaxy a player started in the cloud also goes into that
+    /// player's synced galaxies.
+    pub players: Option<Players>,
+    /// Told about every galaxy written.
+    pub observer: Option<std::sync::Arc<dyn GalaxyObserver>>,
+}
+
+/// [`register`] for the cloud (see [`CloudHooks`]).
 pub fn register_with_players(
     registry: Registry,
     table: impl Into<Galaxies>,
     players: Option<Players>,
 ) -> Registry {
+    register_for_cloud(
+        registry,
+        table,
+        CloudHooks {
+            players,
+            observer: None,
+        },
+    )
+}
+
+/// [`register`] with the cloud's hooks.
+pub fn register_for_cloud(
+    registry: Registry,
+    table: impl Into<Galaxies>,
+    hooks: CloudHooks,
+) -> Registry {
+    let CloudHooks { players, observer } = hooks;
     let table: Galaxies = table.into();
     registry
         .orchestration(GALAXY_CREATE, galaxy_create)
@@ -124,6 +162,7 @@ pub fn register_with_players(
             move |actx: ActivityContext, c: CreateGalaxyContext| {
                 let table = table.clone();
                 let players = players.clone();
+                let observer = observer.clone();
                 async move {
                     let galaxy = Galaxy {
                         partition_key: c.partition_key,
@@ -146,6 +185,15 @@ pub fn register_with_players(
                             .put_cloud_galaxy(&p.player_id, &galaxy.row_key, body)
                             .await
                             .map_err(|e| e.to_string())?;
+                    }
+                    if let Some(o) = observer {
+                        // The row as stored (an earlier run's, if any).
+                        let stored = table
+                            .get(&galaxy.partition_key, &galaxy.row_key)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .unwrap_or(galaxy);
+                        o.created(&stored).await?;
                     }
                     Ok::<_, String>(inserted)
                 }

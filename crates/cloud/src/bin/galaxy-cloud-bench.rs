@@ -63,7 +63,7 @@ async fn start_server() -> anyhow::Result<Running> {
     // The engine configuration galaxy-cloud runs with.
     let engine = Engine::start(
         store.clone() as Arc<dyn Store>,
-        cloud::server::registry(table.clone(), None, false),
+        cloud::server::registry(table.clone(), galaxy::CloudHooks::default(), false),
         EngineConfig::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -33,10 +33,14 @@ pub fn start_with(samples: bool, config: EngineConfig) -> TestApp {
     let store = Arc::new(SqliteStore::open(dir.path().join("engine.db")).expect("store"));
     let table = Arc::new(GalaxyTable::open(dir.path().join("galaxies.db"), false).expect("table"));
     let players = galaxy::players::Players::open(dir.path().join("players.db")).expect("players");
-    let registry = cloud::server::registry(table.clone(), Some(players.clone()), samples);
+    let events = eventgrid::RouterStore::open(dir.path().join("events.db")).expect("events");
+    let registry = cloud::server::registry(
+        table.clone(),
+        cloud::server::hooks(&players, &events),
+        samples,
+    );
     let engine = Engine::start(store.clone() as Arc<dyn Store>, registry, config);
     let keys = Keys::new(FUNCTION_KEY, MASTER_KEY).expect("keys");
-    let events = eventgrid::RouterStore::open(dir.path().join("events.db")).expect("events");
     let state = AppState::new(engine, table, keys, players, events);
     let router = cloud::app(state.clone());
     TestApp {
