@@ -34,6 +34,8 @@ struct ReceiverState {
     handshake: Handshake,
     /// Each delivery's answer waits this long (deliveries in flight).
     delay: Duration,
+    /// When set, each delivery's answer waits for a permit.
+    hold: Option<Arc<tokio::sync::Semaphore>>,
     /// Statuses for the next deliveries, then 200.
     script: Mutex<Vec<u16>>,
     got: mpsc::UnboundedSender<(HeaderMap, Value)>,
@@ -77,6 +79,9 @@ async fn receive(
         tokio::time::sleep(s.delay).await;
     }
     let _ = s.got.send((headers, value));
+    if let Some(hold) = &s.hold {
+        hold.acquire().await.unwrap().forget();
+    }
     StatusCode::from_u16(status).unwrap().into_response()
 }
 
@@ -92,10 +97,25 @@ impl Receiver {
     }
 
     async fn start_slow(handshake: Handshake, script: Vec<u16>, delay: Duration) -> Self {
+        Self::start_with(handshake, script, delay, None).await
+    }
+
+    /// A receiver whose answers wait for permits on `hold`.
+    async fn start_held(hold: Arc<tokio::sync::Semaphore>) -> Self {
+        Self::start_with(Handshake::Answer, vec![], Duration::ZERO, Some(hold)).await
+    }
+
+    async fn start_with(
+        handshake: Handshake,
+        script: Vec<u16>,
+        delay: Duration,
+        hold: Option<Arc<tokio::sync::Semaphore>>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(ReceiverState {
             handshake,
             delay,
+            hold,
             script: Mutex::new(script),
             got: tx,
         });
@@ -791,4 +811,39 @@ async fn an_event_starts_galaxy_create_and_galaxy_created_reaches_a_subscriber_o
         text.contains("galaxy_events_published_total{topic=\"galaxy-forge\"} 1"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_hangs_holds_back_only_its_own_deliveries() {
+    let cloud = Cloud::start();
+    let (endpoint, key) = cloud.topic("mixed", "EventGridSchema").await;
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut slow = Receiver::start_held(hold.clone()).await;
+    let mut fast = Receiver::start(Handshake::Answer, vec![]).await;
+    cloud.subscribe("mixed", "slow", hook(&slow.url)).await;
+    cloud.subscribe("mixed", "fast", hook(&fast.url)).await;
+    cloud.wait_state("mixed", "slow", "Succeeded").await;
+    cloud.wait_state("mixed", "fast", "Succeeded").await;
+    assert_eq!(
+        cloud
+            .publish(&endpoint, &key, json!([event("m1", "T", 1)]))
+            .await
+            .0,
+        200
+    );
+    slow.next().await; // m1 reached the slow receiver, which does not answer
+    fast.next().await;
+    // The slow receiver still holds m1: m2 reaches the fast one anyway.
+    assert_eq!(
+        cloud
+            .publish(&endpoint, &key, json!([event("m2", "T", 2)]))
+            .await
+            .0,
+        200
+    );
+    let (_, b) = fast.next().await;
+    assert_eq!(b[0]["id"], "m2");
+    hold.add_permits(10);
+    let (_, b) = slow.next().await;
+    assert_eq!(b[0]["id"], "m2");
 }

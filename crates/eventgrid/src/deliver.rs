@@ -398,7 +398,11 @@ async fn deliver_batch(
     recorded
 }
 
-/// Delivers due events until `stop` resolves.
+/// Delivers due events until `stop` resolves: claims due deliveries while
+/// there is room for requests in flight, records each finished request's
+/// attempts, and otherwise sleeps until the next delivery is due, a
+/// publish wakes it, or a request finishes. A slow receiver only holds its
+/// own requests.
 pub async fn run(
     store: RouterStore,
     http: reqwest::Client,
@@ -408,67 +412,27 @@ pub async fn run(
 ) {
     tokio::pin!(stop);
     let wake = store.wake();
+    let limit = config.concurrency.max(1);
     let mut in_flight: JoinSet<Vec<RecordedAttempt>> = JoinSet::new();
     loop {
-        let due = match store.due(now_ms(), config.concurrency.max(1) * 8).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!("reading due deliveries: {e}");
-                Vec::new()
-            }
-        };
-        if !due.is_empty() {
-            let mut subs = HashMap::new();
-            let mut schemas = HashMap::new();
-            for d in &due {
-                let key = (d.topic.to_lowercase(), d.subscription.to_lowercase());
-                if !subs.contains_key(&key) {
-                    if let Ok(s) = store.subscription(&d.topic, &d.subscription).await {
-                        subs.insert(key.clone(), s);
-                    }
+        let mut outcomes = Vec::new();
+        while let Some(done) = in_flight.try_join_next() {
+            outcomes.extend(done.unwrap_or_default());
+        }
+        record(&store, outcomes).await;
+        let room = limit.saturating_sub(in_flight.len());
+        if room > 0 {
+            let due = match store.claim_due(now_ms(), room * 8).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("claiming due deliveries: {e}");
+                    Vec::new()
                 }
-                if !schemas.contains_key(&key.0) {
-                    let schema = store
-                        .topic(&d.topic)
-                        .await
-                        .map_or(Schema::EventGridSchema, |t| t.input_schema);
-                    schemas.insert(key.0.clone(), schema);
-                }
+            };
+            if !due.is_empty() {
+                dispatch(&store, &http, &starter, &config, due, &mut in_flight).await;
+                continue;
             }
-            let mut outcomes = Vec::new();
-            for batch in batches(due, &subs) {
-                while in_flight.len() >= config.concurrency.max(1) {
-                    if let Some(Ok(done)) = in_flight.join_next().await {
-                        outcomes.extend(done);
-                    }
-                }
-                let key = (
-                    batch[0].topic.to_lowercase(),
-                    batch[0].subscription.to_lowercase(),
-                );
-                in_flight.spawn(deliver_batch(
-                    http.clone(),
-                    starter.clone(),
-                    config.clone(),
-                    subs.get(&key).cloned(),
-                    schemas
-                        .get(&key.0)
-                        .copied()
-                        .unwrap_or(Schema::EventGridSchema),
-                    batch,
-                ));
-            }
-            // What was just sent is recorded (one transaction) before the
-            // pending deliveries are read again.
-            while let Some(done) = in_flight.join_next().await {
-                if let Ok(done) = done {
-                    outcomes.extend(done);
-                }
-            }
-            if let Err(e) = store.record_attempts(outcomes).await {
-                tracing::warn!("recording delivery attempts: {e}");
-            }
-            continue;
         }
         let next = store.next_due_ms().await.ok().flatten();
         let sleep = match next {
@@ -479,6 +443,60 @@ pub async fn run(
             _ = &mut stop => return,
             _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                record(&store, done.unwrap_or_default()).await;
+            }
         }
+    }
+}
+
+async fn record(store: &RouterStore, outcomes: Vec<RecordedAttempt>) {
+    if let Err(e) = store.record_attempts(outcomes).await {
+        tracing::warn!("recording delivery attempts: {e}");
+    }
+}
+
+/// Starts the requests of claimed deliveries (batched per subscription).
+async fn dispatch(
+    store: &RouterStore,
+    http: &reqwest::Client,
+    starter: &Arc<dyn Starter>,
+    config: &DeliveryConfig,
+    due: Vec<DueDelivery>,
+    in_flight: &mut JoinSet<Vec<RecordedAttempt>>,
+) {
+    let mut subs = HashMap::new();
+    let mut schemas = HashMap::new();
+    for d in &due {
+        let key = (d.topic.to_lowercase(), d.subscription.to_lowercase());
+        if !subs.contains_key(&key) {
+            if let Ok(s) = store.subscription(&d.topic, &d.subscription).await {
+                subs.insert(key.clone(), s);
+            }
+        }
+        if !schemas.contains_key(&key.0) {
+            let schema = store
+                .topic(&d.topic)
+                .await
+                .map_or(Schema::EventGridSchema, |t| t.input_schema);
+            schemas.insert(key.0.clone(), schema);
+        }
+    }
+    for batch in batches(due, &subs) {
+        let key = (
+            batch[0].topic.to_lowercase(),
+            batch[0].subscription.to_lowercase(),
+        );
+        in_flight.spawn(deliver_batch(
+            http.clone(),
+            starter.clone(),
+            config.clone(),
+            subs.get(&key).cloned(),
+            schemas
+                .get(&key.0)
+                .copied()
+                .unwrap_or(Schema::EventGridSchema),
+            batch,
+        ));
     }
 }
