@@ -11,7 +11,7 @@
 //! event through [`Starter`], with an instance id made from the topic and
 //! the event id, so a redelivered or republished event starts nothing new.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -398,11 +398,12 @@ async fn deliver_batch(
     recorded
 }
 
-/// Delivers due events until `stop` resolves: claims due deliveries while
-/// there is room for requests in flight, records each finished request's
-/// attempts, and otherwise sleeps until the next delivery is due, a
-/// publish wakes it, or a request finishes. A slow receiver only holds its
-/// own requests.
+/// Delivers due events until `stop` resolves: takes due deliveries while
+/// there is room for requests in flight (skipping the ones already in
+/// flight, kept in memory: a crash sends them again, at least once),
+/// records each finished request's attempts, and otherwise sleeps until the
+/// next delivery is due, a publish wakes it, or a request finishes. A slow
+/// receiver only holds its own requests.
 pub async fn run(
     store: RouterStore,
     http: reqwest::Client,
@@ -414,21 +415,24 @@ pub async fn run(
     let wake = store.wake();
     let limit = config.concurrency.max(1);
     let mut in_flight: JoinSet<Vec<RecordedAttempt>> = JoinSet::new();
+    let mut sent: HashSet<(i64, String, String)> = HashSet::new();
     loop {
         let mut outcomes = Vec::new();
         while let Some(done) = in_flight.try_join_next() {
             outcomes.extend(done.unwrap_or_default());
         }
-        record(&store, outcomes).await;
+        record(&store, outcomes, &mut sent).await;
         let room = limit.saturating_sub(in_flight.len());
         if room > 0 {
-            let due = match store.claim_due(now_ms(), room * 8).await {
+            let due = match store.due(now_ms(), room * 8 + sent.len()).await {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!("claiming due deliveries: {e}");
+                    tracing::warn!("reading due deliveries: {e}");
                     Vec::new()
                 }
             };
+            let due: Vec<DueDelivery> =
+                due.into_iter().filter(|d| sent.insert(key_of(d))).collect();
             if !due.is_empty() {
                 dispatch(&store, &http, &starter, &config, due, &mut in_flight).await;
                 continue;
@@ -444,15 +448,34 @@ pub async fn run(
             _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                record(&store, done.unwrap_or_default()).await;
+                record(&store, done.unwrap_or_default(), &mut sent).await;
             }
         }
     }
 }
 
-async fn record(store: &RouterStore, outcomes: Vec<RecordedAttempt>) {
+fn key_of(d: &DueDelivery) -> (i64, String, String) {
+    (d.seq, d.topic.to_lowercase(), d.subscription.to_lowercase())
+}
+
+/// Records finished attempts and forgets them as in flight.
+async fn record(
+    store: &RouterStore,
+    outcomes: Vec<RecordedAttempt>,
+    sent: &mut HashSet<(i64, String, String)>,
+) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let keys: Vec<_> = outcomes
+        .iter()
+        .map(|a| (a.seq, a.topic.to_lowercase(), a.subscription.to_lowercase()))
+        .collect();
     if let Err(e) = store.record_attempts(outcomes).await {
         tracing::warn!("recording delivery attempts: {e}");
+    }
+    for k in keys {
+        sent.remove(&k);
     }
 }
 

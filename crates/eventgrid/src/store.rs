@@ -332,10 +332,7 @@ impl RouterStore {
                  outcome TEXT NOT NULL,
                  status INTEGER
              );
-             CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (topic, seq);
-             -- Deliveries claimed by a process that stopped go back to the
-             -- queue (at least once).
-             UPDATE deliveries SET state = 'pending' WHERE state = 'inflight';",
+             CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (topic, seq);",
         )?;
         let writer = Connection::open(path)?;
         writer.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")?;
@@ -647,19 +644,12 @@ impl RouterStore {
         Ok(fresh)
     }
 
-    /// Claims up to `limit` pending deliveries due at `now_ms`, oldest
-    /// first: they become `inflight` until their attempt is recorded, so
-    /// the loop never sends one twice at once, and a slow receiver does
-    /// not hold the others back. Claims left by a stopped process return
-    /// to the queue when the store opens.
-    pub async fn claim_due(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<DueDelivery>, StoreError> {
+    /// Pending deliveries due at `now_ms`, oldest first, at most `limit`
+    /// (a read: the delivery loop keeps its requests in flight in memory
+    /// and skips them).
+    pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let due: Vec<DueDelivery> = tx
+            Ok(conn
                 .prepare_cached(
                     "SELECT d.seq, d.topic, d.subscription, e.body, d.attempts, e.published_ms
                      FROM deliveries d JOIN events e ON e.seq = d.seq
@@ -677,15 +667,7 @@ impl RouterStore {
                         published_ms: r.get(5)?,
                     })
                 })?
-                .collect::<Result<_, _>>()?;
-            for d in &due {
-                tx.prepare_cached(
-                    "UPDATE deliveries SET state = 'inflight' WHERE seq = ?1 AND topic = ?2 AND subscription = ?3",
-                )?
-                .execute(params![d.seq, d.topic, d.subscription])?;
-            }
-            tx.commit()?;
-            Ok(due)
+                .collect::<Result<_, _>>()?)
         })
         .await
     }
