@@ -62,13 +62,23 @@ tauri-driver:
 	  $(CARGO) install tauri-driver --version $(TAURI_DRIVER_VERSION) --locked
 
 # The official clients some tests drive, pinned, installed into target/
-# (never system-wide): the Azure Event Grid publisher SDK for Python.
-TEST_CLIENTS := target/test-clients/python
+# (never system-wide): the Azure Event Grid publisher SDKs for Python and
+# JavaScript.
+PY_CLIENTS := target/test-clients/python
+NODE_CLIENTS := target/test-clients/node
 EVENTGRID_SDK_VERSION := 4.22.0
+EVENTGRID_JS_VERSION := 5.12.0
 test-clients:
-	@[ -d $(TEST_CLIENTS)/azure/eventgrid ] && grep -q "^Version: $(EVENTGRID_SDK_VERSION)$$" $(TEST_CLIENTS)/azure_eventgrid-*.dist-info/METADATA 2>/dev/null || { \
-	  echo "installing: azure-eventgrid $(EVENTGRID_SDK_VERSION) into $(TEST_CLIENTS)"; \
-	  python3 -m pip install --quiet --disable-pip-version-check --upgrade --target $(TEST_CLIENTS) azure-eventgrid==$(EVENTGRID_SDK_VERSION); }
+	@[ -d $(PY_CLIENTS)/azure/eventgrid ] && grep -q "^Version: $(EVENTGRID_SDK_VERSION)$$" $(PY_CLIENTS)/azure_eventgrid-*.dist-info/METADATA 2>/dev/null || { \
+	  echo "installing: azure-eventgrid $(EVENTGRID_SDK_VERSION) into $(PY_CLIENTS)"; \
+	  python3 -m pip install --quiet --disable-pip-version-check --upgrade --target $(PY_CLIENTS) azure-eventgrid==$(EVENTGRID_SDK_VERSION); }
+	@command -v npm >/dev/null || { \
+	  echo "installing: nodejs npm"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
+	@grep -q '"version": "$(EVENTGRID_JS_VERSION)"' $(NODE_CLIENTS)/node_modules/@azure/eventgrid/package.json 2>/dev/null || { \
+	  echo "installing: @azure/eventgrid $(EVENTGRID_JS_VERSION) into $(NODE_CLIENTS)"; \
+	  mkdir -p $(NODE_CLIENTS) && npm install --prefix $(NODE_CLIENTS) --no-audit --no-fund --silent @azure/eventgrid@$(EVENTGRID_JS_VERSION); }
 
 test: deps pg-deps tauri-driver test-clients
 	$(CARGO) test --workspace --all-targets

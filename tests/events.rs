@@ -580,24 +580,18 @@ async fn cloud_events_and_an_event_that_starts_one_galaxy_however_often_it_comes
     assert_eq!(s, 400, "{e}");
 }
 
-/// Where `make test` installs the pinned Python publisher SDK.
-fn python_clients() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-clients/python")
+/// Where `make test` installs the pinned official client libraries.
+fn test_clients() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-clients")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_azure_python_publisher_works_unchanged() {
-    let clients = python_clients();
-    assert!(
-        clients.join("azure/eventgrid").is_dir(),
-        "the Azure Event Grid SDK is not installed in {}: run `make test` (it installs the pinned version there)",
-        clients.display()
-    );
-    let cloud = Cloud::start();
+/// Two topics (Event Grid, CloudEvents) with a receiver each, for an SDK
+/// run: endpoints, keys, receivers.
+async fn sdk_topics(cloud: &Cloud) -> ([String; 4], Receiver, Receiver) {
     let (eg_endpoint, eg_key) = cloud.topic("sdk-eg", "EventGridSchema").await;
     let (ce_endpoint, ce_key) = cloud.topic("sdk-ce", "CloudEventSchemaV1_0").await;
-    let mut eg_receiver = Receiver::start(Handshake::Answer, vec![]).await;
-    let mut ce_receiver = Receiver::start(Handshake::Answer, vec![]).await;
+    let eg_receiver = Receiver::start(Handshake::Answer, vec![]).await;
+    let ce_receiver = Receiver::start(Handshake::Answer, vec![]).await;
     cloud
         .subscribe("sdk-eg", "hook", hook(&eg_receiver.url))
         .await;
@@ -606,16 +600,17 @@ async fn the_official_azure_python_publisher_works_unchanged() {
         .await;
     cloud.wait_state("sdk-eg", "hook", "Succeeded").await;
     cloud.wait_state("sdk-ce", "hook", "Succeeded").await;
+    (
+        [eg_endpoint, eg_key, ce_endpoint, ce_key],
+        eg_receiver,
+        ce_receiver,
+    )
+}
 
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/eventgrid_publish.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .args([&eg_endpoint, &eg_key, &ce_endpoint, &ce_key])
-        .env("PYTHONPATH", &clients)
-        .output()
-        .await
-        .expect("python3 runs");
+/// Runs an SDK client script and checks the steps it reports: a key, a
+/// SAS token, CloudEvents, and a wrong key refused with 401.
+async fn run_sdk_client(mut command: tokio::process::Command, args: &[String; 4]) {
+    let out = command.args(args).output().await.expect("the client runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -630,21 +625,39 @@ async fn the_official_azure_python_publisher_works_unchanged() {
     assert_eq!(names, vec!["key", "sas", "cloudevents", "wrong-key"]);
     assert!(steps.iter().all(|s| s["ok"] == true), "{stdout}");
     assert_eq!(steps[3]["status"], 401);
+}
 
+/// Event types the Event Grid receiver got, `n` of them, sorted.
+async fn event_types(receiver: &mut Receiver, n: usize) -> Vec<String> {
     let mut types = Vec::new();
-    for _ in 0..3 {
-        let (_, body) = eg_receiver.next().await;
+    while types.len() < n {
+        let (_, body) = receiver.next().await;
         for e in body.as_array().unwrap() {
-            types.push(e["eventType"].as_str().unwrap().to_string());
             assert_eq!(e["dataVersion"], "1.0");
-        }
-        if types.len() == 3 {
-            break;
+            types.push(e["eventType"].as_str().unwrap().to_string());
         }
     }
     types.sort();
+    types
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_azure_python_publisher_works_unchanged() {
+    let clients = test_clients().join("python");
+    assert!(
+        clients.join("azure/eventgrid").is_dir(),
+        "the Azure Event Grid SDK for Python is not in {}: run `make test` (it installs the pinned version there)",
+        clients.display()
+    );
+    let cloud = Cloud::start();
+    let (args, mut eg_receiver, mut ce_receiver) = sdk_topics(&cloud).await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/eventgrid_publish.py");
+    let mut command = tokio::process::Command::new("python3");
+    command.arg(&script).env("PYTHONPATH", &clients);
+    run_sdk_client(command, &args).await;
     assert_eq!(
-        types,
+        event_types(&mut eg_receiver, 3).await,
         vec!["Sdk.KeyPublished", "Sdk.KeyPublished", "Sdk.SasPublished"]
     );
     let mut ces = Vec::new();
@@ -659,6 +672,36 @@ async fn the_official_azure_python_publisher_works_unchanged() {
         ces.iter().any(|c| c["data_base64"] == "AAE="),
         "bytes travel as data_base64: {ces:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_azure_javascript_publisher_works_unchanged() {
+    let clients = test_clients().join("node");
+    assert!(
+        clients.join("node_modules/@azure/eventgrid").is_dir(),
+        "the Azure Event Grid SDK for JavaScript is not in {}: run `make test` (it installs the pinned version there)",
+        clients.display()
+    );
+    let cloud = Cloud::start();
+    let (args, mut eg_receiver, mut ce_receiver) = sdk_topics(&cloud).await;
+    // ES modules resolve packages from the script's own directory.
+    let script = clients.join("eventgrid_publish.mjs");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/clients/eventgrid_publish.mjs"),
+        &script,
+    )
+    .unwrap();
+    let mut command = tokio::process::Command::new("node");
+    command.arg(&script);
+    run_sdk_client(command, &args).await;
+    assert_eq!(
+        event_types(&mut eg_receiver, 2).await,
+        vec!["Js.KeyPublished", "Js.SasPublished"]
+    );
+    let (_, ce) = ce_receiver.next().await;
+    assert_eq!(ce["type"], "Js.CloudEvent", "{ce}");
+    assert_eq!(ce["data"]["n"], 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

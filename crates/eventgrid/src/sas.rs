@@ -73,12 +73,19 @@ fn normalize_resource(r: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// An expiry as the SDKs write it: RFC 3339, `2030-01-01 00:00:00+00:00`
+/// (Python), or `12/2/2026 3:04:26 AM` in UTC (JavaScript and .NET).
 fn parse_expiry(e: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(e)
         .or_else(|_| DateTime::parse_from_str(e, "%Y-%m-%d %H:%M:%S%:z"))
         .or_else(|_| DateTime::parse_from_str(e, "%Y-%m-%d %H:%M:%S%.f%:z"))
-        .ok()
         .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(e, "%m/%d/%Y %I:%M:%S %p")
+                .ok()
+                .map(|t| t.and_utc())
+        })
 }
 
 fn signature(key_b64: &str, signed: &str) -> Option<String> {
@@ -193,6 +200,17 @@ mod tests {
             check_token("nonsense", ENDPOINT, &[&k2], now),
             Err(SasError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn the_javascript_and_dotnet_expiry_spelling_is_utc() {
+        let t = parse_expiry("12/2/2026 3:04:26 AM").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-12-02T03:04:26+00:00");
+        assert_eq!(
+            parse_expiry("1/15/2030 11:00:00 PM").unwrap().to_rfc3339(),
+            "2030-01-15T23:00:00+00:00"
+        );
+        assert!(parse_expiry("tomorrow").is_none());
     }
 
     #[test]
