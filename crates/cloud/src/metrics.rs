@@ -227,7 +227,12 @@ fn escape(s: &str) -> String {
 
 /// Appends the event router's per-topic counters.
 pub fn render_events(out: &mut String, counts: &[eventgrid::store::TopicCounts]) {
-    let families: [(&str, &str, fn(&eventgrid::store::TopicCounts) -> u64); 5] = [
+    type Family = (
+        &'static str,
+        &'static str,
+        fn(&eventgrid::store::TopicCounts) -> u64,
+    );
+    let families: [Family; 5] = [
         (
             "galaxy_events_published_total",
             "Events accepted, by topic.",

@@ -408,7 +408,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         Ok(p) => p,
         Err(e) => {
             opened.close().await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     let events = match eventgrid::RouterStore::open(args.data_dir.join("events.db")) {
