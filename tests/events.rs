@@ -238,19 +238,32 @@ impl Cloud {
     /// Waits (polling the API, with a deadline) until the subscription
     /// reaches `state`.
     async fn wait_state(&self, topic: &str, name: &str, state: &str) -> Value {
+        self.get_until(
+            &format!("/api/events/topics/{topic}/eventSubscriptions/{name}"),
+            &format!("{name} to reach {state}"),
+            |_, v| v["properties"]["provisioningState"] == state,
+        )
+        .await
+    }
+
+    /// GETs `path` (function key) until `done` holds for the answer,
+    /// polling with a deadline; returns that answer.
+    async fn get_until(
+        &self,
+        path: &str,
+        what: &str,
+        done: impl Fn(StatusCode, &Value) -> bool,
+    ) -> Value {
         let until = Instant::now() + WAIT;
         loop {
-            let (_, v) = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/api/events/topics/{topic}/eventSubscriptions/{name}"),
-                    None,
-                )
-                .await;
-            if v["properties"]["provisioningState"] == state {
+            let (s, v) = self.call(reqwest::Method::GET, path, None).await;
+            if done(s, &v) {
                 return v;
             }
-            assert!(Instant::now() < until, "{name} never reached {state}: {v}");
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}: {s} {v}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -381,21 +394,13 @@ async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
         assert_eq!(h["aeg-delivery-count"], expected_count);
     }
     rejecting.next().await;
-    let until = Instant::now() + WAIT;
-    let dead = loop {
-        let (_, v) = cloud
-            .call(
-                reqwest::Method::GET,
-                "/api/events/topics/galaxy-events/eventSubscriptions/rejecting/deadLetters",
-                None,
-            )
-            .await;
-        if !v["value"].as_array().unwrap().is_empty() {
-            break v;
-        }
-        assert!(Instant::now() < until, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let dead = cloud
+        .get_until(
+            "/api/events/topics/galaxy-events/eventSubscriptions/rejecting/deadLetters",
+            "a dead letter",
+            |_, v| !v["value"].as_array().unwrap().is_empty(),
+        )
+        .await;
     assert_eq!(dead["value"][0]["deadLetterReason"], "NotRetriable");
     assert_eq!(dead["value"][0]["deliveryAttempts"], 1);
     assert_eq!(dead["value"][0]["lastDeliveryOutcome"], "BadRequest");
@@ -508,24 +513,13 @@ async fn cloud_events_and_an_event_that_starts_one_galaxy_however_often_it_comes
     }
     // One instance, one galaxy.
     let id = "eg:forge-ce:req-1";
-    let until = Instant::now() + WAIT;
-    loop {
-        let (s, v) = cloud
-            .call(
-                reqwest::Method::GET,
-                &format!("/runtime/webhooks/durabletask/instances/{id}"),
-                None,
-            )
-            .await;
-        if s == StatusCode::OK && v["runtimeStatus"] == "Completed" {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the event's orchestration never completed: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cloud
+        .get_until(
+            &format!("/runtime/webhooks/durabletask/instances/{id}"),
+            "the event's orchestration to complete",
+            |s, v| s == StatusCode::OK && v["runtimeStatus"] == "Completed",
+        )
+        .await;
     let (_, deliveries) = cloud
         .call(
             reqwest::Method::GET,
@@ -544,26 +538,19 @@ async fn cloud_events_and_an_event_that_starts_one_galaxy_however_often_it_comes
         2,
         "two deliveries of the event: {deliveries}"
     );
-    let until = Instant::now() + WAIT;
-    loop {
-        let (_, v) = cloud
-            .call(
-                reqwest::Method::GET,
-                "/api/events/topics/forge-ce/events/req-1/deliveries",
-                None,
-            )
-            .await;
-        if v["value"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|d| d["state"] == "delivered")
-        {
-            break;
-        }
-        assert!(Instant::now() < until, "not all delivered: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cloud
+        .get_until(
+            "/api/events/topics/forge-ce/events/req-1/deliveries",
+            "all delivered",
+            |_, v| {
+                v["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d["state"] == "delivered")
+            },
+        )
+        .await;
     let (_, galaxies) = cloud
         .call(reqwest::Method::GET, "/api/galaxies", None)
         .await;
@@ -760,24 +747,17 @@ async fn every_accepted_event_is_delivered_across_a_sigkill_and_retries_end_by_a
     assert_eq!(cloud.publish(&endpoint, &key, json!([e])).await.0, 200);
     failing.next().await;
     failing.next().await;
-    let until = Instant::now() + WAIT;
-    loop {
-        let (_, v) = cloud
-            .call(
-                reqwest::Method::GET,
-                "/api/events/topics/durable/eventSubscriptions/limited/deadLetters",
-                None,
-            )
-            .await;
-        if let Some(d) = v["value"].as_array().and_then(|a| a.first()) {
-            assert_eq!(d["deadLetterReason"], "MaxDeliveryAttemptsExceeded");
-            assert_eq!(d["deliveryAttempts"], 2);
-            assert_eq!(d["lastDeliveryOutcome"], "GenericError");
-            break;
-        }
-        assert!(Instant::now() < until, "no dead letter: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let v = cloud
+        .get_until(
+            "/api/events/topics/durable/eventSubscriptions/limited/deadLetters",
+            "a dead letter",
+            |_, v| v["value"].as_array().is_some_and(|a| !a.is_empty()),
+        )
+        .await;
+    let d = &v["value"][0];
+    assert_eq!(d["deadLetterReason"], "MaxDeliveryAttemptsExceeded");
+    assert_eq!(d["deliveryAttempts"], 2);
+    assert_eq!(d["lastDeliveryOutcome"], "GenericError");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -820,22 +800,16 @@ async fn an_event_starts_galaxy_create_and_galaxy_created_reaches_a_subscriber_o
     let row_key = created["id"].as_str().unwrap().to_string();
     assert_eq!(created["data"]["rowKey"], row_key.as_str());
     // Both deliveries of the request are done: still one galaxy, one event.
-    let until = Instant::now() + WAIT;
-    loop {
-        let (_, v) = cloud
-            .call(
-                reqwest::Method::GET,
-                "/api/events/topics/requests/events/r1/deliveries",
-                None,
-            )
-            .await;
-        let list = v["value"].as_array().unwrap();
-        if list.len() == 2 && list.iter().all(|d| d["state"] == "delivered") {
-            break;
-        }
-        assert!(Instant::now() < until, "{v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cloud
+        .get_until(
+            "/api/events/topics/requests/events/r1/deliveries",
+            "both deliveries of the request",
+            |_, v| {
+                let list = v["value"].as_array().unwrap();
+                list.len() == 2 && list.iter().all(|d| d["state"] == "delivered")
+            },
+        )
+        .await;
     let (_, galaxies) = cloud
         .call(reqwest::Method::GET, "/api/galaxies", None)
         .await;
