@@ -12,7 +12,6 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 mod common;
-use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -187,25 +186,42 @@ fn galaxies_made_offline_reach_the_other_device_live_and_edits_converge() {
     assert_eq!(list(&d.a), a_list);
 }
 
-/// A TCP proxy to `upstream` that, for the first `drop_answers`
-/// connections, forwards the request and then closes without passing the
-/// answer on (the server applied the push; the client never hears so).
-fn lossy_proxy(upstream: &str, drop_answers: usize) -> (String, Arc<AtomicUsize>) {
+/// A TCP proxy to `upstream`.
+struct Proxy {
+    url: String,
+    /// Answers dropped so far.
+    dropped: Arc<AtomicUsize>,
+    /// The first request line of every connection, as it is forwarded.
+    requests: mpsc::Receiver<String>,
+}
+
+/// A proxy that, for the first `drop_answers` connections, forwards the
+/// request and then closes without passing the answer on (the server
+/// applied the push; the client never hears so). It reports each
+/// connection's first request line, so a test can act at a known point
+/// (kill a device while its push is in flight).
+fn proxy(upstream: &str, drop_answers: usize) -> Proxy {
     let upstream = upstream.trim_start_matches("http://").to_string();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let dropped = Arc::new(AtomicUsize::new(0));
     let counter = dropped.clone();
+    let (seen, requests) = mpsc::channel();
     std::thread::spawn(move || {
         for (n, client) in listener.incoming().enumerate() {
             let Ok(mut client) = client else { continue };
             let mut server = TcpStream::connect(&upstream).unwrap();
             let lose = n < drop_answers;
-            let counter = counter.clone();
+            let (counter, seen) = (counter.clone(), seen.clone());
             std::thread::spawn(move || {
                 let mut c2 = client.try_clone().unwrap();
                 let mut s2 = server.try_clone().unwrap();
                 let up = std::thread::spawn(move || {
+                    let mut first = [0u8; 4096];
+                    let n = c2.read(&mut first).unwrap_or(0);
+                    let _ = s2.write_all(&first[..n]);
+                    let line = String::from_utf8_lossy(&first[..n]);
+                    let _ = seen.send(line.lines().next().unwrap_or("").to_string());
                     let _ = std::io::copy(&mut c2, &mut s2);
                     let _ = s2.shutdown(std::net::Shutdown::Write);
                 });
@@ -224,7 +240,50 @@ fn lossy_proxy(upstream: &str, drop_answers: usize) -> (String, Arc<AtomicUsize>
             });
         }
     });
-    (url, dropped)
+    Proxy {
+        url,
+        dropped,
+        requests,
+    }
+}
+
+/// Points a device at another cloud URL (its account unchanged); returns
+/// the URL it had.
+fn point_at(dir: &Path, url: &str) -> String {
+    let path = dir.join("settings.json");
+    let mut settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let before = settings["cloudUrl"].as_str().unwrap().to_string();
+    settings["cloudUrl"] = json!(url);
+    std::fs::write(&path, settings.to_string()).unwrap();
+    before
+}
+
+/// Runs `galaxy sync` on `dir` through `proxy` and SIGKILLs it as soon as
+/// the proxy forwards a request starting with `at` (e.g. the push), so the
+/// kill lands while that request is in flight or just answered.
+fn kill_during(dir: &Path, proxy: &Proxy, at: &str) {
+    // Lines of earlier runs are not this run's.
+    while proxy.requests.try_recv().is_ok() {}
+    let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("sync")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        let line = proxy
+            .requests
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no request starting with '{at}' came through"));
+        if line.starts_with(at) {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
@@ -233,21 +292,11 @@ fn lost_answers_and_killed_pushes_still_give_each_galaxy_exactly_once() {
     let d = two_devices(&cloud.base);
     ok(&d.a, &["create", "-n", "1500"]);
 
-    // SIGKILL the pushing device at a random point, a few times.
-    let mut rng = rand::thread_rng();
+    // SIGKILL the pushing device while its push is in flight, a few times.
+    let watch = proxy(&cloud.base, 0);
+    let real = point_at(&d.a, &watch.url);
     for _ in 0..3 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy"))
-            .arg("--data-dir")
-            .arg(&d.a)
-            .arg("sync")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // The fault point is random on purpose; nothing waits on it.
-        std::thread::sleep(Duration::from_millis(rng.gen_range(0..400)));
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_during(&d.a, &watch, "POST /api/sync/push");
     }
 
     // Then the answers of the next two connections are lost after the
@@ -258,12 +307,8 @@ fn lost_answers_and_killed_pushes_still_give_each_galaxy_exactly_once() {
         status["sync"]["pending"].as_u64().unwrap() >= 200,
         "{status}"
     );
-    let (lossy, dropped) = lossy_proxy(&cloud.base, 2);
-    let mut settings: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.a.join("settings.json")).unwrap()).unwrap();
-    let real = settings["cloudUrl"].clone();
-    settings["cloudUrl"] = json!(lossy);
-    std::fs::write(d.a.join("settings.json"), settings.to_string()).unwrap();
+    let lossy = proxy(&cloud.base, 2);
+    point_at(&d.a, &lossy.url);
     for _ in 0..2 {
         let out = galaxy(&d.a, &["sync"]);
         assert!(
@@ -271,26 +316,17 @@ fn lost_answers_and_killed_pushes_still_give_each_galaxy_exactly_once() {
             "the answer was lost, so the push cannot look settled"
         );
     }
-    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+    assert_eq!(lossy.dropped.load(Ordering::SeqCst), 2);
     ok(&d.a, &["sync"]);
-    settings["cloudUrl"] = real;
-    std::fs::write(d.a.join("settings.json"), settings.to_string()).unwrap();
+    point_at(&d.a, &real);
 
     let status: Value = serde_json::from_str(&ok(&d.a, &["status"])).unwrap();
     assert_eq!(status["sync"]["pending"], 0, "{status}");
     // B is SIGKILLed mid-pull (each page commits on its own), then pulls
     // the rest.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy"))
-        .arg("--data-dir")
-        .arg(&d.b)
-        .arg("sync")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(rng.gen_range(0..150)));
-    let _ = child.kill();
-    let _ = child.wait();
+    let real_b = point_at(&d.b, &watch.url);
+    kill_during(&d.b, &watch, "GET /api/sync/pull");
+    point_at(&d.b, &real_b);
     ok(&d.b, &["sync"]);
     let a_list = list(&d.a);
     assert_eq!(a_list.len(), 1700);
