@@ -3,15 +3,16 @@
 //! directory. Waits follow the processes' own output (a status line, an
 //! exit), never sleeps.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 mod common;
+use common::{galaxy, list, ok, Watcher};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -39,44 +40,6 @@ fn cloud(extra: &[&str]) -> Cloud {
         base,
         _dir: dir,
     }
-}
-
-fn galaxy(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_galaxy"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("GALAXY_DEVICE_DIR")
-        .output()
-        .expect("run galaxy")
-}
-
-/// Runs `galaxy` and returns its stdout; fails the test on a non-zero exit.
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = galaxy(dir, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "galaxy {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// The galaxies of a device, by id: (name, origin).
-fn list(dir: &Path) -> Vec<(String, String)> {
-    let all: Vec<Value> = serde_json::from_str(&ok(dir, &["list", "--json"])).unwrap();
-    let mut v: Vec<_> = all
-        .iter()
-        .map(|g| {
-            (
-                g["rowKey"].as_str().unwrap().to_string(),
-                g["name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 struct Devices {
@@ -107,30 +70,8 @@ fn galaxies_made_offline_reach_the_other_device_live_and_edits_converge() {
     let cloud = cloud(&[]);
     let d = two_devices(&cloud.base);
     // B keeps syncing live; its status lines say what each round did.
-    let mut watcher = Command::new(env!("CARGO_BIN_EXE_galaxy"))
-        .arg("--data-dir")
-        .arg(&d.b)
-        .args(["sync", "--watch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let out = watcher.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |needle: &str| loop {
-        let line = lines
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("the watching device never said '{needle}'"));
-        if line.contains(needle) {
-            return;
-        }
-    };
-    wait_for("UpToDate");
+    let watcher = Watcher::start(&d.b);
+    watcher.wait_for("UpToDate");
 
     // A is offline as far as sync goes: creating needs no cloud.
     assert_eq!(
@@ -141,12 +82,8 @@ fn galaxies_made_offline_reach_the_other_device_live_and_edits_converge() {
     assert_eq!(status["sync"]["pending"], 5);
     assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 5 pulled 0");
     // The poke makes B pull at once.
-    wait_for("pulled 5");
-    let _ = Command::new("kill").arg(watcher.id().to_string()).status();
-    assert!(
-        watcher.wait().unwrap().success(),
-        "sync --watch ends cleanly on SIGTERM"
-    );
+    watcher.wait_for("pulled 5");
+    assert!(watcher.stop(), "sync --watch ends cleanly on SIGTERM");
     let a_list = list(&d.a);
     assert_eq!(a_list.len(), 5);
     assert_eq!(list(&d.b), a_list);

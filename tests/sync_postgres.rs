@@ -6,16 +6,13 @@
 //! pushes from two processes). A push through one process pokes a device
 //! listening on the other.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::Child;
 
 use durable::testing::PgCluster;
-use serde_json::Value;
 
 mod common;
+use common::{galaxy, list, ok, Watcher};
 
 const PER_DEVICE: usize = 150;
 const ROUNDS: usize = 4;
@@ -44,40 +41,6 @@ fn server(url: &str) -> Server {
     }
 }
 
-fn galaxy(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_galaxy"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = galaxy(dir, args);
-    assert!(
-        out.status.success(),
-        "galaxy {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn list(dir: &Path) -> Vec<(String, String)> {
-    let all: Vec<Value> = serde_json::from_str(&ok(dir, &["list", "--json"])).unwrap();
-    let mut v: Vec<_> = all
-        .iter()
-        .map(|g| {
-            (
-                g["rowKey"].as_str().unwrap().into(),
-                g["name"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_on_one_database_serve_one_player_with_one_counter() {
     let url = PgCluster::shared().create_database().await.unwrap();
@@ -90,36 +53,13 @@ async fn two_processes_on_one_database_serve_one_player_with_one_counter() {
     ok(&b, &["link", &code, "--cloud", &s2.base, "--name", "b"]);
 
     // B listens live on process 2.
-    let mut watcher = Command::new(env!("CARGO_BIN_EXE_galaxy"))
-        .arg("--data-dir")
-        .arg(&b)
-        .args(["sync", "--watch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let out = watcher.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |needle: &str| loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("the watching device never said '{needle}'"));
-        if line.contains(needle) {
-            return;
-        }
-    };
-    wait_for("UpToDate");
+    let watcher = Watcher::start(&b);
+    watcher.wait_for("UpToDate");
     ok(&a, &["create", "-n", "3"]);
     ok(&a, &["sync"]);
     // Pushed through process 1, poked through process 2.
-    wait_for("pulled 3");
-    let _ = Command::new("kill").arg(watcher.id().to_string()).status();
-    watcher.wait().unwrap();
+    watcher.wait_for("pulled 3");
+    watcher.stop();
 
     // Both devices create and push at the same time, round after round,
     // each through its own process.

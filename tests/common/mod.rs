@@ -1,5 +1,6 @@
 //! What the cross-process tests share: starting the real `galaxy-cloud`
-//! binary on a free loopback port and reading the address it prints.
+//! binary on a free loopback port and reading the address it prints, and
+//! driving devices through the real `galaxy` CLI.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -72,5 +73,94 @@ pub fn wait_listening(lines: &mpsc::Receiver<String>) -> (Vec<String>, String) {
             return (seen, url);
         }
         seen.push(line);
+    }
+}
+
+/// Runs `galaxy --data-dir dir args...`.
+pub fn galaxy(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_galaxy"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("GALAXY_DEVICE_DIR")
+        .output()
+        .expect("run galaxy")
+}
+
+/// Runs `galaxy` and returns its stdout; fails the test on a non-zero exit.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = galaxy(dir, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "galaxy {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The galaxies of a device: (row key, name), sorted.
+pub fn list(dir: &Path) -> Vec<(String, String)> {
+    let all: Vec<serde_json::Value> = serde_json::from_str(&ok(dir, &["list", "--json"])).unwrap();
+    let mut v: Vec<_> = all
+        .iter()
+        .map(|g| {
+            (
+                g["rowKey"].as_str().unwrap().to_string(),
+                g["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A device running `galaxy sync --watch`, whose status lines a test
+/// waits on.
+pub struct Watcher {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    /// Starts watching on the device in `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_galaxy"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["sync", "--watch"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn galaxy sync --watch");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a status line containing `needle`.
+    pub fn wait_for(&self, needle: &str) {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("the watching device never said '{needle}'"));
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+
+    /// Stops it with SIGTERM; true when it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 }
