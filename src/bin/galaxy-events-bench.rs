@@ -8,14 +8,12 @@
 //! - Latency: 1,000 events/s for a few seconds, one per request; each
 //!   event carries its publish time, the receiver takes the difference.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
@@ -23,6 +21,10 @@ use axum::Router;
 use clap::Parser;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
+
+#[path = "support/cloud_process.rs"]
+mod cloud_process;
+use cloud_process::{galaxy_cloud_binary, start_cloud, Cloud};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -45,49 +47,6 @@ struct Args {
     /// The galaxy-cloud binary (default: beside this one).
     #[arg(long)]
     galaxy_cloud: Option<PathBuf>,
-}
-
-struct Cloud {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_cloud(bin: &PathBuf) -> anyhow::Result<Cloud> {
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--function-key",
-            KEY,
-            "--master-key",
-            MASTER,
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env_remove("GALAXY_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = child.stdout.take().context("stdout")?;
-    for line in BufReader::new(out).lines() {
-        if let Some(url) = line?.strip_prefix("galaxy-cloud listening on ") {
-            return Ok(Cloud {
-                child,
-                base: url.trim().to_string(),
-                _dir: dir,
-            });
-        }
-    }
-    bail!("galaxy-cloud ended before listening")
 }
 
 #[derive(Default)]
@@ -224,12 +183,12 @@ async fn wait_for(received: &Received, n: usize, limit: Duration) -> anyhow::Res
 }
 
 async fn throughput(
-    bin: &PathBuf,
+    bin: &std::path::Path,
     args: &Args,
     per_request: usize,
     delivery_batch: u32,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let cloud = start_cloud(bin)?;
+    let cloud = start_cloud(bin, &["--function-key", KEY, "--master-key", MASTER])?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
@@ -275,8 +234,8 @@ async fn throughput(
     Ok((published, t0.elapsed()))
 }
 
-async fn latency(bin: &PathBuf, args: &Args) -> anyhow::Result<Vec<u64>> {
-    let cloud = start_cloud(bin)?;
+async fn latency(bin: &std::path::Path, args: &Args) -> anyhow::Result<Vec<u64>> {
+    let cloud = start_cloud(bin, &["--function-key", KEY, "--master-key", MASTER])?;
     let http = reqwest::Client::new();
     let (hook, received) = receiver().await?;
     let topic = setup(&http, &cloud, "latency", &hook, 1).await?;
@@ -306,18 +265,7 @@ async fn latency(bin: &PathBuf, args: &Args) -> anyhow::Result<Vec<u64>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = match &args.galaxy_cloud {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory")?
-            .join("galaxy-cloud"),
-    };
-    ensure!(
-        bin.exists(),
-        "{} not found: build galaxy-cloud in the same profile",
-        bin.display()
-    );
+    let bin = galaxy_cloud_binary(args.galaxy_cloud.as_deref())?;
     println!("## Event router: throughput\n");
     println!(
         "{} events published by {} concurrent publishers to galaxy-cloud (SQLite, durable commits) and pushed to a webhook receiver on loopback ({} cores). Target: 10,000 events/s end to end.\n",

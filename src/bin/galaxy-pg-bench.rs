@@ -20,6 +20,9 @@ use clap::Parser;
 use durable::testing::{ClusterOptions, PgCluster};
 use futures::StreamExt;
 
+#[path = "support/cloud_process.rs"]
+mod cloud_process;
+
 const KEY: &str = "pg-bench-function-key-01";
 const MASTER: &str = "pg-bench-master-key-0001";
 
@@ -218,18 +221,7 @@ async fn run(args: &Args, bin: &PathBuf, admin_url: &str, processes: usize) -> a
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = match &args.galaxy_cloud {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory")?
-            .join("galaxy-cloud"),
-    };
-    ensure!(
-        bin.exists(),
-        "{} not found: build galaxy-cloud in the same profile",
-        bin.display()
-    );
+    let bin = cloud_process::galaxy_cloud_binary(args.galaxy_cloud.as_deref())?;
     let cluster = match &args.server_url {
         Some(_) => None,
         None => Some(PgCluster::start(if args.no_fsync {

@@ -10,16 +10,18 @@
 //!   row committed) until B's store has it (B's replica announces it):
 //!   A's loop pushes on the local write, the cloud pokes B, B pulls.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use chrono::Utc;
 use clap::Parser;
 use galaxy::{Coords, Galaxy, GalaxyEvent, PlayerDevice};
 use sync::SyncerConfig;
+
+#[path = "support/cloud_process.rs"]
+mod cloud_process;
+use cloud_process::{galaxy_cloud_binary, start_cloud};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,42 +43,6 @@ struct Args {
     galaxy_cloud: Option<PathBuf>,
 }
 
-struct Cloud {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_cloud(bin: &PathBuf) -> anyhow::Result<Cloud> {
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("GALAXY_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let out = child.stdout.take().context("stdout")?;
-    for line in BufReader::new(out).lines() {
-        if let Some(url) = line?.strip_prefix("galaxy-cloud listening on ") {
-            return Ok(Cloud {
-                child,
-                base: url.trim().to_string(),
-                _dir: dir,
-            });
-        }
-    }
-    bail!("galaxy-cloud ended before listening")
-}
-
 fn open(dir: &std::path::Path) -> anyhow::Result<PlayerDevice> {
     let (device, _) = PlayerDevice::open(dir, None, SyncerConfig::default())?;
     Ok(device)
@@ -87,8 +53,8 @@ struct Bulk {
     pull: Duration,
 }
 
-async fn bulk(bin: &PathBuf, n: usize) -> anyhow::Result<Bulk> {
-    let cloud = start_cloud(bin)?;
+async fn bulk(bin: &std::path::Path, n: usize) -> anyhow::Result<Bulk> {
+    let cloud = start_cloud(bin, &[])?;
     let dir = tempfile::tempdir()?;
     let a = open(&dir.path().join("a"))?;
     let b = open(&dir.path().join("b"))?;
@@ -119,8 +85,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn live(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Duration>> {
-    let cloud = start_cloud(bin)?;
+async fn live(bin: &std::path::Path, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let cloud = start_cloud(bin, &[])?;
     let dir = tempfile::tempdir()?;
     let a = open(&dir.path().join("a"))?;
     let b = open(&dir.path().join("b"))?;
@@ -184,18 +150,7 @@ async fn live(bin: &PathBuf, n: usize) -> anyhow::Result<Vec<Duration>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = match &args.galaxy_cloud {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory")?
-            .join("galaxy-cloud"),
-    };
-    ensure!(
-        bin.exists(),
-        "{} not found: build galaxy-cloud in the same profile",
-        bin.display()
-    );
+    let bin = galaxy_cloud_binary(args.galaxy_cloud.as_deref())?;
     println!("## Sync: bulk (device A to device B through galaxy-cloud)\n");
     println!(
         "{} galaxies created offline on A; then A pushes (batches of 500) and B pulls (pages \
