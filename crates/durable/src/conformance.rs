@@ -53,8 +53,9 @@ use crate::types::{
 
 /// Opens and closes the store under test. One harness serves one test.
 pub trait Harness: Send {
-    /// Opens the store. The first call gives an empty store; a call after
-    /// [`Harness::close`] reopens the same data, as a restarted process would.
+    /// Opens the store, with its lifecycle outbox on. The first call gives
+    /// an empty store; a call after [`Harness::close`] reopens the same
+    /// data, as a restarted process would.
     fn open(&mut self) -> impl Future<Output = Arc<dyn Store>> + Send;
 
     /// Shuts down a store returned by [`Harness::open`] so that everything it
@@ -98,6 +99,7 @@ macro_rules! conformance_tests {
             case_purge_with_queued_activity,
             case_counts,
             case_work_signal,
+            case_lifecycle_outbox,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn case_results_outstanding_when_an_instance_finishes() {
@@ -2072,4 +2074,60 @@ pub async fn case_survives_reopen(harness: &mut impl Harness) {
         assert!(item.messages.iter().any(|m| m.message == timer));
     }
     harness.close(store).await;
+}
+
+/// The lifecycle outbox: one row per start and end, written with the
+/// commit that made it (a commit whose lease was lost writes none), in
+/// commit order, signalled, and gone once acknowledged.
+pub async fn case_lifecycle_outbox(store: &dyn Store) {
+    use RuntimeStatus::*;
+    let signal = store
+        .lifecycle_signal()
+        .expect("the harness opens the store with its lifecycle outbox on");
+    signalled(&signal, "a first turn", create_with_status(store, "lc-a", Running)).await;
+    create_with_status(store, "lc-b", Failed).await;
+    store
+        .send_message(&iid("lc-a"), raised("go", json!(1)))
+        .await
+        .unwrap();
+    let item = poll_item(store, "lc-a", SHORT).await;
+    // The lease runs out and another holder finishes the instance: the
+    // first holder's commit changes nothing and writes no event.
+    let again = poll_item(store, "lc-a", LONG).await;
+    assert!(matches!(
+        store.commit_turn(turn(&item, Terminated)).await,
+        Err(StoreError::LeaseLost)
+    ));
+    store.commit_turn(turn(&again, Completed)).await.unwrap();
+    let rows = store.lifecycle_outbox(100).await.unwrap();
+    let seen: Vec<(&str, RuntimeStatus)> = rows
+        .iter()
+        .map(|e| (e.instance_id.as_str(), e.runtime_status))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("lc-a", Running),
+            ("lc-b", Running),
+            ("lc-b", Failed),
+            ("lc-a", Completed)
+        ]
+    );
+    assert!(rows.iter().all(|e| e.name == "Orch"));
+    assert_eq!(rows[0].execution_id, exec("lc-a"));
+    assert_eq!(
+        rows[2].failure.as_ref().map(|f| f.message.as_str()),
+        Some("boom")
+    );
+    assert!(rows[1].failure.is_none());
+    let ids: HashSet<String> = rows.iter().map(|e| e.event_id()).collect();
+    assert_eq!(ids.len(), 4, "every event has its own id");
+    assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+    store
+        .ack_lifecycle(rows[..2].iter().map(|e| e.seq).collect())
+        .await
+        .unwrap();
+    let left = store.lifecycle_outbox(100).await.unwrap();
+    assert_eq!(left, rows[2..].to_vec());
+    assert_eq!(store.lifecycle_outbox(1).await.unwrap().len(), 1);
 }

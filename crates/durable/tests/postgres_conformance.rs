@@ -24,7 +24,10 @@ struct PgHarness {
 impl Harness for PgHarness {
     async fn open(&mut self) -> Arc<dyn Store> {
         let store = Arc::new(
-            PostgresStore::connect(PostgresConfig::new(&self.url))
+            PostgresStore::connect(PostgresConfig {
+                lifecycle_outbox: true,
+                ..PostgresConfig::new(&self.url)
+            })
                 .await
                 .expect("connect store"),
         );

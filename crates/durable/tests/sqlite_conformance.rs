@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use durable::conformance::Harness;
 use durable::store::NewInstance;
+use durable::store::sqlite::SqliteConfig;
 use durable::{InstanceId, SqliteStore, Store};
 use serde_json::json;
 
@@ -23,7 +24,16 @@ impl SqliteHarness {
 
 impl Harness for SqliteHarness {
     async fn open(&mut self) -> Arc<dyn Store> {
-        let store = Arc::new(SqliteStore::open(self.path()).expect("open store"));
+        let store = Arc::new(
+            SqliteStore::open_with(
+                self.path(),
+                SqliteConfig {
+                    lifecycle_outbox: true,
+                    ..SqliteConfig::default()
+                },
+            )
+            .expect("open store"),
+        );
         self.open = Some(store.clone());
         store
     }

@@ -19,6 +19,7 @@
 //! - A message with `visible_at` in the future is not delivered before then.
 
 pub mod group_commit;
+pub mod lifecycle;
 pub mod postgres;
 pub mod sqlite;
 
@@ -30,6 +31,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::history::{HistoryEvent, Message, ParentLink};
+pub use lifecycle::LifecycleEvent;
 use crate::types::{
     FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
     RuntimeStatus, Timestamp,
@@ -398,4 +400,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of queued work items: (instances with visible messages, activities).
     async fn queue_depth(&self) -> Result<(u64, u64), StoreError>;
+
+    /// Notified after a commit wrote lifecycle outbox rows; `None` when the
+    /// store keeps no outbox (see [`lifecycle`]).
+    fn lifecycle_signal(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
+    /// The oldest `limit` lifecycle outbox rows, in commit order.
+    async fn lifecycle_outbox(&self, limit: usize) -> Result<Vec<LifecycleEvent>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
+    /// Deletes outbox rows once their events are published.
+    async fn ack_lifecycle(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
+        let _ = seqs;
+        Ok(())
+    }
 }

@@ -70,8 +70,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    ActivityWorkItem, NewActivity, NewInstance, OrchestrationWorkItem, PurgeOutcome, Store,
-    StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
+    ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
+    PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock,
+    WorkSignal,
 };
 use crate::history::{EventKind, HistoryEvent, Message};
 use crate::types::{
@@ -105,6 +106,8 @@ pub struct PostgresConfig {
     /// process holds the instance's run in its cache; a turn elsewhere
     /// replays the whole history. Zero: no affinity.
     pub affinity: Duration,
+    /// Keep the lifecycle outbox (see [`crate::store::lifecycle`]).
+    pub lifecycle_outbox: bool,
 }
 
 impl PostgresConfig {
@@ -116,6 +119,7 @@ impl PostgresConfig {
             schema: "durable".into(),
             pool_size: 16,
             affinity: Duration::from_millis(50),
+            lifecycle_outbox: false,
         }
     }
 }
@@ -293,8 +297,9 @@ async fn prepare_schema(
             )));
         }
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s}; {}",
-            schema_ddl(&s)
+            "CREATE SCHEMA IF NOT EXISTS {s}; {} {}",
+            schema_ddl(&s),
+            lifecycle_ddl(&s)
         ))
         .await
         .map_err(db_err)?;
@@ -327,8 +332,25 @@ async fn prepare_schema(
             "schema {s} has store schema version {version}; this build reads version {SCHEMA_VERSION}"
         )));
     }
+    // Added after schema version 1 without a bump: older builds ignore it.
+    tx.batch_execute(&lifecycle_ddl(&s)).await.map_err(db_err)?;
     tx.commit().await.map_err(db_err)?;
     Ok(())
+}
+
+/// The lifecycle outbox (see [`crate::store::lifecycle`]).
+fn lifecycle_ddl(s: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {s}.lifecycle_outbox ( \
+           seq int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+           instance_id text NOT NULL, \
+           name text NOT NULL, \
+           execution_id text NOT NULL, \
+           runtime_status text NOT NULL, \
+           history_events int8 NOT NULL, \
+           at int8 NOT NULL, \
+           failure text);"
+    )
 }
 
 /// Notifications still to be announced to the other processes.
@@ -358,6 +380,9 @@ struct Shared {
     /// processes wake by then and read later ones from the tables, so later
     /// hints need not be sent.
     hint_sent: Mutex<Option<i64>>,
+    /// Notified after a commit wrote lifecycle outbox rows; `None` when the
+    /// outbox is off.
+    lifecycle: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Shared {
@@ -584,6 +609,9 @@ struct Sql {
     fetch_messages: String,
     release_empty: String,
     commit_status: String,
+    insert_lifecycle: String,
+    read_lifecycle: String,
+    ack_lifecycle: String,
     delete_history: String,
     insert_history: String,
     delete_consumed: String,
@@ -630,8 +658,20 @@ impl Sql {
                    output = $6, custom_status = $7, failure = $8, history_events = $9, history_bytes = $10, \
                    last_updated_at = $11, attempts = 0, lock_token = NULL, lock_owner = NULL, due_at = NULL, \
                    home = $12 \
-                 WHERE instance_id = $1 AND lock_token = $2"
+                 WHERE instance_id = $1 AND lock_token = $2 \
+                 RETURNING (SELECT o.runtime_status FROM {s}.instances o WHERE o.instance_id = $1), \
+                   (SELECT o.execution_id FROM {s}.instances o WHERE o.instance_id = $1)"
             ),
+            insert_lifecycle: format!(
+                "INSERT INTO {s}.lifecycle_outbox (instance_id, name, execution_id, runtime_status, \
+                   history_events, at, failure) \
+                 SELECT instance_id, name, $2, $3, $4, $5, $6 FROM {s}.instances WHERE instance_id = $1"
+            ),
+            read_lifecycle: format!(
+                "SELECT seq, instance_id, name, execution_id, runtime_status, history_events, at, failure \
+                 FROM {s}.lifecycle_outbox ORDER BY seq LIMIT $1"
+            ),
+            ack_lifecycle: format!("DELETE FROM {s}.lifecycle_outbox WHERE seq = ANY($1)"),
             delete_history: format!("DELETE FROM {s}.history WHERE instance_id = $1"),
             insert_history: format!(
                 "INSERT INTO {s}.history (instance_id, first_event_id, events) VALUES ($1, $2, $3)"
@@ -860,6 +900,9 @@ impl PostgresStore {
             channel: format!("durable_work_{}", config.schema),
             outbox: Mutex::new(Outbox::default()),
             kick: tokio::sync::Notify::new(),
+            lifecycle: config
+                .lifecycle_outbox
+                .then(|| Arc::new(tokio::sync::Notify::new())),
             planned_wake: Mutex::new(None),
             hint_sent: Mutex::new(None),
         });
@@ -978,6 +1021,51 @@ impl PostgresStore {
             return Err(StoreError::Closed);
         }
         self.leases.get().await.map_err(pool_err)
+    }
+
+    /// Writes a commit's lifecycle outbox rows (see
+    /// [`crate::store::lifecycle`]) from the status before it (`before`:
+    /// the status UPDATE's returned row). Returns whether it wrote any.
+    async fn write_lifecycle(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        id: &str,
+        before: &Row,
+        s: &StatusUpdate,
+    ) -> Result<bool, StoreError> {
+        let old: Option<String> = before.get(0);
+        let old_execution: Option<String> = before.get(1);
+        let events = super::lifecycle::transitions(
+            old.as_deref().and_then(RuntimeStatus::parse),
+            old_execution.as_deref() == Some(s.execution_id.as_str()),
+            s.runtime_status,
+        );
+        if events.is_empty() {
+            return Ok(false);
+        }
+        let st = tx
+            .prepare_cached(&self.sql.insert_lifecycle)
+            .await
+            .map_err(db_err)?;
+        for status in events {
+            let failure = (status == RuntimeStatus::Failed)
+                .then(|| s.failure.as_ref().map(json))
+                .flatten();
+            tx.execute(
+                &st,
+                &[
+                    &id,
+                    &s.execution_id,
+                    &status.as_str(),
+                    &(s.history_events as i64),
+                    &s.updated_at.timestamp_millis(),
+                    &failure,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(true)
     }
 
     fn after_commit(&self, woken: Woken) {
@@ -1478,7 +1566,7 @@ impl Store for PostgresStore {
         let send_params: Vec<_> = sends.iter().map(SendArgs::params).collect();
         let id_param: [&(dyn ToSql + Sync); 1] = [&id];
         let (updated, plain_done, created, delivered, recomputed) = futures::join!(
-            tx.execute(&st_status, &status_params),
+            tx.query_opt(&st_status, &status_params),
             join_all(plain_params.iter().map(|(st, a)| tx.execute(*st, a))),
             join_all(child_params.iter().map(|a| tx.query_one(&st_create, a))),
             join_all(send_params.iter().map(|a| tx.query_one(&st_send, a))),
@@ -1490,13 +1578,13 @@ impl Store for PostgresStore {
                 }
             },
         );
-        if updated.map_err(db_err)? == 0 {
+        let Some(before) = updated.map_err(db_err)? else {
             // Nothing changed once rolled back. Awaited, not left to the
             // drop: the later statements may hold row locks (a send's
             // target) that a fetch right after this call must not skip.
             let _ = tx.rollback().await;
             return Err(StoreError::LeaseLost);
-        }
+        };
         for r in plain_done {
             r.map_err(db_err)?;
         }
@@ -1526,8 +1614,15 @@ impl Store for PostgresStore {
                 woken.due(due, row.get(1));
             }
         }
+        let lifecycle = match &self.shared.lifecycle {
+            Some(_) => self.write_lifecycle(&tx, id, &before, s).await?,
+            None => false,
+        };
         tx.commit().await.map_err(db_err)?;
         self.after_commit(woken);
+        if let (true, Some(n)) = (lifecycle, &self.shared.lifecycle) {
+            n.notify_one();
+        }
         Ok(())
     }
 
@@ -1817,6 +1912,50 @@ impl Store for PostgresStore {
             .iter()
             .filter_map(|r| RuntimeStatus::parse(r.get(0)).map(|s| (s, r.get::<_, i64>(1) as u64)))
             .collect())
+    }
+
+    fn lifecycle_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.shared.lifecycle.clone()
+    }
+
+    async fn lifecycle_outbox(&self, limit: usize) -> Result<Vec<LifecycleEvent>, StoreError> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&self.sql.read_lifecycle)
+            .await
+            .map_err(db_err)?;
+        let rows = c.query(&st, &[&(limit as i64)]).await.map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(LifecycleEvent {
+                    seq: r.get(0),
+                    instance_id: r.get(1),
+                    name: r.get(2),
+                    execution_id: r.get(3),
+                    runtime_status: RuntimeStatus::parse(r.get(4))
+                        .unwrap_or(RuntimeStatus::Failed),
+                    history_events: r.get::<_, i64>(5) as u64,
+                    at: types::from_millis(r.get(6)),
+                    failure: r
+                        .get::<_, Option<&str>>(7)
+                        .map(parse)
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack_lifecycle(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&self.sql.ack_lifecycle)
+            .await
+            .map_err(db_err)?;
+        c.execute(&st, &[&seqs]).await.map_err(db_err)?;
+        Ok(())
     }
 
     async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {

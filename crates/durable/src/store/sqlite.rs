@@ -42,12 +42,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::group_commit::GroupCommit;
 use super::{
-    ActivityWorkItem, NewActivity, NewInstance, OrchestrationWorkItem, PurgeOutcome, Store,
-    StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
+    ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
+    PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock,
+    WorkSignal,
 };
 use crate::history::{EventKind, HistoryEvent, Message};
 use crate::types::{
@@ -73,6 +74,9 @@ pub struct SqliteConfig {
     pub durable: bool,
     /// Run `PRAGMA quick_check` at open to refuse a damaged file early.
     pub verify_on_open: bool,
+    /// Keep the lifecycle outbox (see [`crate::store::lifecycle`]): a host
+    /// that publishes lifecycle events turns it on, and must then drain it.
+    pub lifecycle_outbox: bool,
 }
 
 impl Default for SqliteConfig {
@@ -80,6 +84,7 @@ impl Default for SqliteConfig {
         Self {
             durable: true,
             verify_on_open: true,
+            lifecycle_outbox: false,
         }
     }
 }
@@ -534,6 +539,8 @@ enum Op {
     CompleteActivity(WorkLock, Json<Message>, Reply<()>),
     Purge(InstanceId, Reply<PurgeOutcome>),
     PurgeMany(InstanceFilter, usize, Reply<u64>),
+    /// Deletes published lifecycle outbox rows.
+    AckLifecycle(Vec<i64>, Reply<()>),
     /// Persists delivery counts of redeliveries so poison detection
     /// survives crashes. First deliveries are not written (most work is
     /// delivered once); at open, queued work counts as delivered once, which
@@ -568,6 +575,11 @@ struct Shared {
     commits_since_checkpoint: std::sync::atomic::AtomicU32,
     /// Wakes the checkpointer thread; `None` once closed.
     checkpoint: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    /// Notified after a batch that wrote lifecycle outbox rows; `None`
+    /// when the outbox is off.
+    lifecycle: Option<Arc<Notify>>,
+    /// Set by a commit that wrote outbox rows, taken after the batch.
+    lifecycle_written: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -678,6 +690,21 @@ CREATE TABLE activities (
 ) WITHOUT ROWID;
 ";
 
+/// The lifecycle outbox (see [`crate::store::lifecycle`]); empty unless
+/// the store was opened with it on.
+const LIFECYCLE_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS lifecycle_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    runtime_status TEXT NOT NULL,
+    history_events INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    failure TEXT
+);
+";
+
 /// Checks that the file is ours (or empty) and creates the schema if empty.
 fn prepare_schema(conn: &Connection, path: &Path, config: &SqliteConfig) -> Result<(), StoreError> {
     let app_id: i32 = conn
@@ -689,7 +716,7 @@ fn prepare_schema(conn: &Connection, path: &Path, config: &SqliteConfig) -> Resu
     if app_id == 0 && tables == 0 {
         let instances = INSTANCES_TABLE.replace("{name}", "instances");
         conn.execute_batch(&format!(
-            "BEGIN; {instances} {INSTANCES_INDEXES} {SCHEMA} PRAGMA application_id={APPLICATION_ID}; \
+            "BEGIN; {instances} {INSTANCES_INDEXES} {SCHEMA} {LIFECYCLE_TABLE} PRAGMA application_id={APPLICATION_ID}; \
              PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
         ))
         .map_err(db_err)?;
@@ -714,6 +741,8 @@ fn prepare_schema(conn: &Connection, path: &Path, config: &SqliteConfig) -> Resu
             path.display()
         )));
     }
+    // Added after schema version 4 without a bump: older builds ignore it.
+    conn.execute_batch(LIFECYCLE_TABLE).map_err(db_err)?;
     if config.verify_on_open {
         let check: String = conn
             .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
@@ -959,6 +988,8 @@ impl SqliteStore {
             next_id: std::sync::atomic::AtomicI64::new(max_id + 1),
             commits_since_checkpoint: std::sync::atomic::AtomicU32::new(0),
             checkpoint: Mutex::new(Some(ckpt_tx)),
+            lifecycle: config.lifecycle_outbox.then(|| Arc::new(Notify::new())),
+            lifecycle_written: std::sync::atomic::AtomicBool::new(false),
         });
         let writer_shared = shared.clone();
         let writer = GroupCommit::start("durable-sqlite-writer", conn, MAX_BATCH, move |c, b| {
@@ -1234,6 +1265,11 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, shared: &Shared) {
         }
     }
     shared.signal.wake(notify_orch, notify_act);
+    if shared.lifecycle_written.swap(false, Ordering::Relaxed) {
+        if let (Ok(()), Some(n)) = (&committed, &shared.lifecycle) {
+            n.notify_one();
+        }
+    }
 }
 
 fn fail_op(op: Op, msg: String) -> Outcome {
@@ -1243,7 +1279,8 @@ fn fail_op(op: Op, msg: String) -> Outcome {
         | Op::CreateWithTurn(_, _, r)
         | Op::Send(_, _, r)
         | Op::Commit(_, r)
-        | Op::CompleteActivity(_, _, r) => Outcome::Unit(r, Err(e)),
+        | Op::CompleteActivity(_, _, r)
+        | Op::AckLifecycle(_, r) => Outcome::Unit(r, Err(e)),
         Op::Purge(_, r) => Outcome::Purge(r, Err(e)),
         Op::PurgeMany(_, _, r) => Outcome::Count(r, Err(e)),
         Op::MarkFetched { .. } | Op::PersistHeld(_) => Outcome::Silent,
@@ -1285,6 +1322,7 @@ fn apply_op(
         }
         Op::Purge(id, r) => finish!(purge_one(tx, &id), Outcome::Purge, r),
         Op::PurgeMany(f, limit, r) => finish!(purge_many(tx, &f, limit), Outcome::Count, r),
+        Op::AckLifecycle(seqs, r) => finish!(ack_lifecycle(tx, &seqs), Outcome::Unit, r),
         Op::MarkFetched {
             instances,
             activities,
@@ -1452,6 +1490,49 @@ enum Row<'a> {
     Insert(&'a PreparedInstance),
 }
 
+/// Writes the lifecycle outbox rows of a commit whose instance row was
+/// just written (its name comes from there).
+fn write_lifecycle(
+    tx: &Stmts<'_>,
+    shared: &Shared,
+    id: &str,
+    before: Option<(RuntimeStatus, bool)>,
+    s: &StatusUpdate,
+) -> Result<(), StoreError> {
+    let (before, same) = before.map_or((None, true), |(b, same)| (Some(b), same));
+    for status in super::lifecycle::transitions(before, same, s.runtime_status) {
+        let failure = (status == RuntimeStatus::Failed)
+            .then(|| s.failure.as_ref().map(json))
+            .flatten();
+        tx.prepare_cached(
+            "INSERT INTO lifecycle_outbox (instance_id, name, execution_id, runtime_status, history_events, at, failure) \
+             SELECT instance_id, name, ?2, ?3, ?4, ?5, ?6 FROM instances WHERE instance_id = ?1",
+        )
+        .map_err(db_err)?
+        .execute(params![
+            id,
+            s.execution_id,
+            status.as_str(),
+            s.history_events as i64,
+            s.updated_at.timestamp_millis(),
+            failure,
+        ])
+        .map_err(db_err)?;
+        shared.lifecycle_written.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn ack_lifecycle(tx: &Stmts<'_>, seqs: &[i64]) -> OpResult<()> {
+    let mut del = tx
+        .prepare_cached("DELETE FROM lifecycle_outbox WHERE seq = ?1")
+        .map_err(db_err)?;
+    for seq in seqs {
+        del.execute([seq]).map_err(db_err)?;
+    }
+    Ok((Effect::None, ()))
+}
+
 /// Is this message one a terminal instance still takes?
 fn accepted_when_terminal(status: RuntimeStatus, kind: &EventKind) -> bool {
     status == RuntimeStatus::Failed && matches!(kind, EventKind::Rewound { .. })
@@ -1531,6 +1612,10 @@ fn commit_body(
     let id = c.instance_id.as_str();
     let s = &c.status;
     let terminal = s.runtime_status.is_terminal();
+    let before = match &row {
+        Row::Update(held) => Some((held.status, held.execution_id == s.execution_id)),
+        Row::Insert(_) => None,
+    };
     match row {
         // The status update goes first and doubles as the lease check:
         // memory is only updated after a batch commits, so a purge or a
@@ -1593,6 +1678,9 @@ fn commit_body(
             .map_err(db_err)
             })?;
         }
+    }
+    if shared.lifecycle.is_some() {
+        write_lifecycle(tx, shared, id, before, s)?;
     }
     if c.replace_history {
         tx.prepare_cached("DELETE FROM history WHERE instance_id = ?1")
@@ -2418,5 +2506,59 @@ impl Store for SqliteStore {
         let q = self.shared.queues.lock().expect("queues lock");
         let orch = q.entries.values().filter(|e| !e.visible.is_empty()).count() as u64;
         Ok((orch, (q.act_ready.len() + q.act_locked.len()) as u64))
+    }
+
+    fn lifecycle_signal(&self) -> Option<Arc<Notify>> {
+        self.shared.lifecycle.clone()
+    }
+
+    async fn lifecycle_outbox(&self, limit: usize) -> Result<Vec<LifecycleEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, instance_id, name, execution_id, runtime_status, history_events, at, failure \
+                     FROM lifecycle_outbox ORDER BY seq LIMIT ?1",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, instance_id, name, execution_id, status, history_events, at, failure) =
+                    row.map_err(db_err)?;
+                out.push(LifecycleEvent {
+                    seq,
+                    instance_id,
+                    name,
+                    execution_id,
+                    runtime_status: RuntimeStatus::parse(&status)
+                        .unwrap_or(RuntimeStatus::Failed),
+                    history_events: history_events as u64,
+                    at: types::from_millis(at),
+                    failure: failure.as_deref().map(parse).transpose()?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ack_lifecycle(&self, seqs: Vec<i64>) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.call(|r| Op::AckLifecycle(seqs, r)).await
     }
 }
