@@ -3,6 +3,8 @@
 //! driving devices through the real `galaxy` CLI.
 #![allow(dead_code)]
 
+pub mod router;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -22,6 +22,8 @@
 //! - [`server`]: opening the store, serving, signals, graceful shutdown;
 //!   [`main_entry`] is the whole `galaxy-cloud` binary.
 //! - [`samples`]: orchestrations for trying the management API (`--samples`).
+//! - [`system_events`]: the system topic and the relays that move the
+//!   engine's and the players store's outboxes to it.
 //!
 //! Invariant: this crate is the only one that knows HTTP routes; the engine
 //! and the galaxy crate know nothing of HTTP.
@@ -37,6 +39,7 @@ pub mod routes;
 pub mod samples;
 pub mod server;
 pub mod state;
+pub mod system_events;
 
 use std::sync::Arc;
 

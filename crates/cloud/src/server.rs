@@ -102,7 +102,10 @@ pub async fn open_store(choice: &StoreChoice) -> Result<OpenStore, ServeError> {
             std::fs::create_dir_all(dir)?;
             let store = Arc::new(SqliteStore::open_with(
                 dir.join("engine.db"),
-                SqliteConfig::default(),
+                SqliteConfig {
+                    lifecycle_outbox: true,
+                    ..SqliteConfig::default()
+                },
             )?);
             let closing = store.clone();
             Ok(OpenStore {
@@ -111,7 +114,13 @@ pub async fn open_store(choice: &StoreChoice) -> Result<OpenStore, ServeError> {
             })
         }
         StoreChoice::Postgres(url) => {
-            let store = Arc::new(PostgresStore::connect(PostgresConfig::new(url.clone())).await?);
+            let store = Arc::new(
+                PostgresStore::connect(PostgresConfig {
+                    lifecycle_outbox: true,
+                    ..PostgresConfig::new(url.clone())
+                })
+                .await?,
+            );
             let closing = store.clone();
             Ok(OpenStore {
                 store,
@@ -197,41 +206,7 @@ pub async fn serve(
     }
 }
 
-/// The system topic (made at start, so subscribers can subscribe before
-/// the first galaxy): galaxy-cloud publishes `Galaxy.Created` there.
-pub const SYSTEM_TOPIC: &str = "galaxy-forge";
-
-/// Publishes `Galaxy.Created` on the system topic for every galaxy written
-/// (the galaxy's row key is the event id, so a retried activity publishes
-/// once).
-pub struct SystemEvents(pub eventgrid::RouterStore);
-
-impl galaxy::GalaxyObserver for SystemEvents {
-    fn created(
-        &self,
-        g: &galaxy::Galaxy,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
-        let event = eventgrid::Event::system(
-            SYSTEM_TOPIC,
-            &g.row_key,
-            &format!("/galaxies/{}", g.row_key),
-            "Galaxy.Created",
-            &g.timestamp.to_rfc3339(),
-            serde_json::to_value(g).unwrap_or_default(),
-        );
-        Box::pin(async move {
-            self.0
-                .publish_system(
-                    SYSTEM_TOPIC,
-                    vec![event],
-                    chrono::Utc::now().timestamp_millis(),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-    }
-}
+pub use crate::system_events::{SystemEvents, SYSTEM_TOPIC};
 
 /// The cloud's workload hooks over its players and event stores.
 pub fn hooks(
@@ -274,7 +249,10 @@ pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalSe
     std::fs::create_dir_all(dir)?;
     let store = Arc::new(SqliteStore::open_with(
         dir.join("engine.db"),
-        SqliteConfig::default(),
+        SqliteConfig {
+            lifecycle_outbox: true,
+            ..SqliteConfig::default()
+        },
     )?);
     let table = Arc::new(GalaxyTable::open(dir.join("galaxies.db"), true)?);
     let players = galaxy::players::Players::open(dir.join("players.db"))?;

@@ -79,8 +79,19 @@ impl AppState {
         self
     }
 
-    /// Starts the router's delivery loop (until shutdown begins).
+    /// Starts the router's delivery loop and the system topic's relays
+    /// (until shutdown begins).
     pub fn start_delivery(&self) {
+        tokio::spawn(crate::system_events::relay_lifecycle(
+            self.engine.store().clone(),
+            self.events.clone(),
+            self.shutdown_signal(),
+        ));
+        tokio::spawn(crate::system_events::relay_galaxies(
+            self.players.clone(),
+            self.events.clone(),
+            self.shutdown_signal(),
+        ));
         let starter = Arc::new(EngineStarter(self.engine.clone()));
         tokio::spawn(eventgrid::deliver::run(
             self.events.clone(),

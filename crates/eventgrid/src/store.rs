@@ -186,22 +186,38 @@ fn publish_group(conn: &mut Connection, ops: Vec<PublishOp>) {
 }
 
 /// One publish inside a transaction: its events and their deliveries.
+/// The topic's active subscriptions.
+fn active_subscriptions(tx: &Connection, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
+    tx.prepare_cached(
+        "SELECT topic, name, definition, state, reason, validation_code FROM subscriptions
+         WHERE topic = ?1 AND state = 'Succeeded'",
+    )?
+    .query_map([topic], subscription_row)?
+    .collect::<Result<Vec<_>, _>>()?
+    .into_iter()
+    .map(to_record)
+    .collect()
+}
+
 fn publish_in(
     tx: &Connection,
     topic: &str,
     events: &[Event],
     now_ms: i64,
 ) -> Result<usize, StoreError> {
-    let subs: Vec<SubscriptionRecord> = tx
-        .prepare_cached(
-            "SELECT topic, name, definition, state, reason, validation_code FROM subscriptions
-             WHERE topic = ?1 AND state = 'Succeeded'",
-        )?
-        .query_map([topic], subscription_row)?
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .map(to_record)
-        .collect::<Result<_, _>>()?;
+    let subs = active_subscriptions(tx, topic)?;
+    publish_to(tx, topic, &subs, events, now_ms)
+}
+
+/// Stores `events` with one pending delivery per matching subscription of
+/// `subs`. Returns how many deliveries it queued.
+fn publish_to(
+    tx: &Connection,
+    topic: &str,
+    subs: &[SubscriptionRecord],
+    events: &[Event],
+    now_ms: i64,
+) -> Result<usize, StoreError> {
     let mut queued = 0;
     for e in events {
         tx.prepare_cached(
@@ -606,8 +622,12 @@ impl RouterStore {
     /// Publishes events the router makes itself to `topic` (created with
     /// the Event Grid schema if missing), each at most once: an event whose
     /// id the topic already has is skipped, so a producer that runs twice
-    /// (an activity retried after a crash) publishes once. Returns how
-    /// many events were new.
+    /// (an activity retried after a crash, an outbox relay) publishes once.
+    /// An event no active subscription matches is not stored: no one could
+    /// ever receive it (as in Event Grid, a subscription gets only events
+    /// published after it), and the engine's lifecycle events would
+    /// otherwise fill the table for nobody. Returns how many events were
+    /// new.
     pub async fn publish_system(
         &self,
         topic: &str,
@@ -622,8 +642,12 @@ impl RouterStore {
                     "INSERT OR IGNORE INTO topics (name, input_schema, key1, key2) VALUES (?1, 'EventGridSchema', ?2, ?3)",
                     params![topic, new_key(), new_key()],
                 )?;
+                let subs = active_subscriptions(&tx, &topic)?;
                 let mut new = Vec::new();
                 for e in events {
+                    if !subs.iter().any(|s| s.input.filter.matches(&e.json)) {
+                        continue;
+                    }
                     let seen = tx
                         .prepare_cached("SELECT 1 FROM events WHERE topic = ?1 AND event_id = ?2")?
                         .query_row(params![topic, e.id], |_| Ok(()))
@@ -633,7 +657,7 @@ impl RouterStore {
                         new.push(e);
                     }
                 }
-                let queued = publish_in(&tx, &topic, &new, now_ms)?;
+                let queued = publish_to(&tx, &topic, &subs, &new, now_ms)?;
                 tx.commit()?;
                 Ok((new.len(), queued))
             })

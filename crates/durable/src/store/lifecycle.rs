@@ -85,7 +85,8 @@ pub fn transitions(
 ) -> Vec<RuntimeStatus> {
     use RuntimeStatus::*;
     let was_running = same_execution && matches!(before, Some(Running | Suspended));
-    let started = !was_running && !(same_execution && before == Some(after));
+    let unchanged = same_execution && before == Some(after);
+    let started = !(was_running || unchanged);
     match after {
         Running if started => vec![Running],
         Completed | Failed if before == Some(after) && same_execution => vec![],

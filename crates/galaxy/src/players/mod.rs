@@ -21,6 +21,7 @@
 //! SQLite calls are serialized on one connection, on the blocking pool:
 //! each is a short transaction, and one writer is what SQLite allows anyway.
 
+mod outbox;
 mod plan;
 mod postgres;
 mod sqlite;
@@ -41,6 +42,7 @@ use sync::protocol::{
 use tokio::sync::broadcast;
 
 use crate::body;
+pub use outbox::OutboxEvent;
 
 /// How long a link code works.
 pub const LINK_CODE_TTL: Duration = Duration::from_secs(600);
@@ -439,6 +441,29 @@ impl Players {
             self.announce(player_id, v);
         }
         Ok(added)
+    }
+
+    /// The oldest `limit` events of the galaxy outbox (see [`outbox`]), in
+    /// commit order. Every change that writes events is also announced on
+    /// [`subscribe`](Self::subscribe), which is what a relay waits on.
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, PlayersError> {
+        match &self.backend {
+            Backend::Sqlite(c) => Self::sqlite(c, move |conn| sqlite::outbox(conn, limit)).await,
+            Backend::Postgres(pg) => pg.outbox(limit).await,
+        }
+    }
+
+    /// Deletes outbox rows once their events are published.
+    pub async fn ack_outbox(&self, seqs: Vec<i64>) -> Result<(), PlayersError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Sqlite(c) => {
+                Self::sqlite(c, move |conn| sqlite::ack_outbox(conn, &seqs)).await
+            }
+            Backend::Postgres(pg) => pg.ack_outbox(&seqs).await,
+        }
     }
 
     /// A player's synced galaxy count (live ones), for status and tests.

@@ -44,6 +44,9 @@ pub(crate) enum EntityWrite {
         entity_id: String,
         version: u64,
         body: String,
+        /// The player had no such entity: a `Galaxy.Created` (else a
+        /// `Galaxy.Renamed`).
+        created: bool,
     },
     /// Make it a tombstone (written by the pushing client).
     Delete { entity_id: String, version: u64 },
@@ -174,6 +177,7 @@ pub(crate) fn plan_push(
                     entity_id: m.entity_id.clone(),
                     version: counter,
                     body: b.to_value().to_string(),
+                    created: existing.is_none(),
                 });
                 current.insert(
                     m.entity_id.clone(),

@@ -19,6 +19,7 @@ use sync::protocol::{
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use super::outbox::{self, OutboxEvent};
 use super::plan::{self, ClientState, Current, EntityWrite, PushPlan};
 use super::{digest, new_token, now, rfc3339, Device, PlayerChange, PlayersError};
 use crate::body::GalaxyBody;
@@ -125,7 +126,15 @@ impl PgPlayers {
                  writer text,
                  PRIMARY KEY (player_id, entity_id)
              );
-             CREATE INDEX IF NOT EXISTS sync_galaxies_by_version ON sync_galaxies (player_id, version);"
+             CREATE INDEX IF NOT EXISTS sync_galaxies_by_version ON sync_galaxies (player_id, version);
+             CREATE TABLE IF NOT EXISTS galaxy_outbox (
+                 seq int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 event_id text NOT NULL,
+                 event_type text NOT NULL,
+                 subject text NOT NULL,
+                 data text NOT NULL,
+                 at_ms int8 NOT NULL
+             );"
         ))
         .await
         .map_err(pg)?;
@@ -350,7 +359,7 @@ impl PgPlayers {
         let now_ms = now().timestamp_millis();
         for w in &plan.writes {
             match w {
-                EntityWrite::Put { entity_id, version, body } => tx
+                EntityWrite::Put { entity_id, version, body, .. } => tx
                     .execute(
                         "INSERT INTO sync_galaxies (player_id, entity_id, version, deleted, body, updated_at, writer)
                          VALUES ($1, $2, $3, false, $4, $5, $6)
@@ -403,8 +412,40 @@ impl PgPlayers {
             .map_err(pg)?;
             notify(&tx, player_id, plan.counter).await?;
         }
+        insert_events(&tx, &outbox::of_writes(player_id, &plan.writes)).await?;
         tx.commit().await.map_err(pg)?;
         Ok(plan)
+    }
+
+    pub(super) async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, PlayersError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, event_id, event_type, subject, data, at_ms FROM galaxy_outbox ORDER BY seq LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxEvent {
+                seq: r.get(0),
+                id: r.get(1),
+                event_type: r.get(2),
+                subject: r.get(3),
+                data: serde_json::from_str(r.get::<_, &str>(4)).unwrap_or_default(),
+                at_ms: r.get(5),
+            })
+            .collect())
+    }
+
+    pub(super) async fn ack_outbox(&self, seqs: &[i64]) -> Result<(), PlayersError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM galaxy_outbox WHERE seq = ANY($1)", &[&seqs])
+            .await
+            .map_err(pg)?;
+        Ok(())
     }
 
     pub(super) async fn pull(
@@ -544,6 +585,8 @@ impl PgPlayers {
         )
         .await
         .map_err(pg)?;
+        let event = outbox::created(player_id, entity_id, version as u64, &body.to_value());
+        insert_events(&tx, &[event]).await?;
         notify(&tx, player_id, version as u64).await?;
         tx.commit().await.map_err(pg)?;
         Ok(Some(version as u64))
@@ -645,6 +688,23 @@ async fn listen(
 }
 
 /// Announces a change; PostgreSQL delivers it when the transaction commits.
+/// Inserts the outbox rows of a change in its transaction.
+async fn insert_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[outbox::NewEvent],
+) -> Result<(), PlayersError> {
+    let at = now().timestamp_millis();
+    for e in events {
+        tx.execute(
+            "INSERT INTO galaxy_outbox (event_id, event_type, subject, data, at_ms) VALUES ($1, $2, $3, $4, $5)",
+            &[&e.id, &e.event_type, &e.subject, &e.data, &at],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    Ok(())
+}
+
 async fn notify(
     tx: &tokio_postgres::Transaction<'_>,
     player_id: &str,

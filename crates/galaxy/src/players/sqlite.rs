@@ -10,6 +10,7 @@ use sync::protocol::{
     Change, DeviceCredentials, DeviceInfo, PlayerInfo, PullResponse, PushRequest,
 };
 
+use super::outbox::{self, OutboxEvent};
 use super::plan::{self, ClientState, Current, EntityWrite, PushPlan};
 use super::{digest, new_token, now, rfc3339, Device, PlayersError};
 use crate::body::GalaxyBody;
@@ -57,7 +58,15 @@ pub(super) fn open(path: &std::path::Path) -> Result<Connection, PlayersError> {
              PRIMARY KEY (player_id, entity_id)
          );
          CREATE INDEX IF NOT EXISTS sync_galaxies_by_version
-             ON sync_galaxies (player_id, version);",
+             ON sync_galaxies (player_id, version);
+         CREATE TABLE IF NOT EXISTS galaxy_outbox (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             event_id TEXT NOT NULL,
+             event_type TEXT NOT NULL,
+             subject TEXT NOT NULL,
+             data TEXT NOT NULL,
+             at_ms INTEGER NOT NULL
+         );",
     )?;
     Ok(conn)
 }
@@ -252,7 +261,7 @@ pub(super) fn push(
     let now_ms = now().timestamp_millis();
     for w in &plan.writes {
         match w {
-            EntityWrite::Put { entity_id, version, body } => tx
+            EntityWrite::Put { entity_id, version, body, .. } => tx
                 .prepare_cached(
                     "INSERT INTO sync_galaxies (player_id, entity_id, version, deleted, body, updated_at, writer)
                      VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)
@@ -287,6 +296,7 @@ pub(super) fn push(
         tx.prepare_cached("UPDATE players SET counter = ?2 WHERE player_id = ?1")?
             .execute(params![player_id, plan.counter as i64])?;
     }
+    insert_events(&tx, &outbox::of_writes(player_id, &plan.writes), now_ms)?;
     tx.commit()?;
     Ok(plan)
 }
@@ -395,8 +405,53 @@ pub(super) fn put_cloud_galaxy(
         "UPDATE players SET counter = ?2 WHERE player_id = ?1",
         params![player_id, version as i64],
     )?;
+    let event = outbox::created(player_id, entity_id, version, &body.to_value());
+    insert_events(&tx, &[event], now().timestamp_millis())?;
     tx.commit()?;
     Ok(Some(version))
+}
+
+fn insert_events(
+    tx: &Connection,
+    events: &[outbox::NewEvent],
+    now_ms: i64,
+) -> Result<(), PlayersError> {
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO galaxy_outbox (event_id, event_type, subject, data, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for e in events {
+        ins.execute(params![e.id, e.event_type, e.subject, e.data, now_ms])?;
+    }
+    Ok(())
+}
+
+pub(super) fn outbox(conn: &mut Connection, limit: usize) -> Result<Vec<OutboxEvent>, PlayersError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, event_id, event_type, subject, data, at_ms FROM galaxy_outbox ORDER BY seq LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(OutboxEvent {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            event_type: r.get(2)?,
+            subject: r.get(3)?,
+            data: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+            at_ms: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(super) fn ack_outbox(conn: &mut Connection, seqs: &[i64]) -> Result<(), PlayersError> {
+    let tx = conn.transaction()?;
+    {
+        let mut del = tx.prepare_cached("DELETE FROM galaxy_outbox WHERE seq = ?1")?;
+        for seq in seqs {
+            del.execute([seq])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 pub(super) fn galaxy_count(conn: &mut Connection, player_id: &str) -> Result<u64, PlayersError> {

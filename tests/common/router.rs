@@ -1,0 +1,304 @@
+//! The event router's test kit: a webhook receiver on a free loopback
+//! port (axum) that answers the validation handshake as told and reports
+//! what it gets, and the real `galaxy-cloud` binary with its management
+//! and publishing calls. Shared by tests/events.rs and
+//! tests/system_events.rs.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::any;
+use axum::Router;
+use reqwest::Client;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+pub const KEY: &str = "events-e2e-function-key1";
+pub const MASTER: &str = "events-e2e-master-key-01";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// What a receiver does with the requests it gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Answers the validation (both schemas).
+    Answer,
+    /// Answers 404 to it.
+    Refuse,
+}
+
+pub struct ReceiverState {
+    pub handshake: Handshake,
+    /// Each delivery's answer waits this long (deliveries in flight).
+    pub delay: Duration,
+    /// When set, each delivery's answer waits for a permit.
+    pub hold: Option<Arc<tokio::sync::Semaphore>>,
+    /// Statuses for the next deliveries, then 200.
+    pub script: Mutex<Vec<u16>>,
+    pub got: mpsc::UnboundedSender<(HeaderMap, Value)>,
+}
+
+pub async fn receive(
+    State(s): State<Arc<ReceiverState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    if method == Method::OPTIONS {
+        if s.handshake == Handshake::Refuse {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        let origin = headers.get("webhook-request-origin").cloned();
+        let mut r = StatusCode::OK.into_response();
+        if let Some(o) = origin {
+            r.headers_mut().insert("WebHook-Allowed-Origin", o);
+        }
+        return r;
+    }
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    if headers.get("aeg-event-type").and_then(|v| v.to_str().ok()) == Some("SubscriptionValidation")
+    {
+        if s.handshake == Handshake::Refuse {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        let code = value[0]["data"]["validationCode"].clone();
+        return axum::Json(json!({ "validationResponse": code })).into_response();
+    }
+    let status = {
+        let mut script = s.script.lock().unwrap();
+        if script.is_empty() {
+            200
+        } else {
+            script.remove(0)
+        }
+    };
+    if !s.delay.is_zero() {
+        tokio::time::sleep(s.delay).await;
+    }
+    let _ = s.got.send((headers, value));
+    if let Some(hold) = &s.hold {
+        hold.acquire().await.unwrap().forget();
+    }
+    StatusCode::from_u16(status).unwrap().into_response()
+}
+
+pub struct Receiver {
+    pub url: String,
+    pub got: mpsc::UnboundedReceiver<(HeaderMap, Value)>,
+    pub state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    pub async fn start(handshake: Handshake, script: Vec<u16>) -> Self {
+        Self::start_slow(handshake, script, Duration::ZERO).await
+    }
+
+    pub async fn start_slow(handshake: Handshake, script: Vec<u16>, delay: Duration) -> Self {
+        Self::start_with(handshake, script, delay, None).await
+    }
+
+    /// A receiver whose answers wait for permits on `hold`.
+    pub async fn start_held(hold: Arc<tokio::sync::Semaphore>) -> Self {
+        Self::start_with(Handshake::Answer, vec![], Duration::ZERO, Some(hold)).await
+    }
+
+    pub async fn start_with(
+        handshake: Handshake,
+        script: Vec<u16>,
+        delay: Duration,
+        hold: Option<Arc<tokio::sync::Semaphore>>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(ReceiverState {
+            handshake,
+            delay,
+            hold,
+            script: Mutex::new(script),
+            got: tx,
+        });
+        let app = Router::new()
+            .route("/hook", any(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url,
+            got: rx,
+            state,
+        }
+    }
+
+    /// The next delivery (headers, body).
+    pub async fn next(&mut self) -> (HeaderMap, Value) {
+        tokio::time::timeout(WAIT, self.got.recv())
+            .await
+            .expect("a delivery in time")
+            .expect("open")
+    }
+}
+
+pub struct Cloud {
+    pub child: std::process::Child,
+    pub base: String,
+    pub http: Client,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cloud {
+    pub fn start() -> Self {
+        Self::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// galaxy-cloud on the data directory `dir` (a restart reuses it).
+    pub fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`Cloud::start_in`] with more arguments (e.g. `--samples`).
+    pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--function-key",
+            KEY,
+            "--master-key",
+            MASTER,
+            "--event-retry-scale",
+            "0.001",
+        ];
+        args.extend_from_slice(extra);
+        let (child, lines) = super::spawn(dir.path(), &args);
+        let (_, base) = super::wait_listening(&lines);
+        Self {
+            child,
+            base,
+            http: Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// SIGKILLs the server and starts it again on the same data
+    /// directory with `extra` arguments.
+    pub fn kill_and_restart(mut self, extra: &[&str]) -> Self {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        Self::start_with(dir, extra)
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-functions-key", KEY);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn topic(&self, name: &str, schema: &str) -> (String, String) {
+        let (s, t) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/events/topics/{name}"),
+                Some(json!({"inputSchema": schema})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{t}");
+        assert_eq!(t["provisioningState"], "Succeeded");
+        let (_, keys) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/events/topics/{name}/listKeys"),
+                None,
+            )
+            .await;
+        (
+            t["endpoint"].as_str().unwrap().to_string(),
+            keys["key1"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub async fn subscribe(&self, topic: &str, name: &str, body: Value) -> Value {
+        let (s, v) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/events/topics/{topic}/eventSubscriptions/{name}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Waits (polling the API, with a deadline) until the subscription
+    /// reaches `state`.
+    pub async fn wait_state(&self, topic: &str, name: &str, state: &str) -> Value {
+        self.get_until(
+            &format!("/api/events/topics/{topic}/eventSubscriptions/{name}"),
+            &format!("{name} to reach {state}"),
+            |_, v| v["properties"]["provisioningState"] == state,
+        )
+        .await
+    }
+
+    /// GETs `path` (function key) until `done` holds for the answer,
+    /// polling with a deadline; returns that answer.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        what: &str,
+        done: impl Fn(StatusCode, &Value) -> bool,
+    ) -> Value {
+        let until = Instant::now() + WAIT;
+        loop {
+            let (s, v) = self.call(reqwest::Method::GET, path, None).await;
+            if done(s, &v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}: {s} {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn publish(&self, endpoint: &str, key: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{endpoint}?api-version=2018-01-01"))
+            .header("aeg-sas-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+pub fn hook(url: &str) -> Value {
+    json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": url}}})
+}
+
+pub fn event(id: &str, kind: &str, n: i64) -> Value {
+    json!({"id": id, "subject": format!("/galaxies/{id}"), "eventType": kind, "eventTime": "2026-12-01T10:00:00Z", "data": {"n": n}, "dataVersion": "1.0"})
+}
+
