@@ -163,6 +163,24 @@ pub async fn open_players(
     })
 }
 
+/// Schema of the event router's tables in PostgreSQL.
+pub const PG_EVENTS_SCHEMA: &str = "eventgrid";
+
+/// Opens the event router's store beside the engine store: `events.db` in
+/// the data directory, or tables in the PostgreSQL database (the processes
+/// sharing it split the delivery work through leases).
+pub async fn open_events(
+    choice: &StoreChoice,
+    data_dir: &Path,
+) -> Result<eventgrid::RouterStore, ServeError> {
+    Ok(match choice {
+        StoreChoice::Sqlite(_) => eventgrid::RouterStore::open(data_dir.join("events.db"))?,
+        StoreChoice::Postgres(url) => {
+            eventgrid::RouterStore::connect(url, PG_EVENTS_SCHEMA).await?
+        }
+    })
+}
+
 /// The functions this server runs: `Galaxy_Create` and its activities
 /// (a galaxy a player starts also goes into the player's synced galaxies;
 /// every galaxy is announced on the system topic when `hooks` say so), and
@@ -389,11 +407,11 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
             return Err(e);
         }
     };
-    let events = match eventgrid::RouterStore::open(args.data_dir.join("events.db")) {
+    let events = match open_events(&choice, &args.data_dir).await {
         Ok(e) => e,
         Err(e) => {
             opened.close().await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     if let Err(e) = events

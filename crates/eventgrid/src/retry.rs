@@ -97,7 +97,7 @@ impl Attempt {
     /// The `lastDeliveryOutcome` name of this attempt.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Attempt::Status(200..=204, _) => "Probation",
+            Attempt::Status(200..=204, _) => "Succeeded",
             Attempt::Status(400, _) => "BadRequest",
             Attempt::Status(401, _) => "Unauthorized",
             Attempt::Status(403, _) => "Forbidden",
@@ -309,6 +309,7 @@ mod tests {
                 .is_err()
         );
         assert!(serde_json::from_str::<RetryPolicy>(r#"{"maxRetries": 3}"#).is_err());
+        assert_eq!(Attempt::Status(200, None).outcome(), "Succeeded");
         assert_eq!(Attempt::Status(503, None).outcome(), "Busy");
         assert_eq!(Attempt::TimedOut.outcome(), "TimedOut");
     }

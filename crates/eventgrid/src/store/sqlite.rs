@@ -1,142 +1,26 @@
-//! The router's durable state in one SQLite file (`events.db` in
-//! galaxy-cloud's data directory): topics and their keys, subscriptions,
-//! accepted events, and one delivery row per (event, subscription) made in
-//! the same transaction as the event, so nothing accepted is lost across
-//! restarts and every matching subscription gets it.
-//!
-//! Delivery rows move `pending` -> `delivered` or `dead` (a dead letter,
-//! with its reason); every attempt is recorded with its outcome, so the API
-//! shows each event's delivery history. Calls are serialized on one
-//! connection on the blocking pool (short transactions).
+//! The router's store in one SQLite file (`events.db` in galaxy-cloud's
+//! data directory). Calls are serialized on one connection on the blocking
+//! pool (short transactions); publishes go through a [`GroupCommit`]
+//! writer, so concurrent publishers share one transaction and one fsync.
+//! One process owns the file, so `due` is a plain read: the delivery loop
+//! keeps what it has in flight in memory.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use durable::store::group_commit::GroupCommit;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::Notify;
 
+use super::{
+    attempt_json, delivery_json, next_state, parse_schema, record_of, schema_name, Backend,
+    DeadLetter, DueDelivery, Provisioning, RecordedAttempt, StoreError, SubscriptionRecord,
+    TopicCounts, TopicRecord,
+};
 use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
 use crate::sas::new_key;
-
-/// Why a store call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No such topic.
-    #[error("no topic '{0}'")]
-    NoTopic(String),
-    /// No such subscription.
-    #[error("no event subscription '{1}' on topic '{0}'")]
-    NoSubscription(String, String),
-    /// The request is not acceptable.
-    #[error("{0}")]
-    Invalid(String),
-    /// SQLite failed.
-    #[error("events database error: {0}")]
-    Database(#[from] rusqlite::Error),
-    /// The blocking call did not finish (shutdown).
-    #[error("events store call interrupted: {0}")]
-    Interrupted(String),
-}
-
-/// A topic as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopicRecord {
-    /// Its name.
-    pub name: String,
-    /// The schema publishers use.
-    pub input_schema: Schema,
-    /// `key1`.
-    pub key1: String,
-    /// `key2`.
-    pub key2: String,
-}
-
-/// Where a subscription stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Provisioning {
-    /// Waiting for the endpoint to pass the validation handshake.
-    AwaitingManualAction,
-    /// Active: matching events are delivered.
-    Succeeded,
-    /// The handshake failed (see the reason).
-    Failed,
-}
-
-impl Provisioning {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::AwaitingManualAction => "AwaitingManualAction",
-            Self::Succeeded => "Succeeded",
-            Self::Failed => "Failed",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "Succeeded" => Self::Succeeded,
-            "Failed" => Self::Failed,
-            _ => Self::AwaitingManualAction,
-        }
-    }
-}
-
-/// A subscription as stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SubscriptionRecord {
-    /// Its topic.
-    pub topic: String,
-    /// Its name.
-    pub name: String,
-    /// The definition.
-    pub input: SubscriptionInput,
-    /// Its state.
-    pub provisioning: Provisioning,
-    /// Why it failed, if it did.
-    pub reason: Option<String>,
-    /// The validation code the handshake sent (manual validation URL).
-    pub validation_code: String,
-}
-
-/// A delivery due now: the event and where it goes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DueDelivery {
-    /// The event's sequence number.
-    pub seq: i64,
-    /// The topic.
-    pub topic: String,
-    /// The subscription.
-    pub subscription: String,
-    /// The event, in its topic's schema.
-    pub event: Value,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// When the event was accepted (ms since the epoch).
-    pub published_ms: i64,
-}
-
-/// One dead letter, as the API lists it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    /// The event's sequence number (what re-drive names).
-    pub sequence: i64,
-    /// The event.
-    pub event: Value,
-    /// `deadLetterReason`.
-    pub dead_letter_reason: String,
-    /// `deliveryAttempts`.
-    pub delivery_attempts: u32,
-    /// `lastDeliveryOutcome`.
-    pub last_delivery_outcome: String,
-    /// `publishTime` (ms since the epoch).
-    pub publish_time_ms: i64,
-    /// `lastDeliveryAttemptTime` (ms since the epoch).
-    pub last_delivery_attempt_time_ms: i64,
-}
 
 /// One queued publish: topic, events, time, and where its answer goes.
 type PublishOp = (
@@ -146,12 +30,10 @@ type PublishOp = (
     tokio::sync::oneshot::Sender<Result<usize, StoreError>>,
 );
 
-/// The router's store. Cloning shares it.
-#[derive(Clone)]
-pub struct RouterStore {
+/// The SQLite backend.
+pub(super) struct SqliteRouter {
     conn: Arc<Mutex<Connection>>,
     publisher: Arc<GroupCommit<PublishOp>>,
-    wake: Arc<Notify>,
 }
 
 /// Applies a group of publishes in one transaction and answers each.
@@ -237,21 +119,6 @@ fn publish_to(
     Ok(queued)
 }
 
-fn schema_name(s: Schema) -> &'static str {
-    match s {
-        Schema::EventGridSchema => "EventGridSchema",
-        Schema::CloudEvents => "CloudEventSchemaV1_0",
-    }
-}
-
-fn parse_schema(s: &str) -> Schema {
-    if s == "CloudEventSchemaV1_0" {
-        Schema::CloudEvents
-    } else {
-        Schema::EventGridSchema
-    }
-}
-
 fn topic_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TopicRecord> {
     Ok(TopicRecord {
         name: r.get(0)?,
@@ -278,25 +145,12 @@ fn to_record(
     row: (String, String, String, String, Option<String>, String),
 ) -> Result<SubscriptionRecord, StoreError> {
     let (topic, name, json, state, reason, code) = row;
-    let input = serde_json::from_str(&json).map_err(|e| {
-        StoreError::Invalid(format!(
-            "stored subscription {topic}/{name} is damaged: {e}"
-        ))
-    })?;
-    Ok(SubscriptionRecord {
-        topic,
-        name,
-        input,
-        provisioning: Provisioning::parse(&state),
-        reason,
-        validation_code: code,
-    })
+    record_of(topic, name, &json, &state, reason, code)
 }
 
-impl RouterStore {
+impl SqliteRouter {
     /// Opens (creating) the store at `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref();
+    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -357,14 +211,7 @@ impl RouterStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             publisher: Arc::new(publisher),
-            wake: Arc::new(Notify::new()),
         })
-    }
-
-    /// Notified when deliveries may have become due (a publish, an
-    /// activation, a re-drive): the delivery loop waits on it.
-    pub fn wake(&self) -> Arc<Notify> {
-        self.wake.clone()
     }
 
     async fn call<T: Send + 'static>(
@@ -379,9 +226,11 @@ impl RouterStore {
         .await
         .map_err(|e| StoreError::Interrupted(e.to_string()))?
     }
+}
 
-    /// Creates a topic (with two new keys) or changes its schema.
-    pub async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
+#[async_trait]
+impl Backend for SqliteRouter {
+    async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
         let name = name.to_string();
         self.call(move |conn| {
             conn.execute(
@@ -399,7 +248,7 @@ impl RouterStore {
     }
 
     /// One topic.
-    pub async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError> {
+    async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError> {
         let name = name.to_string();
         self.call(move |conn| {
             conn.query_row(
@@ -414,7 +263,7 @@ impl RouterStore {
     }
 
     /// Every topic, by name.
-    pub async fn topics(&self) -> Result<Vec<TopicRecord>, StoreError> {
+    async fn topics(&self) -> Result<Vec<TopicRecord>, StoreError> {
         self.call(|conn| {
             Ok(conn
                 .prepare("SELECT name, input_schema, key1, key2 FROM topics ORDER BY name")?
@@ -425,7 +274,7 @@ impl RouterStore {
     }
 
     /// Deletes a topic with its subscriptions and pending deliveries.
-    pub async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
+    async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_string();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -444,20 +293,11 @@ impl RouterStore {
     }
 
     /// Replaces `key1` or `key2` with a new key.
-    pub async fn regenerate_key(
+    async fn regenerate_key(
         &self,
         topic: &str,
-        which: &str,
+        column: &'static str,
     ) -> Result<TopicRecord, StoreError> {
-        let column = match which {
-            "key1" => "key1",
-            "key2" => "key2",
-            other => {
-                return Err(StoreError::Invalid(format!(
-                    "keyName must be key1 or key2 (got '{other}')"
-                )))
-            }
-        };
         let topic = topic.to_string();
         self.call(move |conn| {
             let n = conn.execute(
@@ -478,7 +318,7 @@ impl RouterStore {
 
     /// Creates or replaces a subscription in `state` (an orchestration
     /// subscription starts active; a webhook waits for its handshake).
-    pub async fn put_subscription(
+    async fn put_subscription(
         &self,
         topic: &str,
         name: &str,
@@ -518,7 +358,7 @@ impl RouterStore {
     }
 
     /// Records the handshake's outcome.
-    pub async fn set_provisioning(
+    async fn set_provisioning(
         &self,
         topic: &str,
         name: &str,
@@ -540,7 +380,7 @@ impl RouterStore {
     }
 
     /// One subscription.
-    pub async fn subscription(
+    async fn subscription(
         &self,
         topic: &str,
         name: &str,
@@ -562,7 +402,7 @@ impl RouterStore {
     }
 
     /// A topic's subscriptions, by name.
-    pub async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
+    async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
         let topic = topic.to_string();
         self.call(move |conn| {
             let rows = conn
@@ -578,7 +418,7 @@ impl RouterStore {
     }
 
     /// Deletes a subscription and its pending deliveries.
-    pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError> {
+    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError> {
         let (topic, name) = (topic.to_string(), name.to_string());
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -600,7 +440,7 @@ impl RouterStore {
     /// returns. Concurrent publishes share one transaction (group commit:
     /// one fsync for many publishers). Returns how many deliveries it
     /// queued.
-    pub async fn publish(
+    async fn publish(
         &self,
         topic: &str,
         events: Vec<Event>,
@@ -610,13 +450,8 @@ impl RouterStore {
         self.publisher
             .run((topic.to_string(), events, now_ms, tx))
             .map_err(|_| StoreError::Interrupted("the events store is closed".into()))?;
-        let queued = rx
-            .await
-            .map_err(|_| StoreError::Interrupted("the events writer stopped".into()))??;
-        if queued > 0 {
-            self.wake.notify_one();
-        }
-        Ok(queued)
+        rx.await
+            .map_err(|_| StoreError::Interrupted("the events writer stopped".into()))?
     }
 
     /// Publishes events the router makes itself to `topic` (created with
@@ -628,15 +463,14 @@ impl RouterStore {
     /// published after it), and the engine's lifecycle events would
     /// otherwise fill the table for nobody. Returns how many events were
     /// new.
-    pub async fn publish_system(
+    async fn publish_system(
         &self,
         topic: &str,
         events: Vec<Event>,
         now_ms: i64,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, usize), StoreError> {
         let topic = topic.to_string();
-        let (fresh, queued) = self
-            .call(move |conn| {
+        self.call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 tx.execute(
                     "INSERT OR IGNORE INTO topics (name, input_schema, key1, key2) VALUES (?1, 'EventGridSchema', ?2, ?3)",
@@ -661,17 +495,13 @@ impl RouterStore {
                 tx.commit()?;
                 Ok((new.len(), queued))
             })
-            .await?;
-        if queued > 0 {
-            self.wake.notify_one();
-        }
-        Ok(fresh)
+            .await
     }
 
     /// Pending deliveries due at `now_ms`, oldest first, at most `limit`
     /// (a read: the delivery loop keeps its requests in flight in memory
     /// and skips them).
-    pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
         self.call(move |conn| {
             Ok(conn
                 .prepare_cached(
@@ -697,7 +527,7 @@ impl RouterStore {
     }
 
     /// When the next pending delivery is due, if any.
-    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+    async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         self.call(|conn| {
             Ok(conn.query_row(
                 "SELECT min(due_ms) FROM deliveries WHERE state = 'pending'",
@@ -710,10 +540,7 @@ impl RouterStore {
 
     /// Records attempts and what follows each, in one transaction (a
     /// delivery round's worth: one fsync for many deliveries).
-    pub async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError> {
-        if attempts.is_empty() {
-            return Ok(());
-        }
+    async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for a in &attempts {
@@ -722,11 +549,7 @@ impl RouterStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
                 .execute(params![a.seq, a.topic, a.subscription, a.n, a.at_ms, a.outcome, a.status])?;
-                let (state, due, reason) = match &a.next {
-                    Next::Delivered => ("delivered", a.at_ms, None),
-                    Next::RetryAt(due) => ("pending", *due, None),
-                    Next::Dead(reason) => ("dead", a.at_ms, Some(reason.clone())),
-                };
+                let (state, due, reason) = next_state(a);
                 tx.prepare_cached(
                     "UPDATE deliveries SET state = ?4, attempts = ?5, due_ms = ?6, last_outcome = ?7,
                          last_attempt_ms = ?8, reason = ?9
@@ -741,7 +564,7 @@ impl RouterStore {
     }
 
     /// A subscription's dead letters, oldest first.
-    pub async fn dead_letters(
+    async fn dead_letters(
         &self,
         topic: &str,
         subscription: &str,
@@ -774,7 +597,7 @@ impl RouterStore {
     /// Re-drives dead letters (all of the subscription's, or the given
     /// sequence numbers): pending again, due now, attempts from zero.
     /// Returns how many.
-    pub async fn redeliver(
+    async fn redeliver(
         &self,
         topic: &str,
         subscription: &str,
@@ -782,8 +605,7 @@ impl RouterStore {
         now_ms: i64,
     ) -> Result<usize, StoreError> {
         let (topic, subscription) = (topic.to_string(), subscription.to_string());
-        let n = self
-            .call(move |conn| {
+        self.call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut n = 0;
                 let one = |seq: Option<i64>| -> Result<usize, StoreError> {
@@ -804,16 +626,12 @@ impl RouterStore {
                 tx.commit()?;
                 Ok(n)
             })
-            .await?;
-        if n > 0 {
-            self.wake.notify_one();
-        }
-        Ok(n)
+            .await
     }
 
     /// An event's deliveries on a topic: per subscription, its state and
     /// every attempt.
-    pub async fn event_deliveries(
+    async fn event_deliveries(
         &self,
         topic: &str,
         event_id: &str,
@@ -835,45 +653,19 @@ impl RouterStore {
                          WHERE topic = ?1 AND seq = ?2 AND subscription = ?3 ORDER BY n",
                     )?
                     .query_map(params![topic, seq, sub], |r| {
-                        Ok(serde_json::json!({
-                            "attempt": r.get::<_, i64>(0)?, "timeMs": r.get::<_, i64>(1)?,
-                            "outcome": r.get::<_, String>(2)?, "status": r.get::<_, Option<i64>>(3)?,
-                        }))
+                        Ok(attempt_json(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                     })?
                     .collect::<Result<_, _>>()?;
-                out.push(serde_json::json!({
-                    "sequence": seq, "subscription": sub, "state": state, "deliveryAttempts": attempts,
-                    "deadLetterReason": reason, "attempts": tries,
-                }));
+                out.push(delivery_json(seq, &sub, &state, attempts, reason, tries));
             }
             Ok(out)
         })
         .await
     }
-}
 
-/// One topic's event counts, for metrics (read from the store, so they
-/// survive restarts).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TopicCounts {
-    /// The topic.
-    pub topic: String,
-    /// Events accepted.
-    pub published: u64,
-    /// Billed operations: each accepted event in 64 KB units.
-    pub billed_units: u64,
-    /// Deliveries that succeeded.
-    pub delivered: u64,
-    /// Attempts after the first (retries).
-    pub retried: u64,
-    /// Deliveries dead-lettered.
-    pub dead_lettered: u64,
-}
-
-impl RouterStore {
     /// Per-topic counts of published, billed, delivered, retried and
     /// dead-lettered events.
-    pub async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError> {
+    async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError> {
         self.call(|conn| {
             let mut by_topic: std::collections::BTreeMap<String, TopicCounts> =
                 std::collections::BTreeMap::new();
@@ -916,36 +708,4 @@ impl RouterStore {
         })
         .await
     }
-}
-
-/// What follows an attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Next {
-    /// Delivered.
-    Delivered,
-    /// Retry at this time (ms since the epoch).
-    RetryAt(i64),
-    /// Dead-lettered for this reason.
-    Dead(String),
-}
-
-/// One attempt, to record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordedAttempt {
-    /// The event.
-    pub seq: i64,
-    /// Its topic.
-    pub topic: String,
-    /// The subscription.
-    pub subscription: String,
-    /// This attempt's number (1-based).
-    pub n: u32,
-    /// When it ended (ms since the epoch).
-    pub at_ms: i64,
-    /// `lastDeliveryOutcome`.
-    pub outcome: String,
-    /// The receiver's status, if it answered.
-    pub status: Option<u16>,
-    /// What follows.
-    pub next: Next,
 }

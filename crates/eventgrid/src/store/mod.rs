@@ -1,0 +1,552 @@
+//! The router's durable state: topics and their keys, subscriptions,
+//! accepted events, and one delivery row per (event, subscription) made in
+//! the same transaction as the event, so nothing accepted is lost across
+//! restarts and every matching subscription gets it.
+//!
+//! Delivery rows move `pending` -> `delivered` or `dead` (a dead letter,
+//! with its reason); every attempt is recorded with its outcome, so the API
+//! shows each event's delivery history.
+//!
+//! Two backends behind one [`RouterStore`]: [`sqlite`] (`events.db` in
+//! galaxy-cloud's data directory, the default) and [`postgres`] (tables in
+//! the `eventgrid` schema, shared by several galaxy-cloud processes, which
+//! split the delivery work through leases: a process claims due deliveries
+//! for [`DELIVERY_LEASE`], so no event goes to a subscriber from two
+//! processes unless a lease ran out first).
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::event::{Event, Schema};
+use crate::model::SubscriptionInput;
+
+/// How long a claimed delivery is left to the process that claimed it
+/// (PostgreSQL): longer than a delivery's 30 s timeout, so a live process
+/// always finishes (and records) its attempt before anyone else may try.
+pub const DELIVERY_LEASE: Duration = Duration::from_secs(60);
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such topic.
+    #[error("no topic '{0}'")]
+    NoTopic(String),
+    /// No such subscription.
+    #[error("no event subscription '{1}' on topic '{0}'")]
+    NoSubscription(String, String),
+    /// The request is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// SQLite failed.
+    #[error("events database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("events database error: {0}")]
+    Postgres(String),
+    /// The blocking call did not finish (shutdown).
+    #[error("events store call interrupted: {0}")]
+    Interrupted(String),
+}
+
+/// A topic as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicRecord {
+    /// Its name.
+    pub name: String,
+    /// The schema publishers use.
+    pub input_schema: Schema,
+    /// `key1`.
+    pub key1: String,
+    /// `key2`.
+    pub key2: String,
+}
+
+/// Where a subscription stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Provisioning {
+    /// Waiting for the endpoint to pass the validation handshake.
+    AwaitingManualAction,
+    /// Active: matching events are delivered.
+    Succeeded,
+    /// The handshake failed (see the reason).
+    Failed,
+}
+
+impl Provisioning {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::AwaitingManualAction => "AwaitingManualAction",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Self {
+        match s {
+            "Succeeded" => Self::Succeeded,
+            "Failed" => Self::Failed,
+            _ => Self::AwaitingManualAction,
+        }
+    }
+}
+
+/// A subscription as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriptionRecord {
+    /// Its topic.
+    pub topic: String,
+    /// Its name.
+    pub name: String,
+    /// The definition.
+    pub input: SubscriptionInput,
+    /// Its state.
+    pub provisioning: Provisioning,
+    /// Why it failed, if it did.
+    pub reason: Option<String>,
+    /// The validation code the handshake sent (manual validation URL).
+    pub validation_code: String,
+}
+
+/// A delivery due now: the event and where it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DueDelivery {
+    /// The event's sequence number.
+    pub seq: i64,
+    /// The topic.
+    pub topic: String,
+    /// The subscription.
+    pub subscription: String,
+    /// The event, in its topic's schema.
+    pub event: Value,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the event was accepted (ms since the epoch).
+    pub published_ms: i64,
+}
+
+/// One dead letter, as the API lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The event's sequence number (what re-drive names).
+    pub sequence: i64,
+    /// The event.
+    pub event: Value,
+    /// `deadLetterReason`.
+    pub dead_letter_reason: String,
+    /// `deliveryAttempts`.
+    pub delivery_attempts: u32,
+    /// `lastDeliveryOutcome`.
+    pub last_delivery_outcome: String,
+    /// `publishTime` (ms since the epoch).
+    pub publish_time_ms: i64,
+    /// `lastDeliveryAttemptTime` (ms since the epoch).
+    pub last_delivery_attempt_time_ms: i64,
+}
+
+/// One topic's event counts, for metrics (read from the store, so they
+/// survive restarts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicCounts {
+    /// The topic.
+    pub topic: String,
+    /// Events accepted.
+    pub published: u64,
+    /// Billed operations: each accepted event in 64 KB units.
+    pub billed_units: u64,
+    /// Deliveries that succeeded.
+    pub delivered: u64,
+    /// Attempts after the first (retries).
+    pub retried: u64,
+    /// Deliveries dead-lettered.
+    pub dead_lettered: u64,
+}
+
+/// What follows an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Delivered.
+    Delivered,
+    /// Retry at this time (ms since the epoch).
+    RetryAt(i64),
+    /// Dead-lettered for this reason.
+    Dead(String),
+}
+
+/// One attempt, to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedAttempt {
+    /// The event.
+    pub seq: i64,
+    /// Its topic.
+    pub topic: String,
+    /// The subscription.
+    pub subscription: String,
+    /// This attempt's number (1-based).
+    pub n: u32,
+    /// When it ended (ms since the epoch).
+    pub at_ms: i64,
+    /// `lastDeliveryOutcome`.
+    pub outcome: String,
+    /// The receiver's status, if it answered.
+    pub status: Option<u16>,
+    /// What follows.
+    pub next: Next,
+}
+
+/// What a backend does; [`RouterStore`] adds the delivery loop's wake-ups.
+#[async_trait]
+trait Backend: Send + Sync + 'static {
+    async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError>;
+    async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError>;
+    async fn topics(&self) -> Result<Vec<TopicRecord>, StoreError>;
+    async fn delete_topic(&self, name: &str) -> Result<(), StoreError>;
+    async fn regenerate_key(&self, topic: &str, column: &'static str)
+        -> Result<TopicRecord, StoreError>;
+    async fn put_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        input: SubscriptionInput,
+        state: Provisioning,
+        validation_code: String,
+    ) -> Result<SubscriptionRecord, StoreError>;
+    async fn set_provisioning(
+        &self,
+        topic: &str,
+        name: &str,
+        state: Provisioning,
+        reason: Option<String>,
+    ) -> Result<(), StoreError>;
+    async fn subscription(&self, topic: &str, name: &str)
+        -> Result<SubscriptionRecord, StoreError>;
+    async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError>;
+    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError>;
+    /// Returns how many deliveries it queued.
+    async fn publish(&self, topic: &str, events: Vec<Event>, now_ms: i64)
+        -> Result<usize, StoreError>;
+    /// Returns (new events, deliveries queued).
+    async fn publish_system(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+        now_ms: i64,
+    ) -> Result<(usize, usize), StoreError>;
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError>;
+    async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
+    async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError>;
+    async fn dead_letters(&self, topic: &str, subscription: &str)
+        -> Result<Vec<DeadLetter>, StoreError>;
+    async fn redeliver(
+        &self,
+        topic: &str,
+        subscription: &str,
+        only: Option<Vec<i64>>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError>;
+    async fn event_deliveries(&self, topic: &str, event_id: &str)
+        -> Result<Vec<Value>, StoreError>;
+    async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError>;
+}
+
+/// The router's store. Cloning shares it.
+#[derive(Clone)]
+pub struct RouterStore {
+    backend: Arc<dyn Backend>,
+    wake: Arc<Notify>,
+}
+
+impl RouterStore {
+    /// Opens (creating if needed) the SQLite store at `path`.
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, StoreError> {
+        Ok(Self::with(sqlite::SqliteRouter::open(path.as_ref())?))
+    }
+
+    /// Connects to PostgreSQL at `url` (tables in `schema`, created if
+    /// missing): several processes may share it.
+    pub async fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
+        Ok(Self::with(postgres::PgRouter::connect(url, schema).await?))
+    }
+
+    fn with(backend: impl Backend) -> Self {
+        Self {
+            backend: Arc::new(backend),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notified when deliveries may have become due (a publish, an
+    /// activation, a re-drive): the delivery loop waits on it.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    fn woken(&self, n: usize) {
+        if n > 0 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Creates a topic (with two new keys) or changes its schema.
+    pub async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
+        self.backend.put_topic(name, schema).await
+    }
+
+    /// One topic.
+    pub async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError> {
+        self.backend.topic(name).await
+    }
+
+    /// Every topic, by name.
+    pub async fn topics(&self) -> Result<Vec<TopicRecord>, StoreError> {
+        self.backend.topics().await
+    }
+
+    /// Deletes a topic with its subscriptions and pending deliveries.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
+        self.backend.delete_topic(name).await
+    }
+
+    /// Replaces `key1` or `key2` with a new key.
+    pub async fn regenerate_key(
+        &self,
+        topic: &str,
+        which: &str,
+    ) -> Result<TopicRecord, StoreError> {
+        let column = match which {
+            "key1" => "key1",
+            "key2" => "key2",
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "keyName must be key1 or key2 (got '{other}')"
+                )))
+            }
+        };
+        self.backend.regenerate_key(topic, column).await
+    }
+
+    /// Creates or replaces a subscription in `state` (an orchestration
+    /// subscription starts active; a webhook waits for its handshake).
+    pub async fn put_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        input: SubscriptionInput,
+        state: Provisioning,
+        validation_code: String,
+    ) -> Result<SubscriptionRecord, StoreError> {
+        self.backend
+            .put_subscription(topic, name, input, state, validation_code)
+            .await
+    }
+
+    /// Records the handshake's outcome.
+    pub async fn set_provisioning(
+        &self,
+        topic: &str,
+        name: &str,
+        state: Provisioning,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.backend
+            .set_provisioning(topic, name, state, reason)
+            .await
+    }
+
+    /// One subscription.
+    pub async fn subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<SubscriptionRecord, StoreError> {
+        self.backend.subscription(topic, name).await
+    }
+
+    /// A topic's subscriptions, by name.
+    pub async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        self.backend.subscriptions(topic).await
+    }
+
+    /// Deletes a subscription and its pending deliveries.
+    pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError> {
+        self.backend.delete_subscription(topic, name).await
+    }
+
+    /// Stores accepted events and, in the same transaction, a delivery for
+    /// every active subscription whose filter matches. Durable when it
+    /// returns (SQLite: concurrent publishes share one transaction and one
+    /// fsync). Returns how many deliveries it queued.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let queued = self.backend.publish(topic, events, now_ms).await?;
+        self.woken(queued);
+        Ok(queued)
+    }
+
+    /// Publishes events the router makes itself to `topic` (created with
+    /// the Event Grid schema if missing), each at most once: an event whose
+    /// id the topic already has is skipped, so a producer that runs twice
+    /// (an activity retried after a crash, an outbox relay) publishes once.
+    /// An event no active subscription matches is not stored: no one could
+    /// ever receive it (as in Event Grid, a subscription gets only events
+    /// published after it), and the engine's lifecycle events would
+    /// otherwise fill the table for nobody. Returns how many events were
+    /// new.
+    pub async fn publish_system(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let (fresh, queued) = self.backend.publish_system(topic, events, now_ms).await?;
+        self.woken(queued);
+        Ok(fresh)
+    }
+
+    /// Pending deliveries due at `now_ms`, oldest first, at most `limit`.
+    /// SQLite: a read (the delivery loop keeps its requests in flight in
+    /// memory and skips them). PostgreSQL: a claim, for [`DELIVERY_LEASE`].
+    pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+        self.backend.due(now_ms, limit).await
+    }
+
+    /// When the next pending delivery is due (or its lease runs out), if any.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.backend.next_due_ms().await
+    }
+
+    /// Records attempts and what follows each, in one transaction (a
+    /// delivery round's worth: one commit for many deliveries); releases
+    /// their leases.
+    pub async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        self.backend.record_attempts(attempts).await
+    }
+
+    /// A subscription's dead letters, oldest first.
+    pub async fn dead_letters(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.backend.dead_letters(topic, subscription).await
+    }
+
+    /// Re-drives dead letters (all of the subscription's, or the given
+    /// sequence numbers): pending again, due now, attempts from zero.
+    /// Returns how many.
+    pub async fn redeliver(
+        &self,
+        topic: &str,
+        subscription: &str,
+        only: Option<Vec<i64>>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let n = self
+            .backend
+            .redeliver(topic, subscription, only, now_ms)
+            .await?;
+        self.woken(n);
+        Ok(n)
+    }
+
+    /// An event's deliveries on a topic: per subscription, its state and
+    /// every attempt.
+    pub async fn event_deliveries(
+        &self,
+        topic: &str,
+        event_id: &str,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.backend.event_deliveries(topic, event_id).await
+    }
+
+    /// Per-topic counts of published, billed, delivered, retried and
+    /// dead-lettered events.
+    pub async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError> {
+        self.backend.counts().await
+    }
+}
+
+/// The JSON shape of one delivery in [`RouterStore::event_deliveries`].
+pub(crate) fn delivery_json(
+    seq: i64,
+    subscription: &str,
+    state: &str,
+    attempts: i64,
+    reason: Option<String>,
+    tries: Vec<Value>,
+) -> Value {
+    serde_json::json!({
+        "sequence": seq, "subscription": subscription, "state": state, "deliveryAttempts": attempts,
+        "deadLetterReason": reason, "attempts": tries,
+    })
+}
+
+/// The JSON shape of one attempt in [`delivery_json`].
+pub(crate) fn attempt_json(n: i64, at_ms: i64, outcome: String, status: Option<i64>) -> Value {
+    serde_json::json!({ "attempt": n, "timeMs": at_ms, "outcome": outcome, "status": status })
+}
+
+/// The stored name of a topic's input schema.
+pub(crate) fn schema_name(s: Schema) -> &'static str {
+    match s {
+        Schema::EventGridSchema => "EventGridSchema",
+        Schema::CloudEvents => "CloudEventSchemaV1_0",
+    }
+}
+
+/// A topic's input schema from its stored name.
+pub(crate) fn parse_schema(s: &str) -> Schema {
+    if s == "CloudEventSchemaV1_0" {
+        Schema::CloudEvents
+    } else {
+        Schema::EventGridSchema
+    }
+}
+
+/// A stored subscription definition back into its record.
+pub(crate) fn record_of(
+    topic: String,
+    name: String,
+    json: &str,
+    state: &str,
+    reason: Option<String>,
+    validation_code: String,
+) -> Result<SubscriptionRecord, StoreError> {
+    let input = serde_json::from_str(json).map_err(|e| {
+        StoreError::Invalid(format!(
+            "stored subscription {topic}/{name} is unreadable: {e}"
+        ))
+    })?;
+    Ok(SubscriptionRecord {
+        topic,
+        name,
+        input,
+        provisioning: Provisioning::parse(state),
+        reason,
+        validation_code,
+    })
+}
+
+/// What a record-attempt update sets: state, due time, dead-letter reason.
+pub(crate) fn next_state(a: &RecordedAttempt) -> (&'static str, i64, Option<String>) {
+    match &a.next {
+        Next::Delivered => ("delivered", a.at_ms, None),
+        Next::RetryAt(due) => ("pending", *due, None),
+        Next::Dead(reason) => ("dead", a.at_ms, Some(reason.clone())),
+    }
+}

@@ -1,0 +1,138 @@
+//! The event router on PostgreSQL: two real `galaxy-cloud` processes share
+//! one database (a throwaway cluster). A topic and subscription made
+//! through one process serve the other; events published through both are
+//! all delivered, each by one process only (the delivery leases: every
+//! event has exactly one recorded attempt); and the system topic carries
+//! each orchestration's lifecycle events once though both processes relay
+//! the shared outbox.
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use durable::testing::PgCluster;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+mod common;
+
+use common::router::*;
+
+fn on(url: &str) -> Cloud {
+    Cloud::start_with(tempfile::tempdir().unwrap(), &["--database-url", url])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_topics_and_deliver_each_event_once() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    let (one, two) = (on(&url), on(&url));
+    let (_, key) = one.topic("shared", "EventGridSchema").await;
+    // A slow receiver keeps deliveries in flight while both processes look
+    // for more.
+    let mut receiver = Receiver::start_slow(
+        Handshake::Answer,
+        vec![],
+        std::time::Duration::from_millis(5),
+    )
+    .await;
+    let mut sub = hook(&receiver.url);
+    sub["destination"]["properties"]["maxEventsPerBatch"] = json!(3);
+    two.subscribe("shared", "both", sub).await;
+    one.wait_state("shared", "both", "Succeeded").await;
+
+    const N: usize = 300;
+    for (i, chunk) in (0..N).collect::<Vec<_>>().chunks(10).enumerate() {
+        let cloud = if i % 2 == 0 { &one } else { &two };
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|n| event(&format!("e{n}"), "Galaxy.Created", *n as i64))
+            .collect();
+        let endpoint = format!("{}/api/events/topics/shared/events", cloud.base);
+        let (s, v) = cloud.publish(&endpoint, &key, json!(batch)).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    while got.len() < N {
+        let (_, body) = receiver.next().await;
+        for e in body.as_array().unwrap() {
+            *got.entry(e["id"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    // Every event: delivered, after exactly one attempt in all (a second
+    // process sending it too would have recorded its own).
+    for n in 0..N {
+        let id = format!("e{n}");
+        let v = one
+            .get_until(
+                &format!("/api/events/topics/shared/events/{id}/deliveries"),
+                "the delivery recorded",
+                |_, v| v["value"][0]["state"] == "delivered",
+            )
+            .await;
+        let attempts = v["value"][0]["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{id}: {v}");
+        assert_eq!(attempts[0]["outcome"], "Succeeded");
+        assert_eq!(got[&id], 1, "{id} arrived {} times", got[&id]);
+    }
+    // The counts are the database's, the same through either process.
+    for cloud in [&one, &two] {
+        let text = cloud
+            .http
+            .get(format!("{}/metrics", cloud.base))
+            .header("x-functions-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains(&format!("galaxy_events_delivered_total{{topic=\"shared\"}} {N}")),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_relayed_by_two_processes_arrive_once() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    let (one, two) = (on(&url), on(&url));
+    let mut receiver = Receiver::start(Handshake::Answer, vec![]).await;
+    let mut sub = hook(&receiver.url);
+    sub["filter"] = json!({"includedEventTypes": ["Orchestration.Completed"]});
+    one.subscribe("galaxy-forge", "done", sub).await;
+    two.wait_state("galaxy-forge", "done", "Succeeded").await;
+    const N: usize = 40;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let cloud = if i % 2 == 0 { &one } else { &two };
+        let (s, v) = cloud
+            .call(Method::POST, "/api/orchestrators/Galaxy_Create", Some(json!({})))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let mut got: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    while got.len() < N {
+        let (_, body) = receiver.next().await;
+        for e in body.as_array().unwrap() {
+            let instance = e["data"]["instanceId"].as_str().unwrap().to_string();
+            *got.entry(instance)
+                .or_default()
+                .entry(e["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    for id in &ids {
+        let events = &got[id];
+        assert_eq!(events.len(), 1, "{id}: one Completed event, {events:?}");
+        let event_id = events.keys().next().unwrap();
+        let v = two
+            .get_until(
+                &format!("/api/events/topics/galaxy-forge/events/{event_id}/deliveries"),
+                "the delivery recorded",
+                |_, v| v["value"][0]["state"] == "delivered",
+            )
+            .await;
+        assert_eq!(v["value"].as_array().unwrap().len(), 1, "stored once: {v}");
+    }
+}
