@@ -22,6 +22,52 @@ fn on(url: &str) -> Cloud {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_leaves_its_deliveries_to_the_other_once_its_leases_run_out() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    // A 1 s delivery timeout: leases of 2 s.
+    let args = ["--database-url", url.as_str(), "--event-delivery-timeout", "1s"];
+    let one = Cloud::start_with(tempfile::tempdir().unwrap(), &args);
+    let two = Cloud::start_with(tempfile::tempdir().unwrap(), &args);
+    let (endpoint, key) = one.topic("handover", "EventGridSchema").await;
+    let mut receiver = Receiver::start_slow(
+        Handshake::Answer,
+        vec![],
+        std::time::Duration::from_millis(10),
+    )
+    .await;
+    let mut sub = hook(&receiver.url);
+    sub["destination"]["properties"]["maxEventsPerBatch"] = json!(1);
+    one.subscribe("handover", "sub", sub).await;
+    one.wait_state("handover", "sub", "Succeeded").await;
+    const N: usize = 200;
+    let events: Vec<Value> = (0..N)
+        .map(|n| event(&format!("h{n}"), "Galaxy.Created", n as i64))
+        .collect();
+    for chunk in events.chunks(100) {
+        assert_eq!(one.publish(&endpoint, &key, json!(chunk)).await.0, 200);
+    }
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 10 {
+        let (_, body) = receiver.next().await;
+        got.insert(body[0]["id"].as_str().unwrap().to_string());
+    }
+    // Process one dies holding leases; process two delivers the rest.
+    drop(one);
+    while got.len() < N {
+        let (_, body) = receiver.next().await;
+        got.insert(body[0]["id"].as_str().unwrap().to_string());
+    }
+    let v = two
+        .get_until(
+            "/api/events/topics/handover/events/h199/deliveries",
+            "the last delivery recorded",
+            |_, v| v["value"][0]["state"] == "delivered",
+        )
+        .await;
+    assert_eq!(v["value"][0]["subscription"], "sub");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_topics_and_deliver_each_event_once() {
     let url = PgCluster::shared().create_database().await.unwrap();
     let (one, two) = (on(&url), on(&url));

@@ -36,10 +36,25 @@ pub struct Args {
     /// tests and demos).
     #[arg(long, env = "GALAXY_EVENT_RETRY_SCALE", default_value_t = 1.0)]
     pub event_retry_scale: f64,
+    /// How long a webhook receiver has to answer a delivery (Event Grid:
+    /// 30 s). On PostgreSQL a process holds a claimed delivery for twice
+    /// this, so another process takes over a dead one's deliveries after
+    /// that long.
+    #[arg(long, env = "GALAXY_EVENT_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub event_delivery_timeout: std::time::Duration,
     /// Also register the sample orchestrations (Sample_WaitForEvent,
     /// Sample_Fail) for trying the management API.
     #[arg(long, env = "GALAXY_SAMPLES")]
     pub samples: bool,
+}
+
+/// A delivery timeout: as [`parse_retention`], more than zero, at most 10 minutes.
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_retention(text)?;
+    if d.is_zero() || d > std::time::Duration::from_secs(600) {
+        return Err(format!("'{text}' must be more than 0s and at most 10m"));
+    }
+    Ok(d)
 }
 
 /// `30d`, `12h`, `90m`, `45s` (and `0s`: forget deletions at once).

@@ -172,11 +172,13 @@ pub const PG_EVENTS_SCHEMA: &str = "eventgrid";
 pub async fn open_events(
     choice: &StoreChoice,
     data_dir: &Path,
+    delivery_timeout: std::time::Duration,
 ) -> Result<eventgrid::RouterStore, ServeError> {
     Ok(match choice {
         StoreChoice::Sqlite(_) => eventgrid::RouterStore::open(data_dir.join("events.db"))?,
         StoreChoice::Postgres(url) => {
-            eventgrid::RouterStore::connect(url, PG_EVENTS_SCHEMA).await?
+            let lease = eventgrid::store::lease_for(delivery_timeout);
+            eventgrid::RouterStore::connect(url, PG_EVENTS_SCHEMA, lease).await?
         }
     })
 }
@@ -407,7 +409,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
             return Err(e);
         }
     };
-    let events = match open_events(&choice, &args.data_dir).await {
+    let events = match open_events(&choice, &args.data_dir, args.event_delivery_timeout).await {
         Ok(e) => e,
         Err(e) => {
             opened.close().await;
@@ -442,6 +444,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         .with_default_host(addr.to_string())
         .with_event_config(eventgrid::deliver::DeliveryConfig {
             retry_scale: args.event_retry_scale,
+            timeout: args.event_delivery_timeout,
             ..eventgrid::deliver::DeliveryConfig::default()
         });
     state.start_delivery();

@@ -16,13 +16,9 @@
 //!   dead-lettered why (schedule, non-retried codes, `Retry-After`, limits).
 //! - [`store`]: [`RouterStore`], topics, subscriptions, accepted events and
 //!   their deliveries (made in the publish's transaction), attempts, dead
-//!   letters, in SQLite.
+//!   letters, in SQLite or PostgreSQL (delivery leases between processes).
 //! - [`deliver`]: the validation handshake and the delivery loop (batches,
 //!   headers, orchestration subscriptions through a [`deliver::Starter`]).
-//!
-//! Still to come (issue 10): PostgreSQL and leases between processes, the
-//! system topic (engine and galaxy events through a transactional
-//! outbox), metrics, the official SDK publisher run, the benchmark.
 //!
 //! Invariant: no HTTP routes here (galaxy-cloud serves them), no Tauri.
 

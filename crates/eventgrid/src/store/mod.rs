@@ -11,8 +11,8 @@
 //! galaxy-cloud's data directory, the default) and [`postgres`] (tables in
 //! the `eventgrid` schema, shared by several galaxy-cloud processes, which
 //! split the delivery work through leases: a process claims due deliveries
-//! for [`DELIVERY_LEASE`], so no event goes to a subscriber from two
-//! processes unless a lease ran out first).
+//! for [`lease_for`] the delivery timeout, so no event goes to a subscriber
+//! from two processes unless a lease ran out first).
 
 mod postgres;
 mod sqlite;
@@ -29,9 +29,11 @@ use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
 
 /// How long a claimed delivery is left to the process that claimed it
-/// (PostgreSQL): longer than a delivery's 30 s timeout, so a live process
-/// always finishes (and records) its attempt before anyone else may try.
-pub const DELIVERY_LEASE: Duration = Duration::from_secs(60);
+/// (PostgreSQL): twice the delivery timeout, so a live process always
+/// finishes (and records) its attempt before anyone else may try.
+pub fn lease_for(delivery_timeout: Duration) -> Duration {
+    delivery_timeout * 2
+}
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -271,9 +273,12 @@ impl RouterStore {
     }
 
     /// Connects to PostgreSQL at `url` (tables in `schema`, created if
-    /// missing): several processes may share it.
-    pub async fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
-        Ok(Self::with(postgres::PgRouter::connect(url, schema).await?))
+    /// missing): several processes may share it. A claimed delivery is
+    /// this process's for `lease` (see [`lease_for`]).
+    pub async fn connect(url: &str, schema: &str, lease: Duration) -> Result<Self, StoreError> {
+        Ok(Self::with(
+            postgres::PgRouter::connect(url, schema, lease).await?,
+        ))
     }
 
     fn with(backend: impl Backend) -> Self {
@@ -417,7 +422,7 @@ impl RouterStore {
 
     /// Pending deliveries due at `now_ms`, oldest first, at most `limit`.
     /// SQLite: a read (the delivery loop keeps its requests in flight in
-    /// memory and skips them). PostgreSQL: a claim, for [`DELIVERY_LEASE`].
+    /// memory and skips them). PostgreSQL: a claim, for the store's lease.
     pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
         self.backend.due(now_ms, limit).await
     }

@@ -3,7 +3,7 @@
 //!
 //! What differs from SQLite:
 //! - `due` claims: it stamps the rows it returns with this process's id and
-//!   a lease ([`DELIVERY_LEASE`]) under `FOR UPDATE SKIP LOCKED`, so two
+//!   a lease (see [`super::lease_for`]) under `FOR UPDATE SKIP LOCKED`, so two
 //!   processes never take the same delivery; recording the attempt
 //!   releases it. A process that dies leaves its leases to run out, and
 //!   then another process delivers (at least once, as promised).
@@ -24,7 +24,7 @@ use tokio_postgres::NoTls;
 use super::{
     attempt_json, delivery_json, next_state, parse_schema, record_of, schema_name, Backend,
     DeadLetter, DueDelivery, Provisioning, RecordedAttempt, StoreError, SubscriptionRecord,
-    TopicCounts, TopicRecord, DELIVERY_LEASE,
+    TopicCounts, TopicRecord,
 };
 use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
@@ -72,12 +72,17 @@ fn subscription_row(r: &tokio_postgres::Row) -> Result<SubscriptionRecord, Store
 pub(super) struct PgRouter {
     pool: Pool,
     owner: i64,
+    lease_ms: i64,
 }
 
 impl PgRouter {
     /// Connects and creates the tables in `schema` if missing (under an
     /// advisory lock, so processes starting together do not race).
-    pub(super) async fn connect(url: &str, schema: &str) -> Result<Self, StoreError> {
+    pub(super) async fn connect(
+        url: &str,
+        schema: &str,
+        lease: std::time::Duration,
+    ) -> Result<Self, StoreError> {
         if schema.is_empty()
             || !schema
                 .chars()
@@ -171,6 +176,7 @@ impl PgRouter {
         Ok(Self {
             pool,
             owner: rand::random::<i64>() & i64::MAX,
+            lease_ms: lease.as_millis() as i64,
         })
     }
 
@@ -525,9 +531,8 @@ impl Backend for PgRouter {
             )
             .await
             .map_err(pg)?;
-        let lease = DELIVERY_LEASE.as_millis() as i64;
         let rows = c
-            .query(&st, &[&now_ms, &(limit as i64), &self.owner, &lease])
+            .query(&st, &[&now_ms, &(limit as i64), &self.owner, &self.lease_ms])
             .await
             .map_err(pg)?;
         let mut due: Vec<(i64, DueDelivery)> = rows
