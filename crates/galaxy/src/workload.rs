@@ -187,12 +187,16 @@ pub fn register_for_cloud(
                             .map_err(|e| e.to_string())?;
                     }
                     if let Some(o) = observer {
-                        // The row as stored (an earlier run's, if any).
-                        let stored = table
-                            .get(&galaxy.partition_key, &galaxy.row_key)
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .unwrap_or(galaxy);
+                        // The row as stored: this one, or an earlier run's.
+                        let stored = if inserted {
+                            galaxy
+                        } else {
+                            table
+                                .get(&galaxy.partition_key, &galaxy.row_key)
+                                .await
+                                .map_err(|e| e.to_string())?
+                                .unwrap_or(galaxy)
+                        };
                         o.created(&stored).await?;
                     }
                     Ok::<_, String>(inserted)

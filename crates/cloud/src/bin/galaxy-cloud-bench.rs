@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use cloud::{AppState, Keys};
-use durable::{Engine, EngineConfig, SqliteStore, Store};
+use durable::{Engine, EngineConfig, SqliteConfig, SqliteStore, Store};
 use futures::StreamExt;
 use galaxy::GalaxyTable;
 use tokio::sync::watch;
@@ -43,6 +43,10 @@ struct Args {
     /// Status queries in the status benchmark.
     #[arg(long, default_value_t = 50_000)]
     status_queries: usize,
+    /// Keep the engine's lifecycle outbox and relay it to the system topic,
+    /// as galaxy-cloud does (`false`: the engine alone, for an A/B).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    lifecycle_outbox: bool,
 }
 
 struct Running {
@@ -56,20 +60,29 @@ struct Running {
     _dir: tempfile::TempDir,
 }
 
-async fn start_server() -> anyhow::Result<Running> {
+async fn start_server(lifecycle_outbox: bool) -> anyhow::Result<Running> {
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(SqliteStore::open(dir.path().join("engine.db"))?);
+    // The configuration galaxy-cloud runs with.
+    let store = Arc::new(SqliteStore::open_with(
+        dir.path().join("engine.db"),
+        SqliteConfig {
+            lifecycle_outbox,
+            ..SqliteConfig::default()
+        },
+    )?);
     let table = Arc::new(GalaxyTable::open(dir.path().join("galaxies.db"), true)?);
-    // The engine configuration galaxy-cloud runs with.
+    let players = galaxy::players::Players::open(dir.path().join("players.db"))?;
+    let events = eventgrid::RouterStore::open(dir.path().join("events.db"))?;
+    events
+        .put_topic(cloud::server::SYSTEM_TOPIC, eventgrid::Schema::EventGridSchema)
+        .await?;
     let engine = Engine::start(
         store.clone() as Arc<dyn Store>,
-        cloud::server::registry(table.clone(), galaxy::CloudHooks::default(), false),
+        cloud::server::registry(table.clone(), cloud::server::hooks(&players, &events), false),
         EngineConfig::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let players = galaxy::players::Players::open(dir.path().join("players.db"))?;
-    let events = eventgrid::RouterStore::open(dir.path().join("events.db"))?;
     let state = AppState::new(
         engine.clone(),
         table.clone(),
@@ -78,6 +91,7 @@ async fn start_server() -> anyhow::Result<Running> {
         events,
     )
     .with_default_host(addr.to_string());
+    state.start_delivery();
     let (stop, mut stopped) = watch::channel(false);
     let server = tokio::spawn(cloud::serve(listener, state, async move {
         let _ = stopped.wait_for(|s| *s).await;
@@ -285,7 +299,7 @@ async fn status_queries(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let r = start_server().await?;
+    let r = start_server(args.lifecycle_outbox).await?;
     let create = galaxy_create(&r, args.instances, args.clients).await?;
     let status = status_queries(&r, &create.ids, args.status_queries, args.clients).await?;
     r.close().await?;
@@ -295,8 +309,9 @@ async fn main() -> anyhow::Result<()> {
         Detection::SseThenMetrics => "SSE stream fell behind; completion counted from /metrics",
     };
     println!(
-        "| galaxy-cloud over HTTP (loopback, SQLite FULL, {} clients) | value | notes |",
-        args.clients
+        "| galaxy-cloud over HTTP (loopback, SQLite FULL, {} clients, lifecycle outbox {}) | value | notes |",
+        args.clients,
+        if args.lifecycle_outbox { "on" } else { "off" }
     );
     println!("|---|---:|---|");
     println!(

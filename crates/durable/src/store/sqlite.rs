@@ -691,10 +691,12 @@ CREATE TABLE activities (
 ";
 
 /// The lifecycle outbox (see [`crate::store::lifecycle`]); empty unless
-/// the store was opened with it on.
+/// the store was opened with it on. A plain rowid key, not AUTOINCREMENT
+/// (which writes `sqlite_sequence` at every insert): a `seq` may come back
+/// once its row is gone, and nothing outside the outbox remembers one.
 const LIFECYCLE_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS lifecycle_outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     instance_id TEXT NOT NULL,
     name TEXT NOT NULL,
     execution_id TEXT NOT NULL,
@@ -1524,6 +1526,19 @@ fn write_lifecycle(
 }
 
 fn ack_lifecycle(tx: &Stmts<'_>, seqs: &[i64]) -> OpResult<()> {
+    let (min, max) = match (seqs.iter().min(), seqs.iter().max()) {
+        (Some(a), Some(b)) => (*a, *b),
+        _ => return Ok((Effect::None, ())),
+    };
+    // What a relay acknowledges is a run of rows read in order: one range.
+    let increasing = seqs.windows(2).all(|w| w[0] < w[1]);
+    if increasing && (max - min + 1) as usize == seqs.len() {
+        tx.prepare_cached("DELETE FROM lifecycle_outbox WHERE seq BETWEEN ?1 AND ?2")
+            .map_err(db_err)?
+            .execute([min, max])
+            .map_err(db_err)?;
+        return Ok((Effect::None, ()));
+    }
     let mut del = tx
         .prepare_cached("DELETE FROM lifecycle_outbox WHERE seq = ?1")
         .map_err(db_err)?;

@@ -264,12 +264,41 @@ trait Backend: Send + Sync + 'static {
 pub struct RouterStore {
     backend: Arc<dyn Backend>,
     wake: Arc<Notify>,
+    listeners: Arc<Listeners>,
 }
+
+/// Each topic's active subscriptions as last read, so that
+/// [`RouterStore::publish_system`] skips the database when nobody listens
+/// (the common case for lifecycle events, several per orchestration).
+/// This process's subscription changes clear it; on a shared database
+/// another process's changes are seen within `ttl`.
+struct Listeners {
+    ttl: Option<Duration>,
+    /// Bumped by every subscription change: a read that began before one
+    /// is not cached.
+    generation: std::sync::atomic::AtomicU64,
+    cache: std::sync::Mutex<
+        std::collections::HashMap<String, (std::time::Instant, Arc<Vec<SubscriptionRecord>>)>,
+    >,
+}
+
+impl Listeners {
+    fn forget(&self) {
+        let mut cache = self.cache.lock().expect("listeners lock");
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        cache.clear();
+    }
+}
+
+/// How soon a subscription made through another process sharing the
+/// database starts getting system events from this one.
+pub const SHARED_LISTENERS_TTL: Duration = Duration::from_secs(1);
 
 impl RouterStore {
     /// Opens (creating if needed) the SQLite store at `path`.
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, StoreError> {
-        Ok(Self::with(sqlite::SqliteRouter::open(path.as_ref())?))
+        Ok(Self::with(sqlite::SqliteRouter::open(path.as_ref())?, None))
     }
 
     /// Connects to PostgreSQL at `url` (tables in `schema`, created if
@@ -278,14 +307,52 @@ impl RouterStore {
     pub async fn connect(url: &str, schema: &str, lease: Duration) -> Result<Self, StoreError> {
         Ok(Self::with(
             postgres::PgRouter::connect(url, schema, lease).await?,
+            Some(SHARED_LISTENERS_TTL),
         ))
     }
 
-    fn with(backend: impl Backend) -> Self {
+    fn with(backend: impl Backend, ttl: Option<Duration>) -> Self {
         Self {
             backend: Arc::new(backend),
             wake: Arc::new(Notify::new()),
+            listeners: Arc::new(Listeners {
+                ttl,
+                generation: Default::default(),
+                cache: Default::default(),
+            }),
         }
+    }
+
+    /// A topic's active subscriptions, from [`Listeners`] when fresh.
+    async fn listening(&self, topic: &str) -> Result<Arc<Vec<SubscriptionRecord>>, StoreError> {
+        let key = topic.to_lowercase();
+        if let Some((at, subs)) = self.listeners.cache.lock().expect("listeners lock").get(&key) {
+            if self.listeners.ttl.is_none_or(|ttl| at.elapsed() < ttl) {
+                return Ok(subs.clone());
+            }
+        }
+        let read_at = std::time::Instant::now();
+        let generation = self
+            .listeners
+            .generation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let subs: Arc<Vec<SubscriptionRecord>> = Arc::new(
+            self.backend
+                .subscriptions(topic)
+                .await?
+                .into_iter()
+                .filter(|s| s.provisioning == Provisioning::Succeeded)
+                .collect(),
+        );
+        let mut cache = self.listeners.cache.lock().expect("listeners lock");
+        let current = self
+            .listeners
+            .generation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if current == generation {
+            cache.insert(key, (read_at, subs.clone()));
+        }
+        Ok(subs)
     }
 
     /// Notified when deliveries may have become due (a publish, an
@@ -317,7 +384,9 @@ impl RouterStore {
 
     /// Deletes a topic with its subscriptions and pending deliveries.
     pub async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
-        self.backend.delete_topic(name).await
+        let r = self.backend.delete_topic(name).await;
+        self.listeners.forget();
+        r
     }
 
     /// Replaces `key1` or `key2` with a new key.
@@ -348,9 +417,12 @@ impl RouterStore {
         state: Provisioning,
         validation_code: String,
     ) -> Result<SubscriptionRecord, StoreError> {
-        self.backend
+        let r = self
+            .backend
             .put_subscription(topic, name, input, state, validation_code)
-            .await
+            .await;
+        self.listeners.forget();
+        r
     }
 
     /// Records the handshake's outcome.
@@ -361,9 +433,12 @@ impl RouterStore {
         state: Provisioning,
         reason: Option<String>,
     ) -> Result<(), StoreError> {
-        self.backend
+        let r = self
+            .backend
             .set_provisioning(topic, name, state, reason)
-            .await
+            .await;
+        self.listeners.forget();
+        r
     }
 
     /// One subscription.
@@ -382,7 +457,9 @@ impl RouterStore {
 
     /// Deletes a subscription and its pending deliveries.
     pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError> {
-        self.backend.delete_subscription(topic, name).await
+        let r = self.backend.delete_subscription(topic, name).await;
+        self.listeners.forget();
+        r
     }
 
     /// Stores accepted events and, in the same transaction, a delivery for
@@ -400,8 +477,8 @@ impl RouterStore {
         Ok(queued)
     }
 
-    /// Publishes events the router makes itself to `topic` (created with
-    /// the Event Grid schema if missing), each at most once: an event whose
+    /// Publishes events the router makes itself to `topic` (which the
+    /// caller created), each at most once: an event whose
     /// id the topic already has is skipped, so a producer that runs twice
     /// (an activity retried after a crash, an outbox relay) publishes once.
     /// An event no active subscription matches is not stored: no one could
@@ -415,6 +492,13 @@ impl RouterStore {
         events: Vec<Event>,
         now_ms: i64,
     ) -> Result<usize, StoreError> {
+        let listening = self.listening(topic).await?;
+        if !events
+            .iter()
+            .any(|e| listening.iter().any(|s| s.input.filter.matches(&e.json)))
+        {
+            return Ok(0);
+        }
         let (fresh, queued) = self.backend.publish_system(topic, events, now_ms).await?;
         self.woken(queued);
         Ok(fresh)
