@@ -587,3 +587,64 @@ async fn a_receiver_that_hangs_holds_back_only_its_own_deliveries() {
     let (_, b) = slow.next().await;
     assert_eq!(b[0]["id"], "m2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_events_are_swept_after_the_retention_and_still_counted() {
+    let cloud = Cloud::start_with(tempfile::tempdir().unwrap(), &["--event-retention", "0s"]);
+    let (endpoint, key) = cloud.topic("kept", "EventGridSchema").await;
+    let mut receiver = Receiver::start(Handshake::Answer, vec![]).await;
+    let mut ok = hook(&receiver.url);
+    ok["filter"] = json!({"subjectBeginsWith": "/galaxies"});
+    cloud.subscribe("kept", "good", ok).await;
+    cloud.wait_state("kept", "good", "Succeeded").await;
+    let failing = Receiver::start(Handshake::Answer, vec![400]).await;
+    let mut bad = hook(&failing.url);
+    bad["filter"] = json!({"subjectBeginsWith": "/dead"});
+    cloud.subscribe("kept", "bad", bad).await;
+    cloud.wait_state("kept", "bad", "Succeeded").await;
+    let mut events: Vec<Value> = (0..5)
+        .map(|i| event(&format!("k{i}"), "Galaxy.Created", i))
+        .collect();
+    let mut dead = event("d0", "Galaxy.Created", 9);
+    dead["subject"] = json!("/dead/0");
+    events.push(dead);
+    assert_eq!(cloud.publish(&endpoint, &key, json!(events)).await.0, 200);
+    for _ in 0..5 {
+        receiver.next().await;
+    }
+    // Swept: the delivered events' records go...
+    cloud
+        .get_until(
+            "/api/events/topics/kept/events/k4/deliveries",
+            "the delivered event swept",
+            |s, v| s == StatusCode::OK && v["value"].as_array().is_some_and(Vec::is_empty),
+        )
+        .await;
+    // ...the dead letter stays until it is settled...
+    let (_, v) = cloud
+        .call(
+            reqwest::Method::GET,
+            "/api/events/topics/kept/eventSubscriptions/bad/deadLetters",
+            None,
+        )
+        .await;
+    assert_eq!(v["value"][0]["event"]["id"], "d0", "{v}");
+    // ...and the counters never go down.
+    let text = cloud
+        .http
+        .get(format!("{}/metrics", cloud.base))
+        .header("x-functions-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "galaxy_events_published_total{topic=\"kept\"} 6",
+        "galaxy_events_delivered_total{topic=\"kept\"} 5",
+        "galaxy_events_dead_lettered_total{topic=\"kept\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}

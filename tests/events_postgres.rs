@@ -182,3 +182,53 @@ async fn lifecycle_events_relayed_by_two_processes_arrive_once() {
         assert_eq!(v["value"].as_array().unwrap().len(), 1, "stored once: {v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_sweeping_delivered_events_count_each_once() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    let args = ["--database-url", url.as_str(), "--event-retention", "0s"];
+    let one = Cloud::start_with(tempfile::tempdir().unwrap(), &args);
+    let two = Cloud::start_with(tempfile::tempdir().unwrap(), &args);
+    let (endpoint, key) = one.topic("swept", "EventGridSchema").await;
+    let mut receiver = Receiver::start(Handshake::Answer, vec![]).await;
+    two.subscribe("swept", "sub", hook(&receiver.url)).await;
+    one.wait_state("swept", "sub", "Succeeded").await;
+    const N: usize = 60;
+    let events: Vec<Value> = (0..N)
+        .map(|n| event(&format!("s{n}"), "Galaxy.Created", n as i64))
+        .collect();
+    assert_eq!(one.publish(&endpoint, &key, json!(events)).await.0, 200);
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < N {
+        let (_, body) = receiver.next().await;
+        for e in body.as_array().unwrap() {
+            got.insert(e["id"].as_str().unwrap().to_string());
+        }
+    }
+    for n in 0..N {
+        two.get_until(
+            &format!("/api/events/topics/swept/events/s{n}/deliveries"),
+            "the delivered event swept",
+            |s, v| s == StatusCode::OK && v["value"].as_array().is_some_and(Vec::is_empty),
+        )
+        .await;
+    }
+    for cloud in [&one, &two] {
+        let text = cloud
+            .http
+            .get(format!("{}/metrics", cloud.base))
+            .header("x-functions-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in [
+            format!("galaxy_events_published_total{{topic=\"swept\"}} {N}"),
+            format!("galaxy_events_delivered_total{{topic=\"swept\"}} {N}"),
+        ] {
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    }
+}

@@ -42,6 +42,11 @@ pub struct Args {
     /// that long.
     #[arg(long, env = "GALAXY_EVENT_DELIVERY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
     pub event_delivery_timeout: std::time::Duration,
+    /// How long a delivered event (and its attempts) stays listed after it
+    /// was published; events waiting for a retry and dead letters stay
+    /// until they are settled. The metrics keep counting swept events.
+    #[arg(long, env = "GALAXY_EVENT_RETENTION", default_value = "24h", value_parser = parse_retention)]
+    pub event_retention: std::time::Duration,
     /// Also register the sample orchestrations (Sample_WaitForEvent,
     /// Sample_Fail) for trying the management API.
     #[arg(long, env = "GALAXY_SAMPLES")]

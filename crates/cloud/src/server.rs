@@ -309,22 +309,28 @@ pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalSe
     })
 }
 
-/// How often old tombstones are purged (and once at start).
+/// How often old tombstones and events are purged (and once at start).
 pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Purges tombstones older than `retention` at start and every
-/// [`PURGE_EVERY`] until shutdown.
-async fn purge_tombstones(
-    players: galaxy::players::Players,
+/// Runs `purge` (which forgets what is older than `retention` and says how
+/// much) at start and every [`PURGE_EVERY`] (at most every `retention`)
+/// until shutdown.
+async fn purge_every<F, Fut, E>(
+    what: &'static str,
     retention: Duration,
     shutdown: impl Future<Output = ()>,
-) {
+    mut purge: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<usize, E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(shutdown);
     loop {
-        match players.purge_tombstones(retention).await {
+        match purge().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!("purged {n} tombstones older than {retention:?}"),
-            Err(e) => tracing::warn!("purging tombstones failed: {e}"),
+            Ok(n) => tracing::info!("purged {n} {what} older than {retention:?}"),
+            Err(e) => tracing::warn!("purging {what} failed: {e}"),
         }
         let every = if retention.is_zero() {
             Duration::from_secs(1)
@@ -448,10 +454,26 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
             ..eventgrid::deliver::DeliveryConfig::default()
         });
     state.start_delivery();
-    tokio::spawn(purge_tombstones(
-        players,
-        args.tombstone_retention,
+    let retention = args.tombstone_retention;
+    tokio::spawn(purge_every(
+        "tombstones",
+        retention,
         state.shutdown_signal(),
+        move || {
+            let players = players.clone();
+            async move { players.purge_tombstones(retention).await }
+        },
+    ));
+    let (events, retention) = (state.events.clone(), args.event_retention);
+    tokio::spawn(purge_every(
+        "delivered events",
+        retention,
+        state.shutdown_signal(),
+        move || {
+            let events = events.clone();
+            let before = chrono::Utc::now().timestamp_millis() - retention.as_millis() as i64;
+            async move { events.sweep(before).await }
+        },
     ));
     println!("galaxy-cloud listening on http://{addr}");
     use std::io::Write;

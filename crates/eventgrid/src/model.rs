@@ -22,7 +22,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "a {what} name has 3 to {MAX_NAME} letters, digits and dashes (got '{}')",
+            "the {what} name must have 3 to {MAX_NAME} letters, digits and dashes (got '{}')",
             name.chars().take(80).collect::<String>()
         ))
     }

@@ -257,6 +257,10 @@ trait Backend: Send + Sync + 'static {
     async fn event_deliveries(&self, topic: &str, event_id: &str)
         -> Result<Vec<Value>, StoreError>;
     async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError>;
+    /// Deletes up to `limit` events published before `before_ms` whose
+    /// deliveries all succeeded (or that had none), with their deliveries
+    /// and attempts, adding them to the swept counts. Returns how many.
+    async fn sweep(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError>;
 }
 
 /// The router's store. Cloning shares it.
@@ -567,6 +571,23 @@ impl RouterStore {
     /// dead-lettered events.
     pub async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError> {
         self.backend.counts().await
+    }
+
+    /// Forgets events published before `before_ms` once every delivery of
+    /// theirs succeeded (events waiting for a retry and dead letters stay),
+    /// in short transactions; the counts keep them. What an event's
+    /// deliveries API shows, and how long a system event's id is
+    /// remembered, is bounded by this. Returns how many went.
+    pub async fn sweep(&self, before_ms: i64) -> Result<usize, StoreError> {
+        const STEP: usize = 1_000;
+        let mut total = 0;
+        loop {
+            let n = self.backend.sweep(before_ms, STEP).await?;
+            total += n;
+            if n < STEP {
+                return Ok(total);
+            }
+        }
     }
 }
 

@@ -168,7 +168,14 @@ impl PgRouter {
                  outcome text NOT NULL,
                  status int8
              );
-             CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (lower(topic), seq);"
+             CREATE INDEX IF NOT EXISTS attempts_by_seq ON attempts (seq);
+             CREATE TABLE IF NOT EXISTS swept (
+                 topic text PRIMARY KEY,
+                 published int8 NOT NULL,
+                 billed int8 NOT NULL,
+                 delivered int8 NOT NULL,
+                 retried int8 NOT NULL
+             );"
         ))
         .await
         .map_err(pg)?;
@@ -727,27 +734,32 @@ impl Backend for PgRouter {
         };
         let mut by_topic: std::collections::BTreeMap<String, TopicCounts> =
             std::collections::BTreeMap::new();
-        let queries: [(&str, fn(&mut TopicCounts, u64)); 5] = [
+        let queries: [(&str, fn(&mut TopicCounts, u64)); 9] = [
             (
                 "SELECT min(topic), count(*) FROM events GROUP BY lower(topic)",
-                |c, n| c.published = n,
+                |c, n| c.published += n,
             ),
             (
                 "SELECT min(topic), sum((size + 65535) / 65536)::int8 FROM events GROUP BY lower(topic)",
-                |c, n| c.billed_units = n,
+                |c, n| c.billed_units += n,
             ),
             (
                 "SELECT min(topic), count(*) FROM deliveries WHERE state = 'delivered' GROUP BY lower(topic)",
-                |c, n| c.delivered = n,
+                |c, n| c.delivered += n,
             ),
             (
                 "SELECT min(topic), count(*) FROM deliveries WHERE state = 'dead' GROUP BY lower(topic)",
-                |c, n| c.dead_lettered = n,
+                |c, n| c.dead_lettered += n,
             ),
             (
                 "SELECT min(topic), count(*) FROM attempts WHERE n > 1 GROUP BY lower(topic)",
-                |c, n| c.retried = n,
+                |c, n| c.retried += n,
             ),
+            // What retention swept away still counts.
+            ("SELECT topic, published FROM swept", |c, n| c.published += n),
+            ("SELECT topic, billed FROM swept", |c, n| c.billed_units += n),
+            ("SELECT topic, delivered FROM swept", |c, n| c.delivered += n),
+            ("SELECT topic, retried FROM swept", |c, n| c.retried += n),
         ];
         for (sql, set) in queries {
             for r in c.query(sql, &[]).await.map_err(pg)? {
@@ -760,5 +772,62 @@ impl Backend for PgRouter {
             }
         }
         Ok(by_topic.into_values().collect())
+    }
+
+    async fn sweep(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        // Events whose deliveries all succeeded, locked so that two
+        // processes sweeping at once count each event once.
+        let gone = tx
+            .query(
+                "SELECT e.seq, e.topic, (e.size + 65535) / 65536 FROM events e
+                 WHERE e.published_ms < $1 AND NOT EXISTS
+                   (SELECT 1 FROM deliveries d WHERE d.seq = e.seq AND d.state <> 'delivered')
+                 ORDER BY e.seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&before_ms, &(limit as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        let seqs: Vec<i64> = gone.iter().map(|r| r.get(0)).collect();
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let mut totals: std::collections::HashMap<String, [i64; 4]> = Default::default();
+        for r in &gone {
+            let t = totals.entry(r.get(1)).or_default();
+            t[0] += 1;
+            t[1] += r.get::<_, i64>(2);
+        }
+        for (sql, i) in [
+            ("SELECT e.topic, count(*) FROM deliveries d JOIN events e ON e.seq = d.seq
+              WHERE d.seq = ANY($1) GROUP BY e.topic", 2),
+            ("SELECT e.topic, count(*) FROM attempts a JOIN events e ON e.seq = a.seq
+              WHERE a.seq = ANY($1) AND a.n > 1 GROUP BY e.topic", 3),
+        ] {
+            for r in tx.query(sql, &[&seqs]).await.map_err(pg)? {
+                totals.entry(r.get(0)).or_default()[i] += r.get::<_, i64>(1);
+            }
+        }
+        for sql in [
+            "DELETE FROM attempts WHERE seq = ANY($1)",
+            "DELETE FROM deliveries WHERE seq = ANY($1)",
+            "DELETE FROM events WHERE seq = ANY($1)",
+        ] {
+            tx.execute(sql, &[&seqs]).await.map_err(pg)?;
+        }
+        for (topic, [published, billed, delivered, retried]) in totals {
+            tx.execute(
+                "INSERT INTO swept (topic, published, billed, delivered, retried) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (topic) DO UPDATE SET published = swept.published + excluded.published,
+                     billed = swept.billed + excluded.billed, delivered = swept.delivered + excluded.delivered,
+                     retried = swept.retried + excluded.retried",
+                &[&topic, &published, &billed, &delivered, &retried],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(seqs.len())
     }
 }

@@ -202,7 +202,14 @@ impl SqliteRouter {
                  outcome TEXT NOT NULL,
                  status INTEGER
              );
-             CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (topic, seq);",
+             CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (topic, seq);
+             CREATE TABLE IF NOT EXISTS swept (
+                 topic TEXT PRIMARY KEY COLLATE NOCASE,
+                 published INTEGER NOT NULL,
+                 billed INTEGER NOT NULL,
+                 delivered INTEGER NOT NULL,
+                 retried INTEGER NOT NULL
+             );",
         )?;
         let writer = Connection::open(path)?;
         writer.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")?;
@@ -690,25 +697,77 @@ impl Backend for SqliteRouter {
             };
             add(
                 "SELECT topic, count(*) FROM events GROUP BY topic",
-                |c, n| c.published = n,
+                |c, n| c.published += n,
             )?;
             add(
                 "SELECT topic, sum((size + 65535) / 65536) FROM events GROUP BY topic",
-                |c, n| c.billed_units = n,
+                |c, n| c.billed_units += n,
             )?;
             add(
                 "SELECT topic, count(*) FROM deliveries WHERE state = 'delivered' GROUP BY topic",
-                |c, n| c.delivered = n,
+                |c, n| c.delivered += n,
             )?;
             add(
                 "SELECT topic, count(*) FROM deliveries WHERE state = 'dead' GROUP BY topic",
-                |c, n| c.dead_lettered = n,
+                |c, n| c.dead_lettered += n,
             )?;
             add(
                 "SELECT topic, count(*) FROM attempts WHERE n > 1 GROUP BY topic",
-                |c, n| c.retried = n,
+                |c, n| c.retried += n,
             )?;
+            // What retention swept away still counts.
+            add("SELECT topic, published FROM swept", |c, n| c.published += n)?;
+            add("SELECT topic, billed FROM swept", |c, n| c.billed_units += n)?;
+            add("SELECT topic, delivered FROM swept", |c, n| c.delivered += n)?;
+            add("SELECT topic, retried FROM swept", |c, n| c.retried += n)?;
             Ok(by_topic.into_values().collect())
+        })
+        .await
+    }
+
+    async fn sweep(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let gone: Vec<(i64, String, i64)> = tx
+                .prepare_cached(
+                    "SELECT e.seq, e.topic, (e.size + 65535) / 65536 FROM events e
+                     WHERE e.published_ms < ?1 AND NOT EXISTS
+                       (SELECT 1 FROM deliveries d WHERE d.seq = e.seq AND d.state <> 'delivered')
+                     ORDER BY e.seq LIMIT ?2",
+                )?
+                .query_map(params![before_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut totals: std::collections::HashMap<String, [i64; 4]> = Default::default();
+            for (seq, topic, billed) in &gone {
+                let delivered: i64 = tx
+                    .prepare_cached("SELECT count(*) FROM deliveries WHERE seq = ?1")?
+                    .query_row([seq], |r| r.get(0))?;
+                let retried: i64 = tx
+                    .prepare_cached("SELECT count(*) FROM attempts WHERE topic = ?1 AND seq = ?2 AND n > 1")?
+                    .query_row(params![topic, seq], |r| r.get(0))?;
+                let t = totals.entry(topic.clone()).or_default();
+                t[0] += 1;
+                t[1] += billed;
+                t[2] += delivered;
+                t[3] += retried;
+                tx.prepare_cached("DELETE FROM attempts WHERE topic = ?1 AND seq = ?2")?
+                    .execute(params![topic, seq])?;
+                tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1")?
+                    .execute([seq])?;
+                tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?
+                    .execute([seq])?;
+            }
+            for (topic, [published, billed, delivered, retried]) in totals {
+                tx.prepare_cached(
+                    "INSERT INTO swept (topic, published, billed, delivered, retried) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (topic) DO UPDATE SET published = published + excluded.published,
+                         billed = billed + excluded.billed, delivered = delivered + excluded.delivered,
+                         retried = retried + excluded.retried",
+                )?
+                .execute(params![topic, published, billed, delivered, retried])?;
+            }
+            tx.commit()?;
+            Ok(gone.len())
         })
         .await
     }
