@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -400,10 +400,14 @@ async fn deliver_batch(
 
 /// Delivers due events until `stop` resolves: takes due deliveries while
 /// there is room for requests in flight (skipping the ones already in
-/// flight, kept in memory: a crash sends them again, at least once),
-/// records each finished request's attempts, and otherwise sleeps until the
-/// next delivery is due, a publish wakes it, or a request finishes. A slow
-/// receiver only holds its own requests.
+/// flight, kept in memory: a crash sends them again, at least once), and
+/// otherwise sleeps until the next delivery is due, a publish wakes it, or
+/// a request finishes. A slow receiver only holds its own requests.
+///
+/// Finished requests' attempts are recorded by a task of their own, many
+/// per transaction, so the loop never waits for a commit; a delivery stays
+/// "in flight" until its attempt is recorded, so it is not read as due
+/// and sent again in between.
 pub async fn run(
     store: RouterStore,
     http: reqwest::Client,
@@ -415,24 +419,27 @@ pub async fn run(
     let wake = store.wake();
     let limit = config.concurrency.max(1);
     let mut in_flight: JoinSet<Vec<RecordedAttempt>> = JoinSet::new();
-    let mut sent: HashSet<(i64, String, String)> = HashSet::new();
+    let sent: Arc<Mutex<HashSet<Key>>> = Arc::default();
+    let (finished, recorder) = tokio::sync::mpsc::unbounded_channel();
+    let recording = tokio::spawn(record(store.clone(), recorder, sent.clone()));
     loop {
-        let mut outcomes = Vec::new();
         while let Some(done) = in_flight.try_join_next() {
-            outcomes.extend(done.unwrap_or_default());
+            let _ = finished.send(done.unwrap_or_default());
         }
-        record(&store, outcomes, &mut sent).await;
         let room = limit.saturating_sub(in_flight.len());
         if room > 0 {
-            let due = match store.due(now_ms(), room * 8 + sent.len()).await {
+            let skip = sent.lock().expect("sent lock").len();
+            let due = match store.due(now_ms(), room * 8 + skip).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!("reading due deliveries: {e}");
                     Vec::new()
                 }
             };
-            let due: Vec<DueDelivery> =
-                due.into_iter().filter(|d| sent.insert(key_of(d))).collect();
+            let due: Vec<DueDelivery> = {
+                let mut sent = sent.lock().expect("sent lock");
+                due.into_iter().filter(|d| sent.insert(key_of(d))).collect()
+            };
             if !due.is_empty() {
                 dispatch(&store, &http, &starter, &config, due, &mut in_flight).await;
                 continue;
@@ -444,38 +451,56 @@ pub async fn run(
             None => Duration::from_secs(3600),
         };
         tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => break,
             _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                record(&store, done.unwrap_or_default(), &mut sent).await;
+                let _ = finished.send(done.unwrap_or_default());
             }
         }
     }
+    // Requests still in flight are dropped (sent again after a restart);
+    // what finished is recorded before the loop is done.
+    drop(finished);
+    let _ = recording.await;
 }
 
-fn key_of(d: &DueDelivery) -> (i64, String, String) {
+/// A delivery: (event sequence, topic, subscription), names lower-cased.
+type Key = (i64, String, String);
+
+fn key_of(d: &DueDelivery) -> Key {
     (d.seq, d.topic.to_lowercase(), d.subscription.to_lowercase())
 }
 
-/// Records finished attempts and forgets them as in flight.
+/// Records finished attempts as they come (everything waiting goes into
+/// one transaction), then forgets them as in flight and wakes the loop (a
+/// retry may be due at once).
 async fn record(
-    store: &RouterStore,
-    outcomes: Vec<RecordedAttempt>,
-    sent: &mut HashSet<(i64, String, String)>,
+    store: RouterStore,
+    mut finished: tokio::sync::mpsc::UnboundedReceiver<Vec<RecordedAttempt>>,
+    sent: Arc<Mutex<HashSet<Key>>>,
 ) {
-    if outcomes.is_empty() {
-        return;
-    }
-    let keys: Vec<_> = outcomes
-        .iter()
-        .map(|a| (a.seq, a.topic.to_lowercase(), a.subscription.to_lowercase()))
-        .collect();
-    if let Err(e) = store.record_attempts(outcomes).await {
-        tracing::warn!("recording delivery attempts: {e}");
-    }
-    for k in keys {
-        sent.remove(&k);
+    while let Some(mut outcomes) = finished.recv().await {
+        while let Ok(more) = finished.try_recv() {
+            outcomes.extend(more);
+        }
+        if outcomes.is_empty() {
+            continue;
+        }
+        let keys: Vec<Key> = outcomes
+            .iter()
+            .map(|a| (a.seq, a.topic.to_lowercase(), a.subscription.to_lowercase()))
+            .collect();
+        if let Err(e) = store.record_attempts(outcomes).await {
+            tracing::warn!("recording delivery attempts: {e}");
+        }
+        {
+            let mut sent = sent.lock().expect("sent lock");
+            for k in &keys {
+                sent.remove(k);
+            }
+        }
+        store.wake().notify_one();
     }
 }
 

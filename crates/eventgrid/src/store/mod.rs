@@ -14,6 +14,7 @@
 //! for [`lease_for`] the delivery timeout, so no event goes to a subscriber
 //! from two processes unless a lease ran out first).
 
+mod cache;
 mod postgres;
 mod sqlite;
 
@@ -25,6 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use cache::Cache;
 use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
 
@@ -268,36 +270,17 @@ trait Backend: Send + Sync + 'static {
 pub struct RouterStore {
     backend: Arc<dyn Backend>,
     wake: Arc<Notify>,
-    listeners: Arc<Listeners>,
+    /// Each topic's active subscriptions, so that
+    /// [`RouterStore::publish_system`] skips the database when nobody
+    /// listens (the common case for lifecycle events).
+    listeners: Arc<Cache<Arc<Vec<SubscriptionRecord>>>>,
+    /// Each topic's record: every publish checks its key against it.
+    topics: Arc<Cache<TopicRecord>>,
 }
 
-/// Each topic's active subscriptions as last read, so that
-/// [`RouterStore::publish_system`] skips the database when nobody listens
-/// (the common case for lifecycle events, several per orchestration).
-/// This process's subscription changes clear it; on a shared database
-/// another process's changes are seen within `ttl`.
-struct Listeners {
-    ttl: Option<Duration>,
-    /// Bumped by every subscription change: a read that began before one
-    /// is not cached.
-    generation: std::sync::atomic::AtomicU64,
-    cache: std::sync::Mutex<
-        std::collections::HashMap<String, (std::time::Instant, Arc<Vec<SubscriptionRecord>>)>,
-    >,
-}
-
-impl Listeners {
-    fn forget(&self) {
-        let mut cache = self.cache.lock().expect("listeners lock");
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        cache.clear();
-    }
-}
-
-/// How soon a subscription made through another process sharing the
-/// database starts getting system events from this one.
-pub const SHARED_LISTENERS_TTL: Duration = Duration::from_secs(1);
+/// How soon a change made through another process sharing the database
+/// (a new subscription, a regenerated key) takes effect in this one.
+pub const SHARED_CACHE_TTL: Duration = Duration::from_secs(1);
 
 impl RouterStore {
     /// Opens (creating if needed) the SQLite store at `path`.
@@ -311,7 +294,7 @@ impl RouterStore {
     pub async fn connect(url: &str, schema: &str, lease: Duration) -> Result<Self, StoreError> {
         Ok(Self::with(
             postgres::PgRouter::connect(url, schema, lease).await?,
-            Some(SHARED_LISTENERS_TTL),
+            Some(SHARED_CACHE_TTL),
         ))
     }
 
@@ -319,44 +302,25 @@ impl RouterStore {
         Self {
             backend: Arc::new(backend),
             wake: Arc::new(Notify::new()),
-            listeners: Arc::new(Listeners {
-                ttl,
-                generation: Default::default(),
-                cache: Default::default(),
-            }),
+            listeners: Arc::new(Cache::new(ttl)),
+            topics: Arc::new(Cache::new(ttl)),
         }
     }
 
-    /// A topic's active subscriptions, from [`Listeners`] when fresh.
+    /// A topic's active subscriptions (cached).
     async fn listening(&self, topic: &str) -> Result<Arc<Vec<SubscriptionRecord>>, StoreError> {
-        let key = topic.to_lowercase();
-        if let Some((at, subs)) = self.listeners.cache.lock().expect("listeners lock").get(&key) {
-            if self.listeners.ttl.is_none_or(|ttl| at.elapsed() < ttl) {
-                return Ok(subs.clone());
-            }
-        }
-        let read_at = std::time::Instant::now();
-        let generation = self
-            .listeners
-            .generation
-            .load(std::sync::atomic::Ordering::SeqCst);
-        let subs: Arc<Vec<SubscriptionRecord>> = Arc::new(
-            self.backend
-                .subscriptions(topic)
-                .await?
-                .into_iter()
-                .filter(|s| s.provisioning == Provisioning::Succeeded)
-                .collect(),
-        );
-        let mut cache = self.listeners.cache.lock().expect("listeners lock");
-        let current = self
-            .listeners
-            .generation
-            .load(std::sync::atomic::Ordering::SeqCst);
-        if current == generation {
-            cache.insert(key, (read_at, subs.clone()));
-        }
-        Ok(subs)
+        self.listeners
+            .get(topic, || async {
+                Ok(Arc::new(
+                    self.backend
+                        .subscriptions(topic)
+                        .await?
+                        .into_iter()
+                        .filter(|s| s.provisioning == Provisioning::Succeeded)
+                        .collect(),
+                ))
+            })
+            .await
     }
 
     /// Notified when deliveries may have become due (a publish, an
@@ -371,14 +335,22 @@ impl RouterStore {
         }
     }
 
-    /// Creates a topic (with two new keys) or changes its schema.
-    pub async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
-        self.backend.put_topic(name, schema).await
+    /// Forgets cached topics and subscriptions after a change.
+    fn changed(&self) {
+        self.listeners.forget();
+        self.topics.forget();
     }
 
-    /// One topic.
+    /// Creates a topic (with two new keys) or changes its schema.
+    pub async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
+        let r = self.backend.put_topic(name, schema).await;
+        self.changed();
+        r
+    }
+
+    /// One topic (cached: every publish reads it).
     pub async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError> {
-        self.backend.topic(name).await
+        self.topics.get(name, || self.backend.topic(name)).await
     }
 
     /// Every topic, by name.
@@ -389,7 +361,7 @@ impl RouterStore {
     /// Deletes a topic with its subscriptions and pending deliveries.
     pub async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
         let r = self.backend.delete_topic(name).await;
-        self.listeners.forget();
+        self.changed();
         r
     }
 
@@ -408,7 +380,9 @@ impl RouterStore {
                 )))
             }
         };
-        self.backend.regenerate_key(topic, column).await
+        let r = self.backend.regenerate_key(topic, column).await;
+        self.changed();
+        r
     }
 
     /// Creates or replaces a subscription in `state` (an orchestration
@@ -425,7 +399,7 @@ impl RouterStore {
             .backend
             .put_subscription(topic, name, input, state, validation_code)
             .await;
-        self.listeners.forget();
+        self.changed();
         r
     }
 
@@ -441,7 +415,7 @@ impl RouterStore {
             .backend
             .set_provisioning(topic, name, state, reason)
             .await;
-        self.listeners.forget();
+        self.changed();
         r
     }
 
@@ -462,7 +436,7 @@ impl RouterStore {
     /// Deletes a subscription and its pending deliveries.
     pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError> {
         let r = self.backend.delete_subscription(topic, name).await;
-        self.listeners.forget();
+        self.changed();
         r
     }
 
