@@ -63,11 +63,12 @@ tauri-driver:
 
 # The official clients some tests drive, pinned, installed into target/
 # (never system-wide): the Azure Event Grid publisher SDKs for Python and
-# JavaScript.
+# JavaScript, and the Durable Functions library for Node.js (its client).
 PY_CLIENTS := target/test-clients/python
 NODE_CLIENTS := target/test-clients/node
 EVENTGRID_SDK_VERSION := 4.22.0
 EVENTGRID_JS_VERSION := 5.12.0
+DURABLE_FUNCTIONS_JS_VERSION := 3.5.0
 test-clients:
 	@[ -d $(PY_CLIENTS)/azure/eventgrid ] && grep -q "^Version: $(EVENTGRID_SDK_VERSION)$$" $(PY_CLIENTS)/azure_eventgrid-*.dist-info/METADATA 2>/dev/null || { \
 	  echo "installing: azure-eventgrid $(EVENTGRID_SDK_VERSION) into $(PY_CLIENTS)"; \
@@ -79,6 +80,9 @@ test-clients:
 	@grep -q '"version": "$(EVENTGRID_JS_VERSION)"' $(NODE_CLIENTS)/node_modules/@azure/eventgrid/package.json 2>/dev/null || { \
 	  echo "installing: @azure/eventgrid $(EVENTGRID_JS_VERSION) into $(NODE_CLIENTS)"; \
 	  mkdir -p $(NODE_CLIENTS) && npm install --prefix $(NODE_CLIENTS) --no-audit --no-fund --silent @azure/eventgrid@$(EVENTGRID_JS_VERSION); }
+	@grep -q '"version": "$(DURABLE_FUNCTIONS_JS_VERSION)"' $(NODE_CLIENTS)/node_modules/durable-functions/package.json 2>/dev/null || { \
+	  echo "installing: durable-functions $(DURABLE_FUNCTIONS_JS_VERSION) into $(NODE_CLIENTS)"; \
+	  mkdir -p $(NODE_CLIENTS) && npm install --prefix $(NODE_CLIENTS) --no-audit --no-fund --silent durable-functions@$(DURABLE_FUNCTIONS_JS_VERSION); }
 
 test: deps pg-deps tauri-driver test-clients
 	$(CARGO) test --workspace --all-targets

@@ -25,7 +25,12 @@ fn on(url: &str) -> Cloud {
 async fn a_killed_process_leaves_its_deliveries_to_the_other_once_its_leases_run_out() {
     let url = PgCluster::shared().create_database().await.unwrap();
     // A 1 s delivery timeout: leases of 2 s.
-    let args = ["--database-url", url.as_str(), "--event-delivery-timeout", "1s"];
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--event-delivery-timeout",
+        "1s",
+    ];
     let one = Cloud::start_with(tempfile::tempdir().unwrap(), &args);
     let two = Cloud::start_with(tempfile::tempdir().unwrap(), &args);
     let (endpoint, key) = one.topic("handover", "EventGridSchema").await;
@@ -100,7 +105,8 @@ async fn two_processes_share_topics_and_deliver_each_event_once() {
     while got.len() < N {
         let (_, body) = receiver.next().await;
         for e in body.as_array().unwrap() {
-            *got.entry(e["id"].as_str().unwrap().to_string()).or_default() += 1;
+            *got.entry(e["id"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
     }
     // Every event: delivered, after exactly one attempt in all (a second
@@ -132,7 +138,9 @@ async fn two_processes_share_topics_and_deliver_each_event_once() {
             .await
             .unwrap();
         assert!(
-            text.contains(&format!("galaxy_events_delivered_total{{topic=\"shared\"}} {N}")),
+            text.contains(&format!(
+                "galaxy_events_delivered_total{{topic=\"shared\"}} {N}"
+            )),
             "{text}"
         );
     }
@@ -152,7 +160,11 @@ async fn lifecycle_events_relayed_by_two_processes_arrive_once() {
     for i in 0..N {
         let cloud = if i % 2 == 0 { &one } else { &two };
         let (s, v) = cloud
-            .call(Method::POST, "/api/orchestrators/Galaxy_Create", Some(json!({})))
+            .call(
+                Method::POST,
+                "/api/orchestrators/Galaxy_Create",
+                Some(json!({})),
+            )
             .await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
         ids.push(v["id"].as_str().unwrap().to_string());

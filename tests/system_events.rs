@@ -96,9 +96,9 @@ async fn every_orchestration_start_and_end_is_one_event_across_a_sigkill() {
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     collect(&mut receiver, &mut seen, instance, |seen| {
-        ids.iter()
-            .all(|id| has(seen, id, "Orchestration.Completed") && has(seen, id, "Orchestration.Started"))
-            && has(seen, &failing, "Orchestration.Failed")
+        ids.iter().all(|id| {
+            has(seen, id, "Orchestration.Completed") && has(seen, id, "Orchestration.Started")
+        }) && has(seen, &failing, "Orchestration.Failed")
             && has(seen, &waiting, "Orchestration.Terminated")
     })
     .await;
@@ -108,7 +108,11 @@ async fn every_orchestration_start_and_end_is_one_event_across_a_sigkill() {
         assert_eq!(events.len(), 1, "{id} {t}: {events:?}");
     }
     let expected = 2 * N + 4;
-    assert_eq!(seen.len(), expected, "no event for a change that did not happen");
+    assert_eq!(
+        seen.len(),
+        expected,
+        "no event for a change that did not happen"
+    );
 
     // The payload: name, execution, status, and why it failed.
     let one = |id: &str, t: &str| {
@@ -120,7 +124,10 @@ async fn every_orchestration_start_and_end_is_one_event_across_a_sigkill() {
     };
     let failed = one(&failing, "Orchestration.Failed");
     assert_eq!(failed["topic"], "galaxy-forge");
-    assert_eq!(failed["subject"], format!("/orchestrations/Sample_Fail/{failing}"));
+    assert_eq!(
+        failed["subject"],
+        format!("/orchestrations/Sample_Fail/{failing}")
+    );
     assert_eq!(failed["data"]["name"], "Sample_Fail");
     assert_eq!(failed["data"]["runtimeStatus"], "Failed");
     assert!(
@@ -144,7 +151,11 @@ async fn sync_changes_are_galaxy_events() {
     )
     .await;
     let (s, creds) = cloud
-        .call(Method::POST, "/api/players", Some(json!({"device_name": "laptop"})))
+        .call(
+            Method::POST,
+            "/api/players",
+            Some(json!({"device_name": "laptop"})),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{creds}");
     let token = creds["token"].as_str().unwrap();
@@ -181,7 +192,10 @@ async fn sync_changes_are_galaxy_events() {
     collect(&mut receiver, &mut seen, key, |seen| seen.len() == 3).await;
     let subject = format!("/galaxies/{g}");
     let ids = |t: &str| -> BTreeSet<String> {
-        seen[&(subject.clone(), t.to_string())].keys().cloned().collect()
+        seen[&(subject.clone(), t.to_string())]
+            .keys()
+            .cloned()
+            .collect()
     };
     assert_eq!(ids("Galaxy.Created"), BTreeSet::from([g.to_string()]));
     assert_eq!(ids("Galaxy.Renamed"), BTreeSet::from([format!("{g}:2")]));

@@ -301,4 +301,3 @@ pub fn hook(url: &str) -> Value {
 pub fn event(id: &str, kind: &str, n: i64) -> Value {
     json!({"id": id, "subject": format!("/galaxies/{id}"), "eventType": kind, "eventTime": "2026-12-01T10:00:00Z", "data": {"n": n}, "dataVersion": "1.0"})
 }
-

@@ -100,6 +100,9 @@ pub struct CheckStatus {
     pub suspend_post_uri: String,
     /// POST: resume (replace `{text}` with the reason).
     pub resume_post_uri: String,
+    /// POST: rewind a Failed instance (replace `{text}` with the reason);
+    /// the Durable Functions client libraries read it from the payload.
+    pub rewind_post_uri: String,
 }
 
 /// The absolute URL of an instance's status.
@@ -120,6 +123,7 @@ pub fn check_status(base: &BaseUrl, id: &str, key: &str) -> CheckStatus {
         restart_post_uri: format!("{instance}/restart?{code}"),
         suspend_post_uri: format!("{instance}/suspend?reason={{text}}&{code}"),
         resume_post_uri: format!("{instance}/resume?reason={{text}}&{code}"),
+        rewind_post_uri: format!("{instance}/rewind?reason={{text}}&{code}"),
     }
 }
 
@@ -137,6 +141,7 @@ pub fn check_status_for_device(base: &BaseUrl, id: &str) -> CheckStatus {
         restart_post_uri: format!("{instance}/restart"),
         suspend_post_uri: format!("{instance}/suspend?reason={{text}}"),
         resume_post_uri: format!("{instance}/resume?reason={{text}}"),
+        rewind_post_uri: format!("{instance}/rewind?reason={{text}}"),
     }
 }
 

@@ -174,9 +174,13 @@ pub async fn relay_galaxies(
     loop {
         let round = async {
             let rows = players.outbox(BATCH).await.map_err(|e| e.to_string())?;
-            relay_once(&router, rows, |e| e.seq, galaxy_event, |seqs| async {
-                players.ack_outbox(seqs).await.map_err(|e| e.to_string())
-            })
+            relay_once(
+                &router,
+                rows,
+                |e| e.seq,
+                galaxy_event,
+                |seqs| async { players.ack_outbox(seqs).await.map_err(|e| e.to_string()) },
+            )
             .await
         };
         let pause = match round.await {

@@ -2084,7 +2084,12 @@ pub async fn case_lifecycle_outbox(store: &dyn Store) {
     let signal = store
         .lifecycle_signal()
         .expect("the harness opens the store with its lifecycle outbox on");
-    signalled(&signal, "a first turn", create_with_status(store, "lc-a", Running)).await;
+    signalled(
+        &signal,
+        "a first turn",
+        create_with_status(store, "lc-a", Running),
+    )
+    .await;
     create_with_status(store, "lc-b", Failed).await;
     store
         .send_message(&iid("lc-a"), raised("go", json!(1)))

@@ -28,8 +28,8 @@ impl Harness for PgHarness {
                 lifecycle_outbox: true,
                 ..PostgresConfig::new(&self.url)
             })
-                .await
-                .expect("connect store"),
+            .await
+            .expect("connect store"),
         );
         self.open = Some(store.clone());
         store

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable::conformance::Harness;
-use durable::store::NewInstance;
 use durable::store::sqlite::SqliteConfig;
+use durable::store::NewInstance;
 use durable::{InstanceId, SqliteStore, Store};
 use serde_json::json;
 

@@ -74,11 +74,18 @@ async fn start_server(lifecycle_outbox: bool) -> anyhow::Result<Running> {
     let players = galaxy::players::Players::open(dir.path().join("players.db"))?;
     let events = eventgrid::RouterStore::open(dir.path().join("events.db"))?;
     events
-        .put_topic(cloud::server::SYSTEM_TOPIC, eventgrid::Schema::EventGridSchema)
+        .put_topic(
+            cloud::server::SYSTEM_TOPIC,
+            eventgrid::Schema::EventGridSchema,
+        )
         .await?;
     let engine = Engine::start(
         store.clone() as Arc<dyn Store>,
-        cloud::server::registry(table.clone(), cloud::server::hooks(&players, &events), false),
+        cloud::server::registry(
+            table.clone(),
+            cloud::server::hooks(&players, &events),
+            false,
+        ),
         EngineConfig::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -69,7 +69,23 @@ pub(crate) fn build(state: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
     let protected = OpenApiRouter::new()
         .routes(routes!(starter::start))
         .routes(routes!(starter::start_with_id))
+        // The starter under the management path, as the Durable Functions
+        // extension's own creation URL templates have it.
+        .route(
+            "/runtime/webhooks/durabletask/orchestrators/{function}",
+            axum::routing::post(starter::start),
+        )
+        .route(
+            "/runtime/webhooks/durabletask/orchestrators/{function}/{instance}",
+            axum::routing::post(starter::start_with_id),
+        )
         .routes(routes!(instances::list, instances::purge_by_filter))
+        // What the Durable Functions client libraries send: their URL
+        // templates put an empty instance id where the id goes.
+        .route(
+            "/runtime/webhooks/durabletask/instances/",
+            axum::routing::get(instances::list).delete(instances::purge_by_filter),
+        )
         .routes(routes!(instances::status, instances::purge))
         .routes(routes!(instances::raise_event))
         .routes(routes!(instances::terminate))

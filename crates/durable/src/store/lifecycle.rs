@@ -107,8 +107,14 @@ mod tests {
         assert_eq!(transitions(None, true, Running), vec![Running]);
         assert_eq!(transitions(Some(Pending), true, Running), vec![Running]);
         assert_eq!(transitions(None, true, Completed), vec![Running, Completed]);
-        assert_eq!(transitions(Some(Pending), true, Failed), vec![Running, Failed]);
-        assert_eq!(transitions(Some(Pending), true, Terminated), vec![Terminated]);
+        assert_eq!(
+            transitions(Some(Pending), true, Failed),
+            vec![Running, Failed]
+        );
+        assert_eq!(
+            transitions(Some(Pending), true, Terminated),
+            vec![Terminated]
+        );
     }
 
     #[test]
@@ -116,8 +122,14 @@ mod tests {
         assert_eq!(transitions(Some(Running), true, Running), vec![]);
         assert_eq!(transitions(Some(Running), true, Completed), vec![Completed]);
         assert_eq!(transitions(Some(Running), true, Failed), vec![Failed]);
-        assert_eq!(transitions(Some(Running), true, Terminated), vec![Terminated]);
-        assert_eq!(transitions(Some(Suspended), true, Terminated), vec![Terminated]);
+        assert_eq!(
+            transitions(Some(Running), true, Terminated),
+            vec![Terminated]
+        );
+        assert_eq!(
+            transitions(Some(Suspended), true, Terminated),
+            vec![Terminated]
+        );
         assert_eq!(transitions(Some(Running), true, Suspended), vec![]);
     }
 
@@ -126,7 +138,10 @@ mod tests {
         assert_eq!(transitions(Some(Suspended), true, Running), vec![]);
         assert_eq!(transitions(Some(Failed), true, Running), vec![Running]);
         assert_eq!(transitions(Some(Running), false, Running), vec![Running]);
-        assert_eq!(transitions(Some(Running), false, Completed), vec![Running, Completed]);
+        assert_eq!(
+            transitions(Some(Running), false, Completed),
+            vec![Running, Completed]
+        );
     }
 
     #[test]

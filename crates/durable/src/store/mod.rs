@@ -31,11 +31,11 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::history::{HistoryEvent, Message, ParentLink};
-pub use lifecycle::LifecycleEvent;
 use crate::types::{
     FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
     RuntimeStatus, Timestamp,
 };
+pub use lifecycle::LifecycleEvent;
 
 /// Errors a store reports. `is_retryable` separates transient trouble from
 /// answers the caller must act on.

@@ -71,8 +71,7 @@ use tokio_postgres::{NoTls, Row};
 
 use super::{
     ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
-    PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock,
-    WorkSignal,
+    PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
 };
 use crate::history::{EventKind, HistoryEvent, Message};
 use crate::types::{
@@ -1932,14 +1931,10 @@ impl Store for PostgresStore {
                     instance_id: r.get(1),
                     name: r.get(2),
                     execution_id: r.get(3),
-                    runtime_status: RuntimeStatus::parse(r.get(4))
-                        .unwrap_or(RuntimeStatus::Failed),
+                    runtime_status: RuntimeStatus::parse(r.get(4)).unwrap_or(RuntimeStatus::Failed),
                     history_events: r.get::<_, i64>(5) as u64,
                     at: types::from_millis(r.get(6)),
-                    failure: r
-                        .get::<_, Option<&str>>(7)
-                        .map(parse)
-                        .transpose()?,
+                    failure: r.get::<_, Option<&str>>(7).map(parse).transpose()?,
                 })
             })
             .collect()

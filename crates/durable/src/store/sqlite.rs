@@ -47,8 +47,7 @@ use tokio::sync::{oneshot, Notify};
 use super::group_commit::GroupCommit;
 use super::{
     ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
-    PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock,
-    WorkSignal,
+    PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
 };
 use crate::history::{EventKind, HistoryEvent, Message};
 use crate::types::{

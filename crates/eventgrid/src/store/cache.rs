@@ -83,7 +83,9 @@ mod tests {
         assert_eq!(v, 4);
         assert_eq!(cache.get("u", || async { Ok(5) }).await.unwrap(), 5);
         assert!(cache
-            .get("missing", || async { Err(StoreError::NoTopic("missing".into())) })
+            .get("missing", || async {
+                Err(StoreError::NoTopic("missing".into()))
+            })
             .await
             .is_err());
         assert_eq!(cache.get("missing", || async { Ok(6) }).await.unwrap(), 6);

@@ -26,9 +26,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use cache::Cache;
 use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
+use cache::Cache;
 
 /// How long a claimed delivery is left to the process that claimed it
 /// (PostgreSQL): twice the delivery timeout, so a live process always
@@ -213,8 +213,11 @@ trait Backend: Send + Sync + 'static {
     async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError>;
     async fn topics(&self) -> Result<Vec<TopicRecord>, StoreError>;
     async fn delete_topic(&self, name: &str) -> Result<(), StoreError>;
-    async fn regenerate_key(&self, topic: &str, column: &'static str)
-        -> Result<TopicRecord, StoreError>;
+    async fn regenerate_key(
+        &self,
+        topic: &str,
+        column: &'static str,
+    ) -> Result<TopicRecord, StoreError>;
     async fn put_subscription(
         &self,
         topic: &str,
@@ -235,8 +238,12 @@ trait Backend: Send + Sync + 'static {
     async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError>;
     async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError>;
     /// Returns how many deliveries it queued.
-    async fn publish(&self, topic: &str, events: Vec<Event>, now_ms: i64)
-        -> Result<usize, StoreError>;
+    async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError>;
     /// Returns (new events, deliveries queued).
     async fn publish_system(
         &self,
@@ -247,8 +254,11 @@ trait Backend: Send + Sync + 'static {
     async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError>;
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
     async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError>;
-    async fn dead_letters(&self, topic: &str, subscription: &str)
-        -> Result<Vec<DeadLetter>, StoreError>;
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
     async fn redeliver(
         &self,
         topic: &str,

@@ -219,7 +219,13 @@ impl PgRouter {
             let seq: i64 = tx
                 .query_one(
                     &insert_event,
-                    &[&topic, &e.id, &e.json.to_string(), &(e.size as i64), &now_ms],
+                    &[
+                        &topic,
+                        &e.id,
+                        &e.json.to_string(),
+                        &(e.size as i64),
+                        &now_ms,
+                    ],
                 )
                 .await
                 .map_err(pg)?
@@ -255,14 +261,13 @@ impl PgRouter {
         c: &impl deadpool_postgres::GenericClient,
         name: &str,
     ) -> Result<Option<TopicRecord>, StoreError> {
-        Ok(c
-            .query_opt(
-                &format!("SELECT {TOPIC_COLUMNS} FROM topics WHERE lower(name) = lower($1)"),
-                &[&name],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| topic_row(&r)))
+        Ok(c.query_opt(
+            &format!("SELECT {TOPIC_COLUMNS} FROM topics WHERE lower(name) = lower($1)"),
+            &[&name],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| topic_row(&r)))
     }
 }
 
@@ -540,7 +545,10 @@ impl Backend for PgRouter {
             .await
             .map_err(pg)?;
         let rows = c
-            .query(&st, &[&now_ms, &(limit as i64), &self.owner, &self.lease_ms])
+            .query(
+                &st,
+                &[&now_ms, &(limit as i64), &self.owner, &self.lease_ms],
+            )
             .await
             .map_err(pg)?;
         let mut due: Vec<(i64, DueDelivery)> = rows
@@ -800,10 +808,16 @@ impl Backend for PgRouter {
             t[1] += r.get::<_, i64>(2);
         }
         for (sql, i) in [
-            ("SELECT e.topic, count(*) FROM deliveries d JOIN events e ON e.seq = d.seq
-              WHERE d.seq = ANY($1) GROUP BY e.topic", 2),
-            ("SELECT e.topic, count(*) FROM attempts a JOIN events e ON e.seq = a.seq
-              WHERE a.seq = ANY($1) AND a.n > 1 GROUP BY e.topic", 3),
+            (
+                "SELECT e.topic, count(*) FROM deliveries d JOIN events e ON e.seq = d.seq
+              WHERE d.seq = ANY($1) GROUP BY e.topic",
+                2,
+            ),
+            (
+                "SELECT e.topic, count(*) FROM attempts a JOIN events e ON e.seq = a.seq
+              WHERE a.seq = ANY($1) AND a.n > 1 GROUP BY e.topic",
+                3,
+            ),
         ] {
             for r in tx.query(sql, &[&seqs]).await.map_err(pg)? {
                 totals.entry(r.get(0)).or_default()[i] += r.get::<_, i64>(1);

@@ -69,7 +69,10 @@ fn publish_group(conn: &mut Connection, ops: Vec<PublishOp>) {
 
 /// One publish inside a transaction: its events and their deliveries.
 /// The topic's active subscriptions.
-fn active_subscriptions(tx: &Connection, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
+fn active_subscriptions(
+    tx: &Connection,
+    topic: &str,
+) -> Result<Vec<SubscriptionRecord>, StoreError> {
     tx.prepare_cached(
         "SELECT topic, name, definition, state, reason, validation_code FROM subscriptions
          WHERE topic = ?1 AND state = 'Succeeded'",
@@ -478,35 +481,35 @@ impl Backend for SqliteRouter {
     ) -> Result<(usize, usize), StoreError> {
         let topic = topic.to_string();
         self.call(move |conn| {
-                // Mostly nobody listens: a read, no write transaction.
-                let listening = active_subscriptions(conn, &topic)?;
-                if !events
-                    .iter()
-                    .any(|e| listening.iter().any(|s| s.input.filter.matches(&e.json)))
-                {
-                    return Ok((0, 0));
+            // Mostly nobody listens: a read, no write transaction.
+            let listening = active_subscriptions(conn, &topic)?;
+            if !events
+                .iter()
+                .any(|e| listening.iter().any(|s| s.input.filter.matches(&e.json)))
+            {
+                return Ok((0, 0));
+            }
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let subs = active_subscriptions(&tx, &topic)?;
+            let mut new = Vec::new();
+            for e in events {
+                if !subs.iter().any(|s| s.input.filter.matches(&e.json)) {
+                    continue;
                 }
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let subs = active_subscriptions(&tx, &topic)?;
-                let mut new = Vec::new();
-                for e in events {
-                    if !subs.iter().any(|s| s.input.filter.matches(&e.json)) {
-                        continue;
-                    }
-                    let seen = tx
-                        .prepare_cached("SELECT 1 FROM events WHERE topic = ?1 AND event_id = ?2")?
-                        .query_row(params![topic, e.id], |_| Ok(()))
-                        .optional()?
-                        .is_some();
-                    if !seen {
-                        new.push(e);
-                    }
+                let seen = tx
+                    .prepare_cached("SELECT 1 FROM events WHERE topic = ?1 AND event_id = ?2")?
+                    .query_row(params![topic, e.id], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                if !seen {
+                    new.push(e);
                 }
-                let queued = publish_to(&tx, &topic, &subs, &new, now_ms)?;
-                tx.commit()?;
-                Ok((new.len(), queued))
-            })
-            .await
+            }
+            let queued = publish_to(&tx, &topic, &subs, &new, now_ms)?;
+            tx.commit()?;
+            Ok((new.len(), queued))
+        })
+        .await
     }
 
     /// Pending deliveries due at `now_ms`, oldest first, at most `limit`
@@ -716,9 +719,15 @@ impl Backend for SqliteRouter {
                 |c, n| c.retried += n,
             )?;
             // What retention swept away still counts.
-            add("SELECT topic, published FROM swept", |c, n| c.published += n)?;
-            add("SELECT topic, billed FROM swept", |c, n| c.billed_units += n)?;
-            add("SELECT topic, delivered FROM swept", |c, n| c.delivered += n)?;
+            add("SELECT topic, published FROM swept", |c, n| {
+                c.published += n
+            })?;
+            add("SELECT topic, billed FROM swept", |c, n| {
+                c.billed_units += n
+            })?;
+            add("SELECT topic, delivered FROM swept", |c, n| {
+                c.delivered += n
+            })?;
             add("SELECT topic, retried FROM swept", |c, n| c.retried += n)?;
             Ok(by_topic.into_values().collect())
         })

@@ -67,13 +67,9 @@ pub(crate) fn of_writes(player_id: &str, writes: &[EntityWrite]) -> Vec<NewEvent
                 };
                 Some(make(kind, player_id, entity_id, *version, Some(&body)))
             }
-            EntityWrite::Delete { entity_id, version } => Some(make(
-                "Galaxy.Deleted",
-                player_id,
-                entity_id,
-                *version,
-                None,
-            )),
+            EntityWrite::Delete { entity_id, version } => {
+                Some(make("Galaxy.Deleted", player_id, entity_id, *version, None))
+            }
             EntityWrite::Touch { .. } => None,
         })
         .collect()
@@ -153,7 +149,10 @@ mod tests {
                    "name": "Andromeda II", "origin": "laptop"})
         );
         let deleted: Value = serde_json::from_str(&events[2].data).unwrap();
-        assert_eq!(deleted, json!({"playerId": "p1", "rowKey": "g1", "version": 10}));
+        assert_eq!(
+            deleted,
+            json!({"playerId": "p1", "rowKey": "g1", "version": 10})
+        );
         assert!(events.iter().all(|e| e.subject == "/galaxies/g1"));
     }
 

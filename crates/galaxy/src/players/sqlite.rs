@@ -425,7 +425,10 @@ fn insert_events(
     Ok(())
 }
 
-pub(super) fn outbox(conn: &mut Connection, limit: usize) -> Result<Vec<OutboxEvent>, PlayersError> {
+pub(super) fn outbox(
+    conn: &mut Connection,
+    limit: usize,
+) -> Result<Vec<OutboxEvent>, PlayersError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, event_id, event_type, subject, data, at_ms FROM galaxy_outbox ORDER BY seq LIMIT ?1",
     )?;
