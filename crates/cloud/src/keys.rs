@@ -2,9 +2,12 @@
 //! (also every protected route, and the only key that may purge by filter).
 //!
 //! Keys are generated at first start and kept in `<data dir>/keys.json`
-//! (mode 0600) so clients keep working across restarts; keys given on the
-//! command line or in the environment override the stored ones for that
-//! run. Presented keys are compared in constant time so response timing
+//! (mode 0600, written to a temporary file, synced and renamed, so a crash
+//! never leaves half a file; its mode is checked at every start and
+//! tightened with a warning if it was opened to others) so clients keep
+//! working across restarts; keys given on the command line or in the
+//! environment override the stored ones for that run and are never
+//! printed. Presented keys are compared in constant time so response timing
 //! does not reveal how much of a guess was right.
 
 use std::io::Write;
@@ -149,6 +152,7 @@ impl Keys {
         };
         let (mut keys, created) = match std::fs::read(&path) {
             Ok(bytes) => {
+                tighten(&path).map_err(io)?;
                 let keys: Keys = serde_json::from_slice(&bytes).map_err(|e| KeyError::Damaged {
                     path: path.clone(),
                     reason: e.to_string(),
@@ -160,7 +164,7 @@ impl Keys {
                 (keys, false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(data_dir).map_err(io)?;
+                create_private_dir(data_dir).map_err(io)?;
                 let keys = Keys::generate();
                 write_private(
                     &path,
@@ -207,18 +211,63 @@ impl Keys {
     }
 }
 
-/// Creates `path` readable by its owner only and writes `bytes` durably.
+/// Writes `bytes` to `path` readable by its owner only, atomically and
+/// durably: a temporary file beside it (0600), synced, renamed over
+/// `path`, then the directory synced.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path)?;
+    let mut file = options.open(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Makes `path` readable by its owner only if it was not, saying so (the
+/// keys may have been read by others meanwhile: rotate them).
+fn tighten(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!(
+                "{} was readable by others (mode {mode:o}); made it 0600. \
+                 Anyone who read it holds the keys: replace them if that matters",
+                path.display()
+            );
+            eprintln!(
+                "galaxy-cloud: {} was readable by others (mode {mode:o}); made it 0600",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only. An
+/// existing directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// The key a request presents: the `x-functions-key` header, else the

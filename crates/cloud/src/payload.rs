@@ -105,6 +105,28 @@ pub struct CheckStatus {
     pub rewind_post_uri: String,
 }
 
+/// The path and query of a status request as its 202 `Location`: the same
+/// URL, except that a `code` it carried becomes the function key (a
+/// caller who used the master key must not see it handed on in a header
+/// that proxies log and clients follow).
+pub fn location_of(uri: &axum::http::Uri, function_key: &str) -> String {
+    let path = uri.path();
+    let Some(query) = uri.query() else {
+        return path.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            if pair == "code" || pair.starts_with("code=") {
+                format!("code={}", encode(function_key))
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
 /// The absolute URL of an instance's status.
 pub fn instance_url(base: &BaseUrl, id: &str) -> String {
     format!("{}{MANAGEMENT}/instances/{}", base.0, encode(id))
@@ -526,6 +548,21 @@ pub fn entity(g: &Galaxy) -> GalaxyEntity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_location_never_carries_the_master_key() {
+        let uri: axum::http::Uri =
+            "/runtime/webhooks/durabletask/instances/i1?showHistory=true&code=MASTER&taskHub=h"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            location_of(&uri, "fk+1"),
+            "/runtime/webhooks/durabletask/instances/i1?showHistory=true&code=fk%2B1&taskHub=h"
+        );
+        let bare: axum::http::Uri = "/x/i1".parse().unwrap();
+        assert_eq!(location_of(&bare, "fk"), "/x/i1");
+    }
+
     use durable::{InstanceId, RuntimeStatus};
     use serde_json::json;
 
@@ -557,6 +594,7 @@ mod tests {
                 "restartPostUri": format!("{i}/restart?code=k%2By"),
                 "suspendPostUri": format!("{i}/suspend?reason={{text}}&code=k%2By"),
                 "resumePostUri": format!("{i}/resume?reason={{text}}&code=k%2By"),
+                "rewindPostUri": format!("{i}/rewind?reason={{text}}&code=k%2By"),
             })
         );
     }

@@ -99,7 +99,7 @@ impl OpenStore {
 pub async fn open_store(choice: &StoreChoice) -> Result<OpenStore, ServeError> {
     match choice {
         StoreChoice::Sqlite(dir) => {
-            std::fs::create_dir_all(dir)?;
+            crate::keys::create_private_dir(dir)?;
             let store = Arc::new(SqliteStore::open_with(
                 dir.join("engine.db"),
                 SqliteConfig {
@@ -266,7 +266,7 @@ impl LocalServer {
 /// `127.0.0.1:0`) with SQLite files in `dir`: what other crates' tests and
 /// benchmarks use to talk to a real server without a child process.
 pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalServer, ServeError> {
-    std::fs::create_dir_all(dir)?;
+    crate::keys::create_private_dir(dir)?;
     let store = Arc::new(SqliteStore::open_with(
         dir.join("engine.db"),
         SqliteConfig {
@@ -381,7 +381,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     // The store first: a database that cannot be reached fails the start
     // before anything is written to the data directory.
     let opened = open_store(&choice).await?;
-    std::fs::create_dir_all(&args.data_dir)?;
+    crate::keys::create_private_dir(&args.data_dir)?;
     let (keys, created) = match Keys::load_or_create(
         &args.data_dir,
         args.function_key.clone(),
@@ -394,11 +394,16 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         }
     };
     if created {
+        // A key given by flag or environment is the caller's: never shown.
+        let shown = |given: &Option<String>, key: &str, flag: &str| match given {
+            Some(_) => format!("(given with {flag}; not shown)"),
+            None => key.to_string(),
+        };
         println!(
             "galaxy-cloud: created keys in {} (shown once; keep them)\n  function key: {}\n  master key:   {}",
             keys::keys_path(&args.data_dir).display(),
-            keys.function_key(),
-            keys.master_key()
+            shown(&args.function_key, keys.function_key(), "--function-key"),
+            shown(&args.master_key, keys.master_key(), "--master-key"),
         );
     }
     let table = match open_table(&choice, &args.data_dir).await {

@@ -151,7 +151,7 @@ pub async fn status(
         | RuntimeStatus::ContinuedAsNew
         | RuntimeStatus::Suspended => {
             let mut response = (StatusCode::ACCEPTED, body).into_response();
-            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let path = payload::location_of(&uri, state.keys.function_key());
             if let Ok(location) = HeaderValue::from_str(&format!("{}{path}", base.0)) {
                 response.headers_mut().insert(header::LOCATION, location);
             }

@@ -1,0 +1,96 @@
+//! Keys and the data directory on disk, against the real `galaxy-cloud`:
+//! a new data directory is the owner's only (0700); `keys.json` opened to
+//! others is made 0600 again at start, with a warning; keys given by flag
+//! are never printed; a status `Location` never hands on the master key.
+#![cfg(unix)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+use reqwest::StatusCode;
+
+mod common;
+
+const FUNCTION_KEY: &str = "disk-function-key-00001";
+const MASTER_KEY: &str = "disk-master-key-0000001";
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn the_data_directory_and_keys_stay_private_and_given_keys_unprinted() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("fresh/data");
+    // Keys given by flag: the first start creates keys.json but prints
+    // neither given key.
+    let (mut child, lines) = common::spawn(
+        &dir,
+        &[
+            "--function-key",
+            FUNCTION_KEY,
+            "--master-key",
+            MASTER_KEY,
+            "--samples",
+        ],
+    );
+    let (printed, base) = common::wait_listening(&lines);
+    let all = printed.join("\n");
+    assert!(
+        !all.contains(FUNCTION_KEY) && !all.contains(MASTER_KEY),
+        "{all}"
+    );
+    assert!(all.contains("given with --function-key"), "{all}");
+    assert_eq!(mode(&dir), 0o700, "a new data directory");
+    assert_eq!(mode(&root.path().join("fresh")), 0o700, "its new parent");
+    assert_eq!(mode(&dir.join("keys.json")), 0o600);
+    assert!(!dir.join("keys.json.tmp").exists());
+
+    // A live instance's 202 Location: asked with the master key, it
+    // carries the function key.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!(
+            "{base}/api/orchestrators/Sample_WaitForEvent/held?code={FUNCTION_KEY}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = http
+        .get(format!(
+            "{base}/runtime/webhooks/durabletask/instances/held?showHistory=true&code={MASTER_KEY}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(!location.contains(MASTER_KEY), "{location}");
+    assert!(
+        location.ends_with(&format!(
+            "/instances/held?showHistory=true&code={FUNCTION_KEY}"
+        )),
+        "{location}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Opened to others while stopped: the next start makes it 0600 again
+    // and says so.
+    std::fs::set_permissions(
+        dir.join("keys.json"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (mut child, lines) = common::spawn_with(&dir, "127.0.0.1:0", &[], Stdio::piped(), &[]);
+    common::wait_listening(&lines);
+    assert_eq!(mode(&dir.join("keys.json")), 0o600);
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("was readable by others (mode 644); made it 0600"),
+        "{log}"
+    );
+}
