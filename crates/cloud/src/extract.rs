@@ -187,44 +187,79 @@ pub fn seconds(name: &str, value: &str) -> Result<f64, AppError> {
     }
 }
 
-/// FNV-1a, 64 bits: a checksum, not a secret.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// A 200 JSON answer carrying the next page's token in
 /// `x-ms-continuation-token`, when there is a next page.
 pub fn paged<T: serde::Serialize>(
     body: T,
     continuation: Option<String>,
+    signer: &TokenSigner,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let mut response = (axum::http::StatusCode::OK, axum::Json(body)).into_response();
     if let Some(token) = continuation {
         response
             .headers_mut()
-            .insert(CONTINUATION_HEADER, encode_token(&token));
+            .insert(CONTINUATION_HEADER, encode_token(&token, signer));
     }
     response
 }
 
-/// Wraps a store's continuation token for the header: hex (always a valid
-/// header value, whatever the store put in it) plus a checksum, so a
-/// mangled or made-up token is a 400 here instead of reaching the store.
-pub fn encode_token(token: &str) -> HeaderValue {
-    let mut s = String::with_capacity(token.len() * 2 + 17);
-    for b in token.bytes() {
-        s.push_str(&format!("{b:02x}"));
+/// Signs continuation tokens: HMAC-SHA256 under a key derived from the
+/// master key, so a token is only ever one this deployment handed out.
+#[derive(Clone)]
+pub struct TokenSigner([u8; 32]);
+
+/// Bytes of the MAC a token carries (128 bits).
+const TAG_LEN: usize = 16;
+
+impl TokenSigner {
+    /// The signer of a deployment whose master key is `master_key` (every
+    /// process given the same keys accepts the others' tokens).
+    pub fn new(master_key: &str) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"galaxy-forge continuation tokens v1\0");
+        h.update(master_key.as_bytes());
+        Self(h.finalize().into())
     }
-    s.push('.');
-    s.push_str(&format!("{:016x}", fnv(token.as_bytes())));
+
+    fn tag(&self, token: &[u8]) -> [u8; TAG_LEN] {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("any key size");
+        mac.update(token);
+        let full = mac.finalize().into_bytes();
+        full[..TAG_LEN].try_into().expect("32 bytes")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Wraps a store's continuation token for the header: its hex and a MAC
+/// (see [`TokenSigner`]), so a mangled, made-up or tampered token is a 400
+/// here instead of reaching the store.
+pub fn encode_token(token: &str, signer: &TokenSigner) -> HeaderValue {
+    let s = format!(
+        "{}.{}",
+        hex(token.as_bytes()),
+        hex(&signer.tag(token.as_bytes()))
+    );
     HeaderValue::from_str(&s).expect("hex is a valid header value")
 }
 
 /// The store token inside a header token, if the request carries one.
-pub fn decode_token(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+pub fn decode_token(headers: &HeaderMap, signer: &TokenSigner) -> Result<Option<String>, AppError> {
     let Some(v) = headers.get(CONTINUATION_HEADER) else {
         return Ok(None);
     };
@@ -238,16 +273,10 @@ pub fn decode_token(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     if v.is_empty() {
         return Ok(None);
     }
-    let (hex, sum) = v.split_once('.').ok_or_else(bad)?;
-    if hex.len() % 2 != 0 || !hex.is_ascii() {
-        return Err(bad());
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad())?;
-    if format!("{:016x}", fnv(&bytes)) != sum {
+    let (body, tag) = v.split_once('.').ok_or_else(bad)?;
+    let (bytes, tag) = unhex(body).zip(unhex(tag)).ok_or_else(bad)?;
+    let expected = signer.tag(&bytes);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &tag[..])) {
         return Err(bad());
     }
     String::from_utf8(bytes).map(Some).map_err(|_| bad())
@@ -259,26 +288,40 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_forgeries_are_refused() {
+        let signer = TokenSigner::new("master-key-one-0001");
         let mut headers = HeaderMap::new();
-        headers.insert(CONTINUATION_HEADER, encode_token("1700000000000:abc é|x"));
+        headers.insert(
+            CONTINUATION_HEADER,
+            encode_token("1700000000000:abc é|x", &signer),
+        );
         assert_eq!(
-            decode_token(&headers).unwrap().as_deref(),
+            decode_token(&headers, &signer).unwrap().as_deref(),
             Some("1700000000000:abc é|x")
         );
+        // Another deployment's token, or this one's with the body changed.
+        let other = TokenSigner::new("master-key-two-0002");
+        let good = encode_token("1700000000000:abc", &signer);
+        let (_, tag) = good.to_str().unwrap().split_once('.').unwrap();
+        let tampered = format!("{}.{tag}", hex(b"1700000000001:abc"));
         for bad in [
-            "zz",
-            "00.0000000000000000",
-            "6162.0000000000000000",
-            "616.1",
+            "zz".to_string(),
+            "00.0000000000000000".to_string(),
+            "6162.00000000000000000000000000000000".to_string(),
+            "616.1".to_string(),
+            tampered,
+            encode_token("1700000000000:abc", &other)
+                .to_str()
+                .unwrap()
+                .to_string(),
         ] {
-            headers.insert(CONTINUATION_HEADER, HeaderValue::from_static(bad));
+            headers.insert(CONTINUATION_HEADER, HeaderValue::from_str(&bad).unwrap());
             assert_eq!(
-                decode_token(&headers).unwrap_err().status,
+                decode_token(&headers, &signer).unwrap_err().status,
                 StatusCode::BAD_REQUEST,
                 "{bad}"
             );
         }
-        assert_eq!(decode_token(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(decode_token(&HeaderMap::new(), &signer).unwrap(), None);
     }
 
     #[test]

@@ -195,6 +195,11 @@ impl Keys {
         &self.master_key
     }
 
+    /// What signs continuation tokens (a key derived from the master key).
+    pub fn token_signer(&self) -> crate::extract::TokenSigner {
+        crate::extract::TokenSigner::new(&self.master_key)
+    }
+
     /// What `presented` grants, if anything. Both keys are always compared,
     /// each in constant time, so timing tells nothing about either.
     pub fn check(&self, presented: &str) -> Option<Access> {

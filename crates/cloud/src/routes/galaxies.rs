@@ -54,7 +54,7 @@ pub async fn list(
     Query(params): Query<GalaxyListParams>,
 ) -> Result<Response, AppError> {
     let top = extract::top(params.top.as_deref(), DEFAULT_PAGE)?;
-    let token = extract::decode_token(&headers)?;
+    let token = extract::decode_token(&headers, &state.keys.token_signer())?;
     let prefix = params.name_prefix.filter(|p| !p.is_empty());
     let page = state
         .table
@@ -63,7 +63,11 @@ pub async fn list(
     let body = GalaxyList {
         value: page.galaxies.iter().map(payload::entity).collect(),
     };
-    Ok(extract::paged(body, page.continuation))
+    Ok(extract::paged(
+        body,
+        page.continuation,
+        &state.keys.token_signer(),
+    ))
 }
 
 /// One galaxy by its keys, with its ETag (`If-None-Match` answers 304).

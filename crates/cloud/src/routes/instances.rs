@@ -215,7 +215,7 @@ pub async fn list(
             params.instance_id_prefix,
         )?,
         page_size: extract::top(params.top.as_deref(), DEFAULT_PAGE)?,
-        continuation: extract::decode_token(&headers)?,
+        continuation: extract::decode_token(&headers, &state.keys.token_signer())?,
     };
     let page = state.engine.list(&query).await?;
     let options = StatusOptions {
@@ -227,7 +227,11 @@ pub async fn list(
         .iter()
         .map(|s| payload::status_body(s, options))
         .collect();
-    Ok(extract::paged(body, page.continuation))
+    Ok(extract::paged(
+        body,
+        page.continuation,
+        &state.keys.token_signer(),
+    ))
 }
 
 /// Delivers an external event to an instance.
