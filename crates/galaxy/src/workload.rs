@@ -2,7 +2,7 @@
 //! in parallel, then `Galaxy_Create_Impl` writing the row; output
 //! "Galaxy created!".
 
-use durable::{ActivityContext, OrchestrationContext, Registry, TaskError};
+use durable::{ActivityContext, OrchestrationContext, Registry, RetryPolicy, TaskError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -77,6 +77,18 @@ fn row_key(ctx: &OrchestrationContext) -> String {
         .to_string()
 }
 
+/// How `Galaxy_Create_Impl` is retried: a galaxies table that is briefly
+/// unavailable (locked, a database restarting) must not fail the galaxy
+/// for good. Six attempts, 1 s then doubling, within five minutes; the
+/// waits are durable timers, so the history shows each retry.
+pub fn impl_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_interval: std::time::Duration::from_secs(30),
+        total_timeout: Some(std::time::Duration::from_secs(300)),
+        ..RetryPolicy::new(6, std::time::Duration::from_secs(1))
+    }
+}
+
 async fn galaxy_create(ctx: OrchestrationContext, input: Value) -> Result<String, TaskError> {
     // Any other input (the seed's callers send none) is ignored.
     let player = serde_json::from_value::<CreateInput>(input)
@@ -92,7 +104,7 @@ async fn galaxy_create(ctx: OrchestrationContext, input: Value) -> Result<String
         coords: coords?,
         player,
     };
-    ctx.call_activity::<bool>(GALAXY_CREATE_IMPL, context)
+    ctx.call_activity_with_retry::<bool>(GALAXY_CREATE_IMPL, context, &impl_retry())
         .await?;
     Ok(OUTPUT.to_string())
 }

@@ -175,3 +175,73 @@ async fn a_file_with_the_old_name_index_keeps_its_rows_and_loses_the_index() {
         .unwrap();
     assert_eq!(indexes, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_galaxies_table_locked_for_a_while_delays_galaxy_create_but_does_not_fail_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = LocalNode::open(dir.path(), LocalConfig::default()).unwrap();
+    // Another process holds the table's write lock past its busy timeout.
+    let lock = rusqlite::Connection::open(dir.path().join("galaxies.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let id = node
+        .engine
+        .start_orchestration(GALAXY_CREATE, None, serde_json::json!({}))
+        .await
+        .unwrap();
+    let impl_failed = |history: &[durable::HistoryEvent]| {
+        history
+            .iter()
+            .any(|e| matches!(&e.kind, durable::EventKind::TaskFailed { .. }))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = node.engine.status(&id, true).await.unwrap().unwrap();
+        if impl_failed(status.history.as_deref().unwrap_or_default()) {
+            assert_eq!(status.runtime_status, RuntimeStatus::Running, "{status:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed attempt: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The lock goes; the retry (after its durable timer) writes the galaxy.
+    lock.execute_batch("ROLLBACK").unwrap();
+    let status = node
+        .engine
+        .wait_for_completion(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        status.runtime_status,
+        RuntimeStatus::Completed,
+        "{status:?}"
+    );
+    let history = node
+        .engine
+        .status(&id, true)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .unwrap();
+    let kinds: Vec<&str> = history
+        .iter()
+        .filter_map(|e| match &e.kind {
+            durable::EventKind::TaskScheduled { name, .. } if name == "Galaxy_Create_Impl" => {
+                Some("scheduled")
+            }
+            durable::EventKind::TaskFailed { .. } => Some("failed"),
+            durable::EventKind::TimerFired { .. } => Some("timer"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        &kinds[..4],
+        ["scheduled", "failed", "timer", "scheduled"],
+        "{kinds:?}"
+    );
+    assert_eq!(node.table.list(None, 10, None).unwrap().galaxies.len(), 1);
+    node.shutdown(Duration::from_secs(5)).await;
+}
