@@ -47,6 +47,13 @@ pub struct Args {
     /// until they are settled. The metrics keep counting swept events.
     #[arg(long, env = "GALAXY_EVENT_RETENTION", default_value = "24h", value_parser = parse_retention)]
     pub event_retention: std::time::Duration,
+    /// How long a client may take to send a request's headers; an idle
+    /// keep-alive connection is closed after this too.
+    #[arg(long, env = "GALAXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub header_read_timeout: std::time::Duration,
+    /// Connections open at once; at the limit new ones wait to be accepted.
+    #[arg(long, env = "GALAXY_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
     /// Also register the sample orchestrations (Sample_WaitForEvent,
     /// Sample_Fail) for trying the management API.
     #[arg(long, env = "GALAXY_SAMPLES")]

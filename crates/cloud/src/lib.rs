@@ -33,6 +33,7 @@ pub mod device_auth;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod listen;
 pub mod metrics;
 pub mod payload;
 pub mod routes;

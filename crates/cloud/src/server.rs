@@ -7,7 +7,7 @@
 //! [`ENGINE_GRACE`]; leased work not finished returns to the queue when its
 //! lease expires), close the databases, exit 0.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,14 +204,17 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits = state.limits;
     let app = crate::app(state.clone());
     let begin = state.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let server = async move {
+        crate::listen::serve(listener, app, limits, async move {
             shutdown.await;
             begin.begin_shutdown();
         })
-        .into_future();
+        .await;
+        Ok(())
+    };
     let drained = state.shutdown_signal();
     let deadline = async move {
         drained.await;
@@ -453,6 +456,10 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
     let state = AppState::new(engine.clone(), table.clone(), keys, players.clone(), events)
         .with_default_host(addr.to_string())
+        .with_limits(crate::listen::Limits {
+            header_read_timeout: args.header_read_timeout,
+            max_connections: args.max_connections as usize,
+        })
         .with_event_config(eventgrid::deliver::DeliveryConfig {
             retry_scale: args.event_retry_scale,
             timeout: args.event_delivery_timeout,

@@ -33,6 +33,8 @@ pub struct AppState {
     /// Host (and port) used for absolute URIs when a request has no `Host`
     /// header (HTTP/1.0 clients, in-process tests).
     pub default_host: Arc<str>,
+    /// Header-read timeout and connection limit of the server loop.
+    pub limits: crate::listen::Limits,
     shutdown: Arc<watch::Sender<bool>>,
 }
 
@@ -69,8 +71,15 @@ impl AppState {
             event_config: eventgrid::deliver::DeliveryConfig::default(),
             metrics,
             default_host: Arc::from("localhost"),
+            limits: crate::listen::Limits::default(),
             shutdown,
         }
+    }
+
+    /// The same state with other connection limits.
+    pub fn with_limits(mut self, limits: crate::listen::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The same state with other delivery settings.
