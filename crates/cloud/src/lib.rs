@@ -91,6 +91,8 @@ async fn not_found() -> AppError {
 /// with a message on stderr.
 pub fn main_entry() -> std::process::ExitCode {
     let args = Args::parse();
+    // Fault injection for tests (no-op unless built with failpoints).
+    durable::failpoints_from_env();
     let filter = tracing_subscriber::EnvFilter::try_from_env("GALAXY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cloud=info"));
     tracing_subscriber::fmt()

@@ -57,6 +57,23 @@ pub enum ServeError {
     /// Another I/O failure (data directory, serving).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A store stopped working while serving (its writer died); the server
+    /// drained and stopped so that a supervisor restarts it.
+    #[error("stopped because {0}")]
+    Unhealthy(String),
+}
+
+/// How often the engine store's health is checked while serving.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Resolves (with the reason) once `store` reports itself unhealthy.
+async fn sickness(store: Arc<dyn Store>) -> String {
+    loop {
+        tokio::time::sleep(HEALTH_EVERY).await;
+        if let Err(reason) = store.health() {
+            return reason;
+        }
+    }
 }
 
 /// Where the engine keeps its state.
@@ -490,12 +507,31 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     println!("galaxy-cloud listening on http://{addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let served = serve(listener, state, signals).await;
+    // A dead store writer stops the server like a signal does (drain,
+    // then exit non-zero), so a supervisor restarts it.
+    let sick = Arc::new(std::sync::Mutex::new(None::<String>));
+    let stop = {
+        let (sick, store) = (sick.clone(), engine.store().clone());
+        async move {
+            tokio::select! {
+                () = signals => {}
+                reason = sickness(store) => {
+                    tracing::error!("{reason}: draining and stopping");
+                    eprintln!("galaxy-cloud: {reason}; draining and stopping");
+                    *sick.lock().expect("sick lock") = Some(reason);
+                }
+            }
+        }
+    };
+    let served = serve(listener, state, stop).await;
     engine.shutdown(ENGINE_GRACE).await;
     drop(engine);
     opened.close().await;
     table.close();
     served?;
+    if let Some(reason) = sick.lock().expect("sick lock").take() {
+        return Err(ServeError::Unhealthy(reason));
+    }
     println!("galaxy-cloud stopped");
     Ok(())
 }

@@ -52,3 +52,12 @@ pub use types::{
     FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
     RuntimeStatus, Timestamp,
 };
+
+/// Reads fault injection points from the `FAILPOINTS` environment variable
+/// (`name=action;...`, e.g. `sqlite-writer-batch=3*off->panic`) when built
+/// with the `failpoints` feature (test builds); does nothing otherwise.
+/// Call once at the start of a binary.
+pub fn failpoints_from_env() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}

@@ -32,11 +32,20 @@ pub struct OpenApiJson(pub Arc<String>);
     tag = "operations",
     responses(
         (status = 200, description = "Serving", body = Health),
-        (status = 503, description = "Shutting down", body = Health),
+        (status = 503, description = "Shutting down, or unhealthy: a store stopped working (the server drains and exits non-zero)", body = Health),
     )
 )]
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    if state.is_shutting_down() {
+    if let Err(reason) = state.engine.store().health() {
+        tracing::error!("unhealthy: {reason}");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "unhealthy: the engine store stopped working (see the log); the server is stopping",
+            }),
+        )
+            .into_response()
+    } else if state.is_shutting_down() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Health {

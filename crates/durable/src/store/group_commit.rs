@@ -112,6 +112,19 @@ impl<Op: Send + 'static> GroupCommit<Op> {
         self.submit(op)
     }
 
+    /// Whether the writer still works: its thread has not died and no
+    /// batch panicked halfway (which leaves the connection's lock poisoned
+    /// and whatever the batch kept in memory in doubt).
+    pub fn alive(&self) -> Result<(), String> {
+        if self.shared.conn.is_poisoned() {
+            return Err("a write batch panicked".into());
+        }
+        match self.thread.lock().expect("group commit lock").as_ref() {
+            Some(t) if t.is_finished() => Err("the writer thread ended".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Applies everything queued, then stops the writer thread. Later calls
     /// give their operation back.
     pub fn close(&self) {

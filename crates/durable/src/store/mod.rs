@@ -401,6 +401,13 @@ pub trait Store: Send + Sync + 'static {
     /// Number of queued work items: (instances with visible messages, activities).
     async fn queue_depth(&self) -> Result<(u64, u64), StoreError>;
 
+    /// Whether the store can still work: `Err` says why not (its writer
+    /// died, a lock was poisoned by a panic). A host reports it (`/healthz`)
+    /// and restarts; nothing in memory is trusted after that.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Notified after a commit wrote lifecycle outbox rows; `None` when the
     /// store keeps no outbox (see [`lifecycle`]).
     fn lifecycle_signal(&self) -> Option<Arc<Notify>> {

@@ -1164,6 +1164,7 @@ impl Drop for Kept<'_, '_> {
 /// Applies `batch` in one transaction, then updates the in-memory queues,
 /// answers every operation and wakes the dispatchers.
 fn run_batch(conn: &mut Connection, batch: Vec<Op>, shared: &Shared) {
+    fail::fail_point!("sqlite-writer-batch");
     let mut claims = Vec::new();
     let orphans = std::mem::take(&mut shared.queues.lock().expect("queues lock").orphans);
     let (effects, outcomes, committed) = match conn.transaction() {
@@ -2524,6 +2525,15 @@ impl Store for SqliteStore {
 
     fn lifecycle_signal(&self) -> Option<Arc<Notify>> {
         self.shared.lifecycle.clone()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if self.shared.queues.is_poisoned() {
+            return Err("the engine store's queues lock is poisoned (a panic)".into());
+        }
+        self.writer
+            .alive()
+            .map_err(|e| format!("the engine store's writer: {e}"))
     }
 
     async fn lifecycle_outbox(&self, limit: usize) -> Result<Vec<LifecycleEvent>, StoreError> {

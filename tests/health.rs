@@ -1,0 +1,81 @@
+//! Liveness against the real `galaxy-cloud`: when the engine store's writer
+//! dies (a panic injected with a failpoint, as a bug would), `/healthz`
+//! answers 503 and the process drains and exits non-zero, so a supervisor
+//! restarts it. (Test builds turn `durable`'s `failpoints` feature on;
+//! release builds have no failpoints.)
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_store_writer_makes_healthz_503_and_the_process_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("cloud.log");
+    // The writer's 40th batch panics: well after start, while serving.
+    let (mut child, lines) = common::spawn_with(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &[
+            "--function-key",
+            "health-function-key-01",
+            "--master-key",
+            "health-master-key-0001",
+        ],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+        &[("FAILPOINTS", "sqlite-writer-batch=40*off->panic")],
+    );
+    let (_, base) = common::wait_listening(&lines);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Work until the writer dies and health says so (or the process is
+    // already gone).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut saw_503 = false;
+    while Instant::now() < deadline {
+        let _ = http
+            .post(format!(
+                "{base}/api/orchestrators/Galaxy_Create?code=health-function-key-01"
+            ))
+            .send()
+            .await;
+        match http.get(format!("{base}/healthz")).send().await {
+            Ok(r) if r.status() == 503 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                if body["status"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("unhealthy"))
+                {
+                    saw_503 = true;
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break, // already drained and gone
+        }
+    }
+    // It exits by itself, non-zero.
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("draining and stopping"), "{log}");
+    assert!(saw_503, "/healthz never said unhealthy: {log}");
+    assert!(log.contains("stopped because"), "{log}");
+}
