@@ -63,7 +63,9 @@ pub struct EngineConfig {
     pub history_limits: HistoryLimits,
     /// Automatic purge of old finished instances.
     pub retention: Option<RetentionPolicy>,
-    /// Capacity of the live update channel; slower subscribers see `Lagged`.
+    /// Capacity of the live update channel; slower subscribers see
+    /// `Lagged`. Each update carries at most 4 KiB of payloads (see
+    /// [`crate::elide`]), so this bounds what a stalled subscriber pins.
     pub update_capacity: usize,
 }
 
@@ -78,7 +80,7 @@ impl Default for EngineConfig {
             max_attempts: 10,
             history_limits: HistoryLimits::default(),
             retention: None,
-            update_capacity: 65_536,
+            update_capacity: 16_384,
         }
     }
 }
@@ -1034,7 +1036,9 @@ async fn prepare_turn(
             });
         }
     }
-    let published = turn.history.clone();
+    // Bounded: subscribers that fall behind pin what the broadcast holds.
+    let mut budget = crate::elide::Budget::default();
+    let published = crate::elide::history(&turn.history, &mut budget);
     if commit.replace_history {
         if matches!(run.outcome, Some(Outcome::ContinuedAsNew(_))) {
             commit.history = Vec::new();
@@ -1050,8 +1054,16 @@ async fn prepare_turn(
         name: run.name.clone(),
         runtime_status: commit.status.runtime_status,
         history: published,
-        output: commit.status.output.clone(),
-        custom_status: commit.status.custom_status.clone(),
+        output: commit
+            .status
+            .output
+            .as_ref()
+            .map(|v| crate::elide::value(v, &mut budget)),
+        custom_status: commit
+            .status
+            .custom_status
+            .as_ref()
+            .map(|v| crate::elide::value(v, &mut budget)),
         failure: commit.status.failure.clone(),
         at: now,
     };

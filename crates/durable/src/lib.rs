@@ -27,6 +27,7 @@
 
 pub mod conformance;
 pub mod context;
+pub mod elide;
 pub mod engine;
 pub mod error;
 pub mod history;
