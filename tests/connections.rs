@@ -81,3 +81,78 @@ async fn at_the_connection_limit_a_new_client_waits_for_a_connection_to_end() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Opens the all-instances stream with `key`; the status line and the
+/// connection (kept open).
+async fn open_stream(addr: &str, key: &str) -> (String, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /runtime/webhooks/durabletask/stream?code={key} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 1024];
+    let n = s.read(&mut head).await.unwrap();
+    let text = String::from_utf8_lossy(&head[..n]).to_string();
+    (text.lines().next().unwrap_or_default().to_string(), s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_credential_has_a_limit_of_live_streams() {
+    let (function, master) = ("streams-function-key-01", "streams-master-key-0001");
+    let (mut child, base, _dir) = start(&[
+        "--max-streams-per-key",
+        "3",
+        "--function-key",
+        function,
+        "--master-key",
+        master,
+    ]);
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (status, s) = open_stream(&addr, function).await;
+        assert!(status.contains("200"), "{status}");
+        open.push(s);
+    }
+    let r = reqwest::get(format!(
+        "{base}/runtime/webhooks/durabletask/stream?code={function}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "TooManyStreams", "{body}");
+    // Another credential has its own allowance.
+    let (status, _other) = open_stream(&addr, master).await;
+    assert!(status.contains("200"), "{status}");
+    // A stream that ends gives its place back (the server notices the
+    // closed connection at its next write: an update).
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        reqwest::Client::new()
+            .post(format!(
+                "{base}/api/orchestrators/Galaxy_Create?code={function}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        let (status, s) = open_stream(&addr, function).await;
+        if status.contains("200") {
+            open.push(s);
+            break;
+        }
+        assert!(status.contains("429"), "{status}");
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

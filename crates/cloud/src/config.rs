@@ -54,6 +54,10 @@ pub struct Args {
     /// Connections open at once; at the limit new ones wait to be accepted.
     #[arg(long, env = "GALAXY_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// Live streams open at once per credential (the function key, the
+    /// master key, each device); more are refused with 429.
+    #[arg(long, env = "GALAXY_MAX_STREAMS_PER_KEY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_key: u32,
     /// Also register the sample orchestrations (Sample_WaitForEvent,
     /// Sample_Fail) for trying the management API.
     #[arg(long, env = "GALAXY_SAMPLES")]

@@ -34,6 +34,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Live streams open at once per credential (key or device).
+    pub max_streams_per_key: usize,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_streams_per_key: 64,
         }
     }
 }

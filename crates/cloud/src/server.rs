@@ -476,6 +476,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         .with_limits(crate::listen::Limits {
             header_read_timeout: args.header_read_timeout,
             max_connections: args.max_connections as usize,
+            max_streams_per_key: args.max_streams_per_key as usize,
         })
         .with_event_config(eventgrid::deliver::DeliveryConfig {
             retry_scale: args.event_retry_scale,

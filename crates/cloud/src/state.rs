@@ -35,6 +35,8 @@ pub struct AppState {
     pub default_host: Arc<str>,
     /// Header-read timeout and connection limit of the server loop.
     pub limits: crate::listen::Limits,
+    /// Live streams open per credential.
+    pub streams: Arc<StreamCounts>,
     shutdown: Arc<watch::Sender<bool>>,
 }
 
@@ -72,6 +74,7 @@ impl AppState {
             metrics,
             default_host: Arc::from("localhost"),
             limits: crate::listen::Limits::default(),
+            streams: Arc::default(),
             shutdown,
         }
     }
@@ -133,6 +136,34 @@ impl AppState {
         let mut rx = self.shutdown.subscribe();
         async move {
             let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
+
+/// Live streams open per credential (see `routes::stream`).
+#[derive(Debug, Default)]
+pub struct StreamCounts(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+impl StreamCounts {
+    /// Counts one more stream for `key` unless it has `limit` already.
+    pub fn acquire(&self, key: &str, limit: usize) -> bool {
+        let mut counts = self.0.lock().expect("stream counts lock");
+        let n = counts.entry(key.to_string()).or_default();
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// One of `key`'s streams ended.
+    pub fn release(&self, key: &str) {
+        let mut counts = self.0.lock().expect("stream counts lock");
+        if let Some(n) = counts.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(key);
+            }
         }
     }
 }

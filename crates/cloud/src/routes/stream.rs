@@ -6,6 +6,13 @@
 //! change), `resync` (this subscriber fell behind and missed updates:
 //! re-read what you care about; the single-instance stream re-sends the
 //! status itself). Streams end when the server shuts down.
+//!
+//! Bounds: an update carries at most 4 KiB of payloads (larger inputs and
+//! results come as an `$elided` marker: read them from the status or
+//! history routes), a subscriber that stops reading falls behind and gets
+//! `resync` instead of pinning memory, and each credential (the function
+//! key, the master key, a device) has at most `--max-streams-per-key`
+//! streams open (429 beyond).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -39,12 +46,31 @@ pub struct StreamParams {
     pub show_history_output: Option<String>,
 }
 
-/// Decrements the open-streams gauge when a stream is dropped, however it ends.
-struct OpenStream(Arc<Metrics>);
+/// Decrements the open-streams gauge and the credential's count when a
+/// stream is dropped, however it ends.
+struct OpenStream {
+    metrics: Arc<Metrics>,
+    per_key: Arc<crate::state::StreamCounts>,
+    key: String,
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.stream_delta(-1);
+        self.metrics.stream_delta(-1);
+        self.per_key.release(&self.key);
+    }
+}
+
+/// Who a stream is counted against: the key it was opened with, or the
+/// device.
+fn credential(
+    access: Option<&crate::keys::Access>,
+    device: Option<&galaxy::players::Device>,
+) -> String {
+    match (access, device) {
+        (Some(a), _) => format!("{a:?}"),
+        (None, Some(d)) => format!("device:{}", d.device_id),
+        (None, None) => "anonymous".into(),
     }
 }
 
@@ -127,9 +153,27 @@ fn sse(feed: Feed) -> Response {
         .into_response()
 }
 
-fn feed(state: &AppState, only: Option<InstanceId>, show_output: bool) -> Feed {
+fn feed(
+    state: &AppState,
+    only: Option<InstanceId>,
+    show_output: bool,
+    key: String,
+) -> Result<Feed, AppError> {
+    if !state
+        .streams
+        .acquire(&key, state.limits.max_streams_per_key)
+    {
+        return Err(AppError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "TooManyStreams",
+            format!(
+                "this credential already has {} live streams open; close one first",
+                state.limits.max_streams_per_key
+            ),
+        ));
+    }
     state.metrics.stream_delta(1);
-    Feed {
+    Ok(Feed {
         // Subscribed before anything is read, so no change falls between
         // the first status and the first update.
         updates: state.engine.subscribe(),
@@ -138,8 +182,12 @@ fn feed(state: &AppState, only: Option<InstanceId>, show_output: bool) -> Feed {
         show_output,
         queued: VecDeque::new(),
         shutdown: Box::pin(state.shutdown_signal()),
-        _open: OpenStream(state.metrics.clone()),
-    }
+        _open: OpenStream {
+            metrics: state.metrics.clone(),
+            per_key: state.streams.clone(),
+            key,
+        },
+    })
 }
 
 /// Streams one instance: its current status, then every change.
@@ -154,11 +202,13 @@ fn feed(state: &AppState, only: Option<InstanceId>, show_output: bool) -> Feed {
         (status = 400, description = "Invalid id", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
         (status = 404, description = "Unknown instance", body = ErrorBody),
+        (status = 429, description = "Too many live streams open with this credential", body = ErrorBody),
     ),
     security(("function_key" = []), ("function_key_header" = []))
 )]
 pub async fn instance_stream(
     State(state): State<AppState>,
+    access: Option<axum::extract::Extension<crate::keys::Access>>,
     device: Option<axum::extract::Extension<galaxy::players::Device>>,
     Path(raw_id): Path<String>,
     Query(params): Query<StreamParams>,
@@ -170,7 +220,8 @@ pub async fn instance_stream(
         params.show_history_output.as_deref(),
         false,
     )?;
-    let mut feed = feed(&state, Some(id.clone()), show_output);
+    let key = credential(access.as_deref(), device.as_deref());
+    let mut feed = feed(&state, Some(id.clone()), show_output, key)?;
     let status = state
         .engine
         .status(&id, false)
@@ -200,11 +251,13 @@ pub async fn instance_stream(
          content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
+        (status = 429, description = "Too many live streams open with this credential", body = ErrorBody),
     ),
     security(("function_key" = []), ("function_key_header" = []))
 )]
 pub async fn all_stream(
     State(state): State<AppState>,
+    access: Option<axum::extract::Extension<crate::keys::Access>>,
     Query(params): Query<StreamParams>,
 ) -> Result<Response, AppError> {
     let show_output = extract::flag(
@@ -212,5 +265,6 @@ pub async fn all_stream(
         params.show_history_output.as_deref(),
         false,
     )?;
-    Ok(sse(feed(&state, None, show_output)))
+    let key = credential(access.as_deref(), None);
+    Ok(sse(feed(&state, None, show_output, key)?))
 }
