@@ -94,6 +94,7 @@ fn sigkill_at_random_points_loses_nothing_and_duplicates_nothing() {
                 .list_instances(&InstanceQuery {
                     filter: InstanceFilter::default(),
                     page_size: 1000,
+                    with_input: true,
                     continuation,
                 })
                 .await

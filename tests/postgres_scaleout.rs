@@ -256,6 +256,7 @@ async fn three_processes_on_one_database_survive_a_sigkill() {
             .list_instances(&InstanceQuery {
                 filter: InstanceFilter::default(),
                 page_size: 1000,
+                with_input: true,
                 continuation,
             })
             .await

@@ -169,6 +169,7 @@ async fn store_state(dir: &std::path::Path) -> Result<(usize, Vec<String>)> {
         .list_instances(&InstanceQuery {
             filter: InstanceFilter::default(),
             page_size: 1000,
+            with_input: true,
             continuation: None,
         })
         .await?;

@@ -1555,6 +1555,7 @@ async fn list_all(store: &dyn Store, filter: InstanceFilter) -> Vec<String> {
         .list_instances(&InstanceQuery {
             filter,
             page_size: 1000,
+            with_input: true,
             continuation: None,
         })
         .await
@@ -1652,6 +1653,7 @@ pub async fn case_list_instances_filters(store: &dyn Store) {
         .list_instances(&InstanceQuery {
             filter: prefix("alpha-1"),
             page_size: 10,
+            with_input: true,
             continuation: None,
         })
         .await
@@ -1676,6 +1678,24 @@ pub async fn case_list_instances_paging(store: &dyn Store) {
         created.insert(id, inst.created_at);
         store.create_instance(inst).await.unwrap();
     }
+    // Inputs only when asked for.
+    for with_input in [true, false] {
+        let page = store
+            .list_instances(&InstanceQuery {
+                filter: InstanceFilter::default(),
+                page_size: 25,
+                with_input,
+                continuation: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.instances.len(), 25);
+        for s in &page.instances {
+            let n: i64 = s.instance_id.as_str()[2..].parse().unwrap();
+            let expected = if with_input { json!(n) } else { Value::Null };
+            assert_eq!(s.input, expected, "with_input {with_input}");
+        }
+    }
     let mut seen = Vec::new();
     let mut continuation = None;
     let mut pages = Vec::new();
@@ -1684,6 +1704,7 @@ pub async fn case_list_instances_paging(store: &dyn Store) {
             .list_instances(&InstanceQuery {
                 filter: InstanceFilter::default(),
                 page_size: 10,
+                with_input: true,
                 continuation: continuation.take(),
             })
             .await
@@ -1719,6 +1740,7 @@ pub async fn case_list_instances_paging(store: &dyn Store) {
                 ..Default::default()
             },
             page_size: 10,
+            with_input: true,
             continuation: None,
         })
         .await
@@ -1735,6 +1757,7 @@ pub async fn case_list_instances_paging(store: &dyn Store) {
         .list_instances(&InstanceQuery {
             filter: filter.clone(),
             page_size: 4,
+            with_input: true,
             continuation: None,
         })
         .await
@@ -1743,6 +1766,7 @@ pub async fn case_list_instances_paging(store: &dyn Store) {
         .list_instances(&InstanceQuery {
             filter,
             page_size: 4,
+            with_input: true,
             continuation: first.continuation.clone(),
         })
         .await

@@ -381,6 +381,9 @@ pub struct InstanceQuery {
     pub filter: InstanceFilter,
     /// At most this many (capped by the store at 1,000).
     pub page_size: usize,
+    /// Read each instance's input (false: `input` is null and the store
+    /// reads none, so a page of instances with large inputs stays small).
+    pub with_input: bool,
     /// The opaque token of the previous page, or `None` for the first.
     pub continuation: Option<String>,
 }

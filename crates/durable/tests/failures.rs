@@ -27,6 +27,7 @@ async fn unknown_orchestration_is_refused_at_start() {
         .list(&durable::InstanceQuery {
             filter: Default::default(),
             page_size: 10,
+            with_input: true,
             continuation: None,
         })
         .await

@@ -121,6 +121,7 @@ async fn several_engines_with_their_own_stores_run_side_by_side() {
             .list(&durable::InstanceQuery {
                 filter: Default::default(),
                 page_size: 100,
+                with_input: true,
                 continuation: None,
             })
             .await

@@ -97,6 +97,7 @@ async fn list_all(
             .list(&InstanceQuery {
                 filter: filter.clone(),
                 page_size,
+                with_input: true,
                 continuation: continuation.take(),
             })
             .await

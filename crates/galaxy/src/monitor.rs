@@ -109,6 +109,7 @@ pub async fn recent_instances(
                 ..Default::default()
             },
             page_size: limit.clamp(1, 1000),
+            with_input: true,
             continuation: None,
         })
         .await?;

@@ -215,6 +215,7 @@ pub async fn list(
             params.instance_id_prefix,
         )?,
         page_size: extract::top(params.top.as_deref(), DEFAULT_PAGE)?,
+        with_input: show_input,
         continuation: extract::decode_token(&headers, &state.keys.token_signer())?,
     };
     let page = state.engine.list(&query).await?;

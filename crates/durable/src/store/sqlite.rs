@@ -2453,8 +2453,15 @@ impl Store for SqliteStore {
                 ));
             }
             let size = query.page_size.clamp(1, 1000);
+            // Without inputs, the column is read as JSON null: nothing of
+            // a large input is loaded.
+            let columns = if query.with_input {
+                STATUS_COLUMNS.to_string()
+            } else {
+                STATUS_COLUMNS.replacen("input,", "'null' AS input,", 1)
+            };
             let sql = format!(
-                "SELECT {STATUS_COLUMNS} FROM instances WHERE {where_} ORDER BY created_at DESC, instance_id DESC LIMIT {}",
+                "SELECT {columns} FROM instances WHERE {where_} ORDER BY created_at DESC, instance_id DESC LIMIT {}",
                 size + 1
             );
             let mut stmt = c.prepare(&sql).map_err(db_err)?;
