@@ -287,7 +287,7 @@ impl GalaxyTable {
             job(conn, effects).map(|v| Box::new(v) as Box<dyn Any + Send>)
         });
         self.writer
-            .run(Write::Job(job, tx))
+            .submit(Write::Job(job, tx))
             .map_err(|_| TableError::Closed)?;
         let value = rx.await.map_err(|_| TableError::Closed)??;
         Ok(*value
@@ -309,7 +309,7 @@ impl GalaxyTable {
     pub async fn insert(&self, galaxy: Galaxy) -> Result<bool, TableError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .run(Write::Insert(galaxy, tx))
+            .submit(Write::Insert(galaxy, tx))
             .map_err(|_| TableError::Closed)?;
         rx.await.map_err(|_| TableError::Closed)?
     }

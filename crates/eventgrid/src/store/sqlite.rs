@@ -458,7 +458,7 @@ impl Backend for SqliteRouter {
     ) -> Result<usize, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.publisher
-            .run((topic.to_string(), events, now_ms, tx))
+            .submit((topic.to_string(), events, now_ms, tx))
             .map_err(|_| StoreError::Interrupted("the events store is closed".into()))?;
         rx.await
             .map_err(|_| StoreError::Interrupted("the events writer stopped".into()))?
