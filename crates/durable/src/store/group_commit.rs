@@ -10,7 +10,13 @@
 //! per commit on this project's 2-core VM, a fifth of a quiet commit, and a
 //! Galaxy_Create waits for four commits in a row.
 //!
-//! Used by the engine's SQLite store and by the galaxies table.
+//! Async callers do not use the inline path ([`GroupCommit::run`]): they
+//! [`GroupCommit::submit`], so a commit's fsync never runs on an async
+//! worker thread (a slow disk would stall every request on the runtime);
+//! `run` is for callers on threads of their own.
+//!
+//! Used by the engine's SQLite store, the galaxies table and the event
+//! router.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
