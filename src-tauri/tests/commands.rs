@@ -345,22 +345,31 @@ fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
     let id = t.invoke("create_galaxy", json!({})).unwrap();
     let galaxy = wait_event(&galaxies, |g| g["instanceId"] == id);
     let row_key = galaxy["rowKey"].as_str().unwrap().to_string();
+    // The cloud's pull has it (polled with a deadline: an "up to date"
+    // already queued from before the create would prove nothing).
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let page: Value = http(async {
+            client
+                .get(format!("{}/api/sync/pull?client_id=probe", cloud.base_url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        if page["changes"][0]["entity_id"] == row_key.as_str() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never pushed: {page}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     wait_event(&loop_events, |s| {
         s["phase"] == "upToDate" && s["pending"] == 0 && s["lastSyncAt"].is_string()
     });
-    let client = reqwest::Client::new();
-    let page: Value = http(async {
-        client
-            .get(format!("{}/api/sync/pull?client_id=probe", cloud.base_url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
-    assert_eq!(page["changes"][0]["entity_id"], row_key.as_str(), "{page}");
 
     // Renames and deletes: bad input is refused readably.
     let err = t

@@ -1053,7 +1053,9 @@ impl SqliteStore {
     /// [`GroupCommit`]).
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writer.submit(make(tx)).map_err(|_| StoreError::Closed)?;
+        self.writer
+            .submit(make(tx))
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
