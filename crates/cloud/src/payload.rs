@@ -428,11 +428,43 @@ pub fn status_body(status: &InstanceStatus, options: StatusOptions) -> StatusBod
         history_events: status
             .history
             .as_ref()
-            .map(|h| history_items(h, options.show_history_output)),
+            .map(|h| bounded(history_items(h, options.show_history_output))),
         history_event_count: status.history_events,
         history_bytes: status.history_bytes,
         failure_details: status.failure.as_ref().map(Failure::from),
     }
+}
+
+/// Most history events one status answer carries.
+pub const MAX_HISTORY_ITEMS: usize = 10_000;
+/// Most payload bytes (inputs, results) one status answer's history
+/// carries; later payloads come as `$elided` markers.
+pub const MAX_HISTORY_PAYLOAD: usize = 16 << 20;
+
+/// A history answer within [`MAX_HISTORY_ITEMS`] and
+/// [`MAX_HISTORY_PAYLOAD`]: the first events, and a last item of type
+/// `Truncated` saying how many were left out.
+fn bounded(mut items: Vec<HistoryItem>) -> Vec<HistoryItem> {
+    let total = items.len();
+    if total > MAX_HISTORY_ITEMS {
+        items.truncate(MAX_HISTORY_ITEMS);
+    }
+    let mut budget = durable::elide::Budget::of(MAX_HISTORY_PAYLOAD);
+    for item in &mut items {
+        if let Some(v) = item.result.as_mut() {
+            *v = durable::elide::value(v, &mut budget);
+        }
+    }
+    if total > MAX_HISTORY_ITEMS {
+        items.push(HistoryItem {
+            event_type: "Truncated".into(),
+            result: Some(Value::String(format!(
+                "the first {MAX_HISTORY_ITEMS} of {total} history events; one answer carries no more"
+            ))),
+            ..HistoryItem::default()
+        });
+    }
+    items
 }
 
 /// One live update as the event streams send it (`event: update`).
@@ -548,6 +580,36 @@ pub fn entity(g: &Galaxy) -> GalaxyEntity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_answers_are_capped_in_events_and_payload_bytes() {
+        let item = |result: Value| HistoryItem {
+            event_type: "TaskCompleted".into(),
+            result: Some(result),
+            ..HistoryItem::default()
+        };
+        let many: Vec<HistoryItem> = (0..MAX_HISTORY_ITEMS + 5).map(|i| item(json!(i))).collect();
+        let out = bounded(many);
+        assert_eq!(out.len(), MAX_HISTORY_ITEMS + 1);
+        assert_eq!(out[MAX_HISTORY_ITEMS].event_type, "Truncated");
+        assert!(out[MAX_HISTORY_ITEMS]
+            .result
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .contains("10005"));
+        let big = json!("b".repeat(1 << 20));
+        let heavy: Vec<HistoryItem> = (0..20).map(|_| item(big.clone())).collect();
+        let out = bounded(heavy);
+        assert_eq!(out.len(), 20);
+        let kept = out
+            .iter()
+            .filter(|i| i.result.as_ref() == Some(&big))
+            .count();
+        assert_eq!(kept, 15, "16 MiB of payloads, not 20");
+        assert_eq!(out[19].result, Some(durable::elide::marker()));
+    }
 
     #[test]
     fn a_location_never_carries_the_master_key() {

@@ -70,6 +70,11 @@ impl Default for Budget {
 }
 
 impl Budget {
+    /// A budget of `bytes` (for answers larger than an update).
+    pub fn of(bytes: usize) -> Self {
+        Self(bytes as isize)
+    }
+
     /// Takes `v`'s size from the budget; false (and nothing taken) if it
     /// does not fit.
     fn take(&mut self, v: &Value) -> bool {
