@@ -167,16 +167,7 @@ async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
     // recorded).
     let until = Instant::now() + WAIT;
     loop {
-        let text = cloud
-            .http
-            .get(format!("{}/metrics", cloud.base))
-            .header("x-functions-key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = cloud.metrics().await;
         let value = |name: &str| {
             text.lines()
                 .find(|l| l.starts_with(&format!("{name}{{topic=\"galaxy-events\"}}")))
@@ -433,30 +424,18 @@ async fn every_accepted_event_is_delivered_across_a_sigkill_and_retries_end_by_a
     cloud.wait_state("durable", "limited", "Succeeded").await;
 
     const N: usize = 300;
-    let events: Vec<Value> = (0..N)
-        .map(|i| event(&format!("d{i}"), "Galaxy.Created", i as i64))
-        .collect();
+    let events = events("d", N);
     for chunk in events.chunks(100) {
         assert_eq!(cloud.publish(&endpoint, &key, json!(chunk)).await.0, 200);
     }
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < 20 {
-        let (_, b) = receiver.next().await;
-        for e in b.as_array().unwrap() {
-            seen.insert(e["id"].as_str().unwrap().to_string());
-        }
-    }
+    let mut seen = std::collections::BTreeSet::new();
+    receiver.ids_until(&mut seen, 20).await;
     // SIGKILL with deliveries in flight, then the same data directory.
     cloud.child.kill().unwrap();
     cloud.child.wait().unwrap();
     let dir = std::mem::replace(&mut cloud._dir, tempfile::tempdir().unwrap());
     let cloud = Cloud::start_in(dir);
-    while seen.len() < N {
-        let (_, b) = receiver.next().await;
-        for e in b.as_array().unwrap() {
-            seen.insert(e["id"].as_str().unwrap().to_string());
-        }
-    }
+    receiver.ids_until(&mut seen, N).await;
     assert_eq!(
         seen.len(),
         N,
@@ -537,16 +516,7 @@ async fn an_event_starts_galaxy_create_and_galaxy_created_reaches_a_subscriber_o
         .call(reqwest::Method::GET, "/api/galaxies", None)
         .await;
     assert_eq!(galaxies["value"].as_array().map(Vec::len), Some(1));
-    let text = cloud
-        .http
-        .get(format!("{}/metrics", cloud.base))
-        .header("x-functions-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = cloud.metrics().await;
     assert!(
         text.contains("galaxy_events_published_total{topic=\"galaxy-forge\"} 1"),
         "{text}"
@@ -630,16 +600,7 @@ async fn delivered_events_are_swept_after_the_retention_and_still_counted() {
         .await;
     assert_eq!(v["value"][0]["event"]["id"], "d0", "{v}");
     // ...and the counters never go down.
-    let text = cloud
-        .http
-        .get(format!("{}/metrics", cloud.base))
-        .header("x-functions-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = cloud.metrics().await;
     for line in [
         "galaxy_events_published_total{topic=\"kept\"} 6",
         "galaxy_events_delivered_total{topic=\"kept\"} 5",

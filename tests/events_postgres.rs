@@ -45,23 +45,15 @@ async fn a_killed_process_leaves_its_deliveries_to_the_other_once_its_leases_run
     one.subscribe("handover", "sub", sub).await;
     one.wait_state("handover", "sub", "Succeeded").await;
     const N: usize = 200;
-    let events: Vec<Value> = (0..N)
-        .map(|n| event(&format!("h{n}"), "Galaxy.Created", n as i64))
-        .collect();
+    let events = events("h", N);
     for chunk in events.chunks(100) {
         assert_eq!(one.publish(&endpoint, &key, json!(chunk)).await.0, 200);
     }
     let mut got = std::collections::BTreeSet::new();
-    while got.len() < 10 {
-        let (_, body) = receiver.next().await;
-        got.insert(body[0]["id"].as_str().unwrap().to_string());
-    }
+    receiver.ids_until(&mut got, 10).await;
     // Process one dies holding leases; process two delivers the rest.
     drop(one);
-    while got.len() < N {
-        let (_, body) = receiver.next().await;
-        got.insert(body[0]["id"].as_str().unwrap().to_string());
-    }
+    receiver.ids_until(&mut got, N).await;
     let v = two
         .get_until(
             "/api/events/topics/handover/events/h199/deliveries",
@@ -127,16 +119,7 @@ async fn two_processes_share_topics_and_deliver_each_event_once() {
     }
     // The counts are the database's, the same through either process.
     for cloud in [&one, &two] {
-        let text = cloud
-            .http
-            .get(format!("{}/metrics", cloud.base))
-            .header("x-functions-key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = cloud.metrics().await;
         assert!(
             text.contains(&format!(
                 "galaxy_events_delivered_total{{topic=\"shared\"}} {N}"
@@ -206,17 +189,10 @@ async fn two_processes_sweeping_delivered_events_count_each_once() {
     two.subscribe("swept", "sub", hook(&receiver.url)).await;
     one.wait_state("swept", "sub", "Succeeded").await;
     const N: usize = 60;
-    let events: Vec<Value> = (0..N)
-        .map(|n| event(&format!("s{n}"), "Galaxy.Created", n as i64))
-        .collect();
+    let events = events("s", N);
     assert_eq!(one.publish(&endpoint, &key, json!(events)).await.0, 200);
     let mut got = std::collections::BTreeSet::new();
-    while got.len() < N {
-        let (_, body) = receiver.next().await;
-        for e in body.as_array().unwrap() {
-            got.insert(e["id"].as_str().unwrap().to_string());
-        }
-    }
+    receiver.ids_until(&mut got, N).await;
     for n in 0..N {
         two.get_until(
             &format!("/api/events/topics/swept/events/s{n}/deliveries"),
@@ -226,16 +202,7 @@ async fn two_processes_sweeping_delivered_events_count_each_once() {
         .await;
     }
     for cloud in [&one, &two] {
-        let text = cloud
-            .http
-            .get(format!("{}/metrics", cloud.base))
-            .header("x-functions-key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = cloud.metrics().await;
         for line in [
             format!("galaxy_events_published_total{{topic=\"swept\"}} {N}"),
             format!("galaxy_events_delivered_total{{topic=\"swept\"}} {N}"),

@@ -131,6 +131,17 @@ impl Receiver {
         }
     }
 
+    /// Takes deliveries until `seen` holds `n` event ids (ids delivered
+    /// twice count once).
+    pub async fn ids_until(&mut self, seen: &mut std::collections::BTreeSet<String>, n: usize) {
+        while seen.len() < n {
+            let (_, body) = self.next().await;
+            for e in body.as_array().expect("a batch") {
+                seen.insert(e["id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+
     /// The next delivery (headers, body).
     pub async fn next(&mut self) -> (HeaderMap, Value) {
         tokio::time::timeout(WAIT, self.got.recv())
@@ -280,6 +291,19 @@ impl Cloud {
         }
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .header("x-functions-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn publish(&self, endpoint: &str, key: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
@@ -300,4 +324,11 @@ pub fn hook(url: &str) -> Value {
 
 pub fn event(id: &str, kind: &str, n: i64) -> Value {
     json!({"id": id, "subject": format!("/galaxies/{id}"), "eventType": kind, "eventTime": "2026-12-01T10:00:00Z", "data": {"n": n}, "dataVersion": "1.0"})
+}
+
+/// `n` Event Grid events `{prefix}0..`, of type `Galaxy.Created`.
+pub fn events(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| event(&format!("{prefix}{i}"), "Galaxy.Created", i as i64))
+        .collect()
 }

@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use eventgrid::model::{check_name, SubscriptionInput, TopicInput};
+use eventgrid::store::schema_name;
 use eventgrid::store::{Provisioning, StoreError, SubscriptionRecord, TopicRecord};
-use eventgrid::{Destination, Schema};
+use eventgrid::Destination;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -35,13 +36,6 @@ impl From<StoreError> for AppError {
             StoreError::Database(e) => AppError::internal("the events store", e),
             StoreError::Postgres(e) => AppError::internal("the events store", e),
         }
-    }
-}
-
-fn schema_name(s: Schema) -> &'static str {
-    match s {
-        Schema::EventGridSchema => "EventGridSchema",
-        Schema::CloudEvents => "CloudEventSchemaV1_0",
     }
 }
 

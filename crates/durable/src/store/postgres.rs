@@ -123,6 +123,54 @@ impl PostgresConfig {
     }
 }
 
+/// Why [`schema_pool`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaPoolError {
+    /// The schema name is not lowercase letters, digits and '_'.
+    #[error("schema name '{0}' must be lowercase letters, digits and '_'")]
+    Schema(String),
+    /// The URL does not parse.
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    /// The pool could not be built.
+    #[error("connection pool: {0}")]
+    Pool(String),
+}
+
+/// A pool of `size` connections whose sessions work in `schema`
+/// (`search_path`), and the connection settings (for a listener of one's
+/// own): how the crates that keep their tables beside the engine's (the
+/// players store, the event router) connect.
+pub fn schema_pool(
+    url: &str,
+    schema: &str,
+    size: usize,
+) -> Result<(Pool, tokio_postgres::Config), SchemaPoolError> {
+    if schema.is_empty()
+        || !schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(SchemaPoolError::Schema(schema.to_string()));
+    }
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| SchemaPoolError::Url(e.to_string()))?;
+    config.options(format!("-c search_path={schema}"));
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| SchemaPoolError::Pool(e.to_string()))?;
+    Ok((pool, config))
+}
+
 fn db_err(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(d) => StoreError::Database(format!("{}: {}", d.code().code(), d.message())),

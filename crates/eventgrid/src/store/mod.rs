@@ -596,7 +596,7 @@ pub(crate) fn attempt_json(n: i64, at_ms: i64, outcome: String, status: Option<i
 }
 
 /// The stored name of a topic's input schema.
-pub(crate) fn schema_name(s: Schema) -> &'static str {
+pub fn schema_name(s: Schema) -> &'static str {
     match s {
         Schema::EventGridSchema => "EventGridSchema",
         Schema::CloudEvents => "CloudEventSchemaV1_0",

@@ -17,9 +17,8 @@
 //!   topic, so two processes relaying the same outbox row store it once.
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use serde_json::Value;
-use tokio_postgres::NoTls;
 
 use super::{
     attempt_json, delivery_json, next_state, parse_schema, record_of, schema_name, Backend,
@@ -83,30 +82,13 @@ impl PgRouter {
         schema: &str,
         lease: std::time::Duration,
     ) -> Result<Self, StoreError> {
-        if schema.is_empty()
-            || !schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
-            return Err(StoreError::Invalid(format!(
-                "schema name '{schema}' must be lowercase letters, digits and '_'"
-            )));
-        }
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Postgres(format!("invalid database URL: {e}")))?;
-        config.options(format!("-c search_path={schema}"));
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(8)
-            .build()
-            .map_err(|e| StoreError::Postgres(format!("connection pool: {e}")))?;
+        let (pool, _) =
+            durable::store::postgres::schema_pool(url, schema, 8).map_err(|e| match e {
+                durable::store::postgres::SchemaPoolError::Schema(_) => {
+                    StoreError::Invalid(e.to_string())
+                }
+                e => StoreError::Postgres(e.to_string()),
+            })?;
         let mut client = pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute(

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use futures::StreamExt;
 use serde_json::Value;
 use sync::protocol::{
@@ -57,30 +57,13 @@ impl PgPlayers {
         schema: &str,
         changes: broadcast::Sender<PlayerChange>,
     ) -> Result<Self, PlayersError> {
-        if schema.is_empty()
-            || !schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        {
-            return Err(PlayersError::Invalid(format!(
-                "schema name '{schema}' must be lowercase letters, digits and '_'"
-            )));
-        }
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| PlayersError::Postgres(format!("invalid database URL: {e}")))?;
-        config.options(format!("-c search_path={schema}"));
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(8)
-            .build()
-            .map_err(|e| PlayersError::Postgres(format!("connection pool: {e}")))?;
+        let (pool, config) =
+            durable::store::postgres::schema_pool(url, schema, 8).map_err(|e| match e {
+                durable::store::postgres::SchemaPoolError::Schema(_) => {
+                    PlayersError::Invalid(e.to_string())
+                }
+                e => PlayersError::Postgres(e.to_string()),
+            })?;
         let mut client = pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute(
