@@ -63,8 +63,12 @@ tauri-driver:
 
 # The official clients some tests drive, pinned, installed into target/
 # (never system-wide): the Azure Event Grid publisher SDKs for Python and
-# JavaScript, and the Durable Functions library for Node.js (its client).
+# JavaScript, the Durable Functions library for Node.js (its client), and
+# the schemathesis fuzzer that checks the OpenAPI document against the
+# server (in a folder of its own: its dependencies are its own).
 PY_CLIENTS := target/test-clients/python
+FUZZER := target/test-clients/schemathesis
+SCHEMATHESIS_VERSION := 4.32.5
 NODE_CLIENTS := target/test-clients/node
 EVENTGRID_SDK_VERSION := 4.22.0
 EVENTGRID_JS_VERSION := 5.12.0
@@ -73,6 +77,10 @@ test-clients:
 	@[ -d $(PY_CLIENTS)/azure/eventgrid ] && grep -q "^Version: $(EVENTGRID_SDK_VERSION)$$" $(PY_CLIENTS)/azure_eventgrid-*.dist-info/METADATA 2>/dev/null || { \
 	  echo "installing: azure-eventgrid $(EVENTGRID_SDK_VERSION) into $(PY_CLIENTS)"; \
 	  python3 -m pip install --quiet --disable-pip-version-check --upgrade --target $(PY_CLIENTS) azure-eventgrid==$(EVENTGRID_SDK_VERSION); }
+	@grep -q "^Version: $(SCHEMATHESIS_VERSION)$$" $(FUZZER)/schemathesis-*.dist-info/METADATA 2>/dev/null || { \
+	  echo "installing: schemathesis $(SCHEMATHESIS_VERSION) into $(FUZZER)"; \
+	  rm -rf $(FUZZER); \
+	  python3 -m pip install --quiet --disable-pip-version-check --target $(FUZZER) schemathesis==$(SCHEMATHESIS_VERSION); }
 	@command -v npm >/dev/null || { \
 	  echo "installing: nodejs npm"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -42,8 +42,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-/// A JSON request body of a known shape: not JSON is 400 `InvalidJson`,
-/// the wrong shape (missing or unknown fields, wrong types) is 400
+/// A JSON object request body of a known shape (an empty body is `{}`):
+/// not JSON is 400 `InvalidJson`, the wrong shape (not an object, missing
+/// or unknown fields, wrong types) is 400
 /// `InvalidRequest` naming the field, over the limit is 413.
 pub struct Typed<T>(pub T);
 
@@ -52,10 +53,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Typed<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
         let JsonBody(value) = JsonBody::from_request(request, state).await?;
-        let value = if value.is_null() {
-            Value::Object(Default::default())
-        } else {
-            value
+        let value = match value {
+            Value::Null => Value::Object(Default::default()),
+            // serde would read a struct from an array too; the document
+            // says object.
+            Value::Object(_) => value,
+            _ => {
+                return Err(AppError::bad_request(
+                    "InvalidRequest",
+                    "the body must be a JSON object",
+                ))
+            }
         };
         serde_json::from_value(value).map(Self).map_err(|e| {
             AppError::bad_request("InvalidRequest", format!("the body does not fit: {e}"))
@@ -63,17 +71,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Typed<T> {
     }
 }
 
-/// Query parameters; a malformed query string is 400.
+/// Query parameters; a malformed query string is 400. A parameter with an
+/// empty value (`top=&showInput=`) counts as absent: clients and form
+/// encoders send those for "not set", and the OpenAPI document cannot
+/// declare an empty string valid for a number or a time.
 pub struct Query<T>(pub T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Self(q.0))
-            .map_err(|r| AppError::bad_request("InvalidQuery", r.body_text()))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        let raw = parts.uri.query().unwrap_or_default();
+        let kept = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form_urlencoded::parse(raw.as_bytes()).filter(|(_, v)| !v.is_empty()))
+            .finish();
+        serde_urlencoded::from_str(&kept).map(Self).map_err(|e| {
+            AppError::bad_request(
+                "InvalidQuery",
+                format!("the query string does not fit: {e}"),
+            )
+        })
     }
 }
 
@@ -96,10 +113,10 @@ pub fn instance_id(raw: String) -> Result<InstanceId, AppError> {
     Ok(InstanceId::new(raw)?)
 }
 
-/// A boolean query value: `true`/`false`/`1`/`0`, any case; absent or
-/// empty means `default`.
+/// A boolean query value: `true`/`false` in any case, or `1`/`0`; absent
+/// or empty means `default` (declared as [`crate::routes::rules::FLAG_PATTERN`]).
 pub fn flag(name: &str, value: Option<&str>, default: bool) -> Result<bool, AppError> {
-    match value.map(str::trim) {
+    match value {
         None | Some("") => Ok(default),
         Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
         Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(false),
@@ -113,7 +130,7 @@ pub fn flag(name: &str, value: Option<&str>, default: bool) -> Result<bool, AppE
 /// A time query value: RFC 3339 (`2024-05-01T12:00:00Z`), a date and time
 /// without zone (taken as UTC), or a date.
 pub fn time(name: &str, value: &str) -> Result<Timestamp, AppError> {
-    let v = value.trim();
+    let v = value;
     let parsed = DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&Utc))
         .ok()
@@ -141,16 +158,16 @@ pub fn time(name: &str, value: &str) -> Result<Timestamp, AppError> {
     })
 }
 
-/// A `runtimeStatus` filter: comma-separated names, any case.
+/// A `runtimeStatus` filter: comma-separated names as the clients send
+/// them (declared as [`crate::routes::rules::STATUSES_PATTERN`]).
 pub fn statuses(value: Option<&str>) -> Result<Vec<RuntimeStatus>, AppError> {
-    let Some(v) = value else {
+    let Some(v) = value.filter(|v| !v.is_empty()) else {
         return Ok(Vec::new());
     };
     v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
         .map(|s| {
-            RuntimeStatus::parse(s).ok_or_else(|| {
+            let exact = RuntimeStatus::ALL.into_iter().find(|st| st.as_str() == s);
+            exact.ok_or_else(|| {
                 AppError::bad_request(
                     "InvalidQuery",
                     format!(
@@ -164,10 +181,10 @@ pub fn statuses(value: Option<&str>) -> Result<Vec<RuntimeStatus>, AppError> {
 
 /// A page size (`top`): 1 to 1000; absent means `default`.
 pub fn top(value: Option<&str>, default: usize) -> Result<usize, AppError> {
-    match value.map(str::trim) {
+    match value {
         None | Some("") => Ok(default),
         Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            Ok(n) if (1..=1000).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
             _ => Err(AppError::bad_request(
                 "InvalidQuery",
                 format!("top={v}: expected a whole number from 1 to 1000"),
@@ -178,7 +195,7 @@ pub fn top(value: Option<&str>, default: usize) -> Result<usize, AppError> {
 
 /// A duration in seconds (`timeout`, `pollingInterval`): finite, not negative.
 pub fn seconds(name: &str, value: &str) -> Result<f64, AppError> {
-    match value.trim().parse::<f64>() {
+    match value.parse::<f64>() {
         Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
         _ => Err(AppError::bad_request(
             "InvalidQuery",
@@ -339,12 +356,18 @@ mod tests {
         );
         assert!(time("t", "yesterday").is_err());
         assert_eq!(
-            statuses(Some("running, Failed")).unwrap(),
+            statuses(Some("Running,Failed")).unwrap(),
             vec![RuntimeStatus::Running, RuntimeStatus::Failed]
         );
-        assert!(statuses(Some("Sleeping")).is_err());
+        // Exactly what the document declares: no other case, spaces or
+        // empty entries.
+        for bad in ["Sleeping", "running", "Running, Failed", "Running,"] {
+            assert!(statuses(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(flag("x", Some(" true"), false).is_err());
         assert_eq!(top(Some("5"), 100).unwrap(), 5);
         assert!(top(Some("0"), 100).is_err());
+        assert!(top(Some("+5"), 100).is_err());
         assert!(seconds("timeout", "NaN").is_err());
         assert!(seconds("timeout", "-1").is_err());
         assert_eq!(seconds("timeout", "2.5").unwrap(), 2.5);

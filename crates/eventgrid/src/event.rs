@@ -22,6 +22,7 @@ pub const MAX_EVENTS: usize = 5000;
 
 /// A topic's input schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Schema {
     /// `EventGridSchema`.
     EventGridSchema,

@@ -30,6 +30,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
 
 /// `PUT .../topics/{topic}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TopicInput {
     /// The schema publishers use (default `EventGridSchema`).
@@ -131,6 +132,10 @@ impl SubscriptionInput {
             }
             other => other,
         };
+        // serde would read the struct from an array too.
+        if !body.is_object() {
+            return Err("an event subscription is a JSON object".into());
+        }
         let input: SubscriptionInput =
             serde_json::from_value(body).map_err(|e| format!("not an event subscription: {e}"))?;
         input.check(topic_schema)?;

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{AppError, ErrorBody};
-use crate::extract::{JsonBody, Path, Query};
+use crate::extract::{JsonBody, Path, Query, Typed};
 use crate::payload::BaseUrl;
 use crate::state::AppState;
 
@@ -79,7 +79,7 @@ fn name(what: &str, raw: &str) -> Result<(), AppError> {
 /// Creates a topic or changes its input schema.
 #[utoipa::path(put, path = "/api/events/topics/{topic}", tag = "events",
     params(("topic" = String, Path, description = "3 to 64 letters, digits and dashes")),
-    request_body(content = Object, description = "`{\"inputSchema\": \"EventGridSchema\" | \"CloudEventSchemaV1_0\"}`", content_type = "application/json"),
+    request_body(content = Option<TopicInput>, description = "The input schema (default EventGridSchema); the body may be empty", content_type = "application/json"),
     responses((status = 200, description = "`{name, endpoint, inputSchema, provisioningState}`", body = Object),
         (status = 400, description = "Bad name or body", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
@@ -87,12 +87,9 @@ pub async fn put_topic(
     State(state): State<AppState>,
     base: BaseUrl,
     Path(topic): Path<String>,
-    JsonBody(body): JsonBody,
+    Typed(input): Typed<TopicInput>,
 ) -> Result<Response, AppError> {
     name("topic", &topic)?;
-    let body = if body.is_null() { json!({}) } else { body };
-    let input: TopicInput = serde_json::from_value(body)
-        .map_err(|e| AppError::bad_request("InvalidRequest", format!("not a topic: {e}")))?;
     let t = state.events.put_topic(&topic, input.input_schema).await?;
     Ok(Json(topic_body(&base, &t)).into_response())
 }
@@ -158,30 +155,26 @@ pub async fn list_keys(
 }
 
 /// Body of `regenerateKey`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct KeyName {
+pub struct KeyName {
+    /// Which key to replace.
+    #[schema(pattern = "^key[12]$")]
     key_name: String,
 }
 
 /// Replaces one of the topic's keys.
 #[utoipa::path(post, path = "/api/events/topics/{topic}/regenerateKey", tag = "events",
     params(("topic" = String, Path, description = "The topic")),
-    request_body(content = Object, description = "`{\"keyName\": \"key1\" | \"key2\"}`", content_type = "application/json"),
+    request_body(content = KeyName, content_type = "application/json"),
     responses((status = 200, description = "`{key1, key2}`", body = Object), (status = 400, description = "Bad keyName", body = ErrorBody),
         (status = 404, description = "No such topic", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
 pub async fn regenerate_key(
     State(state): State<AppState>,
     Path(topic): Path<String>,
-    JsonBody(body): JsonBody,
+    Typed(k): Typed<KeyName>,
 ) -> Result<Response, AppError> {
-    let k: KeyName = serde_json::from_value(body).map_err(|e| {
-        AppError::bad_request(
-            "InvalidRequest",
-            format!("expected {{\"keyName\": \"key1\"}}: {e}"),
-        )
-    })?;
     let t = state.events.regenerate_key(&topic, &k.key_name).await?;
     Ok(Json(json!({ "key1": t.key1, "key2": t.key2 })).into_response())
 }
@@ -385,12 +378,14 @@ pub async fn redeliver(
 #[utoipa::path(get, path = "/api/events/topics/{topic}/events/{eventId}/deliveries", tag = "events",
     params(("topic" = String, Path, description = "The topic"), ("eventId" = String, Path, description = "The event's id")),
     responses((status = 200, description = "`{value: [{sequence, subscription, state, deliveryAttempts, deadLetterReason, attempts}]}`", body = Object),
-        (status = 401, description = "Missing or wrong key", body = ErrorBody)),
+        (status = 401, description = "Missing or wrong key", body = ErrorBody), (status = 404, description = "No such topic", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
 pub async fn deliveries(
     State(state): State<AppState>,
     Path((topic, event_id)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
+    // An unknown topic is a 404, not an empty list.
+    state.events.topic(&topic).await?;
     Ok(
         Json(json!({ "value": state.events.event_deliveries(&topic, &event_id).await? }))
             .into_response(),

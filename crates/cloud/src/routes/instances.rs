@@ -61,6 +61,7 @@ pub struct ListParams {
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
 pub struct PurgeParams {
     /// Required: created at or after (ISO 8601).
+    #[param(required = true)]
     pub created_time_from: Option<String>,
     /// Created at or before (ISO 8601).
     pub created_time_to: Option<String>,

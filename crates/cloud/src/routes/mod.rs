@@ -6,6 +6,7 @@ pub mod galaxies;
 pub mod instances;
 pub mod ops;
 pub mod players;
+pub mod rules;
 pub mod starter;
 pub mod stream;
 pub mod sync;
@@ -134,9 +135,11 @@ pub(crate) fn build(state: &AppState) -> (Router<AppState>, utoipa::openapi::Ope
         .routes(routes!(events::validate))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::openapi));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)
         .merge(device)
         .merge(public)
-        .split_for_parts()
+        .split_for_parts();
+    rules::apply(&mut openapi);
+    (router, openapi)
 }

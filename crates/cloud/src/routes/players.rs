@@ -11,11 +11,38 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use galaxy::players::Device;
-use sync::protocol::RegisterRequest;
+use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::error::{AppError, ErrorBody};
 use crate::extract::{Path, Typed};
 use crate::state::AppState;
+
+/// Body of registering (`sync::protocol::RegisterRequest` without a code).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// Shown to the player's other devices.
+    /// Up to 64 characters, no control characters (surrounding spaces
+    /// are trimmed; empty or absent means "device").
+    #[serde(default)]
+    #[schema(pattern = r"^[^\u0000-\u001F\u007F-\u009F]{0,64}$")]
+    pub device_name: Option<String>,
+}
+
+/// Body of joining (`sync::protocol::RegisterRequest` with its code).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinBody {
+    /// A link code made on a device of the player (`K7QF-9M2D`).
+    pub code: String,
+    /// Shown to the player's other devices.
+    /// Up to 64 characters, no control characters (surrounding spaces
+    /// are trimmed; empty or absent means "device").
+    #[serde(default)]
+    #[schema(pattern = r"^[^\u0000-\u001F\u007F-\u009F]{0,64}$")]
+    pub device_name: Option<String>,
+}
 
 /// Registers a new player with this device as its first; answers the
 /// device's credentials (the token is shown only here).
@@ -23,7 +50,7 @@ use crate::state::AppState;
     post,
     path = "/api/players",
     tag = "players",
-    request_body(content = Object, description = "`{\"device_name\": \"laptop\"}` (optional)", content_type = "application/json"),
+    request_body(content = Option<RegisterBody>, description = "The body may be empty", content_type = "application/json"),
     responses(
         (status = 201, description = "`{player_id, device_id, token}`", body = Object),
         (status = 400, description = "Bad body or device name", body = ErrorBody),
@@ -31,14 +58,8 @@ use crate::state::AppState;
 )]
 pub async fn register(
     State(state): State<AppState>,
-    Typed(body): Typed<RegisterRequest>,
+    Typed(body): Typed<RegisterBody>,
 ) -> Result<Response, AppError> {
-    if body.code.is_some() {
-        return Err(AppError::bad_request(
-            "InvalidRequest",
-            "a link code joins an existing player: POST it to /api/players/devices",
-        ));
-    }
     let creds = state.players.register(body.device_name.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(creds)).into_response())
 }
@@ -68,7 +89,7 @@ pub async fn link_code(
     post,
     path = "/api/players/devices",
     tag = "players",
-    request_body(content = Object, description = "`{\"code\": \"K7QF-9M2D\", \"device_name\": \"phone\"}`", content_type = "application/json"),
+    request_body(content = JoinBody, content_type = "application/json"),
     responses(
         (status = 201, description = "`{player_id, device_id, token}`", body = Object),
         (status = 400, description = "No code, or the code is unknown, used or expired (`InvalidLinkCode`)", body = ErrorBody),
@@ -76,17 +97,11 @@ pub async fn link_code(
 )]
 pub async fn join(
     State(state): State<AppState>,
-    Typed(body): Typed<RegisterRequest>,
+    Typed(body): Typed<JoinBody>,
 ) -> Result<Response, AppError> {
-    let Some(code) = body.code.as_deref() else {
-        return Err(AppError::bad_request(
-            "InvalidRequest",
-            "joining needs a link code made on a device of the player (\"code\")",
-        ));
-    };
     let creds = state
         .players
-        .join(code, body.device_name.as_deref())
+        .join(&body.code, body.device_name.as_deref())
         .await?;
     Ok((StatusCode::CREATED, Json(creds)).into_response())
 }
