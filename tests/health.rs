@@ -80,3 +80,61 @@ async fn a_dead_store_writer_makes_healthz_503_and_the_process_exit_non_zero() {
     assert!(saw_503, "/healthz never said unhealthy: {log}");
     assert!(log.contains("stopped because"), "{log}");
 }
+
+/// A slow disk (every engine commit takes 5 s: a failpoint sleeps in the
+/// writer before its batch, as a stalled fsync would) holds the requests
+/// that wait for a commit, but nothing else: `/healthz` and table reads
+/// answer while eight starts are still waiting, because commits and reads
+/// never run on the async workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_reads_answer_while_the_disk_is_slow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines) = common::spawn_with(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &[
+            "--function-key",
+            "health-function-key-01",
+            "--master-key",
+            "health-master-key-0001",
+        ],
+        Stdio::null(),
+        &[("FAILPOINTS", "sqlite-writer-batch=sleep(5000)")],
+    );
+    let (_, base) = common::wait_listening(&lines);
+    let http = reqwest::Client::new();
+    let starts: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                http.post(format!(
+                    "{base}/api/orchestrators/Galaxy_Create?code=health-function-key-01"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .status()
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = http
+            .get(format!("{base}/api/galaxies?code=health-function-key-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Every answer above came while the starts still waited for the disk.
+    assert!(
+        starts.iter().all(|s| !s.is_finished()),
+        "a start finished before the reads: the commit was not slow, so this proved nothing"
+    );
+    for s in starts {
+        assert_eq!(s.await.unwrap(), 202);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
