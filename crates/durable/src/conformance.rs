@@ -94,6 +94,7 @@ macro_rules! conformance_tests {
             case_history_order,
             case_list_instances_filters,
             case_list_instances_paging,
+            case_list_instances_byte_budget,
             case_purge_instance,
             case_purge_instances,
             case_purge_with_queued_activity,
@@ -1667,6 +1668,67 @@ pub async fn case_list_instances_filters(store: &dyn Store) {
 
 /// `list_instances` pages newest first with a continuation, each instance
 /// exactly once, including instances created in the same millisecond.
+/// A listing page carries at most about
+/// [`PAGE_PAYLOAD_BYTES`](crate::store::page::PAGE_PAYLOAD_BYTES) of
+/// inputs: large inputs make pages shorter than asked for, with a token,
+/// and every instance is still listed exactly once.
+pub async fn case_list_instances_byte_budget(store: &dyn Store) {
+    let budget = crate::store::page::PAGE_PAYLOAD_BYTES;
+    // Five inputs of 40% of the budget: pages of three (the third crosses
+    // the budget) and then two.
+    let big = "x".repeat(budget * 2 / 5);
+    let base = types::now() - chrono::Duration::hours(1);
+    for i in 0..5i64 {
+        let mut inst = new_instance(&format!("big{i}"), json!(big));
+        inst.created_at = base + chrono::Duration::milliseconds(i);
+        store.create_instance(inst).await.unwrap();
+    }
+    let mut continuation = None;
+    let mut pages = Vec::new();
+    let mut seen = HashSet::new();
+    loop {
+        let page = store
+            .list_instances(&InstanceQuery {
+                filter: InstanceFilter {
+                    instance_id_prefix: Some("big".into()),
+                    ..Default::default()
+                },
+                page_size: 1000,
+                with_input: true,
+                continuation: continuation.take(),
+            })
+            .await
+            .unwrap();
+        pages.push(page.instances.len());
+        for s in page.instances {
+            assert_eq!(s.input, json!(big));
+            assert!(seen.insert(s.instance_id.to_string()), "listed twice");
+        }
+        match page.continuation {
+            Some(c) => continuation = Some(c),
+            None => break,
+        }
+        assert!(pages.len() < 10, "paging does not end");
+    }
+    assert_eq!(seen.len(), 5);
+    assert_eq!(pages[..2], [3, 2], "{pages:?}");
+    // Without inputs the same instances fit one page.
+    let page = store
+        .list_instances(&InstanceQuery {
+            filter: InstanceFilter {
+                instance_id_prefix: Some("big".into()),
+                ..Default::default()
+            },
+            page_size: 1000,
+            with_input: false,
+            continuation: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.instances.len(), 5);
+    assert_eq!(page.continuation, None);
+}
+
 pub async fn case_list_instances_paging(store: &dyn Store) {
     let base = types::now() - chrono::Duration::hours(1);
     let mut created = BTreeMap::new();

@@ -20,6 +20,7 @@
 
 pub mod group_commit;
 pub mod lifecycle;
+pub mod page;
 pub mod postgres;
 pub mod sqlite;
 

@@ -64,11 +64,13 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::join_all;
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
 use super::{
     ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
     PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
@@ -1875,23 +1877,20 @@ impl Store for PostgresStore {
             size + 1
         );
         let c = self.client().await?;
-        let rows = c.query(&sql, &params(&args)).await.map_err(db_err)?;
-        let mut instances = rows
-            .iter()
-            .map(status_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let continuation = if instances.len() > size {
-            instances.truncate(size);
-            instances
-                .last()
-                .map(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id))
-        } else {
-            None
-        };
-        Ok(InstancePage {
-            instances,
-            continuation,
-        })
+        // Rows stream in, so a page that fills its byte budget early
+        // stops reading (the rest is never held).
+        let rows = c
+            .query_raw(&sql, params(&args).iter().copied())
+            .await
+            .map_err(db_err)?;
+        futures::pin_mut!(rows);
+        let mut page = PageBuilder::new(size, PAGE_PAYLOAD_BYTES);
+        while let Some(row) = rows.next().await {
+            if !page.push(status_from_row(&row.map_err(db_err)?)?) {
+                break;
+            }
+        }
+        Ok(page.finish(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id)))
     }
 
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<PurgeOutcome, StoreError> {

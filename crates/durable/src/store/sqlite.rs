@@ -45,6 +45,7 @@ use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
 
 use super::group_commit::GroupCommit;
+use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
 use super::{
     ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
     PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
@@ -2470,22 +2471,13 @@ impl Store for SqliteStore {
             let rows = stmt
                 .query_map(rusqlite::params_from_iter(args), status_from_row)
                 .map_err(db_err)?;
-            let mut instances = Vec::new();
+            let mut page = PageBuilder::new(size, PAGE_PAYLOAD_BYTES);
             for row in rows {
-                instances.push(row.map_err(db_err)?.0);
+                if !page.push(row.map_err(db_err)?.0) {
+                    break;
+                }
             }
-            let continuation = if instances.len() > size {
-                instances.truncate(size);
-                instances
-                    .last()
-                    .map(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id))
-            } else {
-                None
-            };
-            Ok(InstancePage {
-                instances,
-                continuation,
-            })
+            Ok(page.finish(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id)))
         })
         .await
     }
