@@ -1,7 +1,8 @@
 //! Connections and time, against the real `galaxy-cloud`: hundreds of
 //! half-sent requests (slowloris) neither keep new clients out nor stay
-//! open past the header-read timeout, and at the connection limit a new
-//! client is served once a connection ends.
+//! open past the header-read timeout, connections that send nothing at
+//! all are closed after it too, and at the connection limit a new client
+//! is served once a connection ends.
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ async fn closed_by_server(mut s: TcpStream) -> Instant {
         match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Instant::now(),
             Ok(Ok(_)) => {} // an error answer (408) before the close
-            Err(_) => panic!("the server kept a half-sent request open for 30 s"),
+            Err(_) => panic!("the server kept a stalled connection open for 30 s"),
         }
     }
 }
@@ -60,13 +61,19 @@ async fn half_sent_requests_do_not_keep_new_clients_out_and_are_closed() {
     child.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_the_connection_limit_a_new_client_waits_for_a_connection_to_end() {
+/// At the limit of 8 connections, all held by clients that stall
+/// (`silent`: connected and sent nothing; else half a request), a new
+/// client is served once the server closed one of them.
+async fn at_the_limit_a_new_client_waits_for_a_stalled_connection_to_end(silent: bool) {
     let (mut child, base, _dir) = start(&["--max-connections", "8"]);
     let addr = base.trim_start_matches("http://").to_string();
     let mut slow = Vec::new();
     for _ in 0..8 {
-        slow.push(half_sent(&addr).await);
+        slow.push(if silent {
+            TcpStream::connect(&addr).await.unwrap()
+        } else {
+            half_sent(&addr).await
+        });
     }
     let first_close = tokio::spawn(async move {
         let closes = futures::future::join_all(slow.into_iter().map(closed_by_server)).await;
@@ -75,11 +82,24 @@ async fn at_the_connection_limit_a_new_client_waits_for_a_connection_to_end() {
     let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
     let answered = Instant::now();
     assert_eq!(r.status(), 200);
-    // Served, but only once a slot was free: after the first half-sent
+    // Served, but only once a slot was free: after the first stalled
     // connection was closed.
     assert!(first_close.await.unwrap() <= answered);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_a_new_client_waits_for_a_half_sent_request_to_end() {
+    at_the_limit_a_new_client_waits_for_a_stalled_connection_to_end(false).await;
+}
+
+/// A client that connects and never sends a byte is closed after the
+/// header-read timeout too (hyper's own timer starts only at the first
+/// byte); before, eight of them shut the server out for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_a_new_client_waits_for_a_silent_connection_to_end() {
+    at_the_limit_a_new_client_waits_for_a_stalled_connection_to_end(true).await;
 }
 
 /// Opens the all-instances stream with `key`; the status line and the

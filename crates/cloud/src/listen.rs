@@ -64,6 +64,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
+    let header_read_timeout = limits.header_read_timeout;
+    let (stopping, _) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -90,17 +92,36 @@ pub async fn serve(
         let service = app
             .clone()
             .map_request(|req: Request<Incoming>| req.map(Body::new));
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let mut stopping = stopping.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::trace!("connection ended: {e}");
+            // The auto builder reads a connection's first bytes (HTTP/1 or
+            // HTTP/2?) with no timeout of its own, and hyper's header-read
+            // timer starts only after that: a client that connects and
+            // sends nothing would hold its slot forever. (Shutdown does
+            // not wait for such a client either.)
+            let mut first = [0u8; 1];
+            let first_bytes = tokio::select! {
+                r = tokio::time::timeout(header_read_timeout, stream.peek(&mut first)) => {
+                    matches!(r, Ok(Ok(n)) if n > 0)
+                }
+                _ = stopping.changed() => false,
+            };
+            if first_bytes {
+                let connection = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(service),
+                    )
+                    .into_owned();
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::trace!("connection ended: {e}");
+                }
             }
             drop(permit);
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     graceful.shutdown().await;
 }

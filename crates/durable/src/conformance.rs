@@ -1666,8 +1666,6 @@ pub async fn case_list_instances_filters(store: &dyn Store) {
     assert_eq!(s.history, None, "listings carry no history");
 }
 
-/// `list_instances` pages newest first with a continuation, each instance
-/// exactly once, including instances created in the same millisecond.
 /// A listing page carries at most about
 /// [`PAGE_PAYLOAD_BYTES`](crate::store::page::PAGE_PAYLOAD_BYTES) of
 /// inputs: large inputs make pages shorter than asked for, with a token,
@@ -1729,6 +1727,8 @@ pub async fn case_list_instances_byte_budget(store: &dyn Store) {
     assert_eq!(page.continuation, None);
 }
 
+/// `list_instances` pages newest first with a continuation, each instance
+/// exactly once, including instances created in the same millisecond.
 pub async fn case_list_instances_paging(store: &dyn Store) {
     let base = types::now() - chrono::Duration::hours(1);
     let mut created = BTreeMap::new();

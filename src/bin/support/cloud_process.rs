@@ -43,6 +43,18 @@ impl Drop for Cloud {
     }
 }
 
+impl Cloud {
+    /// The server's process id (for reading its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `127.0.0.1:PORT`, for raw TCP clients.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+}
+
 /// Starts `bin` on `127.0.0.1:0` with `extra` arguments and waits for its
 /// `listening on` line.
 pub fn start_cloud(bin: &Path, extra: &[&str]) -> anyhow::Result<Cloud> {
