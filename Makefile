@@ -109,6 +109,8 @@ bench: deps pg-deps tauri-driver
 	./target/release/galaxy-sync-bench
 	$(CARGO) build --release --bin galaxy-cloud --bin galaxy-events-bench
 	./target/release/galaxy-events-bench
+	$(CARGO) build --release --bin galaxy-cloud --bin galaxy-conn-bench
+	./target/release/galaxy-conn-bench
 	$(CARGO) bench -p galaxy-desktop --bench desktop
 
 fmt:
