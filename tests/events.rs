@@ -609,3 +609,10 @@ async fn delivered_events_are_swept_after_the_retention_and_still_counted() {
         assert!(text.contains(line), "{line} in {text}");
     }
 }
+
+/// Dead letters are listed a page at a time (on SQLite; the same on
+/// PostgreSQL in tests/events_postgres.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_paged() {
+    dead_letters_come_in_pages(&Cloud::start()).await;
+}

@@ -211,3 +211,11 @@ async fn two_processes_sweeping_delivered_events_count_each_once() {
         }
     }
 }
+
+/// Dead letters come in pages on PostgreSQL too (rows streamed, a full
+/// page stops reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_paged() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    dead_letters_come_in_pages(&on(&url)).await;
+}

@@ -332,3 +332,56 @@ pub fn events(prefix: &str, n: usize) -> Vec<Value> {
         .map(|i| event(&format!("{prefix}{i}"), "Galaxy.Created", i as i64))
         .collect()
 }
+
+/// Dead letters are listed a page at a time (`top`, then `nextLink`),
+/// oldest first, each once: a subscription with many cannot make one
+/// answer hold them all.
+pub async fn dead_letters_come_in_pages(cloud: &Cloud) {
+    let (endpoint, key) = cloud.topic("paged-letters", "EventGridSchema").await;
+    let mut rejecting = Receiver::start(Handshake::Answer, vec![400; 5]).await;
+    let mut sub = hook(&rejecting.url);
+    sub["deadLetterDestination"] = json!({"endpointType": "StorageBlob"});
+    cloud.subscribe("paged-letters", "rejecting", sub).await;
+    cloud
+        .wait_state("paged-letters", "rejecting", "Succeeded")
+        .await;
+    let events: Vec<Value> = (0..5)
+        .map(|n| event(&format!("d{n}"), "Galaxy.Created", n))
+        .collect();
+    let (s, _) = cloud.publish(&endpoint, &key, json!(events)).await;
+    assert_eq!(s, 200);
+    let mut seen = std::collections::BTreeSet::new();
+    rejecting.ids_until(&mut seen, 5).await;
+    let path = "/api/events/topics/paged-letters/eventSubscriptions/rejecting/deadLetters";
+    cloud
+        .get_until(path, "five dead letters", |_, v| {
+            v["value"].as_array().unwrap().len() == 5
+        })
+        .await;
+    let mut next = Some(format!("{path}?top=2"));
+    let (mut pages, mut sequences, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(url) = next.take() {
+        let (s, page) = cloud.call(reqwest::Method::GET, &url, None).await;
+        assert_eq!(s, axum::http::StatusCode::OK, "{page}");
+        let letters = page["value"].as_array().unwrap();
+        pages.push(letters.len());
+        for l in letters {
+            sequences.push(l["sequence"].as_i64().unwrap());
+            ids.push(l["event"]["id"].as_str().unwrap().to_string());
+        }
+        next = page["nextLink"]
+            .as_str()
+            .map(|link| link.strip_prefix(&cloud.base).unwrap().to_string());
+        assert!(pages.len() < 10, "paging does not end");
+    }
+    assert_eq!(pages, [2, 2, 1]);
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    assert_eq!(ids, ["d0", "d1", "d2", "d3", "d4"]);
+    let (s, e) = cloud
+        .call(reqwest::Method::GET, &format!("{path}?after=-1"), None)
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (axum::http::StatusCode::BAD_REQUEST, Some("InvalidQuery"))
+    );
+}

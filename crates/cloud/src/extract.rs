@@ -193,6 +193,17 @@ pub fn top(value: Option<&str>, default: usize) -> Result<usize, AppError> {
     }
 }
 
+/// A whole number >= 0 (a cursor such as `after`): digits only.
+pub fn whole_number(name: &str, value: &str) -> Result<i64, AppError> {
+    match value.parse::<i64>() {
+        Ok(n) if n >= 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(AppError::bad_request(
+            "InvalidQuery",
+            format!("{name}={value}: expected a whole number >= 0"),
+        )),
+    }
+}
+
 /// A duration in seconds (`timeout`, `pollingInterval`): finite, not negative.
 pub fn seconds(name: &str, value: &str) -> Result<f64, AppError> {
     match value.parse::<f64>() {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{AppError, ErrorBody};
-use crate::extract::{JsonBody, Path, Query, Typed};
+use crate::extract::{self, JsonBody, Path, Query, Typed};
 use crate::payload::BaseUrl;
 use crate::state::AppState;
 
@@ -321,18 +321,49 @@ pub async fn validate(
     Ok(Json(json!({ "name": sub, "provisioningState": "Succeeded" })).into_response())
 }
 
-/// A subscription's dead letters.
+/// Query of the dead-letter listing.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterParams {
+    /// Page size, 1 to 1000 (default 100).
+    pub top: Option<String>,
+    /// List letters after this sequence number (`nextLink` carries it).
+    pub after: Option<String>,
+}
+
+/// Page size of the dead-letter listing without `top`.
+const DEAD_LETTER_PAGE: usize = 100;
+
+/// A subscription's dead letters, oldest first, a page at a time: at most
+/// `top`, and a page stops after the letter that takes its events past
+/// 16 MiB; `nextLink` is there when more may follow.
 #[utoipa::path(get, path = "/api/events/topics/{topic}/eventSubscriptions/{name}/deadLetters", tag = "events",
-    params(("topic" = String, Path, description = "The topic"), ("name" = String, Path, description = "The subscription")),
-    responses((status = 200, description = "`{value: [{sequence, event, deadLetterReason, deliveryAttempts, lastDeliveryOutcome, publishTimeMs, lastDeliveryAttemptTimeMs}]}`", body = Object),
+    params(("topic" = String, Path, description = "The topic"), ("name" = String, Path, description = "The subscription"), DeadLetterParams),
+    responses((status = 200, description = "`{value: [{sequence, event, deadLetterReason, deliveryAttempts, lastDeliveryOutcome, publishTimeMs, lastDeliveryAttemptTimeMs}], nextLink?}`", body = Object),
+        (status = 400, description = "Bad top or after", body = ErrorBody),
         (status = 404, description = "No such subscription", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
 pub async fn dead_letters(
     State(state): State<AppState>,
+    base: BaseUrl,
     Path((topic, sub)): Path<(String, String)>,
+    Query(params): Query<DeadLetterParams>,
 ) -> Result<Response, AppError> {
+    let top = extract::top(params.top.as_deref(), DEAD_LETTER_PAGE)?;
+    let after = match params.after.as_deref() {
+        None => 0,
+        Some(v) => extract::whole_number("after", v)?,
+    };
     state.events.subscription(&topic, &sub).await?;
-    Ok(Json(json!({ "value": state.events.dead_letters(&topic, &sub).await? })).into_response())
+    let page = state.events.dead_letters(&topic, &sub, after, top).await?;
+    let mut body = json!({ "value": page.value });
+    if let Some(next) = page.next_after {
+        body["nextLink"] = json!(format!(
+            "{}/api/events/topics/{topic}/eventSubscriptions/{sub}/deadLetters?top={top}&after={next}",
+            base.0
+        ));
+    }
+    Ok(Json(body).into_response())
 }
 
 /// Body of `redeliver`.

@@ -69,6 +69,10 @@ fn refine(parameter: &mut Parameter) {
             .schema_type(Type::Integer)
             .minimum(Some(1))
             .maximum(Some(1000)),
+        (ParameterIn::Query, "after") => ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(i64::MAX)),
         (ParameterIn::Query, "timeout" | "pollingInterval") => ObjectBuilder::new()
             .schema_type(Type::Number)
             .minimum(Some(0)),

@@ -13,55 +13,72 @@ use crate::types::{InstancePage, InstanceStatus};
 /// for the rest.
 pub const PAGE_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
 
-/// Collects a page from rows read newest first (the stores ask for
-/// `size + 1` rows: one more than fits means there is a next page).
-pub(crate) struct PageBuilder {
+/// Collects a page from rows read in listing order, bounded by a count
+/// and a byte budget (the stores ask for `size + 1` rows: one more than
+/// fits means there is a next page). Generic, so that other listings
+/// (the event router's dead letters) bound their pages the same way.
+pub struct PageBuilder<T> {
     size: usize,
     budget: usize,
     bytes: usize,
-    instances: Vec<InstanceStatus>,
+    items: Vec<T>,
     more: bool,
 }
 
-impl PageBuilder {
-    /// A page of at most `size` instances and about `budget` payload bytes.
-    pub(crate) fn new(size: usize, budget: usize) -> Self {
+impl<T> PageBuilder<T> {
+    /// A page of at most `size` items and about `budget` bytes.
+    pub fn new(size: usize, budget: usize) -> Self {
         Self {
             size,
             budget,
             bytes: 0,
-            instances: Vec::new(),
+            items: Vec::new(),
             more: false,
         }
     }
 
-    /// Adds the next row; false once the page is full (read no more rows).
-    pub(crate) fn push(&mut self, status: InstanceStatus) -> bool {
-        if self.instances.len() == self.size {
+    /// Adds the next row, of `bytes` payload; false once the page is full
+    /// (read no more rows).
+    pub fn push(&mut self, item: T, bytes: usize) -> bool {
+        if self.items.len() == self.size {
             self.more = true;
             return false;
         }
-        self.bytes += payload_bytes(&status);
-        self.instances.push(status);
+        self.bytes += bytes;
+        self.items.push(item);
         if self.bytes >= self.budget {
             // Whether more rows match is unknown without reading one; the
-            // token then leads to a page that may be empty.
+            // next page may then be empty.
             self.more = true;
             return false;
         }
         true
     }
 
+    /// The items, and whether more may follow the last one.
+    pub fn finish(self) -> (Vec<T>, bool) {
+        (self.items, self.more)
+    }
+}
+
+impl PageBuilder<InstanceStatus> {
+    /// Adds an instance, counting its payloads.
+    pub(crate) fn push_instance(&mut self, status: InstanceStatus) -> bool {
+        let bytes = payload_bytes(&status);
+        self.push(status, bytes)
+    }
+
     /// The page, with a token made by `token` from its last instance when
     /// more may follow.
-    pub(crate) fn finish(self, token: impl Fn(&InstanceStatus) -> String) -> InstancePage {
-        let continuation = if self.more {
-            self.instances.last().map(token)
+    pub(crate) fn instance_page(self, token: impl Fn(&InstanceStatus) -> String) -> InstancePage {
+        let (instances, more) = self.finish();
+        let continuation = if more {
+            instances.last().map(token)
         } else {
             None
         };
         InstancePage {
-            instances: self.instances,
+            instances,
             continuation,
         }
     }
@@ -119,11 +136,11 @@ mod tests {
     fn build(rows: Vec<InstanceStatus>, size: usize, budget: usize) -> InstancePage {
         let mut page = PageBuilder::new(size, budget);
         for row in rows {
-            if !page.push(row) {
+            if !page.push_instance(row) {
                 break;
             }
         }
-        page.finish(|s| s.instance_id.to_string())
+        page.instance_page(|s| s.instance_id.to_string())
     }
 
     #[test]

@@ -1886,11 +1886,11 @@ impl Store for PostgresStore {
         futures::pin_mut!(rows);
         let mut page = PageBuilder::new(size, PAGE_PAYLOAD_BYTES);
         while let Some(row) = rows.next().await {
-            if !page.push(status_from_row(&row.map_err(db_err)?)?) {
+            if !page.push_instance(status_from_row(&row.map_err(db_err)?)?) {
                 break;
             }
         }
-        Ok(page.finish(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id)))
+        Ok(page.instance_page(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id)))
     }
 
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<PurgeOutcome, StoreError> {

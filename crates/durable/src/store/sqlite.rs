@@ -2473,11 +2473,11 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             let mut page = PageBuilder::new(size, PAGE_PAYLOAD_BYTES);
             for row in rows {
-                if !page.push(row.map_err(db_err)?.0) {
+                if !page.push_instance(row.map_err(db_err)?.0) {
                     break;
                 }
             }
-            Ok(page.finish(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id)))
+            Ok(page.instance_page(|s| encode_token(s.created_at.timestamp_millis(), &s.instance_id)))
         })
         .await
     }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use durable::store::page::PageBuilder;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -134,6 +135,19 @@ pub struct DueDelivery {
     pub attempts: u32,
     /// When the event was accepted (ms since the epoch).
     pub published_ms: i64,
+}
+
+/// Most event bytes one page of dead letters carries (it stops after the
+/// letter that crosses it; an event is at most 1 MB).
+pub const DEAD_LETTER_PAGE_BYTES: usize = durable::store::page::PAGE_PAYLOAD_BYTES;
+
+/// A page of dead letters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetterPage {
+    /// The letters, oldest first.
+    pub value: Vec<DeadLetter>,
+    /// The sequence to list after for the next page, when more may follow.
+    pub next_after: Option<i64>,
 }
 
 /// One dead letter, as the API lists it.
@@ -254,11 +268,15 @@ trait Backend: Send + Sync + 'static {
     async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError>;
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
     async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError>;
+    /// Dead letters after sequence `after`, oldest first, read into `page`
+    /// until it is full.
     async fn dead_letters(
         &self,
         topic: &str,
         subscription: &str,
-    ) -> Result<Vec<DeadLetter>, StoreError>;
+        after: i64,
+        page: &mut PageBuilder<DeadLetter>,
+    ) -> Result<(), StoreError>;
     async fn redeliver(
         &self,
         topic: &str,
@@ -514,13 +532,27 @@ impl RouterStore {
         self.backend.record_attempts(attempts).await
     }
 
-    /// A subscription's dead letters, oldest first.
+    /// A page of a subscription's dead letters after sequence `after`,
+    /// oldest first: at most `top` (1 to 1000), and no more after the one
+    /// that takes the events past [`DEAD_LETTER_PAGE_BYTES`].
     pub async fn dead_letters(
         &self,
         topic: &str,
         subscription: &str,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
-        self.backend.dead_letters(topic, subscription).await
+        after: i64,
+        top: usize,
+    ) -> Result<DeadLetterPage, StoreError> {
+        let mut page = PageBuilder::new(top.clamp(1, 1000), DEAD_LETTER_PAGE_BYTES);
+        self.backend
+            .dead_letters(topic, subscription, after, &mut page)
+            .await?;
+        let (value, more) = page.finish();
+        let next_after = if more {
+            value.last().map(|d| d.sequence)
+        } else {
+            None
+        };
+        Ok(DeadLetterPage { value, next_after })
     }
 
     /// Re-drives dead letters (all of the subscription's, or the given

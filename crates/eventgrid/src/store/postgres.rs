@@ -18,6 +18,7 @@
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use durable::store::page::PageBuilder;
 use serde_json::Value;
 
 use super::{
@@ -628,30 +629,42 @@ impl Backend for PgRouter {
         &self,
         topic: &str,
         subscription: &str,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
+        after: i64,
+        page: &mut PageBuilder<DeadLetter>,
+    ) -> Result<(), StoreError> {
         let c = self.client().await?;
+        // Rows stream in: a full page stops reading (the rest is never held).
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&topic, &subscription, &after];
         let rows = c
-            .query(
+            .query_raw(
                 "SELECT d.seq, e.body, d.reason, d.attempts, d.last_outcome, e.published_ms, d.last_attempt_ms
                  FROM deliveries d JOIN events e ON e.seq = d.seq
                  WHERE lower(d.topic) = lower($1) AND lower(d.subscription) = lower($2) AND d.state = 'dead'
+                   AND d.seq > $3
                  ORDER BY d.seq",
-                &[&topic, &subscription],
+                params,
             )
             .await
             .map_err(pg)?;
-        Ok(rows
-            .iter()
-            .map(|r| DeadLetter {
+        futures::pin_mut!(rows);
+        while let Some(r) = futures::StreamExt::next(&mut rows).await {
+            let r = r.map_err(pg)?;
+            let body: &str = r.get(1);
+            let letter = DeadLetter {
                 sequence: r.get(0),
-                event: serde_json::from_str(r.get(1)).unwrap_or(Value::Null),
+                event: serde_json::from_str(body).unwrap_or(Value::Null),
                 dead_letter_reason: r.get::<_, Option<String>>(2).unwrap_or_default(),
                 delivery_attempts: r.get::<_, i64>(3) as u32,
                 last_delivery_outcome: r.get::<_, Option<String>>(4).unwrap_or_default(),
                 publish_time_ms: r.get(5),
                 last_delivery_attempt_time_ms: r.get::<_, Option<i64>>(6).unwrap_or(0),
-            })
-            .collect())
+            };
+            if !page.push(letter, body.len()) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn redeliver(
