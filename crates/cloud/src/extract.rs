@@ -16,8 +16,9 @@ use crate::error::AppError;
 /// The header that carries continuation tokens both ways.
 pub const CONTINUATION_HEADER: &str = "x-ms-continuation-token";
 
-/// A JSON request body. An empty body is `null` (the contract allows a
-/// starter without input); anything else must parse as JSON (else 400).
+/// A JSON request body. An empty body (no bytes at all) is `null` (the
+/// contract allows a starter without input); anything else, whitespace
+/// alone too, must parse as JSON (else 400).
 /// A body over the limit is 413.
 pub struct JsonBody(pub Value);
 
@@ -33,7 +34,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 AppError::bad_request("InvalidBody", r.body_text())
             }
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        if bytes.is_empty() {
             return Ok(Self(Value::Null));
         }
         serde_json::from_slice(&bytes)

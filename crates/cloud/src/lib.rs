@@ -62,8 +62,12 @@ pub const MAX_BODY: usize = 1 << 20;
 /// `tower::ServiceExt::oneshot`; [`serve`] puts it on a socket.
 pub fn app(state: AppState) -> Router {
     let (router, doc) = routes::build(&state);
-    let doc = doc
-        .to_pretty_json()
+    let doc = serde_json::to_value(&doc)
+        .map(|mut doc| {
+            routes::rules::bodies(&mut doc);
+            doc
+        })
+        .and_then(|doc| serde_json::to_string_pretty(&doc))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     router
         .fallback(not_found)

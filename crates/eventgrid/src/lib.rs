@@ -29,6 +29,7 @@ pub mod model;
 pub mod retry;
 pub mod sas;
 pub mod store;
+pub mod subscription_schema;
 
 pub use event::{Event, PublishError, Schema};
 pub use filter::{AdvancedFilter, Filter, FilterError, Operator};

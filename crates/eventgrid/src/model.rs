@@ -128,14 +128,20 @@ impl SubscriptionInput {
     pub fn parse(body: Value, topic_schema: Schema) -> Result<Self, String> {
         let body = match body {
             Value::Object(mut o) if o.contains_key("properties") => {
+                if o.len() > 1 {
+                    return Err(
+                        "an event subscription goes either at the top level or alone under 'properties'"
+                            .into(),
+                    );
+                }
                 o.remove("properties").unwrap_or(Value::Null)
             }
             other => other,
         };
-        // serde would read the struct from an array too.
-        if !body.is_object() {
-            return Err("an event subscription is a JSON object".into());
-        }
+        // serde would read a struct from an array too; JSON Schema (the
+        // document's) says object, and calls 5.0 an integer.
+        objects_where_structs_go(&body)?;
+        let body = integral_floats_as_integers(body);
         let input: SubscriptionInput =
             serde_json::from_value(body).map_err(|e| format!("not an event subscription: {e}"))?;
         input.check(topic_schema)?;
@@ -193,6 +199,61 @@ impl SubscriptionInput {
     /// The schema deliveries use.
     pub fn delivery_schema(&self, topic_schema: Schema) -> Schema {
         self.event_delivery_schema.unwrap_or(topic_schema)
+    }
+}
+
+/// The places of a subscription body serde reads into structs must hold
+/// objects (serde would also take an array there, field by field).
+fn objects_where_structs_go(body: &Value) -> Result<(), String> {
+    let object = |v: Option<&Value>, what: &str| match v {
+        None | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(format!("{what} must be a JSON object")),
+    };
+    object(Some(body), "an event subscription")?;
+    object(body.get("filter"), "filter")?;
+    object(body.get("retryPolicy"), "retryPolicy")?;
+    object(body.get("destination"), "destination")?;
+    let properties = body.get("destination").and_then(|d| d.get("properties"));
+    object(properties, "destination.properties")?;
+    let items = |v: Option<&Value>, what: &str| -> Result<(), String> {
+        if let Some(Value::Array(items)) = v {
+            for item in items {
+                object(Some(item), what)?;
+            }
+        }
+        Ok(())
+    };
+    items(
+        body.get("filter").and_then(|f| f.get("advancedFilters")),
+        "each advanced filter",
+    )?;
+    items(
+        properties.and_then(|p| p.get("deliveryAttributeMappings")),
+        "each delivery attribute mapping",
+    )
+}
+
+/// `5.0` as `5` (JSON Schema calls it an integer; serde would refuse it
+/// for a whole-number field).
+fn integral_floats_as_integers(v: Value) -> Value {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                Value::from(f as i64)
+            } else {
+                Value::Number(n)
+            }
+        }
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(integral_floats_as_integers).collect())
+        }
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k, integral_floats_as_integers(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 

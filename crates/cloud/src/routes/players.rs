@@ -28,6 +28,17 @@ pub struct RegisterBody {
     #[serde(default)]
     #[schema(pattern = r"^[^\u0000-\u001F\u007F-\u009F]{0,64}$")]
     pub device_name: Option<String>,
+    /// Null or absent: devices send `"code": null` when registering (a
+    /// code joins an existing player: `POST /api/players/devices`).
+    #[serde(default)]
+    #[schema(schema_with = null_only)]
+    pub code: Option<String>,
+}
+
+fn null_only() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Null)
+        .build()
 }
 
 /// Body of joining (`sync::protocol::RegisterRequest` with its code).
@@ -60,6 +71,12 @@ pub async fn register(
     State(state): State<AppState>,
     Typed(body): Typed<RegisterBody>,
 ) -> Result<Response, AppError> {
+    if body.code.is_some() {
+        return Err(AppError::bad_request(
+            "InvalidRequest",
+            "a link code joins an existing player: POST it to /api/players/devices",
+        ));
+    }
     let creds = state.players.register(body.device_name.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(creds)).into_response())
 }

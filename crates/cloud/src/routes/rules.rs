@@ -96,3 +96,23 @@ fn refine(parameter: &mut Parameter) {
         schema.into()
     });
 }
+
+/// Request bodies whose rules utoipa's derives cannot state (one of
+/// several shapes, fields that depend on a discriminator), set in the
+/// rendered document from JSON Schemas kept beside the checks they
+/// describe.
+pub fn bodies(doc: &mut serde_json::Value) {
+    let subscription = "/api/events/topics/{topic}/eventSubscriptions/{name}";
+    if let Some(content) = doc
+        .pointer_mut(&format!(
+            "/paths/{}/put/requestBody/content/application~1json",
+            subscription.replace('~', "~0").replace('/', "~1")
+        ))
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        content.insert(
+            "schema".into(),
+            eventgrid::subscription_schema::subscription_body(),
+        );
+    }
+}

@@ -146,16 +146,18 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// A device name as given, trimmed and checked; a default when absent.
+/// A device name as given, checked (at most 64 characters, none a control
+/// character), then trimmed; a default when absent or blank.
 pub fn check_device_name(name: Option<&str>) -> Result<String, PlayersError> {
-    let name = name.map(str::trim).unwrap_or("");
-    if name.is_empty() {
-        return Ok("device".into());
-    }
-    if name.chars().count() > MAX_DEVICE_NAME_CHARS || name.chars().any(char::is_control) {
+    let given = name.unwrap_or("");
+    if given.chars().count() > MAX_DEVICE_NAME_CHARS || given.chars().any(char::is_control) {
         return Err(PlayersError::Invalid(format!(
             "a device name has 1 to {MAX_DEVICE_NAME_CHARS} printable characters"
         )));
+    }
+    let name = given.trim();
+    if name.is_empty() {
+        return Ok("device".into());
     }
     Ok(name.to_string())
 }
@@ -505,5 +507,11 @@ mod tests {
         assert_eq!(check_device_name(Some("  laptop ")).unwrap(), "laptop");
         assert!(check_device_name(Some(&"x".repeat(65))).is_err());
         assert!(check_device_name(Some("a\nb")).is_err());
+        // Checked as given (what the OpenAPI document declares), then
+        // trimmed: a control character or an overlong name is refused
+        // even where trimming would have removed it.
+        assert!(check_device_name(Some("laptop\n")).is_err());
+        assert!(check_device_name(Some(&format!("{} ", "x".repeat(64)))).is_err());
+        assert_eq!(check_device_name(Some("   ")).unwrap(), "device");
     }
 }
