@@ -299,6 +299,34 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn subscription_bodies_read_as_their_json_schema_says() {
+        let hook = json!({"endpointType": "WebHook", "properties": {"endpointUrl": "http://127.0.0.1:9/hook"}});
+        let parse = |body: Value| SubscriptionInput::parse(body, Schema::EventGridSchema);
+        // 5.0 is a whole number in JSON Schema.
+        let mut float = json!({"destination": hook.clone()});
+        float["destination"]["properties"]["maxEventsPerBatch"] = json!(5.0);
+        let Destination::WebHook(w) = parse(float).unwrap().destination else {
+            panic!("a webhook")
+        };
+        assert_eq!(w.max_events_per_batch, 5);
+        // Objects where serde would also read arrays.
+        for bad in [
+            json!({"destination": hook.clone(), "filter": [null, null]}),
+            json!({"destination": hook.clone(), "retryPolicy": [3]}),
+            json!({"destination": hook.clone(), "filter": {"advancedFilters": [["IsNotNull", "data.x"]]}}),
+            json!([hook.clone()]),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad}");
+        }
+        // Nested under 'properties' alone, or at the top level.
+        assert!(parse(json!({"properties": {"destination": hook.clone()}})).is_ok());
+        assert!(
+            parse(json!({"properties": {"destination": hook.clone()}, "destination": hook}))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn subscriptions_read_azures_shape_nested_or_not() {
         let body = json!({"properties": {
             "destination": {"endpointType": "WebHook", "properties": {"endpointUrl": "http://127.0.0.1:9/hook", "maxEventsPerBatch": 10,
