@@ -1,8 +1,8 @@
 //! Connections and time, against the real `galaxy-cloud`: hundreds of
 //! half-sent requests (slowloris) neither keep new clients out nor stay
 //! open past the header-read timeout, connections that send nothing at
-//! all are closed after it too, and at the connection limit a new client
-//! is served once a connection ends.
+//! all and idle keep-alive connections are closed after it too, and at the
+//! connection limit a new client is served once a connection ends.
 
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,31 @@ async fn at_the_connection_limit_a_new_client_waits_for_a_half_sent_request_to_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_limit_a_new_client_waits_for_a_silent_connection_to_end() {
     at_the_limit_a_new_client_waits_for_a_stalled_connection_to_end(true).await;
+}
+
+/// A keep-alive connection left idle after its request is closed after
+/// the header-read timeout (the next request's headers never came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let (mut child, base, _dir) = start(&[]);
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: idle\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 512];
+    let n = s.read(&mut head).await.unwrap();
+    let answer = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // Then nothing: the server closes it (closed_by_server panics after
+    // 30 s, against a 1 s timeout).
+    closed_by_server(s).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// Opens the all-instances stream with `key`; the status line and the
