@@ -30,6 +30,7 @@ impl From<StoreError> for AppError {
                 AppError::not_found("EventSubscriptionNotFound", message)
             }
             StoreError::Invalid(_) => AppError::bad_request("InvalidRequest", message),
+            StoreError::Quota(_) => AppError::new(StatusCode::CONFLICT, "QuotaExceeded", message),
             StoreError::Interrupted(_) => {
                 AppError::new(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", message)
             }
@@ -81,7 +82,8 @@ fn name(what: &str, raw: &str) -> Result<(), AppError> {
     params(("topic" = String, Path, description = "3 to 64 letters, digits and dashes")),
     request_body(content = Option<TopicInput>, description = "The input schema (default EventGridSchema); the body may be empty", content_type = "application/json"),
     responses((status = 200, description = "`{name, endpoint, inputSchema, provisioningState}`", body = Object),
-        (status = 400, description = "Bad name or body", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody)),
+        (status = 400, description = "Bad name or body", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody),
+        (status = 409, description = "A new topic past the limit of 1,000 (`QuotaExceeded`)", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
 pub async fn put_topic(
     State(state): State<AppState>,
@@ -187,6 +189,7 @@ pub async fn regenerate_key(
     request_body(content = Object, description = "Azure's shape: destination, filter, eventDeliverySchema, retryPolicy, deadLetterDestination (top-level or under properties)", content_type = "application/json"),
     responses((status = 200, description = "The subscription with its provisioningState", body = Object),
         (status = 400, description = "Bad name, filter, URL or policy", body = ErrorBody), (status = 404, description = "No such topic", body = ErrorBody),
+        (status = 409, description = "A new subscription past the limit of 500 per topic (`QuotaExceeded`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
 pub async fn put_subscription(

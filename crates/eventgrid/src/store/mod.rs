@@ -50,6 +50,9 @@ pub enum StoreError {
     /// The request is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// A limit on how many topics or subscriptions there may be.
+    #[error("{0}")]
+    Quota(String),
     /// SQLite failed.
     #[error("events database error: {0}")]
     Database(#[from] rusqlite::Error),
@@ -119,6 +122,11 @@ pub struct SubscriptionRecord {
     /// The validation code the handshake sent (manual validation URL).
     pub validation_code: String,
 }
+
+/// Most topics one router keeps (a listing returns them all).
+pub const MAX_TOPICS: usize = 1000;
+/// Most event subscriptions per topic (Azure's limit).
+pub const MAX_SUBSCRIPTIONS_PER_TOPIC: usize = 500;
 
 /// A delivery due now: the event and where it goes.
 #[derive(Clone, Debug, PartialEq)]
@@ -371,6 +379,15 @@ impl RouterStore {
 
     /// Creates a topic (with two new keys) or changes its schema.
     pub async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
+        // A listing holds every topic: their number is bounded. (Checked
+        // before the write: processes racing may pass it by a few.)
+        if matches!(self.topic(name).await, Err(StoreError::NoTopic(_)))
+            && self.backend.topics().await?.len() >= MAX_TOPICS
+        {
+            return Err(StoreError::Quota(format!(
+                "at most {MAX_TOPICS} topics; delete one first"
+            )));
+        }
         let r = self.backend.put_topic(name, schema).await;
         self.changed();
         r
@@ -423,6 +440,16 @@ impl RouterStore {
         state: Provisioning,
         validation_code: String,
     ) -> Result<SubscriptionRecord, StoreError> {
+        // As Azure's 500 per topic: a topic's listing, and each of its
+        // events' deliveries, stay bounded.
+        let existing = self.backend.subscriptions(topic).await?;
+        if existing.len() >= MAX_SUBSCRIPTIONS_PER_TOPIC
+            && !existing.iter().any(|s| s.name.eq_ignore_ascii_case(name))
+        {
+            return Err(StoreError::Quota(format!(
+                "at most {MAX_SUBSCRIPTIONS_PER_TOPIC} event subscriptions per topic; delete one first"
+            )));
+        }
         let r = self
             .backend
             .put_subscription(topic, name, input, state, validation_code)
