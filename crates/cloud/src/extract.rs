@@ -184,8 +184,8 @@ pub fn statuses(value: Option<&str>) -> Result<Vec<RuntimeStatus>, AppError> {
 pub fn top(value: Option<&str>, default: usize) -> Result<usize, AppError> {
     match value {
         None | Some("") => Ok(default),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        Some(v) => match digits(v) {
+            Some(n) if (1..=1000).contains(&n) => Ok(n as usize),
             _ => Err(AppError::bad_request(
                 "InvalidQuery",
                 format!("top={v}: expected a whole number from 1 to 1000"),
@@ -194,14 +194,24 @@ pub fn top(value: Option<&str>, default: usize) -> Result<usize, AppError> {
     }
 }
 
-/// A whole number >= 0 (a cursor such as `after`): digits only.
+/// A whole number >= 0 (a cursor such as `after`).
 pub fn whole_number(name: &str, value: &str) -> Result<i64, AppError> {
-    match value.parse::<i64>() {
-        Ok(n) if n >= 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
-        _ => Err(AppError::bad_request(
-            "InvalidQuery",
-            format!("{name}={value}: expected a whole number >= 0"),
-        )),
+    digits(value)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| {
+            AppError::bad_request(
+                "InvalidQuery",
+                format!("{name}={value}: expected a whole number >= 0"),
+            )
+        })
+}
+
+/// Digits only (no sign, no spaces: what the document's integers are).
+fn digits(value: &str) -> Option<u64> {
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse().ok()
+    } else {
+        None
     }
 }
 

@@ -1666,6 +1666,24 @@ pub async fn case_list_instances_filters(store: &dyn Store) {
     assert_eq!(s.history, None, "listings carry no history");
 }
 
+/// A listing of the instances whose ids start with `prefix`.
+fn by_prefix(
+    prefix: &str,
+    page_size: usize,
+    with_input: bool,
+    continuation: Option<String>,
+) -> InstanceQuery {
+    InstanceQuery {
+        filter: InstanceFilter {
+            instance_id_prefix: Some(prefix.into()),
+            ..Default::default()
+        },
+        page_size,
+        with_input,
+        continuation,
+    }
+}
+
 /// A listing page carries at most about
 /// [`PAGE_PAYLOAD_BYTES`](crate::store::page::PAGE_PAYLOAD_BYTES) of
 /// inputs: large inputs make pages shorter than asked for, with a token,
@@ -1686,15 +1704,7 @@ pub async fn case_list_instances_byte_budget(store: &dyn Store) {
     let mut seen = HashSet::new();
     loop {
         let page = store
-            .list_instances(&InstanceQuery {
-                filter: InstanceFilter {
-                    instance_id_prefix: Some("big".into()),
-                    ..Default::default()
-                },
-                page_size: 1000,
-                with_input: true,
-                continuation: continuation.take(),
-            })
+            .list_instances(&by_prefix("big", 1000, true, continuation.take()))
             .await
             .unwrap();
         pages.push(page.instances.len());
@@ -1712,15 +1722,7 @@ pub async fn case_list_instances_byte_budget(store: &dyn Store) {
     assert_eq!(pages[..2], [3, 2], "{pages:?}");
     // Without inputs the same instances fit one page.
     let page = store
-        .list_instances(&InstanceQuery {
-            filter: InstanceFilter {
-                instance_id_prefix: Some("big".into()),
-                ..Default::default()
-            },
-            page_size: 1000,
-            with_input: false,
-            continuation: None,
-        })
+        .list_instances(&by_prefix("big", 1000, false, None))
         .await
         .unwrap();
     assert_eq!(page.instances.len(), 5);
@@ -1796,15 +1798,7 @@ pub async fn case_list_instances_paging(store: &dyn Store) {
 
     // Exactly one full page: no continuation.
     let page = store
-        .list_instances(&InstanceQuery {
-            filter: InstanceFilter {
-                instance_id_prefix: Some("pg0".into()),
-                ..Default::default()
-            },
-            page_size: 10,
-            with_input: true,
-            continuation: None,
-        })
+        .list_instances(&by_prefix("pg0", 10, true, None))
         .await
         .unwrap();
     assert_eq!(page.instances.len(), 10);

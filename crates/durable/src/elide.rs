@@ -112,42 +112,42 @@ pub fn value(v: &Value, budget: &mut Budget) -> Value {
     }
 }
 
+/// The payload of an event kind, by reference or by mutable reference
+/// (one list of the kinds that carry one).
+macro_rules! payload_of {
+    ($kind:expr) => {
+        match $kind {
+            EventKind::ExecutionStarted { input, .. }
+            | EventKind::TaskScheduled { input, .. }
+            | EventKind::SubOrchestrationCreated { input, .. }
+            | EventKind::EventRaised { input, .. }
+            | EventKind::ContinuedAsNew { input, .. } => Some(input),
+            EventKind::TaskCompleted { result, .. }
+            | EventKind::SubOrchestrationCompleted { result, .. } => Some(result),
+            EventKind::ExecutionCompleted { output, .. } => Some(output),
+            _ => None,
+        }
+    };
+}
+
 fn payload(kind: &EventKind) -> Option<&Value> {
-    match kind {
-        EventKind::ExecutionStarted { input, .. }
-        | EventKind::TaskScheduled { input, .. }
-        | EventKind::SubOrchestrationCreated { input, .. }
-        | EventKind::EventRaised { input, .. }
-        | EventKind::ContinuedAsNew { input, .. } => Some(input),
-        EventKind::TaskCompleted { result, .. }
-        | EventKind::SubOrchestrationCompleted { result, .. } => Some(result),
-        EventKind::ExecutionCompleted { output, .. } => Some(output),
-        _ => None,
-    }
+    payload_of!(kind)
 }
 
 fn payload_mut(kind: &mut EventKind) -> Option<&mut Value> {
-    match kind {
-        EventKind::ExecutionStarted { input, .. }
-        | EventKind::TaskScheduled { input, .. }
-        | EventKind::SubOrchestrationCreated { input, .. }
-        | EventKind::EventRaised { input, .. }
-        | EventKind::ContinuedAsNew { input, .. } => Some(input),
-        EventKind::TaskCompleted { result, .. }
-        | EventKind::SubOrchestrationCompleted { result, .. } => Some(result),
-        EventKind::ExecutionCompleted { output, .. } => Some(output),
-        _ => None,
-    }
+    payload_of!(kind)
 }
 
 /// A copy of `history` for an update: payloads past the budget replaced by
-/// the marker (and never copied).
+/// the marker (an instance's input is never copied; other large payloads
+/// are copied once, then dropped for the marker, so nothing large is kept).
 pub fn history(history: &[HistoryEvent], budget: &mut Budget) -> Vec<HistoryEvent> {
     history
         .iter()
         .map(|e| match payload(&e.kind) {
             Some(p) if !budget.take(p) => {
-                // Swap the big value out before cloning, so it is not copied.
+                // The input (the usual large payload) is left out of the
+                // clone; other kinds are cloned, then their payload replaced.
                 let mut kind = match &e.kind {
                     EventKind::ExecutionStarted {
                         name,

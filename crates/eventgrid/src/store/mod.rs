@@ -277,14 +277,14 @@ trait Backend: Send + Sync + 'static {
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
     async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError>;
     /// Dead letters after sequence `after`, oldest first, read into `page`
-    /// until it is full.
+    /// until it is full; returns the page.
     async fn dead_letters(
         &self,
         topic: &str,
         subscription: &str,
         after: i64,
-        page: &mut PageBuilder<DeadLetter>,
-    ) -> Result<(), StoreError>;
+        page: PageBuilder<DeadLetter>,
+    ) -> Result<PageBuilder<DeadLetter>, StoreError>;
     async fn redeliver(
         &self,
         topic: &str,
@@ -569,11 +569,12 @@ impl RouterStore {
         after: i64,
         top: usize,
     ) -> Result<DeadLetterPage, StoreError> {
-        let mut page = PageBuilder::new(top.clamp(1, 1000), DEAD_LETTER_PAGE_BYTES);
-        self.backend
-            .dead_letters(topic, subscription, after, &mut page)
-            .await?;
-        let (value, more) = page.finish();
+        let page = PageBuilder::new(top.clamp(1, 1000), DEAD_LETTER_PAGE_BYTES);
+        let (value, more) = self
+            .backend
+            .dead_letters(topic, subscription, after, page)
+            .await?
+            .finish();
         let next_after = if more {
             value.last().map(|d| d.sequence)
         } else {

@@ -630,8 +630,8 @@ impl Backend for PgRouter {
         topic: &str,
         subscription: &str,
         after: i64,
-        page: &mut PageBuilder<DeadLetter>,
-    ) -> Result<(), StoreError> {
+        mut page: PageBuilder<DeadLetter>,
+    ) -> Result<PageBuilder<DeadLetter>, StoreError> {
         let c = self.client().await?;
         // Rows stream in: a full page stops reading (the rest is never held).
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
@@ -664,7 +664,7 @@ impl Backend for PgRouter {
                 break;
             }
         }
-        Ok(())
+        Ok(page)
     }
 
     async fn redeliver(

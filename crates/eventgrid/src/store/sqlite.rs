@@ -584,40 +584,36 @@ impl Backend for SqliteRouter {
         topic: &str,
         subscription: &str,
         after: i64,
-        page: &mut PageBuilder<DeadLetter>,
-    ) -> Result<(), StoreError> {
+        mut page: PageBuilder<DeadLetter>,
+    ) -> Result<PageBuilder<DeadLetter>, StoreError> {
         let (topic, subscription) = (topic.to_string(), subscription.to_string());
-        let mut taken = std::mem::replace(page, PageBuilder::new(0, 0));
-        let filled = self
-            .call(move |conn| {
-                let mut stmt = conn.prepare(
-                    "SELECT d.seq, e.body, d.reason, d.attempts, d.last_outcome, e.published_ms, d.last_attempt_ms
-                     FROM deliveries d JOIN events e ON e.seq = d.seq
-                     WHERE d.topic = ?1 AND d.subscription = ?2 AND d.state = 'dead' AND d.seq > ?3
-                     ORDER BY d.seq",
-                )?;
-                let mut rows = stmt.query(rusqlite::params![topic, subscription, after])?;
-                // Rows are read one at a time: a full page reads no more.
-                while let Some(r) = rows.next()? {
-                    let body: String = r.get(1)?;
-                    let letter = DeadLetter {
-                        sequence: r.get(0)?,
-                        event: serde_json::from_str(&body).unwrap_or(Value::Null),
-                        dead_letter_reason: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                        delivery_attempts: r.get::<_, i64>(3)? as u32,
-                        last_delivery_outcome: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                        publish_time_ms: r.get(5)?,
-                        last_delivery_attempt_time_ms: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
-                    };
-                    if !taken.push(letter, body.len()) {
-                        break;
-                    }
+        self.call(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT d.seq, e.body, d.reason, d.attempts, d.last_outcome, e.published_ms, d.last_attempt_ms
+                 FROM deliveries d JOIN events e ON e.seq = d.seq
+                 WHERE d.topic = ?1 AND d.subscription = ?2 AND d.state = 'dead' AND d.seq > ?3
+                 ORDER BY d.seq",
+            )?;
+            let mut rows = stmt.query(rusqlite::params![topic, subscription, after])?;
+            // Rows are read one at a time: a full page reads no more.
+            while let Some(r) = rows.next()? {
+                let body: String = r.get(1)?;
+                let letter = DeadLetter {
+                    sequence: r.get(0)?,
+                    event: serde_json::from_str(&body).unwrap_or(Value::Null),
+                    dead_letter_reason: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    delivery_attempts: r.get::<_, i64>(3)? as u32,
+                    last_delivery_outcome: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    publish_time_ms: r.get(5)?,
+                    last_delivery_attempt_time_ms: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                };
+                if !page.push(letter, body.len()) {
+                    break;
                 }
-                Ok(taken)
-            })
-            .await?;
-        *page = filled;
-        Ok(())
+            }
+            Ok(page)
+        })
+        .await
     }
 
     /// Re-drives dead letters (all of the subscription's, or the given
