@@ -8,10 +8,10 @@ DATA_DIR ?= data/demo
 # WebKitGTK and friends for the Tauri desktop app (src-tauri).
 APT_BUILD := build-essential pkg-config libssl-dev file libwebkit2gtk-4.1-dev libgtk-3-dev librsvg2-dev libayatana-appindicator3-dev libxdo-dev
 # ...and to test it in a real window without a screen.
-APT_TEST := xvfb xauth webkit2gtk-driver imagemagick python3-pip
+APT_TEST := xvfb xauth webkit2gtk-driver imagemagick python3-pip rpm desktop-file-utils
 TAURI_DRIVER_VERSION := 2.1.0
 
-.PHONY: run test bench deps pg-deps fmt clippy demo screenshot tauri-driver test-clients
+.PHONY: run test bench deps pg-deps fmt clippy demo screenshot tauri-driver test-clients node tauri-cli package test-package
 
 deps:
 	@missing=""; \
@@ -73,7 +73,7 @@ NODE_CLIENTS := target/test-clients/node
 EVENTGRID_SDK_VERSION := 4.22.0
 EVENTGRID_JS_VERSION := 5.12.0
 DURABLE_FUNCTIONS_JS_VERSION := 3.5.0
-test-clients:
+test-clients: node
 	@[ -d $(PY_CLIENTS)/azure/eventgrid ] && grep -q "^Version: $(EVENTGRID_SDK_VERSION)$$" $(PY_CLIENTS)/azure_eventgrid-*.dist-info/METADATA 2>/dev/null || { \
 	  echo "installing: azure-eventgrid $(EVENTGRID_SDK_VERSION) into $(PY_CLIENTS)"; \
 	  python3 -m pip install --quiet --disable-pip-version-check --upgrade --target $(PY_CLIENTS) azure-eventgrid==$(EVENTGRID_SDK_VERSION); }
@@ -81,10 +81,6 @@ test-clients:
 	  echo "installing: schemathesis $(SCHEMATHESIS_VERSION) into $(FUZZER)"; \
 	  rm -rf $(FUZZER); \
 	  python3 -m pip install --quiet --disable-pip-version-check --target $(FUZZER) schemathesis==$(SCHEMATHESIS_VERSION); }
-	@command -v npm >/dev/null || { \
-	  echo "installing: nodejs npm"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
 	@grep -q '"version": "$(EVENTGRID_JS_VERSION)"' $(NODE_CLIENTS)/node_modules/@azure/eventgrid/package.json 2>/dev/null || { \
 	  echo "installing: @azure/eventgrid $(EVENTGRID_JS_VERSION) into $(NODE_CLIENTS)"; \
 	  mkdir -p $(NODE_CLIENTS) && npm install --prefix $(NODE_CLIENTS) --no-audit --no-fund --silent @azure/eventgrid@$(EVENTGRID_JS_VERSION); }
@@ -92,9 +88,35 @@ test-clients:
 	  echo "installing: durable-functions $(DURABLE_FUNCTIONS_JS_VERSION) into $(NODE_CLIENTS)"; \
 	  mkdir -p $(NODE_CLIENTS) && npm install --prefix $(NODE_CLIENTS) --no-audit --no-fund --silent durable-functions@$(DURABLE_FUNCTIONS_JS_VERSION); }
 
+node:
+	@command -v npm >/dev/null || { \
+	  echo "installing: nodejs npm"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
+
+# Tauri's CLI (its bundler makes the .deb and .rpm): the npm package ships
+# it prebuilt, pinned, installed into target/tools (never system-wide).
+TAURI_CLI_VERSION := 2.12.5
+TAURI_CLI_DIR := target/tools/tauri-cli
+TAURI := $(CURDIR)/$(TAURI_CLI_DIR)/node_modules/.bin/tauri
+tauri-cli: node
+	@grep -q '"version": "$(TAURI_CLI_VERSION)"' $(TAURI_CLI_DIR)/node_modules/@tauri-apps/cli/package.json 2>/dev/null || { \
+	  echo "installing: @tauri-apps/cli $(TAURI_CLI_VERSION) into $(TAURI_CLI_DIR)"; \
+	  mkdir -p $(TAURI_CLI_DIR) && npm install --prefix $(TAURI_CLI_DIR) --no-audit --no-fund --silent @tauri-apps/cli@$(TAURI_CLI_VERSION); }
+
+# The packages players install: target/release/bundle/{deb,rpm}/.
+package: deps tauri-cli
+	cd src-tauri && $(TAURI) build --bundles deb,rpm
+	@ls -l target/release/bundle/deb/*.deb target/release/bundle/rpm/*.rpm
+
+# The same packages from a debug build (it shares the test build's
+# dependencies): src-tauri/tests/package.rs installs and drives them.
+test-package: deps tauri-cli
+	cd src-tauri && $(TEST_ENV) $(TAURI) build --debug --bundles deb,rpm
+
 # On CI (a clean clone, built once) incremental compilation only costs disk.
 TEST_ENV := $(if $(CI),CARGO_INCREMENTAL=0,)
-test: deps pg-deps tauri-driver test-clients
+test: deps pg-deps tauri-driver test-clients test-package
 	@df -h . | awk 'NR==2 {print "disk: " $$4 " free where the build runs"}'
 	$(TEST_ENV) $(CARGO) test --workspace --all-targets
 

@@ -619,7 +619,11 @@ async fn delivered_events_are_swept_after_the_retention_and_still_counted() {
         .await;
     assert_eq!(v["value"][0]["event"]["id"], "d0", "{v}");
     let (_, v) = cloud
-        .call(reqwest::Method::GET, "/api/events/topics/kept/events/d0/deliveries", None)
+        .call(
+            reqwest::Method::GET,
+            "/api/events/topics/kept/events/d0/deliveries",
+            None,
+        )
         .await;
     assert_eq!(v["value"].as_array().map(Vec::len), Some(1), "{v}");
     // ...and the counters never go down.

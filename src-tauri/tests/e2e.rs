@@ -9,25 +9,9 @@ mod support;
 
 use anyhow::{ensure, Result};
 use durable::{InstanceFilter, InstanceQuery, SqliteStore, Store};
-use support::{App, Display};
+use support::{completed_rows, map_count, App, Display, ROWS};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const ROWS: &str = "#instance-list li.instance";
-
-fn completed_rows(n: usize) -> String {
-    format!(
-        "return document.querySelectorAll('{ROWS}[data-status=\"Completed\"]').length === {n} \
-         && document.querySelectorAll('{ROWS}').length === {n}"
-    )
-}
-
-fn map_count(n: usize) -> String {
-    format!(
-        "return document.getElementById('map').dataset.count === '{n}' \
-         && document.getElementById('galaxy-count').textContent === '{n}'"
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_galaxy_shows_it_live_then_on_the_map_and_in_the_lists() -> Result<()> {

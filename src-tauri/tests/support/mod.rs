@@ -22,6 +22,25 @@ pub const APP: &str = env!("CARGO_BIN_EXE_galaxy-desktop");
 /// How long any one condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The rows of the orchestrations panel.
+pub const ROWS: &str = "#instance-list li.instance";
+
+/// A script true when the panel shows exactly `n` rows, all Completed.
+pub fn completed_rows(n: usize) -> String {
+    format!(
+        "return document.querySelectorAll('{ROWS}[data-status=\"Completed\"]').length === {n} \
+         && document.querySelectorAll('{ROWS}').length === {n}"
+    )
+}
+
+/// A script true when the map and the header both count `n` galaxies.
+pub fn map_count(n: usize) -> String {
+    format!(
+        "return document.getElementById('map').dataset.count === '{n}' \
+         && document.getElementById('galaxy-count').textContent === '{n}'"
+    )
+}
+
 /// Where screenshots go: `<target>/screenshots`.
 pub fn screenshot_dir() -> PathBuf {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
@@ -70,13 +89,19 @@ pub struct Display {
 impl Display {
     /// Starts Xvfb with a 1280x800 screen.
     pub fn start() -> Result<Self> {
+        Self::start_sized(1280, 800)
+    }
+
+    /// Starts Xvfb with a screen of this size (the window, without a
+    /// window manager, keeps the size the app asks for, clipped to it).
+    pub fn start_sized(width: u32, height: u32) -> Result<Self> {
         let mut child = Command::new("Xvfb")
             .args([
                 "-displayfd",
                 "1",
                 "-screen",
                 "0",
-                "1280x800x24",
+                &format!("{width}x{height}x24"),
                 "-nolisten",
                 "tcp",
             ])
@@ -149,6 +174,12 @@ impl App {
     /// opens a session (which starts the app) and waits until the page has
     /// loaded its state.
     pub async fn launch(display: &Display, data_dir: &Path) -> Result<Self> {
+        Self::launch_binary(display, data_dir, Path::new(APP)).await
+    }
+
+    /// [`App::launch`] of another build of the app (e.g. the binary a
+    /// package installed).
+    pub async fn launch_binary(display: &Display, data_dir: &Path, binary: &Path) -> Result<Self> {
         let launched_at = Instant::now();
         let port = free_port();
         let native_port = free_port();
@@ -182,7 +213,7 @@ impl App {
         })?;
         let caps = json!({
             "browserName": "wry",
-            "tauri:options": { "application": APP },
+            "tauri:options": { "application": binary },
         });
         let session_requested_at = std::time::SystemTime::now();
         let client = ClientBuilder::new(HttpConnector::new())
