@@ -1,6 +1,7 @@
 // The galaxy map: a canvas with a starfield, galaxies as soft glowing
 // points at their (x, y) coordinates (size from z, tint from the name),
-// names on hover, on selection and when zoomed in; new galaxies pulse in.
+// names on hover, on selection and when zoomed in; new galaxies pulse in
+// (unless the player prefers reduced motion).
 // Pan by dragging or arrow keys, zoom with the wheel or + / -, 0 resets,
 // [ and ] step through galaxies. Draws only when something changed.
 
@@ -337,8 +338,12 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
     if (notify) onSelect(selected);
   }
 
+  // Players who ask for less motion see new galaxies appear, not pulse.
+  const calm = window.matchMedia("(prefers-reduced-motion: reduce)");
+
   function add(galaxy, key, fresh) {
     if (byKey.has(key)) return;
+    fresh = fresh && !calm.matches;
     const p = {
       key, galaxy,
       x: galaxy.coords.x, y: galaxy.coords.y, z: galaxy.coords.z,

@@ -15,6 +15,7 @@ export const state = {
   openInstance: null,     // instanceId shown in the dock
   selectedGalaxy: null,   // galaxy key selected on the map
   rowErrors: new Map(),   // instanceId -> message of a failed command on that row
+  loaded: false,          // the first snapshot is drawn (panels draw events after it)
 };
 
 export function subscribe(topic, fn) {

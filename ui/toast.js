@@ -1,16 +1,28 @@
-// Short notices in the corner; errors stay longer and are announced.
+// Short notices in the corner; errors stay longer. Each notice is spoken
+// once: its text goes to one of two live regions that exist from the start
+// (a polite one and an assertive one for errors), so a screen reader hears
+// it when it is shown, never again when a panel repaints.
 import { h } from "./format.js";
 
-const box = () => document.getElementById("toasts");
+const $ = (id) => document.getElementById(id);
+
+function announce(message, error) {
+  const region = $(error ? "announce-alert" : "announce-status");
+  if (!region) return;
+  // Same text twice in a row still counts as a new announcement.
+  region.textContent = "";
+  requestAnimationFrame(() => { region.textContent = message; });
+}
 
 export function toast(message, { error = false, timeout } = {}) {
   const close = () => el.remove();
-  const el = h("div", { class: "toast" + (error ? " error" : ""), role: error ? "alert" : "status" },
+  const el = h("div", { class: "toast" + (error ? " error" : "") },
     h("span", { class: "tmsg" }, message),
     h("button", { type: "button", "aria-label": "Dismiss", onclick: close }, "✕"));
-  box().append(el);
-  while (box().children.length > 5) box().firstElementChild.remove();
+  $("toasts").append(el);
+  while ($("toasts").children.length > 5) $("toasts").firstElementChild.remove();
   setTimeout(close, timeout ?? (error ? 10000 : 4000));
+  announce(message, error);
   return el;
 }
 

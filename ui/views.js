@@ -7,7 +7,7 @@ const ICON = { Completed: "✓", Failed: "✗", Scheduled: "…" };
 
 function taskChip(task) {
   const state = task.state;
-  return h("div", { class: "task", dataset: { state, task: task.name } },
+  return h("span", { class: "task", dataset: { state, task: task.name } },
     h("span", { class: "ticon", "aria-hidden": "true" }, ICON[state] || "•"),
     h("span", { class: "tname" }, task.name),
     h("span", { class: "tstate" }, state === "Scheduled" ? "running" : state === "Failed" ? "failed" : ms(task.durationMs)));
@@ -29,26 +29,36 @@ export function statusBadge(status) {
   return h("span", { class: "status", dataset: { status } }, status);
 }
 
-/** One row of the orchestrations panel. */
-export function instanceRow(view, { open = false, error = null } = {}) {
+/** One row of the orchestrations panel: an `li` holding a button (the
+ *  row itself) and, below it, any error. Filled by [updateInstanceRow]. */
+export function instanceRow(view, opts) {
+  const li = h("li", {}, h("button", { type: "button", class: "row" }));
+  updateInstanceRow(li, view, opts);
+  return li;
+}
+
+/** Brings a row made by [instanceRow] up to date in place: the `li` and
+ *  its button stay the same nodes, so keyboard focus stays where it was.
+ *  Errors are plain text here; toasts announce them, once. */
+export function updateInstanceRow(li, view, { open = false, error = null } = {}) {
   const failure = view.failure ? `${view.failure.kind}: ${view.failure.message}` : null;
   const took = view.durationMs != null ? ms(view.durationMs) : clock(view.createdAt);
-  return h("li", {
-      class: "instance" + (open ? " open" : ""),
-      tabindex: "0",
-      role: "button",
-      "aria-label": `${view.name} ${view.instanceId} ${view.runtimeStatus}`,
-      dataset: { id: view.instanceId, status: view.runtimeStatus, cloud: view.cloud ? "true" : "false" },
-    },
-    h("div", { class: "instance-head" },
+  li.classList.add("instance");
+  li.classList.toggle("open", open);
+  Object.assign(li.dataset, { id: view.instanceId, status: view.runtimeStatus, cloud: view.cloud ? "true" : "false" });
+  const button = li.firstElementChild;
+  button.setAttribute("aria-label", `${view.name} ${shortId(view.instanceId)} ${view.runtimeStatus}${view.galaxy ? `, galaxy ${view.galaxy.name}` : ""}`);
+  if (open) button.setAttribute("aria-current", "true"); else button.removeAttribute("aria-current");
+  button.replaceChildren(
+    h("span", { class: "instance-head" },
       h("span", { class: "instance-name" }, view.name, view.cloud ? h("span", { class: "cloud-mark", title: "runs on galaxy-cloud" }, " ☁ cloud") : null),
       h("span", { class: "instance-id", title: view.instanceId }, shortId(view.instanceId)),
       h("span", { class: "right" }, h("span", { class: "took" }, took), statusBadge(view.runtimeStatus))),
-    view.tasks.length ? h("div", { class: "tasks" },
-      taskGroups(view.tasks).map((g) => h("div", { class: "task-group" }, g.map(taskChip)))) : null,
-    view.galaxy ? h("div", { class: "instance-note" }, "galaxy ", h("span", { class: "gname" }, view.galaxy.name)) : null,
-    failure ? h("div", { class: "instance-error", role: "alert" }, failure) : null,
-    error ? h("div", { class: "instance-error", role: "alert" }, error) : null);
+    view.tasks.length ? h("span", { class: "tasks" },
+      taskGroups(view.tasks).map((g) => h("span", { class: "task-group" }, g.map(taskChip)))) : null,
+    view.galaxy ? h("span", { class: "instance-note" }, "galaxy ", h("span", { class: "gname" }, view.galaxy.name)) : null);
+  for (const old of li.querySelectorAll(":scope > .instance-error")) old.remove();
+  for (const text of [failure, error]) if (text) li.append(h("div", { class: "instance-error" }, text));
 }
 
 /** The Gantt-like timeline: the orchestrator's turns on one lane, each
@@ -108,8 +118,8 @@ export function instanceDetail(view, actions, error) {
         btn("Resume", "resume", s === "Suspended"),
         btn("Terminate", "terminate", live, "ghost danger"),
         btn("Purge", "purge", !live, "ghost danger"))),
-    view.failure ? h("div", { class: "instance-error", role: "alert" }, `${view.failure.kind}: ${view.failure.message}`) : null,
-    error ? h("div", { class: "instance-error", role: "alert" }, error) : null,
+    view.failure ? h("div", { class: "instance-error" }, `${view.failure.kind}: ${view.failure.message}`) : null,
+    error ? h("div", { class: "instance-error" }, error) : null,
     h("div", { class: "detail-body" }, gantt(view), eventList(view)),
     h("div", { class: "io" },
       h("div", {}, h("h4", {}, "Input"), h("pre", {}, json(view.input))),
@@ -137,10 +147,12 @@ export function galaxyCard(galaxy, openInstance, { rename, remove } = {}) {
     edit);
 }
 
-/** One entry of the galaxies list. */
-export function galaxyItem(galaxy, key, selected) {
-  return h("li", { class: "galaxy-item" + (selected ? " selected" : ""), tabindex: "0", role: "button", dataset: { key, origin: galaxy.origin || "" } },
-    h("span", { class: "swatch", style: { background: `hsl(${hueOf(galaxy.name)}, 90%, 70%)`, boxShadow: `0 0 8px hsl(${hueOf(galaxy.name)}, 90%, 60%)` } }),
-    h("span", { class: "gname" }, galaxy.name),
-    h("span", { class: "gcoords" }, `${galaxy.coords.x}, ${galaxy.coords.y}`));
+/** One entry of the galaxies list: an `li` holding the button that
+ *  selects the galaxy. */
+export function galaxyItem(galaxy, key, selected, onSelect) {
+  return h("li", { class: "galaxy-item" + (selected ? " selected" : ""), dataset: { key, origin: galaxy.origin || "" } },
+    h("button", { type: "button", class: "row", "aria-current": selected ? "true" : null, onclick: () => onSelect(key) },
+      h("span", { class: "swatch", style: { background: `hsl(${hueOf(galaxy.name)}, 90%, 70%)`, boxShadow: `0 0 8px hsl(${hueOf(galaxy.name)}, 90%, 60%)` } }),
+      h("span", { class: "gname" }, galaxy.name),
+      h("span", { class: "gcoords" }, `${galaxy.coords.x}, ${galaxy.coords.y}`)));
 }

@@ -29,6 +29,9 @@ pub const GALAXY_REMOVED: &str = "galaxy-removed";
 pub const CLOUD_INSTANCE: &str = "cloud-instance";
 /// Payload: a message for the player.
 pub const NOTICE: &str = "notice";
+/// Payload: none. A second launch on the same data brought this window to
+/// the front.
+pub const FOCUS_REQUESTED: &str = "focus-requested";
 /// Payload: a message. The local store could not be opened.
 pub const FATAL: &str = "fatal";
 

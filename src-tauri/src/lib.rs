@@ -11,6 +11,8 @@
 //! - `events`: what Rust pushes to the UI (engine updates, sync status,
 //!   galaxies changed by sync).
 //! - `error`: [`CommandError`], serialized as `{kind, message}`.
+//! - `single_instance`: one window per data folder; a second launch
+//!   focuses the first (no Tauri in it).
 //!
 //! Invariant: this is the only crate that knows Tauri. Logic (views of
 //! instances, the update forwarding, settings, reachability) lives in
@@ -19,6 +21,7 @@
 mod commands;
 mod error;
 mod events;
+mod single_instance;
 mod state;
 
 use tauri::{Builder, RunEvent, Runtime};
@@ -26,8 +29,8 @@ use tauri::{Builder, RunEvent, Runtime};
 pub use commands::AppSnapshot;
 pub use error::CommandError;
 pub use events::{
-    CLOUD_INSTANCE, FATAL, GALAXY_ADDED, GALAXY_REMOVED, GALAXY_UPSERTED, INSTANCE_UPDATED, NOTICE,
-    RESYNC, SYNC_LOOP, SYNC_STATUS,
+    CLOUD_INSTANCE, FATAL, FOCUS_REQUESTED, GALAXY_ADDED, GALAXY_REMOVED, GALAXY_UPSERTED,
+    INSTANCE_UPDATED, NOTICE, RESYNC, SYNC_LOOP, SYNC_STATUS,
 };
 pub use state::{Desktop, DesktopOptions, DATA_DIR_ENV};
 
@@ -124,11 +127,55 @@ pub fn run() {
     if software {
         tracing::info!("no GPU render node: WebKit draws without compositing");
     }
-    let app = configure(Builder::default())
-        .build(tauri::generate_context!())
+    let context = tauri::generate_context!();
+    let options = DesktopOptions::from_env();
+    let data_dir = options
+        .data_dir
+        .clone()
+        .or_else(|| default_data_dir(&context.config().identifier));
+    // One window per data folder: a second launch focuses the first.
+    let primary = match data_dir.as_deref().map(single_instance::claim) {
+        Some(Ok(single_instance::Launch::First(primary))) => Some(primary),
+        Some(Ok(single_instance::Launch::Focused)) => {
+            eprintln!(
+                "galaxy-desktop: Galaxy Forge is already open on {}: its window was brought to the front.",
+                data_dir.unwrap_or_default().display()
+            );
+            std::process::exit(0)
+        }
+        Some(Err(e)) => {
+            eprintln!("galaxy-desktop: {e}");
+            std::process::exit(1)
+        }
+        // No home folder: the store's own lock is the only guard.
+        None => None,
+    };
+    let app = configure_with(Builder::default(), options)
+        .build(context)
         .unwrap_or_else(|e| {
             eprintln!("galaxy-desktop: cannot start: {e}");
             std::process::exit(1)
         });
+    if let Some(primary) = primary {
+        let handle = app.handle().clone();
+        primary.serve(move || bring_to_front(&handle));
+    }
     app.run(on_event);
+}
+
+/// Where Tauri's path resolver puts the app's data when no folder is
+/// given (`app_data_dir`), known before the app is built.
+pub fn default_data_dir(identifier: &str) -> Option<std::path::PathBuf> {
+    dirs::data_dir().map(|d| d.join(identifier))
+}
+
+/// Shows, un-minimizes and focuses the main window, and tells the page.
+fn bring_to_front<R: Runtime>(app: &tauri::AppHandle<R>) {
+    use tauri::{Emitter, Manager};
+    if let Some(window) = app.get_webview_window("main") {
+        let _ = window.unminimize();
+        let _ = window.show();
+        let _ = window.set_focus();
+    }
+    let _ = app.emit(FOCUS_REQUESTED, ());
 }

@@ -449,3 +449,18 @@ fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
     drop(t);
     http(cloud.stop());
 }
+
+#[test]
+fn the_data_folder_known_before_start_is_the_one_tauri_resolves() {
+    use tauri::Manager;
+    // The single-instance guard claims the folder before the app exists;
+    // the app then opens its store where Tauri's resolver says.
+    let app = mock_builder()
+        .build(mock_context(noop_assets()))
+        .expect("app builds");
+    let identifier = app.config().identifier.clone();
+    assert_eq!(
+        galaxy_desktop::default_data_dir(&identifier),
+        Some(app.path().app_data_dir().expect("a data dir"))
+    );
+}

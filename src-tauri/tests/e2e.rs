@@ -349,3 +349,212 @@ async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_
     cloud.stop().await;
     Ok(())
 }
+
+/// Where each panel is and whether it must scroll, as the page measures it.
+const LAYOUT: &str = r##"
+const vw = window.innerWidth, vh = window.innerHeight;
+const out = { vw, vh, outside: [], clipped: [], ioVisible: false };
+for (const sel of [".topbar", ".map-panel", ".side-panel", "#galaxy-card", "#instance-detail", "#instance-list"]) {
+  const el = document.querySelector(sel);
+  const r = el.getBoundingClientRect();
+  if (r.left < 0 || r.top < 0 || r.right > vw + 0.5 || r.bottom > vh + 0.5 || r.width < 40 || r.height < 40) out.outside.push(`${sel} ${JSON.stringify(r)}`);
+  const scrolls = ["auto", "scroll"].includes(getComputedStyle(el).overflowY);
+  if (el.scrollHeight > el.clientHeight + 1 && !scrolls) out.clipped.push(sel);
+}
+const detail = document.querySelector("#instance-detail").getBoundingClientRect();
+const pres = [...document.querySelectorAll("#instance-detail .io pre")];
+out.ioVisible = pres.length === 3 && pres.every((p) => {
+  const r = p.getBoundingClientRect();
+  return r.top >= detail.top && r.bottom <= detail.bottom + 0.5 && r.bottom <= vh;
+});
+return out;
+"##;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_panel_fits_or_scrolls_inside_itself_at_three_window_sizes() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    for (width, height) in [(1024u32, 700u32), (1280, 800), (1920, 1080)] {
+        let display = Display::start_sized(width, height)?;
+        let data = tempfile::tempdir()?;
+        let app = App::launch(&display, data.path()).await?;
+        // Without a window manager the window keeps the size it asks for.
+        app.client.set_window_size(width, height).await?;
+        app.wait_js(
+            "the window at its new size",
+            &format!("return window.innerWidth === {width} && window.innerHeight === {height}"),
+        )
+        .await?;
+        app.click("#create").await?;
+        app.wait_js("the instance to complete", &completed_rows(1))
+            .await?;
+        app.wait_js(
+            "its detail open",
+            "return document.querySelector('#instance-detail .detail')?.dataset.status === 'Completed'",
+        )
+        .await?;
+        let layout = app.eval(LAYOUT).await?;
+        app.screenshot(&format!("layout-{width}x{height}")).await?;
+        ensure!(
+            layout["outside"] == serde_json::json!([]),
+            "{width}x{height}: panels outside the window: {layout}"
+        );
+        ensure!(
+            layout["clipped"] == serde_json::json!([]),
+            "{width}x{height}: panels that cut off their content: {layout}"
+        );
+        // From 1280x800 up, the open instance's input, output and custom
+        // status show without scrolling.
+        if width >= 1280 {
+            ensure!(
+                layout["ioVisible"] == true,
+                "{width}x{height}: input/output/custom status cut off: {layout}"
+            );
+        }
+        app.close().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyboard_reaches_everything_and_notices_are_spoken_once() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let display = Display::start()?;
+    let data = tempfile::tempdir()?;
+    let app = App::launch(&display, data.path()).await?;
+    app.click("#create").await?;
+    app.wait_js("the instance to complete", &completed_rows(1))
+        .await?;
+    // Rows are buttons, with no alert inside that repaints would repeat.
+    let rows = app
+        .eval(&format!(
+            "return [...document.querySelectorAll('{ROWS}')].map(li => li.firstElementChild.tagName)"
+        ))
+        .await?;
+    assert_eq!(rows, serde_json::json!(["BUTTON"]));
+    assert_eq!(
+        app.count("#instance-list [role], #instance-detail [role=alert], #galaxy-list [role]")
+            .await?,
+        0
+    );
+    // The focused row keeps focus while its instance updates: an update
+    // (a newer view, through the page's own event listener) redraws the
+    // row in place.
+    app.eval(&format!(
+        "const li = document.querySelector('{ROWS}'); window.focusedRow = li.firstElementChild; \
+         window.focusedRow.focus(); \
+         const v = window.galaxyForge.instance(li.dataset.id); \
+         window.__TAURI__.event.emit('instance-updated', {{ ...v, version: v.version + 1, customStatus: 'later' }}); \
+         return true"
+    ))
+    .await?;
+    app.wait_js(
+        "the row redrawn with focus kept",
+        &format!(
+            "const li = document.querySelector('{ROWS}'); \
+             return window.galaxyForge.instance(li.dataset.id).customStatus === 'later' \
+               && li.firstElementChild === window.focusedRow \
+               && document.activeElement === window.focusedRow"
+        ),
+    )
+    .await?;
+    app.click("#create").await?;
+    app.wait_js("both completed", &completed_rows(2)).await?;
+    // Tabs: the arrow keys move and select; only the selected tab is in
+    // the Tab order.
+    let tab = app
+        .client
+        .find(fantoccini::Locator::Css("#tab-orchestrations"))
+        .await?;
+    tab.send_keys("\u{E014}").await?; // ArrowRight
+    app.wait_js(
+        "the galaxies tab selected and focused",
+        "return document.activeElement.id === 'tab-galaxies' \
+         && document.getElementById('tab-galaxies').getAttribute('aria-selected') === 'true' \
+         && document.getElementById('tab-galaxies').tabIndex === 0 \
+         && document.getElementById('tab-orchestrations').tabIndex === -1 \
+         && !document.getElementById('galaxies').hidden",
+    )
+    .await?;
+    app.wait_js(
+        "galaxy entries as buttons",
+        "return [...document.querySelectorAll('#galaxy-list li')].length === 2 \
+         && [...document.querySelectorAll('#galaxy-list li > button')].length === 2",
+    )
+    .await?;
+    let tab = app
+        .client
+        .find(fantoccini::Locator::Css("#tab-galaxies"))
+        .await?;
+    tab.send_keys("\u{E012}").await?; // ArrowLeft
+    app.wait_js(
+        "back on the orchestrations tab",
+        "return document.activeElement.id === 'tab-orchestrations' && document.getElementById('galaxies').hidden",
+    )
+    .await?;
+    // A notice is spoken once, from the live region, however often the
+    // panels repaint after it.
+    app.click("#open-settings").await?;
+    app.eval("document.getElementById('settings-url').value = 'ftp://nope'; return true")
+        .await?;
+    app.eval("document.getElementById('settings-form').requestSubmit(); return true")
+        .await?;
+    app.wait_js(
+        "the error spoken",
+        "return document.getElementById('announce-alert').textContent.length > 0",
+    )
+    .await?;
+    let spoken = app
+        .eval("return document.getElementById('announce-alert').textContent")
+        .await?;
+    app.click("#settings-cancel").await?;
+    app.click("#create").await?;
+    app.wait_js("three completed", &completed_rows(3)).await?;
+    assert_eq!(
+        app.eval("return document.getElementById('announce-alert').textContent")
+            .await?,
+        spoken
+    );
+    // Less motion when asked: the stylesheet turns animations off.
+    let calm = app
+        .eval(
+            "return [...document.styleSheets].some(s => [...s.cssRules].some(r => \
+               r.media && r.media.mediaText.includes('prefers-reduced-motion') \
+               && r.cssRules[0].style.getPropertyValue('animation-name') === 'none'))",
+        )
+        .await?;
+    assert_eq!(calm, true);
+    app.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_launch_on_the_same_data_focuses_the_first_window() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let display = Display::start()?;
+    let data = tempfile::tempdir()?;
+    let app = App::launch(&display, data.path()).await?;
+    app.click("#create").await?;
+    app.wait_js("the instance to complete", &completed_rows(1))
+        .await?;
+    let second = std::process::Command::new(support::APP)
+        .env("DISPLAY", &display.name)
+        .env(galaxy_desktop::DATA_DIR_ENV, data.path())
+        .output()?;
+    let said = String::from_utf8_lossy(&second.stderr);
+    ensure!(
+        second.status.success(),
+        "second launch: {:?} {said}",
+        second.status
+    );
+    ensure!(said.contains("already open"), "second launch said: {said}");
+    app.wait_js(
+        "the first window asked to come forward",
+        "return window.galaxyForge.metrics.focusRequests === 1",
+    )
+    .await?;
+    // The first app still works, on its data.
+    app.click("#create").await?;
+    app.wait_js("both completed", &completed_rows(2)).await?;
+    app.close().await?;
+    Ok(())
+}

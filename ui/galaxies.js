@@ -1,0 +1,107 @@
+// The galaxies: the map, the dock's galaxy card (rename, delete) and the
+// searchable list in the side panel. Draws what store.js holds; selecting a
+// galaxy on the map opens the instance that made it.
+
+import { call } from "./api.js";
+import { toast, toastError } from "./toast.js";
+import { h } from "./format.js";
+import { state, subscribe, upsertGalaxy, removeGalaxy, galaxyKey } from "./store.js";
+import { createMap } from "./map.js";
+import { galaxyCard, galaxyItem } from "./views.js";
+import { openInstance } from "./detail.js";
+
+const $ = (id) => document.getElementById(id);
+const MAX_GALAXY_ITEMS = 400;
+
+export const map = createMap({
+  canvas: $("map-canvas"),
+  tooltip: $("map-tooltip"),
+  container: $("map"),
+  onSelect: (key) => selectGalaxy(key, { fromMap: true }),
+});
+$("zoom-in").onclick = () => map.zoomIn();
+$("zoom-out").onclick = () => map.zoomOut();
+$("zoom-reset").onclick = () => map.reset();
+
+/** Selects a galaxy (or none): the map, the card and the list follow. */
+export function selectGalaxy(key, { fromMap = false } = {}) {
+  state.selectedGalaxy = key;
+  if (!fromMap) map.select(key, { center: true });
+  const g = key && state.galaxies.get(key);
+  const card = $("galaxy-card");
+  if (!g) card.replaceChildren(h("p", { class: "hint" }, "Select a galaxy on the map to see its details."));
+  else {
+    card.replaceChildren(galaxyCard(g, openInstance, galaxyEdits));
+    if (fromMap) openInstance(g.instanceId);
+  }
+  for (const li of $("galaxy-list").children) {
+    const on = li.dataset.key === key;
+    li.classList.toggle("selected", on);
+    if (on) li.firstElementChild.setAttribute("aria-current", "true");
+    else li.firstElementChild.removeAttribute("aria-current");
+  }
+}
+
+const galaxyEdits = {
+  rename: async (g, name) => {
+    try {
+      upsertGalaxy(await call("rename_galaxy", { rowKey: g.rowKey, name }));
+      toast(`Renamed to ${name.trim()}`);
+    } catch (e) { toastError(e.message); }
+  },
+  remove: async (g) => {
+    try {
+      await call("delete_galaxy", { rowKey: g.rowKey });
+      removeGalaxy(galaxyKey(g));
+      toast(`Deleted ${g.name}`);
+    } catch (e) { toastError(e.message); }
+  },
+};
+
+let galaxyListFrame = 0;
+/** Redraws the list (at most once a frame, and only while it shows). */
+export function renderGalaxyList() {
+  if (galaxyListFrame || $("galaxies").hidden) return;
+  galaxyListFrame = requestAnimationFrame(() => {
+    galaxyListFrame = 0;
+    const q = $("galaxy-search").value.trim().toLowerCase();
+    const all = [...state.galaxies.entries()].reverse();
+    const shown = all.filter(([, g]) => !q || g.name.toLowerCase().includes(q)).slice(0, MAX_GALAXY_ITEMS);
+    // The focused entry keeps focus across the redraw.
+    const focusedKey = document.activeElement?.closest?.("#galaxy-list li")?.dataset.key;
+    $("galaxy-list").replaceChildren(...shown.map(([k, g]) => galaxyItem(g, k, k === state.selectedGalaxy, selectGalaxy)));
+    if (focusedKey) $("galaxy-list").querySelector(`li[data-key="${CSS.escape(focusedKey)}"] button`)?.focus();
+    $("galaxies-empty").hidden = shown.length > 0;
+  });
+}
+$("galaxy-search").addEventListener("input", renderGalaxyList);
+
+export function updateGalaxyCount() {
+  $("galaxy-count").textContent = state.galaxies.size;
+  $("map-empty").hidden = state.galaxies.size > 0;
+}
+
+/** Draws everything from the first snapshot. */
+export function drawGalaxies() {
+  map.setGalaxies([...state.galaxies.values()], galaxyKey);
+  updateGalaxyCount();
+  renderGalaxyList();
+}
+
+subscribe("galaxy", ({ galaxy, fresh }) => {
+  if (!state.loaded) return;
+  map.addGalaxy(galaxy, galaxyKey(galaxy), fresh);
+  updateGalaxyCount();
+  renderGalaxyList();
+});
+subscribe("galaxy-changed", ({ galaxy, key }) => {
+  map.updateGalaxy(galaxy, key);
+  if (state.selectedGalaxy === key) selectGalaxy(key, { fromMap: false });
+  renderGalaxyList();
+});
+subscribe("galaxy-removed", (key) => {
+  map.removeGalaxy(key);
+  if (state.selectedGalaxy === key) selectGalaxy(null);
+  updateGalaxyCount();
+  renderGalaxyList();
+});
