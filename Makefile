@@ -133,6 +133,8 @@ bench: deps pg-deps tauri-driver
 	./target/release/galaxy-events-bench
 	$(CARGO) build --release --bin galaxy-cloud --bin galaxy-conn-bench
 	./target/release/galaxy-conn-bench
+	$(MAKE) package
+	$(CARGO) build --release -p tauri-empty-window
 	$(CARGO) bench -p galaxy-desktop --bench desktop
 
 fmt:
