@@ -98,6 +98,7 @@ macro_rules! conformance_tests {
             case_purge_instance,
             case_purge_instances,
             case_purge_with_queued_activity,
+            case_completion_racing_purge,
             case_counts,
             case_work_signal,
             case_lifecycle_outbox,
@@ -1961,6 +1962,50 @@ pub async fn case_purge_with_queued_activity(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// An activity's completion racing a purge of its (terminated) instance:
+/// both lock the instance and the activity, in the same order, so neither
+/// can deadlock into an error. The purge deletes; the completion either
+/// lands before it (and is purged with the rest) or finds its lease gone.
+pub async fn case_completion_racing_purge(store: &dyn Store) {
+    const ROUNDS: usize = 30;
+    const TASKS: u64 = 4;
+    let tasks: Vec<u64> = (1..=TASKS).collect();
+    for round in 0..ROUNDS {
+        let id = format!("race{round}");
+        with_activities(store, &id, &tasks).await;
+        let mut acts = Vec::new();
+        while acts.len() < TASKS as usize {
+            acts.extend(store.fetch_activity_work(100, LONG).await.unwrap());
+        }
+        store
+            .send_message(&iid(&id), raised("stop", json!(null)))
+            .await
+            .unwrap();
+        run_turn(store, &id, RuntimeStatus::Terminated).await;
+        let completions = acts.iter().map(|a| {
+            store.complete_activity_work(&a.lock, task_completed(&id, a.activity.task_id))
+        });
+        let instance = iid(&id);
+        let (purged, completed) = futures::join!(
+            store.purge_instance(&instance),
+            futures::future::join_all(completions)
+        );
+        assert_eq!(purged.unwrap(), PurgeOutcome::Deleted, "round {round}");
+        for r in completed {
+            assert!(
+                matches!(r, Ok(()) | Err(StoreError::LeaseLost)),
+                "round {round}: a completion racing the purge failed: {r:?}"
+            );
+        }
+        assert_eq!(store.queue_depth().await.unwrap(), (0, 0), "round {round}");
+        assert!(store
+            .get_instance(&iid(&id), false)
+            .await
+            .unwrap()
+            .is_none());
+    }
 }
 
 /// Waits for `notify` to fire because of `action`, after discarding any

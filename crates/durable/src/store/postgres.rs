@@ -1756,13 +1756,16 @@ impl Store for PostgresStore {
         let send = tx.prepare_cached(&self.sql.send).await.map_err(db_err)?;
         // Both in one round trip (the token names the instance); if the
         // DELETE found no row under this token the lease was lost and the
-        // rollback undoes the delivery too.
+        // rollback undoes the delivery too. The delivery goes first: it
+        // locks the instance row before the DELETE locks the activity row,
+        // the order every writer keeps (a purge locks the instance, then
+        // deletes its activities), so the two cannot deadlock.
         let args = SendArgs::new(&instance_id, &result);
         let done_params: [&(dyn ToSql + Sync); 2] = [&row_id, &lock.0];
         let send_params = args.params();
-        let (deleted, delivered) = futures::join!(
-            tx.query_opt(&done, &done_params),
+        let (delivered, deleted) = futures::join!(
             tx.query_one(&send, &send_params),
+            tx.query_opt(&done, &done_params),
         );
         if deleted.map_err(db_err)?.is_none() {
             // Awaited: the delivery holds the instance's row lock until
