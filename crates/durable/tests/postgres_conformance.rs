@@ -332,15 +332,142 @@ async fn notifications_wake_other_processes() {
     b.close().await;
 }
 
+/// A turn of `store` on one fetched instance that schedules `tasks`
+/// activities.
+async fn schedule_activities(store: &PostgresStore, tasks: u64) {
+    let items = store
+        .fetch_orchestration_work(1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let item = &items[0];
+    let commit = durable::store::TurnCommit {
+        lock: item.lock.clone(),
+        instance_id: item.instance_id.clone(),
+        consumed: item.messages.iter().map(|m| m.id).collect(),
+        replace_history: false,
+        history: Vec::new(),
+        status: durable::store::StatusUpdate {
+            runtime_status: durable::RuntimeStatus::Running,
+            execution_id: item.execution_id.clone(),
+            input: None,
+            output: None,
+            custom_status: None,
+            failure: None,
+            history_events: 0,
+            history_bytes: 0,
+            updated_at: durable::types::now(),
+        },
+        activities: (1..=tasks)
+            .map(|task_id| durable::store::NewActivity {
+                instance_id: item.instance_id.clone(),
+                execution_id: item.execution_id.clone(),
+                task_id,
+                name: "Act".into(),
+                input: json!(null),
+            })
+            .collect(),
+        messages: Vec::new(),
+        new_instances: Vec::new(),
+    };
+    store.commit_turn(commit).await.unwrap();
+}
+
+/// A worker whose listener connection is cut and comes back is not taken
+/// for dead: while it reconnects, another worker going idle again and
+/// again (as a busy cluster's dispatchers do) leaves its leases alone, so
+/// the activities it runs are not handed out a second time, and it
+/// completes them under its own leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_listener_reconnects_keeps_its_leases() {
+    let url = fresh_url().await;
+    let dead_after = Duration::from_secs(2);
+    let config = |url: &str| PostgresConfig {
+        dead_after,
+        ..no_affinity(url)
+    };
+    let a = PostgresStore::connect(config(&url)).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // a is the only worker yet: its row names its listener's backend.
+    let (a_worker, a_pid): (i64, i32) = {
+        let row = admin
+            .query_one("SELECT id, pid FROM durable.workers", &[])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let b = PostgresStore::connect(config(&url)).await.unwrap();
+    const TASKS: u64 = 8;
+    a.create_instance(new_instance("busy")).await.unwrap();
+    schedule_activities(&a, TASKS).await;
+    let running = a
+        .fetch_activity_work(100, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(running.len(), TASKS as usize);
+
+    // Cut a's listener connection, as a network blip or a server-side
+    // idle-session kill would.
+    let cut: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&a_pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cut);
+    // b keeps going idle for twice dead_after; a reconnects meanwhile
+    // (its listener retries every 500 ms).
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut reconnected = false;
+    while std::time::Instant::now() < until {
+        let _ = b.next_wake_at().await.unwrap();
+        let stolen = b
+            .fetch_activity_work(100, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            stolen.is_empty(),
+            "b took over {} activities a is still running",
+            stolen.len()
+        );
+        let row = admin
+            .query_opt(
+                "SELECT pid, gone_since FROM durable.workers WHERE id = $1",
+                &[&a_worker],
+            )
+            .await
+            .unwrap()
+            .expect("a's registration was dropped: a was taken for dead");
+        let (pid, gone): (i32, Option<i64>) = (row.get(0), row.get(1));
+        reconnected |= pid != a_pid && gone.is_none();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reconnected, "a's listener never re-registered");
+    // a finishes what it was running, under the leases it holds.
+    for act in &running {
+        let result = durable::history::Message::now(durable::history::EventKind::TaskCompleted {
+            task_id: act.activity.task_id,
+            result: json!(1),
+        });
+        a.complete_activity_work(&act.lock, result).await.unwrap();
+    }
+    a.close().await;
+    b.close().await;
+}
+
 /// The leases of a worker whose connection is gone (a killed process) are
 /// taken over as soon as another worker goes idle, without waiting for the
 /// lease to expire; a closed store hands its leases back at once too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_of_a_dead_worker_are_taken_over() {
     let url = fresh_url().await;
-    let survivor = PostgresStore::connect(PostgresConfig::new(&url))
-        .await
-        .unwrap();
+    let survivor = PostgresStore::connect(PostgresConfig {
+        dead_after: Duration::from_millis(500),
+        ..PostgresConfig::new(&url)
+    })
+    .await
+    .unwrap();
     survivor.create_instance(new_instance("d1")).await.unwrap();
     survivor.create_instance(new_instance("d2")).await.unwrap();
 

@@ -32,13 +32,18 @@
 //! - **Dead workers are noticed.** Each store registers its listener
 //!   connection (backend pid and start time) in the `workers` table and
 //!   stamps its leases with its worker id. When a dispatcher goes idle,
-//!   [`Store::next_wake_at`] drops workers whose backend is gone from
+//!   [`Store::next_wake_at`] marks workers whose backend is gone from
 //!   `pg_stat_activity` (the process died, the server closed its
 //!   connection; a backend start time hidden from a role without the
-//!   privilege to see it counts as alive) and makes their leases due at once: a killed process's work
-//!   moves on in milliseconds instead of after the lease. A worker that was
-//!   only disconnected loses nothing but the lease: its commits then get
-//!   [`StoreError::LeaseLost`] if someone else took the work.
+//!   privilege to see it counts as alive), and once one has stayed gone for
+//!   [`PostgresConfig::dead_after`] (5 s) drops it and makes its leases due
+//!   at once: a killed process's work moves on after seconds instead of
+//!   after the lease. A worker whose listener connection only dropped
+//!   re-registers within that time (its listener reconnects every 500 ms),
+//!   which clears the mark: its running activities are not handed out a
+//!   second time. One disconnected for longer loses its leases: its
+//!   commits then get [`StoreError::LeaseLost`] if someone else took the
+//!   work.
 //! - **Affinity**: an instance row names its `home`, the worker that
 //!   created it or committed its last turn and so holds its run in the
 //!   engine's cache. Other workers take its work only once it has been due
@@ -109,11 +114,17 @@ pub struct PostgresConfig {
     pub affinity: Duration,
     /// Keep the lifecycle outbox (see [`crate::store::lifecycle`]).
     pub lifecycle_outbox: bool,
+    /// How long another worker's listener connection must stay gone before
+    /// that worker counts as dead and its leases are taken over. A live
+    /// worker whose connection dropped reconnects well within it (its
+    /// listener retries every 500 ms), so its running work is not run a
+    /// second time; a killed process's work waits this long at most.
+    pub dead_after: Duration,
 }
 
 impl PostgresConfig {
     /// Defaults for `url`: schema `durable`, 16 connections, 50 ms of
-    /// affinity.
+    /// affinity, a worker dead after 5 s without its connection.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -121,6 +132,7 @@ impl PostgresConfig {
             pool_size: 16,
             affinity: Duration::from_millis(50),
             lifecycle_outbox: false,
+            dead_after: Duration::from_secs(5),
         }
     }
 }
@@ -346,9 +358,10 @@ async fn prepare_schema(
             )));
         }
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s}; {} {}",
+            "CREATE SCHEMA IF NOT EXISTS {s}; {} {} {}",
             schema_ddl(&s),
-            lifecycle_ddl(&s)
+            lifecycle_ddl(&s),
+            workers_ddl(&s)
         ))
         .await
         .map_err(db_err)?;
@@ -381,8 +394,10 @@ async fn prepare_schema(
             "schema {s} has store schema version {version}; this build reads version {SCHEMA_VERSION}"
         )));
     }
-    // Added after schema version 1 without a bump: older builds ignore it.
-    tx.batch_execute(&lifecycle_ddl(&s)).await.map_err(db_err)?;
+    // Added after schema version 1 without a bump: older builds ignore them.
+    tx.batch_execute(&format!("{} {}", lifecycle_ddl(&s), workers_ddl(&s)))
+        .await
+        .map_err(db_err)?;
     tx.commit().await.map_err(db_err)?;
     Ok(())
 }
@@ -400,6 +415,14 @@ fn lifecycle_ddl(s: &str) -> String {
            at int8 NOT NULL, \
            failure text);"
     )
+}
+
+/// When another worker first saw this worker's listener connection gone
+/// (ms, database clock; NULL while it is there). A worker counts as dead
+/// only [`PostgresConfig::dead_after`] later, and clears it when its
+/// listener reconnects.
+fn workers_ddl(s: &str) -> String {
+    format!("ALTER TABLE {s}.workers ADD COLUMN IF NOT EXISTS gone_since int8;")
 }
 
 /// Notifications still to be announced to the other processes.
@@ -532,7 +555,8 @@ pub mod listener {
                         &format!(
                             "INSERT INTO {s}.workers (id, pid, backend_start) \
                              SELECT $1, pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid() \
-                             ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, backend_start = excluded.backend_start \
+                             ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, backend_start = excluded.backend_start, \
+                               gone_since = NULL \
                              RETURNING pid"
                         ),
                         &[&shared.worker],
@@ -805,10 +829,17 @@ impl Sql {
                      (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
                        AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)))"
             ),
+            // Workers whose listener backend is gone: marked the first
+            // time, dead (deleted, their leases due now) once gone for
+            // $2 ms. Also says when the next marked one would be dead.
             reap: format!(
-                "WITH dead AS (DELETE FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
+                "WITH gone AS (SELECT w.id, w.gone_since FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
                    (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
-                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)) \
+                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start))), \
+                 marked AS (UPDATE {s}.workers SET gone_since = {NOW} \
+                   WHERE id IN (SELECT id FROM gone WHERE gone_since IS NULL) RETURNING 1), \
+                 dead AS (DELETE FROM {s}.workers w \
+                   WHERE w.id IN (SELECT id FROM gone WHERE gone_since <= {NOW} - $2) \
                    RETURNING w.id), \
                  ri AS (UPDATE {s}.instances SET \
                      due_at = CASE WHEN lock_owner IN (SELECT id FROM dead) THEN {NOW} ELSE due_at END, \
@@ -818,7 +849,9 @@ impl Sql {
                    RETURNING 1), \
                  ra AS (UPDATE {s}.activities SET due_at = {NOW}, lock_owner = NULL \
                    WHERE lock_owner IN (SELECT id FROM dead) RETURNING 1) \
-                 SELECT (SELECT count(*) FROM ri), (SELECT count(*) FROM ra)"
+                 SELECT (SELECT count(*) FROM ri), (SELECT count(*) FROM ra), \
+                   LEAST((SELECT min(gone_since) + $2 FROM gone WHERE gone_since > {NOW} - $2), \
+                     CASE WHEN EXISTS (SELECT 1 FROM marked) THEN {NOW} + $2 END)"
             ),
             terminal,
             s: s.to_string(),
@@ -839,6 +872,8 @@ pub struct PostgresStore {
     shared: Arc<Shared>,
     /// [`PostgresConfig::affinity`] in milliseconds.
     affinity_ms: i64,
+    /// [`PostgresConfig::dead_after`] in ms.
+    dead_after_ms: i64,
     closed: AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -979,6 +1014,7 @@ impl PostgresStore {
             sql: Arc::new(Sql::new(&s)),
             shared,
             affinity_ms: lease_ms(config.affinity),
+            dead_after_ms: lease_ms(config.dead_after),
             closed: AtomicBool::new(false),
             stop,
             listener: Mutex::new(Some(listener)),
@@ -1805,10 +1841,11 @@ impl Store for PostgresStore {
         let wake: Option<i64> = row.get(0);
         let dead_workers: bool = row.get(1);
         *self.shared.planned_wake.lock().expect("planned lock") = wake;
+        let mut wake = wake;
         if dead_workers {
             let stmt = c.prepare_cached(&self.sql.reap).await.map_err(db_err)?;
             let row = c
-                .query_one(&stmt, &[&self.shared.worker])
+                .query_one(&stmt, &[&self.shared.worker, &self.dead_after_ms])
                 .await
                 .map_err(db_err)?;
             let (orchestrations, activities): (i64, i64) = (row.get(0), row.get(1));
@@ -1821,6 +1858,14 @@ impl Store for PostgresStore {
                 self.shared.announce(orchestrations > 0, activities > 0);
                 return Ok(Some(types::now()));
             }
+            // A worker without its connection, not yet dead: look again
+            // when it would be (unless it reconnects first).
+            let recheck: Option<i64> = row.get(2);
+            wake = match (wake, recheck) {
+                (Some(w), Some(r)) => Some(w.min(r)),
+                (w, r) => w.or(r),
+            };
+            *self.shared.planned_wake.lock().expect("planned lock") = wake;
         }
         Ok(wake.map(types::from_millis))
     }
