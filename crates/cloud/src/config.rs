@@ -18,6 +18,8 @@ pub struct Args {
     /// PostgreSQL connection URL (postgres://user@host:port/db) for the
     /// engine store and the galaxies table instead of SQLite; several
     /// processes may share one database. keys.json stays in --data-dir.
+    /// TLS as with psql: ?sslmode=require, or
+    /// ?sslmode=verify-full&sslrootcert=/path/ca.pem (or =system).
     #[arg(long, env = "GALAXY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Function key, overriding the one stored in the data directory.

@@ -48,6 +48,18 @@ pub struct ClusterOptions {
     pub durable: bool,
     /// `max_connections` of the server.
     pub max_connections: u32,
+    /// TLS on, with this certificate chain and key (PEM): for tests of
+    /// `sslmode`. Off by default.
+    pub tls: Option<ServerTls>,
+}
+
+/// A server certificate (chain) and its private key, PEM.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The certificate, then any intermediates.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
 }
 
 impl ClusterOptions {
@@ -56,6 +68,7 @@ impl ClusterOptions {
         Self {
             durable: false,
             max_connections: 300,
+            tls: None,
         }
     }
 
@@ -64,6 +77,7 @@ impl ClusterOptions {
         Self {
             durable: true,
             max_connections: 300,
+            tls: None,
         }
     }
 }
@@ -88,7 +102,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 1' TERM INT HUP
-if [ "$(id -u)" = 0 ]; then chown postgres "$DIR" || exit 1; fi
+if [ "$(id -u)" = 0 ]; then chown -R postgres "$DIR" || exit 1; fi
 if ! as_pg "$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --locale=C -N >"$DIR/initdb.log" 2>&1; then
   echo "initdb failed:"; cat "$DIR/initdb.log"; exit 1
 fi
@@ -150,7 +164,7 @@ impl PgCluster {
         // it; a new port is then tried.
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(&bin, &extra) {
+            match Self::try_start(&bin, &extra, options.tls.as_ref()) {
                 Ok(c) => return Ok(c),
                 Err(ClusterError::Start(log)) => last = log,
                 Err(e) => return Err(e),
@@ -159,9 +173,23 @@ impl PgCluster {
         Err(ClusterError::Start(last))
     }
 
-    fn try_start(bin: &Path, extra: &str) -> Result<Self, ClusterError> {
+    fn try_start(bin: &Path, extra: &str, tls: Option<&ServerTls>) -> Result<Self, ClusterError> {
         let dir = temp_dir()?;
         let port = free_port()?;
+        let mut extra = extra.to_string();
+        if let Some(tls) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&cert, &tls.cert_pem)?;
+            std::fs::write(&key, &tls.key_pem)?;
+            // The server refuses a key others can read.
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+            extra.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+        }
         let mut child = Command::new("bash")
             .arg("-c")
             .arg(SUPERVISOR)
@@ -169,7 +197,7 @@ impl PgCluster {
             .arg(&dir)
             .arg(port.to_string())
             .arg(bin)
-            .arg(extra)
+            .arg(&extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

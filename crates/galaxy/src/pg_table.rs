@@ -11,7 +11,7 @@
 
 use chrono::DateTime;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use crate::coords::Coords;
 use crate::table::{Galaxy, GalaxyPage, TableError};
@@ -77,12 +77,11 @@ impl PgGalaxyTable {
                 "schema name '{schema}' must be lowercase letters, digits and '_'"
             )));
         }
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| TableError::Postgres(format!("invalid database URL: {e}")))?;
+        let target = durable::store::postgres::PgTarget::parse(url)
+            .map_err(|e| TableError::Postgres(e.to_string()))?;
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            target.config,
+            target.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

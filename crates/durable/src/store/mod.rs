@@ -21,6 +21,7 @@
 pub mod group_commit;
 pub mod lifecycle;
 pub mod page;
+pub mod pg_connect;
 pub mod postgres;
 pub mod sqlite;
 

@@ -73,9 +73,10 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
+pub use super::pg_connect::{PgTarget, PgUrlError};
 use super::{
     ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
     PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
@@ -152,14 +153,14 @@ pub enum SchemaPoolError {
 }
 
 /// A pool of `size` connections whose sessions work in `schema`
-/// (`search_path`), and the connection settings (for a listener of one's
+/// (`search_path`), and the connection target (for a listener of one's
 /// own): how the crates that keep their tables beside the engine's (the
-/// players store, the event router) connect.
+/// players store, the event router) connect, with the same TLS settings.
 pub fn schema_pool(
     url: &str,
     schema: &str,
     size: usize,
-) -> Result<(Pool, tokio_postgres::Config), SchemaPoolError> {
+) -> Result<(Pool, PgTarget), SchemaPoolError> {
     if schema.is_empty()
         || !schema
             .chars()
@@ -167,13 +168,11 @@ pub fn schema_pool(
     {
         return Err(SchemaPoolError::Schema(schema.to_string()));
     }
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| SchemaPoolError::Url(e.to_string()))?;
-    config.options(format!("-c search_path={schema}"));
+    let mut target = PgTarget::parse(url).map_err(|e| SchemaPoolError::Url(e.to_string()))?;
+    target.config.options(format!("-c search_path={schema}"));
     let manager = Manager::from_config(
-        config.clone(),
-        NoTls,
+        target.config.clone(),
+        target.tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -182,14 +181,31 @@ pub fn schema_pool(
         .max_size(size)
         .build()
         .map_err(|e| SchemaPoolError::Pool(e.to_string()))?;
-    Ok((pool, config))
+    Ok((pool, target))
 }
 
 fn db_err(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(d) => StoreError::Database(format!("{}: {}", d.code().code(), d.message())),
-        None => StoreError::Database(e.to_string()),
+        None => StoreError::Database(error_chain(&e)),
     }
+}
+
+/// An error and its causes, e.g. "error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer" (tokio-postgres's own message stops at
+/// the first part).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
@@ -509,16 +525,16 @@ pub mod listener {
 
     use futures::StreamExt;
     use tokio::sync::{mpsc, oneshot, watch};
-    use tokio_postgres::{AsyncMessage, NoTls};
+    use tokio_postgres::AsyncMessage;
 
-    use super::{db_err, Shared};
+    use super::{db_err, PgTarget, Shared};
     use crate::store::StoreError;
 
     /// Pause before reconnecting after the listener connection failed.
     const RECONNECT: Duration = Duration::from_millis(500);
 
     pub(super) async fn run(
-        config: tokio_postgres::Config,
+        target: PgTarget,
         schema: String,
         shared: Arc<Shared>,
         mut ready: Option<oneshot::Sender<Result<(), StoreError>>>,
@@ -527,7 +543,7 @@ pub mod listener {
         let s = format!("\"{schema}\"");
         loop {
             let session = async {
-                let (client, mut conn) = config.connect(NoTls).await.map_err(db_err)?;
+                let (client, mut conn) = target.connect().await.map_err(db_err)?;
                 let (tx, rx) = mpsc::unbounded_channel();
                 let pump = tokio::spawn(async move {
                     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -938,12 +954,11 @@ impl PostgresStore {
     /// listener. Refuses a schema that is not ours or has another version.
     pub async fn connect(config: PostgresConfig) -> Result<Self, StoreError> {
         let s = quoted_schema(&config.schema)?;
-        let pg: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(|e| StoreError::Database(format!("invalid database URL: {e}")))?;
+        let target =
+            PgTarget::parse(&config.url).map_err(|e| StoreError::Database(e.to_string()))?;
+        let pg = target.config.clone();
         {
-            let (mut client, conn) = pg.connect(NoTls).await.map_err(db_err)?;
+            let (mut client, conn) = target.connect().await.map_err(db_err)?;
             let driver = tokio::spawn(conn);
             let prepared = prepare_schema(&mut client, &config.schema).await;
             drop(client);
@@ -952,7 +967,7 @@ impl PostgresStore {
         }
         let manager = Manager::from_config(
             pg.clone(),
-            NoTls,
+            target.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -970,7 +985,7 @@ impl PostgresStore {
         relaxed.options(&options);
         let leases = Pool::builder(Manager::from_config(
             relaxed,
-            NoTls,
+            target.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -993,7 +1008,7 @@ impl PostgresStore {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let listener = tokio::spawn(listener::run(
-            pg,
+            target,
             config.schema.clone(),
             shared.clone(),
             Some(ready_tx),

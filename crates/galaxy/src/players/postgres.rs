@@ -17,7 +17,7 @@ use sync::protocol::{
     Change, DeviceCredentials, DeviceInfo, PlayerInfo, PullResponse, PushRequest,
 };
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::outbox::{self, OutboxEvent};
 use super::plan::{self, ClientState, Current, EntityWrite, PushPlan};
@@ -594,7 +594,7 @@ impl PgPlayers {
 /// (player `*`) pokes every device, since notifications in between were
 /// missed. `ready` learns how the first `LISTEN` went.
 async fn listen(
-    config: tokio_postgres::Config,
+    target: durable::store::postgres::PgTarget,
     changes: broadcast::Sender<PlayerChange>,
     ready: tokio::sync::oneshot::Sender<Result<(), PlayersError>>,
 ) {
@@ -602,7 +602,7 @@ async fn listen(
     let mut pause = std::time::Duration::from_millis(200);
     loop {
         let started = async {
-            let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+            let (client, mut connection) = target.connect().await.map_err(pg)?;
             let (msg_tx, msg_rx) = tokio::sync::mpsc::unbounded_channel();
             let pump = tokio::spawn(async move {
                 let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
