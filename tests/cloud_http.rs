@@ -4,14 +4,13 @@
 //! drives it over HTTP with reqwest. Waits are driven by the server's own
 //! event stream (or the process exit), never by sleeps.
 
-use std::pin::Pin;
 use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::Duration;
 
 mod common;
+use common::sse::Sse;
 use common::{spawn, wait_listening};
-use futures::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -105,80 +104,7 @@ impl Server {
         let r = self.send(Method::GET, path).await;
         assert_eq!(r.status(), StatusCode::OK, "stream {path}");
         assert_eq!(r.headers()["content-type"], "text/event-stream");
-        Sse {
-            body: Box::pin(r.bytes_stream().map(|c| c.map(|b| b.to_vec()))),
-            buf: String::new(),
-        }
-    }
-}
-
-/// A Server-Sent Events reader.
-struct Sse {
-    body: Pin<Box<dyn Stream<Item = reqwest::Result<Vec<u8>>> + Send>>,
-    buf: String,
-}
-
-impl Sse {
-    /// The next event (name, JSON data); `None` when the stream ends.
-    async fn next(&mut self) -> Option<(String, Value)> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut event = String::from("message");
-                let mut data = Vec::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.trim_start().to_string());
-                    }
-                }
-                if data.is_empty() {
-                    continue; // a comment (subscribed, keep-alive)
-                }
-                let value = serde_json::from_str(&data.join("\n")).expect("event data is JSON");
-                return Some((event, value));
-            }
-            let chunk = tokio::time::timeout(WAIT, self.body.next())
-                .await
-                .expect("no event in time")?;
-            self.buf
-                .push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
-        }
-    }
-
-    /// The next event about instance `id`.
-    async fn next_for(&mut self, id: &str) -> (String, Value) {
-        loop {
-            let (event, data) = self.next().await.expect("stream ended");
-            if data["instanceId"] == id {
-                return (event, data);
-            }
-        }
-    }
-
-    /// Waits until every one of `ids` reached `status` (in any order).
-    async fn all_reach(&mut self, ids: &[String], status: &str) {
-        let mut left: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        while !left.is_empty() {
-            let (_, data) = self.next().await.expect("stream ended");
-            if data["runtimeStatus"] == status {
-                left.remove(data["instanceId"].as_str().unwrap_or_default());
-            }
-        }
-    }
-
-    /// Events about `id` up to and including the first with `status`.
-    async fn until(&mut self, id: &str, status: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        loop {
-            let (_, data) = self.next_for(id).await;
-            let done = data["runtimeStatus"] == status;
-            out.push(data);
-            if done {
-                return out;
-            }
-        }
+        Sse::new(r)
     }
 }
 

@@ -10,6 +10,8 @@
 //! is shorter than that, so a takeover that waited for expiry fails it.
 //! Waits poll a condition with a deadline; no sleep stands in for one.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -370,4 +372,62 @@ async fn three_processes_on_one_database_survive_a_sigkill() {
     for server in servers.iter_mut().filter_map(Option::take) {
         terminate(server);
     }
+}
+
+/// Live updates cross processes: a stream opened on one process carries
+/// the instances another process creates and runs, through Completed, and
+/// a starter in wait mode on that other process answers 200 with the
+/// output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_one_process_carries_what_another_commits() {
+    let database_url = PgCluster::shared().create_database().await.unwrap();
+    let a = start_server(&database_url, "live-a");
+    let b = start_server(&database_url, "live-b");
+    let client = reqwest::Client::new();
+    let stream = client
+        .get(format!("{}/runtime/webhooks/durabletask/stream", b.base))
+        .header("x-functions-key", FUNCTION_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut events = common::sse::Sse::new(stream);
+    let id = "live-across-processes";
+    let started = client
+        .post(format!(
+            "{}/api/orchestrators/Galaxy_Create/{id}?timeout=30",
+            a.base
+        ))
+        .header("x-functions-key", FUNCTION_KEY)
+        .json(&Value::Null)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        started.status(),
+        StatusCode::OK,
+        "a's starter waited for completion"
+    );
+    let output: Value = started.json().await.unwrap();
+    assert_eq!(output, "Galaxy created!");
+    let mut statuses = Vec::new();
+    loop {
+        let (event, data) = events.next_for(id).await;
+        assert_eq!(event, "update");
+        let status = data["runtimeStatus"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if statuses.last() != Some(&status) {
+            statuses.push(status.clone());
+        }
+        if status == "Completed" {
+            break;
+        }
+    }
+    assert_eq!(
+        statuses.first().map(String::as_str),
+        Some("Pending"),
+        "{statuses:?}"
+    );
 }

@@ -56,7 +56,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let shutdown = Arc::new(watch::channel(false).0);
         tokio::spawn(crate::metrics::watch_dispatch(
-            engine.subscribe(),
+            engine.subscribe_local(),
             metrics.clone(),
             shutdown.subscribe(),
         ));

@@ -107,13 +107,17 @@ pub struct InstanceUpdate {
     pub at: Timestamp,
 }
 
-struct Inner {
-    store: Arc<dyn Store>,
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
     registry: Registry,
     config: EngineConfig,
     cache: Mutex<LruCache<InstanceId, OrchestrationRun>>,
-    updates: broadcast::Sender<InstanceUpdate>,
-    shutdown: watch::Sender<bool>,
+    /// Every update: this engine's commits and (on a store that other
+    /// processes share) theirs.
+    pub(crate) updates: broadcast::Sender<InstanceUpdate>,
+    /// This engine's own commits only.
+    local_updates: broadcast::Sender<InstanceUpdate>,
+    pub(crate) shutdown: watch::Sender<bool>,
     orchestration_slots: Arc<Semaphore>,
     activity_slots: Arc<Semaphore>,
     /// Per-instance locks that keep an instance's live updates in commit
@@ -144,6 +148,8 @@ impl Engine {
     pub fn start(store: Arc<dyn Store>, registry: Registry, config: EngineConfig) -> Self {
         let cache = LruCache::new(NonZeroUsize::new(config.cache_capacity.max(1)).expect("max(1)"));
         let (updates, _) = broadcast::channel(config.update_capacity.max(16));
+        let (local_updates, _) = broadcast::channel(config.update_capacity.max(16));
+        let remote = store.remote_changes();
         let inner = Arc::new(Inner {
             orchestration_slots: Arc::new(Semaphore::new(config.orchestration_concurrency.max(1))),
             activity_slots: Arc::new(Semaphore::new(config.activity_concurrency.max(1))),
@@ -152,6 +158,7 @@ impl Engine {
             config,
             cache: Mutex::new(cache),
             updates,
+            local_updates,
             shutdown: watch::channel(false).0,
             publishing: Mutex::new(HashMap::new()),
             completions: Mutex::new(Vec::new()),
@@ -162,6 +169,9 @@ impl Engine {
         ];
         if let Some(policy) = inner.config.retention.clone() {
             tasks.push(tokio::spawn(retention_loop(inner.clone(), policy)));
+        }
+        if let Some(changes) = remote {
+            tasks.push(tokio::spawn(crate::remote::run(inner.clone(), changes)));
         }
         Self {
             inner,
@@ -445,10 +455,18 @@ impl Engine {
     }
 
     /// Every status change and history event committed by this engine, as
-    /// it happens. A subscriber that falls behind gets `Lagged` and should
-    /// re-read the statuses it cares about.
+    /// it happens, and on a store that several processes share (PostgreSQL)
+    /// those the others commit too (see [`crate::remote`]). A subscriber
+    /// that falls behind gets `Lagged` and should re-read the statuses it
+    /// cares about.
     pub fn subscribe(&self) -> broadcast::Receiver<InstanceUpdate> {
         self.inner.updates.subscribe()
+    }
+
+    /// Only the changes this engine commits (e.g. to measure its own
+    /// dispatch latency).
+    pub fn subscribe_local(&self) -> broadcast::Receiver<InstanceUpdate> {
+        self.inner.local_updates.subscribe()
     }
 
     /// Waits until the instance is terminal (or continued-as-new and then
@@ -1075,7 +1093,7 @@ async fn prepare_turn(
 }
 
 /// The lock that orders one instance's updates (see [`publish_in_order`]).
-fn publish_order(inner: &Inner, id: &InstanceId) -> Arc<tokio::sync::Mutex<()>> {
+pub(crate) fn publish_order(inner: &Inner, id: &InstanceId) -> Arc<tokio::sync::Mutex<()>> {
     inner
         .publishing
         .lock()
@@ -1100,9 +1118,25 @@ async fn publish_in_order(
     order: Arc<tokio::sync::Mutex<()>>,
     commit: impl std::future::Future<Output = Result<Vec<InstanceUpdate>, StoreError>>,
 ) -> Result<(), Error> {
+    publish_ordered(inner, id, order, commit, true).await
+}
+
+/// [`publish_in_order`] of this engine's commits (`local`) or of another
+/// process's (see [`crate::remote`]), which only [`Engine::subscribe`]
+/// carries.
+pub(crate) async fn publish_ordered(
+    inner: &Inner,
+    id: &InstanceId,
+    order: Arc<tokio::sync::Mutex<()>>,
+    commit: impl std::future::Future<Output = Result<Vec<InstanceUpdate>, StoreError>>,
+    local: bool,
+) -> Result<(), Error> {
     let guard = order.clone().lock_owned().await;
     let committed = commit.await.map(|updates| {
         for update in updates {
+            if local && inner.local_updates.receiver_count() > 0 {
+                let _ = inner.local_updates.send(update.clone());
+            }
             let _ = inner.updates.send(update);
         }
     });

@@ -9,6 +9,8 @@
 //! - `run`: replay of a history and execution of one turn (pure, no I/O).
 //! - [`registry`]: orchestrations and activities by name.
 //! - [`engine`]: dispatchers, client API, live updates.
+//! - [`remote`]: live updates of the changes other processes sharing the
+//!   store commit.
 //! - [`store`]: the [`Store`] trait and its SQLite and PostgreSQL
 //!   implementations.
 //! - [`conformance`]: the test suite every store must pass.
@@ -32,6 +34,7 @@ pub mod engine;
 pub mod error;
 pub mod history;
 pub mod registry;
+pub mod remote;
 pub mod retry;
 mod run;
 pub mod store;

@@ -456,6 +456,103 @@ async fn a_worker_whose_listener_reconnects_keeps_its_leases() {
     b.close().await;
 }
 
+/// Two processes on one database (two stores, two engines): the observer's
+/// subscribers see every change the worker commits, in order and once,
+/// and its starter-style wait answers when the worker completes the
+/// instance. The observer's long affinity leaves the worker's instances to
+/// the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_sees_every_change_live_and_its_wait_ends_at_completion() {
+    use durable::{Engine, EngineConfig, HistoryEvent, OrchestrationContext, Registry, TaskError};
+    use tokio::sync::broadcast::error::RecvError;
+    let registry = || {
+        Registry::new()
+            .orchestration("Two", |ctx: OrchestrationContext, _: ()| async move {
+                ctx.set_custom_status("working");
+                let a: u32 = ctx.call_activity("One", ()).await?;
+                let b: u32 = ctx.call_activity("One", ()).await?;
+                Ok::<_, TaskError>(a + b)
+            })
+            .activity("One", |_ctx, _: ()| async move { Ok::<_, String>(1u32) })
+    };
+    let url = fresh_url().await;
+    let worker_store = Arc::new(
+        PostgresStore::connect(PostgresConfig::new(&url))
+            .await
+            .unwrap(),
+    );
+    let observer_store = Arc::new(
+        PostgresStore::connect(PostgresConfig {
+            affinity: Duration::from_secs(3600),
+            ..PostgresConfig::new(&url)
+        })
+        .await
+        .unwrap(),
+    );
+    let worker = Engine::start(worker_store.clone(), registry(), EngineConfig::default());
+    let observer = Engine::start(observer_store.clone(), registry(), EngineConfig::default());
+
+    let mut rx = observer.subscribe();
+    let mut observers_own = observer.subscribe_local();
+    let id = worker.start_orchestration("Two", None, ()).await.unwrap();
+    let waited = observer.wait_for_completion(&id, Duration::from_secs(30));
+    let mut statuses = Vec::new();
+    let mut events: Vec<HistoryEvent> = Vec::new();
+    let collect = async {
+        loop {
+            let u = match rx.recv().await {
+                Ok(u) => u,
+                Err(RecvError::Lagged(n)) => panic!("lagged by {n}"),
+                Err(RecvError::Closed) => panic!("closed"),
+            };
+            if u.instance_id != id {
+                continue;
+            }
+            assert_eq!(u.name, "Two");
+            if statuses.last() != Some(&u.runtime_status) {
+                statuses.push(u.runtime_status);
+            }
+            events.extend(u.history);
+            if u.runtime_status.is_terminal()
+                && events
+                    .iter()
+                    .any(|e| e.kind.type_name() == "ExecutionCompleted")
+            {
+                assert_eq!(u.output, Some(json!(2)));
+                break;
+            }
+        }
+    };
+    let (done, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        futures::join!(waited, collect)
+    })
+    .await
+    .expect("the observer saw the worker finish");
+    assert_eq!(
+        done.unwrap().runtime_status,
+        durable::RuntimeStatus::Completed
+    );
+    assert_eq!(
+        statuses.first(),
+        Some(&durable::RuntimeStatus::Pending),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&durable::RuntimeStatus::Completed));
+    // Every event of the worker's history, in order, none twice.
+    let stored = worker_store.load_history(&id).await.unwrap();
+    let ids = |h: &[HistoryEvent]| h.iter().map(|e| e.event_id).collect::<Vec<_>>();
+    assert_eq!(ids(&events), ids(&stored));
+    // None of it ran in the observer: all it saw came from the worker.
+    assert!(matches!(
+        observers_own.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
+    worker.shutdown(Duration::from_secs(5)).await;
+    observer.shutdown(Duration::from_secs(5)).await;
+    worker_store.close().await;
+    observer_store.close().await;
+}
+
 /// The leases of a worker whose connection is gone (a killed process) are
 /// taken over as soon as another worker goes idle, without waiting for the
 /// lease to expire; a closed store hands its leases back at once too.

@@ -232,6 +232,20 @@ pub struct TurnCommit {
     pub new_instances: Vec<NewInstance>,
 }
 
+/// A change another process committed to an instance: it was created
+/// (`history_from == history_to == 0`), or a turn took its history from
+/// `history_from` to `history_to` events (`history_from` 0 when the turn
+/// replaced the history).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteChange {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// History length before the change.
+    pub history_from: u64,
+    /// History length after it.
+    pub history_to: u64,
+}
+
 /// Outcome of purging one instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PurgeOutcome {
@@ -300,6 +314,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError> {
         let _ = commit;
         self.create_instance(instance).await.map(|()| false)
+    }
+
+    /// Changes other processes sharing this store commit (only stores
+    /// that several processes share have any: PostgreSQL). The engine
+    /// turns them into live updates, so its subscribers (a starter waiting
+    /// for completion, live streams) see every process's work. `None`:
+    /// this store has no other writers.
+    fn remote_changes(&self) -> Option<tokio::sync::broadcast::Receiver<RemoteChange>> {
+        None
     }
 
     /// Queues a message for an instance.

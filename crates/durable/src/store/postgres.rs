@@ -28,7 +28,9 @@
 //!   other processes, coalesced into one `NOTIFY` per round trip. Delayed
 //!   work (a lease, a timer) is announced as a wake-up hint, so an idle
 //!   dispatcher elsewhere that planned to sleep past it wakes up and
-//!   recomputes [`Store::next_wake_at`].
+//!   recomputes [`Store::next_wake_at`]. The same notifications name the
+//!   instances each commit changed, so every process's engine can publish
+//!   the others' changes live ([`Store::remote_changes`], `crate::remote`).
 //! - **Dead workers are noticed.** Each store registers its listener
 //!   connection (backend pid and start time) in the `workers` table and
 //!   stamps its leases with its worker id. When a dispatcher goes idle,
@@ -79,7 +81,8 @@ use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
 pub use super::pg_connect::{PgTarget, PgUrlError};
 use super::{
     ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
-    PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
+    PurgeOutcome, RemoteChange, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit,
+    WorkLock, WorkSignal,
 };
 use crate::history::{EventKind, HistoryEvent, Message};
 use crate::types::{
@@ -448,6 +451,8 @@ struct Outbox {
     activities: bool,
     /// Earliest wake-up hint (ms) not yet sent.
     wake: Option<i64>,
+    /// Instances this process changed: (id, history before, after).
+    changes: Vec<(String, u64, u64)>,
 }
 
 /// State shared by the store and its listener task.
@@ -471,6 +476,8 @@ struct Shared {
     /// Notified after a commit wrote lifecycle outbox rows; `None` when the
     /// outbox is off.
     lifecycle: Option<Arc<tokio::sync::Notify>>,
+    /// Changes the other processes announced ([`Store::remote_changes`]).
+    remote: tokio::sync::broadcast::Sender<RemoteChange>,
 }
 
 impl Shared {
@@ -487,6 +494,15 @@ impl Shared {
         let mut o = self.outbox.lock().expect("outbox lock");
         o.orchestrations |= orchestrations;
         o.activities |= activities;
+        drop(o);
+        self.kick.notify_one();
+    }
+
+    /// This process committed a change to an instance: tell the others
+    /// (their engines publish it as a live update).
+    fn changed(&self, id: &str, from: u64, to: u64) {
+        let mut o = self.outbox.lock().expect("outbox lock");
+        o.changes.push((id.to_string(), from, to));
         drop(o);
         self.kick.notify_one();
     }
@@ -514,9 +530,13 @@ pub mod listener {
     //! announcements, `NOTIFY` for this one's, and the worker registration
     //! whose backend's life marks this process alive.
     //!
-    //! Notifications carry `o` (orchestration work), `a` (activity work)
-    //! and `w<ms>` (something becomes due then). Our own notifications come
-    //! back to us too; they are recognised by the sending backend's pid and
+    //! Notifications carry a first line of flags, `o` (orchestration
+    //! work), `a` (activity work) and `w<ms>` (something becomes due then),
+    //! and then one line `<from>,<to>,<instance id>` per instance this
+    //! process changed (its history went from `from` to `to` events; `0,0`
+    //! a creation), which the other processes' engines publish as live
+    //! updates ([`Store::remote_changes`]). Our own notifications come back
+    //! to us too; they are recognised by the sending backend's pid and
     //! ignored. After a reconnect both signals fire, since announcements
     //! may have been missed while disconnected.
 
@@ -528,7 +548,8 @@ pub mod listener {
     use tokio_postgres::AsyncMessage;
 
     use super::{db_err, PgTarget, Shared};
-    use crate::store::StoreError;
+    use crate::store::{RemoteChange, StoreError};
+    use crate::types::InstanceId;
 
     /// Pause before reconnecting after the listener connection failed.
     const RECONNECT: Duration = Duration::from_millis(500);
@@ -615,16 +636,20 @@ pub mod listener {
                         }
                     }
                     _ = shared.kick.notified() => {
-                        let payload = take_payload(&shared);
-                        if !payload.is_empty() {
+                        let mut failed = false;
+                        for payload in take_payloads(&shared) {
                             if let Err(e) = client
                                 .execute("SELECT pg_notify($1, $2)", &[&shared.channel, &payload])
                                 .await
                             {
                                 tracing::warn!(error = %e, "store listener cannot notify");
                                 *shared.hint_sent.lock().expect("hint lock") = None;
-                                break false;
+                                failed = true;
+                                break;
                             }
+                        }
+                        if failed {
+                            break false;
                         }
                     }
                     _ = stop_requested(&mut stop) => break true,
@@ -655,27 +680,49 @@ pub mod listener {
         let _ = stop.wait_for(|s| *s).await;
     }
 
-    /// Empties the outbox into one notification payload.
-    fn take_payload(shared: &Shared) -> String {
+    /// Largest payload sent in one `NOTIFY` (the server's limit is 8000
+    /// bytes).
+    const PAYLOAD_MAX: usize = 7900;
+
+    /// Empties the outbox into notification payloads: a first line of
+    /// flags (`o`, `a`, `w<ms>`), then one line per changed instance,
+    /// `<from>,<to>,<instance id>` (ids hold no control characters), split
+    /// over several payloads when long.
+    fn take_payloads(shared: &Shared) -> Vec<String> {
         let mut o = shared.outbox.lock().expect("outbox lock");
-        let mut p = String::new();
+        let mut flags = String::new();
         if std::mem::take(&mut o.orchestrations) {
-            p.push('o');
+            flags.push('o');
         }
         if std::mem::take(&mut o.activities) {
-            p.push('a');
+            flags.push('a');
         }
         if let Some(w) = o.wake.take() {
-            p.push_str(&format!("w{w}"));
+            flags.push_str(&format!("w{w}"));
         }
-        p
+        let changes = std::mem::take(&mut o.changes);
+        drop(o);
+        let mut payloads = Vec::new();
+        let mut p = flags;
+        for (id, from, to) in changes {
+            let line = format!("\n{from},{to},{id}");
+            if p.len() + line.len() > PAYLOAD_MAX {
+                payloads.push(std::mem::take(&mut p));
+            }
+            p.push_str(&line);
+        }
+        if !p.is_empty() {
+            payloads.push(p);
+        }
+        payloads
     }
 
     fn receive(shared: &Shared, payload: &str) {
-        let orchestrations = payload.contains('o');
-        let activities = payload.contains('a');
+        let (flags, changes) = payload.split_once('\n').unwrap_or((payload, ""));
+        let orchestrations = flags.contains('o');
+        let activities = flags.contains('a');
         shared.wake_local(orchestrations, activities);
-        if let Some(w) = payload
+        if let Some(w) = flags
             .split_once('w')
             .and_then(|(_, w)| w.parse::<i64>().ok())
         {
@@ -686,6 +733,25 @@ pub mod listener {
                 shared.wake_local(true, true);
             }
         }
+        for line in changes.split('\n') {
+            if let Some(change) = parse_change(line) {
+                // Nobody listening (no engine on this store) is fine.
+                let _ = shared.remote.send(change);
+            }
+        }
+    }
+
+    /// One `<from>,<to>,<instance id>` line.
+    fn parse_change(line: &str) -> Option<RemoteChange> {
+        let mut parts = line.splitn(3, ',');
+        let from = parts.next()?.parse().ok()?;
+        let to = parts.next()?.parse().ok()?;
+        let instance_id = InstanceId::new(parts.next()?).ok()?;
+        Some(RemoteChange {
+            instance_id,
+            history_from: from,
+            history_to: to,
+        })
     }
 }
 
@@ -875,6 +941,10 @@ impl Sql {
     }
 }
 
+/// Capacity of the remote change channel; an engine that falls further
+/// behind misses changes (its subscribers re-read on `Lagged` anyway).
+const REMOTE_CHANGES: usize = 16_384;
+
 /// The PostgreSQL store. See the module docs.
 pub struct PostgresStore {
     pool: Pool,
@@ -1004,6 +1074,7 @@ impl PostgresStore {
                 .then(|| Arc::new(tokio::sync::Notify::new())),
             planned_wake: Mutex::new(None),
             hint_sent: Mutex::new(None),
+            remote: tokio::sync::broadcast::channel(REMOTE_CHANGES).0,
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -1424,12 +1495,17 @@ impl Store for PostgresStore {
         self.shared.signal.clone()
     }
 
+    fn remote_changes(&self) -> Option<tokio::sync::broadcast::Receiver<RemoteChange>> {
+        Some(self.shared.remote.subscribe())
+    }
+
     async fn create_instance(&self, instance: NewInstance) -> Result<(), StoreError> {
         let c = self.client().await?;
         if !create_in(&c, &self.sql, &instance, self.shared.worker).await? {
             return Err(StoreError::Conflict(instance.instance_id));
         }
         self.shared.announce(true, false);
+        self.shared.changed(instance.instance_id.as_str(), 0, 0);
         Ok(())
     }
 
@@ -1689,9 +1765,11 @@ impl Store for PostgresStore {
             r.map_err(db_err)?;
         }
         let mut conflicts = Vec::new();
+        let mut children = Vec::new();
         for (child, row) in commit.new_instances.iter().zip(created) {
             if row.map_err(db_err)?.get::<_, i64>(0) == 1 {
                 woken.orchestrations = true;
+                children.push(child.instance_id.as_str());
             } else {
                 conflicts.push(child_conflict(child));
             }
@@ -1722,6 +1800,16 @@ impl Store for PostgresStore {
         self.after_commit(woken);
         if let (true, Some(n)) = (lifecycle, &self.shared.lifecycle) {
             n.notify_one();
+        }
+        let to = s.history_events;
+        let from = if commit.replace_history {
+            0
+        } else {
+            to.saturating_sub(commit.history.len() as u64)
+        };
+        self.shared.changed(id, from, to);
+        for child in children {
+            self.shared.changed(child, 0, 0);
         }
         Ok(())
     }
