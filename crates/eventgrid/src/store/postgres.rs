@@ -258,13 +258,25 @@ impl PgRouter {
 impl Backend for PgRouter {
     async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
         let c = self.client().await?;
-        c.execute(
-            "INSERT INTO topics (name, input_schema, key1, key2) VALUES ($1, $2, $3, $4)
-             ON CONFLICT ((lower(name))) DO UPDATE SET input_schema = excluded.input_schema",
-            &[&name, &schema_name(schema), &new_key(), &new_key()],
-        )
-        .await
-        .map_err(pg)?;
+        let (schema, key1, key2) = (schema_name(schema), new_key(), new_key());
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&name, &schema, &key1, &key2];
+        let upsert = || {
+            c.execute(
+                "INSERT INTO topics (name, input_schema, key1, key2) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT ((lower(name))) DO UPDATE SET input_schema = excluded.input_schema",
+                &args,
+            )
+        };
+        // ON CONFLICT arbitrates on lower(name) only: two processes creating
+        // the same topic at once (every galaxy-cloud creates the system
+        // topic at start) can still collide on the primary key. The loser
+        // tries again and then finds the winner's row.
+        if let Err(e) = upsert().await {
+            if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                return Err(pg(e));
+            }
+            upsert().await.map_err(pg)?;
+        }
         Self::topic_in(&c, name)
             .await?
             .ok_or_else(|| StoreError::NoTopic(name.to_string()))
