@@ -99,6 +99,7 @@ macro_rules! conformance_tests {
             case_purge_instances,
             case_purge_with_queued_activity,
             case_completion_racing_purge,
+            case_complete_activities_together,
             case_counts,
             case_work_signal,
             case_lifecycle_outbox,
@@ -1962,6 +1963,57 @@ pub async fn case_purge_with_queued_activity(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Several completions at once (`complete_activities`), across instances:
+/// each answers for its own item, a lost lease fails only its item, and
+/// every delivered result reaches its instance.
+pub async fn case_complete_activities_together(store: &dyn Store) {
+    with_activities(store, "ca1", &[1, 2]).await;
+    with_activities(store, "ca2", &[1]).await;
+    let mut acts = Vec::new();
+    while acts.len() < 3 {
+        acts.extend(store.fetch_activity_work(10, LONG).await.unwrap());
+    }
+    let find = |inst: &str, task: u64| {
+        acts.iter()
+            .find(|a| a.activity.instance_id.as_str() == inst && a.activity.task_id == task)
+            .expect("fetched")
+    };
+    let lost = find("ca1", 2);
+    // ca1's task 2 is completed by someone else first: its lease is gone.
+    store
+        .complete_activity_work(&lost.lock, task_completed("ca1", 2))
+        .await
+        .unwrap();
+    let results = store
+        .complete_activities(vec![
+            (find("ca2", 1).lock.clone(), task_completed("ca2", 1)),
+            (lost.lock.clone(), task_completed("ca1", 2)),
+            (find("ca1", 1).lock.clone(), task_completed("ca1", 1)),
+        ])
+        .await;
+    assert!(matches!(results[0], Ok(())), "{results:?}");
+    assert!(
+        matches!(results[1], Err(StoreError::LeaseLost)),
+        "{results:?}"
+    );
+    assert!(matches!(results[2], Ok(())), "{results:?}");
+    let items = fetch(store, LONG).await;
+    for (id, tasks) in [("ca1", vec![1, 2]), ("ca2", vec![1])] {
+        let item = items
+            .iter()
+            .find(|i| i.instance_id.as_str() == id)
+            .expect("work for each instance");
+        let mut got: Vec<u64> = item
+            .messages
+            .iter()
+            .filter_map(|m| m.message.kind.task_id())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, tasks, "{id}: each result once");
+    }
+    assert_eq!(store.queue_depth().await.unwrap().1, 0, "no activity left");
 }
 
 /// An activity's completion racing a purge of its (terminated) instance:

@@ -777,6 +777,10 @@ struct Sql {
     send: String,
     fetch_activities: String,
     complete_activity: String,
+    /// Locks instance rows in id order (the batch completion's first step).
+    lock_instances: String,
+    /// Deletes the activity rows still held under their tokens.
+    complete_activities: String,
     abandon_instance: String,
     abandon_activity: String,
     next_wake: String,
@@ -894,6 +898,13 @@ impl Sql {
             complete_activity: format!(
                 "DELETE FROM {s}.activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id"
             ),
+            lock_instances: format!(
+                "SELECT 1 FROM {s}.instances WHERE instance_id = ANY($1) ORDER BY instance_id FOR UPDATE"
+            ),
+            complete_activities: format!(
+                "DELETE FROM {s}.activities a USING unnest($1::int8[], $2::text[]) AS x(id, token) \
+                 WHERE a.id = x.id AND a.lock_token = x.token RETURNING a.id"
+            ),
             abandon_instance: format!(
                 "UPDATE {s}.instances SET lock_token = '{NOBODY}', lock_owner = NULL, due_at = {NOW} + $3 \
                  WHERE instance_id = $1 AND lock_token = $2 RETURNING due_at"
@@ -949,7 +960,7 @@ const REMOTE_CHANGES: usize = 16_384;
 pub struct PostgresStore {
     pool: Pool,
     /// Connections with `synchronous_commit=off`, for lease bookkeeping
-    /// only (fetch, abandon, takeover). Losing such a commit in a server
+    /// (fetch, abandon, takeover) and activity results. Losing such a commit in a server
     /// crash just hands the work out again, and any durable commit that
     /// depends on it flushes it first (the WAL is sequential); meanwhile
     /// fetches do not wait for a disk flush of their own.
@@ -1060,7 +1071,7 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         ))
-        .max_size(config.pool_size.div_ceil(4).max(2))
+        .max_size(config.pool_size.div_ceil(2).max(2))
         .build()
         .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
         let shared = Arc::new(Shared {
@@ -1192,6 +1203,75 @@ impl PostgresStore {
             return Err(StoreError::Closed);
         }
         self.leases.get().await.map_err(pool_err)
+    }
+
+    /// Completes several activities in one transaction (on the relaxed
+    /// pool, as [`Store::complete_activity_work`]): all their instance rows
+    /// locked first, in id order (so batches cannot deadlock each other,
+    /// and a purge, which also locks the instance first, cannot either),
+    /// then the activity rows still held are deleted and their results
+    /// delivered. An instance waiting for several results then takes one
+    /// turn for them. `Err` when the transaction failed as a whole.
+    async fn complete_batch(
+        &self,
+        items: &[(WorkLock, Message)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let keys: Vec<Option<(i64, InstanceId)>> =
+            items.iter().map(|(lock, _)| activity_key(lock)).collect();
+        let mut instances: Vec<String> = keys
+            .iter()
+            .flatten()
+            .map(|(_, i)| i.as_str().to_string())
+            .collect();
+        instances.sort_unstable();
+        instances.dedup();
+        let (rows, tokens): (Vec<i64>, Vec<String>) = items
+            .iter()
+            .zip(&keys)
+            .filter_map(|((lock, _), key)| Some((key.as_ref()?.0, lock.0.clone())))
+            .unzip();
+        let mut c = self.lease_client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let lock = tx
+            .prepare_cached(&self.sql.lock_instances)
+            .await
+            .map_err(db_err)?;
+        let delete = tx
+            .prepare_cached(&self.sql.complete_activities)
+            .await
+            .map_err(db_err)?;
+        let send = tx.prepare_cached(&self.sql.send).await.map_err(db_err)?;
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&instances];
+        let delete_params: [&(dyn ToSql + Sync); 2] = [&rows, &tokens];
+        let (locked, deleted) = futures::join!(
+            tx.query(&lock, &lock_params),
+            tx.query(&delete, &delete_params),
+        );
+        locked.map_err(db_err)?;
+        let held: std::collections::HashSet<i64> =
+            deleted.map_err(db_err)?.iter().map(|r| r.get(0)).collect();
+        let sends: Vec<(usize, SendArgs)> = items
+            .iter()
+            .zip(&keys)
+            .enumerate()
+            .filter_map(|(i, ((_, result), key))| {
+                let (row, instance) = key.as_ref()?;
+                held.contains(row)
+                    .then(|| (i, SendArgs::new(instance, result)))
+            })
+            .collect();
+        let params: Vec<_> = sends.iter().map(|(_, a)| a.params()).collect();
+        let delivered = join_all(params.iter().map(|p| tx.query_one(&send, p))).await;
+        let mut woken = Woken::default();
+        let mut out: Vec<Result<(), StoreError>> =
+            items.iter().map(|_| Err(StoreError::LeaseLost)).collect();
+        for ((i, _), row) in sends.iter().zip(delivered) {
+            let instance = &keys[*i].as_ref().expect("sent items have keys").1;
+            out[*i] = sent(&row.map_err(db_err)?, instance, false, &mut woken);
+        }
+        tx.commit().await.map_err(db_err)?;
+        self.after_commit(woken);
+        Ok(out)
     }
 
     /// Writes a commit's lifecycle outbox rows (see
@@ -1886,7 +1966,11 @@ impl Store for PostgresStore {
         let Some((row_id, instance_id)) = activity_key(lock) else {
             return Err(StoreError::LeaseLost);
         };
-        let mut c = self.client().await?;
+        // Without waiting for its own flush (see `leases`): a result lost
+        // in a server crash runs the activity again, which at-least-once
+        // allows, and the turn that consumes it commits durably, flushing
+        // it first.
+        let mut c = self.lease_client().await?;
         let tx = c.transaction().await.map_err(db_err)?;
         let done = tx
             .prepare_cached(&self.sql.complete_activity)
@@ -1917,6 +2001,25 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db_err)?;
         self.after_commit(woken);
         Ok(())
+    }
+
+    async fn complete_activities(
+        &self,
+        items: Vec<(WorkLock, Message)>,
+    ) -> Vec<Result<(), StoreError>> {
+        if items.len() > 1 {
+            match self.complete_batch(&items).await {
+                Ok(out) => return out,
+                // E.g. a deadlock with a turn sending to one of these
+                // instances (rare: sub-orchestrations): one at a time.
+                Err(e) => tracing::debug!(error = %e, "batch completion failed; one by one"),
+            }
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (lock, result) in items {
+            out.push(self.complete_activity_work(&lock, result).await);
+        }
+        out
     }
 
     async fn abandon_activity_work(
