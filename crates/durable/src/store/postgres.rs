@@ -19,9 +19,12 @@
 //!   re-tokens the row, so a holder whose lease expired and was taken over
 //!   finds a different token.
 //! - **One transaction per operation.** PostgreSQL flushes the WAL of
-//!   concurrent commits together, so the pool's connections share fsyncs
-//!   without the store batching operations itself; batching would hold many
-//!   instance rows locked at once and let two processes deadlock on them.
+//!   concurrent commits together, so the pool's connections share fsyncs.
+//!   Two operations span more: a new instance's first turn commits with its
+//!   creation ([`Store::create_instance_with_turn`]), and results handed
+//!   over together ([`Store::complete_activities`]) complete in one
+//!   transaction that locks their instance rows in id order first, so two
+//!   such batches cannot deadlock.
 //! - **Wake-ups across processes** go through `LISTEN`/`NOTIFY` on one
 //!   dedicated connection per store ([`listener`]): work made visible
 //!   locally fires the local [`WorkSignal`] at once and is announced to the
@@ -779,6 +782,9 @@ struct Sql {
     complete_activity: String,
     /// Locks instance rows in id order (the batch completion's first step).
     lock_instances: String,
+    /// Leases a row just created in this transaction to its first turn,
+    /// whose start message it consumes.
+    claim_created: String,
     /// Deletes the activity rows still held under their tokens.
     complete_activities: String,
     abandon_instance: String,
@@ -898,6 +904,11 @@ impl Sql {
             complete_activity: format!(
                 "DELETE FROM {s}.activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id"
             ),
+            claim_created: format!(
+                "WITH claimed AS (UPDATE {s}.instances SET lock_token = $2, lock_owner = NULL \
+                   WHERE instance_id = $1 RETURNING instance_id) \
+                 DELETE FROM {s}.messages m USING claimed c WHERE m.instance_id = c.instance_id"
+            ),
             lock_instances: format!(
                 "SELECT 1 FROM {s}.instances WHERE instance_id = ANY($1) ORDER BY instance_id FOR UPDATE"
             ),
@@ -1009,6 +1020,15 @@ fn activity_key(lock: &WorkLock) -> Option<(i64, InstanceId)> {
 
 fn lease_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// What a committed turn's transaction leaves to do after the commit.
+struct Committed {
+    woken: Woken,
+    /// Lifecycle outbox rows were written.
+    lifecycle: bool,
+    /// Sub-orchestrations it created.
+    children: Vec<String>,
 }
 
 /// What a statement made visible, for the wake-ups after the commit.
@@ -1317,6 +1337,214 @@ impl PostgresStore {
             .map_err(db_err)?;
         }
         Ok(true)
+    }
+
+    /// A turn's statements inside `tx` (see [`Store::commit_turn`]);
+    /// `LeaseLost` when the lease check failed (the caller rolls back).
+    async fn commit_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        commit: &TurnCommit,
+    ) -> Result<Committed, StoreError> {
+        let sql = self.sql.clone();
+        let id = commit.instance_id.as_str();
+        let s = &commit.status;
+        let terminal = s.runtime_status.is_terminal();
+        // Everything goes out pipelined in one round trip; the server runs
+        // the statements in order. The status UPDATE comes first and is the
+        // lease check: once it holds the row lock, each later statement
+        // takes its snapshot after every send that committed before us, so
+        // the due time recomputed last sees every message. If the lease was
+        // lost, the UPDATE matched nothing and the whole transaction is
+        // rolled back below, whatever the later statements did.
+        let status_args: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(id.to_string()),
+            Box::new(commit.lock.0.clone()),
+            Box::new(s.runtime_status.as_str()),
+            Box::new(s.execution_id.clone()),
+            Box::new(s.input.as_ref().map(json)),
+            Box::new(s.output.as_ref().map(json)),
+            Box::new(s.custom_status.as_ref().map(json)),
+            Box::new(s.failure.as_ref().map(json)),
+            Box::new(s.history_events as i64),
+            Box::new(s.history_bytes as i64),
+            Box::new(s.updated_at.timestamp_millis()),
+            // This process now holds the instance's run in its cache.
+            Box::new(self.shared.worker),
+        ];
+        let mut plain: Vec<(tokio_postgres::Statement, Vec<Box<dyn ToSql + Sync + Send>>)> =
+            Vec::new();
+        let st_status = tx
+            .prepare_cached(&sql.commit_status)
+            .await
+            .map_err(db_err)?;
+        if commit.replace_history {
+            let st = tx
+                .prepare_cached(&sql.delete_history)
+                .await
+                .map_err(db_err)?;
+            plain.push((st, vec![Box::new(id.to_string())]));
+        }
+        if let Some(first) = commit.history.first() {
+            let st = tx
+                .prepare_cached(&sql.insert_history)
+                .await
+                .map_err(db_err)?;
+            plain.push((
+                st,
+                vec![
+                    Box::new(id.to_string()),
+                    Box::new(first.event_id as i64),
+                    Box::new(json(&commit.history)),
+                ],
+            ));
+        }
+        if terminal {
+            // A finished instance takes no more work: drop what waits.
+            let st = tx.prepare_cached(&sql.delete_inbox).await.map_err(db_err)?;
+            plain.push((st, vec![Box::new(id.to_string())]));
+        } else if !commit.consumed.is_empty() {
+            let st = tx
+                .prepare_cached(&sql.delete_consumed)
+                .await
+                .map_err(db_err)?;
+            plain.push((
+                st,
+                vec![Box::new(id.to_string()), Box::new(commit.consumed.clone())],
+            ));
+        }
+        // Activities grouped by (instance, execution): one statement each.
+        let mut groups: Vec<((String, String), Vec<&NewActivity>)> = Vec::new();
+        for a in &commit.activities {
+            let key = (a.instance_id.as_str().to_string(), a.execution_id.clone());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(a),
+                None => groups.push((key, vec![a])),
+            }
+        }
+        let mut woken = Woken::default();
+        if !groups.is_empty() {
+            woken.activities = true;
+            let st = tx
+                .prepare_cached(&sql.insert_activities)
+                .await
+                .map_err(db_err)?;
+            for ((inst, exec), acts) in groups {
+                let tasks: Vec<i64> = acts.iter().map(|a| a.task_id as i64).collect();
+                let names: Vec<String> = acts.iter().map(|a| a.name.clone()).collect();
+                let inputs: Vec<String> = acts.iter().map(|a| json(&a.input)).collect();
+                plain.push((
+                    st.clone(),
+                    vec![
+                        Box::new(inst),
+                        Box::new(exec),
+                        Box::new(tasks),
+                        Box::new(names),
+                        Box::new(inputs),
+                    ],
+                ));
+            }
+        }
+        let children: Vec<CreateArgs> = commit
+            .new_instances
+            .iter()
+            .map(|c| CreateArgs::new(c, self.shared.worker))
+            .collect();
+        let sends: Vec<SendArgs> = commit
+            .messages
+            .iter()
+            .map(|m| SendArgs::new(&m.instance_id, &m.message))
+            .collect();
+        let st_create = tx
+            .prepare_cached(&sql.upsert_instance)
+            .await
+            .map_err(db_err)?;
+        let st_send = tx.prepare_cached(&sql.send).await.map_err(db_err)?;
+        let st_recompute = tx
+            .prepare_cached(&sql.recompute_due)
+            .await
+            .map_err(db_err)?;
+
+        let status_params = params(&status_args);
+        let plain_params: Vec<_> = plain.iter().map(|(st, a)| (st, params(a))).collect();
+        let child_params: Vec<_> = children.iter().map(CreateArgs::params).collect();
+        let send_params: Vec<_> = sends.iter().map(SendArgs::params).collect();
+        let id_param: [&(dyn ToSql + Sync); 1] = [&id];
+        let (updated, plain_done, created, delivered, recomputed) = futures::join!(
+            tx.query_opt(&st_status, &status_params),
+            join_all(plain_params.iter().map(|(st, a)| tx.execute(*st, a))),
+            join_all(child_params.iter().map(|a| tx.query_one(&st_create, a))),
+            join_all(send_params.iter().map(|a| tx.query_one(&st_send, a))),
+            async {
+                if terminal {
+                    None
+                } else {
+                    Some(tx.query_one(&st_recompute, &id_param).await)
+                }
+            },
+        );
+        let Some(before) = updated.map_err(db_err)? else {
+            return Err(StoreError::LeaseLost);
+        };
+        for r in plain_done {
+            r.map_err(db_err)?;
+        }
+        let mut conflicts = Vec::new();
+        let mut children = Vec::new();
+        for (child, row) in commit.new_instances.iter().zip(created) {
+            if row.map_err(db_err)?.get::<_, i64>(0) == 1 {
+                woken.orchestrations = true;
+                children.push(child.instance_id.as_str());
+            } else {
+                conflicts.push(child_conflict(child));
+            }
+        }
+        for (m, row) in commit.messages.iter().zip(delivered) {
+            sent(&row.map_err(db_err)?, &m.instance_id, false, &mut woken)?;
+        }
+        let mut recomputed = recomputed.transpose().map_err(db_err)?;
+        if !conflicts.is_empty() {
+            // Rare: tell the parent, then recompute its due time again.
+            for (parent, message) in &conflicts {
+                send_in(tx, &sql, parent, message, false, &mut woken).await?;
+            }
+            if !terminal {
+                recomputed = Some(tx.query_one(&st_recompute, &[&id]).await.map_err(db_err)?);
+            }
+        }
+        if let Some(row) = recomputed {
+            if let Some(due) = row.get::<_, Option<i64>>(0) {
+                woken.due(due, row.get(1));
+            }
+        }
+        let lifecycle = match &self.shared.lifecycle {
+            Some(_) => self.write_lifecycle(tx, id, &before, s).await?,
+            None => false,
+        };
+        Ok(Committed {
+            woken,
+            lifecycle,
+            children: children.into_iter().map(str::to_string).collect(),
+        })
+    }
+
+    /// After a turn's transaction committed: wake-ups, the lifecycle relay,
+    /// and the change announced to the other processes.
+    fn committed(&self, commit: &TurnCommit, done: Committed) {
+        self.after_commit(done.woken);
+        if let (true, Some(n)) = (done.lifecycle, &self.shared.lifecycle) {
+            n.notify_one();
+        }
+        let to = commit.status.history_events;
+        let from = if commit.replace_history {
+            0
+        } else {
+            to.saturating_sub(commit.history.len() as u64)
+        };
+        self.shared.changed(commit.instance_id.as_str(), from, to);
+        for child in done.children {
+            self.shared.changed(&child, 0, 0);
+        }
     }
 
     fn after_commit(&self, woken: Woken) {
@@ -1696,202 +1924,57 @@ impl Store for PostgresStore {
 
     async fn commit_turn(&self, commit: TurnCommit) -> Result<(), StoreError> {
         let mut c = self.client().await?;
-        let sql = self.sql.clone();
         let tx = c.transaction().await.map_err(db_err)?;
-        let id = commit.instance_id.as_str();
-        let s = &commit.status;
-        let terminal = s.runtime_status.is_terminal();
-        // Everything goes out pipelined in one round trip; the server runs
-        // the statements in order. The status UPDATE comes first and is the
-        // lease check: once it holds the row lock, each later statement
-        // takes its snapshot after every send that committed before us, so
-        // the due time recomputed last sees every message. If the lease was
-        // lost, the UPDATE matched nothing and the whole transaction is
-        // rolled back below, whatever the later statements did.
-        let status_args: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            Box::new(id.to_string()),
-            Box::new(commit.lock.0.clone()),
-            Box::new(s.runtime_status.as_str()),
-            Box::new(s.execution_id.clone()),
-            Box::new(s.input.as_ref().map(json)),
-            Box::new(s.output.as_ref().map(json)),
-            Box::new(s.custom_status.as_ref().map(json)),
-            Box::new(s.failure.as_ref().map(json)),
-            Box::new(s.history_events as i64),
-            Box::new(s.history_bytes as i64),
-            Box::new(s.updated_at.timestamp_millis()),
-            // This process now holds the instance's run in its cache.
-            Box::new(self.shared.worker),
-        ];
-        let mut plain: Vec<(tokio_postgres::Statement, Vec<Box<dyn ToSql + Sync + Send>>)> =
-            Vec::new();
-        let st_status = tx
-            .prepare_cached(&sql.commit_status)
-            .await
-            .map_err(db_err)?;
-        if commit.replace_history {
-            let st = tx
-                .prepare_cached(&sql.delete_history)
-                .await
-                .map_err(db_err)?;
-            plain.push((st, vec![Box::new(id.to_string())]));
-        }
-        if let Some(first) = commit.history.first() {
-            let st = tx
-                .prepare_cached(&sql.insert_history)
-                .await
-                .map_err(db_err)?;
-            plain.push((
-                st,
-                vec![
-                    Box::new(id.to_string()),
-                    Box::new(first.event_id as i64),
-                    Box::new(json(&commit.history)),
-                ],
-            ));
-        }
-        if terminal {
-            // A finished instance takes no more work: drop what waits.
-            let st = tx.prepare_cached(&sql.delete_inbox).await.map_err(db_err)?;
-            plain.push((st, vec![Box::new(id.to_string())]));
-        } else if !commit.consumed.is_empty() {
-            let st = tx
-                .prepare_cached(&sql.delete_consumed)
-                .await
-                .map_err(db_err)?;
-            plain.push((
-                st,
-                vec![Box::new(id.to_string()), Box::new(commit.consumed.clone())],
-            ));
-        }
-        // Activities grouped by (instance, execution): one statement each.
-        let mut groups: Vec<((String, String), Vec<&NewActivity>)> = Vec::new();
-        for a in &commit.activities {
-            let key = (a.instance_id.as_str().to_string(), a.execution_id.clone());
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) => v.push(a),
-                None => groups.push((key, vec![a])),
+        let done = match self.commit_in(&tx, &commit).await {
+            Ok(done) => done,
+            Err(e) => {
+                // Nothing changed once rolled back. Awaited, not left to the
+                // drop: the statements may hold row locks (a send's target)
+                // that a fetch right after this call must not skip.
+                let _ = tx.rollback().await;
+                return Err(e);
             }
-        }
-        let mut woken = Woken::default();
-        if !groups.is_empty() {
-            woken.activities = true;
-            let st = tx
-                .prepare_cached(&sql.insert_activities)
-                .await
-                .map_err(db_err)?;
-            for ((inst, exec), acts) in groups {
-                let tasks: Vec<i64> = acts.iter().map(|a| a.task_id as i64).collect();
-                let names: Vec<String> = acts.iter().map(|a| a.name.clone()).collect();
-                let inputs: Vec<String> = acts.iter().map(|a| json(&a.input)).collect();
-                plain.push((
-                    st.clone(),
-                    vec![
-                        Box::new(inst),
-                        Box::new(exec),
-                        Box::new(tasks),
-                        Box::new(names),
-                        Box::new(inputs),
-                    ],
-                ));
-            }
-        }
-        let children: Vec<CreateArgs> = commit
-            .new_instances
-            .iter()
-            .map(|c| CreateArgs::new(c, self.shared.worker))
-            .collect();
-        let sends: Vec<SendArgs> = commit
-            .messages
-            .iter()
-            .map(|m| SendArgs::new(&m.instance_id, &m.message))
-            .collect();
-        let st_create = tx
-            .prepare_cached(&sql.upsert_instance)
-            .await
-            .map_err(db_err)?;
-        let st_send = tx.prepare_cached(&sql.send).await.map_err(db_err)?;
-        let st_recompute = tx
-            .prepare_cached(&sql.recompute_due)
-            .await
-            .map_err(db_err)?;
-
-        let status_params = params(&status_args);
-        let plain_params: Vec<_> = plain.iter().map(|(st, a)| (st, params(a))).collect();
-        let child_params: Vec<_> = children.iter().map(CreateArgs::params).collect();
-        let send_params: Vec<_> = sends.iter().map(SendArgs::params).collect();
-        let id_param: [&(dyn ToSql + Sync); 1] = [&id];
-        let (updated, plain_done, created, delivered, recomputed) = futures::join!(
-            tx.query_opt(&st_status, &status_params),
-            join_all(plain_params.iter().map(|(st, a)| tx.execute(*st, a))),
-            join_all(child_params.iter().map(|a| tx.query_one(&st_create, a))),
-            join_all(send_params.iter().map(|a| tx.query_one(&st_send, a))),
-            async {
-                if terminal {
-                    None
-                } else {
-                    Some(tx.query_one(&st_recompute, &id_param).await)
-                }
-            },
-        );
-        let Some(before) = updated.map_err(db_err)? else {
-            // Nothing changed once rolled back. Awaited, not left to the
-            // drop: the later statements may hold row locks (a send's
-            // target) that a fetch right after this call must not skip.
-            let _ = tx.rollback().await;
-            return Err(StoreError::LeaseLost);
-        };
-        for r in plain_done {
-            r.map_err(db_err)?;
-        }
-        let mut conflicts = Vec::new();
-        let mut children = Vec::new();
-        for (child, row) in commit.new_instances.iter().zip(created) {
-            if row.map_err(db_err)?.get::<_, i64>(0) == 1 {
-                woken.orchestrations = true;
-                children.push(child.instance_id.as_str());
-            } else {
-                conflicts.push(child_conflict(child));
-            }
-        }
-        for (m, row) in commit.messages.iter().zip(delivered) {
-            sent(&row.map_err(db_err)?, &m.instance_id, false, &mut woken)?;
-        }
-        let mut recomputed = recomputed.transpose().map_err(db_err)?;
-        if !conflicts.is_empty() {
-            // Rare: tell the parent, then recompute its due time again.
-            for (parent, message) in &conflicts {
-                send_in(&tx, &sql, parent, message, false, &mut woken).await?;
-            }
-            if !terminal {
-                recomputed = Some(tx.query_one(&st_recompute, &[&id]).await.map_err(db_err)?);
-            }
-        }
-        if let Some(row) = recomputed {
-            if let Some(due) = row.get::<_, Option<i64>>(0) {
-                woken.due(due, row.get(1));
-            }
-        }
-        let lifecycle = match &self.shared.lifecycle {
-            Some(_) => self.write_lifecycle(&tx, id, &before, s).await?,
-            None => false,
         };
         tx.commit().await.map_err(db_err)?;
-        self.after_commit(woken);
-        if let (true, Some(n)) = (lifecycle, &self.shared.lifecycle) {
-            n.notify_one();
-        }
-        let to = s.history_events;
-        let from = if commit.replace_history {
-            0
-        } else {
-            to.saturating_sub(commit.history.len() as u64)
-        };
-        self.shared.changed(id, from, to);
-        for child in children {
-            self.shared.changed(child, 0, 0);
-        }
+        self.committed(&commit, done);
         Ok(())
+    }
+
+    async fn create_instance_with_turn(
+        &self,
+        instance: NewInstance,
+        mut commit: TurnCommit,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        if !create_in(&tx, &self.sql, &instance, self.shared.worker).await? {
+            let _ = tx.rollback().await;
+            return Err(StoreError::Conflict(instance.instance_id));
+        }
+        // The turn consumed the start message create_in queued (the only
+        // message of a row created in this transaction), and commits under
+        // a token of its own: nobody else can see the row before this
+        // transaction commits.
+        let token = format!("create/{}", uuid::Uuid::new_v4().simple());
+        let id = instance.instance_id.as_str();
+        let claim = tx
+            .prepare_cached(&self.sql.claim_created)
+            .await
+            .map_err(db_err)?;
+        tx.execute(&claim, &[&id, &token]).await.map_err(db_err)?;
+        commit.lock = WorkLock(token);
+        commit.consumed.clear();
+        let done = match self.commit_in(&tx, &commit).await {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        tx.commit().await.map_err(db_err)?;
+        self.shared.changed(id, 0, 0);
+        self.committed(&commit, done);
+        Ok(true)
     }
 
     async fn abandon_orchestration_work(
