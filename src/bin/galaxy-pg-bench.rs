@@ -118,6 +118,62 @@ struct Run {
     instances: usize,
     started_in: Duration,
     completed_in: Duration,
+    /// CPU the PostgreSQL server used during the run (ms; `None` on a
+    /// server of one's own, which this process cannot see).
+    server_cpu_ms: Option<f64>,
+    /// CPU the galaxy-cloud processes used (ms).
+    cloud_cpu_ms: f64,
+}
+
+/// `(ppid, CPU ms of the process itself, CPU ms of its reaped children)`
+/// from `/proc/<pid>/stat`.
+fn proc_cpu(pid: u32, tick_ms: f64) -> Option<(u32, f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split(' ').collect();
+    // After the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Some((
+        n(1) as u32,
+        (n(11) + n(12)) * tick_ms,
+        (n(13) + n(14)) * tick_ms,
+    ))
+}
+
+/// CPU ms used so far by a process tree: the root, its reaped children
+/// (exited backends), and its live children.
+fn tree_cpu_ms(root: u32, tick_ms: f64) -> f64 {
+    let Some((_, own, reaped)) = proc_cpu(root, tick_ms) else {
+        return 0.0;
+    };
+    let mut total = own + reaped;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((ppid, own, reaped)) = proc_cpu(pid, tick_ms) {
+            if ppid == root {
+                total += own + reaped;
+            }
+        }
+    }
+    total
+}
+
+/// Milliseconds per clock tick of `/proc` CPU times.
+fn tick_ms() -> f64 {
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    1000.0 / hz
 }
 
 async fn completed(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
@@ -149,7 +205,14 @@ async fn create_database(admin_url: &str, n: usize) -> anyhow::Result<String> {
     Ok(format!("postgres://{user}@{host}:{port}/{name}"))
 }
 
-async fn run(args: &Args, bin: &PathBuf, admin_url: &str, processes: usize) -> anyhow::Result<Run> {
+async fn run(
+    args: &Args,
+    bin: &PathBuf,
+    admin_url: &str,
+    processes: usize,
+    postmaster: Option<u32>,
+) -> anyhow::Result<Run> {
+    let tick = tick_ms();
     let url = create_database(admin_url, processes).await?;
     let dirs: Vec<tempfile::TempDir> = (0..processes)
         .map(|_| tempfile::tempdir())
@@ -169,6 +232,15 @@ async fn run(args: &Args, bin: &PathBuf, admin_url: &str, processes: usize) -> a
     let client = reqwest::Client::new();
     let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
 
+    let cloud_cpu = |servers: &[Server]| -> f64 {
+        servers
+            .iter()
+            .filter_map(|s| proc_cpu(s.child.id(), tick))
+            .map(|(_, own, _)| own)
+            .sum()
+    };
+    let server_before = postmaster.map(|p| tree_cpu_ms(p, tick));
+    let cloud_before = cloud_cpu(&servers);
     let t0 = Instant::now();
     let statuses: Vec<reqwest::StatusCode> = futures::stream::iter(0..args.instances)
         .map(|i| {
@@ -207,6 +279,10 @@ async fn run(args: &Args, bin: &PathBuf, admin_url: &str, processes: usize) -> a
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let completed_in = t0.elapsed();
+    let server_cpu_ms = postmaster
+        .zip(server_before)
+        .map(|(p, before)| tree_cpu_ms(p, tick) - before);
+    let cloud_cpu_ms = cloud_cpu(&servers) - cloud_before;
     for s in servers {
         terminate(s)?;
     }
@@ -215,6 +291,8 @@ async fn run(args: &Args, bin: &PathBuf, admin_url: &str, processes: usize) -> a
         instances: args.instances,
         started_in,
         completed_in,
+        server_cpu_ms,
+        cloud_cpu_ms,
     })
 }
 
@@ -235,9 +313,19 @@ async fn main() -> anyhow::Result<()> {
         (None, Some(c)) => c.url("postgres"),
         (None, None) => unreachable!("a cluster is started without --server-url"),
     };
+    // The postmaster: the server's CPU is its tree's.
+    let postmaster = cluster.as_ref().and_then(|c| {
+        std::fs::read_to_string(c.dir().join("data/postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    });
     let mut runs = Vec::new();
     for &p in &args.processes {
-        runs.push(run(&args, &bin, &admin_url, p).await?);
+        runs.push(run(&args, &bin, &admin_url, p, postmaster).await?);
     }
     if let Some(c) = cluster {
         c.stop();
@@ -257,15 +345,21 @@ async fn main() -> anyhow::Result<()> {
         },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| galaxy-cloud processes | started/s | Galaxy_Create completed/s | all done in |");
-    println!("|---:|---:|---:|---:|");
+    println!(
+        "| galaxy-cloud processes | started/s | Galaxy_Create completed/s | all done in \
+         | PostgreSQL CPU per Galaxy_Create | galaxy-cloud CPU per Galaxy_Create |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
     for r in &runs {
+        let per = |ms: f64| format!("{:.2} ms", ms / r.instances as f64);
         println!(
-            "| {} | {:.0} | {:.0} | {:.1} s |",
+            "| {} | {:.0} | {:.0} | {:.1} s | {} | {} |",
             r.processes,
             r.instances as f64 / r.started_in.as_secs_f64(),
             r.instances as f64 / r.completed_in.as_secs_f64(),
-            r.completed_in.as_secs_f64()
+            r.completed_in.as_secs_f64(),
+            r.server_cpu_ms.map_or("n/a (own server)".to_string(), per),
+            per(r.cloud_cpu_ms)
         );
     }
     Ok(())
