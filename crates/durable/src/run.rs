@@ -483,3 +483,194 @@ pub(crate) fn panic_failure(who: &str, panic: Box<dyn std::any::Any + Send>) -> 
         .unwrap_or_else(|| "unknown panic".to_string());
     FailureDetails::new("Panic", format!("{who} panicked: {msg}"))
 }
+
+/// The pure core on canned histories and messages, without a store or an
+/// engine: what a turn records, what replay rebuilds, and how a changed
+/// orchestrator is caught.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Message;
+    use crate::registry::Registry;
+    use crate::store::StoredMessage;
+    use crate::TaskError;
+    use serde_json::json;
+
+    const EXEC: &str = "exec-1";
+
+    /// Two activities side by side, then a third with both results: the
+    /// shape of Galaxy_Create.
+    fn fan_out(first: &'static str) -> Registry {
+        Registry::new().orchestration("Fan", move |ctx: OrchestrationContext, _: ()| async move {
+            let a = ctx.call_activity::<u32>(first, ());
+            let b = ctx.call_activity::<u32>("B", ());
+            let (a, b) = futures::join!(a, b);
+            let sum: u32 = ctx.call_activity("Sum", json!([a?, b?])).await?;
+            Ok::<_, TaskError>(sum)
+        })
+    }
+
+    fn message(id: i64, kind: EventKind) -> StoredMessage {
+        StoredMessage {
+            id,
+            message: Message {
+                execution_id: Some(EXEC.into()),
+                visible_at: None,
+                sent_at: crate::types::now(),
+                kind,
+            },
+        }
+    }
+
+    fn started(id: i64) -> StoredMessage {
+        message(
+            id,
+            EventKind::ExecutionStarted {
+                name: "Fan".into(),
+                input: json!(null),
+                execution_id: EXEC.into(),
+                parent: None,
+            },
+        )
+    }
+
+    fn done(id: i64, task_id: u64, result: Value) -> StoredMessage {
+        message(id, EventKind::TaskCompleted { task_id, result })
+    }
+
+    fn kinds(history: &[HistoryEvent]) -> Vec<&'static str> {
+        history.iter().map(|e| e.kind.type_name()).collect()
+    }
+
+    fn turn(
+        run: &mut OrchestrationRun,
+        registry: &Registry,
+        messages: &[StoredMessage],
+    ) -> TurnResult {
+        run.turn(
+            registry,
+            messages,
+            crate::types::now(),
+            HistoryLimits::default(),
+            Vec::new(),
+        )
+    }
+
+    fn id() -> InstanceId {
+        InstanceId::new("canned").unwrap()
+    }
+
+    #[test]
+    fn a_first_turn_records_the_start_and_schedules_the_fan_out() {
+        let registry = fan_out("A");
+        let mut run = OrchestrationRun::new(id());
+        let t = turn(&mut run, &registry, &[started(1)]);
+        assert_eq!(
+            kinds(&t.history),
+            [
+                "OrchestratorStarted",
+                "ExecutionStarted",
+                "TaskScheduled",
+                "TaskScheduled"
+            ]
+        );
+        let ids: Vec<u64> = t.history.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, [0, 1, 2, 3], "numbered from the start");
+        assert_eq!(t.actions.len(), 2);
+        assert_eq!(run.status(), RuntimeStatus::Running);
+        assert_eq!(run.history_len, 4);
+    }
+
+    #[test]
+    fn results_in_one_turn_schedule_the_next_step_then_the_run_completes() {
+        let registry = fan_out("A");
+        let mut run = OrchestrationRun::new(id());
+        let first = turn(&mut run, &registry, &[started(1)]);
+        let tasks: Vec<u64> = first
+            .history
+            .iter()
+            .filter_map(|e| e.kind.task_id())
+            .collect();
+        let second = turn(
+            &mut run,
+            &registry,
+            &[done(2, tasks[0], json!(2)), done(3, tasks[1], json!(3))],
+        );
+        assert_eq!(
+            kinds(&second.history),
+            [
+                "OrchestratorStarted",
+                "TaskCompleted",
+                "TaskCompleted",
+                "TaskScheduled"
+            ]
+        );
+        assert_eq!(second.actions.len(), 1, "Sum, once both results are in");
+        let sum = second.history.last().unwrap().kind.task_id().unwrap();
+        let last = turn(&mut run, &registry, &[done(4, sum, json!(5))]);
+        assert_eq!(
+            kinds(&last.history),
+            ["OrchestratorStarted", "TaskCompleted", "ExecutionCompleted"]
+        );
+        assert!(last.actions.is_empty());
+        assert_eq!(run.status(), RuntimeStatus::Completed);
+    }
+
+    #[test]
+    fn stale_and_repeated_messages_change_nothing() {
+        let registry = fan_out("A");
+        let mut run = OrchestrationRun::new(id());
+        turn(&mut run, &registry, &[started(1)]);
+        let mut other = done(2, 0, json!(9));
+        other.message.execution_id = Some("an older execution".into());
+        let t = turn(&mut run, &registry, &[other, started(3)]);
+        assert_eq!(
+            kinds(&t.history),
+            ["OrchestratorStarted"],
+            "dropped, not applied"
+        );
+        assert!(t.actions.is_empty());
+        assert_eq!(run.status(), RuntimeStatus::Running);
+    }
+
+    #[test]
+    fn replaying_a_history_rebuilds_the_run_without_repeating_its_work() {
+        let registry = fan_out("A");
+        let mut live = OrchestrationRun::new(id());
+        let mut history = turn(&mut live, &registry, &[started(1)]).history;
+        let tasks: Vec<u64> = history.iter().filter_map(|e| e.kind.task_id()).collect();
+        history.extend(turn(&mut live, &registry, &[done(2, tasks[0], json!(2))]).history);
+
+        let (mut replayed, actions) = OrchestrationRun::replay(&registry, id(), &history);
+        assert!(actions.is_empty(), "recorded actions are not issued again");
+        assert_eq!(replayed.history_len, live.history_len);
+        assert_eq!(replayed.status(), RuntimeStatus::Running);
+        // The replayed run goes on exactly as the live one does.
+        let next = [done(3, tasks[1], json!(3))];
+        let a = turn(&mut live, &registry, &next);
+        let b = turn(&mut replayed, &registry, &next);
+        assert_eq!(kinds(&a.history), kinds(&b.history));
+        assert_eq!(a.actions.len(), b.actions.len());
+    }
+
+    #[test]
+    fn an_orchestrator_that_changed_is_caught_on_replay() {
+        let mut live = OrchestrationRun::new(id());
+        let history = turn(&mut live, &fan_out("A"), &[started(1)]).history;
+        // The code now calls "C" where the history recorded "A".
+        let (run, actions) = OrchestrationRun::replay(&fan_out("C"), id(), &history);
+        assert!(actions.is_empty());
+        assert_eq!(run.status(), RuntimeStatus::Failed);
+        match &run.outcome {
+            Some(Outcome::Failed(f)) => {
+                assert_eq!(f.kind, "NonDeterminism");
+                assert!(
+                    f.message.contains('A') && f.message.contains('C'),
+                    "{}",
+                    f.message
+                );
+            }
+            _ => panic!("expected a NonDeterminism failure"),
+        }
+    }
+}
