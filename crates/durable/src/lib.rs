@@ -13,7 +13,8 @@
 //!   store commit.
 //! - [`store`]: the [`Store`] trait and its SQLite and PostgreSQL
 //!   implementations.
-//! - [`conformance`]: the test suite every store must pass.
+//! - `conformance` (feature `testing`): the test suite every store must
+//!   pass.
 //! - `testing` (feature `testing`): a throwaway PostgreSQL cluster for
 //!   tests and benchmarks.
 //!
@@ -27,6 +28,7 @@
 //! - **work item**: a leased unit of queued work: an instance with messages
 //!   (orchestration work item) or an activity to run (activity work item).
 
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod context;
 pub mod elide;

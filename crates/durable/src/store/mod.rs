@@ -7,7 +7,8 @@
 //! holder commits or abandons it, so a dead worker's items return to the queue
 //! by themselves.
 //!
-//! Invariants every store upholds (checked by [`crate::conformance`]):
+//! Invariants every store upholds (checked by `crate::conformance`, behind
+//! the `testing` feature):
 //! - `commit_turn` is one transaction: history delta, consumed messages,
 //!   new work items, outgoing messages and status land together or not at all.
 //! - A commit or completion whose lease was lost fails with
