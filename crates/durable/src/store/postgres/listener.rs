@@ -1,0 +1,227 @@
+//! The store's dedicated connection: `LISTEN` for the other processes'
+//! announcements, `NOTIFY` for this one's, and the worker registration
+//! whose backend's life marks this process alive.
+//!
+//! Notifications carry a first line of flags, `o` (orchestration
+//! work), `a` (activity work) and `w<ms>` (something becomes due then),
+//! and then one line `<from>,<to>,<instance id>` per instance this
+//! process changed (its history went from `from` to `to` events; `0,0`
+//! a creation), which the other processes' engines publish as live
+//! updates ([`Store::remote_changes`]). Our own notifications come back
+//! to us too; they are recognised by the sending backend's pid and
+//! ignored. After a reconnect both signals fire, since announcements
+//! may have been missed while disconnected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::AsyncMessage;
+
+use super::{db_err, PgTarget, Shared};
+use crate::store::{RemoteChange, StoreError};
+use crate::types::InstanceId;
+
+/// Pause before reconnecting after the listener connection failed.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+pub(super) async fn run(
+    target: PgTarget,
+    schema: String,
+    shared: Arc<Shared>,
+    mut ready: Option<oneshot::Sender<Result<(), StoreError>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let s = format!("\"{schema}\"");
+    loop {
+        let session = async {
+            let (client, mut conn) = target.connect().await.map_err(db_err)?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let pump = tokio::spawn(async move {
+                let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(m) = messages.next().await {
+                    match m {
+                        Ok(AsyncMessage::Notification(n)) => {
+                            if tx.send(n).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "store listener connection failed");
+                            break;
+                        }
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN \"{}\"", shared.channel))
+                .await
+                .map_err(db_err)?;
+            let pid: i32 = client
+                .query_one(
+                    &format!(
+                        "INSERT INTO {s}.workers (id, pid, backend_start) \
+                         SELECT $1, pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid() \
+                         ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, backend_start = excluded.backend_start, \
+                           gone_since = NULL \
+                         RETURNING pid"
+                    ),
+                    &[&shared.worker],
+                )
+                .await
+                .map_err(db_err)?
+                .get(0);
+            Ok::<_, StoreError>((client, rx, pump, pid))
+        };
+        let (client, mut rx, pump, pid) = match session.await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                    return;
+                }
+                tracing::warn!(error = %e, "store listener cannot connect; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT) => continue,
+                    _ = stop_requested(&mut stop) => return,
+                }
+            }
+        };
+        match ready.take() {
+            Some(r) => {
+                let _ = r.send(Ok(()));
+            }
+            // Announcements may have been missed while disconnected.
+            None => shared.wake_local(true, true),
+        }
+        // Send what was queued while disconnected.
+        shared.kick.notify_one();
+        *shared.hint_sent.lock().expect("hint lock") = None;
+        let stopped = loop {
+            tokio::select! {
+                n = rx.recv() => {
+                    let Some(n) = n else { break false };
+                    if n.process_id() != pid {
+                        receive(&shared, n.payload());
+                    }
+                }
+                _ = shared.kick.notified() => {
+                    let mut failed = false;
+                    for payload in take_payloads(&shared) {
+                        if let Err(e) = client
+                            .execute("SELECT pg_notify($1, $2)", &[&shared.channel, &payload])
+                            .await
+                        {
+                            tracing::warn!(error = %e, "store listener cannot notify");
+                            *shared.hint_sent.lock().expect("hint lock") = None;
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed {
+                        break false;
+                    }
+                }
+                _ = stop_requested(&mut stop) => break true,
+            }
+        };
+        if stopped {
+            let _ = client
+                .execute(
+                    &format!("DELETE FROM {s}.workers WHERE id = $1"),
+                    &[&shared.worker],
+                )
+                .await;
+            drop(client);
+            let _ = pump.await;
+            return;
+        }
+        drop(client);
+        pump.abort();
+        tokio::select! {
+            _ = tokio::time::sleep(RECONNECT) => {}
+            _ = stop_requested(&mut stop) => return,
+        }
+    }
+}
+
+/// Resolves when the store asks the listener to stop.
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Largest payload sent in one `NOTIFY` (the server's limit is 8000
+/// bytes).
+const PAYLOAD_MAX: usize = 7900;
+
+/// Empties the outbox into notification payloads: a first line of
+/// flags (`o`, `a`, `w<ms>`), then one line per changed instance,
+/// `<from>,<to>,<instance id>` (ids hold no control characters), split
+/// over several payloads when long.
+fn take_payloads(shared: &Shared) -> Vec<String> {
+    let mut o = shared.outbox.lock().expect("outbox lock");
+    let mut flags = String::new();
+    if std::mem::take(&mut o.orchestrations) {
+        flags.push('o');
+    }
+    if std::mem::take(&mut o.activities) {
+        flags.push('a');
+    }
+    if let Some(w) = o.wake.take() {
+        flags.push_str(&format!("w{w}"));
+    }
+    let changes = std::mem::take(&mut o.changes);
+    drop(o);
+    let mut payloads = Vec::new();
+    let mut p = flags;
+    for (id, from, to) in changes {
+        let line = format!("\n{from},{to},{id}");
+        if p.len() + line.len() > PAYLOAD_MAX {
+            payloads.push(std::mem::take(&mut p));
+        }
+        p.push_str(&line);
+    }
+    if !p.is_empty() {
+        payloads.push(p);
+    }
+    payloads
+}
+
+fn receive(shared: &Shared, payload: &str) {
+    let (flags, changes) = payload.split_once('\n').unwrap_or((payload, ""));
+    let orchestrations = flags.contains('o');
+    let activities = flags.contains('a');
+    shared.wake_local(orchestrations, activities);
+    if let Some(w) = flags
+        .split_once('w')
+        .and_then(|(_, w)| w.parse::<i64>().ok())
+    {
+        let mut planned = shared.planned_wake.lock().expect("planned lock");
+        if planned.is_none_or(|p| w < p) {
+            *planned = Some(w);
+            drop(planned);
+            shared.wake_local(true, true);
+        }
+    }
+    for line in changes.split('\n') {
+        if let Some(change) = parse_change(line) {
+            // Nobody listening (no engine on this store) is fine.
+            let _ = shared.remote.send(change);
+        }
+    }
+}
+
+/// One `<from>,<to>,<instance id>` line.
+fn parse_change(line: &str) -> Option<RemoteChange> {
+    let mut parts = line.splitn(3, ',');
+    let from = parts.next()?.parse().ok()?;
+    let to = parts.next()?.parse().ok()?;
+    let instance_id = InstanceId::new(parts.next()?).ok()?;
+    Some(RemoteChange {
+        instance_id,
+        history_from: from,
+        history_to: to,
+    })
+}

@@ -1,0 +1,207 @@
+//! The tables: creation at the first connect, the version check, and the
+//! columns added since without a version bump.
+
+use super::*;
+
+/// A quoted schema name, after checking it is a plain identifier (it is
+/// spliced into every statement).
+pub(super) fn quoted_schema(schema: &str) -> Result<String, StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && !schema.starts_with("pg_");
+    if !ok {
+        return Err(StoreError::Incompatible(format!(
+            "schema name '{schema}' must be lowercase letters, digits and '_', not starting with a digit or 'pg_'"
+        )));
+    }
+    Ok(format!("\"{schema}\""))
+}
+
+/// The tables. Only the indexes the hot paths use: instance and activity
+/// rows are updated on every fetch, commit and send, and each index costs
+/// every one of those updates. Counting by status, reaping dead workers'
+/// leases and the queue depth scan instead; they are rare.
+pub(super) fn schema_ddl(s: &str) -> String {
+    format!(
+        "
+CREATE TABLE {s}.meta (
+    application text NOT NULL,
+    version int4 NOT NULL
+);
+CREATE TABLE {s}.instances (
+    instance_id text COLLATE \"C\" PRIMARY KEY,
+    name text NOT NULL,
+    execution_id text NOT NULL,
+    runtime_status text NOT NULL,
+    input text NOT NULL,
+    output text,
+    custom_status text,
+    failure text,
+    created_at int8 NOT NULL,
+    last_updated_at int8 NOT NULL,
+    parent_instance_id text,
+    history_events int8 NOT NULL DEFAULT 0,
+    history_bytes int8 NOT NULL DEFAULT 0,
+    attempts int4 NOT NULL DEFAULT 0,
+    lock_token text,
+    lock_owner int8,
+    due_at int8,
+    home int8
+);
+CREATE INDEX instances_due ON {s}.instances (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX instances_by_created ON {s}.instances (created_at, instance_id);
+CREATE TABLE {s}.history (
+    instance_id text COLLATE \"C\" NOT NULL,
+    first_event_id int8 NOT NULL,
+    events text NOT NULL,
+    PRIMARY KEY (instance_id, first_event_id)
+);
+CREATE TABLE {s}.messages (
+    id int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id text COLLATE \"C\" NOT NULL,
+    due_ms int8 NOT NULL,
+    message text NOT NULL
+);
+CREATE INDEX messages_by_instance ON {s}.messages (instance_id, due_ms);
+CREATE TABLE {s}.activities (
+    id int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id text COLLATE \"C\" NOT NULL,
+    execution_id text NOT NULL,
+    task_id int8 NOT NULL,
+    name text NOT NULL,
+    input text NOT NULL,
+    attempts int4 NOT NULL DEFAULT 0,
+    lock_token text,
+    lock_owner int8,
+    due_at int8 NOT NULL
+);
+CREATE INDEX activities_due ON {s}.activities (due_at);
+CREATE INDEX activities_by_instance ON {s}.activities (instance_id);
+CREATE TABLE {s}.workers (
+    id int8 PRIMARY KEY,
+    pid int4 NOT NULL,
+    backend_start timestamptz NOT NULL
+);
+INSERT INTO {s}.meta (application, version) VALUES ('{APPLICATION}', {SCHEMA_VERSION});
+"
+    )
+}
+
+/// Creates the schema if it is missing; refuses one that is not ours or has
+/// another version, without writing to it.
+pub(super) async fn prepare_schema(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+) -> Result<(), StoreError> {
+    let s = quoted_schema(schema)?;
+    let tx = client.transaction().await.map_err(db_err)?;
+    // Processes starting together would otherwise both try to create it.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('galaxy-forge durable schema ' || $1::text))",
+        &[&schema],
+    )
+    .await
+    .map_err(db_err)?;
+    let relations: i64 = tx
+        .query_one(
+            "SELECT count(c.oid) FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid \
+             WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .map_err(db_err)?
+        .get(0);
+    let exists: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .map_err(db_err)?
+        .get(0);
+    let has_meta: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'meta')",
+            &[&schema],
+        )
+        .await
+        .map_err(db_err)?
+        .get(0);
+    if !has_meta {
+        if exists && relations > 0 {
+            return Err(StoreError::Incompatible(format!(
+                "schema {s} of this database holds tables that are not a Galaxy Forge engine store; \
+                 refusing to use it (nothing was changed): choose another schema or database"
+            )));
+        }
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; {} {} {}",
+            schema_ddl(&s),
+            lifecycle_ddl(&s),
+            workers_ddl(&s)
+        ))
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        return Ok(());
+    }
+    let row = tx
+        .query_opt(&format!("SELECT application, version FROM {s}.meta"), &[])
+        .await
+        .map_err(|e| {
+            StoreError::Incompatible(format!(
+                "schema {s} has an unreadable meta table ({}); refusing to use it",
+                db_err(e)
+            ))
+        })?;
+    let Some(row) = row else {
+        return Err(StoreError::Incompatible(format!(
+            "schema {s} has an empty meta table; refusing to use it"
+        )));
+    };
+    let application: String = row.get(0);
+    let version: i32 = row.get(1);
+    if application != APPLICATION {
+        return Err(StoreError::Incompatible(format!(
+            "schema {s} belongs to '{application}', not to the Galaxy Forge engine; refusing to use it"
+        )));
+    }
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::Incompatible(format!(
+            "schema {s} has store schema version {version}; this build reads version {SCHEMA_VERSION}"
+        )));
+    }
+    // Added after schema version 1 without a bump: older builds ignore them.
+    tx.batch_execute(&format!("{} {}", lifecycle_ddl(&s), workers_ddl(&s)))
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(())
+}
+
+/// The lifecycle outbox (see [`crate::store::lifecycle`]).
+pub(super) fn lifecycle_ddl(s: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {s}.lifecycle_outbox ( \
+           seq int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+           instance_id text NOT NULL, \
+           name text NOT NULL, \
+           execution_id text NOT NULL, \
+           runtime_status text NOT NULL, \
+           history_events int8 NOT NULL, \
+           at int8 NOT NULL, \
+           failure text);"
+    )
+}
+
+/// When another worker first saw this worker's listener connection gone
+/// (ms, database clock; NULL while it is there). A worker counts as dead
+/// only [`PostgresConfig::dead_after`] later, and clears it when its
+/// listener reconnects.
+pub(super) fn workers_ddl(s: &str) -> String {
+    format!("ALTER TABLE {s}.workers ADD COLUMN IF NOT EXISTS gone_since int8;")
+}

@@ -1,0 +1,208 @@
+//! The statements, spliced with the schema name once per store.
+
+use super::*;
+
+/// SQL text of the statements, with the schema spliced in once.
+#[derive(Debug)]
+pub(super) struct Sql {
+    pub(super) s: String,
+    pub(super) terminal: String,
+    pub(super) fetch_orchestrations: String,
+    pub(super) fetch_messages: String,
+    pub(super) release_empty: String,
+    pub(super) commit_status: String,
+    pub(super) insert_lifecycle: String,
+    pub(super) read_lifecycle: String,
+    pub(super) ack_lifecycle: String,
+    pub(super) delete_history: String,
+    pub(super) insert_history: String,
+    pub(super) delete_consumed: String,
+    pub(super) delete_inbox: String,
+    pub(super) insert_activities: String,
+    pub(super) recompute_due: String,
+    pub(super) upsert_instance: String,
+    pub(super) send: String,
+    pub(super) fetch_activities: String,
+    pub(super) complete_activity: String,
+    /// Locks instance rows in id order (the batch completion's first step).
+    pub(super) lock_instances: String,
+    /// Leases a row just created in this transaction to its first turn,
+    /// whose start message it consumes.
+    pub(super) claim_created: String,
+    /// Deletes the activity rows still held under their tokens.
+    pub(super) complete_activities: String,
+    pub(super) abandon_instance: String,
+    pub(super) abandon_activity: String,
+    pub(super) next_wake: String,
+    pub(super) reap: String,
+}
+
+impl Sql {
+    pub(super) fn new(s: &str) -> Self {
+        let terminal = terminal_list();
+        Self {
+            fetch_orchestrations: format!(
+                "WITH picked AS (SELECT instance_id FROM {s}.instances WHERE due_at <= {NOW} \
+                   AND (home IS NULL OR home = $3 OR due_at <= {NOW} - $5) \
+                   ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s}.instances i SET lock_token = $2 || i.instance_id, lock_owner = $3, \
+                   due_at = {NOW} + $4, attempts = i.attempts + 1 \
+                 FROM picked WHERE i.instance_id = picked.instance_id \
+                 RETURNING i.instance_id, i.runtime_status, i.execution_id, i.history_events, i.attempts, \
+                   i.lock_token, i.due_at"
+            ),
+            fetch_messages: format!(
+                "SELECT m.id, m.instance_id, m.message FROM {s}.messages m \
+                 JOIN {s}.instances i ON i.instance_id = m.instance_id \
+                 WHERE m.instance_id = ANY($1) AND i.lock_token = $2 || i.instance_id AND m.due_ms <= {NOW} \
+                 ORDER BY m.id"
+            ),
+            release_empty: format!(
+                "UPDATE {s}.instances SET lock_token = NULL, lock_owner = NULL, attempts = attempts - 1, \
+                   due_at = (SELECT min(due_ms) FROM {s}.messages m WHERE m.instance_id = $1) \
+                 WHERE instance_id = $1 AND lock_token = $2"
+            ),
+            commit_status: format!(
+                "UPDATE {s}.instances SET runtime_status = $3, execution_id = $4, input = COALESCE($5, input), \
+                   output = $6, custom_status = $7, failure = $8, history_events = $9, history_bytes = $10, \
+                   last_updated_at = $11, attempts = 0, lock_token = NULL, lock_owner = NULL, due_at = NULL, \
+                   home = $12 \
+                 WHERE instance_id = $1 AND lock_token = $2 \
+                 RETURNING (SELECT o.runtime_status FROM {s}.instances o WHERE o.instance_id = $1), \
+                   (SELECT o.execution_id FROM {s}.instances o WHERE o.instance_id = $1)"
+            ),
+            insert_lifecycle: format!(
+                "INSERT INTO {s}.lifecycle_outbox (instance_id, name, execution_id, runtime_status, \
+                   history_events, at, failure) \
+                 SELECT instance_id, name, $2, $3, $4, $5, $6 FROM {s}.instances WHERE instance_id = $1"
+            ),
+            read_lifecycle: format!(
+                "SELECT seq, instance_id, name, execution_id, runtime_status, history_events, at, failure \
+                 FROM {s}.lifecycle_outbox ORDER BY seq LIMIT $1"
+            ),
+            ack_lifecycle: format!("DELETE FROM {s}.lifecycle_outbox WHERE seq = ANY($1)"),
+            delete_history: format!("DELETE FROM {s}.history WHERE instance_id = $1"),
+            insert_history: format!(
+                "INSERT INTO {s}.history (instance_id, first_event_id, events) VALUES ($1, $2, $3)"
+            ),
+            delete_consumed: format!(
+                "DELETE FROM {s}.messages WHERE instance_id = $1 AND id = ANY($2)"
+            ),
+            delete_inbox: format!("DELETE FROM {s}.messages WHERE instance_id = $1"),
+            insert_activities: format!(
+                "INSERT INTO {s}.activities (instance_id, execution_id, task_id, name, input, due_at) \
+                 SELECT $1, $2, t, n, i, {NOW} FROM unnest($3::int8[], $4::text[], $5::text[]) AS a(t, n, i)"
+            ),
+            recompute_due: format!(
+                "UPDATE {s}.instances SET due_at = (SELECT min(due_ms) FROM {s}.messages m WHERE m.instance_id = $1) \
+                 WHERE instance_id = $1 RETURNING due_at, {NOW}"
+            ),
+            // Inserts a new instance, or replaces a terminal one (its history
+            // and inbox go; its row is reused, so queued activities of the
+            // old execution stay and are dropped by execution id later).
+            // A live one is left alone and nothing is returned.
+            upsert_instance: format!(
+                "WITH up AS ( \
+                   INSERT INTO {s}.instances AS i (instance_id, name, execution_id, runtime_status, input, \
+                     created_at, last_updated_at, parent_instance_id, due_at, home) \
+                   VALUES ($1, $2, $3, 'Pending', $4, $5, $5, $6, {NOW}, $8) \
+                   ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, \
+                     execution_id = excluded.execution_id, runtime_status = 'Pending', input = excluded.input, \
+                     output = NULL, custom_status = NULL, failure = NULL, created_at = excluded.created_at, \
+                     last_updated_at = excluded.last_updated_at, parent_instance_id = excluded.parent_instance_id, \
+                     history_events = 0, history_bytes = 0, attempts = 0, lock_token = NULL, lock_owner = NULL, \
+                     due_at = excluded.due_at, home = excluded.home \
+                   WHERE i.runtime_status IN ({terminal}) \
+                   RETURNING i.instance_id, (xmax = 0) AS inserted), \
+                 dh AS (DELETE FROM {s}.history h USING up WHERE h.instance_id = up.instance_id AND NOT up.inserted), \
+                 dm AS (DELETE FROM {s}.messages m USING up WHERE m.instance_id = up.instance_id AND NOT up.inserted), \
+                 ins AS (INSERT INTO {s}.messages (instance_id, due_ms, message) \
+                   SELECT instance_id, {NOW}, $7 FROM up RETURNING id) \
+                 SELECT count(*) FROM ins"
+            ),
+            // Locks the target, checks its status, inserts and makes the
+            // target due no later than the message unless it is leased.
+            // Returns the target's status (NULL: no such instance) and the
+            // new message's due time (NULL: refused).
+            send: format!(
+                "WITH target AS (SELECT instance_id, runtime_status, lock_token FROM {s}.instances \
+                   WHERE instance_id = $1 FOR UPDATE), \
+                 ok AS (SELECT * FROM target WHERE runtime_status NOT IN ({terminal}) \
+                   OR (runtime_status = 'Failed' AND $4)), \
+                 ins AS (INSERT INTO {s}.messages (instance_id, due_ms, message) \
+                   SELECT instance_id, COALESCE($2, {NOW}), $3 FROM ok RETURNING due_ms), \
+                 upd AS (UPDATE {s}.instances i SET due_at = LEAST(COALESCE(i.due_at, ins.due_ms), ins.due_ms) \
+                   FROM ins, ok WHERE i.instance_id = ok.instance_id AND ok.lock_token IS NULL RETURNING 1) \
+                 SELECT (SELECT runtime_status FROM target), (SELECT due_ms FROM ins), {NOW}, \
+                   (SELECT count(*) FROM upd)"
+            ),
+            fetch_activities: format!(
+                "WITH picked AS (SELECT id FROM {s}.activities WHERE due_at <= {NOW} \
+                   ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s}.activities a SET lock_token = $2 || a.id::text || '/' || a.instance_id, lock_owner = $3, \
+                   due_at = {NOW} + $4, attempts = a.attempts + 1 \
+                 FROM picked WHERE a.id = picked.id \
+                 RETURNING a.id, a.instance_id, a.execution_id, a.task_id, a.name, a.input, a.attempts, \
+                   a.lock_token, a.due_at"
+            ),
+            complete_activity: format!(
+                "DELETE FROM {s}.activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id"
+            ),
+            claim_created: format!(
+                "WITH claimed AS (UPDATE {s}.instances SET lock_token = $2, lock_owner = NULL \
+                   WHERE instance_id = $1 RETURNING instance_id) \
+                 DELETE FROM {s}.messages m USING claimed c WHERE m.instance_id = c.instance_id"
+            ),
+            lock_instances: format!(
+                "SELECT 1 FROM {s}.instances WHERE instance_id = ANY($1) ORDER BY instance_id FOR UPDATE"
+            ),
+            complete_activities: format!(
+                "DELETE FROM {s}.activities a USING unnest($1::int8[], $2::text[]) AS x(id, token) \
+                 WHERE a.id = x.id AND a.lock_token = x.token RETURNING a.id"
+            ),
+            abandon_instance: format!(
+                "UPDATE {s}.instances SET lock_token = '{NOBODY}', lock_owner = NULL, due_at = {NOW} + $3 \
+                 WHERE instance_id = $1 AND lock_token = $2 RETURNING due_at"
+            ),
+            abandon_activity: format!(
+                "UPDATE {s}.activities SET lock_token = '{NOBODY}', lock_owner = NULL, due_at = {NOW} + $3 \
+                 WHERE id = $1 AND lock_token = $2 RETURNING due_at"
+            ),
+            next_wake: format!(
+                "SELECT LEAST((SELECT min(due_at) FROM {s}.instances WHERE due_at > {NOW}), \
+                   (SELECT min(due_at) FROM {s}.activities WHERE due_at > {NOW}), \
+                   (SELECT min(due_at) + $2 FROM {s}.instances WHERE due_at > {NOW} - $2 \
+                     AND due_at <= {NOW} AND home <> $1)), \
+                   EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
+                     (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
+                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)))"
+            ),
+            // Workers whose listener backend is gone: marked the first
+            // time, dead (deleted, their leases due now) once gone for
+            // $2 ms. Also says when the next marked one would be dead.
+            reap: format!(
+                "WITH gone AS (SELECT w.id, w.gone_since FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
+                   (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
+                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start))), \
+                 marked AS (UPDATE {s}.workers SET gone_since = {NOW} \
+                   WHERE id IN (SELECT id FROM gone WHERE gone_since IS NULL) RETURNING 1), \
+                 dead AS (DELETE FROM {s}.workers w \
+                   WHERE w.id IN (SELECT id FROM gone WHERE gone_since <= {NOW} - $2) \
+                   RETURNING w.id), \
+                 ri AS (UPDATE {s}.instances SET \
+                     due_at = CASE WHEN lock_owner IN (SELECT id FROM dead) THEN {NOW} ELSE due_at END, \
+                     lock_owner = CASE WHEN lock_owner IN (SELECT id FROM dead) THEN NULL ELSE lock_owner END, \
+                     home = CASE WHEN home IN (SELECT id FROM dead) THEN NULL ELSE home END \
+                   WHERE lock_owner IN (SELECT id FROM dead) OR home IN (SELECT id FROM dead) \
+                   RETURNING 1), \
+                 ra AS (UPDATE {s}.activities SET due_at = {NOW}, lock_owner = NULL \
+                   WHERE lock_owner IN (SELECT id FROM dead) RETURNING 1) \
+                 SELECT (SELECT count(*) FROM ri), (SELECT count(*) FROM ra), \
+                   LEAST((SELECT min(gone_since) + $2 FROM gone WHERE gone_since > {NOW} - $2), \
+                     CASE WHEN EXISTS (SELECT 1 FROM marked) THEN {NOW} + $2 END)"
+            ),
+            terminal,
+            s: s.to_string(),
+        }
+    }
+}
