@@ -183,7 +183,7 @@ async fn a_certificate_that_does_not_verify_is_refused() {
     )
     .await
     .expect("refused promptly");
-    let err = refused.err().expect("the store must not start").to_string();
+    let err = refused.expect_err("the store must not start").to_string();
     assert!(
         err.contains("TLS") && err.contains("UnknownIssuer"),
         "{err}"
