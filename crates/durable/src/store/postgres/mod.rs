@@ -80,6 +80,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use super::common::{decode_token, encode_token, json, parse, parse_status, terminal_list};
 use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
 pub use super::pg_connect::{PgTarget, PgUrlError};
 use super::{
@@ -219,29 +220,6 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
         deadpool_postgres::PoolError::Backend(e) => db_err(e),
         e => StoreError::Database(format!("connection pool: {e}")),
     }
-}
-
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("values built from JSON serialize")
-}
-
-fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s)
-        .map_err(|e| StoreError::Incompatible(format!("unreadable stored value: {e}")))
-}
-
-fn parse_status(s: &str) -> Result<RuntimeStatus, StoreError> {
-    RuntimeStatus::parse(s).ok_or_else(|| StoreError::Incompatible(format!("unknown status {s}")))
-}
-
-/// `'Completed','Failed',...`: the terminal statuses as an SQL list.
-fn terminal_list() -> String {
-    RuntimeStatus::ALL
-        .iter()
-        .filter(|s| s.is_terminal())
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Notifications still to be announced to the other processes.

@@ -234,12 +234,3 @@ pub(super) fn params(args: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql +
         .map(|a| a.as_ref() as &(dyn ToSql + Sync))
         .collect()
 }
-
-pub(super) fn encode_token(created_ms: i64, id: &InstanceId) -> String {
-    format!("{created_ms}:{id}")
-}
-
-pub(super) fn decode_token(token: &str) -> Option<(i64, String)> {
-    let (ms, id) = token.split_once(':')?;
-    Some((ms.parse().ok()?, id.to_string()))
-}

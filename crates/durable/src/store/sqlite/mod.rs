@@ -45,6 +45,7 @@ use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
 
+use super::common::{decode_token, encode_token, json, parse, parse_status, terminal_list};
 use super::group_commit::GroupCommit;
 use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
 use super::{
@@ -97,15 +98,6 @@ fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("values built from JSON serialize")
-}
-
-fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s)
-        .map_err(|e| StoreError::Incompatible(format!("unreadable stored value: {e}")))
-}
-
 /// What memory needs to know about an instance to hand out its work.
 #[derive(Clone, Debug)]
 struct Meta {
@@ -123,8 +115,7 @@ impl Meta {
         history_events: i64,
     ) -> Result<Self, StoreError> {
         Ok(Self {
-            status: RuntimeStatus::parse(status)
-                .ok_or_else(|| StoreError::Incompatible(format!("unknown status {status}")))?,
+            status: parse_status(status)?,
             execution_id,
             history_len: history_events as u64,
         })

@@ -107,12 +107,3 @@ pub(super) fn read_history(conn: &Connection, id: &str) -> Result<Vec<HistoryEve
     }
     Ok(out)
 }
-
-pub(super) fn encode_token(created_ms: i64, id: &InstanceId) -> String {
-    format!("{created_ms}:{id}")
-}
-
-pub(super) fn decode_token(token: &str) -> Option<(i64, String)> {
-    let (ms, id) = token.split_once(':')?;
-    Some((ms.parse().ok()?, id.to_string()))
-}

@@ -530,7 +530,7 @@ pub(super) fn delete_instance(tx: &Stmts<'_>, id: &str) -> Result<(), StoreError
 pub(super) fn purge_many(tx: &Stmts<'_>, f: &InstanceFilter, limit: usize) -> OpResult<u64> {
     let mut args = Vec::new();
     let mut where_ = filter_sql(f, &mut args);
-    where_.push_str(" AND runtime_status IN ('Completed','Failed','Canceled','Terminated')");
+    where_.push_str(&format!(" AND runtime_status IN ({})", terminal_list()));
     let sql = format!("SELECT instance_id FROM instances WHERE {where_} LIMIT {limit}");
     let ids: Vec<String> = {
         let mut stmt = tx.prepare(&sql).map_err(db_err)?;
