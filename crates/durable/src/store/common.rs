@@ -61,7 +61,7 @@ mod tests {
     #[test]
     fn statuses_and_the_terminal_list() {
         for s in RuntimeStatus::ALL {
-            assert_eq!(parse_status(s.as_str()).unwrap(), *s);
+            assert_eq!(parse_status(s.as_str()).unwrap(), s);
         }
         assert!(matches!(
             parse_status("Sleeping"),
