@@ -523,3 +523,142 @@ pub(super) fn apply_effect(q: &mut Queues, effect: Effect) -> (bool, bool) {
         }
     }
 }
+
+/// The scheduler alone, on canned deliveries and leases: no database, no
+/// writer thread.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(history_len: u64) -> Meta {
+        Meta {
+            status: RuntimeStatus::Running,
+            execution_id: "e1".into(),
+            history_len,
+        }
+    }
+
+    fn id(s: &str) -> InstanceId {
+        InstanceId::new(s).unwrap()
+    }
+
+    fn delivery(
+        instance: &str,
+        history_len: u64,
+        msg_id: i64,
+        visible_in_ms: Option<i64>,
+    ) -> Delivery {
+        Delivery {
+            instance_id: id(instance),
+            meta: meta(history_len),
+            message: StoredMessage {
+                id: msg_id,
+                message: Message {
+                    execution_id: Some("e1".into()),
+                    visible_at: visible_in_ms
+                        .map(|ms| types::now() + chrono::Duration::milliseconds(ms)),
+                    sent_at: types::now(),
+                    kind: EventKind::EventRaised {
+                        name: "x".into(),
+                        input: Value::Null,
+                    },
+                },
+            },
+            fresh: false,
+        }
+    }
+
+    /// Leases `instance` the way a fetch does.
+    fn lease(q: &mut Queues, instance: &str, for_ms: u64) -> String {
+        let token = q.token('o');
+        let expires = Instant::now() + Duration::from_millis(for_ms);
+        let e = q.entries.get_mut(&id(instance)).unwrap();
+        e.queued = false;
+        e.lease = Some(Lease {
+            token: token.clone(),
+            expires,
+            committing: false,
+        });
+        q.leases.insert((expires, token.clone()), id(instance));
+        token
+    }
+
+    #[test]
+    fn started_instances_go_before_new_ones_and_each_is_queued_once() {
+        let mut q = Queues::default();
+        q.deliver(delivery("new", 0, 1, None));
+        q.deliver(delivery("old", 5, 2, None));
+        q.deliver(delivery("old", 5, 3, None));
+        assert_eq!(q.ready, [id("old")], "queued once, however many messages");
+        assert_eq!(q.ready_new, [id("new")]);
+        assert_eq!(q.entries[&id("old")].visible.len(), 2);
+    }
+
+    #[test]
+    fn a_delayed_message_waits_for_its_time() {
+        let mut q = Queues::default();
+        q.deliver(delivery("timer", 3, 1, Some(60_000)));
+        q.promote();
+        assert!(q.ready.is_empty(), "not due yet");
+        assert_eq!(q.entries[&id("timer")].delayed, 1);
+        q.deliver(delivery("soon", 3, 2, Some(-1)));
+        q.promote();
+        assert_eq!(q.ready, [id("soon")], "a past due time is due now");
+    }
+
+    #[test]
+    fn a_leased_instance_is_not_queued_until_its_lease_expires_or_is_released() {
+        let mut q = Queues::default();
+        q.deliver(delivery("busy", 2, 1, None));
+        q.ready.clear();
+        let token = lease(&mut q, "busy", 60_000);
+        q.deliver(delivery("busy", 2, 2, None));
+        assert!(q.ready.is_empty(), "its holder sees the message next turn");
+        assert!(!q.release(&id("busy"), "another token"));
+        assert!(q.release(&id("busy"), &token));
+        q.enqueue(&id("busy"));
+        assert_eq!(q.ready, [id("busy")]);
+
+        // An expired lease goes back to the queue by itself.
+        let mut q = Queues::default();
+        q.deliver(delivery("lapsed", 2, 1, None));
+        q.ready.clear();
+        lease(&mut q, "lapsed", 0);
+        q.promote();
+        assert_eq!(q.ready, [id("lapsed")]);
+        assert!(q.entries[&id("lapsed")].lease.is_none());
+    }
+
+    #[test]
+    fn a_claimed_lease_neither_expires_nor_is_claimed_twice() {
+        let mut q = Queues::default();
+        q.deliver(delivery("c", 2, 1, None));
+        let token = lease(&mut q, "c", 0);
+        assert!(q.claim_instance(&id("c"), &token).is_some());
+        assert!(
+            q.claim_instance(&id("c"), &token).is_none(),
+            "one commit per lease"
+        );
+        q.promote();
+        assert!(
+            q.entries[&id("c")].lease.is_some(),
+            "a lease being committed does not expire"
+        );
+        // The commit did not land: the lease is back, and then expires.
+        assert_eq!(q.unclaim(Claim::Instance(id("c"), token)), (true, false));
+        q.promote();
+        assert!(q.entries[&id("c")].lease.is_none());
+    }
+
+    #[test]
+    fn reset_forgets_a_replaced_instance_and_voids_its_lease() {
+        let mut q = Queues::default();
+        q.deliver(delivery("r", 2, 1, Some(60_000)));
+        q.deliver(delivery("r", 2, 2, None));
+        let token = lease(&mut q, "r", 60_000);
+        q.reset(&id("r"));
+        assert!(!q.entries.contains_key(&id("r")));
+        assert!(q.delayed.is_empty() && q.leases.is_empty());
+        assert!(q.claim_instance(&id("r"), &token).is_none());
+    }
+}
