@@ -110,9 +110,12 @@ package: deps tauri-cli
 	@ls -l target/release/bundle/deb/*.deb target/release/bundle/rpm/*.rpm
 
 # The same packages from a debug build (it shares the test build's
-# dependencies): src-tauri/tests/package.rs installs and drives them.
+# dependencies): src-tauri/tests/package.rs installs and drives them. The
+# same cargo run builds the empty-window fixture the desktop benchmark
+# compares against (its smoke run is part of the tests), which
+# `cargo test` itself would only build as a test harness.
 test-package: deps tauri-cli
-	cd src-tauri && $(TEST_ENV) $(TAURI) build --debug --bundles deb,rpm
+	cd src-tauri && $(TEST_ENV) $(TAURI) build --debug --bundles deb,rpm -- -p galaxy-desktop -p tauri-empty-window
 
 # On CI (a clean clone, built once) incremental compilation only costs disk.
 TEST_ENV := $(if $(CI),CARGO_INCREMENTAL=0,)

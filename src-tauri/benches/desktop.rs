@@ -226,7 +226,7 @@ fn empty_window() -> Result<std::path::PathBuf> {
     let path = dir.join("tauri-empty-window");
     ensure!(
         path.is_file(),
-        "{} is missing: build it with `cargo build -p tauri-empty-window` (in the same profile; make bench does)",
+        "{} is missing: build it with `cargo build -p tauri-empty-window` in the same profile (make test and make bench do)",
         path.display()
     );
     Ok(path)
