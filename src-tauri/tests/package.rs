@@ -186,6 +186,14 @@ async fn the_debian_package_installs_a_menu_entry_and_an_app_that_works() -> Res
         ensure!(png.starts_with(b"\x89PNG"), "{icon} is not a PNG");
     }
 
+    // The desktop app runs on SQLite: no PostgreSQL client is linked in
+    // (the backends are cargo features only galaxy-cloud turns on).
+    let bytes = std::fs::read(&binary)?;
+    ensure!(
+        !bytes.windows(14).any(|w| w == b"tokio_postgres"),
+        "the installed app links a PostgreSQL client"
+    );
+
     // The installed binary: its version, then a player's first click.
     let version = output(binary.to_str().context("binary")?, &["--version"])?;
     assert_eq!(version.trim(), format!("galaxy-desktop {VERSION}"));

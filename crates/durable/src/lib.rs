@@ -51,6 +51,7 @@ pub use history::{EventKind, HistoryEvent};
 pub use registry::{ActivityContext, Registry};
 pub use retry::RetryPolicy;
 pub use run::HistoryLimits;
+#[cfg(feature = "postgres")]
 pub use store::postgres::{PostgresConfig, PostgresStore};
 pub use store::sqlite::{SqliteConfig, SqliteStore};
 pub use store::{Store, StoreError};

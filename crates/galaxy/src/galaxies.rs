@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "postgres")]
 use crate::pg_table::PgGalaxyTable;
 use crate::table::{Galaxy, GalaxyPage, GalaxyTable, TableError};
 
@@ -15,7 +16,8 @@ use crate::table::{Galaxy, GalaxyPage, GalaxyTable, TableError};
 pub enum Galaxies {
     /// The SQLite table of one process (desktop app, single server).
     Sqlite(Arc<GalaxyTable>),
-    /// The PostgreSQL table several servers share.
+    /// The PostgreSQL table several servers share (feature `postgres`).
+    #[cfg(feature = "postgres")]
     Postgres(Arc<PgGalaxyTable>),
 }
 
@@ -25,6 +27,7 @@ impl From<Arc<GalaxyTable>> for Galaxies {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl From<Arc<PgGalaxyTable>> for Galaxies {
     fn from(t: Arc<PgGalaxyTable>) -> Self {
         Self::Postgres(t)
@@ -45,6 +48,7 @@ impl Galaxies {
     pub async fn insert(&self, galaxy: Galaxy) -> Result<bool, TableError> {
         match self {
             Self::Sqlite(t) => t.insert(galaxy).await,
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.insert(&galaxy).await,
         }
     }
@@ -60,6 +64,7 @@ impl Galaxies {
                 let (t, pk, rk) = (t.clone(), partition_key.to_string(), row_key.to_string());
                 blocking(move || t.get(&pk, &rk)).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.get(partition_key, row_key).await,
         }
     }
@@ -78,6 +83,7 @@ impl Galaxies {
                 let token = continuation.map(str::to_string);
                 blocking(move || t.list(prefix.as_deref(), page_size, token.as_deref())).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.list(name_prefix, page_size, continuation).await,
         }
     }
@@ -89,6 +95,7 @@ impl Galaxies {
                 let t = t.clone();
                 blocking(move || t.count()).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.count().await,
         }
     }
@@ -100,6 +107,7 @@ impl Galaxies {
                 let t = t.clone();
                 blocking(move || t.duplicate_instances()).await
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.duplicate_instances().await,
         }
     }
@@ -108,6 +116,7 @@ impl Galaxies {
     pub fn close(&self) {
         match self {
             Self::Sqlite(t) => t.close(),
+            #[cfg(feature = "postgres")]
             Self::Postgres(t) => t.close(),
         }
     }

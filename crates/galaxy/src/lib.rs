@@ -32,6 +32,7 @@ pub mod galaxies;
 pub mod local;
 pub mod monitor;
 pub mod names;
+#[cfg(feature = "postgres")]
 pub mod pg_table;
 pub mod players;
 pub mod replica;
@@ -43,6 +44,7 @@ pub use coords::Coords;
 pub use device::{DeviceError, DeviceStatus, OpenNotes, PlayerDevice};
 pub use galaxies::Galaxies;
 pub use local::{LocalConfig, LocalNode, OpenError};
+#[cfg(feature = "postgres")]
 pub use pg_table::PgGalaxyTable;
 pub use replica::{EditError, GalaxyEvent, GalaxyReplica};
 pub use table::{Galaxy, GalaxyPage, GalaxyTable, TableError};

@@ -23,7 +23,9 @@ mod common;
 pub mod group_commit;
 pub mod lifecycle;
 pub mod page;
+#[cfg(feature = "postgres")]
 pub mod pg_connect;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
 

@@ -23,6 +23,7 @@
 
 mod outbox;
 mod plan;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
@@ -124,6 +125,7 @@ pub struct Players {
 #[derive(Clone)]
 enum Backend {
     Sqlite(Arc<Mutex<Connection>>),
+    #[cfg(feature = "postgres")]
     Postgres(Arc<postgres::PgPlayers>),
 }
 
@@ -208,7 +210,8 @@ impl Players {
 
     /// Connects to PostgreSQL at `url` (tables in `schema`, created if
     /// missing). Changes committed by any process sharing the database
-    /// reach [`subscribe`](Self::subscribe).
+    /// reach [`subscribe`](Self::subscribe). Feature `postgres`.
+    #[cfg(feature = "postgres")]
     pub async fn connect(url: &str, schema: &str) -> Result<Self, PlayersError> {
         let changes = broadcast::channel(4096).0;
         let pg = postgres::PgPlayers::connect(url, schema, changes.clone()).await?;
@@ -227,7 +230,7 @@ impl Players {
     /// Announces a change committed by this process. PostgreSQL announces
     /// its own to every process (NOTIFY), so only SQLite needs this.
     fn announce(&self, player_id: &str, version: u64) {
-        if let Backend::Sqlite(_) = self.backend {
+        if matches!(self.backend, Backend::Sqlite(_)) {
             let _ = self.changes.send(PlayerChange {
                 player_id: player_id.to_string(),
                 version,
@@ -256,6 +259,7 @@ impl Players {
         let name = check_device_name(device_name)?;
         match &self.backend {
             Backend::Sqlite(c) => Self::sqlite(c, move |conn| sqlite::register(conn, &name)).await,
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.register(&name).await,
         }
     }
@@ -272,6 +276,7 @@ impl Players {
                 let id = device_id.clone();
                 Self::sqlite(c, move |conn| sqlite::device_row(conn, &id)).await?
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.device_row(&device_id).await?,
         };
         match row {
@@ -302,6 +307,7 @@ impl Players {
                 })
                 .await?
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => {
                 pg.add_link_code(&player_id, &hash, expires.timestamp())
                     .await?
@@ -325,6 +331,7 @@ impl Players {
             Backend::Sqlite(c) => {
                 Self::sqlite(c, move |conn| sqlite::join(conn, &hash, &name)).await
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.join(&hash, &name).await,
         }
     }
@@ -336,6 +343,7 @@ impl Players {
                 let device = device.clone();
                 Self::sqlite(c, move |conn| sqlite::me(conn, &device)).await
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.me(device).await,
         }
     }
@@ -348,6 +356,7 @@ impl Players {
             Backend::Sqlite(c) => {
                 Self::sqlite(c, move |conn| sqlite::revoke(conn, &player_id, &id)).await?
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.revoke(&player_id, &id).await?,
         };
         if !revoked {
@@ -373,6 +382,7 @@ impl Players {
                 let device = device.clone();
                 Self::sqlite(c, move |conn| sqlite::push(conn, &device, &request)).await?
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.push(device, &request).await?,
         };
         if plan.changed {
@@ -402,6 +412,7 @@ impl Players {
                 })
                 .await
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.pull(&player_id, &client_id, cursor, fresh, limit).await,
         }
     }
@@ -416,6 +427,7 @@ impl Players {
             Backend::Sqlite(c) => {
                 Self::sqlite(c, move |conn| sqlite::purge_tombstones(conn, horizon)).await
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.purge_tombstones(horizon).await,
         }
     }
@@ -437,6 +449,7 @@ impl Players {
             Backend::Sqlite(c) => {
                 Self::sqlite(c, move |conn| sqlite::put_cloud_galaxy(conn, &p, &e, &body)).await?
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.put_cloud_galaxy(&p, &e, &body).await?,
         };
         if let Some(v) = added {
@@ -451,6 +464,7 @@ impl Players {
     pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEvent>, PlayersError> {
         match &self.backend {
             Backend::Sqlite(c) => Self::sqlite(c, move |conn| sqlite::outbox(conn, limit)).await,
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.outbox(limit).await,
         }
     }
@@ -464,6 +478,7 @@ impl Players {
             Backend::Sqlite(c) => {
                 Self::sqlite(c, move |conn| sqlite::ack_outbox(conn, &seqs)).await
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.ack_outbox(&seqs).await,
         }
     }
@@ -473,6 +488,7 @@ impl Players {
         let p = player_id.to_string();
         match &self.backend {
             Backend::Sqlite(c) => Self::sqlite(c, move |conn| sqlite::galaxy_count(conn, &p)).await,
+            #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.galaxy_count(&p).await,
         }
     }
