@@ -42,6 +42,7 @@ mod run;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod turn;
 pub mod types;
 
 pub use context::{DurableFuture, OrchestrationContext, TaskError};
