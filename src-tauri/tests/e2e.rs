@@ -22,9 +22,7 @@ async fn create_galaxy_shows_it_live_then_on_the_map_and_in_the_lists() -> Resul
     app.wait_js("an empty universe", &map_count(0)).await?;
     app.screenshot("01-empty").await?;
 
-    app.click("#create").await?;
-    app.wait_js("the instance to complete", &completed_rows(1))
-        .await?;
+    app.create_until_completed(1).await?;
     app.wait_js("the galaxy on the map", &map_count(1)).await?;
 
     // The row shows the fan-out (two tasks side by side), then the write.
@@ -384,9 +382,7 @@ async fn every_panel_fits_or_scrolls_inside_itself_at_three_window_sizes() -> Re
             &format!("return window.innerWidth === {width} && window.innerHeight === {height}"),
         )
         .await?;
-        app.click("#create").await?;
-        app.wait_js("the instance to complete", &completed_rows(1))
-            .await?;
+        app.create_until_completed(1).await?;
         app.wait_js(
             "its detail open",
             "return document.querySelector('#instance-detail .detail')?.dataset.status === 'Completed'",
@@ -421,9 +417,7 @@ async fn the_keyboard_reaches_everything_and_notices_are_spoken_once() -> Result
     let display = Display::start()?;
     let data = tempfile::tempdir()?;
     let app = App::launch(&display, data.path()).await?;
-    app.click("#create").await?;
-    app.wait_js("the instance to complete", &completed_rows(1))
-        .await?;
+    app.create_until_completed(1).await?;
     // Rows are buttons, with no alert inside that repaints would repeat.
     let rows = app
         .eval(&format!(
@@ -457,8 +451,7 @@ async fn the_keyboard_reaches_everything_and_notices_are_spoken_once() -> Result
         ),
     )
     .await?;
-    app.click("#create").await?;
-    app.wait_js("both completed", &completed_rows(2)).await?;
+    app.create_until_completed(2).await?;
     // Tabs: the arrow keys move and select; only the selected tab is in
     // the Tab order.
     let tab = app
@@ -507,8 +500,7 @@ async fn the_keyboard_reaches_everything_and_notices_are_spoken_once() -> Result
         .eval("return document.getElementById('announce-alert').textContent")
         .await?;
     app.click("#settings-cancel").await?;
-    app.click("#create").await?;
-    app.wait_js("three completed", &completed_rows(3)).await?;
+    app.create_until_completed(3).await?;
     assert_eq!(
         app.eval("return document.getElementById('announce-alert').textContent")
             .await?,
@@ -533,9 +525,7 @@ async fn a_second_launch_on_the_same_data_focuses_the_first_window() -> Result<(
     let display = Display::start()?;
     let data = tempfile::tempdir()?;
     let app = App::launch(&display, data.path()).await?;
-    app.click("#create").await?;
-    app.wait_js("the instance to complete", &completed_rows(1))
-        .await?;
+    app.create_until_completed(1).await?;
     let second = std::process::Command::new(support::APP)
         .env("DISPLAY", &display.name)
         .env(galaxy_desktop::DATA_DIR_ENV, data.path())
@@ -553,8 +543,7 @@ async fn a_second_launch_on_the_same_data_focuses_the_first_window() -> Result<(
     )
     .await?;
     // The first app still works, on its data.
-    app.click("#create").await?;
-    app.wait_js("both completed", &completed_rows(2)).await?;
+    app.create_until_completed(2).await?;
     app.close().await?;
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use anyhow::{bail, ensure, Context, Result};
-use support::{completed_rows, map_count, App, Display};
+use support::{map_count, App, Display};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -200,9 +200,7 @@ async fn the_debian_package_installs_a_menu_entry_and_an_app_that_works() -> Res
     let display = Display::start()?;
     let data = tempfile::tempdir()?;
     let app = App::launch_binary(&display, data.path(), &binary).await?;
-    app.click("#create").await?;
-    app.wait_js("the instance to complete", &completed_rows(1))
-        .await?;
+    app.create_until_completed(1).await?;
     app.wait_js("the galaxy on the map", &map_count(1)).await?;
     app.screenshot("package-installed").await?;
     app.close().await?;

@@ -105,7 +105,8 @@ async fn update_for(
     change: &RemoteChange,
     start: u64,
 ) -> Result<Option<InstanceUpdate>, crate::store::StoreError> {
-    let Some(status) = store.get_instance(&change.instance_id, false).await? else {
+    let added = change.history_to > start;
+    let Some(mut status) = store.get_instance(&change.instance_id, added).await? else {
         return Ok(None);
     };
     if change.history_to == 0 {
@@ -122,8 +123,7 @@ async fn update_for(
         }));
     }
     let mut budget = crate::elide::Budget::default();
-    let history = if change.history_to > start {
-        let all = store.load_history(&change.instance_id).await?;
+    let history = if let Some(all) = status.history.take() {
         let end = (change.history_to as usize).min(all.len());
         let begin = (start as usize).min(end);
         crate::elide::history(&all[begin..end], &mut budget)

@@ -260,34 +260,7 @@ async fn notifications_wake_other_processes() {
     let woken = activities.activities.notified();
     tokio::pin!(woken);
     woken.as_mut().enable();
-    let item = &item[0];
-    let commit = durable::store::TurnCommit {
-        lock: item.lock.clone(),
-        instance_id: item.instance_id.clone(),
-        consumed: item.messages.iter().map(|m| m.id).collect(),
-        replace_history: false,
-        history: Vec::new(),
-        status: durable::store::StatusUpdate {
-            runtime_status: durable::RuntimeStatus::Running,
-            execution_id: item.execution_id.clone(),
-            input: None,
-            output: None,
-            custom_status: None,
-            failure: None,
-            history_events: 0,
-            history_bytes: 0,
-            updated_at: durable::types::now(),
-        },
-        activities: vec![durable::store::NewActivity {
-            instance_id: item.instance_id.clone(),
-            execution_id: item.execution_id.clone(),
-            task_id: 1,
-            name: "Act".into(),
-            input: json!(null),
-        }],
-        messages: Vec::new(),
-        new_instances: Vec::new(),
-    };
+    let commit = scheduling_commit(&item[0], 1);
     b.commit_turn(commit).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), woken)
         .await
@@ -332,15 +305,13 @@ async fn notifications_wake_other_processes() {
     b.close().await;
 }
 
-/// A turn of `store` on one fetched instance that schedules `tasks`
-/// activities.
-async fn schedule_activities(store: &PostgresStore, tasks: u64) {
-    let items = store
-        .fetch_orchestration_work(1, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let item = &items[0];
-    let commit = durable::store::TurnCommit {
+/// The commit of a turn on `item` that leaves it Running and schedules
+/// activities 1..=`tasks`.
+fn scheduling_commit(
+    item: &durable::store::OrchestrationWorkItem,
+    tasks: u64,
+) -> durable::store::TurnCommit {
+    durable::store::TurnCommit {
         lock: item.lock.clone(),
         instance_id: item.instance_id.clone(),
         consumed: item.messages.iter().map(|m| m.id).collect(),
@@ -368,8 +339,20 @@ async fn schedule_activities(store: &PostgresStore, tasks: u64) {
             .collect(),
         messages: Vec::new(),
         new_instances: Vec::new(),
-    };
-    store.commit_turn(commit).await.unwrap();
+    }
+}
+
+/// A turn of `store` on one fetched instance that schedules `tasks`
+/// activities.
+async fn schedule_activities(store: &PostgresStore, tasks: u64) {
+    let items = store
+        .fetch_orchestration_work(1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .commit_turn(scheduling_commit(&items[0], tasks))
+        .await
+        .unwrap();
 }
 
 /// A worker whose listener connection is cut and comes back is not taken

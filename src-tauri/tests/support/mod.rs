@@ -294,6 +294,17 @@ impl App {
         Ok(())
     }
 
+    /// Clicks Create Galaxy and waits until the panel shows `rows` rows,
+    /// all Completed.
+    pub async fn create_until_completed(&self, rows: usize) -> Result<()> {
+        self.click("#create").await?;
+        self.wait_js(
+            &format!("{rows} completed instances"),
+            &completed_rows(rows),
+        )
+        .await
+    }
+
     /// Number of elements matching a selector.
     pub async fn count(&self, css: &str) -> Result<u64> {
         let v = self

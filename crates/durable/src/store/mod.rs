@@ -385,11 +385,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         items: Vec<(WorkLock, Message)>,
     ) -> Vec<Result<(), StoreError>> {
-        let mut out = Vec::with_capacity(items.len());
-        for (lock, result) in items {
-            out.push(self.complete_activity_work(&lock, result).await);
-        }
-        out
+        complete_one_by_one(self, items).await
     }
 
     /// Returns a leased activity work item to the queue after `delay`.
@@ -454,4 +450,17 @@ pub trait Store: Send + Sync + 'static {
         let _ = seqs;
         Ok(())
     }
+}
+
+/// [`Store::complete_activities`] as one [`Store::complete_activity_work`]
+/// per item: the default, and a batching store's fallback.
+pub(crate) async fn complete_one_by_one<S: Store + ?Sized>(
+    store: &S,
+    items: Vec<(WorkLock, Message)>,
+) -> Vec<Result<(), StoreError>> {
+    let mut out = Vec::with_capacity(items.len());
+    for (lock, result) in items {
+        out.push(store.complete_activity_work(&lock, result).await);
+    }
+    out
 }

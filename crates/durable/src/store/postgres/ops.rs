@@ -303,11 +303,7 @@ impl Store for PostgresStore {
                 Err(e) => tracing::debug!(error = %e, "batch completion failed; one by one"),
             }
         }
-        let mut out = Vec::with_capacity(items.len());
-        for (lock, result) in items {
-            out.push(self.complete_activity_work(&lock, result).await);
-        }
-        out
+        crate::store::complete_one_by_one(self, items).await
     }
 
     async fn abandon_activity_work(
