@@ -2,7 +2,8 @@
 //! half-sent requests (slowloris) neither keep new clients out nor stay
 //! open past the header-read timeout, connections that send nothing at
 //! all and idle keep-alive connections are closed after it too, and at the
-//! connection limit a new client is served once a connection ends.
+//! connection limit a new client is served once a connection ends; a
+//! trickled body gets 408, and HTTP/2 prefaces are not held.
 
 use std::time::{Duration, Instant};
 
@@ -130,15 +131,21 @@ async fn an_idle_keep_alive_connection_is_closed() {
 /// Opens the all-instances stream with `key`; the status line and the
 /// connection (kept open).
 async fn open_stream(addr: &str, key: &str) -> (String, TcpStream) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "GET /runtime/webhooks/durabletask/stream?code={key} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
-        )
-        .as_bytes(),
+    open_path(
+        addr,
+        &format!("/runtime/webhooks/durabletask/stream?code={key}"),
+        "",
     )
     .await
-    .unwrap();
+}
+
+/// GETs `path` with `headers` (each ending in CRLF) on a new connection;
+/// the status line and the connection (kept open).
+async fn open_path(addr: &str, path: &str, headers: &str) -> (String, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut head = [0u8; 1024];
     let n = s.read(&mut head).await.unwrap();
     let text = String::from_utf8_lossy(&head[..n]).to_string();
@@ -198,6 +205,114 @@ async fn each_credential_has_a_limit_of_live_streams() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A device's sync pokes stream counts against the device's allowance of
+/// live streams; another device has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_s_sync_streams_count_against_its_limit() {
+    let (mut child, base, _dir) = start(&["--max-streams-per-key", "2"]);
+    let addr = base.trim_start_matches("http://").to_string();
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for name in ["first", "second"] {
+        let r = http
+            .post(format!("{base}/api/players"))
+            .json(&serde_json::json!({ "device_name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        tokens.push(body["token"].as_str().unwrap().to_string());
+    }
+    let bearer = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (status, s) = open_path(&addr, "/api/sync/events", &bearer(&tokens[0])).await;
+        assert!(status.contains("200"), "{status}");
+        open.push(s);
+    }
+    let r = http
+        .get(format!("{base}/api/sync/events"))
+        .bearer_auth(&tokens[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "TooManyStreams", "{body}");
+    let (status, _other) = open_path(&addr, "/api/sync/events", &bearer(&tokens[1])).await;
+    assert!(status.contains("200"), "{status}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A client that sends its headers and then trickles the body, a byte at
+/// a time, gets 408 once the body-read timeout has passed and its
+/// connection is closed; before, it held a connection (and a request) as
+/// long as it kept trickling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_gets_408_and_its_connection_closed() {
+    let key = "trickle-function-key-01";
+    let (mut child, base, _dir) = start(&["--body-read-timeout", "1s", "--function-key", key]);
+    let addr = base.trim_start_matches("http://").to_string();
+    let s = TcpStream::connect(&addr).await.unwrap();
+    let (mut read, mut write) = s.into_split();
+    write
+        .write_all(
+            format!(
+                "POST /api/orchestrators/Galaxy_Create?code={key} HTTP/1.1\r\nHost: {addr}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n\""
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The fault: one byte every 100 ms, for as long as the server takes it.
+    let trickle = tokio::spawn(async move {
+        while write.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), read.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("a trickled body held its connection for 30 s"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"RequestTimeout\""), "{answer}");
+    trickle.abort();
+    // A request whose body arrives in time is served as before.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/orchestrators/Galaxy_Create?code={key}"))
+        .json(&serde_json::json!("in time"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// HTTP/2 without TLS is not served: hyper's HTTP/2 server has no header
+/// or idle timer, so a client that sent the preface and went quiet held
+/// its connection for good. Now the preface is answered as a bad HTTP/1
+/// request and the connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_preface_is_refused_not_held() {
+    let (mut child, base, _dir) = start(&[]);
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    closed_by_server(s).await;
     child.kill().unwrap();
     child.wait().unwrap();
 }

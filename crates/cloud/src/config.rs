@@ -53,6 +53,10 @@ pub struct Args {
     /// keep-alive connection is closed after this too.
     #[arg(long, env = "GALAXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub header_read_timeout: std::time::Duration,
+    /// How long a client may take to send a request's body once its
+    /// headers are in; a slower one gets 408 and its connection is closed.
+    #[arg(long, env = "GALAXY_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub body_read_timeout: std::time::Duration,
     /// Connections open at once; at the limit new ones wait to be accepted.
     #[arg(long, env = "GALAXY_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,

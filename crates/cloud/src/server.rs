@@ -475,6 +475,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         .with_default_host(addr.to_string())
         .with_limits(crate::listen::Limits {
             header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
             max_connections: args.max_connections as usize,
             max_streams_per_key: args.max_streams_per_key as usize,
         })

@@ -48,7 +48,7 @@ pub struct StreamParams {
 
 /// Decrements the open-streams gauge and the credential's count when a
 /// stream is dropped, however it ends.
-struct OpenStream {
+pub(crate) struct OpenStream {
     metrics: Arc<Metrics>,
     per_key: Arc<crate::state::StreamCounts>,
     key: String,
@@ -63,7 +63,7 @@ impl Drop for OpenStream {
 
 /// Who a stream is counted against: the key it was opened with, or the
 /// device.
-fn credential(
+pub(crate) fn credential(
     access: Option<&crate::keys::Access>,
     device: Option<&galaxy::players::Device>,
 ) -> String {
@@ -153,12 +153,10 @@ fn sse(feed: Feed) -> Response {
         .into_response()
 }
 
-fn feed(
-    state: &AppState,
-    only: Option<InstanceId>,
-    show_output: bool,
-    key: String,
-) -> Result<Feed, AppError> {
+/// Takes one of `key`'s live-stream places (429 `TooManyStreams` when it
+/// has none left); the place comes back when the guard drops, however the
+/// stream ends. The sync pokes stream counts against it too.
+pub(crate) fn open(state: &AppState, key: String) -> Result<OpenStream, AppError> {
     if !state
         .streams
         .acquire(&key, state.limits.max_streams_per_key)
@@ -173,6 +171,20 @@ fn feed(
         ));
     }
     state.metrics.stream_delta(1);
+    Ok(OpenStream {
+        metrics: state.metrics.clone(),
+        per_key: state.streams.clone(),
+        key,
+    })
+}
+
+fn feed(
+    state: &AppState,
+    only: Option<InstanceId>,
+    show_output: bool,
+    key: String,
+) -> Result<Feed, AppError> {
+    let open = open(state, key)?;
     Ok(Feed {
         // Subscribed before anything is read, so no change falls between
         // the first status and the first update.
@@ -182,11 +194,7 @@ fn feed(
         show_output,
         queued: VecDeque::new(),
         shutdown: Box::pin(state.shutdown_signal()),
-        _open: OpenStream {
-            metrics: state.metrics.clone(),
-            per_key: state.streams.clone(),
-            key,
-        },
+        _open: open,
     })
 }
 

@@ -119,7 +119,8 @@ pub async fn pull(
 }
 
 /// A live stream of pokes: after every change to the player's data, an
-/// event `poke` with `{"version": N}`; pull when one arrives.
+/// event `poke` with `{"version": N}`; pull when one arrives. Counted
+/// with the device's other live streams (`--max-streams-per-key`).
 #[utoipa::path(
     get,
     path = "/api/sync/events",
@@ -127,20 +128,23 @@ pub async fn pull(
     responses(
         (status = 200, description = "text/event-stream of `poke` events", content_type = "text/event-stream"),
         (status = 401, description = "Missing, wrong or revoked device token", body = ErrorBody),
+        (status = 429, description = "The device has --max-streams-per-key live streams open already", body = ErrorBody),
     ),
     security(("device_token" = []))
 )]
 pub async fn events(
     State(state): State<AppState>,
     Extension(device): Extension<Device>,
-) -> Response {
+) -> Result<Response, AppError> {
+    // Counted with the device's other live streams.
+    let open = super::stream::open(&state, super::stream::credential(None, Some(&device)))?;
     // Subscribed before the answer goes out: a change made after the client
     // sees the stream open is never missed.
     let changes = state.players.subscribe();
     let shutdown = Box::pin(state.shutdown_signal());
     let pokes = stream::unfold(
-        (changes, shutdown, device.player_id, 0u64),
-        |(mut changes, mut shutdown, player, mut last)| async move {
+        (changes, shutdown, device.player_id, 0u64, open),
+        |(mut changes, mut shutdown, player, mut last, open)| async move {
             loop {
                 let received = tokio::select! {
                     r = changes.recv() => r,
@@ -162,7 +166,7 @@ pub async fn events(
                     .unwrap_or_else(|_| Event::default().event("poke").data("{}"));
                 return Some((
                     Ok::<_, Infallible>(event),
-                    (changes, shutdown, player, last),
+                    (changes, shutdown, player, last, open),
                 ));
             }
         },
@@ -170,7 +174,7 @@ pub async fn events(
     let hello = stream::once(async { Ok::<_, Infallible>(Event::default().comment("subscribed")) });
     let body: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
         Box::pin(hello.chain(pokes));
-    Sse::new(body)
+    Ok(Sse::new(body)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response()
+        .into_response())
 }
