@@ -1,5 +1,6 @@
-//! Liveness against the real `galaxy-cloud`: when the engine store's writer
-//! dies (a panic injected with a failpoint, as a bug would), `/healthz`
+//! Liveness against the real `galaxy-cloud`: when a store's writer (the
+//! engine store's, the galaxies table's, the event router's) dies (a panic
+//! injected with a failpoint, as a bug would), `/healthz`
 //! answers 503 and the process drains and exits non-zero, so a supervisor
 //! restarts it. (Test builds turn `durable`'s `failpoints` feature on;
 //! release builds have no failpoints.)
@@ -9,22 +10,27 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_store_writer_makes_healthz_503_and_the_process_exit_non_zero() {
+const FUNCTION_KEY: &str = "health-function-key-01";
+
+/// Starts galaxy-cloud with `failpoint`, works (Galaxy_Create, which
+/// writes the engine store and the galaxies table, and an event published
+/// to a topic) until the failpoint's panic kills a writer, and checks that
+/// `/healthz` says so with 503 and that the process drains and exits
+/// non-zero, naming `culprit` in its log.
+async fn a_dead_writer_stops_the_server(failpoint: &str, culprit: &str) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("cloud.log");
-    // The writer's 40th batch panics: well after start, while serving.
     let (child, lines) = common::spawn_with(
         &dir.path().join("data"),
         "127.0.0.1:0",
         &[
             "--function-key",
-            "health-function-key-01",
+            FUNCTION_KEY,
             "--master-key",
             "health-master-key-0001",
         ],
         Stdio::from(std::fs::File::create(&log).unwrap()),
-        &[("FAILPOINTS", "sqlite-writer-batch=40*off->panic")],
+        &[("FAILPOINTS", failpoint)],
     );
     let (_, base) = common::wait_listening(&lines);
     let http = reqwest::Client::new();
@@ -36,15 +42,49 @@ async fn a_dead_store_writer_makes_healthz_503_and_the_process_exit_non_zero() {
             .status(),
         200
     );
+    let topic = format!("{base}/api/events/topics/health?code={FUNCTION_KEY}");
+    let made: serde_json::Value = http
+        .put(&topic)
+        .json(&serde_json::json!({ "inputSchema": "CloudEventSchemaV1_0" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let endpoint = made["endpoint"].as_str().unwrap().to_string();
+    let keys: serde_json::Value = http
+        .post(format!(
+            "{base}/api/events/topics/health/listKeys?code={FUNCTION_KEY}"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = keys["key1"].as_str().unwrap().to_string();
     // Work until the writer dies and health says so (or the process is
     // already gone).
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut saw_503 = false;
+    let mut n = 0;
     while Instant::now() < deadline {
+        n += 1;
         let _ = http
             .post(format!(
-                "{base}/api/orchestrators/Galaxy_Create?code=health-function-key-01"
+                "{base}/api/orchestrators/Galaxy_Create?code={FUNCTION_KEY}"
             ))
+            .send()
+            .await;
+        let _ = http
+            .post(&endpoint)
+            .header("aeg-sas-key", &key)
+            .header("content-type", "application/cloudevents+json")
+            .json(&serde_json::json!({
+                "specversion": "1.0", "id": format!("e{n}"), "source": "health",
+                "type": "Health.Probe", "data": {}
+            }))
             .send()
             .await;
         match http.get(format!("{base}/healthz")).send().await {
@@ -79,6 +119,26 @@ async fn a_dead_store_writer_makes_healthz_503_and_the_process_exit_non_zero() {
     assert!(log.contains("draining and stopping"), "{log}");
     assert!(saw_503, "/healthz never said unhealthy: {log}");
     assert!(log.contains("stopped because"), "{log}");
+    assert!(log.contains(culprit), "{culprit} not named: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_store_writer_makes_healthz_503_and_the_process_exit_non_zero() {
+    // The writer's 40th batch panics: well after start, while serving.
+    a_dead_writer_stops_the_server("sqlite-writer-batch=40*off->panic", "engine store").await;
+}
+
+/// The galaxies table's writer panicking halfway through a batch (which
+/// poisons its connection's lock) stops the server the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_galaxies_writer_makes_healthz_503_and_the_process_exit_non_zero() {
+    a_dead_writer_stops_the_server("galaxies-writer-batch=panic", "galaxies table").await;
+}
+
+/// So does the event router's publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_event_publisher_makes_healthz_503_and_the_process_exit_non_zero() {
+    a_dead_writer_stops_the_server("events-publisher-batch=panic", "event router").await;
 }
 
 /// A slow disk (every engine commit takes 5 s: a failpoint sleeps in the
@@ -94,7 +154,7 @@ async fn healthz_and_reads_answer_while_the_disk_is_slow() {
         "127.0.0.1:0",
         &[
             "--function-key",
-            "health-function-key-01",
+            FUNCTION_KEY,
             "--master-key",
             "health-master-key-0001",
         ],
@@ -108,7 +168,7 @@ async fn healthz_and_reads_answer_while_the_disk_is_slow() {
             let (http, base) = (http.clone(), base.clone());
             tokio::spawn(async move {
                 http.post(format!(
-                    "{base}/api/orchestrators/Galaxy_Create?code=health-function-key-01"
+                    "{base}/api/orchestrators/Galaxy_Create?code={FUNCTION_KEY}"
                 ))
                 .send()
                 .await
@@ -121,7 +181,7 @@ async fn healthz_and_reads_answer_while_the_disk_is_slow() {
         let r = http.get(format!("{base}/healthz")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         let r = http
-            .get(format!("{base}/api/galaxies?code=health-function-key-01"))
+            .get(format!("{base}/api/galaxies?code={FUNCTION_KEY}"))
             .send()
             .await
             .unwrap();

@@ -66,11 +66,12 @@ pub enum ServeError {
 /// How often the engine store's health is checked while serving.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
-/// Resolves (with the reason) once `store` reports itself unhealthy.
-async fn sickness(store: Arc<dyn Store>) -> String {
+/// Resolves (with the reason) once a store of `state` reports itself
+/// unhealthy.
+async fn sickness(state: AppState) -> String {
     loop {
         tokio::time::sleep(HEALTH_EVERY).await;
-        if let Err(reason) = store.health() {
+        if let Err(reason) = state.health() {
             return reason;
         }
     }
@@ -513,11 +514,11 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
     // then exit non-zero), so a supervisor restarts it.
     let sick = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = {
-        let (sick, store) = (sick.clone(), engine.store().clone());
+        let (sick, watched) = (sick.clone(), state.clone());
         async move {
             tokio::select! {
                 () = signals => {}
-                reason = sickness(store) => {
+                reason = sickness(watched) => {
                     tracing::error!("{reason}: draining and stopping");
                     eprintln!("galaxy-cloud: {reason}; draining and stopping");
                     *sick.lock().expect("sick lock") = Some(reason);

@@ -126,6 +126,21 @@ impl AppState {
         let _ = self.shutdown.send(true);
     }
 
+    /// Whether every store can still write: the engine store, the
+    /// galaxies table and the event router (their SQLite writer threads
+    /// alive, no write batch panicked); the first reason when one cannot.
+    /// The players store needs no check: each call is a transaction of its
+    /// own on a connection that a panic leaves rolled back.
+    pub fn health(&self) -> Result<(), String> {
+        self.engine.store().health()?;
+        self.table
+            .health()
+            .map_err(|e| format!("the galaxies table's writer: {e}"))?;
+        self.events
+            .health()
+            .map_err(|e| format!("the event router's writer: {e}"))
+    }
+
     /// True once [`AppState::begin_shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()

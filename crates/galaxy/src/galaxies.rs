@@ -112,6 +112,17 @@ impl Galaxies {
         }
     }
 
+    /// Whether the table can still write: on SQLite, its writer thread has
+    /// not died and no write batch panicked (PostgreSQL has no writer of
+    /// its own: a lost connection is retried per statement).
+    pub fn health(&self) -> Result<(), String> {
+        match self {
+            Self::Sqlite(t) => t.health(),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Finishes queued writes and closes the table.
     pub fn close(&self) {
         match self {

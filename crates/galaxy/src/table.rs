@@ -387,6 +387,11 @@ impl GalaxyTable {
         Ok(ids)
     }
 
+    /// Whether the writer still works (see `GroupCommit::alive`).
+    pub fn health(&self) -> Result<(), String> {
+        self.writer.alive()
+    }
+
     /// Finishes queued writes and stops the writer thread.
     pub fn close(&self) {
         self.writer.close();

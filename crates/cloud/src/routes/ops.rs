@@ -36,12 +36,12 @@ pub struct OpenApiJson(pub Arc<String>);
     )
 )]
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    if let Err(reason) = state.engine.store().health() {
+    if let Err(reason) = state.health() {
         tracing::error!("unhealthy: {reason}");
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Health {
-                status: "unhealthy: the engine store stopped working (see the log); the server is stopping",
+                status: "unhealthy: a store stopped working (see the log); the server is stopping",
             }),
         )
             .into_response()

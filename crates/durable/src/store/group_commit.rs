@@ -60,6 +60,9 @@ impl<Op: Send + 'static> GroupCommit<Op> {
         });
         let (tx, rx) = mpsc::channel::<Op>();
         let writer = shared.clone();
+        // Fault injection (tests): `<name>-batch=panic` in FAILPOINTS.
+        #[cfg(feature = "failpoints")]
+        let failpoint = format!("{name}-batch");
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
@@ -73,6 +76,8 @@ impl<Op: Send + 'static> GroupCommit<Op> {
                         }
                     }
                     let n = batch.len();
+                    #[cfg(feature = "failpoints")]
+                    fail::fail_point!(&failpoint);
                     (writer.apply)(&mut conn, batch);
                     drop(conn);
                     writer.queued.fetch_sub(n, Ordering::SeqCst);

@@ -231,6 +231,11 @@ pub struct RecordedAttempt {
 /// What a backend does; [`RouterStore`] adds the delivery loop's wake-ups.
 #[async_trait]
 trait Backend: Send + Sync + 'static {
+    /// Whether the backend can still write (a SQLite writer thread that
+    /// died or panicked says no); PostgreSQL retries per statement.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
     async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError>;
     async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError>;
     async fn topics(&self) -> Result<Vec<TopicRecord>, StoreError>;
@@ -357,6 +362,11 @@ impl RouterStore {
                 ))
             })
             .await
+    }
+
+    /// Whether the store can still write; the reason when it cannot.
+    pub fn health(&self) -> Result<(), String> {
+        self.backend.health()
     }
 
     /// Notified when deliveries may have become due (a publish, an

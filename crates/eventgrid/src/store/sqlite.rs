@@ -241,6 +241,10 @@ impl SqliteRouter {
 
 #[async_trait]
 impl Backend for SqliteRouter {
+    fn health(&self) -> Result<(), String> {
+        self.publisher.alive()
+    }
+
     async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
         let name = name.to_string();
         self.call(move |conn| {
