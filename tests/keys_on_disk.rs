@@ -1,7 +1,8 @@
 //! Keys and the data directory on disk, against the real `galaxy-cloud`:
 //! a new data directory is the owner's only (0700); `keys.json` opened to
 //! others is made 0600 again at start, with a warning; keys given by flag
-//! are never printed; a status `Location` never hands on the master key.
+//! or environment are never printed or logged; a status `Location` never
+//! hands on the master key.
 #![cfg(unix)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -93,4 +94,72 @@ async fn the_data_directory_and_keys_stay_private_and_given_keys_unprinted() {
         log.contains("was readable by others (mode 644); made it 0600"),
         "{log}"
     );
+}
+
+/// Keys given by environment are never printed or logged either: not at
+/// start, not in `--help`, and not in the trace log while requests carry
+/// them (in the query and in the header).
+#[tokio::test]
+async fn keys_given_by_environment_are_never_printed_or_logged() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let log = root.path().join("cloud.log");
+    let env = [
+        ("GALAXY_FUNCTION_KEY", FUNCTION_KEY),
+        ("GALAXY_MASTER_KEY", MASTER_KEY),
+        ("GALAXY_LOG", "trace"),
+    ];
+    let (mut child, lines) = common::spawn_with(
+        &dir,
+        "127.0.0.1:0",
+        &["--samples"],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+        &env,
+    );
+    let (printed, base) = common::wait_listening(&lines);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!(
+            "{base}/api/orchestrators/Sample_WaitForEvent/env?code={FUNCTION_KEY}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "the env keys are in force");
+    let r = http
+        .get(format!("{base}/runtime/webhooks/durabletask/instances/"))
+        .header("x-functions-key", MASTER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .get(format!("{base}/runtime/webhooks/durabletask/instances/env?code=wrong-key-000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut seen = printed.join("\n");
+    seen.push_str(&lines.try_iter().collect::<Vec<_>>().join("\n"));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("TRACE") || logged.contains("DEBUG"), "the log is verbose: {logged}");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_galaxy-cloud"))
+        .arg("--help")
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    for text in [
+        seen,
+        logged,
+        String::from_utf8_lossy(&help.stdout).to_string(),
+        String::from_utf8_lossy(&help.stderr).to_string(),
+    ] {
+        assert!(
+            !text.contains(FUNCTION_KEY) && !text.contains(MASTER_KEY),
+            "a key was printed or logged: {text}"
+        );
+    }
 }
