@@ -425,10 +425,13 @@ pub fn status_body(status: &InstanceStatus, options: StatusOptions) -> StatusBod
         output,
         created_time: iso(status.created_at),
         last_updated_time: iso(status.last_updated_at),
-        history_events: status
-            .history
-            .as_ref()
-            .map(|h| bounded(history_items(h, options.show_history_output))),
+        history_events: status.history.as_ref().map(|h| {
+            bounded(
+                history_items(h, options.show_history_output),
+                h.len(),
+                status.history_events,
+            )
+        }),
         history_event_count: status.history_events,
         history_bytes: status.history_bytes,
         failure_details: status.failure.as_ref().map(Failure::from),
@@ -441,25 +444,42 @@ pub const MAX_HISTORY_ITEMS: usize = 10_000;
 /// carries; later payloads come as `$elided` markers.
 pub const MAX_HISTORY_PAYLOAD: usize = 16 << 20;
 
+/// What a status request reads of the history: the first
+/// [`MAX_HISTORY_ITEMS`] events, and no stored turn after the one that
+/// takes them past [`MAX_HISTORY_PAYLOAD`] bytes of stored JSON. This is
+/// what bounds the memory one status request takes, whatever the
+/// instance's history holds.
+pub const HISTORY_CAP: durable::store::HistoryCap = durable::store::HistoryCap {
+    max_events: MAX_HISTORY_ITEMS,
+    max_bytes: MAX_HISTORY_PAYLOAD,
+};
+
 /// A history answer within [`MAX_HISTORY_ITEMS`] and
 /// [`MAX_HISTORY_PAYLOAD`]: the first events, and a last item of type
-/// `Truncated` saying how many were left out.
-fn bounded(mut items: Vec<HistoryItem>) -> Vec<HistoryItem> {
-    let total = items.len();
-    if total > MAX_HISTORY_ITEMS {
-        items.truncate(MAX_HISTORY_ITEMS);
-    }
+/// `Truncated` saying how many were left out, when the `read` events
+/// (the store's [`HISTORY_CAP`]) or the items are fewer than the
+/// instance's `total`.
+fn bounded(mut items: Vec<HistoryItem>, read: usize, total: u64) -> Vec<HistoryItem> {
+    let cut = items.len() > MAX_HISTORY_ITEMS || (read as u64) < total;
+    let shown = if items.len() > MAX_HISTORY_ITEMS {
+        MAX_HISTORY_ITEMS
+    } else {
+        read
+    };
+    items.truncate(MAX_HISTORY_ITEMS);
     let mut budget = durable::elide::Budget::of(MAX_HISTORY_PAYLOAD);
     for item in &mut items {
         if let Some(v) = item.result.as_mut() {
             *v = durable::elide::value(v, &mut budget);
         }
     }
-    if total > MAX_HISTORY_ITEMS {
+    if cut {
         items.push(HistoryItem {
             event_type: "Truncated".into(),
             result: Some(Value::String(format!(
-                "the first {MAX_HISTORY_ITEMS} of {total} history events; one answer carries no more"
+                "the first {shown} of {} history events; one answer carries at most {MAX_HISTORY_ITEMS} events and {} MiB of history",
+                total.max(shown as u64),
+                MAX_HISTORY_PAYLOAD >> 20
             ))),
             ..HistoryItem::default()
         });
@@ -589,7 +609,7 @@ mod tests {
             ..HistoryItem::default()
         };
         let many: Vec<HistoryItem> = (0..MAX_HISTORY_ITEMS + 5).map(|i| item(json!(i))).collect();
-        let out = bounded(many);
+        let out = bounded(many, MAX_HISTORY_ITEMS + 5, 10_005);
         assert_eq!(out.len(), MAX_HISTORY_ITEMS + 1);
         assert_eq!(out[MAX_HISTORY_ITEMS].event_type, "Truncated");
         assert!(out[MAX_HISTORY_ITEMS]
@@ -601,7 +621,7 @@ mod tests {
             .contains("10005"));
         let big = json!("b".repeat(1 << 20));
         let heavy: Vec<HistoryItem> = (0..20).map(|_| item(big.clone())).collect();
-        let out = bounded(heavy);
+        let out = bounded(heavy, 20, 20);
         assert_eq!(out.len(), 20);
         let kept = out
             .iter()
@@ -609,6 +629,14 @@ mod tests {
             .count();
         assert_eq!(kept, 15, "16 MiB of payloads, not 20");
         assert_eq!(out[19].result, Some(durable::elide::marker()));
+        // The store read only the first 3 of 50 events: the answer says so.
+        let few: Vec<HistoryItem> = (0..2).map(|i| item(json!(i))).collect();
+        let out = bounded(few, 3, 50);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].event_type, "Truncated");
+        let note = out[2].result.as_ref().unwrap().as_str().unwrap();
+        assert!(note.contains("first 3 of 50"), "{note}");
+        assert_eq!(bounded(vec![item(json!(1))], 2, 2).len(), 1, "all read: no note");
     }
 
     #[test]

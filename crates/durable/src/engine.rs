@@ -443,6 +443,17 @@ impl Engine {
             .await?)
     }
 
+    /// One instance's status as a client asked for it: the input only if
+    /// wanted, the history only up to the cap (see
+    /// [`Store::read_status`](crate::store::Store::read_status)).
+    pub async fn read_status(
+        &self,
+        instance_id: &InstanceId,
+        read: crate::store::StatusRead,
+    ) -> Result<Option<InstanceStatus>, Error> {
+        Ok(self.inner.store.read_status(instance_id, read).await?)
+    }
+
     async fn require(&self, instance_id: &InstanceId) -> Result<InstanceStatus, Error> {
         self.status(instance_id, false)
             .await?

@@ -140,9 +140,13 @@ pub async fn status(
         params.return_internal_server_error_on_failure.as_deref(),
         false,
     )?;
+    let read = durable::store::StatusRead {
+        input: options.show_input,
+        history: show_history.then_some(payload::HISTORY_CAP),
+    };
     let status = state
         .engine
-        .status(&id, show_history)
+        .read_status(&id, read)
         .await?
         .ok_or_else(|| AppError::from(durable::Error::NotFound(id.clone())))?;
     let body = Json(payload::status_body(&status, options));

@@ -268,3 +268,84 @@ pub async fn case_history_order(store: &dyn Store) {
         .unwrap()
         .is_empty());
 }
+
+/// `read_status` reads what a client asked for and no more: no input when
+/// not wanted, and of the history the first events within the cap (by
+/// count, or stopping after the stored turn that passes the bytes).
+pub async fn case_read_status_reads_only_what_is_asked(store: &dyn Store) {
+    use crate::store::{HistoryCap, StatusRead};
+    let input = json!({ "big": "x".repeat(10_000) });
+    store
+        .create_instance(new_instance("rs", input.clone()))
+        .await
+        .unwrap();
+    for round in 0..4u64 {
+        if round > 0 {
+            store
+                .send_message(&iid("rs"), raised("tick", json!(round)))
+                .await
+                .unwrap();
+        }
+        run_turn(store, "rs", RuntimeStatus::Running).await;
+    }
+    let all = store.load_history(&iid("rs")).await.unwrap();
+    assert_eq!(all.len(), 8, "2 events in each of 4 stored turns");
+    let read = |input: bool, history: Option<HistoryCap>| {
+        let id = iid("rs");
+        async move {
+            store
+                .read_status(&id, StatusRead { input, history })
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let bare = read(false, None).await;
+    assert_eq!(bare.input, Value::Null, "no input unless asked");
+    assert_eq!(bare.history, None);
+    assert_eq!(bare.history_events, 8);
+    assert_eq!(bare.runtime_status, RuntimeStatus::Running);
+    let full = read(
+        true,
+        Some(HistoryCap {
+            max_events: 100,
+            max_bytes: usize::MAX,
+        }),
+    )
+    .await;
+    assert_eq!(full.input, input);
+    assert_eq!(full.history.as_deref(), Some(&all[..]));
+    let by_count = read(
+        true,
+        Some(HistoryCap {
+            max_events: 3,
+            max_bytes: usize::MAX,
+        }),
+    )
+    .await;
+    assert_eq!(by_count.history.as_deref(), Some(&all[..3]));
+    let by_bytes = read(
+        false,
+        Some(HistoryCap {
+            max_events: 100,
+            max_bytes: 1,
+        }),
+    )
+    .await;
+    assert_eq!(
+        by_bytes.history.as_deref(),
+        Some(&all[..2]),
+        "the first stored turn, which passed the bytes, and no more"
+    );
+    assert!(store
+        .read_status(
+            &iid("unknown"),
+            StatusRead {
+                input: true,
+                history: None
+            }
+        )
+        .await
+        .unwrap()
+        .is_none());
+}

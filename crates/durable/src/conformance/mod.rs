@@ -98,6 +98,7 @@ macro_rules! conformance_tests {
             case_terminal_commit_drops_inbox,
             case_replace_history,
             case_history_order,
+            case_read_status_reads_only_what_is_asked,
             case_list_instances_filters,
             case_list_instances_paging,
             case_list_instances_byte_budget,

@@ -41,6 +41,7 @@ use crate::types::{
     FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
     RuntimeStatus, Timestamp,
 };
+pub use common::{HistoryCap, StatusRead};
 pub use lifecycle::LifecycleEvent;
 
 /// Errors a store reports. `is_retryable` separates transient trouble from
@@ -405,6 +406,30 @@ pub trait Store: Send + Sync + 'static {
         instance_id: &InstanceId,
         with_history: bool,
     ) -> Result<Option<InstanceStatus>, StoreError>;
+
+    /// One instance's status for a client that asked for `read`: the input
+    /// only if wanted, the history only the first events within the cap
+    /// (`history_events` says how many there are). Both stores override it
+    /// so that neither the input nor the history past the cap is read; this
+    /// default reads everything and then drops it.
+    async fn read_status(
+        &self,
+        instance_id: &InstanceId,
+        read: StatusRead,
+    ) -> Result<Option<InstanceStatus>, StoreError> {
+        let mut status = self
+            .get_instance(instance_id, read.history.is_some())
+            .await?;
+        if let Some(s) = status.as_mut() {
+            if !read.input {
+                s.input = Value::Null;
+            }
+            if let (Some(cap), Some(history)) = (read.history, s.history.as_mut()) {
+                history.truncate(cap.max_events);
+            }
+        }
+        Ok(status)
+    }
 
     /// A page of instances matching a filter, newest first.
     async fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError>;

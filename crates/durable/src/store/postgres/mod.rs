@@ -80,7 +80,9 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::common::{decode_token, encode_token, json, parse, parse_status, terminal_list};
+use super::common::{
+    decode_token, encode_token, json, parse, parse_status, terminal_list, CappedHistory, StatusRead,
+};
 use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
 pub use super::pg_connect::{PgTarget, PgUrlError};
 use super::{

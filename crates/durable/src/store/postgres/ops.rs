@@ -386,6 +386,56 @@ impl Store for PostgresStore {
         Ok(Some(status))
     }
 
+    async fn read_status(
+        &self,
+        instance_id: &InstanceId,
+        read: StatusRead,
+    ) -> Result<Option<InstanceStatus>, StoreError> {
+        let columns = if read.input {
+            STATUS_COLUMNS.to_string()
+        } else {
+            STATUS_COLUMNS.replacen("input,", "'null'::text AS input,", 1)
+        };
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT {columns} FROM {}.instances WHERE instance_id = $1",
+                    self.sql.s
+                ),
+                &[&instance_id.as_str()],
+            )
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut status = status_from_row(&row)?;
+        if let Some(cap) = read.history {
+            // Stored turns stream in; none past the cap is held.
+            let rows = c
+                .query_raw(
+                    &format!(
+                        "SELECT events FROM {}.history WHERE instance_id = $1 ORDER BY first_event_id",
+                        self.sql.s
+                    ),
+                    [instance_id.as_str()],
+                )
+                .await
+                .map_err(db_err)?;
+            futures::pin_mut!(rows);
+            let mut history = CappedHistory::new(cap);
+            while history.wants_more() {
+                let Some(row) = rows.next().await else {
+                    break;
+                };
+                history.take(row.map_err(db_err)?.get(0))?;
+            }
+            status.history = Some(history.events);
+        }
+        Ok(Some(status))
+    }
+
     async fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         let mut where_ = filter_sql(&query.filter, &mut args);

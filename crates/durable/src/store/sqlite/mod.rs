@@ -45,7 +45,10 @@ use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
 
-use super::common::{decode_token, encode_token, json, parse, parse_status, terminal_list};
+use super::common::{
+    decode_token, encode_token, json, parse, parse_status, terminal_list, CappedHistory, HistoryCap,
+    StatusRead,
+};
 use super::group_commit::GroupCommit;
 use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
 use super::{

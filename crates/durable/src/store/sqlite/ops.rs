@@ -311,6 +311,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn read_status(
+        &self,
+        instance_id: &InstanceId,
+        read: StatusRead,
+    ) -> Result<Option<InstanceStatus>, StoreError> {
+        let id = instance_id.as_str().to_string();
+        self.read(move |c| {
+            let columns = if read.input {
+                STATUS_COLUMNS.to_string()
+            } else {
+                STATUS_COLUMNS.replacen("input,", "'null' AS input,", 1)
+            };
+            let sql = format!("SELECT {columns} FROM instances WHERE instance_id = ?1");
+            let status = c
+                .prepare_cached(&sql)
+                .map_err(db_err)?
+                .query_row([&id], status_from_row)
+                .optional()
+                .map_err(db_err)?;
+            let Some((mut status, ())) = status else {
+                return Ok(None);
+            };
+            if let Some(cap) = read.history {
+                status.history = Some(read_history_capped(c, &id, cap)?);
+            }
+            Ok(Some(status))
+        })
+        .await
+    }
+
     async fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
         let query = query.clone();
         self.read(move |c| {

@@ -94,6 +94,28 @@ pub(super) const STATUS_COLUMNS: &str =
     "instance_id, name, execution_id, runtime_status, input, output, custom_status, failure, \
      created_at, last_updated_at, parent_instance_id, history_events, history_bytes";
 
+/// The first events of an instance's history, within `cap`: stored turns
+/// are read one at a time and no more are read once it is reached.
+pub(super) fn read_history_capped(
+    conn: &Connection,
+    id: &str,
+    cap: HistoryCap,
+) -> Result<Vec<HistoryEvent>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT events FROM history WHERE instance_id = ?1 ORDER BY first_event_id")
+        .map_err(db_err)?;
+    let mut rows = stmt.query([id]).map_err(db_err)?;
+    let mut history = CappedHistory::new(cap);
+    while history.wants_more() {
+        let Some(row) = rows.next().map_err(db_err)? else {
+            break;
+        };
+        let text = row.get_ref(0).map_err(db_err)?;
+        history.take(text.as_str().map_err(|e| db_err(e.into()))?)?;
+    }
+    Ok(history.events)
+}
+
 pub(super) fn read_history(conn: &Connection, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
     let mut stmt = conn
         .prepare_cached("SELECT events FROM history WHERE instance_id = ?1 ORDER BY first_event_id")
