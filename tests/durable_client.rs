@@ -30,6 +30,7 @@ const CHECKS: &[&str] = &[
     "terminate-finished",
     "rewind",
     "rewind-not-failed",
+    "suspend-resume-finished",
     "list-all-pages",
     "list-by-filter-pages",
     "purge-one",

@@ -252,7 +252,20 @@ try {
   });
 
   await check("rewind-not-failed", async () => {
-    await rejects(durable.rewind(waiting, "not failed"), /./, "rewind of a Completed instance");
+    // 412, which the client turns into its own rejection (a 404 or any
+    // other answer would have a different message).
+    const message = await rejects(durable.rewind(waiting, "not failed"), /./, "rewind of a Completed instance");
+    expect(!/No instance with ID/.test(message), `answered as unknown: ${message}`);
+    const s = await durable.getStatus(waiting);
+    same(s.runtimeStatus, Status.Completed, "status after a refused rewind");
+  });
+
+  await check("suspend-resume-finished", async () => {
+    // 410 for a finished instance: the client takes it as done.
+    await durable.suspend(paused, "too late");
+    await durable.resume(paused, "too late");
+    const s = await durable.getStatus(paused);
+    same(s.runtimeStatus, Status.Terminated, "still Terminated");
   });
 
   await check("list-all-pages", async () => {
