@@ -39,6 +39,11 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    start_with_master(MASTER_KEY)
+}
+
+/// A server of a deployment whose master key is `master`.
+fn start_with_master(master: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (child, lines) = spawn(
         dir.path(),
@@ -46,7 +51,7 @@ fn start() -> Server {
             "--function-key",
             FUNCTION_KEY,
             "--master-key",
-            MASTER_KEY,
+            master,
             "--samples",
         ],
     );
@@ -833,6 +838,82 @@ async fn listing_filters_and_continuation_paging_both_ways() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+/// A continuation token is signed with a key derived from the master key:
+/// one handed out by another deployment (a different master key) is a
+/// 400, though it is well formed and names real instances there; an
+/// unkeyed checksum would have let it through.
+#[tokio::test]
+async fn another_deployment_s_continuation_token_is_refused() {
+    let ours = start();
+    let theirs = start_with_master("another-deployment-master-01");
+    for server in [&ours, &theirs] {
+        for i in 0..3 {
+            server
+                .start("Galaxy_Create", Some(&format!("tok-{i}")), json!(null))
+                .await;
+        }
+    }
+    let r = theirs.send(Method::GET, &format!("{M}/instances?top=1")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let token = r.headers()["x-ms-continuation-token"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let next = |server: &Server| {
+        server
+            .req(Method::GET, &format!("{M}/instances?top=1"))
+            .header("x-ms-continuation-token", token.clone())
+            .send()
+    };
+    assert_eq!(next(&theirs).await.unwrap().status(), StatusCode::OK);
+    let r = next(&ours).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidContinuationToken", "{body}");
+}
+
+/// What the fuzzer found, asked directly: empty query values count as
+/// absent, and instance ids with control characters are refused with 400
+/// JSON wherever an id is taken.
+#[tokio::test]
+async fn empty_query_values_are_absent_and_control_characters_refused() {
+    let server = start();
+    server
+        .start("Galaxy_Create", Some("plain-id"), json!({"k": 1}))
+        .await;
+    let r = server
+        .send(
+            Method::GET,
+            &format!("{M}/instances?top=&showInput=&runtimeStatus=&createdTimeFrom=&instanceIdPrefix="),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let all: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["input"], json!({"k": 1}), "showInput= is the default");
+    let r = server
+        .send(
+            Method::GET,
+            &format!("{M}/instances/plain-id?showHistory=&showInput=&showHistoryOutput="),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let status: Value = r.json().await.unwrap();
+    assert_eq!(status["input"], json!({"k": 1}));
+    assert!(status.get("historyEvents").is_none_or(Value::is_null), "{status}");
+    for (method, path) in [
+        (Method::POST, "/api/orchestrators/Galaxy_Create/bad%01id".to_string()),
+        (Method::GET, format!("{M}/instances/bad%0Aid")),
+        (Method::POST, format!("{M}/instances/bad%7Fid/terminate")),
+        (Method::DELETE, format!("{M}/instances/bad%1Bid")),
+    ] {
+        let r = server.send(method.clone(), &path).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"]["code"].is_string(), "{method} {path}: {body}");
+    }
 }
 
 #[tokio::test]
