@@ -6,7 +6,10 @@ use clap::Parser;
 
 /// The Galaxy Forge cloud backend: the Durable Functions HTTP API, the
 /// galaxies table, live event streams and metrics over the durable engine.
-#[derive(Clone, Debug, Parser)]
+///
+/// Not `Debug` on purpose: it holds the keys and the database URL (with
+/// its password), which must never reach a log.
+#[derive(Clone, Parser)]
 #[command(name = "galaxy-cloud", version)]
 pub struct Args {
     /// Address to listen on; port 0 picks a free port (printed at start).
