@@ -298,6 +298,19 @@ async fn a_trickled_body_gets_408_and_its_connection_closed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
+    // Counted as what the client got.
+    let metrics = reqwest::get(format!("{base}/metrics?code={key}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "galaxy_http_requests_total{method=\"POST\",route=\"/api/orchestrators/{functionName}\",status=\"408\"} 1"
+        ),
+        "{metrics}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -125,7 +125,7 @@ async fn a_dead_writer_stops_the_server(failpoint: &str, culprit: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_store_writer_makes_healthz_503_and_the_process_exit_non_zero() {
     // The writer's 40th batch panics: well after start, while serving.
-    a_dead_writer_stops_the_server("sqlite-writer-batch=40*off->panic", "engine store").await;
+    a_dead_writer_stops_the_server("durable-sqlite-writer-batch=40*off->panic", "engine store").await;
 }
 
 /// The galaxies table's writer panicking halfway through a batch (which
@@ -159,7 +159,7 @@ async fn healthz_and_reads_answer_while_the_disk_is_slow() {
             "health-master-key-0001",
         ],
         Stdio::null(),
-        &[("FAILPOINTS", "sqlite-writer-batch=sleep(5000)")],
+        &[("FAILPOINTS", "durable-sqlite-writer-batch=sleep(5000)")],
     );
     let (_, base) = common::wait_listening(&lines);
     let http = reqwest::Client::new();

@@ -30,6 +30,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             let status = r.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
                 AppError::from_status(status)
+            } else if crate::listen::BodyTooSlow::caused(&r) {
+                // The connection's deadline: answered (and counted) as 408.
+                AppError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "RequestTimeout",
+                    "the request body did not arrive in time",
+                )
             } else {
                 AppError::bad_request("InvalidBody", r.body_text())
             }

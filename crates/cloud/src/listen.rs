@@ -11,7 +11,7 @@
 //! accepting (new clients wait in the kernel's backlog) until a connection
 //! ends. Graceful shutdown stops accepting and lets open requests finish.
 //!
-//! A body is read against a deadline from the request's arrival: a client
+//! A body is read against a deadline from the end of its headers: a client
 //! that sends its headers and then trickles the body a byte at a time gets
 //! 408 `RequestTimeout` and the connection is closed.
 //!
@@ -192,7 +192,21 @@ struct DeadlineBody {
 /// The error a late body ends with.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive in time")]
-struct BodyTooSlow;
+pub(crate) struct BodyTooSlow;
+
+impl BodyTooSlow {
+    /// Whether `error` (or what caused it) is a late body's.
+    pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if e.is::<Self>() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
 
 impl HttpBody for DeadlineBody {
     type Data = Bytes;

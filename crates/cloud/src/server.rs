@@ -63,7 +63,8 @@ pub enum ServeError {
     Unhealthy(String),
 }
 
-/// How often the engine store's health is checked while serving.
+/// How often the stores' health (`AppState::health`) is checked while
+/// serving.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Resolves (with the reason) once a store of `state` reports itself

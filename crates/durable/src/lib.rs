@@ -62,7 +62,8 @@ pub use types::{
 };
 
 /// Reads fault injection points from the `FAILPOINTS` environment variable
-/// (`name=action;...`, e.g. `sqlite-writer-batch=3*off->panic`) when built
+/// (`name=action;...`, e.g. `durable-sqlite-writer-batch=3*off->panic`; each
+/// `GroupCommit` writer has `<its thread name>-batch`) when built
 /// with the `failpoints` feature (test builds); does nothing otherwise.
 /// Call once at the start of a binary.
 pub fn failpoints_from_env() {

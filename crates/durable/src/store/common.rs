@@ -68,6 +68,21 @@ pub struct HistoryCap {
     pub max_bytes: usize,
 }
 
+impl HistoryCap {
+    /// No cap: the whole history.
+    pub const ALL: Self = Self {
+        max_events: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+
+    /// The bound on a stored turn's first event id that a query can use:
+    /// a turn starting at or past `max_events` holds no event within the
+    /// cap, so the database need not read or send it.
+    pub(crate) fn first_event_limit(&self) -> i64 {
+        i64::try_from(self.max_events).unwrap_or(i64::MAX)
+    }
+}
+
 /// History read a stored turn at a time until the cap is reached.
 pub(crate) struct CappedHistory {
     cap: HistoryCap,
@@ -140,9 +155,12 @@ mod tests {
         }
         assert_eq!(turns, 2, "the turn that went past the bytes is the last");
         assert_eq!(by_bytes.events.len(), 6);
-        assert!(CappedHistory::new(HistoryCap { max_events: 1, max_bytes: 1 })
-            .take("not json")
-            .is_err());
+        assert!(CappedHistory::new(HistoryCap {
+            max_events: 1,
+            max_bytes: 1
+        })
+        .take("not json")
+        .is_err());
     }
 
     #[test]

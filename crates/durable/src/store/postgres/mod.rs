@@ -81,7 +81,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::common::{
-    decode_token, encode_token, json, parse, parse_status, terminal_list, CappedHistory, StatusRead,
+    decode_token, encode_token, json, parse, parse_status, terminal_list, CappedHistory,
+    HistoryCap, StatusRead,
 };
 use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
 pub use super::pg_connect::{PgTarget, PgUrlError};

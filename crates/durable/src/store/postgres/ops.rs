@@ -124,7 +124,7 @@ impl Store for PostgresStore {
         instance_id: &InstanceId,
     ) -> Result<Vec<HistoryEvent>, StoreError> {
         let c = self.client().await?;
-        read_history(&c, &self.sql, instance_id.as_str()).await
+        read_history(&c, &self.sql, instance_id.as_str(), HistoryCap::ALL).await
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> Result<(), StoreError> {
@@ -365,25 +365,11 @@ impl Store for PostgresStore {
         instance_id: &InstanceId,
         with_history: bool,
     ) -> Result<Option<InstanceStatus>, StoreError> {
-        let c = self.client().await?;
-        let row = c
-            .query_opt(
-                &format!(
-                    "SELECT {STATUS_COLUMNS} FROM {}.instances WHERE instance_id = $1",
-                    self.sql.s
-                ),
-                &[&instance_id.as_str()],
-            )
-            .await
-            .map_err(db_err)?;
-        let Some(row) = row else {
-            return Ok(None);
+        let read = StatusRead {
+            input: true,
+            history: with_history.then_some(HistoryCap::ALL),
         };
-        let mut status = status_from_row(&row)?;
-        if with_history {
-            status.history = Some(read_history(&c, &self.sql, instance_id.as_str()).await?);
-        }
-        Ok(Some(status))
+        self.read_status(instance_id, read).await
     }
 
     async fn read_status(
@@ -391,48 +377,38 @@ impl Store for PostgresStore {
         instance_id: &InstanceId,
         read: StatusRead,
     ) -> Result<Option<InstanceStatus>, StoreError> {
-        let columns = if read.input {
-            STATUS_COLUMNS.to_string()
-        } else {
-            STATUS_COLUMNS.replacen("input,", "'null'::text AS input,", 1)
+        let mut c = self.client().await?;
+        let sql = format!(
+            "SELECT {} FROM {}.instances WHERE instance_id = $1",
+            status_columns(read.input),
+            self.sql.s
+        );
+        let Some(cap) = read.history else {
+            let row = c
+                .query_opt(&sql, &[&instance_id.as_str()])
+                .await
+                .map_err(db_err)?;
+            return row.map(|r| status_from_row(&r)).transpose();
         };
-        let c = self.client().await?;
-        let row = c
-            .query_opt(
-                &format!(
-                    "SELECT {columns} FROM {}.instances WHERE instance_id = $1",
-                    self.sql.s
-                ),
-                &[&instance_id.as_str()],
-            )
+        // One snapshot for the status and its history: a turn that
+        // commits in between cannot make them disagree.
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_err)?;
+        let row = tx
+            .query_opt(&sql, &[&instance_id.as_str()])
             .await
             .map_err(db_err)?;
         let Some(row) = row else {
             return Ok(None);
         };
         let mut status = status_from_row(&row)?;
-        if let Some(cap) = read.history {
-            // Stored turns stream in; none past the cap is held.
-            let rows = c
-                .query_raw(
-                    &format!(
-                        "SELECT events FROM {}.history WHERE instance_id = $1 ORDER BY first_event_id",
-                        self.sql.s
-                    ),
-                    [instance_id.as_str()],
-                )
-                .await
-                .map_err(db_err)?;
-            futures::pin_mut!(rows);
-            let mut history = CappedHistory::new(cap);
-            while history.wants_more() {
-                let Some(row) = rows.next().await else {
-                    break;
-                };
-                history.take(row.map_err(db_err)?.get(0))?;
-            }
-            status.history = Some(history.events);
-        }
+        status.history = Some(read_history(&tx, &self.sql, instance_id.as_str(), cap).await?);
+        tx.commit().await.map_err(db_err)?;
         Ok(Some(status))
     }
 
@@ -453,11 +429,7 @@ impl Store for PostgresStore {
         let size = query.page_size.clamp(1, 1000);
         // Without inputs, the column is read as JSON null: nothing of a
         // large input is loaded.
-        let columns = if query.with_input {
-            STATUS_COLUMNS.to_string()
-        } else {
-            STATUS_COLUMNS.replacen("input,", "'null'::text AS input,", 1)
-        };
+        let columns = status_columns(query.with_input);
         let sql = format!(
             "SELECT {columns} FROM {}.instances WHERE {where_} \
              ORDER BY created_at DESC, instance_id DESC LIMIT {}",

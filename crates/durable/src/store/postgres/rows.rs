@@ -181,26 +181,49 @@ pub(super) const STATUS_COLUMNS: &str =
     "instance_id, name, execution_id, runtime_status, input, output, custom_status, failure, \
      created_at, last_updated_at, parent_instance_id, history_events, history_bytes";
 
+/// The status columns, with the input read as JSON null unless
+/// `with_input` (nothing of a large input is loaded then).
+pub(super) fn status_columns(with_input: bool) -> std::borrow::Cow<'static, str> {
+    if with_input {
+        STATUS_COLUMNS.into()
+    } else {
+        STATUS_COLUMNS
+            .replacen("input,", "'null'::text AS input,", 1)
+            .into()
+    }
+}
+
+/// The first events of an instance's history, within `cap`
+/// ([`HistoryCap::ALL`]: all of it). Stored turns past the cap's event
+/// count are not asked for, and the rows stream in, so none past its bytes
+/// is held.
 pub(super) async fn read_history(
     c: &impl GenericClient,
     sql: &Sql,
     id: &str,
+    cap: HistoryCap,
 ) -> Result<Vec<HistoryEvent>, StoreError> {
+    let limit = cap.first_event_limit();
     let rows = c
-        .query(
+        .query_raw(
             &format!(
-                "SELECT events FROM {}.history WHERE instance_id = $1 ORDER BY first_event_id",
+                "SELECT events FROM {}.history WHERE instance_id = $1 AND first_event_id < $2 \
+                 ORDER BY first_event_id",
                 sql.s
             ),
-            &[&id],
+            [&id as &(dyn ToSql + Sync), &limit],
         )
         .await
         .map_err(db_err)?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.extend(parse::<Vec<HistoryEvent>>(r.get(0))?);
+    futures::pin_mut!(rows);
+    let mut history = CappedHistory::new(cap);
+    while history.wants_more() {
+        let Some(row) = rows.next().await else {
+            break;
+        };
+        history.take(row.map_err(db_err)?.get(0))?;
     }
-    Ok(out)
+    Ok(history.events)
 }
 
 /// Builds the WHERE clause of a filter with numbered parameters.

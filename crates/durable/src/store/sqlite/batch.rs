@@ -201,7 +201,6 @@ impl Drop for Kept<'_, '_> {
 /// Applies `batch` in one transaction, then updates the in-memory queues,
 /// answers every operation and wakes the dispatchers.
 pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Op>, shared: &Shared) {
-    fail::fail_point!("sqlite-writer-batch");
     let mut claims = Vec::new();
     let orphans = std::mem::take(&mut shared.queues.lock().expect("queues lock").orphans);
     let (effects, outcomes, committed) = match conn.transaction() {

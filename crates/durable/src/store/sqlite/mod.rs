@@ -46,8 +46,8 @@ use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
 
 use super::common::{
-    decode_token, encode_token, json, parse, parse_status, terminal_list, CappedHistory, HistoryCap,
-    StatusRead,
+    decode_token, encode_token, json, parse, parse_status, terminal_list, CappedHistory,
+    HistoryCap, StatusRead,
 };
 use super::group_commit::GroupCommit;
 use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};

@@ -107,7 +107,8 @@ impl Store for SqliteStore {
         instance_id: &InstanceId,
     ) -> Result<Vec<HistoryEvent>, StoreError> {
         let id = instance_id.as_str().to_string();
-        self.read(move |c| read_history(c, &id)).await
+        self.read(move |c| read_history(c, &id, HistoryCap::ALL))
+            .await
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> Result<(), StoreError> {
@@ -291,24 +292,11 @@ impl Store for SqliteStore {
         instance_id: &InstanceId,
         with_history: bool,
     ) -> Result<Option<InstanceStatus>, StoreError> {
-        let id = instance_id.as_str().to_string();
-        self.read(move |c| {
-            let sql = format!("SELECT {STATUS_COLUMNS} FROM instances WHERE instance_id = ?1");
-            let status = c
-                .prepare_cached(&sql)
-                .map_err(db_err)?
-                .query_row([&id], status_from_row)
-                .optional()
-                .map_err(db_err)?;
-            let Some((mut status, ())) = status else {
-                return Ok(None);
-            };
-            if with_history {
-                status.history = Some(read_history(c, &id)?);
-            }
-            Ok(Some(status))
-        })
-        .await
+        let read = StatusRead {
+            input: true,
+            history: with_history.then_some(HistoryCap::ALL),
+        };
+        self.read_status(instance_id, read).await
     }
 
     async fn read_status(
@@ -318,12 +306,16 @@ impl Store for SqliteStore {
     ) -> Result<Option<InstanceStatus>, StoreError> {
         let id = instance_id.as_str().to_string();
         self.read(move |c| {
-            let columns = if read.input {
-                STATUS_COLUMNS.to_string()
-            } else {
-                STATUS_COLUMNS.replacen("input,", "'null' AS input,", 1)
+            // With the history, one snapshot for both reads: a turn that
+            // commits in between cannot make them disagree.
+            let snapshot = match read.history {
+                Some(_) => Some(c.unchecked_transaction().map_err(db_err)?),
+                None => None,
             };
-            let sql = format!("SELECT {columns} FROM instances WHERE instance_id = ?1");
+            let sql = format!(
+                "SELECT {} FROM instances WHERE instance_id = ?1",
+                status_columns(read.input)
+            );
             let status = c
                 .prepare_cached(&sql)
                 .map_err(db_err)?
@@ -334,8 +326,9 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             if let Some(cap) = read.history {
-                status.history = Some(read_history_capped(c, &id, cap)?);
+                status.history = Some(read_history(c, &id, cap)?);
             }
+            drop(snapshot);
             Ok(Some(status))
         })
         .await
@@ -360,11 +353,7 @@ impl Store for SqliteStore {
             let size = query.page_size.clamp(1, 1000);
             // Without inputs, the column is read as JSON null: nothing of
             // a large input is loaded.
-            let columns = if query.with_input {
-                STATUS_COLUMNS.to_string()
-            } else {
-                STATUS_COLUMNS.replacen("input,", "'null' AS input,", 1)
-            };
+            let columns = status_columns(query.with_input);
             let sql = format!(
                 "SELECT {columns} FROM instances WHERE {where_} ORDER BY created_at DESC, instance_id DESC LIMIT {}",
                 size + 1

@@ -94,17 +94,35 @@ pub(super) const STATUS_COLUMNS: &str =
     "instance_id, name, execution_id, runtime_status, input, output, custom_status, failure, \
      created_at, last_updated_at, parent_instance_id, history_events, history_bytes";
 
-/// The first events of an instance's history, within `cap`: stored turns
-/// are read one at a time and no more are read once it is reached.
-pub(super) fn read_history_capped(
+/// The status columns, with the input read as JSON null unless
+/// `with_input` (nothing of a large input is loaded then).
+pub(super) fn status_columns(with_input: bool) -> std::borrow::Cow<'static, str> {
+    if with_input {
+        STATUS_COLUMNS.into()
+    } else {
+        STATUS_COLUMNS
+            .replacen("input,", "'null' AS input,", 1)
+            .into()
+    }
+}
+
+/// The first events of an instance's history, within `cap`
+/// ([`HistoryCap::ALL`]: all of it): stored turns are read one at a time
+/// and no more are read once it is reached.
+pub(super) fn read_history(
     conn: &Connection,
     id: &str,
     cap: HistoryCap,
 ) -> Result<Vec<HistoryEvent>, StoreError> {
     let mut stmt = conn
-        .prepare_cached("SELECT events FROM history WHERE instance_id = ?1 ORDER BY first_event_id")
+        .prepare_cached(
+            "SELECT events FROM history WHERE instance_id = ?1 AND first_event_id < ?2 \
+             ORDER BY first_event_id",
+        )
         .map_err(db_err)?;
-    let mut rows = stmt.query([id]).map_err(db_err)?;
+    let mut rows = stmt
+        .query(params![id, cap.first_event_limit()])
+        .map_err(db_err)?;
     let mut history = CappedHistory::new(cap);
     while history.wants_more() {
         let Some(row) = rows.next().map_err(db_err)? else {
@@ -114,18 +132,4 @@ pub(super) fn read_history_capped(
         history.take(text.as_str().map_err(|e| db_err(e.into()))?)?;
     }
     Ok(history.events)
-}
-
-pub(super) fn read_history(conn: &Connection, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT events FROM history WHERE instance_id = ?1 ORDER BY first_event_id")
-        .map_err(db_err)?;
-    let rows = stmt
-        .query_map([id], |r| r.get::<_, String>(0))
-        .map_err(db_err)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.extend(parse::<Vec<HistoryEvent>>(&row.map_err(db_err)?)?);
-    }
-    Ok(out)
 }
