@@ -855,7 +855,9 @@ async fn another_deployment_s_continuation_token_is_refused() {
                 .await;
         }
     }
-    let r = theirs.send(Method::GET, &format!("{M}/instances?top=1")).await;
+    let r = theirs
+        .send(Method::GET, &format!("{M}/instances?top=1"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let token = r.headers()["x-ms-continuation-token"]
         .to_str()
@@ -886,13 +888,19 @@ async fn empty_query_values_are_absent_and_control_characters_refused() {
     let r = server
         .send(
             Method::GET,
-            &format!("{M}/instances?top=&showInput=&runtimeStatus=&createdTimeFrom=&instanceIdPrefix="),
+            &format!(
+                "{M}/instances?top=&showInput=&runtimeStatus=&createdTimeFrom=&instanceIdPrefix="
+            ),
         )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let all: Vec<Value> = r.json().await.unwrap();
     assert_eq!(all.len(), 1);
-    assert_eq!(all[0]["input"], json!({"k": 1}), "showInput= is the default");
+    assert_eq!(
+        all[0]["input"],
+        json!({"k": 1}),
+        "showInput= is the default"
+    );
     let r = server
         .send(
             Method::GET,
@@ -902,9 +910,15 @@ async fn empty_query_values_are_absent_and_control_characters_refused() {
     assert!(r.status().is_success(), "{}", r.status());
     let status: Value = r.json().await.unwrap();
     assert_eq!(status["input"], json!({"k": 1}));
-    assert!(status.get("historyEvents").is_none_or(Value::is_null), "{status}");
+    assert!(
+        status.get("historyEvents").is_none_or(Value::is_null),
+        "{status}"
+    );
     for (method, path) in [
-        (Method::POST, "/api/orchestrators/Galaxy_Create/bad%01id".to_string()),
+        (
+            Method::POST,
+            "/api/orchestrators/Galaxy_Create/bad%01id".to_string(),
+        ),
         (Method::GET, format!("{M}/instances/bad%0Aid")),
         (Method::POST, format!("{M}/instances/bad%7Fid/terminate")),
         (Method::DELETE, format!("{M}/instances/bad%1Bid")),

@@ -324,7 +324,9 @@ async fn an_http2_preface_is_refused_not_held() {
     let (mut child, base, _dir) = start(&[]);
     let addr = base.trim_start_matches("http://").to_string();
     let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     closed_by_server(s).await;
     child.kill().unwrap();
     child.wait().unwrap();

@@ -42,27 +42,22 @@ async fn a_dead_writer_stops_the_server(failpoint: &str, culprit: &str) {
             .status(),
         200
     );
-    let topic = format!("{base}/api/events/topics/health?code={FUNCTION_KEY}");
-    let made: serde_json::Value = http
-        .put(&topic)
-        .json(&serde_json::json!({ "inputSchema": "CloudEventSchemaV1_0" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = |r: reqwest::RequestBuilder| async move {
+        r.send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let topic = format!("{base}/api/events/topics/health");
+    let made = answer(
+        http.put(format!("{topic}?code={FUNCTION_KEY}"))
+            .json(&serde_json::json!({ "inputSchema": "CloudEventSchemaV1_0" })),
+    )
+    .await;
     let endpoint = made["endpoint"].as_str().unwrap().to_string();
-    let keys: serde_json::Value = http
-        .post(format!(
-            "{base}/api/events/topics/health/listKeys?code={FUNCTION_KEY}"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = answer(http.post(format!("{topic}/listKeys?code={FUNCTION_KEY}"))).await;
     let key = keys["key1"].as_str().unwrap().to_string();
     // Work until the writer dies and health says so (or the process is
     // already gone).
@@ -125,7 +120,8 @@ async fn a_dead_writer_stops_the_server(failpoint: &str, culprit: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_store_writer_makes_healthz_503_and_the_process_exit_non_zero() {
     // The writer's 40th batch panics: well after start, while serving.
-    a_dead_writer_stops_the_server("durable-sqlite-writer-batch=40*off->panic", "engine store").await;
+    a_dead_writer_stops_the_server("durable-sqlite-writer-batch=40*off->panic", "engine store")
+        .await;
 }
 
 /// The galaxies table's writer panicking halfway through a batch (which

@@ -125,7 +125,11 @@ async fn keys_given_by_environment_are_never_printed_or_logged() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "the env keys are in force");
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "the env keys are in force"
+    );
     let r = http
         .get(format!("{base}/runtime/webhooks/durabletask/instances/"))
         .header("x-functions-key", MASTER_KEY)
@@ -134,7 +138,9 @@ async fn keys_given_by_environment_are_never_printed_or_logged() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = http
-        .get(format!("{base}/runtime/webhooks/durabletask/instances/env?code=wrong-key-000000000000"))
+        .get(format!(
+            "{base}/runtime/webhooks/durabletask/instances/env?code=wrong-key-000000000000"
+        ))
         .send()
         .await
         .unwrap();
@@ -144,7 +150,10 @@ async fn keys_given_by_environment_are_never_printed_or_logged() {
     let mut seen = printed.join("\n");
     seen.push_str(&lines.try_iter().collect::<Vec<_>>().join("\n"));
     let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(logged.contains("TRACE") || logged.contains("DEBUG"), "the log is verbose: {logged}");
+    assert!(
+        logged.contains("TRACE") || logged.contains("DEBUG"),
+        "the log is verbose: {logged}"
+    );
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_galaxy-cloud"))
         .arg("--help")
         .envs(env)

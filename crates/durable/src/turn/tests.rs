@@ -70,6 +70,11 @@ fn start(id: i64, name: &str, input: Value, parent: Option<ParentLink>) -> Store
     )
 }
 
+/// A task's result, for the current execution.
+fn completed(id: i64, task_id: u64, result: Value) -> StoredMessage {
+    stored(id, Some(EXEC), EventKind::TaskCompleted { task_id, result })
+}
+
 fn item(instance: &str, messages: Vec<StoredMessage>, attempts: u32) -> OrchestrationWorkItem {
     OrchestrationWorkItem {
         lock: WorkLock("lease-7".into()),
@@ -156,22 +161,8 @@ fn results_complete_the_run_and_nothing_is_cached() {
     );
     let tasks: Vec<u64> = first.commit.activities.iter().map(|a| a.task_id).collect();
     let results = vec![
-        stored(
-            2,
-            Some(EXEC),
-            EventKind::TaskCompleted {
-                task_id: tasks[0],
-                result: json!(2),
-            },
-        ),
-        stored(
-            3,
-            Some(EXEC),
-            EventKind::TaskCompleted {
-                task_id: tasks[1],
-                result: json!(3),
-            },
-        ),
+        completed(2, tasks[0], json!(2)),
+        completed(3, tasks[1], json!(3)),
     ];
     let mut next = item("fan", results, 1);
     next.history_len = first.commit.status.history_events;
@@ -403,14 +394,7 @@ fn a_rewind_reissues_the_failed_task_on_the_rewound_history() {
         &[
             vec![start(1, "Fan", json!(null), None)],
             vec![
-                stored(
-                    2,
-                    Some(EXEC),
-                    EventKind::TaskCompleted {
-                        task_id: tasks[0],
-                        result: json!(2),
-                    },
-                ),
+                completed(2, tasks[0], json!(2)),
                 stored(
                     3,
                     Some(EXEC),
