@@ -1,32 +1,31 @@
-//! The engine: dispatchers that lease work items from a [`Store`] and run
-//! turns and activities, plus the client API (start, raise, terminate...)
-//! and the live update stream.
+//! The engine: its configuration and state, committing and publishing
+//! turns in order, retention, the client API (start, raise, terminate...)
+//! and the live update stream. The dispatchers that lease work items and
+//! run turns and activities are in [`crate::dispatch`].
 //!
 //! No global state: each [`Engine`] owns its store, registry, cache and
 //! tasks, so several can run in one process.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
 use lru::LruCache;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::dispatch;
 use crate::error::Error;
 use crate::history::{EventKind, HistoryEvent, Message};
-use crate::registry::{ActivityContext, Registry};
-use crate::run::{panic_failure, HistoryLimits, OrchestrationRun};
+use crate::registry::Registry;
+use crate::run::{HistoryLimits, OrchestrationRun};
 use crate::store::{
-    ActivityWorkItem, NewInstance, OrchestrationWorkItem, PurgeOutcome, Store, StoreError,
-    StoredMessage, WorkLock,
+    NewInstance, OrchestrationWorkItem, PurgeOutcome, Store, StoreError, StoredMessage, WorkLock,
 };
-use crate::turn::{prepare_turn, prepare_turn_owned};
+use crate::turn::prepare_turn_owned;
 use crate::types::{
     self, FailureDetails, InstanceFilter, InstanceId, InstancePage, InstanceQuery, InstanceStatus,
     RuntimeStatus, Timestamp,
@@ -118,21 +117,21 @@ pub(crate) struct Inner {
     /// This engine's own commits only.
     local_updates: broadcast::Sender<InstanceUpdate>,
     pub(crate) shutdown: watch::Sender<bool>,
-    orchestration_slots: Arc<Semaphore>,
-    activity_slots: Arc<Semaphore>,
+    pub(crate) orchestration_slots: Arc<Semaphore>,
+    pub(crate) activity_slots: Arc<Semaphore>,
     /// Per-instance locks that keep an instance's live updates in commit
     /// order; see [`publish_in_order`].
     publishing: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     /// Activity results waiting to be handed to the store together (see
-    /// [`complete_together`]).
-    completions: Mutex<Vec<Completion>>,
+    /// [`dispatch::complete_together`]).
+    pub(crate) completions: Mutex<Vec<Completion>>,
 }
 
 /// A finished activity: its lease, its name (for logs) and its result.
-struct Completion {
-    lock: WorkLock,
-    name: String,
-    result: Message,
+pub(crate) struct Completion {
+    pub(crate) lock: WorkLock,
+    pub(crate) name: String,
+    pub(crate) result: Message,
 }
 
 /// An embedded orchestration engine. Cloning shares the same engine.
@@ -164,8 +163,8 @@ impl Engine {
             completions: Mutex::new(Vec::new()),
         });
         let mut tasks = vec![
-            tokio::spawn(orchestration_loop(inner.clone())),
-            tokio::spawn(activity_loop(inner.clone())),
+            tokio::spawn(dispatch::orchestration_loop(inner.clone())),
+            tokio::spawn(dispatch::activity_loop(inner.clone())),
         ];
         if let Some(policy) = inner.config.retention.clone() {
             tasks.push(tokio::spawn(retention_loop(inner.clone(), policy)));
@@ -537,256 +536,6 @@ pub(crate) fn new_execution_id() -> String {
     types::new_uuid_v7().simple().to_string()
 }
 
-/// Back-off after a store error in a dispatcher loop.
-const STORE_ERROR_BACKOFF: Duration = Duration::from_millis(200);
-
-async fn wait_for_work(
-    inner: &Inner,
-    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-) {
-    let mut shutdown = inner.shutdown.subscribe();
-    let wake_at = inner.store.next_wake_at().await.ok().flatten();
-    let sleep = match wake_at {
-        Some(t) => (t - types::now()).to_std().unwrap_or(Duration::ZERO),
-        None => Duration::from_secs(3600),
-    };
-    tokio::select! {
-        _ = notified => {}
-        _ = tokio::time::sleep(sleep) => {}
-        // Not `changed()`: a fresh receiver has already "seen" a shutdown
-        // requested before it subscribed, and would sleep through it.
-        _ = shutdown.wait_for(|s| *s) => {}
-    }
-}
-
-async fn orchestration_loop(inner: Arc<Inner>) {
-    let signal = inner.store.work_signal();
-    while !*inner.shutdown.borrow() {
-        let notified = signal.orchestrations.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let Some(permits) = acquire_some(&inner.orchestration_slots, &inner).await else {
-            break;
-        };
-        let items = match inner
-            .store
-            .fetch_orchestration_work(permits.len(), inner.config.orchestration_lease)
-            .await
-        {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::warn!(error = %e, "fetching orchestration work failed");
-                tokio::time::sleep(STORE_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        if items.is_empty() {
-            drop(permits);
-            wait_for_work(&inner, notified).await;
-            continue;
-        }
-        for (item, permit) in items.into_iter().zip(permits) {
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                process_turn(&inner, item).await;
-                // The engine (and its store) must be released before the
-                // slot: shutdown waits for the slots, then the store may be
-                // reopened.
-                drop(inner);
-                drop(permit);
-            });
-        }
-    }
-}
-
-async fn activity_loop(inner: Arc<Inner>) {
-    let signal = inner.store.work_signal();
-    while !*inner.shutdown.borrow() {
-        let notified = signal.activities.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let Some(permits) = acquire_some(&inner.activity_slots, &inner).await else {
-            break;
-        };
-        let items = match inner
-            .store
-            .fetch_activity_work(permits.len(), inner.config.activity_lease)
-            .await
-        {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::warn!(error = %e, "fetching activity work failed");
-                tokio::time::sleep(STORE_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        if items.is_empty() {
-            drop(permits);
-            wait_for_work(&inner, notified).await;
-            continue;
-        }
-        for (item, permit) in items.into_iter().zip(permits) {
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                process_activity(&inner, item).await;
-                drop(inner);
-                drop(permit);
-            });
-        }
-    }
-}
-
-/// Takes every free slot (at least one, waiting for it), up to 128 at a
-/// time; `None` on shutdown.
-async fn acquire_some(slots: &Arc<Semaphore>, inner: &Inner) -> Option<Vec<OwnedSemaphorePermit>> {
-    let mut shutdown = inner.shutdown.subscribe();
-    let first = tokio::select! {
-        p = slots.clone().acquire_owned() => p.ok()?,
-        _ = shutdown.wait_for(|s| *s) => return None,
-    };
-    let mut permits = vec![first];
-    while permits.len() < 128 {
-        match slots.clone().try_acquire_owned() {
-            Ok(p) => permits.push(p),
-            Err(_) => break,
-        }
-    }
-    Some(permits)
-}
-
-async fn process_activity(inner: &Inner, item: ActivityWorkItem) {
-    let a = &item.activity;
-    let result = if item.attempts > inner.config.max_attempts {
-        Err(FailureDetails::new(
-            "Poison",
-            format!(
-                "activity '{}' quarantined after {} deliveries without completing",
-                a.name,
-                item.attempts - 1
-            ),
-        ))
-    } else {
-        match inner.registry.activities.get(&a.name) {
-            None => Err(FailureDetails::new(
-                "UnknownActivity",
-                format!("no activity named '{}' is registered", a.name),
-            )),
-            Some(func) => {
-                let ctx = ActivityContext {
-                    instance_id: a.instance_id.clone(),
-                    execution_id: a.execution_id.clone(),
-                    task_id: a.task_id,
-                    name: a.name.clone(),
-                    attempt: item.attempts,
-                };
-                let input = a.input.clone();
-                let call = std::panic::catch_unwind(AssertUnwindSafe(|| func(ctx, input)));
-                match call {
-                    Err(p) => Err(panic_failure("activity", p)),
-                    Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
-                        Ok(r) => r,
-                        Err(p) => Err(panic_failure("activity", p)),
-                    },
-                }
-            }
-        }
-    };
-    let kind = match result {
-        Ok(result) => EventKind::TaskCompleted {
-            task_id: a.task_id,
-            result,
-        },
-        Err(error) => EventKind::TaskFailed {
-            task_id: a.task_id,
-            error,
-        },
-    };
-    let message = Message {
-        execution_id: Some(a.execution_id.clone()),
-        visible_at: None,
-        sent_at: types::now(),
-        kind,
-    };
-    complete_together(
-        inner,
-        Completion {
-            lock: item.lock.clone(),
-            name: a.name.clone(),
-            result: message,
-        },
-    )
-    .await;
-}
-
-/// Hands an activity's result to the store together with any that finished
-/// at the same moment (the parallel activities of a fan-out usually do):
-/// the store then makes them visible at once and the instance takes one
-/// turn for all of them instead of one each. The result is queued, the
-/// task yields once so that siblings can queue theirs, and whichever task
-/// runs next completes everything queued.
-async fn complete_together(inner: &Inner, completion: Completion) {
-    inner
-        .completions
-        .lock()
-        .expect("completions lock")
-        .push(completion);
-    tokio::task::yield_now().await;
-    let batch = std::mem::take(&mut *inner.completions.lock().expect("completions lock"));
-    if batch.is_empty() {
-        return; // another task completed ours
-    }
-    let (names, items): (Vec<_>, Vec<_>) = batch
-        .into_iter()
-        .map(|c| ((c.lock.clone(), c.name), (c.lock, c.result)))
-        .unzip();
-    let results = inner.store.complete_activities(items).await;
-    for ((lock, name), result) in names.iter().zip(results) {
-        let Err(e) = result else { continue };
-        tracing::warn!(error = %e, activity = %name, "completing activity failed; it will run again");
-        if !matches!(e, StoreError::LeaseLost) {
-            let _ = inner
-                .store
-                .abandon_activity_work(lock, STORE_ERROR_BACKOFF)
-                .await;
-        }
-    }
-}
-
-async fn process_turn(inner: &Inner, item: OrchestrationWorkItem) {
-    let id = item.instance_id.clone();
-    let lock = item.lock.clone();
-    match run_turn(inner, item).await {
-        Ok(()) => {}
-        Err(e) => {
-            inner.cache.lock().expect("cache lock").pop(&id);
-            tracing::warn!(instance = %id, error = %e, "turn failed; retrying");
-            if !matches!(e, Error::Store(StoreError::LeaseLost)) {
-                let _ = inner
-                    .store
-                    .abandon_orchestration_work(&lock, STORE_ERROR_BACKOFF)
-                    .await;
-            }
-        }
-    }
-}
-
-async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Error> {
-    let turn = prepare_turn(inner, item).await?;
-    let id = turn.commit.instance_id.clone();
-    // Cached before the commit: the commit releases the instance, and a turn
-    // that started before the run was back in the cache would replay the
-    // whole history. A failed commit drops it again (see `process_turn`).
-    let order = publish_order(inner, &id);
-    if let Some(run) = turn.run {
-        inner.cache.lock().expect("cache lock").put(id.clone(), run);
-    }
-    let commit = inner.store.commit_turn(turn.commit);
-    publish_in_order(inner, &id, order, async {
-        commit.await.map(|()| vec![turn.update])
-    })
-    .await
-}
-
 /// The lock that orders one instance's updates (see [`publish_in_order`]).
 pub(crate) fn publish_order(inner: &Inner, id: &InstanceId) -> Arc<tokio::sync::Mutex<()>> {
     inner
@@ -807,7 +556,7 @@ pub(crate) fn publish_order(inner: &Inner, id: &InstanceId) -> Arc<tokio::sync::
 /// committing and frees it after publishing; the next turn of the same
 /// instance can only commit after this one, so it queues behind it. Other
 /// instances are not held up.
-async fn publish_in_order(
+pub(crate) async fn publish_in_order(
     inner: &Inner,
     id: &InstanceId,
     order: Arc<tokio::sync::Mutex<()>>,

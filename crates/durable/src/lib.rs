@@ -31,6 +31,7 @@
 #[cfg(feature = "testing")]
 pub mod conformance;
 pub mod context;
+mod dispatch;
 pub mod elide;
 pub mod engine;
 pub mod error;
