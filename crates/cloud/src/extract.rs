@@ -32,11 +32,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 AppError::from_status(status)
             } else if crate::listen::BodyTooSlow::caused(&r) {
                 // The connection's deadline: answered (and counted) as 408.
-                AppError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "RequestTimeout",
-                    "the request body did not arrive in time",
-                )
+                crate::listen::BodyTooSlow::error()
             } else {
                 AppError::bad_request("InvalidBody", r.body_text())
             }

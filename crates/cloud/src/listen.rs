@@ -160,24 +160,20 @@ async fn within_deadline(
             late: late.clone(),
         })
     });
-    let response = app.oneshot(req).await?;
+    let mut response = app.oneshot(req).await?;
     if !late.load(Ordering::Relaxed) {
         return Ok(response);
     }
-    let mut late = AppError::new(
-        axum::http::StatusCode::REQUEST_TIMEOUT,
-        "RequestTimeout",
-        format!(
-            "the request body did not arrive within {} s",
-            timeout.as_secs_f64()
-        ),
-    )
-    .into_response();
-    late.headers_mut().insert(
+    // JSON bodies already answer 408 (`JsonBody`); any other reader's
+    // rejection is replaced by it.
+    if response.status() != axum::http::StatusCode::REQUEST_TIMEOUT {
+        response = BodyTooSlow::error().into_response();
+    }
+    response.headers_mut().insert(
         axum::http::header::CONNECTION,
         axum::http::HeaderValue::from_static("close"),
     );
-    Ok(late)
+    Ok(response)
 }
 
 /// A request body that fails once its deadline passes. The timer is made
@@ -195,6 +191,15 @@ struct DeadlineBody {
 pub(crate) struct BodyTooSlow;
 
 impl BodyTooSlow {
+    /// The answer to a request whose body came too late.
+    pub(crate) fn error() -> AppError {
+        AppError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            "the request body did not arrive within --body-read-timeout",
+        )
+    }
+
     /// Whether `error` (or what caused it) is a late body's.
     pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
         let mut cause = Some(error);

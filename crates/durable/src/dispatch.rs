@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{publish_in_order, publish_order, Completion, Inner};
 use crate::error::Error;
 use crate::history::{EventKind, Message};
 use crate::registry::ActivityContext;
 use crate::run::panic_failure;
-use crate::store::{ActivityWorkItem, OrchestrationWorkItem, StoreError};
+use crate::store::{ActivityWorkItem, OrchestrationWorkItem, StoreError, WorkSignal};
 use crate::turn::prepare_turn;
 use crate::types::{self, FailureDetails};
 
@@ -44,62 +44,64 @@ async fn wait_for_work(
 }
 
 pub(crate) async fn orchestration_loop(inner: Arc<Inner>) {
-    let signal = inner.store.work_signal();
-    while !*inner.shutdown.borrow() {
-        let notified = signal.orchestrations.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let Some(permits) = acquire_some(&inner.orchestration_slots, &inner).await else {
-            break;
-        };
-        let items = match inner
-            .store
-            .fetch_orchestration_work(permits.len(), inner.config.orchestration_lease)
-            .await
-        {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::warn!(error = %e, "fetching orchestration work failed");
-                tokio::time::sleep(STORE_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        if items.is_empty() {
-            drop(permits);
-            wait_for_work(&inner, notified).await;
-            continue;
-        }
-        for (item, permit) in items.into_iter().zip(permits) {
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                process_turn(&inner, item).await;
-                // The engine (and its store) must be released before the
-                // slot: shutdown waits for the slots, then the store may be
-                // reopened.
-                drop(inner);
-                drop(permit);
-            });
-        }
-    }
+    let slots = inner.orchestration_slots.clone();
+    dispatch(
+        inner,
+        |signal| &signal.orchestrations,
+        slots,
+        "orchestration",
+        |inner, n| async move {
+            let lease = inner.config.orchestration_lease;
+            inner.store.fetch_orchestration_work(n, lease).await
+        },
+        |inner, item| async move { process_turn(&inner, item).await },
+    )
+    .await
 }
 
 pub(crate) async fn activity_loop(inner: Arc<Inner>) {
+    let slots = inner.activity_slots.clone();
+    dispatch(
+        inner,
+        |signal| &signal.activities,
+        slots,
+        "activity",
+        |inner, n| async move {
+            let lease = inner.config.activity_lease;
+            inner.store.fetch_activity_work(n, lease).await
+        },
+        |inner, item| async move { process_activity(&inner, item).await },
+    )
+    .await
+}
+
+/// One dispatcher: takes free `slots`, fetches that many work items of
+/// one kind, runs each on its own task holding its slot, and waits for
+/// the kind's signal (or the store's next due time) when there is none.
+async fn dispatch<T, Fetched, Processed>(
+    inner: Arc<Inner>,
+    kind: impl Fn(&WorkSignal) -> &Notify,
+    slots: Arc<Semaphore>,
+    what: &'static str,
+    fetch: impl Fn(Arc<Inner>, usize) -> Fetched,
+    process: impl Fn(Arc<Inner>, T) -> Processed,
+) where
+    T: Send + 'static,
+    Fetched: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+    Processed: std::future::Future<Output = ()> + Send + 'static,
+{
     let signal = inner.store.work_signal();
     while !*inner.shutdown.borrow() {
-        let notified = signal.activities.notified();
+        let notified = kind(&signal).notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let Some(permits) = acquire_some(&inner.activity_slots, &inner).await else {
+        let Some(permits) = acquire_some(&slots, &inner).await else {
             break;
         };
-        let items = match inner
-            .store
-            .fetch_activity_work(permits.len(), inner.config.activity_lease)
-            .await
-        {
+        let items = match fetch(inner.clone(), permits.len()).await {
             Ok(items) => items,
             Err(e) => {
-                tracing::warn!(error = %e, "fetching activity work failed");
+                tracing::warn!(error = %e, "fetching {what} work failed");
                 tokio::time::sleep(STORE_ERROR_BACKOFF).await;
                 continue;
             }
@@ -110,10 +112,12 @@ pub(crate) async fn activity_loop(inner: Arc<Inner>) {
             continue;
         }
         for (item, permit) in items.into_iter().zip(permits) {
-            let inner = inner.clone();
+            // The work owns its clone of the engine and drops it when done,
+            // before the slot: shutdown waits for the slots, then the store
+            // may be reopened.
+            let work = process(inner.clone(), item);
             tokio::spawn(async move {
-                process_activity(&inner, item).await;
-                drop(inner);
+                work.await;
                 drop(permit);
             });
         }

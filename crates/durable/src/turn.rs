@@ -57,9 +57,7 @@ pub(crate) async fn prepare_turn(
             .iter()
             .any(|m| matches!(m.message.kind, EventKind::Rewound { .. }));
     let cached = inner.cache.lock().expect("cache lock").pop(&id);
-    let mut reissued = Vec::new();
-    let mut answers = None;
-    let (run, carried, replace_history, base) = if rewind {
+    let (run, carried, rewound) = if rewind {
         let history = inner.store.load_history(&id).await?;
         let rewound = rewound_history(&history, &item, now);
         let (run, carried) = OrchestrationRun::replay(&inner.registry, id.clone(), &rewound);
@@ -72,15 +70,22 @@ pub(crate) async fn prepare_turn(
             now,
         )
         .await?;
-        reissued = settled.0;
-        answers = Some(settled.1);
-        (run, carried, true, rewound)
+        let (reissued, answers) = settled;
+        (
+            run,
+            carried,
+            Some(Rewound {
+                history: rewound,
+                reissued,
+                answers,
+            }),
+        )
     } else {
         match cached {
             Some(run)
                 if run.history_len == item.history_len && run.execution_id == item.execution_id =>
             {
-                (run, Vec::new(), false, Vec::new())
+                (run, Vec::new(), None)
             }
             _ => {
                 let history = if item.history_len == 0 {
@@ -92,7 +97,7 @@ pub(crate) async fn prepare_turn(
                     Ok(history) => {
                         let (run, carried) =
                             OrchestrationRun::replay(&inner.registry, id.clone(), &history);
-                        (run, carried, false, Vec::new())
+                        (run, carried, None)
                     }
                     Err(e) if poisoned => {
                         // Fail it without its history: the failure is
@@ -101,7 +106,7 @@ pub(crate) async fn prepare_turn(
                         let mut run = OrchestrationRun::new(id.clone());
                         run.execution_id = item.execution_id.clone();
                         run.history_len = item.history_len;
-                        (run, Vec::new(), false, Vec::new())
+                        (run, Vec::new(), None)
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -116,28 +121,29 @@ pub(crate) async fn prepare_turn(
             run,
             poisoned,
             carried,
-            reissued,
-            answers,
-            replace_history,
-            base,
+            rewound,
         },
         now,
     ))
 }
 
 /// What a turn starts from once its run is in hand: the run (cached,
-/// replayed or rewound), the actions replay found still owed, and for a
-/// rewind the work re-issued, the answers applied in place of the inbox
-/// and the rewound history the turn's events extend.
+/// replayed or rewound) and the actions replay found still owed.
 pub(crate) struct TurnStart {
     pub(crate) run: OrchestrationRun,
     /// The instance failed too many turns: fail it instead of running it.
     pub(crate) poisoned: bool,
     pub(crate) carried: Vec<Action>,
+    /// Set for a rewind: the turn replaces the history.
+    pub(crate) rewound: Option<Rewound>,
+}
+
+/// A rewind's start: the rewound history the turn's events extend, the
+/// work issued again, and the answers applied in place of the inbox.
+pub(crate) struct Rewound {
+    pub(crate) history: Vec<HistoryEvent>,
     pub(crate) reissued: Vec<Action>,
-    pub(crate) answers: Option<Vec<StoredMessage>>,
-    pub(crate) replace_history: bool,
-    pub(crate) base: Vec<HistoryEvent>,
+    pub(crate) answers: Vec<StoredMessage>,
 }
 
 /// The store-free half of a turn: runs the orchestrator against the work
@@ -156,11 +162,13 @@ pub(crate) fn take_turn(
         mut run,
         poisoned,
         mut carried,
-        reissued,
-        answers,
-        replace_history,
-        mut base,
+        rewound,
     } = start;
+    let replace_history = rewound.is_some();
+    let (reissued, answers, mut base) = match rewound {
+        Some(r) => (r.reissued, Some(r.answers), r.history),
+        None => (Vec::new(), None, Vec::new()),
+    };
     let id = item.instance_id.clone();
     // Each inbox message's id, and whether it is for whichever execution
     // is current (kept across a continue-as-new when the turn left it).

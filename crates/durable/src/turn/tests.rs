@@ -104,10 +104,7 @@ fn take(
             run,
             poisoned,
             carried: Vec::new(),
-            reissued: Vec::new(),
-            answers: None,
-            replace_history: false,
-            base: Vec::new(),
+            rewound: None,
         },
         now,
     )
@@ -370,10 +367,11 @@ fn rewound_start(
         run,
         poisoned: false,
         carried,
-        reissued,
-        answers: Some(answers),
-        replace_history: true,
-        base: rewound,
+        rewound: Some(Rewound {
+            history: rewound,
+            reissued,
+            answers,
+        }),
     }
 }
 
@@ -407,14 +405,12 @@ fn a_rewind_reissues_the_failed_task_on_the_rewound_history() {
         ],
     );
     assert!(kinds(&history).contains(&"ExecutionFailed"));
-    let start = rewound_start(&registry, "fan", &history, Vec::new(), Vec::new());
-    let pending = pending_after_rewind(&start.base);
+    let mut start = rewound_start(&registry, "fan", &history, Vec::new(), Vec::new());
+    let rewind = start.rewound.as_mut().expect("a rewind");
+    let pending = pending_after_rewind(&rewind.history);
     assert_eq!(pending.len(), 1, "only B is owed");
-    let base = start.base.clone();
-    let start = TurnStart {
-        reissued: pending,
-        ..start
-    };
+    let base = rewind.history.clone();
+    rewind.reissued = pending;
     let t = take_turn(
         &registry,
         HistoryLimits::default(),
