@@ -577,12 +577,12 @@ impl durable::Store for GatedStore {
     async fn next_wake_at(&self) -> Result<Option<durable::Timestamp>, StoreError> {
         self.inner.next_wake_at().await
     }
-    async fn get_instance(
+    async fn read_status(
         &self,
         id: &durable::InstanceId,
-        h: bool,
+        read: durable::store::StatusRead,
     ) -> Result<Option<durable::InstanceStatus>, StoreError> {
-        self.inner.get_instance(id, h).await
+        self.inner.read_status(id, read).await
     }
     async fn list_instances(
         &self,

@@ -400,36 +400,29 @@ pub trait Store: Send + Sync + 'static {
     /// engine can sleep exactly until then.
     async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError>;
 
-    /// One instance's status, with its history if asked.
+    /// One instance's status, with its whole history if asked.
     async fn get_instance(
         &self,
         instance_id: &InstanceId,
         with_history: bool,
-    ) -> Result<Option<InstanceStatus>, StoreError>;
+    ) -> Result<Option<InstanceStatus>, StoreError> {
+        let read = StatusRead {
+            input: true,
+            history: with_history.then_some(HistoryCap::ALL),
+        };
+        self.read_status(instance_id, read).await
+    }
 
     /// One instance's status for a client that asked for `read`: the input
-    /// only if wanted, the history only the first events within the cap
-    /// (`history_events` says how many there are). Both stores override it
-    /// so that neither the input nor the history past the cap is read; this
-    /// default reads everything and then drops it.
+    /// only if wanted (else `null`, and not read), the history only the
+    /// first events within the cap (`history_events` says how many there
+    /// are; nothing past the cap is read), status and history from one
+    /// snapshot.
     async fn read_status(
         &self,
         instance_id: &InstanceId,
         read: StatusRead,
-    ) -> Result<Option<InstanceStatus>, StoreError> {
-        let mut status = self
-            .get_instance(instance_id, read.history.is_some())
-            .await?;
-        if let Some(s) = status.as_mut() {
-            if !read.input {
-                s.input = Value::Null;
-            }
-            if let (Some(cap), Some(history)) = (read.history, s.history.as_mut()) {
-                history.truncate(cap.max_events);
-            }
-        }
-        Ok(status)
-    }
+    ) -> Result<Option<InstanceStatus>, StoreError>;
 
     /// A page of instances matching a filter, newest first.
     async fn list_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError>;

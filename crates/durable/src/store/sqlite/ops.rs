@@ -287,18 +287,6 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn get_instance(
-        &self,
-        instance_id: &InstanceId,
-        with_history: bool,
-    ) -> Result<Option<InstanceStatus>, StoreError> {
-        let read = StatusRead {
-            input: true,
-            history: with_history.then_some(HistoryCap::ALL),
-        };
-        self.read_status(instance_id, read).await
-    }
-
     async fn read_status(
         &self,
         instance_id: &InstanceId,
