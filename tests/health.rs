@@ -134,7 +134,7 @@ async fn a_dead_galaxies_writer_makes_healthz_503_and_the_process_exit_non_zero(
 /// So does the event router's publisher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_event_publisher_makes_healthz_503_and_the_process_exit_non_zero() {
-    a_dead_writer_stops_the_server("events-publisher-batch=panic", "event router").await;
+    a_dead_writer_stops_the_server("events-writer-batch=panic", "event router").await;
 }
 
 /// A slow disk (every engine commit takes 5 s: a failpoint sleeps in the

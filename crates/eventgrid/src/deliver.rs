@@ -518,7 +518,7 @@ async fn dispatch(
     for d in &due {
         let key = (d.topic.to_lowercase(), d.subscription.to_lowercase());
         if !subs.contains_key(&key) {
-            if let Ok(s) = store.subscription(&d.topic, &d.subscription).await {
+            if let Some(s) = store.delivery_target(&d.topic, &d.subscription).await {
                 subs.insert(key.clone(), s);
             }
         }

@@ -493,6 +493,17 @@ impl RouterStore {
         self.backend.subscription(topic, name).await
     }
 
+    /// The subscription a delivery goes to: from the cached active ones,
+    /// else read (one being validated again, or deleted: `None`).
+    pub async fn delivery_target(&self, topic: &str, name: &str) -> Option<SubscriptionRecord> {
+        if let Ok(active) = self.listening(topic).await {
+            if let Some(s) = active.iter().find(|s| s.name.eq_ignore_ascii_case(name)) {
+                return Some(s.clone());
+            }
+        }
+        self.backend.subscription(topic, name).await.ok()
+    }
+
     /// A topic's subscriptions, by name.
     pub async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
         self.backend.subscriptions(topic).await

@@ -1,11 +1,14 @@
 //! The router's store in one SQLite file (`events.db` in galaxy-cloud's
-//! data directory). Calls are serialized on one connection on the blocking
-//! pool (short transactions); publishes go through a [`GroupCommit`]
-//! writer, so concurrent publishers share one transaction and one fsync.
+//! data directory). Publishes and delivery records go through one
+//! [`GroupCommit`] writer, so concurrent publishers and the delivery loop's
+//! records share transactions and fsyncs and never wait on each other's
+//! write lock; reads and the rare management writes are serialized on a
+//! second connection on the blocking pool.
 //! One process owns the file, so `due` is a plain read: the delivery loop
 //! keeps what it has in flight in memory.
 
 use durable::store::page::PageBuilder;
+use std::collections::hash_map::{Entry, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +16,7 @@ use async_trait::async_trait;
 use durable::store::group_commit::GroupCommit;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use super::{
     attempt_json, delivery_json, next_state, parse_schema, record_of, schema_name, Backend,
@@ -23,52 +27,120 @@ use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
 use crate::sas::new_key;
 
-/// One queued publish: topic, events, time, and where its answer goes.
-type PublishOp = (
-    String,
-    Vec<Event>,
-    i64,
-    tokio::sync::oneshot::Sender<Result<usize, StoreError>>,
-);
+/// One write for the writer thread, answered once its transaction commits.
+enum Write {
+    /// Events to store with their deliveries; answers how many deliveries
+    /// it queued.
+    Publish {
+        topic: String,
+        events: Vec<Event>,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    /// Finished delivery attempts and what follows each.
+    Record {
+        attempts: Vec<RecordedAttempt>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// A write applied, waiting for its transaction's commit to be answered.
+enum Applied {
+    Published(oneshot::Sender<Result<usize, StoreError>>, usize),
+    Recorded(oneshot::Sender<Result<(), StoreError>>),
+}
 
 /// The SQLite backend.
 pub(super) struct SqliteRouter {
+    /// Reads and the rare management writes.
     conn: Arc<Mutex<Connection>>,
-    publisher: Arc<GroupCommit<PublishOp>>,
+    /// Publishes and delivery records: one writer, so the delivery loop's
+    /// records and the publishers never wait on each other's write lock
+    /// (SQLite's busy handler sleeps), and share fsyncs under load.
+    writer: Arc<GroupCommit<Write>>,
 }
 
-/// Applies a group of publishes in one transaction and answers each.
-fn publish_group(conn: &mut Connection, ops: Vec<PublishOp>) {
+/// Applies a group of writes in one transaction and answers each. A
+/// topic's active subscriptions are read once per transaction.
+fn write_group(conn: &mut Connection, ops: Vec<Write>) {
     let mut answers = Vec::with_capacity(ops.len());
     let outcome = (|| -> Result<(), StoreError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (topic, events, now_ms, reply) in ops {
-            let queued = publish_in(&tx, &topic, &events, now_ms)?;
-            answers.push((reply, queued));
+        let mut listening: HashMap<String, Vec<SubscriptionRecord>> = HashMap::new();
+        for op in ops {
+            match op {
+                Write::Publish {
+                    topic,
+                    events,
+                    now_ms,
+                    reply,
+                } => {
+                    let subs = match listening.entry(topic.to_lowercase()) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(active_subscriptions(&tx, &topic)?),
+                    };
+                    let queued = publish_to(&tx, &topic, subs, &events, now_ms)?;
+                    answers.push(Applied::Published(reply, queued));
+                }
+                Write::Record { attempts, reply } => {
+                    record_in(&tx, &attempts)?;
+                    answers.push(Applied::Recorded(reply));
+                }
+            }
         }
         tx.commit()?;
         Ok(())
     })();
-    match outcome {
-        Ok(()) => {
-            for (reply, queued) in answers {
-                let _ = reply.send(Ok(queued));
-            }
-        }
-        Err(e) => {
-            // Nothing of the group was stored; publishers not reached see
-            // their answer dropped (Interrupted).
-            let message = e.to_string();
-            for (reply, _) in answers {
-                let _ = reply.send(Err(StoreError::Invalid(format!(
-                    "the publish was not stored: {message}"
-                ))));
-            }
+    for answer in answers {
+        // Writers not reached by a failure see their answer dropped
+        // (Interrupted); nothing of the group was stored.
+        let failed = |e: &StoreError| StoreError::Invalid(format!("not stored: {e}"));
+        match (answer, &outcome) {
+            (Applied::Published(reply, n), Ok(())) => drop(reply.send(Ok(n))),
+            (Applied::Published(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+            (Applied::Recorded(reply), Ok(())) => drop(reply.send(Ok(()))),
+            (Applied::Recorded(reply), Err(e)) => drop(reply.send(Err(failed(e)))),
         }
     }
 }
 
-/// One publish inside a transaction: its events and their deliveries.
+/// Records attempts and what follows each.
+fn record_in(tx: &Connection, attempts: &[RecordedAttempt]) -> Result<(), StoreError> {
+    for a in attempts {
+        tx.prepare_cached(
+            "INSERT INTO attempts (seq, topic, subscription, n, at_ms, outcome, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            a.seq,
+            a.topic,
+            a.subscription,
+            a.n,
+            a.at_ms,
+            a.outcome,
+            a.status
+        ])?;
+        let (state, due, reason) = next_state(a);
+        tx.prepare_cached(
+            "UPDATE deliveries SET state = ?4, attempts = ?5, due_ms = ?6, last_outcome = ?7,
+                 last_attempt_ms = ?8, reason = ?9
+             WHERE seq = ?1 AND topic = ?2 AND subscription = ?3",
+        )?
+        .execute(params![
+            a.seq,
+            a.topic,
+            a.subscription,
+            state,
+            a.n,
+            due,
+            a.outcome,
+            a.at_ms,
+            reason
+        ])?;
+    }
+    Ok(())
+}
+
 /// The topic's active subscriptions.
 fn active_subscriptions(
     tx: &Connection,
@@ -83,16 +155,6 @@ fn active_subscriptions(
     .into_iter()
     .map(to_record)
     .collect()
-}
-
-fn publish_in(
-    tx: &Connection,
-    topic: &str,
-    events: &[Event],
-    now_ms: i64,
-) -> Result<usize, StoreError> {
-    let subs = active_subscriptions(tx, topic)?;
-    publish_to(tx, topic, &subs, events, now_ms)
 }
 
 /// Stores `events` with one pending delivery per matching subscription of
@@ -217,12 +279,19 @@ impl SqliteRouter {
         )?;
         let writer = Connection::open(path)?;
         writer.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")?;
-        let publisher = GroupCommit::start("events-publisher", writer, 256, publish_group)
+        let writer = GroupCommit::start("events-writer", writer, 256, write_group)
             .map_err(|e| StoreError::Interrupted(format!("starting the events writer: {e}")))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
-            publisher: Arc::new(publisher),
+            writer: Arc::new(writer),
         })
+    }
+
+    /// Queues a write for the writer thread.
+    fn write(&self, op: Write) -> Result<(), StoreError> {
+        self.writer
+            .submit(op)
+            .map_err(|_| StoreError::Interrupted("the events store is closed".into()))
     }
 
     async fn call<T: Send + 'static>(
@@ -242,7 +311,7 @@ impl SqliteRouter {
 #[async_trait]
 impl Backend for SqliteRouter {
     fn health(&self) -> Result<(), String> {
-        self.publisher.alive()
+        self.writer.alive()
     }
 
     async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
@@ -461,11 +530,15 @@ impl Backend for SqliteRouter {
         events: Vec<Event>,
         now_ms: i64,
     ) -> Result<usize, StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.publisher
-            .submit((topic.to_string(), events, now_ms, tx))
-            .map_err(|_| StoreError::Interrupted("the events store is closed".into()))?;
-        rx.await
+        let (reply, answer) = oneshot::channel();
+        self.write(Write::Publish {
+            topic: topic.to_string(),
+            events,
+            now_ms,
+            reply,
+        })?;
+        answer
+            .await
             .map_err(|_| StoreError::Interrupted("the events writer stopped".into()))?
     }
 
@@ -557,29 +630,15 @@ impl Backend for SqliteRouter {
         .await
     }
 
-    /// Records attempts and what follows each, in one transaction (a
-    /// delivery round's worth: one fsync for many deliveries).
+    /// Records attempts and what follows each, in the writer's next
+    /// transaction (a delivery round's worth or more: one fsync for many
+    /// deliveries).
     async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError> {
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for a in &attempts {
-                tx.prepare_cached(
-                    "INSERT INTO attempts (seq, topic, subscription, n, at_ms, outcome, status)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![a.seq, a.topic, a.subscription, a.n, a.at_ms, a.outcome, a.status])?;
-                let (state, due, reason) = next_state(a);
-                tx.prepare_cached(
-                    "UPDATE deliveries SET state = ?4, attempts = ?5, due_ms = ?6, last_outcome = ?7,
-                         last_attempt_ms = ?8, reason = ?9
-                     WHERE seq = ?1 AND topic = ?2 AND subscription = ?3",
-                )?
-                .execute(params![a.seq, a.topic, a.subscription, state, a.n, due, a.outcome, a.at_ms, reason])?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        self.write(Write::Record { attempts, reply })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Interrupted("the events writer stopped".into()))?
     }
 
     /// A subscription's dead letters, oldest first.
