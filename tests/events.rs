@@ -127,21 +127,25 @@ async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
     assert_eq!(dead["value"][0]["deadLetterReason"], "NotRetriable");
     assert_eq!(dead["value"][0]["deliveryAttempts"], 1);
     assert_eq!(dead["value"][0]["lastDeliveryOutcome"], "BadRequest");
-    let (_, history) = cloud
-        .call(
-            reqwest::Method::GET,
+    // The receiver has answered the third attempt; its record follows.
+    let flaky_of = |history: &Value| {
+        history["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["subscription"] == "flaky")
+            .cloned()
+            .unwrap()
+    };
+    let history = cloud
+        .get_until(
             "/api/events/topics/galaxy-events/events/e4/deliveries",
-            None,
+            "the third attempt recorded",
+            |_, v| flaky_of(v)["attempts"].as_array().unwrap().len() == 3,
         )
         .await;
-    let flaky_history = history["value"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["subscription"] == "flaky")
-        .unwrap()
-        .clone();
-    assert_eq!(flaky_history["state"], "delivered");
+    let flaky_history = flaky_of(&history);
+    assert_eq!(flaky_history["state"], "delivered", "{history}");
     let outcomes: Vec<_> = flaky_history["attempts"]
         .as_array()
         .unwrap()

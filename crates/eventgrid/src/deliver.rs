@@ -11,10 +11,10 @@
 //! event through [`Starter`], with an instance id made from the topic and
 //! the event id, so a redelivered or republished event starts nothing new.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -25,7 +25,8 @@ use crate::event::Schema;
 use crate::model::{Destination, WebHook};
 use crate::retry::{decide, Attempt, Decision};
 use crate::store::{
-    DueDelivery, Next, Provisioning, RecordedAttempt, RouterStore, SubscriptionRecord,
+    delivery_key, DeliveryKey, DueDelivery, InFlight, Next, Provisioning, RecordedAttempt,
+    RouterStore, SubscriptionRecord,
 };
 
 /// Starts an orchestration for an event (galaxy-cloud gives the engine).
@@ -419,7 +420,7 @@ pub async fn run(
     let wake = store.wake();
     let limit = config.concurrency.max(1);
     let mut in_flight: JoinSet<Vec<RecordedAttempt>> = JoinSet::new();
-    let sent: Arc<Mutex<HashSet<Key>>> = Arc::default();
+    let sent: InFlight = Arc::default();
     let (finished, recorder) = tokio::sync::mpsc::unbounded_channel();
     let recording = tokio::spawn(record(store.clone(), recorder, sent.clone()));
     loop {
@@ -428,8 +429,7 @@ pub async fn run(
         }
         let room = limit.saturating_sub(in_flight.len());
         if room > 0 {
-            let skip = sent.lock().expect("sent lock").len();
-            let due = match store.due(now_ms(), room * 8 + skip).await {
+            let due = match store.due(now_ms(), room * 8, &sent).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!("reading due deliveries: {e}");
@@ -438,7 +438,9 @@ pub async fn run(
             };
             let due: Vec<DueDelivery> = {
                 let mut sent = sent.lock().expect("sent lock");
-                due.into_iter().filter(|d| sent.insert(key_of(d))).collect()
+                due.into_iter()
+                    .filter(|d| sent.insert(delivery_key(d.seq, &d.topic, &d.subscription)))
+                    .collect()
             };
             if !due.is_empty() {
                 dispatch(&store, &http, &starter, &config, due, &mut in_flight).await;
@@ -465,20 +467,13 @@ pub async fn run(
     let _ = recording.await;
 }
 
-/// A delivery: (event sequence, topic, subscription), names lower-cased.
-type Key = (i64, String, String);
-
-fn key_of(d: &DueDelivery) -> Key {
-    (d.seq, d.topic.to_lowercase(), d.subscription.to_lowercase())
-}
-
 /// Records finished attempts as they come (everything waiting goes into
 /// one transaction), then forgets them as in flight and wakes the loop (a
 /// retry may be due at once).
 async fn record(
     store: RouterStore,
     mut finished: tokio::sync::mpsc::UnboundedReceiver<Vec<RecordedAttempt>>,
-    sent: Arc<Mutex<HashSet<Key>>>,
+    sent: InFlight,
 ) {
     while let Some(mut outcomes) = finished.recv().await {
         while let Ok(more) = finished.try_recv() {
@@ -487,9 +482,9 @@ async fn record(
         if outcomes.is_empty() {
             continue;
         }
-        let keys: Vec<Key> = outcomes
+        let keys: Vec<DeliveryKey> = outcomes
             .iter()
-            .map(|a| (a.seq, a.topic.to_lowercase(), a.subscription.to_lowercase()))
+            .map(|a| delivery_key(a.seq, &a.topic, &a.subscription))
             .collect();
         if let Err(e) = store.record_attempts(outcomes).await {
             tracing::warn!("recording delivery attempts: {e}");

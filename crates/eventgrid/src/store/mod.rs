@@ -18,7 +18,8 @@ mod cache;
 mod postgres;
 mod sqlite;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -127,6 +128,17 @@ pub struct SubscriptionRecord {
 pub const MAX_TOPICS: usize = 1000;
 /// Most event subscriptions per topic (Azure's limit).
 pub const MAX_SUBSCRIPTIONS_PER_TOPIC: usize = 500;
+
+/// A delivery: (event sequence, topic, subscription), names lower-cased.
+pub type DeliveryKey = (i64, String, String);
+
+/// The key of a delivery of event `seq` to `topic`'s `subscription`.
+pub fn delivery_key(seq: i64, topic: &str, subscription: &str) -> DeliveryKey {
+    (seq, topic.to_lowercase(), subscription.to_lowercase())
+}
+
+/// The deliveries a delivery loop has sent and not yet recorded.
+pub type InFlight = Arc<Mutex<HashSet<DeliveryKey>>>;
 
 /// A delivery due now: the event and where it goes.
 #[derive(Clone, Debug, PartialEq)]
@@ -278,7 +290,12 @@ trait Backend: Send + Sync + 'static {
         events: Vec<Event>,
         now_ms: i64,
     ) -> Result<(usize, usize), StoreError>;
-    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError>;
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        in_flight: InFlight,
+    ) -> Result<Vec<DueDelivery>, StoreError>;
     async fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
     async fn record_attempts(&self, attempts: Vec<RecordedAttempt>) -> Result<(), StoreError>;
     /// Dead letters after sequence `after`, oldest first, read into `page`
@@ -559,10 +576,17 @@ impl RouterStore {
     }
 
     /// Pending deliveries due at `now_ms`, oldest first, at most `limit`.
-    /// SQLite: a read (the delivery loop keeps its requests in flight in
-    /// memory and skips them). PostgreSQL: a claim, for the store's lease.
-    pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
-        self.backend.due(now_ms, limit).await
+    /// SQLite: a read that passes over `in_flight` (the delivery loop
+    /// keeps its requests in flight in memory) without reading their
+    /// events. PostgreSQL: a claim, for the store's lease (what is in
+    /// flight is leased).
+    pub async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        in_flight: &InFlight,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        self.backend.due(now_ms, limit, in_flight.clone()).await
     }
 
     /// When the next pending delivery is due (or its lease runs out), if any.

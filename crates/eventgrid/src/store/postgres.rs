@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use super::{
     attempt_json, delivery_json, next_state, parse_schema, record_of, schema_name, Backend,
-    DeadLetter, DueDelivery, Provisioning, RecordedAttempt, StoreError, SubscriptionRecord,
-    TopicCounts, TopicRecord,
+    DeadLetter, DueDelivery, InFlight, Provisioning, RecordedAttempt, StoreError,
+    SubscriptionRecord, TopicCounts, TopicRecord,
 };
 use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
@@ -524,7 +524,12 @@ impl Backend for PgRouter {
         Ok((new.len(), queued))
     }
 
-    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        _leased: InFlight,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
         let c = self.client().await?;
         let st = c
             .prepare_cached(
@@ -705,7 +710,8 @@ impl Backend for PgRouter {
         topic: &str,
         event_id: &str,
     ) -> Result<Vec<Value>, StoreError> {
-        let c = self.client().await?;
+        let mut client = self.client().await?;
+        let c = snapshot(&mut client).await?;
         let rows = c
             .query(
                 "SELECT d.seq, d.subscription, d.state, d.attempts, d.reason FROM deliveries d
@@ -742,7 +748,8 @@ impl Backend for PgRouter {
     }
 
     async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError> {
-        let c = self.client().await?;
+        let mut client = self.client().await?;
+        let c = snapshot(&mut client).await?;
         let row = |t: String| TopicCounts {
             topic: t,
             ..TopicCounts::default()
@@ -851,4 +858,18 @@ impl Backend for PgRouter {
         tx.commit().await.map_err(pg)?;
         Ok(seqs.len())
     }
+}
+
+/// A read-only transaction that sees one snapshot, for answers read with
+/// several statements while deliveries are recorded.
+async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)
 }

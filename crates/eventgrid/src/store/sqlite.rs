@@ -19,9 +19,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{
-    attempt_json, delivery_json, next_state, parse_schema, record_of, schema_name, Backend,
-    DeadLetter, DueDelivery, Provisioning, RecordedAttempt, StoreError, SubscriptionRecord,
-    TopicCounts, TopicRecord,
+    attempt_json, delivery_json, delivery_key, next_state, parse_schema, record_of, schema_name,
+    Backend, DeadLetter, DueDelivery, InFlight, Provisioning, RecordedAttempt, StoreError,
+    SubscriptionRecord, TopicCounts, TopicRecord,
 };
 use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
@@ -258,7 +258,8 @@ impl SqliteRouter {
                  reason TEXT,
                  PRIMARY KEY (seq, topic, subscription)
              );
-             CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, due_ms);
+             DROP INDEX IF EXISTS deliveries_due;
+             CREATE INDEX IF NOT EXISTS deliveries_by_due ON deliveries (state, due_ms, seq);
              CREATE TABLE IF NOT EXISTS attempts (
                  seq INTEGER NOT NULL,
                  topic TEXT NOT NULL COLLATE NOCASE,
@@ -292,6 +293,21 @@ impl SqliteRouter {
         self.writer
             .submit(op)
             .map_err(|_| StoreError::Interrupted("the events store is closed".into()))
+    }
+
+    /// Runs several reads in one snapshot (a deferred transaction): the
+    /// writer commits on another connection meanwhile.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
     }
 
     async fn call<T: Send + 'static>(
@@ -591,29 +607,49 @@ impl Backend for SqliteRouter {
     }
 
     /// Pending deliveries due at `now_ms`, oldest first, at most `limit`
-    /// (a read: the delivery loop keeps its requests in flight in memory
-    /// and skips them).
-    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<DueDelivery>, StoreError> {
+    /// of those not `in_flight` (a read: one process owns the file). The
+    /// keys are read from the due index; an event's body only for a
+    /// delivery not in flight, so the requests in flight, which come first,
+    /// cost an index entry each, not a parse.
+    async fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        in_flight: InFlight,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
         self.call(move |conn| {
-            Ok(conn
-                .prepare_cached(
-                    "SELECT d.seq, d.topic, d.subscription, e.body, d.attempts, e.published_ms
-                     FROM deliveries d JOIN events e ON e.seq = d.seq
-                     WHERE d.state = 'pending' AND d.due_ms <= ?1
-                     ORDER BY d.due_ms, d.seq LIMIT ?2",
-                )?
-                .query_map(params![now_ms, limit as i64], |r| {
-                    let body: String = r.get(3)?;
-                    Ok(DueDelivery {
-                        seq: r.get(0)?,
-                        topic: r.get(1)?,
-                        subscription: r.get(2)?,
-                        event: serde_json::from_str(&body).unwrap_or(Value::Null),
-                        attempts: r.get::<_, i64>(4)? as u32,
-                        published_ms: r.get(5)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?)
+            let mut keys = conn.prepare_cached(
+                "SELECT seq, topic, subscription, attempts FROM deliveries
+                 WHERE state = 'pending' AND due_ms <= ?1 ORDER BY due_ms, seq",
+            )?;
+            let mut event =
+                conn.prepare_cached("SELECT body, published_ms FROM events WHERE seq = ?1")?;
+            let mut rows = keys.query([now_ms])?;
+            let mut due = Vec::new();
+            while due.len() < limit {
+                let Some(r) = rows.next()? else { break };
+                let (seq, topic, subscription): (i64, String, String) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?);
+                let key = delivery_key(seq, &topic, &subscription);
+                if in_flight.lock().expect("in-flight lock").contains(&key) {
+                    continue;
+                }
+                let Some((body, published_ms)) = event
+                    .query_row([seq], |e| Ok((e.get::<_, String>(0)?, e.get(1)?)))
+                    .optional()?
+                else {
+                    continue;
+                };
+                due.push(DueDelivery {
+                    seq,
+                    topic,
+                    subscription,
+                    event: serde_json::from_str(&body).unwrap_or(Value::Null),
+                    attempts: r.get::<_, i64>(3)? as u32,
+                    published_ms,
+                });
+            }
+            Ok(due)
         })
         .await
     }
@@ -722,7 +758,7 @@ impl Backend for SqliteRouter {
         event_id: &str,
     ) -> Result<Vec<Value>, StoreError> {
         let (topic, event_id) = (topic.to_string(), event_id.to_string());
-        self.call(move |conn| {
+        self.read(move |conn| {
             let mut out = Vec::new();
             let rows: Vec<(i64, String, String, i64, Option<String>)> = conn
                 .prepare(
@@ -751,7 +787,7 @@ impl Backend for SqliteRouter {
     /// Per-topic counts of published, billed, delivered, retried and
     /// dead-lettered events.
     async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError> {
-        self.call(|conn| {
+        self.read(|conn| {
             let mut by_topic: std::collections::BTreeMap<String, TopicCounts> =
                 std::collections::BTreeMap::new();
             let mut add = |sql: &str, set: fn(&mut TopicCounts, u64)| -> Result<(), StoreError> {
