@@ -19,8 +19,13 @@ pub(super) struct Sql {
     pub(super) delete_consumed: String,
     pub(super) delete_inbox: String,
     pub(super) insert_activities: String,
+    /// Sets a committed turn's due time from its waiting messages; writes
+    /// the row only when that changes it (an UPDATE that changes nothing
+    /// still writes a row version, and `due_at` is indexed, so not HOT).
     pub(super) recompute_due: String,
     pub(super) upsert_instance: String,
+    /// Queues a message and brings the instance's due time forward, with
+    /// no row write when it is already due by then.
     pub(super) send: String,
     pub(super) fetch_activities: String,
     pub(super) complete_activity: String,
@@ -94,8 +99,10 @@ impl Sql {
                  SELECT $1, $2, t, n, i, {NOW} FROM unnest($3::int8[], $4::text[], $5::text[]) AS a(t, n, i)"
             ),
             recompute_due: format!(
-                "UPDATE {s}.instances SET due_at = (SELECT min(due_ms) FROM {s}.messages m WHERE m.instance_id = $1) \
-                 WHERE instance_id = $1 RETURNING due_at, {NOW}"
+                "WITH d AS (SELECT min(due_ms) AS due FROM {s}.messages m WHERE m.instance_id = $1), \
+                 upd AS (UPDATE {s}.instances i SET due_at = d.due FROM d \
+                   WHERE i.instance_id = $1 AND i.due_at IS DISTINCT FROM d.due RETURNING 1) \
+                 SELECT (SELECT due FROM d), {NOW}, (SELECT count(*) FROM upd)"
             ),
             // Inserts a new instance, or replaces a terminal one (its history
             // and inbox go; its row is reused, so queued activities of the
@@ -131,8 +138,9 @@ impl Sql {
                    OR (runtime_status = 'Failed' AND $4)), \
                  ins AS (INSERT INTO {s}.messages (instance_id, due_ms, message) \
                    SELECT instance_id, COALESCE($2, {NOW}), $3 FROM ok RETURNING due_ms), \
-                 upd AS (UPDATE {s}.instances i SET due_at = LEAST(COALESCE(i.due_at, ins.due_ms), ins.due_ms) \
-                   FROM ins, ok WHERE i.instance_id = ok.instance_id AND ok.lock_token IS NULL RETURNING 1) \
+                 upd AS (UPDATE {s}.instances i SET due_at = ins.due_ms \
+                   FROM ins, ok WHERE i.instance_id = ok.instance_id AND ok.lock_token IS NULL \
+                   AND (i.due_at IS NULL OR i.due_at > ins.due_ms) RETURNING 1) \
                  SELECT (SELECT runtime_status FROM target), (SELECT due_ms FROM ins), {NOW}, \
                    (SELECT count(*) FROM upd)"
             ),
