@@ -647,3 +647,113 @@ async fn delivered_events_are_swept_after_the_retention_and_still_counted() {
 async fn dead_letters_are_paged() {
     dead_letters_come_in_pages(&Cloud::start()).await;
 }
+
+/// A receiver at `/hook` that answers the validation handshake itself
+/// (or, with `redirect_handshake`, redirects it too) and answers every
+/// delivery with 307 to `to`.
+async fn redirector(to: &str, redirect_handshake: bool) -> String {
+    use axum::response::IntoResponse;
+    let to = to.to_string();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::any(move |headers: axum::http::HeaderMap, body: String| {
+            let to = to.clone();
+            async move {
+                let validation = headers.get("aeg-event-type").and_then(|v| v.to_str().ok())
+                    == Some("SubscriptionValidation");
+                if validation && !redirect_handshake {
+                    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    let code = v[0]["data"]["validationCode"].clone();
+                    return axum::Json(json!({ "validationResponse": code })).into_response();
+                }
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, to)],
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_by_deliveries_or_handshakes() {
+    // A receiver may not send the router elsewhere (e.g. to a metadata
+    // address the subscription's URL check would have refused): a 3xx is
+    // a failed attempt, and the target it names gets nothing.
+    let cloud = Cloud::start();
+    let (endpoint, key) = cloud.topic("redirects", "EventGridSchema").await;
+    let mut target = Receiver::start(Handshake::Answer, vec![]).await;
+
+    // The metadata address written as one number is still refused, and
+    // nothing is stored.
+    let (s, e) = cloud
+        .call(
+            reqwest::Method::PUT,
+            "/api/events/topics/redirects/eventSubscriptions/metadata",
+            Some(hook("http://2852039166/latest/meta-data")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("link-local"),
+        "{e}"
+    );
+    let (s, _) = cloud
+        .call(
+            reqwest::Method::GET,
+            "/api/events/topics/redirects/eventSubscriptions/metadata",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let handshake_redirect = redirector(&target.url, true).await;
+    cloud
+        .subscribe("redirects", "handshake", hook(&handshake_redirect))
+        .await;
+    let failed = cloud.wait_state("redirects", "handshake", "Failed").await;
+    assert!(
+        failed["properties"]["provisioningReason"]
+            .as_str()
+            .unwrap()
+            .contains("307"),
+        "{failed}"
+    );
+
+    let delivery_redirect = redirector(&target.url, false).await;
+    let mut sub = hook(&delivery_redirect);
+    sub["retryPolicy"] = json!({"maxDeliveryAttempts": 2, "eventTimeToLiveInMinutes": 1440});
+    cloud.subscribe("redirects", "delivery", sub).await;
+    cloud.wait_state("redirects", "delivery", "Succeeded").await;
+    let (s, _) = cloud
+        .publish(&endpoint, &key, json!([event("r1", "Galaxy.Created", 1)]))
+        .await;
+    assert_eq!(s, 200);
+    let history = cloud
+        .get_until(
+            "/api/events/topics/redirects/events/r1/deliveries",
+            "both attempts recorded",
+            |_, v| {
+                v["value"][0]["attempts"]
+                    .as_array()
+                    .is_some_and(|a| a.len() == 2)
+            },
+        )
+        .await;
+    let attempts = &history["value"][0]["attempts"];
+    assert_eq!(attempts[0]["status"], 307, "{history}");
+    assert_eq!(attempts[1]["status"], 307, "{history}");
+    assert_eq!(history["value"][0]["state"], "dead", "{history}");
+    assert!(
+        target.got.try_recv().is_err(),
+        "the redirect's target received a request"
+    );
+}

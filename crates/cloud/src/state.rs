@@ -66,10 +66,7 @@ impl AppState {
             keys: Arc::new(keys),
             players,
             events,
-            event_http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()
-                .expect("an HTTP client without custom TLS settings always builds"),
+            event_http: eventgrid::egress::client(std::time::Duration::from_secs(10)),
             event_config: eventgrid::deliver::DeliveryConfig::default(),
             metrics,
             default_host: Arc::from("localhost"),

@@ -12,6 +12,9 @@
 //! - [`sas`]: topic keys, `aeg-sas-key` and `aeg-sas-token` checks.
 //! - [`model`]: topics and event subscriptions with Azure's property
 //!   names, and the checks a write passes (URLs, batching, headers).
+//! - [`egress`]: where the router may send requests (no link-local or
+//!   metadata addresses, written any way, resolved or redirected to) and
+//!   the HTTP client that holds to it.
 //! - [`retry`]: after a delivery attempt: delivered, retried when, or
 //!   dead-lettered why (schedule, non-retried codes, `Retry-After`, limits).
 //! - [`store`]: [`RouterStore`], topics, subscriptions, accepted events and
@@ -23,6 +26,7 @@
 //! Invariant: no HTTP routes here (galaxy-cloud serves them), no Tauri.
 
 pub mod deliver;
+pub mod egress;
 pub mod event;
 pub mod filter;
 pub mod model;

@@ -257,40 +257,9 @@ fn integral_floats_as_integers(v: Value) -> Value {
     }
 }
 
-/// A webhook URL the router may call: http(s) with a host that is not a
-/// link-local or cloud metadata address.
+/// A webhook URL the router may call (see [`crate::egress`]).
 pub fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| {
-            format!(
-                "endpointUrl must be an http(s) URL (got '{}')",
-                url.chars().take(80).collect::<String>()
-            )
-        })?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        host.split(':').next().unwrap_or("")
-    }
-    .to_ascii_lowercase();
-    if host.is_empty() {
-        return Err("endpointUrl has no host".into());
-    }
-    let forbidden = host.starts_with("169.254.")
-        || host.starts_with("fe80:")
-        || host == "metadata.google.internal"
-        || host == "metadata"
-        || host == "fd00:ec2::254";
-    if forbidden {
-        return Err(format!(
-            "endpointUrl may not point at a link-local or metadata address ({host})"
-        ));
-    }
-    Ok(())
+    crate::egress::check_url(url).map(|_| ())
 }
 
 #[cfg(test)]
