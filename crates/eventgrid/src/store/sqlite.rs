@@ -94,7 +94,7 @@ fn write_group(conn: &mut Connection, ops: Vec<Write>) {
     for answer in answers {
         // Writers not reached by a failure see their answer dropped
         // (Interrupted); nothing of the group was stored.
-        let failed = |e: &StoreError| StoreError::Invalid(format!("not stored: {e}"));
+        let failed = |e: &StoreError| StoreError::Invalid(format!("the write was not stored: {e}"));
         match (answer, &outcome) {
             (Applied::Published(reply, n), Ok(())) => drop(reply.send(Ok(n))),
             (Applied::Published(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
