@@ -22,12 +22,15 @@ SERVER_SECRETS = {"InvalidContinuationToken", "InvalidLinkCode", "InvalidValidat
 
 # Rules of an event subscription that JSON Schema cannot state (its schema,
 # crates/eventgrid/src/subscription_schema.rs, says which): a range pair's
-# low <= high, a webhook host that is a link-local or metadata address,
-# and Event Grid delivery from a CloudEvents topic (it depends on the
-# topic). Rejections with these messages are waived; tests/events.rs and
-# the eventgrid unit tests cover the rules themselves.
+# low <= high, a webhook URL the HTTP client can parse (WHATWG rules: IPv6
+# literals, port range, host code points, IDNA), a webhook host that is a
+# link-local or metadata address, and Event Grid delivery from a
+# CloudEvents topic (it depends on the topic). Rejections with these
+# messages are waived; tests/events.rs and the eventgrid unit tests cover
+# the rules themselves.
 UNSTATEABLE_RULES = (
     "low <= high",
+    "endpointUrl is not a valid URL",
     "may not point at a link-local or metadata address",
     "cannot be delivered in the Event Grid schema",
 )

@@ -3,20 +3,22 @@
 //! what [`SubscriptionInput::parse`](crate::model::SubscriptionInput::parse)
 //! and its checks accept, written next to them so the two move together.
 //!
-//! Three rules cannot be said in JSON Schema and stay with the checks
-//! alone: a `NumberInRange` pair's low <= high, the webhook host not being
-//! a link-local or metadata address, and a CloudEvents topic not
-//! delivering in the Event Grid schema (it depends on the topic).
+//! Four rules cannot be said in JSON Schema and stay with the checks
+//! alone: a `NumberInRange` pair's low <= high, the webhook URL parsing
+//! as the HTTP client parses it (WHATWG: IPv6 literals, port range, host
+//! code points, IDNA), its host not being a link-local or metadata
+//! address, and a CloudEvents topic not delivering in the Event Grid
+//! schema (it depends on the topic).
 
 use serde_json::{json, Value};
 
 use crate::filter::{MAX_ADVANCED_FILTERS, MAX_STRING_CHARS, MAX_VALUES};
 use crate::model::MAX_DELIVERY_HEADERS;
 
-/// What `check_url` accepts, but for the forbidden hosts: `http://` or
-/// `https://`, an authority whose host (after the last `@`, before the
-/// first `:`, or inside brackets) is not empty, then anything after a
-/// `/`, `?` or `#`.
+/// The shape `check_url` asks for, short of a full URL parse and the
+/// forbidden hosts: `http://` or `https://`, an authority whose host
+/// (after the last `@`, before the first `:`, or inside brackets) is not
+/// empty, then anything after a `/`, `?` or `#`.
 pub const ENDPOINT_URL_PATTERN: &str =
     r"^https?://([^/?#]*@)?(\[[^\]/?#@][^/?#@]*|[^/?#@:\[][^/?#@]*)([/?#][\s\S]*)?$";
 
