@@ -230,6 +230,11 @@ fn batches(
             ),
             _ => (1, usize::MAX),
         };
+        if max_n == 1 {
+            // One event per request: no sizes to add up.
+            out.extend(list.into_iter().map(|d| vec![d]));
+            continue;
+        }
         let mut current: Vec<DueDelivery> = Vec::new();
         let mut bytes = 0;
         for d in list {
@@ -257,13 +262,16 @@ async fn post(
     batch: &[DueDelivery],
     timeout: Duration,
 ) -> Attempt {
-    let events: Vec<Value> = batch
-        .iter()
-        .map(|d| match (topic_schema, schema) {
-            (Schema::EventGridSchema, Schema::CloudEvents) => to_cloud_event(&d.event),
-            _ => d.event.clone(),
-        })
-        .collect();
+    // Events are serialized from where they are; only a conversion makes
+    // new ones.
+    let converted: Vec<Value>;
+    let events: Vec<&Value> = match (topic_schema, schema) {
+        (Schema::EventGridSchema, Schema::CloudEvents) => {
+            converted = batch.iter().map(|d| to_cloud_event(&d.event)).collect();
+            converted.iter().collect()
+        }
+        _ => batch.iter().map(|d| &d.event).collect(),
+    };
     let first = &batch[0];
     let mut request = http
         .post(&hook.endpoint_url)
@@ -281,19 +289,14 @@ async fn post(
             request = request.header(a.name.as_str(), v);
         }
     }
+    let array = || serde_json::to_string(&events).expect("JSON values serialize");
     let (content_type, body) = match schema {
         Schema::CloudEvents if events.len() == 1 => (
             "application/cloudevents+json; charset=utf-8",
             events[0].to_string(),
         ),
-        Schema::CloudEvents => (
-            "application/cloudevents-batch+json; charset=utf-8",
-            Value::Array(events).to_string(),
-        ),
-        Schema::EventGridSchema => (
-            "application/json; charset=utf-8",
-            Value::Array(events).to_string(),
-        ),
+        Schema::CloudEvents => ("application/cloudevents-batch+json; charset=utf-8", array()),
+        Schema::EventGridSchema => ("application/json; charset=utf-8", array()),
     };
     match request
         .header("content-type", content_type)
