@@ -119,7 +119,50 @@ pub async fn validate(
     let Destination::WebHook(hook) = &sub.input.destination else {
         return;
     };
-    let outcome = match schema {
+    // A URL stored before today's rules (or by an older process on a
+    // shared database) is checked again before it is called.
+    let outcome = match crate::egress::check_url(&hook.endpoint_url) {
+        Err(why) => Handshake::Failed(why),
+        Ok(_) => handshake(http, sub, hook, schema, timeout).await,
+    };
+    let (state, reason) = match outcome {
+        Handshake::Passed => (Provisioning::Succeeded, None),
+        Handshake::Failed(why) => (Provisioning::Failed, Some(why)),
+        Handshake::NoAnswer => return,
+    };
+    if let Err(e) = store
+        .set_provisioning(&sub.topic, &sub.name, state, reason)
+        .await
+    {
+        tracing::warn!("recording a validation: {e}");
+    }
+}
+
+/// How a validation handshake went.
+enum Handshake {
+    /// The endpoint proved it wants the events.
+    Passed,
+    /// It answered anything else (why).
+    Failed(String),
+    /// It did not answer: the subscription stays `AwaitingManualAction`.
+    NoAnswer,
+}
+
+impl From<Result<(), String>> for Handshake {
+    fn from(r: Result<(), String>) -> Self {
+        r.map_or_else(Handshake::Failed, |()| Handshake::Passed)
+    }
+}
+
+/// Sends the validation handshake for `schema`.
+async fn handshake(
+    http: &reqwest::Client,
+    sub: &SubscriptionRecord,
+    hook: &WebHook,
+    schema: Schema,
+    timeout: Duration,
+) -> Handshake {
+    let answered: Result<(), String> = match schema {
         Schema::EventGridSchema => {
             let event = json!([{
                 "id": uuid::Uuid::new_v4().to_string(),
@@ -157,7 +200,7 @@ pub async fn validate(
                 )),
                 Err(e) => {
                     tracing::info!(subscription = %sub.name, "validation: {e}");
-                    return;
+                    return Handshake::NoAnswer;
                 }
             }
         }
@@ -190,21 +233,12 @@ pub async fn validate(
                 )),
                 Err(e) => {
                     tracing::info!(subscription = %sub.name, "validation: {e}");
-                    return;
+                    return Handshake::NoAnswer;
                 }
             }
         }
     };
-    let (state, reason) = match outcome {
-        Ok(()) => (Provisioning::Succeeded, None),
-        Err(why) => (Provisioning::Failed, Some(why)),
-    };
-    if let Err(e) = store
-        .set_provisioning(&sub.topic, &sub.name, state, reason)
-        .await
-    {
-        tracing::warn!("recording a validation: {e}");
-    }
+    answered.into()
 }
 
 /// Groups due deliveries into requests: per subscription, up to its batch
@@ -262,6 +296,11 @@ async fn post(
     batch: &[DueDelivery],
     timeout: Duration,
 ) -> Attempt {
+    // Checked again at each request: the URL may have been stored before
+    // today's rules, or by an older process on a shared database.
+    if crate::egress::check_url(&hook.endpoint_url).is_err() {
+        return Attempt::Refused;
+    }
     // Events are serialized from where they are; only a conversion makes
     // new ones.
     let converted: Vec<Value>;

@@ -7,11 +7,14 @@
 //!   way the HTTP client parses it (WHATWG rules, so `http://2852039166/`
 //!   and `http://0xa9fea9fe/` are 169.254.169.254 too), and an IP host in a
 //!   forbidden range is refused with a reason;
-//! - when a request is sent ([`client`]): host names are resolved through
+//! - when a request is sent: the URL is checked again (one stored before
+//!   these rules, or by an older process on a shared database, is refused
+//!   and dead-lettered, not called), host names are resolved through
 //!   [`GuardedResolver`], which drops forbidden addresses (a name that
-//!   resolves to 169.254.169.254, now or after a DNS change, gets nowhere),
-//!   and redirects are not followed (a receiver answering 307 to the
-//!   metadata address would otherwise send the router there).
+//!   resolves to 169.254.169.254, now or after a DNS change, gets
+//!   nowhere), no proxy is taken from the environment (it would resolve
+//!   names itself), and redirects are not followed (a receiver answering
+//!   307 to the metadata address would otherwise send the router there).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -23,22 +26,41 @@ use reqwest::Url;
 /// Metadata host names that no DNS should be asked about.
 const METADATA_NAMES: [&str; 2] = ["metadata.google.internal", "metadata"];
 
-/// AWS's IPv6 metadata address, `fd00:ec2::254`.
-const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+/// The clouds' IPv6 metadata addresses: AWS `fd00:ec2::254`, Google
+/// `fd20:ce::254`.
+const METADATA_V6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254),
+    Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254),
+];
 
 /// Whether the router may not connect to `ip`: IPv4 link-local
 /// (169.254.0.0/16, the metadata services), IPv6 link-local (fe80::/10),
-/// either of those written as an IPv4-mapped IPv6 address, and AWS's
-/// IPv6 metadata address.
+/// the clouds' IPv6 metadata addresses, and an IPv4 link-local address
+/// inside IPv6 (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`,
+/// or NAT64's `64:ff9b::a.b.c.d`).
 pub fn forbidden_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == AWS_METADATA_V6
-                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+            let s = v6.segments();
+            let embedded = if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [.., a, b, c, d] = v6.octets();
+                Some(std::net::Ipv4Addr::new(a, b, c, d))
+            } else {
+                v6.to_ipv4()
+            };
+            (s[0] & 0xffc0) == 0xfe80
+                || METADATA_V6.contains(&v6)
+                || embedded.is_some_and(|v4| v4.is_link_local())
         }
     }
+}
+
+/// Whether `name` is a metadata service's host name (any case, with or
+/// without the root's trailing dot).
+fn metadata_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    METADATA_NAMES.contains(&name.as_str())
 }
 
 /// A webhook URL the router may call: http(s), a host, and not a
@@ -65,7 +87,7 @@ pub fn check_url(url: &str) -> Result<Url, String> {
         None => return Err("endpointUrl has no host".into()),
         Some(url::Host::Ipv4(v4)) => forbidden_ip(IpAddr::V4(v4)),
         Some(url::Host::Ipv6(v6)) => forbidden_ip(IpAddr::V6(v6)),
-        Some(url::Host::Domain(name)) => METADATA_NAMES.contains(&name),
+        Some(url::Host::Domain(name)) => metadata_name(name),
     };
     if forbidden {
         return Err(format!(
@@ -85,7 +107,7 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
             let host = name.as_str().to_string();
-            if METADATA_NAMES.contains(&host.to_ascii_lowercase().as_str()) {
+            if metadata_name(&host) {
                 return Err(refused(&host));
             }
             let found: Vec<SocketAddr> =
@@ -114,10 +136,13 @@ fn refused(host: &str) -> Box<dyn std::error::Error + Send + Sync> {
 
 /// The HTTP client deliveries and handshakes use: names resolved through
 /// [`GuardedResolver`], no redirects followed (a 3xx answer is a failed
-/// attempt, retried like any other), `connect_timeout` to connect.
+/// attempt, retried like any other), no proxy from the environment (a
+/// proxy would resolve names itself, past the guard), `connect_timeout`
+/// to connect.
 pub fn client(connect_timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(Arc::new(GuardedResolver))
         .build()
@@ -141,6 +166,10 @@ mod tests {
             "http://[::ffff:169.254.169.254]/",
             "http://[fd00:ec2::254]/",
             "http://metadata.google.internal/computeMetadata/v1/",
+            "http://metadata.google.internal./computeMetadata/v1/",
+            "http://[::a9fe:a9fe]/",
+            "http://[64:ff9b::169.254.169.254]/",
+            "http://[fd20:ce::254]/",
             "HTTP://METADATA/",
             "http://user:pw@169.254.169.254:80/",
         ] {

@@ -91,6 +91,9 @@ pub enum Attempt {
     TimedOut,
     /// The connection failed or was reset.
     SocketError,
+    /// The router would not call the destination (a link-local or metadata
+    /// address, see [`crate::egress`]): never retried.
+    Refused,
 }
 
 impl Attempt {
@@ -107,6 +110,7 @@ impl Attempt {
             Attempt::Status(_, _) => "GenericError",
             Attempt::TimedOut => "TimedOut",
             Attempt::SocketError => "SocketError",
+            Attempt::Refused => "DestinationNotAllowed",
         }
     }
 }
@@ -135,7 +139,9 @@ pub fn decide(
 ) -> Decision {
     match attempt {
         Attempt::Status(200..=204, _) => return Decision::Delivered,
-        Attempt::Status(400 | 401 | 403 | 413, _) => return Decision::DeadLetter("NotRetriable"),
+        Attempt::Status(400 | 401 | 403 | 413, _) | Attempt::Refused => {
+            return Decision::DeadLetter("NotRetriable")
+        }
         _ => {}
     }
     if attempts >= policy.max_delivery_attempts {
@@ -179,6 +185,12 @@ mod tests {
                 "{s}"
             );
         }
+        // A destination the router will not call is never retried.
+        assert_eq!(
+            decide(&Attempt::Refused, 1, Duration::ZERO, p, 1.0, 0.5),
+            Decision::DeadLetter("NotRetriable")
+        );
+        assert_eq!(Attempt::Refused.outcome(), "DestinationNotAllowed");
         for a in [
             Attempt::Status(205, None),
             Attempt::Status(404, None),

@@ -35,7 +35,9 @@ impl From<StoreError> for AppError {
                 AppError::new(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", message)
             }
             StoreError::Database(e) => AppError::internal("the events store", e),
-            StoreError::Postgres(e) => AppError::internal("the events store", e),
+            StoreError::Postgres(e) | StoreError::NotStored(e) => {
+                AppError::internal("the events store", e)
+            }
         }
     }
 }

@@ -60,6 +60,9 @@ pub enum StoreError {
     /// PostgreSQL failed.
     #[error("events database error: {0}")]
     Postgres(String),
+    /// A group of writes failed to commit: nothing of it was stored.
+    #[error("events database error: the write was not stored: {0}")]
+    NotStored(String),
     /// The blocking call did not finish (shutdown).
     #[error("events store call interrupted: {0}")]
     Interrupted(String),

@@ -8,7 +8,6 @@
 //! keeps what it has in flight in memory.
 
 use durable::store::page::PageBuilder;
-use std::collections::hash_map::{Entry, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -24,31 +23,14 @@ use super::{
     SubscriptionRecord, TopicCounts, TopicRecord,
 };
 use crate::event::{Event, Schema};
+
+#[cfg(test)]
+mod tests;
+mod writer;
+
 use crate::model::SubscriptionInput;
 use crate::sas::new_key;
-
-/// One write for the writer thread, answered once its transaction commits.
-enum Write {
-    /// Events to store with their deliveries; answers how many deliveries
-    /// it queued.
-    Publish {
-        topic: String,
-        events: Vec<Event>,
-        now_ms: i64,
-        reply: oneshot::Sender<Result<usize, StoreError>>,
-    },
-    /// Finished delivery attempts and what follows each.
-    Record {
-        attempts: Vec<RecordedAttempt>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-}
-
-/// A write applied, waiting for its transaction's commit to be answered.
-enum Applied {
-    Published(oneshot::Sender<Result<usize, StoreError>>, usize),
-    Recorded(oneshot::Sender<Result<(), StoreError>>),
-}
+use writer::{active_subscriptions, publish_to, write_group, Write};
 
 /// The SQLite backend.
 pub(super) struct SqliteRouter {
@@ -58,131 +40,6 @@ pub(super) struct SqliteRouter {
     /// records and the publishers never wait on each other's write lock
     /// (SQLite's busy handler sleeps), and share fsyncs under load.
     writer: Arc<GroupCommit<Write>>,
-}
-
-/// Applies a group of writes in one transaction and answers each. A
-/// topic's active subscriptions are read once per transaction.
-fn write_group(conn: &mut Connection, ops: Vec<Write>) {
-    let mut answers = Vec::with_capacity(ops.len());
-    let outcome = (|| -> Result<(), StoreError> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut listening: HashMap<String, Vec<SubscriptionRecord>> = HashMap::new();
-        for op in ops {
-            match op {
-                Write::Publish {
-                    topic,
-                    events,
-                    now_ms,
-                    reply,
-                } => {
-                    let subs = match listening.entry(topic.to_lowercase()) {
-                        Entry::Occupied(e) => e.into_mut(),
-                        Entry::Vacant(e) => e.insert(active_subscriptions(&tx, &topic)?),
-                    };
-                    let queued = publish_to(&tx, &topic, subs, &events, now_ms)?;
-                    answers.push(Applied::Published(reply, queued));
-                }
-                Write::Record { attempts, reply } => {
-                    record_in(&tx, &attempts)?;
-                    answers.push(Applied::Recorded(reply));
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    })();
-    for answer in answers {
-        // Writers not reached by a failure see their answer dropped
-        // (Interrupted); nothing of the group was stored.
-        let failed = |e: &StoreError| StoreError::Invalid(format!("the write was not stored: {e}"));
-        match (answer, &outcome) {
-            (Applied::Published(reply, n), Ok(())) => drop(reply.send(Ok(n))),
-            (Applied::Published(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
-            (Applied::Recorded(reply), Ok(())) => drop(reply.send(Ok(()))),
-            (Applied::Recorded(reply), Err(e)) => drop(reply.send(Err(failed(e)))),
-        }
-    }
-}
-
-/// Records attempts and what follows each.
-fn record_in(tx: &Connection, attempts: &[RecordedAttempt]) -> Result<(), StoreError> {
-    for a in attempts {
-        tx.prepare_cached(
-            "INSERT INTO attempts (seq, topic, subscription, n, at_ms, outcome, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            a.seq,
-            a.topic,
-            a.subscription,
-            a.n,
-            a.at_ms,
-            a.outcome,
-            a.status
-        ])?;
-        let (state, due, reason) = next_state(a);
-        tx.prepare_cached(
-            "UPDATE deliveries SET state = ?4, attempts = ?5, due_ms = ?6, last_outcome = ?7,
-                 last_attempt_ms = ?8, reason = ?9
-             WHERE seq = ?1 AND topic = ?2 AND subscription = ?3",
-        )?
-        .execute(params![
-            a.seq,
-            a.topic,
-            a.subscription,
-            state,
-            a.n,
-            due,
-            a.outcome,
-            a.at_ms,
-            reason
-        ])?;
-    }
-    Ok(())
-}
-
-/// The topic's active subscriptions.
-fn active_subscriptions(
-    tx: &Connection,
-    topic: &str,
-) -> Result<Vec<SubscriptionRecord>, StoreError> {
-    tx.prepare_cached(
-        "SELECT topic, name, definition, state, reason, validation_code FROM subscriptions
-         WHERE topic = ?1 AND state = 'Succeeded'",
-    )?
-    .query_map([topic], subscription_row)?
-    .collect::<Result<Vec<_>, _>>()?
-    .into_iter()
-    .map(to_record)
-    .collect()
-}
-
-/// Stores `events` with one pending delivery per matching subscription of
-/// `subs`. Returns how many deliveries it queued.
-fn publish_to(
-    tx: &Connection,
-    topic: &str,
-    subs: &[SubscriptionRecord],
-    events: &[Event],
-    now_ms: i64,
-) -> Result<usize, StoreError> {
-    let mut queued = 0;
-    for e in events {
-        tx.prepare_cached(
-            "INSERT INTO events (topic, event_id, body, size, published_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![topic, e.id, e.json.to_string(), e.size as i64, now_ms])?;
-        let seq = tx.last_insert_rowid();
-        for s in subs.iter().filter(|s| s.input.filter.matches(&e.json)) {
-            tx.prepare_cached(
-                "INSERT INTO deliveries (seq, topic, subscription, state, attempts, due_ms)
-                 VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
-            )?
-            .execute(params![seq, topic, s.name, now_ms])?;
-            queued += 1;
-        }
-    }
-    Ok(queued)
 }
 
 fn topic_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TopicRecord> {
@@ -618,6 +475,11 @@ impl Backend for SqliteRouter {
         in_flight: InFlight,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         self.call(move |conn| {
+            // Copied before the read's snapshot begins: a key leaves the
+            // set only after its record commits, so one missing from the
+            // copy shows its recorded state in the snapshot, never a
+            // stale "pending" (which would send it again).
+            let in_flight = in_flight.lock().expect("in-flight lock").clone();
             let mut keys = conn.prepare_cached(
                 "SELECT seq, topic, subscription, attempts FROM deliveries
                  WHERE state = 'pending' AND due_ms <= ?1 ORDER BY due_ms, seq",
@@ -631,7 +493,7 @@ impl Backend for SqliteRouter {
                 let (seq, topic, subscription): (i64, String, String) =
                     (r.get(0)?, r.get(1)?, r.get(2)?);
                 let key = delivery_key(seq, &topic, &subscription);
-                if in_flight.lock().expect("in-flight lock").contains(&key) {
+                if in_flight.contains(&key) {
                     continue;
                 }
                 let Some((body, published_ms)) = event
