@@ -1,6 +1,6 @@
 //! The SQLite router's one writer: what publishes and delivery records do
 //! inside the group-commit transaction the writer thread runs (see the
-//! parent module), each write under a savepoint of its own.
+//! parent module).
 
 use std::collections::hash_map::{Entry, HashMap};
 
@@ -28,39 +28,41 @@ pub(super) enum Write {
     },
 }
 
-/// Applies a group of writes in one transaction and answers each. Each
-/// write has a savepoint of its own, so one that fails is answered with
-/// its error and the others still commit; a failed commit answers every
-/// write with a retryable error (nothing was stored). A topic's active
-/// subscriptions are read once per transaction.
+/// Applies a group of writes in one transaction and answers each. Should
+/// the group fail, each write is tried again in a transaction of its own,
+/// so one bad write is answered with its error alone and the others are
+/// stored (the common path pays nothing for it: no savepoint per write).
+/// A failed commit is `NotStored` (nothing of that transaction was kept).
+/// A topic's active subscriptions are read once per transaction.
 pub(super) fn write_group(conn: &mut Connection, ops: Vec<Write>) {
-    let mut answers = Vec::with_capacity(ops.len());
-    let committed = (|| -> Result<(), StoreError> {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut listening: HashMap<String, Vec<SubscriptionRecord>> = HashMap::new();
-        for op in ops {
-            let mut savepoint = tx.savepoint()?;
-            let outcome = apply(&savepoint, &mut listening, &op);
-            if outcome.is_ok() {
-                savepoint.commit()?;
-            } else {
-                savepoint.rollback()?;
-            }
-            answers.push((op, outcome));
-        }
-        tx.commit()?;
-        Ok(())
-    })();
-    for (op, outcome) in answers {
-        let outcome = match &committed {
-            Ok(()) => outcome,
-            Err(e) => Err(StoreError::NotStored(e.to_string())),
-        };
+    let outcomes = match apply_all(conn, &ops) {
+        Ok(counts) => counts.into_iter().map(Ok).collect(),
+        Err(e) if ops.len() == 1 => vec![Err(e)],
+        Err(_) => ops
+            .iter()
+            .map(|op| apply_all(conn, std::slice::from_ref(op)).map(|counts| counts[0]))
+            .collect(),
+    };
+    for (op, outcome) in ops.into_iter().zip(outcomes) {
         match op {
             Write::Publish { reply, .. } => drop(reply.send(outcome)),
             Write::Record { reply, .. } => drop(reply.send(outcome.map(|_| ()))),
         }
     }
+}
+
+/// Applies `ops` in one transaction: each one's count, or the first error
+/// (and nothing stored).
+fn apply_all(conn: &mut Connection, ops: &[Write]) -> Result<Vec<usize>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut listening: HashMap<String, Vec<SubscriptionRecord>> = HashMap::new();
+    let counts = ops
+        .iter()
+        .map(|op| apply(&tx, &mut listening, op))
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.commit()
+        .map_err(|e| StoreError::NotStored(e.to_string()))?;
+    Ok(counts)
 }
 
 /// Applies one write; for a publish, how many deliveries it queued.
