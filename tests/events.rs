@@ -757,3 +757,8 @@ async fn redirects_are_not_followed_by_deliveries_or_handshakes() {
         "the redirect's target received a request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_put_again_receives_nothing_until_its_new_handshake_passes() {
+    events_wait_for_a_moved_subscription_s_new_handshake(&Cloud::start()).await;
+}

@@ -219,3 +219,9 @@ async fn dead_letters_are_paged() {
     let url = PgCluster::shared().create_database().await.unwrap();
     dead_letters_come_in_pages(&on(&url)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_put_again_receives_nothing_until_its_new_handshake_passes() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    events_wait_for_a_moved_subscription_s_new_handshake(&on(&url)).await;
+}

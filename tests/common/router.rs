@@ -385,3 +385,63 @@ pub async fn dead_letters_come_in_pages(cloud: &Cloud) {
         (axum::http::StatusCode::BAD_REQUEST, Some("InvalidQuery"))
     );
 }
+
+/// A subscription put again at another endpoint receives nothing there
+/// until the new handshake passes: its owed events wait (`held`), then go
+/// to the endpoint that proved it wants them.
+pub async fn events_wait_for_a_moved_subscription_s_new_handshake(cloud: &Cloud) {
+    let (endpoint, key) = cloud.topic("moves", "EventGridSchema").await;
+    // The first receiver holds its answer, so the event is still owed
+    // when the subscription moves.
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut first = Receiver::start_held(hold.clone()).await;
+    first.state.script.lock().unwrap().push(500);
+    cloud.subscribe("moves", "mover", hook(&first.url)).await;
+    cloud.wait_state("moves", "mover", "Succeeded").await;
+    let (s, _) = cloud
+        .publish(&endpoint, &key, json!([event("m1", "Galaxy.Created", 1)]))
+        .await;
+    assert_eq!(s, 200);
+    first.next().await;
+
+    // Put again at a receiver that refuses the handshake: the owed event
+    // waits, and once the first attempt (a 500) is recorded it still
+    // waits rather than being retried at the refusing receiver.
+    let mut refusing = Receiver::start(Handshake::Refuse, vec![]).await;
+    cloud.subscribe("moves", "mover", hook(&refusing.url)).await;
+    cloud.wait_state("moves", "mover", "Failed").await;
+    hold.add_permits(1);
+    let path = "/api/events/topics/moves/events/m1/deliveries";
+    let held = cloud
+        .get_until(
+            path,
+            "the first attempt recorded and the event held",
+            |_, v| {
+                v["value"][0]["attempts"]
+                    .as_array()
+                    .is_some_and(|a| a.len() == 1)
+            },
+        )
+        .await;
+    assert_eq!(held["value"][0]["state"], "held", "{held}");
+
+    // Put again at a receiver that answers: the event goes there, as its
+    // second attempt, and never to the refusing one.
+    let mut answering = Receiver::start(Handshake::Answer, vec![]).await;
+    cloud
+        .subscribe("moves", "mover", hook(&answering.url))
+        .await;
+    let (headers, body) = answering.next().await;
+    assert_eq!(body[0]["id"], "m1");
+    assert_eq!(headers["aeg-delivery-count"], "1");
+    assert!(
+        refusing.got.try_recv().is_err(),
+        "a receiver that refused its handshake got an event"
+    );
+    let done = cloud
+        .get_until(path, "the second attempt recorded", |_, v| {
+            v["value"][0]["state"] == "delivered"
+        })
+        .await;
+    assert_eq!(done["value"][0]["attempts"].as_array().unwrap().len(), 2);
+}

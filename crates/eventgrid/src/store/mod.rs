@@ -501,6 +501,8 @@ impl RouterStore {
             .set_provisioning(topic, name, state, reason)
             .await;
         self.changed();
+        // Its held deliveries are pending again.
+        self.woken(usize::from(state == Provisioning::Succeeded));
         r
     }
 

@@ -319,7 +319,7 @@ impl Backend for PgRouter {
         .await
         .map_err(pg)?;
         tx.execute(
-            "DELETE FROM deliveries WHERE lower(topic) = lower($1) AND state = 'pending'",
+            "DELETE FROM deliveries WHERE lower(topic) = lower($1) AND state IN ('pending', 'held')",
             &[&name],
         )
         .await
@@ -372,6 +372,7 @@ impl Backend for PgRouter {
         )
         .await
         .map_err(pg)?;
+        hold_or_release(&tx, topic, name, state).await?;
         tx.commit().await.map_err(pg)?;
         Ok(SubscriptionRecord {
             topic: topic.to_string(),
@@ -390,8 +391,9 @@ impl Backend for PgRouter {
         state: Provisioning,
         reason: Option<String>,
     ) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        let n = c
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let n = tx
             .execute(
                 "UPDATE subscriptions SET state = $3, reason = $4
                  WHERE lower(topic) = lower($1) AND lower(name) = lower($2)",
@@ -402,6 +404,8 @@ impl Backend for PgRouter {
         if n == 0 {
             return Err(StoreError::NoSubscription(topic.into(), name.into()));
         }
+        hold_or_release(&tx, topic, name, state).await?;
+        tx.commit().await.map_err(pg)?;
         Ok(())
     }
 
@@ -455,7 +459,7 @@ impl Backend for PgRouter {
         }
         tx.execute(
             "DELETE FROM deliveries WHERE lower(topic) = lower($1) AND lower(subscription) = lower($2)
-             AND state = 'pending'",
+             AND state IN ('pending', 'held')",
             &[&topic, &name],
         )
         .await
@@ -598,7 +602,8 @@ impl Backend for PgRouter {
             .map_err(pg)?;
         let update = tx
             .prepare_cached(
-                "UPDATE deliveries SET state = $4, attempts = $5, due_ms = $6, last_outcome = $7,
+                "UPDATE deliveries SET state = CASE WHEN state = 'held' AND $4 = 'pending' THEN 'held' ELSE $4 END,
+                     attempts = $5, due_ms = $6, last_outcome = $7,
                      last_attempt_ms = $8, reason = $9, lease_owner = NULL, lease_until = NULL
                  WHERE seq = $1 AND topic = $2 AND subscription = $3",
             )
@@ -872,4 +877,28 @@ async fn snapshot(
         .start()
         .await
         .map_err(pg)
+}
+
+/// A subscription's undelivered events wait (`held`) while it is not
+/// `Succeeded` and go back to `pending` when it is (see the SQLite
+/// backend's `hold_or_release`).
+async fn hold_or_release(
+    tx: &deadpool_postgres::Transaction<'_>,
+    topic: &str,
+    name: &str,
+    state: Provisioning,
+) -> Result<(), StoreError> {
+    let (from, to) = if state == Provisioning::Succeeded {
+        ("held", "pending")
+    } else {
+        ("pending", "held")
+    };
+    tx.execute(
+        "UPDATE deliveries SET state = $4
+         WHERE lower(topic) = lower($1) AND lower(subscription) = lower($2) AND state = $3",
+        &[&topic, &name, &from, &to],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
 }

@@ -42,6 +42,28 @@ pub(super) struct SqliteRouter {
     writer: Arc<GroupCommit<Write>>,
 }
 
+/// A subscription's undelivered events wait (`held`) while it is not
+/// `Succeeded` (put again and not yet through its new handshake, or
+/// failed it) and go back to `pending` when it is: nothing reaches an
+/// endpoint before it proved it wants the events.
+fn hold_or_release(
+    tx: &Connection,
+    topic: &str,
+    name: &str,
+    state: Provisioning,
+) -> Result<(), StoreError> {
+    let (from, to) = if state == Provisioning::Succeeded {
+        ("held", "pending")
+    } else {
+        ("pending", "held")
+    };
+    tx.execute(
+        "UPDATE deliveries SET state = ?4 WHERE topic = ?1 AND subscription = ?2 AND state = ?3",
+        params![topic, name, from, to],
+    )?;
+    Ok(())
+}
+
 fn topic_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TopicRecord> {
     Ok(TopicRecord {
         name: r.get(0)?,
@@ -240,7 +262,7 @@ impl Backend for SqliteRouter {
             }
             tx.execute("DELETE FROM subscriptions WHERE topic = ?1", [&name])?;
             tx.execute(
-                "DELETE FROM deliveries WHERE topic = ?1 AND state = 'pending'",
+                "DELETE FROM deliveries WHERE topic = ?1 AND state IN ('pending', 'held')",
                 [&name],
             )?;
             tx.commit()?;
@@ -301,6 +323,7 @@ impl Backend for SqliteRouter {
                      state = excluded.state, reason = NULL, validation_code = excluded.validation_code",
                 params![topic, name, json, state.as_str(), validation_code],
             )?;
+            hold_or_release(&tx, &topic, &name, state)?;
             tx.commit()?;
             Ok(SubscriptionRecord {
                 topic,
@@ -324,13 +347,16 @@ impl Backend for SqliteRouter {
     ) -> Result<(), StoreError> {
         let (topic, name) = (topic.to_string(), name.to_string());
         self.call(move |conn| {
-            let n = conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
                 "UPDATE subscriptions SET state = ?3, reason = ?4 WHERE topic = ?1 AND name = ?2",
                 params![topic, name, state.as_str(), reason],
             )?;
             if n == 0 {
                 return Err(StoreError::NoSubscription(topic, name));
             }
+            hold_or_release(&tx, &topic, &name, state)?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -383,7 +409,7 @@ impl Backend for SqliteRouter {
                 return Err(StoreError::NoSubscription(topic, name));
             }
             tx.execute(
-                "DELETE FROM deliveries WHERE topic = ?1 AND subscription = ?2 AND state = 'pending'",
+                "DELETE FROM deliveries WHERE topic = ?1 AND subscription = ?2 AND state IN ('pending', 'held')",
                 [&topic, &name],
             )?;
             tx.commit()?;

@@ -109,7 +109,8 @@ fn record_in(tx: &Connection, attempts: &[RecordedAttempt]) -> Result<(), StoreE
         ])?;
         let (state, due, reason) = next_state(a);
         tx.prepare_cached(
-            "UPDATE deliveries SET state = ?4, attempts = ?5, due_ms = ?6, last_outcome = ?7,
+            "UPDATE deliveries SET state = CASE WHEN state = 'held' AND ?4 = 'pending' THEN 'held' ELSE ?4 END,
+                 attempts = ?5, due_ms = ?6, last_outcome = ?7,
                  last_attempt_ms = ?8, reason = ?9
              WHERE seq = ?1 AND topic = ?2 AND subscription = ?3",
         )?
