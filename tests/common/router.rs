@@ -388,7 +388,8 @@ pub async fn dead_letters_come_in_pages(cloud: &Cloud) {
 
 /// A subscription put again at another endpoint receives nothing there
 /// until the new handshake passes: its owed events wait (`held`), then go
-/// to the endpoint that proved it wants them.
+/// to the endpoint that proved it wants them; a dead letter re-driven
+/// while it awaits a handshake waits as well.
 pub async fn events_wait_for_a_moved_subscription_s_new_handshake(cloud: &Cloud) {
     let (endpoint, key) = cloud.topic("moves", "EventGridSchema").await;
     // The first receiver holds its answer, so the event is still owed
@@ -444,4 +445,39 @@ pub async fn events_wait_for_a_moved_subscription_s_new_handshake(cloud: &Cloud)
         })
         .await;
     assert_eq!(done["value"][0]["attempts"].as_array().unwrap().len(), 2);
+
+    // A dead letter re-driven while the subscription awaits a handshake
+    // waits too.
+    answering.state.script.lock().unwrap().push(400);
+    let (s, _) = cloud
+        .publish(&endpoint, &key, json!([event("m2", "Galaxy.Created", 2)]))
+        .await;
+    assert_eq!(s, 200);
+    answering.next().await;
+    cloud
+        .get_until(
+            "/api/events/topics/moves/eventSubscriptions/mover/deadLetters",
+            "m2 dead-lettered",
+            |_, v| v["value"].as_array().is_some_and(|l| l.len() == 1),
+        )
+        .await;
+    cloud.subscribe("moves", "mover", hook(&refusing.url)).await;
+    cloud.wait_state("moves", "mover", "Failed").await;
+    let (s, r) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/api/events/topics/moves/eventSubscriptions/mover/redeliver",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((s, r["redelivered"].as_i64()), (StatusCode::OK, Some(1)));
+    let (_, m2) = cloud
+        .call(
+            reqwest::Method::GET,
+            "/api/events/topics/moves/events/m2/deliveries",
+            None,
+        )
+        .await;
+    assert_eq!(m2["value"][0]["state"], "held", "{m2}");
+    assert!(refusing.got.try_recv().is_err());
 }

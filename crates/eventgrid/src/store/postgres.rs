@@ -699,8 +699,10 @@ impl Backend for PgRouter {
         let c = self.client().await?;
         let n = c
             .execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, due_ms = $3, reason = NULL,
-                     lease_owner = NULL, lease_until = NULL
+                "UPDATE deliveries SET state = CASE WHEN (SELECT state FROM subscriptions
+                         WHERE lower(topic) = lower($1) AND lower(name) = lower($2)) = 'Succeeded'
+                         THEN 'pending' ELSE 'held' END,
+                     attempts = 0, due_ms = $3, reason = NULL, lease_owner = NULL, lease_until = NULL
                  WHERE lower(topic) = lower($1) AND lower(subscription) = lower($2) AND state = 'dead'
                    AND ($4::int8[] IS NULL OR seq = ANY($4))",
                 &[&topic, &subscription, &now_ms, &only],

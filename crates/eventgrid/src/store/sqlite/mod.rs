@@ -619,7 +619,9 @@ impl Backend for SqliteRouter {
                 let mut n = 0;
                 let one = |seq: Option<i64>| -> Result<usize, StoreError> {
                     Ok(tx.execute(
-                        "UPDATE deliveries SET state = 'pending', attempts = 0, due_ms = ?3, reason = NULL
+                        "UPDATE deliveries SET state = CASE WHEN (SELECT state FROM subscriptions
+                                 WHERE topic = ?1 AND name = ?2) = 'Succeeded' THEN 'pending' ELSE 'held' END,
+                             attempts = 0, due_ms = ?3, reason = NULL
                          WHERE topic = ?1 AND subscription = ?2 AND state = 'dead' AND (?4 IS NULL OR seq = ?4)",
                         params![topic, subscription, now_ms, seq],
                     )?)
