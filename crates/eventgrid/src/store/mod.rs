@@ -747,6 +747,19 @@ pub(crate) fn record_of(
 }
 
 /// What a record-attempt update sets: state, due time, dead-letter reason.
+/// Which delivery state a subscription's undelivered events move from and
+/// to when it enters `state`: a subscription that is not `Succeeded` (put
+/// again and not yet through its new handshake, or failed it) has them
+/// `held`, one that is has them `pending` again, so nothing reaches an
+/// endpoint before it proved it wants the events.
+pub(crate) fn held_transition(state: Provisioning) -> (&'static str, &'static str) {
+    if state == Provisioning::Succeeded {
+        ("held", "pending")
+    } else {
+        ("pending", "held")
+    }
+}
+
 pub(crate) fn next_state(a: &RecordedAttempt) -> (&'static str, i64, Option<String>) {
     match &a.next {
         Next::Delivered => ("delivered", a.at_ms, None),

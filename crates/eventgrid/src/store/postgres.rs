@@ -22,8 +22,8 @@ use durable::store::page::PageBuilder;
 use serde_json::Value;
 
 use super::{
-    attempt_json, delivery_json, next_state, parse_schema, record_of, schema_name, Backend,
-    DeadLetter, DueDelivery, InFlight, Provisioning, RecordedAttempt, StoreError,
+    attempt_json, delivery_json, held_transition, next_state, parse_schema, record_of, schema_name,
+    Backend, DeadLetter, DueDelivery, InFlight, Provisioning, RecordedAttempt, StoreError,
     SubscriptionRecord, TopicCounts, TopicRecord,
 };
 use crate::event::{Event, Schema};
@@ -881,20 +881,15 @@ async fn snapshot(
         .map_err(pg)
 }
 
-/// A subscription's undelivered events wait (`held`) while it is not
-/// `Succeeded` and go back to `pending` when it is (see the SQLite
-/// backend's `hold_or_release`).
+/// Holds or releases a subscription's undelivered events as it enters
+/// `state` (see [`held_transition`]).
 async fn hold_or_release(
     tx: &deadpool_postgres::Transaction<'_>,
     topic: &str,
     name: &str,
     state: Provisioning,
 ) -> Result<(), StoreError> {
-    let (from, to) = if state == Provisioning::Succeeded {
-        ("held", "pending")
-    } else {
-        ("pending", "held")
-    };
+    let (from, to) = held_transition(state);
     tx.execute(
         "UPDATE deliveries SET state = $4
          WHERE lower(topic) = lower($1) AND lower(subscription) = lower($2) AND state = $3",

@@ -18,9 +18,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{
-    attempt_json, delivery_json, delivery_key, next_state, parse_schema, record_of, schema_name,
-    Backend, DeadLetter, DueDelivery, InFlight, Provisioning, RecordedAttempt, StoreError,
-    SubscriptionRecord, TopicCounts, TopicRecord,
+    attempt_json, delivery_json, delivery_key, held_transition, next_state, parse_schema,
+    record_of, schema_name, Backend, DeadLetter, DueDelivery, InFlight, Provisioning,
+    RecordedAttempt, StoreError, SubscriptionRecord, TopicCounts, TopicRecord,
 };
 use crate::event::{Event, Schema};
 
@@ -42,21 +42,15 @@ pub(super) struct SqliteRouter {
     writer: Arc<GroupCommit<Write>>,
 }
 
-/// A subscription's undelivered events wait (`held`) while it is not
-/// `Succeeded` (put again and not yet through its new handshake, or
-/// failed it) and go back to `pending` when it is: nothing reaches an
-/// endpoint before it proved it wants the events.
+/// Holds or releases a subscription's undelivered events as it enters
+/// `state` (see [`held_transition`]).
 fn hold_or_release(
     tx: &Connection,
     topic: &str,
     name: &str,
     state: Provisioning,
 ) -> Result<(), StoreError> {
-    let (from, to) = if state == Provisioning::Succeeded {
-        ("held", "pending")
-    } else {
-        ("pending", "held")
-    };
+    let (from, to) = held_transition(state);
     tx.execute(
         "UPDATE deliveries SET state = ?4 WHERE topic = ?1 AND subscription = ?2 AND state = ?3",
         params![topic, name, from, to],
