@@ -123,7 +123,7 @@ pub async fn validate(
     // shared database) is checked again before it is called.
     let outcome = match crate::egress::check_url(&hook.endpoint_url) {
         Err(why) => Handshake::Failed(why),
-        Ok(_) => handshake(http, sub, hook, schema, timeout).await,
+        Ok(url) => handshake(http, sub, url, schema, timeout).await,
     };
     let (state, reason) = match outcome {
         Handshake::Passed => (Provisioning::Succeeded, None),
@@ -158,7 +158,7 @@ impl From<Result<(), String>> for Handshake {
 async fn handshake(
     http: &reqwest::Client,
     sub: &SubscriptionRecord,
-    hook: &WebHook,
+    url: reqwest::Url,
     schema: Schema,
     timeout: Duration,
 ) -> Handshake {
@@ -175,7 +175,7 @@ async fn handshake(
                 "metadataVersion": "1",
             }]);
             let sent = http
-                .post(&hook.endpoint_url)
+                .post(url)
                 .header("aeg-event-type", "SubscriptionValidation")
                 .header("aeg-subscription-name", sub.name.to_uppercase())
                 .json(&event)
@@ -206,7 +206,7 @@ async fn handshake(
         }
         Schema::CloudEvents => {
             let sent = http
-                .request(reqwest::Method::OPTIONS, &hook.endpoint_url)
+                .request(reqwest::Method::OPTIONS, url)
                 .header("WebHook-Request-Origin", "eventgrid.galaxy-forge.local")
                 .header("WebHook-Request-Rate", "120")
                 .timeout(timeout)
@@ -298,9 +298,9 @@ async fn post(
 ) -> Attempt {
     // Checked again at each request: the URL may have been stored before
     // today's rules, or by an older process on a shared database.
-    if crate::egress::check_url(&hook.endpoint_url).is_err() {
+    let Ok(url) = crate::egress::check_url(&hook.endpoint_url) else {
         return Attempt::Refused;
-    }
+    };
     // Events are serialized from where they are; only a conversion makes
     // new ones.
     let converted: Vec<Value>;
@@ -313,7 +313,7 @@ async fn post(
     };
     let first = &batch[0];
     let mut request = http
-        .post(&hook.endpoint_url)
+        .post(url)
         .timeout(timeout)
         .header("aeg-subscription-name", sub.to_uppercase())
         .header("aeg-delivery-count", first.attempts.to_string())

@@ -162,7 +162,7 @@ impl SubscriptionInput {
         }
         match &self.destination {
             Destination::WebHook(w) => {
-                check_url(&w.endpoint_url)?;
+                crate::egress::check_url(&w.endpoint_url)?;
                 if !(1..=5000).contains(&w.max_events_per_batch) {
                     return Err("maxEventsPerBatch must be 1 to 5000".into());
                 }
@@ -255,11 +255,6 @@ fn integral_floats_as_integers(v: Value) -> Value {
         ),
         other => other,
     }
-}
-
-/// A webhook URL the router may call (see [`crate::egress`]).
-pub fn check_url(url: &str) -> Result<(), String> {
-    crate::egress::check_url(url).map(|_| ())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::filter::{MAX_ADVANCED_FILTERS, MAX_STRING_CHARS, MAX_VALUES};
 use crate::model::MAX_DELIVERY_HEADERS;
 
-/// The shape `check_url` asks for, short of a full URL parse and the
+/// The shape `egress::check_url` asks for, short of a full URL parse and the
 /// forbidden hosts: `http://` or `https://`, an authority whose host
 /// (after the last `@`, before the first `:`, or inside brackets) is not
 /// empty, then anything after a `/`, `?` or `#`.
