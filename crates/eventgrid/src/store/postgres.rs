@@ -29,6 +29,7 @@ use super::{
 use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
 use crate::sas::new_key;
+use durable::store::postgres::read_snapshot;
 
 /// Longest a delivery loop sleeps without looking at the shared table.
 pub const SHARED_RECHECK_MS: i64 = 5_000;
@@ -718,7 +719,7 @@ impl Backend for PgRouter {
         event_id: &str,
     ) -> Result<Vec<Value>, StoreError> {
         let mut client = self.client().await?;
-        let c = snapshot(&mut client).await?;
+        let c = read_snapshot(&mut client).await.map_err(pg)?;
         let rows = c
             .query(
                 "SELECT d.seq, d.subscription, d.state, d.attempts, d.reason FROM deliveries d
@@ -756,7 +757,7 @@ impl Backend for PgRouter {
 
     async fn counts(&self) -> Result<Vec<TopicCounts>, StoreError> {
         let mut client = self.client().await?;
-        let c = snapshot(&mut client).await?;
+        let c = read_snapshot(&mut client).await.map_err(pg)?;
         let row = |t: String| TopicCounts {
             topic: t,
             ..TopicCounts::default()
@@ -865,20 +866,6 @@ impl Backend for PgRouter {
         tx.commit().await.map_err(pg)?;
         Ok(seqs.len())
     }
-}
-
-/// A read-only transaction that sees one snapshot, for answers read with
-/// several statements while deliveries are recorded.
-async fn snapshot(
-    client: &mut deadpool_postgres::Object,
-) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
-    client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(pg)
 }
 
 /// Holds or releases a subscription's undelivered events as it enters

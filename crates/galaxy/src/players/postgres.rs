@@ -441,11 +441,7 @@ impl PgPlayers {
     ) -> Result<PullResponse, PlayersError> {
         let mut client = self.client().await?;
         // One snapshot for the counter and the rows.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
+        let tx = durable::store::postgres::read_snapshot(&mut client)
             .await
             .map_err(pg)?;
         let (latest, floor) = tx

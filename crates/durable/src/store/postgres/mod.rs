@@ -162,6 +162,21 @@ pub enum SchemaPoolError {
     Pool(String),
 }
 
+/// A read-only transaction that sees one snapshot (repeatable read), for
+/// answers read with several statements while others commit: the engine's
+/// status with its history, the players store's pull page, the event
+/// router's delivery histories and counts.
+pub async fn read_snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+}
+
 /// A pool of `size` connections whose sessions work in `schema`
 /// (`search_path`), and the connection target (for a listener of one's
 /// own): how the crates that keep their tables beside the engine's (the

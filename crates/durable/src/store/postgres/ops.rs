@@ -380,13 +380,7 @@ impl Store for PostgresStore {
         };
         // One snapshot for the status and its history: a turn that
         // commits in between cannot make them disagree.
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db_err)?;
+        let tx = read_snapshot(&mut c).await.map_err(db_err)?;
         let row = tx
             .query_opt(&sql, &[&instance_id.as_str()])
             .await
