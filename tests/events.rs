@@ -762,3 +762,8 @@ async fn redirects_are_not_followed_by_deliveries_or_handshakes() {
 async fn a_subscription_put_again_receives_nothing_until_its_new_handshake_passes() {
     events_wait_for_a_moved_subscription_s_new_handshake(&Cloud::start()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_events_are_dead_lettered_when_their_time_to_live_passes() {
+    held_events_expire_with_their_time_to_live(&Cloud::start()).await;
+}

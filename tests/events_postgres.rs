@@ -225,3 +225,9 @@ async fn a_subscription_put_again_receives_nothing_until_its_new_handshake_passe
     let url = PgCluster::shared().create_database().await.unwrap();
     events_wait_for_a_moved_subscription_s_new_handshake(&on(&url)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_events_are_dead_lettered_when_their_time_to_live_passes() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    held_events_expire_with_their_time_to_live(&on(&url)).await;
+}

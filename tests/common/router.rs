@@ -481,3 +481,63 @@ pub async fn events_wait_for_a_moved_subscription_s_new_handshake(cloud: &Cloud)
     assert_eq!(m2["value"][0]["state"], "held", "{m2}");
     assert!(refusing.got.try_recv().is_err());
 }
+
+/// A held delivery (its subscription awaits a handshake) is dead-lettered
+/// once its event outlives the subscription's time to live, counted from
+/// publishing as for any delivery, rather than waiting for ever; the
+/// receiver that refused the handshake gets nothing.
+pub async fn held_events_expire_with_their_time_to_live(cloud: &Cloud) {
+    let (endpoint, key) = cloud.topic("lapses", "EventGridSchema").await;
+    let with_ttl = |url: &str| {
+        let mut sub = hook(url);
+        // 60 minutes: 3.6 s at the tests' retry scale (0.001), long after
+        // the first attempt is recorded (so it is retried, not expired).
+        sub["retryPolicy"] = json!({"eventTimeToLiveInMinutes": 60});
+        sub
+    };
+    // The first receiver holds its answer (a 500), so the event is still
+    // owed when the subscription moves.
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut first = Receiver::start_held(hold.clone()).await;
+    first.state.script.lock().unwrap().push(500);
+    cloud
+        .subscribe("lapses", "lapsed", with_ttl(&first.url))
+        .await;
+    cloud.wait_state("lapses", "lapsed", "Succeeded").await;
+    let (s, _) = cloud
+        .publish(&endpoint, &key, json!([event("l1", "Galaxy.Created", 1)]))
+        .await;
+    assert_eq!(s, 200);
+    first.next().await;
+    let mut refusing = Receiver::start(Handshake::Refuse, vec![]).await;
+    cloud
+        .subscribe("lapses", "lapsed", with_ttl(&refusing.url))
+        .await;
+    cloud.wait_state("lapses", "lapsed", "Failed").await;
+    hold.add_permits(1);
+
+    let letters = cloud
+        .get_until(
+            "/api/events/topics/lapses/eventSubscriptions/lapsed/deadLetters",
+            "the held event dead-lettered",
+            |_, v| v["value"].as_array().is_some_and(|l| l.len() == 1),
+        )
+        .await;
+    let letter = &letters["value"][0];
+    assert_eq!(letter["event"]["id"], "l1", "{letter}");
+    assert_eq!(letter["deadLetterReason"], "TimeToLiveExceeded", "{letter}");
+    assert_eq!(letter["deliveryAttempts"], 1, "{letter}");
+    assert_eq!(letter["lastDeliveryOutcome"], "GenericError", "{letter}");
+    let (_, l1) = cloud
+        .call(
+            reqwest::Method::GET,
+            "/api/events/topics/lapses/events/l1/deliveries",
+            None,
+        )
+        .await;
+    assert_eq!(l1["value"][0]["state"], "dead", "{l1}");
+    assert!(
+        refusing.got.try_recv().is_err(),
+        "a receiver that refused its handshake got an event"
+    );
+}

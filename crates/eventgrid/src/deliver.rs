@@ -445,7 +445,9 @@ async fn deliver_batch(
 /// there is room for requests in flight (skipping the ones already in
 /// flight, kept in memory: a crash sends them again, at least once), and
 /// otherwise sleeps until the next delivery is due, a publish wakes it, or
-/// a request finishes. A slow receiver only holds its own requests.
+/// a request finishes. A slow receiver only holds its own requests. Once a
+/// minute it also dead-letters held deliveries that outlived their time to
+/// live ([`RouterStore::expire_held`]).
 ///
 /// Finished requests' attempts are recorded by a task of their own, many
 /// per transaction, so the loop never waits for a commit; a delivery stays
@@ -465,6 +467,8 @@ pub async fn run(
     let sent: InFlight = Arc::default();
     let (finished, recorder) = tokio::sync::mpsc::unbounded_channel();
     let recording = tokio::spawn(record(store.clone(), recorder, sent.clone()));
+    let mut expiry = tokio::time::interval(expiry_every(config.retry_scale));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some(done) = in_flight.try_join_next() {
             let _ = finished.send(done.unwrap_or_default());
@@ -498,6 +502,13 @@ pub async fn run(
             _ = &mut stop => break,
             _ = wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
+            _ = expiry.tick() => {
+                match store.expire_held(now_ms(), config.retry_scale, &sent).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("{n} held deliveries outlived their time to live"),
+                    Err(e) => tracing::warn!("expiring held deliveries: {e}"),
+                }
+            }
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let _ = finished.send(done.unwrap_or_default());
             }
@@ -507,6 +518,15 @@ pub async fn run(
     // what finished is recorded before the loop is done.
     drop(finished);
     let _ = recording.await;
+}
+
+/// How often the loop dead-letters held deliveries past their time to
+/// live: times to live are whole minutes, so once a minute (scaled like the
+/// retry schedule, so tests see it in milliseconds).
+fn expiry_every(retry_scale: f64) -> Duration {
+    Duration::from_secs(60)
+        .mul_f64(retry_scale.max(0.0))
+        .max(Duration::from_millis(20))
 }
 
 /// Records finished attempts as they come (everything waiting goes into

@@ -80,6 +80,14 @@ impl RetryPolicy {
         }
         Ok(())
     }
+
+    /// How long an event may wait for this subscription, counted from
+    /// publishing, with delays multiplied by `scale` (the delivery's retry
+    /// scale).
+    pub fn time_to_live(&self, scale: f64) -> Duration {
+        Duration::from_secs(u64::from(self.event_time_to_live_in_minutes) * 60)
+            .mul_f64(scale.max(0.0))
+    }
 }
 
 /// How one attempt ended.
@@ -155,9 +163,7 @@ pub fn decide(
     if let Attempt::Status(429 | 503, Some(after)) = attempt {
         delay = delay.max(after.mul_f64(scale.clamp(0.0, 1.0).max(f64::MIN_POSITIVE)));
     }
-    let ttl = Duration::from_secs(u64::from(policy.event_time_to_live_in_minutes) * 60)
-        .mul_f64(scale.max(0.0));
-    if age + delay > ttl {
+    if age + delay > policy.time_to_live(scale) {
         return Decision::DeadLetter("TimeToLiveExceeded");
     }
     Decision::RetryAfter(delay)

@@ -324,6 +324,20 @@ trait Backend: Send + Sync + 'static {
     /// deliveries all succeeded (or that had none), with their deliveries
     /// and attempts, adding them to the swept counts. Returns how many.
     async fn sweep(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError>;
+    /// The subscriptions (topic, name) that have held deliveries.
+    async fn held_subscriptions(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Dead-letters (`TimeToLiveExceeded`) the subscription's held
+    /// deliveries of events published before `cutoff_ms`, except those with
+    /// an attempt in flight (`in_flight` on SQLite; PostgreSQL's leases).
+    /// Returns how many.
+    async fn expire_held(
+        &self,
+        topic: &str,
+        subscription: &str,
+        cutoff_ms: i64,
+        now_ms: i64,
+        in_flight: InFlight,
+    ) -> Result<usize, StoreError>;
 }
 
 /// The router's store. Cloning shares it.
@@ -682,6 +696,33 @@ impl RouterStore {
                 return Ok(total);
             }
         }
+    }
+    /// Dead-letters held deliveries (their subscription awaits a
+    /// handshake) whose event has outlived the subscription's time to
+    /// live, counted from publishing as for any delivery
+    /// (`TimeToLiveExceeded`): a subscription that never passes its
+    /// handshake does not keep its events forever. `ttl_scale` is the
+    /// delivery's retry scale; `in_flight` the delivery loop's requests in
+    /// flight (their records decide those). Returns how many.
+    pub async fn expire_held(
+        &self,
+        now_ms: i64,
+        ttl_scale: f64,
+        in_flight: &InFlight,
+    ) -> Result<usize, StoreError> {
+        let mut expired = 0;
+        for (topic, name) in self.backend.held_subscriptions().await? {
+            let Some(sub) = self.delivery_target(&topic, &name).await else {
+                continue;
+            };
+            let ttl = sub.input.retry_policy.time_to_live(ttl_scale);
+            let cutoff = now_ms.saturating_sub(ttl.as_millis() as i64);
+            expired += self
+                .backend
+                .expire_held(&topic, &name, cutoff, now_ms, in_flight.clone())
+                .await?;
+        }
+        Ok(expired)
     }
 }
 

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::event::{Event, Schema};
 
+mod retention;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -726,48 +727,28 @@ impl Backend for SqliteRouter {
     }
 
     async fn sweep(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        self.call(move |conn| retention::sweep(conn, before_ms, limit))
+            .await
+    }
+
+    async fn held_subscriptions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(|conn| retention::held_subscriptions(conn)).await
+    }
+
+    /// The in-flight set is copied before the transaction begins, as in
+    /// `due`: a delivery missing from the copy has its record committed.
+    async fn expire_held(
+        &self,
+        topic: &str,
+        subscription: &str,
+        cutoff_ms: i64,
+        now_ms: i64,
+        in_flight: InFlight,
+    ) -> Result<usize, StoreError> {
+        let (topic, subscription) = (topic.to_string(), subscription.to_string());
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let gone: Vec<(i64, String, i64)> = tx
-                .prepare_cached(
-                    "SELECT e.seq, e.topic, (e.size + 65535) / 65536 FROM events e
-                     WHERE e.published_ms < ?1 AND NOT EXISTS
-                       (SELECT 1 FROM deliveries d WHERE d.seq = e.seq AND d.state <> 'delivered')
-                     ORDER BY e.seq LIMIT ?2",
-                )?
-                .query_map(params![before_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?;
-            let mut totals: std::collections::HashMap<String, [i64; 4]> = Default::default();
-            for (seq, topic, billed) in &gone {
-                let delivered: i64 = tx
-                    .prepare_cached("SELECT count(*) FROM deliveries WHERE seq = ?1")?
-                    .query_row([seq], |r| r.get(0))?;
-                let retried: i64 = tx
-                    .prepare_cached("SELECT count(*) FROM attempts WHERE topic = ?1 AND seq = ?2 AND n > 1")?
-                    .query_row(params![topic, seq], |r| r.get(0))?;
-                let t = totals.entry(topic.clone()).or_default();
-                t[0] += 1;
-                t[1] += billed;
-                t[2] += delivered;
-                t[3] += retried;
-                tx.prepare_cached("DELETE FROM attempts WHERE topic = ?1 AND seq = ?2")?
-                    .execute(params![topic, seq])?;
-                tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1")?
-                    .execute([seq])?;
-                tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?
-                    .execute([seq])?;
-            }
-            for (topic, [published, billed, delivered, retried]) in totals {
-                tx.prepare_cached(
-                    "INSERT INTO swept (topic, published, billed, delivered, retried) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (topic) DO UPDATE SET published = published + excluded.published,
-                         billed = billed + excluded.billed, delivered = delivered + excluded.delivered,
-                         retried = retried + excluded.retried",
-                )?
-                .execute(params![topic, published, billed, delivered, retried])?;
-            }
-            tx.commit()?;
-            Ok(gone.len())
+            let in_flight = in_flight.lock().expect("in-flight lock").clone();
+            retention::expire_held(conn, &topic, &subscription, cutoff_ms, now_ms, &in_flight)
         })
         .await
     }

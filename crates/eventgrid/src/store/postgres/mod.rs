@@ -31,6 +31,8 @@ use crate::model::SubscriptionInput;
 use crate::sas::new_key;
 use durable::store::postgres::read_snapshot;
 
+mod retention;
+
 /// Longest a delivery loop sleeps without looking at the shared table.
 pub const SHARED_RECHECK_MS: i64 = 5_000;
 
@@ -143,6 +145,7 @@ impl PgRouter {
                  PRIMARY KEY (seq, topic, subscription)
              );
              CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due_ms) WHERE state = 'pending';
+             CREATE INDEX IF NOT EXISTS deliveries_held ON deliveries (topic, subscription) WHERE state = 'held';
              CREATE TABLE IF NOT EXISTS attempts (
                  seq int8 NOT NULL,
                  topic text NOT NULL,
@@ -806,65 +809,24 @@ impl Backend for PgRouter {
 
     async fn sweep(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
         let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(pg)?;
-        // Events whose deliveries all succeeded, locked so that two
-        // processes sweeping at once count each event once.
-        let gone = tx
-            .query(
-                "SELECT e.seq, e.topic, (e.size + 65535) / 65536 FROM events e
-                 WHERE e.published_ms < $1 AND NOT EXISTS
-                   (SELECT 1 FROM deliveries d WHERE d.seq = e.seq AND d.state <> 'delivered')
-                 ORDER BY e.seq LIMIT $2 FOR UPDATE SKIP LOCKED",
-                &[&before_ms, &(limit as i64)],
-            )
-            .await
-            .map_err(pg)?;
-        let seqs: Vec<i64> = gone.iter().map(|r| r.get(0)).collect();
-        if seqs.is_empty() {
-            return Ok(0);
-        }
-        let mut totals: std::collections::HashMap<String, [i64; 4]> = Default::default();
-        for r in &gone {
-            let t = totals.entry(r.get(1)).or_default();
-            t[0] += 1;
-            t[1] += r.get::<_, i64>(2);
-        }
-        for (sql, i) in [
-            (
-                "SELECT e.topic, count(*) FROM deliveries d JOIN events e ON e.seq = d.seq
-              WHERE d.seq = ANY($1) GROUP BY e.topic",
-                2,
-            ),
-            (
-                "SELECT e.topic, count(*) FROM attempts a JOIN events e ON e.seq = a.seq
-              WHERE a.seq = ANY($1) AND a.n > 1 GROUP BY e.topic",
-                3,
-            ),
-        ] {
-            for r in tx.query(sql, &[&seqs]).await.map_err(pg)? {
-                totals.entry(r.get(0)).or_default()[i] += r.get::<_, i64>(1);
-            }
-        }
-        for sql in [
-            "DELETE FROM attempts WHERE seq = ANY($1)",
-            "DELETE FROM deliveries WHERE seq = ANY($1)",
-            "DELETE FROM events WHERE seq = ANY($1)",
-        ] {
-            tx.execute(sql, &[&seqs]).await.map_err(pg)?;
-        }
-        for (topic, [published, billed, delivered, retried]) in totals {
-            tx.execute(
-                "INSERT INTO swept (topic, published, billed, delivered, retried) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (topic) DO UPDATE SET published = swept.published + excluded.published,
-                     billed = swept.billed + excluded.billed, delivered = swept.delivered + excluded.delivered,
-                     retried = swept.retried + excluded.retried",
-                &[&topic, &published, &billed, &delivered, &retried],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        tx.commit().await.map_err(pg)?;
-        Ok(seqs.len())
+        retention::sweep(&mut c, before_ms, limit).await
+    }
+
+    async fn held_subscriptions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let c = self.client().await?;
+        retention::held_subscriptions(&c).await
+    }
+
+    async fn expire_held(
+        &self,
+        topic: &str,
+        subscription: &str,
+        cutoff_ms: i64,
+        now_ms: i64,
+        _leased: InFlight,
+    ) -> Result<usize, StoreError> {
+        let c = self.client().await?;
+        retention::expire_held(&c, topic, subscription, cutoff_ms, now_ms).await
     }
 }
 
