@@ -3,7 +3,7 @@
 
 import { call } from "./api.js";
 import { toastError } from "./toast.js";
-import { state, putInstance } from "./store.js";
+import { state, putInstance, FILTERS } from "./store.js";
 import { openInstance } from "./detail.js";
 import { showTab } from "./tabs.js";
 import { clickMeasured } from "./hooks.js";
@@ -54,10 +54,14 @@ function cloudView(id, status, old) {
   };
 }
 
-/** Shows a state of a Galaxy_Create this app started in the cloud. */
+/** Shows a state of a Galaxy_Create this app started in the cloud. Its
+ *  states cross: the live stream's (through Rust) can arrive before the
+ *  create command's answer puts "Pending", so nothing goes back to
+ *  "Pending" and nothing follows an end. */
 export function putCloud({ instanceId, runtimeStatus }) {
   const old = state.instances.get(instanceId);
-  if (old && old.runtimeStatus === runtimeStatus) return;
+  if (old && (old.runtimeStatus === runtimeStatus || runtimeStatus === "Pending"
+    || FILTERS.completed.includes(old.runtimeStatus) || FILTERS.failed.includes(old.runtimeStatus))) return;
   putInstance(cloudView(instanceId, runtimeStatus, old));
 }
 $("create-cloud").addEventListener("click", async () => {

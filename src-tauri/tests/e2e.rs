@@ -348,6 +348,51 @@ async fn a_galaxy_made_offline_syncs_once_registered_and_another_devices_galaxy_
     Ok(())
 }
 
+/// A cloud instance's states cross on their way to the page: the live
+/// stream's (through Rust) can arrive before the create command's answer
+/// puts "Pending" (a full-suite run once saw a finished cloud instance
+/// left "Pending" that way). A late "Pending" takes nothing back and
+/// nothing follows an end. The states are sent as the Rust side sends
+/// them, as `cloud-instance` events, one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_instance_s_late_states_take_nothing_back() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let display = Display::start()?;
+    let data = tempfile::tempdir()?;
+    let app = App::launch(&display, data.path()).await?;
+    app.wait_js("an empty universe", &map_count(0)).await?;
+    app.eval_async(
+        "const done = arguments[arguments.length - 1]; \
+         const send = (instanceId, runtimeStatus) => \
+           window.__TAURI__.event.emit('cloud-instance', { instanceId, runtimeStatus }); \
+         (async () => { \
+           for (const s of ['Running', 'Completed', 'Pending', 'Running']) await send('crossed', s); \
+           await send('marker', 'Running'); \
+           done(true); \
+         })();",
+    )
+    .await?;
+    // Events reach the page in the order they were sent: once the marker
+    // shows, every state before it was applied.
+    app.wait_js(
+        "the marker sent last",
+        "return !!document.querySelector('#instance-list li[data-id=\"marker\"]')",
+    )
+    .await?;
+    let shown = app
+        .eval(
+            "return [window.galaxyForge.instance('crossed').runtimeStatus, \
+               document.querySelector('#instance-list li[data-id=\"crossed\"]').dataset.status]",
+        )
+        .await?;
+    ensure!(
+        shown == serde_json::json!(["Completed", "Completed"]),
+        "a finished cloud instance was taken back: {shown}"
+    );
+    app.close().await?;
+    Ok(())
+}
+
 /// Where each panel is and whether it must scroll, as the page measures it.
 const LAYOUT: &str = r##"
 const vw = window.innerWidth, vh = window.innerHeight;
