@@ -16,15 +16,19 @@
 
 mod cache;
 mod postgres;
+mod records;
+mod rows;
 mod sqlite;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+pub use records::*;
+pub use rows::schema_name;
+use rows::{attempt_json, delivery_json, held_transition, next_state, parse_schema, record_of};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use durable::store::page::PageBuilder;
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -37,210 +41,6 @@ use cache::Cache;
 /// finishes (and records) its attempt before anyone else may try.
 pub fn lease_for(delivery_timeout: Duration) -> Duration {
     delivery_timeout * 2
-}
-
-/// Why a store call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No such topic.
-    #[error("no topic '{0}'")]
-    NoTopic(String),
-    /// No such subscription.
-    #[error("no event subscription '{1}' on topic '{0}'")]
-    NoSubscription(String, String),
-    /// The request is not acceptable.
-    #[error("{0}")]
-    Invalid(String),
-    /// A limit on how many topics or subscriptions there may be.
-    #[error("{0}")]
-    Quota(String),
-    /// SQLite failed.
-    #[error("events database error: {0}")]
-    Database(#[from] rusqlite::Error),
-    /// PostgreSQL failed.
-    #[error("events database error: {0}")]
-    Postgres(String),
-    /// A group of writes failed to commit: nothing of it was stored.
-    #[error("events database error: the write was not stored: {0}")]
-    NotStored(String),
-    /// The blocking call did not finish (shutdown).
-    #[error("events store call interrupted: {0}")]
-    Interrupted(String),
-}
-
-/// A topic as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopicRecord {
-    /// Its name.
-    pub name: String,
-    /// The schema publishers use.
-    pub input_schema: Schema,
-    /// `key1`.
-    pub key1: String,
-    /// `key2`.
-    pub key2: String,
-}
-
-/// Where a subscription stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Provisioning {
-    /// Waiting for the endpoint to pass the validation handshake.
-    AwaitingManualAction,
-    /// Active: matching events are delivered.
-    Succeeded,
-    /// The handshake failed (see the reason).
-    Failed,
-}
-
-impl Provisioning {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::AwaitingManualAction => "AwaitingManualAction",
-            Self::Succeeded => "Succeeded",
-            Self::Failed => "Failed",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Self {
-        match s {
-            "Succeeded" => Self::Succeeded,
-            "Failed" => Self::Failed,
-            _ => Self::AwaitingManualAction,
-        }
-    }
-}
-
-/// A subscription as stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SubscriptionRecord {
-    /// Its topic.
-    pub topic: String,
-    /// Its name.
-    pub name: String,
-    /// The definition.
-    pub input: SubscriptionInput,
-    /// Its state.
-    pub provisioning: Provisioning,
-    /// Why it failed, if it did.
-    pub reason: Option<String>,
-    /// The validation code the handshake sent (manual validation URL).
-    pub validation_code: String,
-}
-
-/// Most topics one router keeps (a listing returns them all).
-pub const MAX_TOPICS: usize = 1000;
-/// Most event subscriptions per topic (Azure's limit).
-pub const MAX_SUBSCRIPTIONS_PER_TOPIC: usize = 500;
-
-/// A delivery: (event sequence, topic, subscription), names lower-cased.
-pub type DeliveryKey = (i64, String, String);
-
-/// The key of a delivery of event `seq` to `topic`'s `subscription`.
-pub fn delivery_key(seq: i64, topic: &str, subscription: &str) -> DeliveryKey {
-    (seq, topic.to_lowercase(), subscription.to_lowercase())
-}
-
-/// The deliveries a delivery loop has sent and not yet recorded.
-pub type InFlight = Arc<Mutex<HashSet<DeliveryKey>>>;
-
-/// A delivery due now: the event and where it goes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DueDelivery {
-    /// The event's sequence number.
-    pub seq: i64,
-    /// The topic.
-    pub topic: String,
-    /// The subscription.
-    pub subscription: String,
-    /// The event, in its topic's schema.
-    pub event: Value,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// When the event was accepted (ms since the epoch).
-    pub published_ms: i64,
-}
-
-/// Most event bytes one page of dead letters carries (it stops after the
-/// letter that crosses it; an event is at most 1 MB).
-pub const DEAD_LETTER_PAGE_BYTES: usize = durable::store::page::PAGE_PAYLOAD_BYTES;
-
-/// A page of dead letters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeadLetterPage {
-    /// The letters, oldest first.
-    pub value: Vec<DeadLetter>,
-    /// The sequence to list after for the next page, when more may follow.
-    pub next_after: Option<i64>,
-}
-
-/// One dead letter, as the API lists it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    /// The event's sequence number (what re-drive names).
-    pub sequence: i64,
-    /// The event.
-    pub event: Value,
-    /// `deadLetterReason`.
-    pub dead_letter_reason: String,
-    /// `deliveryAttempts`.
-    pub delivery_attempts: u32,
-    /// `lastDeliveryOutcome`.
-    pub last_delivery_outcome: String,
-    /// `publishTime` (ms since the epoch).
-    pub publish_time_ms: i64,
-    /// `lastDeliveryAttemptTime` (ms since the epoch).
-    pub last_delivery_attempt_time_ms: i64,
-}
-
-/// One topic's event counts, for metrics (read from the store, so they
-/// survive restarts).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TopicCounts {
-    /// The topic.
-    pub topic: String,
-    /// Events accepted.
-    pub published: u64,
-    /// Billed operations: each accepted event in 64 KB units.
-    pub billed_units: u64,
-    /// Deliveries that succeeded.
-    pub delivered: u64,
-    /// Attempts after the first (retries).
-    pub retried: u64,
-    /// Deliveries dead-lettered.
-    pub dead_lettered: u64,
-}
-
-/// What follows an attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Next {
-    /// Delivered.
-    Delivered,
-    /// Retry at this time (ms since the epoch).
-    RetryAt(i64),
-    /// Dead-lettered for this reason.
-    Dead(String),
-}
-
-/// One attempt, to record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordedAttempt {
-    /// The event.
-    pub seq: i64,
-    /// Its topic.
-    pub topic: String,
-    /// The subscription.
-    pub subscription: String,
-    /// This attempt's number (1-based).
-    pub n: u32,
-    /// When it ended (ms since the epoch).
-    pub at_ms: i64,
-    /// `lastDeliveryOutcome`.
-    pub outcome: String,
-    /// The receiver's status, if it answered.
-    pub status: Option<u16>,
-    /// What follows.
-    pub next: Next,
 }
 
 /// What a backend does; [`RouterStore`] adds the delivery loop's wake-ups.
@@ -723,88 +523,5 @@ impl RouterStore {
                 .await?;
         }
         Ok(expired)
-    }
-}
-
-/// The JSON shape of one delivery in [`RouterStore::event_deliveries`].
-pub(crate) fn delivery_json(
-    seq: i64,
-    subscription: &str,
-    state: &str,
-    attempts: i64,
-    reason: Option<String>,
-    tries: Vec<Value>,
-) -> Value {
-    serde_json::json!({
-        "sequence": seq, "subscription": subscription, "state": state, "deliveryAttempts": attempts,
-        "deadLetterReason": reason, "attempts": tries,
-    })
-}
-
-/// The JSON shape of one attempt in [`delivery_json`].
-pub(crate) fn attempt_json(n: i64, at_ms: i64, outcome: String, status: Option<i64>) -> Value {
-    serde_json::json!({ "attempt": n, "timeMs": at_ms, "outcome": outcome, "status": status })
-}
-
-/// The stored name of a topic's input schema.
-pub fn schema_name(s: Schema) -> &'static str {
-    match s {
-        Schema::EventGridSchema => "EventGridSchema",
-        Schema::CloudEvents => "CloudEventSchemaV1_0",
-    }
-}
-
-/// A topic's input schema from its stored name.
-pub(crate) fn parse_schema(s: &str) -> Schema {
-    if s == "CloudEventSchemaV1_0" {
-        Schema::CloudEvents
-    } else {
-        Schema::EventGridSchema
-    }
-}
-
-/// A stored subscription definition back into its record.
-pub(crate) fn record_of(
-    topic: String,
-    name: String,
-    json: &str,
-    state: &str,
-    reason: Option<String>,
-    validation_code: String,
-) -> Result<SubscriptionRecord, StoreError> {
-    let input = serde_json::from_str(json).map_err(|e| {
-        StoreError::Invalid(format!(
-            "stored subscription {topic}/{name} is unreadable: {e}"
-        ))
-    })?;
-    Ok(SubscriptionRecord {
-        topic,
-        name,
-        input,
-        provisioning: Provisioning::parse(state),
-        reason,
-        validation_code,
-    })
-}
-
-/// What a record-attempt update sets: state, due time, dead-letter reason.
-/// Which delivery state a subscription's undelivered events move from and
-/// to when it enters `state`: a subscription that is not `Succeeded` (put
-/// again and not yet through its new handshake, or failed it) has them
-/// `held`, one that is has them `pending` again, so nothing reaches an
-/// endpoint before it proved it wants the events.
-pub(crate) fn held_transition(state: Provisioning) -> (&'static str, &'static str) {
-    if state == Provisioning::Succeeded {
-        ("held", "pending")
-    } else {
-        ("pending", "held")
-    }
-}
-
-pub(crate) fn next_state(a: &RecordedAttempt) -> (&'static str, i64, Option<String>) {
-    match &a.next {
-        Next::Delivered => ("delivered", a.at_ms, None),
-        Next::RetryAt(due) => ("pending", *due, None),
-        Next::Dead(reason) => ("dead", a.at_ms, Some(reason.clone())),
     }
 }
