@@ -7,7 +7,7 @@
 //! The waivers (values only the server can make, such as continuation
 //! tokens) are in tests/clients/schemathesis_hooks.py, each with its
 //! reason. Live streams are left out: they never end, and
-//! tests/stream_memory.rs and tests/cloud_http.rs cover them.
+//! tests/stream_memory.rs and tests/cloud_http/ cover them.
 //! `GF_FUZZ_SEED` and `GF_FUZZ_EXAMPLES` change the run (fixed by
 //! default, so CI sees the same requests every time).
 
