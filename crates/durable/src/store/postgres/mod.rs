@@ -43,7 +43,11 @@
 //!   privilege to see it counts as alive), and once one has stayed gone for
 //!   [`PostgresConfig::dead_after`] (5 s) drops it and makes its leases due
 //!   at once: a killed process's work moves on after seconds instead of
-//!   after the lease. A worker whose listener connection only dropped
+//!   after the lease. That look runs at most once a fifth of `dead_after`
+//!   (every call while a worker is marked): reading `pg_stat_activity` at
+//!   each of a busy process's idle moments cost more server CPU than it
+//!   bought. Idle processes plan a wake-up for their next look, so a dead
+//!   worker is noticed within `dead_after` and one interval. A worker whose listener connection only dropped
 //!   re-registers within that time (its listener reconnects every 500 ms),
 //!   which clears the mark: its running activities are not handed out a
 //!   second time. One disconnected for longer loses its leases: its
@@ -321,6 +325,49 @@ impl Shared {
     }
 }
 
+/// When `next_wake_at` looks for other workers whose listener backend is
+/// gone. The look reads `pg_stat_activity`, which builds an entry for
+/// every backend slot: done at each of a busy process's idle moments (tens
+/// a second), it cost more PostgreSQL CPU than the dispatch queries of
+/// three processes. So it runs at most once an interval (a fifth of
+/// [`PostgresConfig::dead_after`], at most a second), and a call that
+/// skips it plans a wake-up for when the next one is due (when there are
+/// other workers), so an idle process looks too: a dead worker is noticed within `dead_after` plus one
+/// interval.
+#[derive(Debug, Default)]
+struct Liveness {
+    /// When the last look ran.
+    last: Option<std::time::Instant>,
+    /// The last look found a worker gone: look again at every call until
+    /// it is dead or back.
+    suspect: bool,
+    /// The last look found other workers: a skipped look then plans a
+    /// wake-up for the next (alone, there is no one to notice).
+    others: bool,
+}
+
+impl Liveness {
+    /// Whether this call looks, given the interval between looks.
+    fn due(&mut self, every: Duration) -> bool {
+        let now = std::time::Instant::now();
+        let due = self.suspect || self.last.is_none_or(|t| now.duration_since(t) >= every);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+
+    /// How long until the next look is due (zero when it is); `None`
+    /// when the last look found no other worker.
+    fn until_due(&self, every: Duration) -> Option<Duration> {
+        match self.last {
+            _ if !self.others => None,
+            Some(t) if !self.suspect => Some(every.saturating_sub(t.elapsed())),
+            _ => Some(Duration::ZERO),
+        }
+    }
+}
+
 /// Capacity of the remote change channel; an engine that falls further
 /// behind misses changes (its subscribers re-read on `Lagged` anyway).
 const REMOTE_CHANGES: usize = 16_384;
@@ -340,6 +387,8 @@ pub struct PostgresStore {
     affinity_ms: i64,
     /// [`PostgresConfig::dead_after`] in ms.
     dead_after_ms: i64,
+    /// When `next_wake_at` last looked for workers that are gone.
+    liveness: Mutex<Liveness>,
     closed: AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -427,3 +476,42 @@ mod writes;
 use rows::*;
 use schema::*;
 use sql::Sql;
+
+#[cfg(test)]
+mod tests {
+    use super::Liveness;
+    use std::time::{Duration, Instant};
+
+    const EVERY: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_first_call_looks_and_the_next_within_the_interval_does_not() {
+        let mut l = Liveness::default();
+        assert!(l.due(EVERY));
+        assert!(!l.due(EVERY));
+        l.last = Some(Instant::now() - EVERY);
+        assert!(l.due(EVERY));
+    }
+
+    #[test]
+    fn a_suspected_worker_is_looked_at_every_call() {
+        let mut l = Liveness::default();
+        assert!(l.due(EVERY));
+        l.suspect = true;
+        l.others = true;
+        assert!(l.due(EVERY));
+        assert_eq!(l.until_due(EVERY), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_skipped_look_plans_the_next_only_when_others_exist() {
+        let mut l = Liveness::default();
+        assert!(l.due(EVERY));
+        assert_eq!(l.until_due(EVERY), None, "alone: nothing to notice");
+        l.others = true;
+        let until = l.until_due(EVERY).expect("others: plan the next look");
+        assert!(until <= EVERY && until > Duration::from_millis(500), "{until:?}");
+        l.last = Some(Instant::now() - 2 * EVERY);
+        assert_eq!(l.until_due(EVERY), Some(Duration::ZERO));
+    }
+}

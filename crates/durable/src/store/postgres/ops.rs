@@ -320,16 +320,25 @@ impl Store for PostgresStore {
 
     async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError> {
         let c = self.lease_client().await?;
-        let stmt = c
-            .prepare_cached(&self.sql.next_wake)
-            .await
-            .map_err(db_err)?;
+        let every = Duration::from_millis((self.dead_after_ms / 5).clamp(1, 1000) as u64);
+        let look = self.liveness.lock().expect("liveness lock").due(every);
+        let sql = if look {
+            &self.sql.next_wake
+        } else {
+            &self.sql.next_wake_only
+        };
+        let stmt = c.prepare_cached(sql).await.map_err(db_err)?;
         let row = c
             .query_one(&stmt, &[&self.shared.worker, &self.affinity_ms])
             .await
             .map_err(db_err)?;
         let wake: Option<i64> = row.get(0);
         let dead_workers: bool = row.get(1);
+        if look {
+            let mut liveness = self.liveness.lock().expect("liveness lock");
+            liveness.suspect = dead_workers;
+            liveness.others = row.get(2);
+        }
         *self.shared.planned_wake.lock().expect("planned lock") = wake;
         let mut wake = wake;
         if dead_workers {
@@ -356,6 +365,12 @@ impl Store for PostgresStore {
                 (w, r) => w.or(r),
             };
             *self.shared.planned_wake.lock().expect("planned lock") = wake;
+        }
+        let until = self.liveness.lock().expect("liveness lock").until_due(every);
+        if let Some(until) = until.filter(|_| !look) {
+            // Wake up for the next look, so an idle process makes it too.
+            let at = types::now().timestamp_millis() + until.as_millis() as i64;
+            return Ok(Some(types::from_millis(wake.map_or(at, |w| w.min(at)))));
         }
         Ok(wake.map(types::from_millis))
     }

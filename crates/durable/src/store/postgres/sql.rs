@@ -38,13 +38,27 @@ pub(super) struct Sql {
     pub(super) complete_activities: String,
     pub(super) abandon_instance: String,
     pub(super) abandon_activity: String,
+    /// When the next work is due, whether another worker's listener
+    /// backend is gone from `pg_stat_activity`, and whether there are
+    /// other workers at all.
     pub(super) next_wake: String,
+    /// When the next work is due (the same row, the liveness check left
+    /// out: reading `pg_stat_activity` builds every backend's entry).
+    pub(super) next_wake_only: String,
     pub(super) reap: String,
 }
 
 impl Sql {
     pub(super) fn new(s: &str) -> Self {
         let terminal = terminal_list();
+        // The next lease expiry or timer, and when an instance homed
+        // elsewhere becomes this worker's to take ($2: the affinity).
+        let next_wake = format!(
+            "LEAST((SELECT min(due_at) FROM {s}.instances WHERE due_at > {NOW}), \
+               (SELECT min(due_at) FROM {s}.activities WHERE due_at > {NOW}), \
+               (SELECT min(due_at) + $2 FROM {s}.instances WHERE due_at > {NOW} - $2 \
+                 AND due_at <= {NOW} AND home <> $1))"
+        );
         Self {
             fetch_orchestrations: format!(
                 "WITH picked AS (SELECT instance_id FROM {s}.instances WHERE due_at <= {NOW} \
@@ -177,14 +191,13 @@ impl Sql {
                  WHERE id = $1 AND lock_token = $2 RETURNING due_at"
             ),
             next_wake: format!(
-                "SELECT LEAST((SELECT min(due_at) FROM {s}.instances WHERE due_at > {NOW}), \
-                   (SELECT min(due_at) FROM {s}.activities WHERE due_at > {NOW}), \
-                   (SELECT min(due_at) + $2 FROM {s}.instances WHERE due_at > {NOW} - $2 \
-                     AND due_at <= {NOW} AND home <> $1)), \
+                "SELECT {next_wake}, \
                    EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
                      (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
-                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)))"
+                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start))), \
+                   EXISTS (SELECT 1 FROM {s}.workers WHERE id <> $1)"
             ),
+            next_wake_only: format!("SELECT {next_wake}, false, false"),
             // Workers whose listener backend is gone: marked the first
             // time, dead (deleted, their leases due now) once gone for
             // $2 ms. Also says when the next marked one would be dead.

@@ -86,6 +86,7 @@ impl PostgresStore {
             shared,
             affinity_ms: lease_ms(config.affinity),
             dead_after_ms: lease_ms(config.dead_after),
+            liveness: Mutex::default(),
             closed: AtomicBool::new(false),
             stop,
             listener: Mutex::new(Some(listener)),
