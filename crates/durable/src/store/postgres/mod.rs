@@ -510,7 +510,10 @@ mod tests {
         assert_eq!(l.until_due(EVERY), None, "alone: nothing to notice");
         l.others = true;
         let until = l.until_due(EVERY).expect("others: plan the next look");
-        assert!(until <= EVERY && until > Duration::from_millis(500), "{until:?}");
+        assert!(
+            until <= EVERY && until > Duration::from_millis(500),
+            "{until:?}"
+        );
         l.last = Some(Instant::now() - 2 * EVERY);
         assert_eq!(l.until_due(EVERY), Some(Duration::ZERO));
     }

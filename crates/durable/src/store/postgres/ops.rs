@@ -366,7 +366,11 @@ impl Store for PostgresStore {
             };
             *self.shared.planned_wake.lock().expect("planned lock") = wake;
         }
-        let until = self.liveness.lock().expect("liveness lock").until_due(every);
+        let until = self
+            .liveness
+            .lock()
+            .expect("liveness lock")
+            .until_due(every);
         if let Some(until) = until.filter(|_| !look) {
             // Wake up for the next look, so an idle process makes it too.
             let at = types::now().timestamp_millis() + until.as_millis() as i64;
