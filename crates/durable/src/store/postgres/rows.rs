@@ -26,6 +26,32 @@ impl SendArgs {
     }
 }
 
+/// The parameters of the `send_many` statement: [`SendArgs`] as columns.
+#[derive(Default)]
+pub(super) struct SendManyArgs {
+    ids: Vec<String>,
+    visible: Vec<Option<i64>>,
+    texts: Vec<String>,
+    rewind: Vec<bool>,
+}
+
+impl SendManyArgs {
+    pub(super) fn push(&mut self, a: SendArgs) {
+        self.ids.push(a.id);
+        self.visible.push(a.visible);
+        self.texts.push(a.text);
+        self.rewind.push(a.rewind);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 4] {
+        [&self.ids, &self.visible, &self.texts, &self.rewind]
+    }
+}
+
 /// What the `send` statement answered. `external` sends (client requests)
 /// get errors for a missing or finished instance; internal ones (results)
 /// are dropped.

@@ -27,6 +27,11 @@ pub(super) struct Sql {
     /// Queues a message and brings the instance's due time forward, with
     /// no row write when it is already due by then.
     pub(super) send: String,
+    /// `send` for several messages in one statement (a batch of activity
+    /// results, whose instance rows the transaction already locked in id
+    /// order): one row per instance that took a message, with the
+    /// earliest due time of its new messages.
+    pub(super) send_many: String,
     pub(super) fetch_activities: String,
     pub(super) complete_activity: String,
     /// Locks instance rows in id order (the batch completion's first step).
@@ -157,6 +162,22 @@ impl Sql {
                    AND (i.due_at IS NULL OR i.due_at > ins.due_ms) RETURNING 1) \
                  SELECT (SELECT runtime_status FROM target), (SELECT due_ms FROM ins), {NOW}, \
                    (SELECT count(*) FROM upd)"
+            ),
+            send_many: format!(
+                "WITH x AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::bool[]) \
+                   WITH ORDINALITY AS x(instance_id, visible, message, rewind, ord)), \
+                 target AS (SELECT instance_id, runtime_status, lock_token FROM {s}.instances \
+                   WHERE instance_id IN (SELECT instance_id FROM x) FOR UPDATE), \
+                 ins AS (INSERT INTO {s}.messages (instance_id, due_ms, message) \
+                   SELECT x.instance_id, COALESCE(x.visible, {NOW}), x.message \
+                   FROM x JOIN target t ON t.instance_id = x.instance_id \
+                   WHERE t.runtime_status NOT IN ({terminal}) OR (t.runtime_status = 'Failed' AND x.rewind) \
+                   ORDER BY x.ord RETURNING instance_id, due_ms), \
+                 first AS (SELECT instance_id, min(due_ms) AS due FROM ins GROUP BY instance_id), \
+                 upd AS (UPDATE {s}.instances i SET due_at = f.due FROM first f, target t \
+                   WHERE i.instance_id = f.instance_id AND t.instance_id = f.instance_id \
+                   AND t.lock_token IS NULL AND (i.due_at IS NULL OR i.due_at > f.due) RETURNING 1) \
+                 SELECT due, {NOW}, (SELECT count(*) FROM upd) FROM first"
             ),
             fetch_activities: format!(
                 "WITH picked AS (SELECT id FROM {s}.activities WHERE due_at <= {NOW} \

@@ -215,7 +215,10 @@ impl PostgresStore {
             .prepare_cached(&self.sql.complete_activities)
             .await
             .map_err(db_err)?;
-        let send = tx.prepare_cached(&self.sql.send).await.map_err(db_err)?;
+        let send = tx
+            .prepare_cached(&self.sql.send_many)
+            .await
+            .map_err(db_err)?;
         let lock_params: [&(dyn ToSql + Sync); 1] = [&instances];
         let delete_params: [&(dyn ToSql + Sync); 2] = [&rows, &tokens];
         let (locked, deleted) = futures::join!(
@@ -225,24 +228,25 @@ impl PostgresStore {
         locked.map_err(db_err)?;
         let held: std::collections::HashSet<i64> =
             deleted.map_err(db_err)?.iter().map(|r| r.get(0)).collect();
-        let sends: Vec<(usize, SendArgs)> = items
-            .iter()
-            .zip(&keys)
-            .enumerate()
-            .filter_map(|(i, ((_, result), key))| {
-                let (row, instance) = key.as_ref()?;
-                held.contains(row)
-                    .then(|| (i, SendArgs::new(instance, result)))
-            })
-            .collect();
-        let params: Vec<_> = sends.iter().map(|(_, a)| a.params()).collect();
-        let delivered = join_all(params.iter().map(|p| tx.query_one(&send, p))).await;
+        // The results of the activities still held, in one statement (a
+        // result for an instance gone or finished is dropped, as `send`
+        // drops it); the others lost their lease.
+        let mut sends = SendManyArgs::default();
+        let mut out: Vec<Result<(), StoreError>> = Vec::with_capacity(items.len());
+        for ((_, result), key) in items.iter().zip(&keys) {
+            match key {
+                Some((row, instance)) if held.contains(row) => {
+                    sends.push(SendArgs::new(instance, result));
+                    out.push(Ok(()));
+                }
+                _ => out.push(Err(StoreError::LeaseLost)),
+            }
+        }
         let mut woken = Woken::default();
-        let mut out: Vec<Result<(), StoreError>> =
-            items.iter().map(|_| Err(StoreError::LeaseLost)).collect();
-        for ((i, _), row) in sends.iter().zip(delivered) {
-            let instance = &keys[*i].as_ref().expect("sent items have keys").1;
-            out[*i] = sent(&row.map_err(db_err)?, instance, false, &mut woken);
+        if !sends.is_empty() {
+            for row in tx.query(&send, &sends.params()).await.map_err(db_err)? {
+                woken.due(row.get(0), row.get(1));
+            }
         }
         tx.commit().await.map_err(db_err)?;
         self.after_commit(woken);
