@@ -458,15 +458,28 @@ pub async fn case_concurrent_double_completion(store: &dyn Store) {
 }
 
 /// Several completions at once (`complete_activities`), across instances:
-/// each answers for its own item, a lost lease fails only its item, and
-/// every delivered result reaches its instance.
+/// each answers for its own item, a lost lease fails only its item, every
+/// delivered result reaches its instance, and a result for an instance
+/// that finished meanwhile is dropped without error.
 pub async fn case_complete_activities_together(store: &dyn Store) {
     with_activities(store, "ca1", &[1, 2]).await;
     with_activities(store, "ca2", &[1]).await;
+    with_activities(store, "ca3", &[1]).await;
     let mut acts = Vec::new();
-    while acts.len() < 3 {
+    while acts.len() < 4 {
         acts.extend(store.fetch_activity_work(10, LONG).await.unwrap());
     }
+    // ca3 finishes (woken by a message) while its activity runs.
+    store
+        .send_message(&iid("ca3"), task_completed("ca3", 9))
+        .await
+        .unwrap();
+    let item = fetch_only(store, "ca3").await;
+    store
+        .commit_turn(turn(&item, RuntimeStatus::Completed))
+        .await
+        .unwrap();
+    let finished_len = history_len(store, "ca3").await;
     let find = |inst: &str, task: u64| {
         acts.iter()
             .find(|a| a.activity.instance_id.as_str() == inst && a.activity.task_id == task)
@@ -483,6 +496,7 @@ pub async fn case_complete_activities_together(store: &dyn Store) {
             (find("ca2", 1).lock.clone(), task_completed("ca2", 1)),
             (lost.lock.clone(), task_completed("ca1", 2)),
             (find("ca1", 1).lock.clone(), task_completed("ca1", 1)),
+            (find("ca3", 1).lock.clone(), task_completed("ca3", 1)),
         ])
         .await;
     assert!(matches!(results[0], Ok(())), "{results:?}");
@@ -491,7 +505,14 @@ pub async fn case_complete_activities_together(store: &dyn Store) {
         "{results:?}"
     );
     assert!(matches!(results[2], Ok(())), "{results:?}");
+    assert!(matches!(results[3], Ok(())), "{results:?}");
     let items = fetch(store, LONG).await;
+    assert!(
+        items.iter().all(|i| i.instance_id.as_str() != "ca3"),
+        "a finished instance takes no result"
+    );
+    assert_eq!(history_len(store, "ca3").await, finished_len);
+    assert_eq!(status_of(store, "ca3").await, RuntimeStatus::Completed);
     for (id, tasks) in [("ca1", vec![1, 2]), ("ca2", vec![1])] {
         let item = items
             .iter()
