@@ -48,6 +48,24 @@ impl Drop for Server {
     }
 }
 
+/// Sends `signal` (`-TERM`, `-INT`) to a server process.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal}");
+}
+
+/// How a server process exited (waiting at most [`WAIT`]).
+async fn exit_status(mut child: Child) -> std::process::ExitStatus {
+    tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .expect("exited in time")
+        .unwrap()
+        .unwrap()
+}
+
 fn start() -> Server {
     start_with_master(MASTER_KEY)
 }

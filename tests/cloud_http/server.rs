@@ -229,20 +229,12 @@ async fn sigterm_ends_streams_and_exits_zero() {
         .start("Sample_WaitForEvent", Some("left-running"), json!(null))
         .await;
 
-    let mut child = server.child.take().unwrap();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    let child = server.child.take().unwrap();
+    signal(&child, "-TERM");
     // The open stream ends (it does not hold the shutdown open)...
     while events.next().await.is_some() {}
     // ...and the process exits 0 after saying so.
-    let exit = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait()))
-        .await
-        .expect("exited in time")
-        .unwrap()
-        .unwrap();
+    let exit = exit_status(child).await;
     assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
     let rest: Vec<String> = server.lines.try_iter().collect();
     assert!(rest.iter().any(|l| l == "galaxy-cloud stopped"), "{rest:?}");
@@ -277,17 +269,9 @@ async fn sigterm_ends_streams_and_exits_zero() {
 #[tokio::test]
 async fn ctrl_c_exits_zero_too() {
     let mut server = start();
-    let mut child = server.child.take().unwrap();
-    assert!(Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let exit = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait()))
-        .await
-        .expect("exited in time")
-        .unwrap()
-        .unwrap();
+    let child = server.child.take().unwrap();
+    signal(&child, "-INT");
+    let exit = exit_status(child).await;
     assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
     let rest: Vec<String> = server.lines.try_iter().collect();
     assert!(rest.iter().any(|l| l == "galaxy-cloud stopped"), "{rest:?}");
@@ -408,16 +392,8 @@ async fn database_url_runs_the_engine_on_postgresql() {
     assert_eq!(page["value"].as_array().unwrap().len(), 1);
 
     // SIGTERM: the PostgreSQL store is closed on the way out, exit 0.
-    let mut child = server.child.take().unwrap();
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let exit = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait()))
-        .await
-        .expect("exited in time")
-        .unwrap()
-        .unwrap();
+    let child = server.child.take().unwrap();
+    signal(&child, "-TERM");
+    let exit = exit_status(child).await;
     assert_eq!(exit.code(), Some(0));
 }
