@@ -75,17 +75,8 @@ async fn seed_flow_start_follow_status_uri_then_the_galaxy_is_listed_and_fetchab
     let mut token: Option<String> = None;
     let mut mine = Vec::new();
     loop {
-        let mut req = server.req(Method::GET, "/api/galaxies?top=1");
-        if let Some(t) = &token {
-            req = req.header("x-ms-continuation-token", t);
-        }
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        token = r
-            .headers()
-            .get("x-ms-continuation-token")
-            .map(|v| v.to_str().unwrap().to_string());
-        let page: Value = r.json().await.unwrap();
+        let page;
+        (token, page) = next_page(server.req(Method::GET, "/api/galaxies?top=1"), &token).await;
         for g in page["value"].as_array().unwrap() {
             if g["InstanceId"] == id.as_str() {
                 mine.push(g.clone());

@@ -48,6 +48,25 @@ impl Drop for Server {
     }
 }
 
+/// One page of a listing: `req` sent with the continuation token of the
+/// page before (if any), answered 200; returns the next page's token and
+/// this page's body.
+async fn next_page(
+    mut req: reqwest::RequestBuilder,
+    token: &Option<String>,
+) -> (Option<String>, Value) {
+    if let Some(t) = token {
+        req = req.header("x-ms-continuation-token", t);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let next = r
+        .headers()
+        .get("x-ms-continuation-token")
+        .map(|v| v.to_str().unwrap().to_string());
+    (next, r.json().await.unwrap())
+}
+
 /// Sends `signal` (`-TERM`, `-INT`) to a server process.
 fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")

@@ -26,20 +26,13 @@ async fn listing_filters_and_continuation_paging_both_ways() {
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
-        let mut req = server.req(
+        let req = server.req(
             Method::GET,
             &format!("{M}/instances?instanceIdPrefix=page-&top=2"),
         );
-        if let Some(t) = &token {
-            req = req.header("x-ms-continuation-token", t);
-        }
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        token = r
-            .headers()
-            .get("x-ms-continuation-token")
-            .map(|v| v.to_str().unwrap().to_string());
-        let page: Vec<Value> = r.json().await.unwrap();
+        let body;
+        (token, body) = next_page(req, &token).await;
+        let page = body.as_array().expect("an array of statuses");
         assert!(page.len() <= 2);
         seen.extend(
             page.iter()
