@@ -11,6 +11,10 @@ pub(super) struct Sql {
     pub(super) fetch_messages: String,
     pub(super) release_empty: String,
     pub(super) commit_status: String,
+    /// `commit_status` and the turn's history insert in one statement
+    /// (`$13` the first event id, `$14` the events): the insert happens
+    /// only when the status update passed the lease check.
+    pub(super) commit_status_history: String,
     pub(super) insert_lifecycle: String,
     pub(super) read_lifecycle: String,
     pub(super) ack_lifecycle: String,
@@ -64,7 +68,24 @@ impl Sql {
                (SELECT min(due_at) + $2 FROM {s}.instances WHERE due_at > {NOW} - $2 \
                  AND due_at <= {NOW} AND home <> $1))"
         );
+        // A turn's status row, under the lease check ($1 id, $2 token);
+        // returns the status and execution before it.
+        let commit_status = format!(
+            "UPDATE {s}.instances SET runtime_status = $3, execution_id = $4, input = COALESCE($5, input), \
+               output = $6, custom_status = $7, failure = $8, history_events = $9, history_bytes = $10, \
+               last_updated_at = $11, attempts = 0, lock_token = NULL, lock_owner = NULL, due_at = NULL, \
+               home = $12 \
+             WHERE instance_id = $1 AND lock_token = $2 \
+             RETURNING (SELECT o.runtime_status FROM {s}.instances o WHERE o.instance_id = $1) AS old_status, \
+               (SELECT o.execution_id FROM {s}.instances o WHERE o.instance_id = $1) AS old_execution"
+        );
         Self {
+            commit_status_history: format!(
+                "WITH st AS ({commit_status}), \
+                 h AS (INSERT INTO {s}.history (instance_id, first_event_id, events) \
+                   SELECT $1, $13, $14 FROM st) \
+                 SELECT old_status, old_execution FROM st"
+            ),
             fetch_orchestrations: format!(
                 "WITH picked AS (SELECT instance_id FROM {s}.instances WHERE due_at <= {NOW} \
                    AND (home IS NULL OR home = $3 OR due_at <= {NOW} - $5) \
@@ -86,15 +107,7 @@ impl Sql {
                    due_at = (SELECT min(due_ms) FROM {s}.messages m WHERE m.instance_id = $1) \
                  WHERE instance_id = $1 AND lock_token = $2"
             ),
-            commit_status: format!(
-                "UPDATE {s}.instances SET runtime_status = $3, execution_id = $4, input = COALESCE($5, input), \
-                   output = $6, custom_status = $7, failure = $8, history_events = $9, history_bytes = $10, \
-                   last_updated_at = $11, attempts = 0, lock_token = NULL, lock_owner = NULL, due_at = NULL, \
-                   home = $12 \
-                 WHERE instance_id = $1 AND lock_token = $2 \
-                 RETURNING (SELECT o.runtime_status FROM {s}.instances o WHERE o.instance_id = $1), \
-                   (SELECT o.execution_id FROM {s}.instances o WHERE o.instance_id = $1)"
-            ),
+            commit_status,
             insert_lifecycle: format!(
                 "INSERT INTO {s}.lifecycle_outbox (instance_id, name, execution_id, runtime_status, \
                    history_events, at, failure) \

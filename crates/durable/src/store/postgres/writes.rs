@@ -316,7 +316,7 @@ impl PostgresStore {
         // the due time recomputed last sees every message. If the lease was
         // lost, the UPDATE matched nothing and the whole transaction is
         // rolled back below, whatever the later statements did.
-        let status_args: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+        let mut status_args: Vec<Box<dyn ToSql + Sync + Send>> = vec![
             Box::new(id.to_string()),
             Box::new(commit.lock.0.clone()),
             Box::new(s.runtime_status.as_str()),
@@ -333,30 +333,38 @@ impl PostgresStore {
         ];
         let mut plain: Vec<(tokio_postgres::Statement, Vec<Box<dyn ToSql + Sync + Send>>)> =
             Vec::new();
-        let st_status = tx
-            .prepare_cached(&sql.commit_status)
-            .await
-            .map_err(db_err)?;
+        let first = commit.history.first().map(|e| e.event_id as i64);
+        // Appended history goes in with the status row, one statement; a
+        // replaced history is deleted first, so it is written after.
+        let status_sql = match first {
+            Some(first) if !commit.replace_history => {
+                status_args.push(Box::new(first));
+                status_args.push(Box::new(json(&commit.history)));
+                &sql.commit_status_history
+            }
+            _ => &sql.commit_status,
+        };
+        let st_status = tx.prepare_cached(status_sql).await.map_err(db_err)?;
         if commit.replace_history {
             let st = tx
                 .prepare_cached(&sql.delete_history)
                 .await
                 .map_err(db_err)?;
             plain.push((st, vec![Box::new(id.to_string())]));
-        }
-        if let Some(first) = commit.history.first() {
-            let st = tx
-                .prepare_cached(&sql.insert_history)
-                .await
-                .map_err(db_err)?;
-            plain.push((
-                st,
-                vec![
-                    Box::new(id.to_string()),
-                    Box::new(first.event_id as i64),
-                    Box::new(json(&commit.history)),
-                ],
-            ));
+            if let Some(first) = first {
+                let st = tx
+                    .prepare_cached(&sql.insert_history)
+                    .await
+                    .map_err(db_err)?;
+                plain.push((
+                    st,
+                    vec![
+                        Box::new(id.to_string()),
+                        Box::new(first),
+                        Box::new(json(&commit.history)),
+                    ],
+                ));
+            }
         }
         if terminal {
             // A finished instance takes no more work: drop what waits.
