@@ -46,9 +46,11 @@
 //!   after the lease. That look runs at most once a fifth of `dead_after`
 //!   (every call while a worker is marked): reading `pg_stat_activity` at
 //!   each of a busy process's idle moments cost more server CPU than it
-//!   bought. Idle processes plan a wake-up for their next look, so a dead
-//!   worker is noticed within `dead_after` and one interval. A worker whose listener connection only dropped
-//!   re-registers within that time (its listener reconnects every 500 ms),
+//!   bought. A call that skips the look plans a wake-up for the next one
+//!   (when there are other workers), so a process does not miss it by
+//!   going idle right after a skip; one that looked and has nothing due
+//!   sleeps until work, a notification or its next due time, as before.
+//!   A worker whose listener connection only dropped re-registers within that time (its listener reconnects every 500 ms),
 //!   which clears the mark: its running activities are not handed out a
 //!   second time. One disconnected for longer loses its leases: its
 //!   commits then get [`StoreError::LeaseLost`] if someone else took the
@@ -332,8 +334,8 @@ impl Shared {
 /// three processes. So it runs at most once an interval (a fifth of
 /// [`PostgresConfig::dead_after`], at most a second), and a call that
 /// skips it plans a wake-up for when the next one is due (when there are
-/// other workers), so an idle process looks too: a dead worker is noticed within `dead_after` plus one
-/// interval.
+/// other workers), so a process that goes idle right after a skipped look
+/// still makes it.
 #[derive(Debug, Default)]
 struct Liveness {
     /// When the last look ran.
