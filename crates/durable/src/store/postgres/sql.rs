@@ -7,7 +7,16 @@ use super::*;
 pub(super) struct Sql {
     pub(super) s: String,
     pub(super) terminal: String,
+    /// Leases due instances. The rows are picked inside `ANY(ARRAY(..))`,
+    /// not joined from a CTE: a prepared statement runs a generic plan
+    /// after five executions, which cannot see `LIMIT $1` and hash-joined
+    /// the picked rows against a sequential scan of the whole table (dead
+    /// row versions included), the largest share of PostgreSQL's CPU per
+    /// Galaxy_Create. An id array probes the primary key whatever the plan.
     pub(super) fetch_orchestrations: String,
+    /// The leased instances' visible messages; the instances are checked
+    /// through the same id-array form as `fetch_orchestrations` (a join
+    /// planned generically scanned the whole instances table).
     pub(super) fetch_messages: String,
     pub(super) release_empty: String,
     pub(super) commit_status: String,
@@ -36,6 +45,7 @@ pub(super) struct Sql {
     /// order): one row per instance that took a message, with the
     /// earliest due time of its new messages.
     pub(super) send_many: String,
+    /// Leases due activities, picked as in `fetch_orchestrations`.
     pub(super) fetch_activities: String,
     pub(super) complete_activity: String,
     /// Locks instance rows in id order (the batch completion's first step).
@@ -87,19 +97,19 @@ impl Sql {
                  SELECT old_status, old_execution FROM st"
             ),
             fetch_orchestrations: format!(
-                "WITH picked AS (SELECT instance_id FROM {s}.instances WHERE due_at <= {NOW} \
-                   AND (home IS NULL OR home = $3 OR due_at <= {NOW} - $5) \
-                   ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 UPDATE {s}.instances i SET lock_token = $2 || i.instance_id, lock_owner = $3, \
+                "UPDATE {s}.instances i SET lock_token = $2 || i.instance_id, lock_owner = $3, \
                    due_at = {NOW} + $4, attempts = i.attempts + 1 \
-                 FROM picked WHERE i.instance_id = picked.instance_id \
+                 WHERE i.instance_id = ANY(ARRAY(SELECT instance_id FROM {s}.instances \
+                   WHERE due_at <= {NOW} AND (home IS NULL OR home = $3 OR due_at <= {NOW} - $5) \
+                   ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)) \
                  RETURNING i.instance_id, i.runtime_status, i.execution_id, i.history_events, i.attempts, \
                    i.lock_token, i.due_at"
             ),
             fetch_messages: format!(
                 "SELECT m.id, m.instance_id, m.message FROM {s}.messages m \
-                 JOIN {s}.instances i ON i.instance_id = m.instance_id \
-                 WHERE m.instance_id = ANY($1) AND i.lock_token = $2 || i.instance_id AND m.due_ms <= {NOW} \
+                 WHERE m.instance_id = ANY(ARRAY(SELECT instance_id FROM {s}.instances \
+                   WHERE instance_id = ANY($1) AND lock_token = $2 || instance_id)) \
+                   AND m.due_ms <= {NOW} \
                  ORDER BY m.id"
             ),
             release_empty: format!(
@@ -193,11 +203,10 @@ impl Sql {
                  SELECT due, {NOW}, (SELECT count(*) FROM upd) FROM first"
             ),
             fetch_activities: format!(
-                "WITH picked AS (SELECT id FROM {s}.activities WHERE due_at <= {NOW} \
-                   ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 UPDATE {s}.activities a SET lock_token = $2 || a.id::text || '/' || a.instance_id, lock_owner = $3, \
+                "UPDATE {s}.activities a SET lock_token = $2 || a.id::text || '/' || a.instance_id, lock_owner = $3, \
                    due_at = {NOW} + $4, attempts = a.attempts + 1 \
-                 FROM picked WHERE a.id = picked.id \
+                 WHERE a.id = ANY(ARRAY(SELECT id FROM {s}.activities WHERE due_at <= {NOW} \
+                   ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)) \
                  RETURNING a.id, a.instance_id, a.execution_id, a.task_id, a.name, a.input, a.attempts, \
                    a.lock_token, a.due_at"
             ),
