@@ -39,7 +39,8 @@
 //! The cases by area: `creation` (instances, fetches, turns), `leases`
 //! (lost, expired, abandoned; completing activities), `messages` (send
 //! rules, delays, histories), `listing`, `purge`, `signals` (wake-ups,
-//! counts, reopening, the lifecycle outbox); `helpers` is what they share.
+//! counts, reopening, the lifecycle outbox), `together` (turns of several
+//! instances committed at once); `helpers` is what they share.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -110,6 +111,7 @@ macro_rules! conformance_tests {
             case_counts,
             case_work_signal,
             case_lifecycle_outbox,
+            case_turns_committed_together,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn case_results_outstanding_when_an_instance_finishes() {
@@ -143,6 +145,7 @@ mod listing;
 mod messages;
 mod purge;
 mod signals;
+mod together;
 
 pub use creation::*;
 pub use leases::*;
@@ -150,3 +153,4 @@ pub use listing::*;
 pub use messages::*;
 pub use purge::*;
 pub use signals::*;
+pub use together::*;

@@ -25,6 +25,8 @@
 //!   over together ([`Store::complete_activities`]) complete in one
 //!   transaction that locks their instance rows in id order first, so two
 //!   such batches cannot deadlock.
+//!   Turns of several instances that finish at the same moment commit
+//!   together, one statement per kind over arrays ([`batch`]).
 //! - **Wake-ups across processes** go through `LISTEN`/`NOTIFY` on one
 //!   dedicated connection per store ([`listener`]): work made visible
 //!   locally fires the local [`WorkSignal`] at once and is announced to the
@@ -391,6 +393,8 @@ pub struct PostgresStore {
     dead_after_ms: i64,
     /// When `next_wake_at` last looked for workers that are gone.
     liveness: Mutex<Liveness>,
+    /// Turn commits waiting to be committed together ([`batch`]).
+    turns: Mutex<Vec<batch::QueuedTurn>>,
     closed: AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -468,6 +472,7 @@ impl Drop for PostgresStore {
     }
 }
 
+mod batch;
 mod listener;
 mod ops;
 mod rows;

@@ -128,21 +128,11 @@ impl Store for PostgresStore {
     }
 
     async fn commit_turn(&self, commit: TurnCommit) -> Result<(), StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db_err)?;
-        let done = match self.commit_in(&tx, &commit).await {
-            Ok(done) => done,
-            Err(e) => {
-                // Nothing changed once rolled back. Awaited, not left to the
-                // drop: the statements may hold row locks (a send's target)
-                // that a fetch right after this call must not skip.
-                let _ = tx.rollback().await;
-                return Err(e);
-            }
-        };
-        tx.commit().await.map_err(db_err)?;
-        self.committed(&commit, done);
-        Ok(())
+        if batch::batchable(&commit) {
+            self.commit_together(commit).await
+        } else {
+            self.commit_single(commit).await
+        }
     }
 
     async fn create_instance_with_turn(

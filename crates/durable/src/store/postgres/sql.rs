@@ -55,6 +55,25 @@ pub(super) struct Sql {
     pub(super) claim_created: String,
     /// Deletes the activity rows still held under their tokens.
     pub(super) complete_activities: String,
+    /// Locks a turn batch's instance rows in id order ($1, sorted) and
+    /// returns those still leased under one of the turns' tokens ($2), with
+    /// the token, status, execution and name before the turns
+    /// ([`super::batch`]).
+    pub(super) lock_turns: String,
+    /// A turn batch's status rows and appended histories, one row per turn
+    /// in the arrays; the rows are locked and their leases checked.
+    pub(super) batch_status: String,
+    /// Deletes consumed messages ($1 ids, $2 their instances).
+    pub(super) batch_delete_consumed: String,
+    /// Deletes the inboxes of instances that finished.
+    pub(super) batch_delete_inbox: String,
+    /// Queues activities, one per array entry.
+    pub(super) batch_insert_activities: String,
+    /// Lifecycle outbox rows, in array order.
+    pub(super) batch_lifecycle: String,
+    /// `recompute_due` for several instances: one row per instance with
+    /// a waiting message (its earliest due time, the database clock).
+    pub(super) batch_recompute_due: String,
     pub(super) abandon_instance: String,
     pub(super) abandon_activity: String,
     /// When the next work is due, whether another worker's listener
@@ -224,6 +243,52 @@ impl Sql {
             complete_activities: format!(
                 "DELETE FROM {s}.activities a USING unnest($1::int8[], $2::text[]) AS x(id, token) \
                  WHERE a.id = x.id AND a.lock_token = x.token RETURNING a.id"
+            ),
+            lock_turns: format!(
+                "SELECT lock_token, runtime_status, execution_id, name FROM {s}.instances \
+                 WHERE instance_id = ANY($1) AND lock_token = ANY($2) ORDER BY instance_id FOR UPDATE"
+            ),
+            // Arrays, not a join against `x` alone: `instance_id = ANY($1)`
+            // keeps a generic plan on the primary key (see
+            // `fetch_orchestrations`).
+            batch_status: format!(
+                "WITH x AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                   $5::text[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], \
+                   $11::int8[], $12::text[]) AS x(id, status, execution, input, output, custom, \
+                   failure, events, bytes, at, first_event, history)), \
+                 st AS (UPDATE {s}.instances i SET runtime_status = x.status, execution_id = x.execution, \
+                   input = COALESCE(x.input, i.input), output = x.output, custom_status = x.custom, \
+                   failure = x.failure, history_events = x.events, history_bytes = x.bytes, \
+                   last_updated_at = x.at, attempts = 0, lock_token = NULL, lock_owner = NULL, \
+                   due_at = NULL, home = $13 \
+                   FROM x WHERE i.instance_id = ANY($1) AND i.instance_id = x.id RETURNING 1), \
+                 h AS (INSERT INTO {s}.history (instance_id, first_event_id, events) \
+                   SELECT id, first_event, history FROM x WHERE first_event IS NOT NULL) \
+                 SELECT count(*) FROM st"
+            ),
+            batch_delete_consumed: format!(
+                "DELETE FROM {s}.messages WHERE id = ANY($1) AND instance_id = ANY($2)"
+            ),
+            batch_delete_inbox: format!("DELETE FROM {s}.messages WHERE instance_id = ANY($1)"),
+            batch_insert_activities: format!(
+                "INSERT INTO {s}.activities (instance_id, execution_id, task_id, name, input, due_at) \
+                 SELECT i, e, t, n, a, {NOW} \
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[]) AS x(i, e, t, n, a)"
+            ),
+            batch_lifecycle: format!(
+                "INSERT INTO {s}.lifecycle_outbox (instance_id, name, execution_id, runtime_status, \
+                   history_events, at, failure) \
+                 SELECT i, n, e, st, h, a, f FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                   $5::int8[], $6::int8[], $7::text[]) WITH ORDINALITY AS x(i, n, e, st, h, a, f, ord) \
+                 ORDER BY ord"
+            ),
+            batch_recompute_due: format!(
+                "WITH d AS (SELECT x.id, (SELECT min(due_ms) FROM {s}.messages m \
+                   WHERE m.instance_id = x.id) AS due FROM unnest($1::text[]) AS x(id)), \
+                 upd AS (UPDATE {s}.instances i SET due_at = d.due FROM d \
+                   WHERE i.instance_id = ANY($1) AND i.instance_id = d.id \
+                   AND i.due_at IS DISTINCT FROM d.due RETURNING 1) \
+                 SELECT due, {NOW} FROM d WHERE due IS NOT NULL"
             ),
             abandon_instance: format!(
                 "UPDATE {s}.instances SET lock_token = '{NOBODY}', lock_owner = NULL, due_at = {NOW} + $3 \

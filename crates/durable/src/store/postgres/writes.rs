@@ -87,6 +87,7 @@ impl PostgresStore {
             affinity_ms: lease_ms(config.affinity),
             dead_after_ms: lease_ms(config.dead_after),
             liveness: Mutex::default(),
+            turns: Mutex::default(),
             closed: AtomicBool::new(false),
             stop,
             listener: Mutex::new(Some(listener)),
@@ -298,6 +299,25 @@ impl PostgresStore {
         Ok(true)
     }
 
+    /// One turn in a transaction of its own (see [`Store::commit_turn`]).
+    pub(super) async fn commit_single(&self, commit: TurnCommit) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let done = match self.commit_in(&tx, &commit).await {
+            Ok(done) => done,
+            Err(e) => {
+                // Nothing changed once rolled back. Awaited, not left to the
+                // drop: the statements may hold row locks (a send's target)
+                // that a fetch right after this call must not skip.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        tx.commit().await.map_err(db_err)?;
+        self.committed(&commit, done);
+        Ok(())
+    }
+
     /// A turn's statements inside `tx` (see [`Store::commit_turn`]);
     /// `LeaseLost` when the lease check failed (the caller rolls back).
     pub(super) async fn commit_in(
@@ -502,6 +522,14 @@ impl PostgresStore {
         if let (true, Some(n)) = (done.lifecycle, &self.shared.lifecycle) {
             n.notify_one();
         }
+        self.announce_commit(commit);
+        for child in done.children {
+            self.shared.changed(&child, 0, 0);
+        }
+    }
+
+    /// Tells the other processes a turn of `commit`'s instance committed.
+    pub(super) fn announce_commit(&self, commit: &TurnCommit) {
         let to = commit.status.history_events;
         let from = if commit.replace_history {
             0
@@ -509,9 +537,6 @@ impl PostgresStore {
             to.saturating_sub(commit.history.len() as u64)
         };
         self.shared.changed(commit.instance_id.as_str(), from, to);
-        for child in done.children {
-            self.shared.changed(&child, 0, 0);
-        }
     }
 
     pub(super) fn after_commit(&self, woken: Woken) {

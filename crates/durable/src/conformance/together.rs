@@ -1,0 +1,127 @@
+//! Turns of several instances committed at the same moment: a store may
+//! commit them together, and each must still land exactly as it would
+//! alone (or, with its lease lost, not at all).
+
+use super::helpers::*;
+use super::*;
+
+/// Five turns committed at once, one of them under a lease that was lost:
+/// the four others land with all their effects (history, status, consumed
+/// messages gone and later ones kept, activities queued, a finished
+/// instance's inbox dropped, lifecycle rows in order), the fifth changes
+/// nothing, and an instance that got a message while its turn ran is due
+/// again afterwards.
+pub async fn case_turns_committed_together(store: &dyn Store) {
+    use RuntimeStatus::*;
+    store
+        .create_instance(new_instance("tg-stale", json!(null)))
+        .await
+        .unwrap();
+    let stale = poll_item(store, "tg-stale", SHORT).await;
+    let fresh = poll_item(store, "tg-stale", LONG).await;
+    for id in ["tg-a", "tg-b", "tg-c", "tg-d"] {
+        store
+            .create_instance(new_instance(id, json!(null)))
+            .await
+            .unwrap();
+    }
+    let mut items: BTreeMap<String, OrchestrationWorkItem> = fetch(store, LONG)
+        .await
+        .into_iter()
+        .map(|i| (i.instance_id.to_string(), i))
+        .collect();
+    assert_eq!(
+        items.keys().collect::<Vec<_>>(),
+        ["tg-a", "tg-b", "tg-c", "tg-d"]
+    );
+    // Sent while the turns run: kept for the one that goes on, dropped
+    // with the inbox of the one that finishes.
+    for id in ["tg-b", "tg-c"] {
+        store
+            .send_message(&iid(id), raised("late", json!(id)))
+            .await
+            .unwrap();
+    }
+    let mut a = turn(&items.remove("tg-a").unwrap(), Running);
+    a.activities = vec![activity("tg-a", 1), activity("tg-a", 2)];
+    let commits = vec![
+        a,
+        turn(&items.remove("tg-b").unwrap(), Running),
+        turn(&items.remove("tg-c").unwrap(), Completed),
+        turn(&items.remove("tg-d").unwrap(), Failed),
+        turn(&stale, Completed),
+    ];
+    let results =
+        futures::future::join_all(commits.into_iter().map(|c| store.commit_turn(c))).await;
+    for r in &results[..4] {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert!(
+        matches!(results[4], Err(StoreError::LeaseLost)),
+        "{:?}",
+        results[4]
+    );
+
+    for (id, status) in [
+        ("tg-a", Running),
+        ("tg-b", Running),
+        ("tg-c", Completed),
+        ("tg-d", Failed),
+    ] {
+        assert_eq!(status_of(store, id).await, status, "{id}");
+        assert_eq!(history_len(store, id).await, 2, "{id}");
+    }
+    assert_eq!(status_of(store, "tg-stale").await, Pending);
+    assert_eq!(history_len(store, "tg-stale").await, 0);
+
+    let again = fetch(store, LONG).await;
+    let ids: Vec<&str> = again.iter().map(|i| i.instance_id.as_str()).collect();
+    assert_eq!(ids, ["tg-b"], "only the message sent meanwhile is due");
+    assert_eq!(again[0].messages.len(), 1);
+    assert!(matches!(
+        &again[0].messages[0].message.kind,
+        EventKind::EventRaised { name, .. } if name == "late"
+    ));
+
+    let mut tasks: Vec<(String, u64)> = store
+        .fetch_activity_work(10, LONG)
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| (w.activity.instance_id.to_string(), w.activity.task_id))
+        .collect();
+    tasks.sort();
+    assert_eq!(tasks, [("tg-a".to_string(), 1), ("tg-a".to_string(), 2)]);
+
+    let rows = store.lifecycle_outbox(100).await.unwrap();
+    let mut seen: Vec<(&str, RuntimeStatus)> = rows
+        .iter()
+        .map(|e| (e.instance_id.as_str(), e.runtime_status))
+        .collect();
+    let failed = rows
+        .iter()
+        .find(|e| e.runtime_status == Failed)
+        .expect("a Failed event");
+    assert_eq!(
+        failed.failure.as_ref().map(|f| f.message.as_str()),
+        Some("boom")
+    );
+    assert!(rows.iter().all(|e| e.name == "Orch"));
+    // By instance, each instance's events in outbox order (a stable sort).
+    seen.sort_by_key(|(id, _)| id.to_string());
+    assert_eq!(
+        seen,
+        [
+            ("tg-a", Running),
+            ("tg-b", Running),
+            ("tg-c", Running),
+            ("tg-c", Completed),
+            ("tg-d", Running),
+            ("tg-d", Failed),
+        ]
+    );
+
+    // The lease's real holder still commits.
+    store.commit_turn(turn(&fresh, Completed)).await.unwrap();
+    assert_eq!(status_of(store, "tg-stale").await, Completed);
+}

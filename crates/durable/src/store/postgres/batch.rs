@@ -1,0 +1,410 @@
+//! Turn commits of several instances in one transaction.
+//!
+//! A turn's commit alone costs a transaction of its own and four or five
+//! statements (status with history, consumed messages, new activities, the
+//! due time, lifecycle rows), and on a small server each statement's fixed
+//! cost (executor start, a round trip, a wake-up) is most of PostgreSQL's
+//! CPU per Galaxy_Create. Turns that finish at the same moment (a fetch
+//! hands out many instances at once, and they run side by side) are queued
+//! here; whichever commit call runs next takes them all and commits them
+//! together with one statement per kind, over arrays, so the fixed costs
+//! are paid once per batch instead of once per turn.
+//!
+//! - **Which turns.** Only turns that write their own instance's rows:
+//!   no sends to other instances, no sub-orchestrations, no replaced
+//!   history (those lock other instances' rows or delete first; they keep
+//!   the one-turn path, [`PostgresStore::commit_single`]). A batch of one
+//!   takes that path too.
+//! - **Lease check and lock order.** The first statement locks the batch's
+//!   instance rows in id order, as the batched activity completion does, so
+//!   the two cannot deadlock, and returns only the rows still leased under
+//!   the turns' tokens: a turn whose lease was lost gets
+//!   [`StoreError::LeaseLost`] and writes nothing. Its answer also carries
+//!   each row's status before the turn, from which the lifecycle rows are
+//!   computed, so every write goes out in one pipelined round trip after
+//!   it.
+//! - **Due times last.** As in the one-turn path, the due times are
+//!   recomputed by the last statement, which takes its snapshot after the
+//!   row locks were held: a message sent before a lock was taken is seen,
+//!   one sent after waits for the commit and sets the due time itself.
+//! - **Failure.** If the batch's transaction fails as a whole (a deadlock
+//!   with a rare cross-instance writer, a lost connection), it is rolled
+//!   back and each turn is committed on its own.
+
+use super::*;
+use crate::store::lifecycle;
+use tokio::sync::oneshot;
+
+/// A turn commit waiting for a batch, and where its answer goes.
+pub(super) struct QueuedTurn {
+    commit: TurnCommit,
+    answer: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Whether a commit writes only its own instance's rows (see the module
+/// docs).
+pub(super) fn batchable(commit: &TurnCommit) -> bool {
+    !commit.replace_history && commit.messages.is_empty() && commit.new_instances.is_empty()
+}
+
+/// The batched statements' arguments, one entry per turn (or per row).
+#[derive(Default)]
+struct BatchArgs {
+    ids: Vec<String>,
+    statuses: Vec<&'static str>,
+    executions: Vec<String>,
+    inputs: Vec<Option<String>>,
+    outputs: Vec<Option<String>>,
+    customs: Vec<Option<String>>,
+    failures: Vec<Option<String>>,
+    events: Vec<i64>,
+    bytes: Vec<i64>,
+    updated: Vec<i64>,
+    first_events: Vec<Option<i64>>,
+    histories: Vec<Option<String>>,
+    /// Consumed message ids and the instance of each.
+    consumed: Vec<i64>,
+    consumed_by: Vec<String>,
+    /// Instances that finished: their inboxes go.
+    finished: Vec<String>,
+    /// Instances that did not: their due times are recomputed.
+    live: Vec<String>,
+    activities: ActivityRows,
+    lifecycle: LifecycleRows,
+}
+
+#[derive(Default)]
+struct ActivityRows {
+    instances: Vec<String>,
+    executions: Vec<String>,
+    tasks: Vec<i64>,
+    names: Vec<String>,
+    inputs: Vec<String>,
+}
+
+#[derive(Default)]
+struct LifecycleRows {
+    instances: Vec<String>,
+    names: Vec<String>,
+    executions: Vec<String>,
+    statuses: Vec<&'static str>,
+    events: Vec<i64>,
+    at: Vec<i64>,
+    failures: Vec<Option<String>>,
+}
+
+/// A batched turn's instance row as the lock statement found it.
+struct Before {
+    status: Option<RuntimeStatus>,
+    execution: String,
+    name: String,
+}
+
+impl BatchArgs {
+    fn push(&mut self, commit: &TurnCommit, before: Option<&Before>) {
+        let id = commit.instance_id.as_str().to_string();
+        let s = &commit.status;
+        self.ids.push(id.clone());
+        self.statuses.push(s.runtime_status.as_str());
+        self.executions.push(s.execution_id.clone());
+        self.inputs.push(s.input.as_ref().map(json));
+        self.outputs.push(s.output.as_ref().map(json));
+        self.customs.push(s.custom_status.as_ref().map(json));
+        self.failures.push(s.failure.as_ref().map(json));
+        self.events.push(s.history_events as i64);
+        self.bytes.push(s.history_bytes as i64);
+        self.updated.push(s.updated_at.timestamp_millis());
+        self.first_events
+            .push(commit.history.first().map(|e| e.event_id as i64));
+        self.histories
+            .push((!commit.history.is_empty()).then(|| json(&commit.history)));
+        if s.runtime_status.is_terminal() {
+            self.finished.push(id.clone());
+        } else {
+            self.live.push(id.clone());
+            self.consumed.extend(&commit.consumed);
+            self.consumed_by
+                .extend(commit.consumed.iter().map(|_| id.clone()));
+        }
+        for a in &commit.activities {
+            let rows = &mut self.activities;
+            rows.instances.push(a.instance_id.as_str().to_string());
+            rows.executions.push(a.execution_id.clone());
+            rows.tasks.push(a.task_id as i64);
+            rows.names.push(a.name.clone());
+            rows.inputs.push(json(&a.input));
+        }
+        if let Some(before) = before {
+            for status in lifecycle::transitions(
+                before.status,
+                before.execution == s.execution_id,
+                s.runtime_status,
+            ) {
+                let rows = &mut self.lifecycle;
+                rows.instances.push(id.clone());
+                rows.names.push(before.name.clone());
+                rows.executions.push(s.execution_id.clone());
+                rows.statuses.push(status.as_str());
+                rows.events.push(s.history_events as i64);
+                rows.at.push(s.updated_at.timestamp_millis());
+                rows.failures.push(
+                    (status == RuntimeStatus::Failed)
+                        .then(|| s.failure.as_ref().map(json))
+                        .flatten(),
+                );
+            }
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Commits `commit` with whatever other turns are queued at the same
+    /// moment (see the module docs).
+    pub(super) async fn commit_together(&self, commit: TurnCommit) -> Result<(), StoreError> {
+        let (answer, answered) = oneshot::channel();
+        self.turns
+            .lock()
+            .expect("turns lock")
+            .push(QueuedTurn { commit, answer });
+        // Siblings finishing at the same moment queue theirs meanwhile.
+        tokio::task::yield_now().await;
+        let batch = std::mem::take(&mut *self.turns.lock().expect("turns lock"));
+        if !batch.is_empty() {
+            self.commit_queued(batch).await;
+        }
+        // Dropped unanswered only if the call committing it was cancelled:
+        // its transaction then rolled back, or committed; either way the
+        // caller treats the turn as failed and its lease settles it.
+        answered
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Database("turn commit cancelled".into())))
+    }
+
+    async fn commit_queued(&self, mut batch: Vec<QueuedTurn>) {
+        if batch.len() == 1 {
+            let q = batch.pop().expect("one turn");
+            let _ = q.answer.send(self.commit_single(q.commit).await);
+            return;
+        }
+        let commits: Vec<&TurnCommit> = batch.iter().map(|q| &q.commit).collect();
+        match self.commit_batch(&commits).await {
+            Ok(results) => {
+                for (q, r) in batch.into_iter().zip(results) {
+                    let _ = q.answer.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, turns = batch.len(), "batched turn commit failed; one by one");
+                for q in batch {
+                    let _ = q.answer.send(self.commit_single(q.commit).await);
+                }
+            }
+        }
+    }
+
+    /// One transaction for several turns; `Err` when it failed as a whole
+    /// (rolled back: nothing changed).
+    async fn commit_batch(
+        &self,
+        commits: &[&TurnCommit],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut ids: Vec<String> = commits
+            .iter()
+            .map(|c| c.instance_id.as_str().to_string())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let tokens: Vec<&str> = commits.iter().map(|c| c.lock.0.as_str()).collect();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let locked = async {
+            let st = tx
+                .prepare_cached(&self.sql.lock_turns)
+                .await
+                .map_err(db_err)?;
+            tx.query(&st, &[&ids, &tokens]).await.map_err(db_err)
+        }
+        .await;
+        let rows = match locked {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        // Tokens name one row each: a token found is a lease held.
+        let mut held: HashMap<String, Before> = rows
+            .iter()
+            .map(|r| {
+                let status: String = r.get(1);
+                (
+                    r.get(0),
+                    Before {
+                        status: RuntimeStatus::parse(&status),
+                        execution: r.get(2),
+                        name: r.get(3),
+                    },
+                )
+            })
+            .collect();
+        let lifecycle = self.shared.lifecycle.is_some();
+        let mut args = BatchArgs::default();
+        let mut out = Vec::with_capacity(commits.len());
+        let mut written = Vec::new();
+        for commit in commits {
+            match held.remove(&commit.lock.0) {
+                Some(before) => {
+                    args.push(commit, lifecycle.then_some(&before));
+                    written.push(*commit);
+                    out.push(Ok(()));
+                }
+                None => out.push(Err(StoreError::LeaseLost)),
+            }
+        }
+        if written.is_empty() {
+            let _ = tx.rollback().await;
+            return Ok(out);
+        }
+        let woken = match self.write_batch(&tx, &args).await {
+            Ok(woken) => woken,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        tx.commit().await.map_err(db_err)?;
+        self.after_commit(woken);
+        if let (false, Some(n)) = (args.lifecycle.instances.is_empty(), &self.shared.lifecycle) {
+            n.notify_one();
+        }
+        for commit in written {
+            self.announce_commit(commit);
+        }
+        Ok(out)
+    }
+
+    /// The batch's writes, pipelined in one round trip; the due times
+    /// last (see the module docs).
+    async fn write_batch(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        a: &BatchArgs,
+    ) -> Result<Woken, StoreError> {
+        let sql = &self.sql;
+        let st_status = tx.prepare_cached(&sql.batch_status).await.map_err(db_err)?;
+        let st_consumed = tx
+            .prepare_cached(&sql.batch_delete_consumed)
+            .await
+            .map_err(db_err)?;
+        let st_inbox = tx
+            .prepare_cached(&sql.batch_delete_inbox)
+            .await
+            .map_err(db_err)?;
+        let st_activities = tx
+            .prepare_cached(&sql.batch_insert_activities)
+            .await
+            .map_err(db_err)?;
+        let st_lifecycle = tx
+            .prepare_cached(&sql.batch_lifecycle)
+            .await
+            .map_err(db_err)?;
+        let st_due = tx
+            .prepare_cached(&sql.batch_recompute_due)
+            .await
+            .map_err(db_err)?;
+        let status_params: [&(dyn ToSql + Sync); 13] = [
+            &a.ids,
+            &a.statuses,
+            &a.executions,
+            &a.inputs,
+            &a.outputs,
+            &a.customs,
+            &a.failures,
+            &a.events,
+            &a.bytes,
+            &a.updated,
+            &a.first_events,
+            &a.histories,
+            &self.shared.worker,
+        ];
+        let act = &a.activities;
+        let activity_params: [&(dyn ToSql + Sync); 5] = [
+            &act.instances,
+            &act.executions,
+            &act.tasks,
+            &act.names,
+            &act.inputs,
+        ];
+        let life = &a.lifecycle;
+        let lifecycle_params: [&(dyn ToSql + Sync); 7] = [
+            &life.instances,
+            &life.names,
+            &life.executions,
+            &life.statuses,
+            &life.events,
+            &life.at,
+            &life.failures,
+        ];
+        let consumed_params: [&(dyn ToSql + Sync); 2] = [&a.consumed, &a.consumed_by];
+        let inbox_params: [&(dyn ToSql + Sync); 1] = [&a.finished];
+        // Statements with nothing to do are not sent; the rest go out in
+        // this order, the due times last.
+        let (status, consumed, inbox, activities, lifecycle, due) = futures::join!(
+            tx.query_one(&st_status, &status_params),
+            execute_if(tx, !a.consumed.is_empty(), &st_consumed, &consumed_params),
+            execute_if(tx, !a.finished.is_empty(), &st_inbox, &inbox_params),
+            execute_if(
+                tx,
+                !act.instances.is_empty(),
+                &st_activities,
+                &activity_params
+            ),
+            execute_if(
+                tx,
+                !life.instances.is_empty(),
+                &st_lifecycle,
+                &lifecycle_params
+            ),
+            async {
+                if a.live.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    tx.query(&st_due, &[&a.live]).await
+                }
+            },
+        );
+        let updated: i64 = status.map_err(db_err)?.get(0);
+        if updated != a.ids.len() as i64 {
+            return Err(StoreError::Database(format!(
+                "batched turn commit updated {updated} of {} locked instances",
+                a.ids.len()
+            )));
+        }
+        for r in [consumed, inbox, activities, lifecycle] {
+            r.map_err(db_err)?;
+        }
+        let mut woken = Woken {
+            activities: !act.instances.is_empty(),
+            ..Woken::default()
+        };
+        for row in due.map_err(db_err)? {
+            woken.due(row.get(0), row.get(1));
+        }
+        Ok(woken)
+    }
+}
+
+/// Runs `st` when `go`; sent when first polled, so a `join!` of these keeps
+/// their order.
+async fn execute_if(
+    tx: &deadpool_postgres::Transaction<'_>,
+    go: bool,
+    st: &tokio_postgres::Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<u64>, tokio_postgres::Error> {
+    if go {
+        tx.execute(st, params).await.map(Some)
+    } else {
+        Ok(None)
+    }
+}
