@@ -316,58 +316,6 @@ pub async fn case_commit_turn_effects(store: &dyn Store) {
 /// effects land, and nothing lands on a conflict. A store that does not
 /// fuse them answers `false` and must have created the instance plainly.
 pub async fn case_create_with_first_turn(store: &dyn Store) {
-    fn first_turn(id: &str, input: Value) -> (NewInstance, TurnCommit) {
-        let inst = new_instance(id, input.clone());
-        let at = types::now();
-        let history: Vec<HistoryEvent> = [
-            EventKind::OrchestratorStarted,
-            EventKind::ExecutionStarted {
-                name: inst.name.clone(),
-                input,
-                execution_id: inst.execution_id.clone(),
-                parent: None,
-            },
-            EventKind::TaskScheduled {
-                task_id: 0,
-                name: "Act".into(),
-                input: json!({"task": 0}),
-            },
-        ]
-        .into_iter()
-        .enumerate()
-        .map(|(i, kind)| HistoryEvent {
-            event_id: i as u64,
-            timestamp: at,
-            kind,
-        })
-        .collect();
-        let commit = TurnCommit {
-            lock: WorkLock("ignored".into()),
-            instance_id: inst.instance_id.clone(),
-            consumed: vec![12345],
-            replace_history: false,
-            status: StatusUpdate {
-                runtime_status: RuntimeStatus::Running,
-                execution_id: inst.execution_id.clone(),
-                input: None,
-                output: None,
-                custom_status: Some(json!("first")),
-                failure: None,
-                history_events: history.len() as u64,
-                history_bytes: 99,
-                updated_at: at,
-            },
-            history,
-            activities: vec![activity(id, 0)],
-            messages: vec![OutgoingMessage {
-                instance_id: iid(id),
-                message: raised("to-self", json!(1)),
-            }],
-            new_instances: Vec::new(),
-        };
-        (inst, commit)
-    }
-
     let (inst, commit) = first_turn("f", json!("in"));
     let expected_history = commit.history.clone();
     let fused = store

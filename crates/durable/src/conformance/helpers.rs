@@ -245,3 +245,57 @@ pub(super) fn strs(v: &[&str]) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A new instance `id` and its first turn: started, a task scheduled (an
+/// activity queued), a message to itself.
+pub(super) fn first_turn(id: &str, input: Value) -> (NewInstance, TurnCommit) {
+    let inst = new_instance(id, input.clone());
+    let at = types::now();
+    let history: Vec<HistoryEvent> = [
+        EventKind::OrchestratorStarted,
+        EventKind::ExecutionStarted {
+            name: inst.name.clone(),
+            input,
+            execution_id: inst.execution_id.clone(),
+            parent: None,
+        },
+        EventKind::TaskScheduled {
+            task_id: 0,
+            name: "Act".into(),
+            input: json!({"task": 0}),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, kind)| HistoryEvent {
+        event_id: i as u64,
+        timestamp: at,
+        kind,
+    })
+    .collect();
+    let commit = TurnCommit {
+        lock: WorkLock("ignored".into()),
+        instance_id: inst.instance_id.clone(),
+        consumed: vec![12345],
+        replace_history: false,
+        status: StatusUpdate {
+            runtime_status: RuntimeStatus::Running,
+            execution_id: inst.execution_id.clone(),
+            input: None,
+            output: None,
+            custom_status: Some(json!("first")),
+            failure: None,
+            history_events: history.len() as u64,
+            history_bytes: 99,
+            updated_at: at,
+        },
+        history,
+        activities: vec![activity(id, 0)],
+        messages: vec![OutgoingMessage {
+            instance_id: iid(id),
+            message: raised("to-self", json!(1)),
+        }],
+        new_instances: Vec::new(),
+    };
+    (inst, commit)
+}

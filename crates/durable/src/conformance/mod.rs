@@ -112,6 +112,7 @@ macro_rules! conformance_tests {
             case_work_signal,
             case_lifecycle_outbox,
             case_turns_committed_together,
+            case_creations_committed_together,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn case_results_outstanding_when_an_instance_finishes() {

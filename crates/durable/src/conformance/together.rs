@@ -125,3 +125,89 @@ pub async fn case_turns_committed_together(store: &dyn Store) {
     store.commit_turn(turn(&fresh, Completed)).await.unwrap();
     assert_eq!(status_of(store, "tg-stale").await, Completed);
 }
+
+/// New instances with their first turns created at once: each lands as it
+/// would alone, one whose id a live instance holds is a conflict and
+/// changes nothing, and a finished one of the same id is replaced.
+pub async fn case_creations_committed_together(store: &dyn Store) {
+    use RuntimeStatus::*;
+    // In this order: the turn of cg-done leases whatever is due.
+    create_with_status(store, "cg-done", Completed).await;
+    store
+        .create_instance(new_instance("cg-live", json!("original")))
+        .await
+        .unwrap();
+    let ids = ["cg-a", "cg-b", "cg-live", "cg-done"];
+    let creations = ids.map(|id| {
+        let (inst, mut commit) = first_turn(id, json!(id));
+        // Writes to its own instance only.
+        commit.messages.clear();
+        (inst, commit)
+    });
+    let results = futures::future::join_all(
+        creations
+            .into_iter()
+            .map(|(inst, commit)| store.create_instance_with_turn(inst, commit)),
+    )
+    .await;
+    if matches!(results[0], Ok(false)) {
+        return; // a store that does not fuse them (see case_create_with_first_turn)
+    }
+    for i in [0, 1, 3] {
+        assert!(
+            matches!(results[i], Ok(true)),
+            "{}: {:?}",
+            ids[i],
+            results[i]
+        );
+    }
+    match &results[2] {
+        Err(StoreError::Conflict(id)) => assert_eq!(*id, iid("cg-live")),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    for id in ["cg-a", "cg-b", "cg-done"] {
+        let st = store.get_instance(&iid(id), false).await.unwrap().unwrap();
+        assert_eq!(st.runtime_status, Running, "{id}");
+        assert_eq!(st.input, json!(id));
+        assert_eq!(
+            history_len(store, id).await,
+            3,
+            "{id}: the old history went"
+        );
+    }
+    let live = store
+        .get_instance(&iid("cg-live"), false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.runtime_status, Pending);
+    assert_eq!(live.input, json!("original"));
+    assert_eq!(history_len(store, "cg-live").await, 0);
+
+    let mut queued: Vec<String> = store
+        .fetch_activity_work(10, LONG)
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.activity.instance_id.to_string())
+        .collect();
+    queued.sort();
+    assert_eq!(queued, ["cg-a", "cg-b", "cg-done"]);
+    // Only the plainly created instance has work: the others' start
+    // messages were consumed by their first turns.
+    let item = fetch_only(store, "cg-live").await;
+    assert_eq!(kinds(&item), ["ExecutionStarted"]);
+
+    let rows = store.lifecycle_outbox(100).await.unwrap();
+    let of = |id: &str| -> Vec<RuntimeStatus> {
+        rows.iter()
+            .filter(|e| e.instance_id == id)
+            .map(|e| e.runtime_status)
+            .collect()
+    };
+    assert_eq!(of("cg-a"), [Running]);
+    assert_eq!(of("cg-b"), [Running]);
+    assert_eq!(of("cg-done"), [Running, Completed, Running]);
+    assert!(of("cg-live").is_empty());
+}

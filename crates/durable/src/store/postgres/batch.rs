@@ -27,6 +27,15 @@
 //!   recomputed by the last statement, which takes its snapshot after the
 //!   row locks were held: a message sent before a lock was taken is seen,
 //!   one sent after waits for the commit and sets the due time itself.
+//! - **New instances** with their first turns
+//!   ([`Store::create_instance_with_turn`], one per started instance) are
+//!   queued the same way, in a queue of their own: one statement inserts
+//!   the rows (or replaces finished ones of the same ids) in id order,
+//!   leased to their first turns under fresh tokens, and returns the ids
+//!   it created (a live instance of the same id is a
+//!   [`StoreError::Conflict`] and gets nothing); then the same writes as a
+//!   turn batch, without consumed messages (the start message a plain
+//!   creation queues is never stored).
 //! - **Failure.** If the batch's transaction fails as a whole (a deadlock
 //!   with a rare cross-instance writer, a lost connection), it is rolled
 //!   back and each turn is committed on its own.
@@ -39,6 +48,32 @@ use tokio::sync::oneshot;
 pub(super) struct QueuedTurn {
     commit: TurnCommit,
     answer: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// A new instance with its first turn waiting for a batch.
+pub(super) struct QueuedCreation {
+    instance: NewInstance,
+    commit: TurnCommit,
+    answer: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Queues `item`, lets the other tasks that finish at the same moment queue
+/// theirs, then takes everything queued (nothing if another call took it,
+/// ours included, first).
+async fn queue_and_take<T>(queue: &Mutex<Vec<T>>, item: T) -> Vec<T> {
+    queue.lock().expect("batch queue lock").push(item);
+    tokio::task::yield_now().await;
+    std::mem::take(&mut *queue.lock().expect("batch queue lock"))
+}
+
+/// The answer of a queued operation. Dropped unanswered only if the call
+/// committing it was cancelled: its transaction then rolled back, or
+/// committed; either way the caller treats the operation as failed (a
+/// turn's lease settles it, a start is retried and conflicts or not).
+async fn wait(answered: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
+    answered
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Database("batched commit cancelled".into())))
 }
 
 /// Whether a commit writes only its own instance's rows (see the module
@@ -93,6 +128,60 @@ struct LifecycleRows {
     failures: Vec<Option<String>>,
 }
 
+/// The `batch_create` statement's arguments, one entry per new instance.
+struct CreateRows {
+    ids: Vec<String>,
+    names: Vec<String>,
+    executions: Vec<String>,
+    inputs: Vec<String>,
+    created: Vec<i64>,
+    parents: Vec<Option<String>>,
+    /// The token each row is created leased under, to its first turn.
+    tokens: Vec<String>,
+}
+
+impl CreateRows {
+    fn new<'a>(instances: impl Iterator<Item = &'a NewInstance>) -> Self {
+        let mut rows = CreateRows {
+            ids: Vec::new(),
+            names: Vec::new(),
+            executions: Vec::new(),
+            inputs: Vec::new(),
+            created: Vec::new(),
+            parents: Vec::new(),
+            tokens: Vec::new(),
+        };
+        for inst in instances {
+            rows.ids.push(inst.instance_id.as_str().to_string());
+            rows.names.push(inst.name.clone());
+            rows.executions.push(inst.execution_id.clone());
+            rows.inputs.push(json(&inst.input));
+            rows.created.push(inst.created_at.timestamp_millis());
+            rows.parents.push(
+                inst.parent
+                    .as_ref()
+                    .map(|p| p.instance_id.as_str().to_string()),
+            );
+            rows.tokens
+                .push(format!("create/{}", uuid::Uuid::new_v4().simple()));
+        }
+        rows
+    }
+
+    fn params<'a>(&'a self, home: &'a i64) -> [&'a (dyn ToSql + Sync); 8] {
+        [
+            &self.ids,
+            &self.names,
+            &self.executions,
+            &self.inputs,
+            &self.created,
+            &self.parents,
+            &self.tokens,
+            home,
+        ]
+    }
+}
+
 /// A batched turn's instance row as the lock statement found it.
 struct Before {
     status: Option<RuntimeStatus>,
@@ -101,7 +190,9 @@ struct Before {
 }
 
 impl BatchArgs {
-    fn push(&mut self, commit: &TurnCommit, before: Option<&Before>) {
+    /// Adds a turn; `consumed`: its consumed messages are deleted (a new
+    /// instance's first turn consumed a start message never stored).
+    fn push(&mut self, commit: &TurnCommit, consumed: bool, before: Option<&Before>) {
         let id = commit.instance_id.as_str().to_string();
         let s = &commit.status;
         self.ids.push(id.clone());
@@ -122,9 +213,11 @@ impl BatchArgs {
             self.finished.push(id.clone());
         } else {
             self.live.push(id.clone());
-            self.consumed.extend(&commit.consumed);
-            self.consumed_by
-                .extend(commit.consumed.iter().map(|_| id.clone()));
+            if consumed {
+                self.consumed.extend(&commit.consumed);
+                self.consumed_by
+                    .extend(commit.consumed.iter().map(|_| id.clone()));
+            }
         }
         for a in &commit.activities {
             let rows = &mut self.activities;
@@ -162,22 +255,52 @@ impl PostgresStore {
     /// moment (see the module docs).
     pub(super) async fn commit_together(&self, commit: TurnCommit) -> Result<(), StoreError> {
         let (answer, answered) = oneshot::channel();
-        self.turns
-            .lock()
-            .expect("turns lock")
-            .push(QueuedTurn { commit, answer });
-        // Siblings finishing at the same moment queue theirs meanwhile.
-        tokio::task::yield_now().await;
-        let batch = std::mem::take(&mut *self.turns.lock().expect("turns lock"));
+        let batch = queue_and_take(&self.turns, QueuedTurn { commit, answer }).await;
         if !batch.is_empty() {
             self.commit_queued(batch).await;
         }
-        // Dropped unanswered only if the call committing it was cancelled:
-        // its transaction then rolled back, or committed; either way the
-        // caller treats the turn as failed and its lease settles it.
-        answered
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Database("turn commit cancelled".into())))
+        wait(answered).await
+    }
+
+    /// Creates `instance` with its first turn together with whatever other
+    /// creations are queued at the same moment (see the module docs).
+    pub(super) async fn create_together(
+        &self,
+        instance: NewInstance,
+        commit: TurnCommit,
+    ) -> Result<(), StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let queued = QueuedCreation {
+            instance,
+            commit,
+            answer,
+        };
+        let mut batch = queue_and_take(&self.creations, queued).await;
+        if batch.len() == 1 {
+            let q = batch.pop().expect("one creation");
+            let _ = q
+                .answer
+                .send(self.create_single(q.instance, q.commit).await);
+        } else if !batch.is_empty() {
+            let pairs: Vec<(&NewInstance, &TurnCommit)> =
+                batch.iter().map(|q| (&q.instance, &q.commit)).collect();
+            match self.create_batch(&pairs).await {
+                Ok(results) => {
+                    for (q, r) in batch.into_iter().zip(results) {
+                        let _ = q.answer.send(r);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, creations = batch.len(), "batched creation failed; one by one");
+                    for q in batch {
+                        let _ = q
+                            .answer
+                            .send(self.create_single(q.instance, q.commit).await);
+                    }
+                }
+            }
+        }
+        wait(answered).await
     }
 
     async fn commit_queued(&self, mut batch: Vec<QueuedTurn>) {
@@ -254,7 +377,7 @@ impl PostgresStore {
         for commit in commits {
             match held.remove(&commit.lock.0) {
                 Some(before) => {
-                    args.push(commit, lifecycle.then_some(&before));
+                    args.push(commit, true, lifecycle.then_some(&before));
                     written.push(*commit);
                     out.push(Ok(()));
                 }
@@ -265,7 +388,90 @@ impl PostgresStore {
             let _ = tx.rollback().await;
             return Ok(out);
         }
-        let woken = match self.write_batch(&tx, &args).await {
+        self.write_and_commit(tx, &args).await?;
+        for commit in written {
+            self.announce_commit(commit);
+        }
+        Ok(out)
+    }
+
+    /// New instances with their first turns in one transaction; `Err`
+    /// when it failed as a whole (rolled back: nothing changed).
+    async fn create_batch(
+        &self,
+        batch: &[(&NewInstance, &TurnCommit)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        // Rows inserted in id order (the order their locks are taken); an
+        // id twice would make the upsert fail, so such a batch goes one by
+        // one.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|&a, &b| batch[a].0.instance_id.cmp(&batch[b].0.instance_id));
+        if order
+            .windows(2)
+            .any(|w| batch[w[0]].0.instance_id == batch[w[1]].0.instance_id)
+        {
+            return Err(StoreError::Database(
+                "one instance id twice in a batch".into(),
+            ));
+        }
+        let rows = CreateRows::new(order.iter().map(|&i| batch[i].0));
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let created = async {
+            let st = tx
+                .prepare_cached(&self.sql.batch_create)
+                .await
+                .map_err(db_err)?;
+            tx.query(&st, &rows.params(&self.shared.worker))
+                .await
+                .map_err(db_err)
+        }
+        .await;
+        let created: std::collections::HashSet<String> = match created {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        let lifecycle = self.shared.lifecycle.is_some();
+        let mut args = BatchArgs::default();
+        let mut out = Vec::with_capacity(batch.len());
+        for (instance, commit) in batch {
+            if created.contains(instance.instance_id.as_str()) {
+                let before = Before {
+                    status: Some(RuntimeStatus::Pending),
+                    execution: instance.execution_id.clone(),
+                    name: instance.name.clone(),
+                };
+                args.push(commit, false, lifecycle.then_some(&before));
+                out.push(Ok(()));
+            } else {
+                out.push(Err(StoreError::Conflict(instance.instance_id.clone())));
+            }
+        }
+        if created.is_empty() {
+            let _ = tx.rollback().await;
+            return Ok(out);
+        }
+        self.write_and_commit(tx, &args).await?;
+        for (instance, commit) in batch {
+            if created.contains(instance.instance_id.as_str()) {
+                self.shared.changed(instance.instance_id.as_str(), 0, 0);
+                self.announce_commit(commit);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `args` in `tx` and commits (rolled back on failure), then
+    /// the wake-ups.
+    async fn write_and_commit(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        args: &BatchArgs,
+    ) -> Result<(), StoreError> {
+        let woken = match self.write_batch(&tx, args).await {
             Ok(woken) => woken,
             Err(e) => {
                 let _ = tx.rollback().await;
@@ -277,10 +483,7 @@ impl PostgresStore {
         if let (false, Some(n)) = (args.lifecycle.instances.is_empty(), &self.shared.lifecycle) {
             n.notify_one();
         }
-        for commit in written {
-            self.announce_commit(commit);
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// The batch's writes, pipelined in one round trip; the due times

@@ -395,6 +395,8 @@ pub struct PostgresStore {
     liveness: Mutex<Liveness>,
     /// Turn commits waiting to be committed together ([`batch`]).
     turns: Mutex<Vec<batch::QueuedTurn>>,
+    /// New instances with first turns waiting to be committed together.
+    creations: Mutex<Vec<batch::QueuedCreation>>,
     closed: AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,

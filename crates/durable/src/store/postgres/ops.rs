@@ -138,37 +138,13 @@ impl Store for PostgresStore {
     async fn create_instance_with_turn(
         &self,
         instance: NewInstance,
-        mut commit: TurnCommit,
+        commit: TurnCommit,
     ) -> Result<bool, StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db_err)?;
-        if !create_in(&tx, &self.sql, &instance, self.shared.worker).await? {
-            let _ = tx.rollback().await;
-            return Err(StoreError::Conflict(instance.instance_id));
+        if batch::batchable(&commit) {
+            self.create_together(instance, commit).await?;
+        } else {
+            self.create_single(instance, commit).await?;
         }
-        // The turn consumed the start message create_in queued (the only
-        // message of a row created in this transaction), and commits under
-        // a token of its own: nobody else can see the row before this
-        // transaction commits.
-        let token = format!("create/{}", uuid::Uuid::new_v4().simple());
-        let id = instance.instance_id.as_str();
-        let claim = tx
-            .prepare_cached(&self.sql.claim_created)
-            .await
-            .map_err(db_err)?;
-        tx.execute(&claim, &[&id, &token]).await.map_err(db_err)?;
-        commit.lock = WorkLock(token);
-        commit.consumed.clear();
-        let done = match self.commit_in(&tx, &commit).await {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = tx.rollback().await;
-                return Err(e);
-            }
-        };
-        tx.commit().await.map_err(db_err)?;
-        self.shared.changed(id, 0, 0);
-        self.committed(&commit, done);
         Ok(true)
     }
 

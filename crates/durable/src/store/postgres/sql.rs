@@ -60,6 +60,10 @@ pub(super) struct Sql {
     /// the token, status, execution and name before the turns
     /// ([`super::batch`]).
     pub(super) lock_turns: String,
+    /// New instances, or replaced terminal ones (their history and inbox
+    /// go), created leased under their tokens to their first turns, in id
+    /// order; returns the ids created (a live one is left alone).
+    pub(super) batch_create: String,
     /// A turn batch's status rows and appended histories, one row per turn
     /// in the arrays; the rows are locked and their leases checked.
     pub(super) batch_status: String,
@@ -247,6 +251,28 @@ impl Sql {
             lock_turns: format!(
                 "SELECT lock_token, runtime_status, execution_id, name FROM {s}.instances \
                  WHERE instance_id = ANY($1) AND lock_token = ANY($2) ORDER BY instance_id FOR UPDATE"
+            ),
+            batch_create: format!(
+                "WITH up AS ( \
+                   INSERT INTO {s}.instances AS i (instance_id, name, execution_id, runtime_status, input, \
+                     created_at, last_updated_at, parent_instance_id, home, lock_token) \
+                   SELECT id, name, execution, 'Pending', input, created, created, parent, $8, token \
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
+                     $7::text[]) WITH ORDINALITY AS x(id, name, execution, input, created, parent, token, ord) \
+                   ORDER BY ord \
+                   ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, \
+                     execution_id = excluded.execution_id, runtime_status = 'Pending', input = excluded.input, \
+                     output = NULL, custom_status = NULL, failure = NULL, created_at = excluded.created_at, \
+                     last_updated_at = excluded.last_updated_at, parent_instance_id = excluded.parent_instance_id, \
+                     history_events = 0, history_bytes = 0, attempts = 0, lock_token = excluded.lock_token, \
+                     lock_owner = NULL, due_at = NULL, home = excluded.home \
+                   WHERE i.runtime_status IN ({terminal}) \
+                   RETURNING i.instance_id, (xmax = 0) AS inserted), \
+                 dh AS (DELETE FROM {s}.history WHERE instance_id = ANY(ARRAY( \
+                   SELECT instance_id FROM up WHERE NOT inserted))), \
+                 dm AS (DELETE FROM {s}.messages WHERE instance_id = ANY(ARRAY( \
+                   SELECT instance_id FROM up WHERE NOT inserted))) \
+                 SELECT instance_id FROM up"
             ),
             // Arrays, not a join against `x` alone: `instance_id = ANY($1)`
             // keeps a generic plan on the primary key (see

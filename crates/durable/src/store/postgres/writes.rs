@@ -88,6 +88,7 @@ impl PostgresStore {
             dead_after_ms: lease_ms(config.dead_after),
             liveness: Mutex::default(),
             turns: Mutex::default(),
+            creations: Mutex::default(),
             closed: AtomicBool::new(false),
             stop,
             listener: Mutex::new(Some(listener)),
@@ -314,6 +315,45 @@ impl PostgresStore {
             }
         };
         tx.commit().await.map_err(db_err)?;
+        self.committed(&commit, done);
+        Ok(())
+    }
+
+    /// A new instance and its first turn in a transaction of their own
+    /// (see [`Store::create_instance_with_turn`]).
+    pub(super) async fn create_single(
+        &self,
+        instance: NewInstance,
+        mut commit: TurnCommit,
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        if !create_in(&tx, &self.sql, &instance, self.shared.worker).await? {
+            let _ = tx.rollback().await;
+            return Err(StoreError::Conflict(instance.instance_id));
+        }
+        // The turn consumed the start message create_in queued (the only
+        // message of a row created in this transaction), and commits under
+        // a token of its own: nobody else can see the row before this
+        // transaction commits.
+        let token = format!("create/{}", uuid::Uuid::new_v4().simple());
+        let id = instance.instance_id.as_str();
+        let claim = tx
+            .prepare_cached(&self.sql.claim_created)
+            .await
+            .map_err(db_err)?;
+        tx.execute(&claim, &[&id, &token]).await.map_err(db_err)?;
+        commit.lock = WorkLock(token);
+        commit.consumed.clear();
+        let done = match self.commit_in(&tx, &commit).await {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+        tx.commit().await.map_err(db_err)?;
+        self.shared.changed(id, 0, 0);
         self.committed(&commit, done);
         Ok(())
     }
