@@ -209,17 +209,9 @@ async fn process_activity(inner: &Inner, item: ActivityWorkItem) {
 /// Hands an activity's result to the store together with any that finished
 /// at the same moment (the parallel activities of a fan-out usually do):
 /// the store then makes them visible at once and the instance takes one
-/// turn for all of them instead of one each. The result is queued, the
-/// task yields once so that siblings can queue theirs, and whichever task
-/// runs next completes everything queued.
+/// turn for all of them instead of one each ([`crate::coalesce`]).
 async fn complete_together(inner: &Inner, completion: Completion) {
-    inner
-        .completions
-        .lock()
-        .expect("completions lock")
-        .push(completion);
-    tokio::task::yield_now().await;
-    let batch = std::mem::take(&mut *inner.completions.lock().expect("completions lock"));
+    let batch = inner.completions.join(completion).await;
     if batch.is_empty() {
         return; // another task completed ours
     }

@@ -124,7 +124,7 @@ pub(crate) struct Inner {
     publishing: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     /// Activity results waiting to be handed to the store together (see
     /// [`dispatch::complete_together`]).
-    pub(crate) completions: Mutex<Vec<Completion>>,
+    pub(crate) completions: crate::coalesce::Coalescer<Completion>,
 }
 
 /// A finished activity: its lease, its name (for logs) and its result.
@@ -160,7 +160,7 @@ impl Engine {
             local_updates,
             shutdown: watch::channel(false).0,
             publishing: Mutex::new(HashMap::new()),
-            completions: Mutex::new(Vec::new()),
+            completions: Default::default(),
         });
         let mut tasks = vec![
             tokio::spawn(dispatch::orchestration_loop(inner.clone())),

@@ -9,6 +9,7 @@
 //! - `run`: replay of a history and execution of one turn (pure, no I/O).
 //! - [`registry`]: orchestrations and activities by name.
 //! - [`engine`]: dispatchers, client API, live updates.
+//! - [`coalesce`]: operations arriving at the same moment, taken together.
 //! - [`remote`]: live updates of the changes other processes sharing the
 //!   store commit.
 //! - [`store`]: the [`Store`] trait and its SQLite and PostgreSQL
@@ -28,6 +29,7 @@
 //! - **work item**: a leased unit of queued work: an instance with messages
 //!   (orchestration work item) or an activity to run (activity work item).
 
+pub mod coalesce;
 #[cfg(feature = "testing")]
 pub mod conformance;
 pub mod context;

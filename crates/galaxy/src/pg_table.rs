@@ -53,6 +53,14 @@ fn from_row(r: &Row) -> Galaxy {
 pub struct PgGalaxyTable {
     pool: Pool,
     table: String,
+    /// Inserts waiting to go in one statement.
+    inserts: durable::coalesce::Coalescer<QueuedInsert>,
+}
+
+/// A galaxy waiting for a batched insert, and where its answer goes.
+struct QueuedInsert {
+    galaxy: Galaxy,
+    answer: tokio::sync::oneshot::Sender<Result<bool, TableError>>,
 }
 
 impl std::fmt::Debug for PgGalaxyTable {
@@ -130,38 +138,92 @@ impl PgGalaxyTable {
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         drop(client);
-        Ok(Self { pool, table })
+        Ok(Self {
+            pool,
+            table,
+            inserts: Default::default(),
+        })
     }
 
     /// Inserts a galaxy unless a row with its keys exists. Returns whether
     /// this call wrote it. Durable when it returns.
+    ///
+    /// Inserts that arrive at the same moment (the writing activities of
+    /// many Galaxy_Create finish together) go in one statement
+    /// ([`durable::coalesce`]): one commit instead of one each.
     pub async fn insert(&self, galaxy: &Galaxy) -> Result<bool, TableError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let queued = QueuedInsert {
+            galaxy: galaxy.clone(),
+            answer,
+        };
+        let batch = self.inserts.join(queued).await;
+        if !batch.is_empty() {
+            let galaxies: Vec<&Galaxy> = batch.iter().map(|q| &q.galaxy).collect();
+            match self.insert_all(&galaxies).await {
+                Ok(written) => {
+                    for (q, w) in batch.into_iter().zip(written) {
+                        let _ = q.answer.send(Ok(w));
+                    }
+                }
+                Err(e) => {
+                    // Nothing of the statement was written: each caller
+                    // gets the error (its activity runs again).
+                    let message = e.to_string();
+                    for q in batch {
+                        let _ = q.answer.send(Err(TableError::Postgres(message.clone())));
+                    }
+                }
+            }
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(TableError::Postgres("insert cancelled".into())))
+    }
+
+    /// Inserts `galaxies` in one statement; for each, whether it wrote it
+    /// (of two with the same keys, the first).
+    async fn insert_all(&self, galaxies: &[&Galaxy]) -> Result<Vec<bool>, TableError> {
         let client = self.pool.get().await.map_err(pool_err)?;
         let stmt = client
             .prepare_cached(&format!(
-                "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (partition_key, row_key) DO NOTHING",
+                "INSERT INTO {} ({COLUMNS}) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], \
+                   $5::int4[], $6::int4[], $7::int4[], $8::text[]) \
+                 ON CONFLICT (partition_key, row_key) DO NOTHING \
+                 RETURNING partition_key, row_key",
                 self.table
             ))
             .await
             .map_err(pg_err)?;
-        let n = client
-            .execute(
+        let text = |f: fn(&Galaxy) -> &String| galaxies.iter().map(|g| f(g)).collect::<Vec<_>>();
+        let coord = |f: fn(&Galaxy) -> i32| galaxies.iter().map(|g| f(g)).collect::<Vec<_>>();
+        let at: Vec<i64> = galaxies
+            .iter()
+            .map(|g| g.timestamp.timestamp_millis())
+            .collect();
+        let rows = client
+            .query(
                 &stmt,
                 &[
-                    &galaxy.partition_key,
-                    &galaxy.row_key,
-                    &galaxy.timestamp.timestamp_millis(),
-                    &galaxy.name,
-                    &galaxy.coords.x,
-                    &galaxy.coords.y,
-                    &galaxy.coords.z,
-                    &galaxy.instance_id,
+                    &text(|g| &g.partition_key),
+                    &text(|g| &g.row_key),
+                    &at,
+                    &text(|g| &g.name),
+                    &coord(|g| g.coords.x),
+                    &coord(|g| g.coords.y),
+                    &coord(|g| g.coords.z),
+                    &text(|g| &g.instance_id),
                 ],
             )
             .await
             .map_err(pg_err)?;
-        Ok(n == 1)
+        let mut written: std::collections::HashSet<(String, String)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(galaxies
+            .iter()
+            .map(|g| written.remove(&(g.partition_key.clone(), g.row_key.clone())))
+            .collect())
     }
 
     /// One galaxy by its keys.

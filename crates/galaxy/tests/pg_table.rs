@@ -76,6 +76,14 @@ async fn rows_are_written_once_across_handles() {
     assert_eq!(names, want);
     let r = a.list(None, 10, Some("no-separator")).await;
     assert!(matches!(r, Err(TableError::BadContinuation)), "{r:?}");
+
+    // One handle given the same row twice at once (inserts that arrive
+    // together share a statement): written once, reported once.
+    let again = galaxy("rk-twice", "Twice", "i-twice");
+    let twice = futures::future::join_all([a.insert(again.clone()), a.insert(again.clone())]).await;
+    let twice: Vec<bool> = twice.into_iter().map(Result::unwrap).collect();
+    assert_eq!(twice, [true, false]);
+    assert_eq!(a.get("galaxies", "rk-twice").await.unwrap(), Some(again));
     a.close();
     b.close();
 }

@@ -57,15 +57,6 @@ pub(super) struct QueuedCreation {
     answer: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// Queues `item`, lets the other tasks that finish at the same moment queue
-/// theirs, then takes everything queued (nothing if another call took it,
-/// ours included, first).
-async fn queue_and_take<T>(queue: &Mutex<Vec<T>>, item: T) -> Vec<T> {
-    queue.lock().expect("batch queue lock").push(item);
-    tokio::task::yield_now().await;
-    std::mem::take(&mut *queue.lock().expect("batch queue lock"))
-}
-
 /// The answer of a queued operation. Dropped unanswered only if the call
 /// committing it was cancelled: its transaction then rolled back, or
 /// committed; either way the caller treats the operation as failed (a
@@ -255,7 +246,7 @@ impl PostgresStore {
     /// moment (see the module docs).
     pub(super) async fn commit_together(&self, commit: TurnCommit) -> Result<(), StoreError> {
         let (answer, answered) = oneshot::channel();
-        let batch = queue_and_take(&self.turns, QueuedTurn { commit, answer }).await;
+        let batch = self.turns.join(QueuedTurn { commit, answer }).await;
         if !batch.is_empty() {
             self.commit_queued(batch).await;
         }
@@ -275,7 +266,7 @@ impl PostgresStore {
             commit,
             answer,
         };
-        let mut batch = queue_and_take(&self.creations, queued).await;
+        let mut batch = self.creations.join(queued).await;
         if batch.len() == 1 {
             let q = batch.pop().expect("one creation");
             let _ = q

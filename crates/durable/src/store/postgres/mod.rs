@@ -394,9 +394,9 @@ pub struct PostgresStore {
     /// When `next_wake_at` last looked for workers that are gone.
     liveness: Mutex<Liveness>,
     /// Turn commits waiting to be committed together ([`batch`]).
-    turns: Mutex<Vec<batch::QueuedTurn>>,
+    turns: crate::coalesce::Coalescer<batch::QueuedTurn>,
     /// New instances with first turns waiting to be committed together.
-    creations: Mutex<Vec<batch::QueuedCreation>>,
+    creations: crate::coalesce::Coalescer<batch::QueuedCreation>,
     closed: AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
