@@ -304,19 +304,29 @@ impl PostgresStore {
     pub(super) async fn commit_single(&self, commit: TurnCommit) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db_err)?;
-        let done = match self.commit_in(&tx, &commit).await {
+        let done = self.finish_turn(tx, &commit).await?;
+        self.committed(&commit, done);
+        Ok(())
+    }
+
+    /// A turn's statements in `tx`, then the commit; on an error the
+    /// rollback, awaited rather than left to the drop: the statements may
+    /// hold row locks (a send's target) that a fetch right after the call
+    /// must not skip. Nothing changed once rolled back.
+    async fn finish_turn(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        commit: &TurnCommit,
+    ) -> Result<Committed, StoreError> {
+        let done = match self.commit_in(&tx, commit).await {
             Ok(done) => done,
             Err(e) => {
-                // Nothing changed once rolled back. Awaited, not left to the
-                // drop: the statements may hold row locks (a send's target)
-                // that a fetch right after this call must not skip.
                 let _ = tx.rollback().await;
                 return Err(e);
             }
         };
         tx.commit().await.map_err(db_err)?;
-        self.committed(&commit, done);
-        Ok(())
+        Ok(done)
     }
 
     /// A new instance and its first turn in a transaction of their own
@@ -345,14 +355,7 @@ impl PostgresStore {
         tx.execute(&claim, &[&id, &token]).await.map_err(db_err)?;
         commit.lock = WorkLock(token);
         commit.consumed.clear();
-        let done = match self.commit_in(&tx, &commit).await {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = tx.rollback().await;
-                return Err(e);
-            }
-        };
-        tx.commit().await.map_err(db_err)?;
+        let done = self.finish_turn(tx, &commit).await?;
         self.shared.changed(id, 0, 0);
         self.committed(&commit, done);
         Ok(())
