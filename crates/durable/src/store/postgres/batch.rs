@@ -40,6 +40,7 @@
 //!   with a rare cross-instance writer, a lost connection), it is rolled
 //!   back and each turn is committed on its own.
 
+use super::writes::settle;
 use super::*;
 use crate::store::lifecycle;
 use tokio::sync::oneshot;
@@ -462,14 +463,8 @@ impl PostgresStore {
         tx: deadpool_postgres::Transaction<'_>,
         args: &BatchArgs,
     ) -> Result<(), StoreError> {
-        let woken = match self.write_batch(&tx, args).await {
-            Ok(woken) => woken,
-            Err(e) => {
-                let _ = tx.rollback().await;
-                return Err(e);
-            }
-        };
-        tx.commit().await.map_err(db_err)?;
+        let written = self.write_batch(&tx, args).await;
+        let woken = settle(tx, written).await?;
         self.after_commit(woken);
         if let (false, Some(n)) = (args.lifecycle.instances.is_empty(), &self.shared.lifecycle) {
             n.notify_one();

@@ -309,24 +309,14 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// A turn's statements in `tx`, then the commit; on an error the
-    /// rollback, awaited rather than left to the drop: the statements may
-    /// hold row locks (a send's target) that a fetch right after the call
-    /// must not skip. Nothing changed once rolled back.
+    /// A turn's statements in `tx`, then [`settle`].
     async fn finish_turn(
         &self,
         tx: deadpool_postgres::Transaction<'_>,
         commit: &TurnCommit,
     ) -> Result<Committed, StoreError> {
-        let done = match self.commit_in(&tx, commit).await {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = tx.rollback().await;
-                return Err(e);
-            }
-        };
-        tx.commit().await.map_err(db_err)?;
-        Ok(done)
+        let done = self.commit_in(&tx, commit).await;
+        settle(tx, done).await
     }
 
     /// A new instance and its first turn in a transaction of their own
@@ -586,6 +576,26 @@ impl PostgresStore {
         self.shared.announce(woken.orchestrations, woken.activities);
         if let Some(at) = woken.later {
             self.shared.hint(at);
+        }
+    }
+}
+
+/// Commits `tx` when its statements succeeded (`done`), else rolls it back,
+/// awaited rather than left to the drop: the statements may hold row locks
+/// (a send's target) that a fetch right after the call must not skip.
+/// Nothing changed once rolled back.
+pub(super) async fn settle<T>(
+    tx: deadpool_postgres::Transaction<'_>,
+    done: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match done {
+        Ok(v) => {
+            tx.commit().await.map_err(db_err)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
         }
     }
 }
