@@ -211,10 +211,13 @@ async fn process_activity(inner: &Inner, item: ActivityWorkItem) {
 /// the store then makes them visible at once and the instance takes one
 /// turn for all of them instead of one each ([`crate::coalesce`]).
 async fn complete_together(inner: &Inner, completion: Completion) {
-    let batch = inner.completions.join(completion).await;
-    if batch.is_empty() {
-        return; // another task completed ours
-    }
+    inner
+        .completions
+        .run(completion, |batch| complete_batch(inner, batch))
+        .await;
+}
+
+async fn complete_batch(inner: &Inner, batch: Vec<Completion>) {
     let (names, items): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .map(|c| ((c.lock.clone(), c.name), (c.lock, c.result)))

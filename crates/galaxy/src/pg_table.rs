@@ -157,28 +157,32 @@ impl PgGalaxyTable {
             galaxy: galaxy.clone(),
             answer,
         };
-        let batch = self.inserts.join(queued).await;
-        if !batch.is_empty() {
-            let galaxies: Vec<&Galaxy> = batch.iter().map(|q| &q.galaxy).collect();
-            match self.insert_all(&galaxies).await {
-                Ok(written) => {
-                    for (q, w) in batch.into_iter().zip(written) {
-                        let _ = q.answer.send(Ok(w));
-                    }
-                }
-                Err(e) => {
-                    // Nothing of the statement was written: each caller
-                    // gets the error (its activity runs again).
-                    let message = e.to_string();
-                    for q in batch {
-                        let _ = q.answer.send(Err(TableError::Postgres(message.clone())));
-                    }
-                }
-            }
-        }
+        self.inserts
+            .run(queued, |batch| self.insert_queued(batch))
+            .await;
         answered
             .await
             .unwrap_or_else(|_| Err(TableError::Postgres("insert cancelled".into())))
+    }
+
+    /// Inserts a batch of queued galaxies and answers each caller.
+    async fn insert_queued(&self, batch: Vec<QueuedInsert>) {
+        let galaxies: Vec<&Galaxy> = batch.iter().map(|q| &q.galaxy).collect();
+        match self.insert_all(&galaxies).await {
+            Ok(written) => {
+                for (q, w) in batch.into_iter().zip(written) {
+                    let _ = q.answer.send(Ok(w));
+                }
+            }
+            Err(e) => {
+                // Nothing of the statement was written: each caller gets
+                // the error (its activity runs again).
+                let message = e.to_string();
+                for q in batch {
+                    let _ = q.answer.send(Err(TableError::Postgres(message.clone())));
+                }
+            }
+        }
     }
 
     /// Inserts `galaxies` in one statement; for each, whether it wrote it

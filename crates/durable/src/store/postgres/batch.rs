@@ -247,10 +247,11 @@ impl PostgresStore {
     /// moment (see the module docs).
     pub(super) async fn commit_together(&self, commit: TurnCommit) -> Result<(), StoreError> {
         let (answer, answered) = oneshot::channel();
-        let batch = self.turns.join(QueuedTurn { commit, answer }).await;
-        if !batch.is_empty() {
-            self.commit_queued(batch).await;
-        }
+        self.turns
+            .run(QueuedTurn { commit, answer }, |batch| {
+                self.commit_queued(batch)
+            })
+            .await;
         wait(answered).await
     }
 
@@ -267,32 +268,37 @@ impl PostgresStore {
             commit,
             answer,
         };
-        let mut batch = self.creations.join(queued).await;
+        self.creations
+            .run(queued, |batch| self.create_queued(batch))
+            .await;
+        wait(answered).await
+    }
+
+    async fn create_queued(&self, mut batch: Vec<QueuedCreation>) {
         if batch.len() == 1 {
             let q = batch.pop().expect("one creation");
             let _ = q
                 .answer
                 .send(self.create_single(q.instance, q.commit).await);
-        } else if !batch.is_empty() {
-            let pairs: Vec<(&NewInstance, &TurnCommit)> =
-                batch.iter().map(|q| (&q.instance, &q.commit)).collect();
-            match self.create_batch(&pairs).await {
-                Ok(results) => {
-                    for (q, r) in batch.into_iter().zip(results) {
-                        let _ = q.answer.send(r);
-                    }
+            return;
+        }
+        let pairs: Vec<(&NewInstance, &TurnCommit)> =
+            batch.iter().map(|q| (&q.instance, &q.commit)).collect();
+        match self.create_batch(&pairs).await {
+            Ok(results) => {
+                for (q, r) in batch.into_iter().zip(results) {
+                    let _ = q.answer.send(r);
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, creations = batch.len(), "batched creation failed; one by one");
-                    for q in batch {
-                        let _ = q
-                            .answer
-                            .send(self.create_single(q.instance, q.commit).await);
-                    }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, creations = batch.len(), "batched creation failed; one by one");
+                for q in batch {
+                    let _ = q
+                        .answer
+                        .send(self.create_single(q.instance, q.commit).await);
                 }
             }
         }
-        wait(answered).await
     }
 
     async fn commit_queued(&self, mut batch: Vec<QueuedTurn>) {
