@@ -211,3 +211,44 @@ pub async fn case_creations_committed_together(store: &dyn Store) {
     assert_eq!(of("cg-done"), [Running, Completed, Running]);
     assert!(of("cg-live").is_empty());
 }
+
+/// One new id created twice at the same moment (two clients starting the
+/// same instance): one start lands whole, the other is a conflict that
+/// changes nothing. A store that batches creations cannot put both in one
+/// statement, so this also takes its fallback: the batch fails as a
+/// whole and each creation is committed on its own.
+pub async fn case_same_instance_created_twice_at_once(store: &dyn Store) {
+    let [first, second] = ["first", "second"].map(|input| {
+        let (inst, mut commit) = first_turn("twice", json!(input));
+        // Writes to its own instance only (what a store may batch).
+        commit.messages.clear();
+        (inst, commit)
+    });
+    let (a, b) = tokio::join!(
+        store.create_instance_with_turn(first.0, first.1),
+        store.create_instance_with_turn(second.0, second.1),
+    );
+    let (won, input) = match (&a, &b) {
+        (Ok(fused), Err(StoreError::Conflict(id))) => {
+            assert_eq!(*id, iid("twice"));
+            (*fused, "first")
+        }
+        (Err(StoreError::Conflict(id)), Ok(fused)) => {
+            assert_eq!(*id, iid("twice"));
+            (*fused, "second")
+        }
+        other => panic!("expected one start and one conflict, got {other:?}"),
+    };
+    let st = store
+        .get_instance(&iid("twice"), false)
+        .await
+        .unwrap()
+        .expect("the instance that won");
+    assert_eq!(st.input, json!(input));
+    if won {
+        assert_eq!(st.runtime_status, RuntimeStatus::Running);
+        assert_eq!(history_len(store, "twice").await, 3);
+        let queued = store.fetch_activity_work(10, LONG).await.unwrap();
+        assert_eq!(queued.len(), 1, "one start's activity, not two");
+    }
+}

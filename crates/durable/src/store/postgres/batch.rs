@@ -45,17 +45,55 @@ use super::*;
 use crate::store::lifecycle;
 use tokio::sync::oneshot;
 
-/// A turn commit waiting for a batch, and where its answer goes.
-pub(super) struct QueuedTurn {
-    commit: TurnCommit,
+/// Work waiting for a batch, and where its answer goes.
+pub(super) struct Queued<W> {
+    work: W,
     answer: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// A turn commit waiting for a batch.
+pub(super) type QueuedTurn = Queued<TurnCommit>;
+
 /// A new instance with its first turn waiting for a batch.
-pub(super) struct QueuedCreation {
-    instance: NewInstance,
-    commit: TurnCommit,
-    answer: oneshot::Sender<Result<(), StoreError>>,
+pub(super) type QueuedCreation = Queued<(NewInstance, TurnCommit)>;
+
+/// Each queued item's outcome, or `Err` when the batch failed as a whole
+/// (rolled back: nothing changed).
+type BatchOutcome = Result<Vec<Result<(), StoreError>>, StoreError>;
+
+/// Does a taken batch and answers each caller: an item alone goes through
+/// `single`; several go through `together` in one transaction, and one by
+/// one through `single` when that failed as a whole. `together` hands
+/// the items back with the outcome.
+async fn answer_batch<W, F, T>(
+    mut batch: Vec<Queued<W>>,
+    what: &'static str,
+    single: impl Fn(W) -> F,
+    together: impl FnOnce(Vec<W>) -> T,
+) where
+    F: std::future::Future<Output = Result<(), StoreError>>,
+    T: std::future::Future<Output = (Vec<W>, BatchOutcome)>,
+{
+    if batch.len() == 1 {
+        let q = batch.pop().expect("one item");
+        let _ = q.answer.send(single(q.work).await);
+        return;
+    }
+    let (works, answers): (Vec<W>, Vec<_>) = batch.into_iter().map(|q| (q.work, q.answer)).unzip();
+    let (works, outcome) = together(works).await;
+    match outcome {
+        Ok(results) => {
+            for (answer, r) in answers.into_iter().zip(results) {
+                let _ = answer.send(r);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, items = works.len(), "batched {what} failed; one by one");
+            for (work, answer) in works.into_iter().zip(answers) {
+                let _ = answer.send(single(work).await);
+            }
+        }
+    }
 }
 
 /// The answer of a queued operation. Dropped unanswered only if the call
@@ -248,9 +286,23 @@ impl PostgresStore {
     pub(super) async fn commit_together(&self, commit: TurnCommit) -> Result<(), StoreError> {
         let (answer, answered) = oneshot::channel();
         self.turns
-            .run(QueuedTurn { commit, answer }, |batch| {
-                self.commit_queued(batch)
-            })
+            .run(
+                Queued {
+                    work: commit,
+                    answer,
+                },
+                |batch| {
+                    answer_batch(
+                        batch,
+                        "turn commit",
+                        |commit| self.commit_single(commit),
+                        |commits| async move {
+                            let outcome = self.commit_batch(&commits).await;
+                            (commits, outcome)
+                        },
+                    )
+                },
+            )
             .await;
         wait(answered).await
     }
@@ -263,72 +315,29 @@ impl PostgresStore {
         commit: TurnCommit,
     ) -> Result<(), StoreError> {
         let (answer, answered) = oneshot::channel();
-        let queued = QueuedCreation {
-            instance,
-            commit,
+        let queued = Queued {
+            work: (instance, commit),
             answer,
         };
         self.creations
-            .run(queued, |batch| self.create_queued(batch))
+            .run(queued, |batch| {
+                answer_batch(
+                    batch,
+                    "creation",
+                    |(instance, commit)| self.create_single(instance, commit),
+                    |creations| async move {
+                        let outcome = self.create_batch(&creations).await;
+                        (creations, outcome)
+                    },
+                )
+            })
             .await;
         wait(answered).await
     }
 
-    async fn create_queued(&self, mut batch: Vec<QueuedCreation>) {
-        if batch.len() == 1 {
-            let q = batch.pop().expect("one creation");
-            let _ = q
-                .answer
-                .send(self.create_single(q.instance, q.commit).await);
-            return;
-        }
-        let pairs: Vec<(&NewInstance, &TurnCommit)> =
-            batch.iter().map(|q| (&q.instance, &q.commit)).collect();
-        match self.create_batch(&pairs).await {
-            Ok(results) => {
-                for (q, r) in batch.into_iter().zip(results) {
-                    let _ = q.answer.send(r);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, creations = batch.len(), "batched creation failed; one by one");
-                for q in batch {
-                    let _ = q
-                        .answer
-                        .send(self.create_single(q.instance, q.commit).await);
-                }
-            }
-        }
-    }
-
-    async fn commit_queued(&self, mut batch: Vec<QueuedTurn>) {
-        if batch.len() == 1 {
-            let q = batch.pop().expect("one turn");
-            let _ = q.answer.send(self.commit_single(q.commit).await);
-            return;
-        }
-        let commits: Vec<&TurnCommit> = batch.iter().map(|q| &q.commit).collect();
-        match self.commit_batch(&commits).await {
-            Ok(results) => {
-                for (q, r) in batch.into_iter().zip(results) {
-                    let _ = q.answer.send(r);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, turns = batch.len(), "batched turn commit failed; one by one");
-                for q in batch {
-                    let _ = q.answer.send(self.commit_single(q.commit).await);
-                }
-            }
-        }
-    }
-
     /// One transaction for several turns; `Err` when it failed as a whole
     /// (rolled back: nothing changed).
-    async fn commit_batch(
-        &self,
-        commits: &[&TurnCommit],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    async fn commit_batch(&self, commits: &[TurnCommit]) -> BatchOutcome {
         let mut ids: Vec<String> = commits
             .iter()
             .map(|c| c.instance_id.as_str().to_string())
@@ -376,7 +385,7 @@ impl PostgresStore {
             match held.remove(&commit.lock.0) {
                 Some(before) => {
                     args.push(commit, true, lifecycle.then_some(&before));
-                    written.push(*commit);
+                    written.push(commit);
                     out.push(Ok(()));
                 }
                 None => out.push(Err(StoreError::LeaseLost)),
@@ -395,10 +404,7 @@ impl PostgresStore {
 
     /// New instances with their first turns in one transaction; `Err`
     /// when it failed as a whole (rolled back: nothing changed).
-    async fn create_batch(
-        &self,
-        batch: &[(&NewInstance, &TurnCommit)],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    async fn create_batch(&self, batch: &[(NewInstance, TurnCommit)]) -> BatchOutcome {
         // Rows inserted in id order (the order their locks are taken); an
         // id twice would make the upsert fail, so such a batch goes one by
         // one.
@@ -412,7 +418,7 @@ impl PostgresStore {
                 "one instance id twice in a batch".into(),
             ));
         }
-        let rows = CreateRows::new(order.iter().map(|&i| batch[i].0));
+        let rows = CreateRows::new(order.iter().map(|&i| &batch[i].0));
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db_err)?;
         let created = async {
