@@ -131,9 +131,16 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
     g.drawImage(sprite(p.hue), sx - r * 2, sy - r * 2, r * 4, r * 4);
   }
 
-  /** Redraws the layer if the view changed or it is dirty; returns
-   *  whether it did. */
-  function drawLayer(base, now) {
+  /** Draws `[point, sx, sy]` glows; they add up ("lighter"). */
+  function glows(g, list, base, now) {
+    g.globalCompositeOperation = "lighter";
+    for (const [p, sx, sy] of list) glow(g, p, sx, sy, base, now);
+    g.globalCompositeOperation = "source-over";
+  }
+
+  /** Redraws the layer from the `visible` points if the view changed or
+   *  it is dirty; returns whether it did. */
+  function drawLayer(visible, base, now) {
     const key = `${width}x${height}@${dpr}:${view.cx},${view.cy},${view.scale}`;
     if (layer && !layerDirty && key === layerKey) return false;
     if (!layer) layer = document.createElement("canvas");
@@ -147,35 +154,25 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
     if (stars) g.drawImage(stars, 0, 0, width, height);
     else g.clearRect(0, 0, width, height);
     drawGrid(g);
-    g.globalCompositeOperation = "lighter";
-    for (const p of points) {
-      if (now - p.born < PULSE_MS) continue;
-      const [sx, sy] = toScreen(p);
-      if (sx < -40 || sy < -40 || sx > width + 40 || sy > height + 40) continue;
-      glow(g, p, sx, sy, base, now);
-    }
-    g.globalCompositeOperation = "source-over";
+    glows(g, visible.filter(([p]) => now - p.born >= PULSE_MS), base, now);
     layerKey = key;
     layerDirty = false;
     return true;
   }
 
   // A galaxy whose pulse ended joins the layer as one more glow: glows add
-  // up ("lighter"), so this equals a redraw of the layer, which with
-  // 1,000 galaxies in software cost a frame of its own at every click.
+  // up, so this equals a redraw of the layer, which with 1,000 galaxies
+  // in software cost a frame of its own at every click.
   function settle(settled, base, now) {
     const g = layer.getContext("2d");
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
-    g.globalCompositeOperation = "lighter";
-    for (const [p, sx, sy] of settled) glow(g, p, sx, sy, base, now);
-    g.globalCompositeOperation = "source-over";
+    glows(g, settled, base, now);
   }
 
   function draw(now) {
     frame = 0;
     const zoom = view.scale / fitScale;
     const base = 7 * Math.min(2.2, Math.sqrt(zoom));
-    let animating = false;
     const visible = [];
     const pulsing = [];
     const settled = [];
@@ -186,15 +183,12 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
       if (now - p.born < PULSE_MS) pulsing.push([p, sx, sy]);
       else if (p.pulsing) { p.pulsing = false; settled.push([p, sx, sy]); }
     }
-    if (!drawLayer(base, now) && settled.length) settle(settled, base, now);
+    if (!drawLayer(visible, base, now) && settled.length) settle(settled, base, now);
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.drawImage(layer, 0, 0);
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.globalCompositeOperation = "lighter";
-    for (const [p, sx, sy] of pulsing) glow(ctx, p, sx, sy, base, now);
-    ctx.globalCompositeOperation = "source-over";
+    glows(ctx, pulsing, base, now);
     for (const [p, sx, sy] of pulsing) {
-      animating = true;
       const t = (now - p.born) / PULSE_MS;
       ctx.strokeStyle = `hsla(${p.hue}, 100%, 80%, ${0.9 * (1 - t)})`;
       ctx.lineWidth = 2;
@@ -238,7 +232,7 @@ export function createMap({ canvas, tooltip, container, onSelect }) {
       ctx.fillText(p.galaxy.name, sx + 10, sy - 10);
       ctx.shadowBlur = 0;
     }
-    if (animating) render();
+    if (pulsing.length) render();
   }
 
   function render() {
