@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{publish_in_order, publish_order, Completion, Inner};
 use crate::error::Error;
 use crate::history::{EventKind, Message};
 use crate::registry::ActivityContext;
 use crate::run::panic_failure;
-use crate::store::{ActivityWorkItem, OrchestrationWorkItem, StoreError, WorkSignal};
+use crate::store::{ActivityWorkItem, OrchestrationWorkItem, StoreError, WorkKind};
 use crate::turn::prepare_turn;
 use crate::types::{self, FailureDetails};
 
@@ -26,10 +26,11 @@ const STORE_ERROR_BACKOFF: Duration = Duration::from_millis(200);
 
 async fn wait_for_work(
     inner: &Inner,
+    kind: WorkKind,
     notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
 ) {
     let mut shutdown = inner.shutdown.subscribe();
-    let wake_at = inner.store.next_wake_at().await.ok().flatten();
+    let wake_at = inner.store.next_wake_at(kind).await.ok().flatten();
     let sleep = match wake_at {
         Some(t) => (t - types::now()).to_std().unwrap_or(Duration::ZERO),
         None => Duration::from_secs(3600),
@@ -47,7 +48,7 @@ pub(crate) async fn orchestration_loop(inner: Arc<Inner>) {
     let slots = inner.orchestration_slots.clone();
     dispatch(
         inner,
-        |signal| &signal.orchestrations,
+        WorkKind::Orchestration,
         slots,
         "orchestration",
         |inner, n| async move {
@@ -63,7 +64,7 @@ pub(crate) async fn activity_loop(inner: Arc<Inner>) {
     let slots = inner.activity_slots.clone();
     dispatch(
         inner,
-        |signal| &signal.activities,
+        WorkKind::Activity,
         slots,
         "activity",
         |inner, n| async move {
@@ -80,7 +81,7 @@ pub(crate) async fn activity_loop(inner: Arc<Inner>) {
 /// the kind's signal (or the store's next due time) when there is none.
 async fn dispatch<T, Fetched, Processed>(
     inner: Arc<Inner>,
-    kind: impl Fn(&WorkSignal) -> &Notify,
+    kind: WorkKind,
     slots: Arc<Semaphore>,
     what: &'static str,
     fetch: impl Fn(Arc<Inner>, usize) -> Fetched,
@@ -92,7 +93,11 @@ async fn dispatch<T, Fetched, Processed>(
 {
     let signal = inner.store.work_signal();
     while !*inner.shutdown.borrow() {
-        let notified = kind(&signal).notified();
+        let notified = match kind {
+            WorkKind::Orchestration => &signal.orchestrations,
+            WorkKind::Activity => &signal.activities,
+        }
+        .notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let Some(permits) = acquire_some(&slots, &inner).await else {
@@ -108,7 +113,7 @@ async fn dispatch<T, Fetched, Processed>(
         };
         if items.is_empty() {
             drop(permits);
-            wait_for_work(&inner, notified).await;
+            wait_for_work(&inner, kind, notified).await;
             continue;
         }
         for (item, permit) in items.into_iter().zip(permits) {

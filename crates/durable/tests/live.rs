@@ -574,8 +574,11 @@ impl durable::Store for GatedStore {
     ) -> Result<(), StoreError> {
         self.inner.abandon_activity_work(l, d).await
     }
-    async fn next_wake_at(&self) -> Result<Option<durable::Timestamp>, StoreError> {
-        self.inner.next_wake_at().await
+    async fn next_wake_at(
+        &self,
+        kind: durable::store::WorkKind,
+    ) -> Result<Option<durable::Timestamp>, StoreError> {
+        self.inner.next_wake_at(kind).await
     }
     async fn read_status(
         &self,

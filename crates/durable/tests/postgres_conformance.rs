@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use durable::conformance::Harness;
-use durable::store::{NewInstance, PurgeOutcome};
+use durable::store::{NewInstance, PurgeOutcome, WorkKind};
 use durable::testing::PgCluster;
 use durable::{InstanceId, PostgresConfig, PostgresStore, Store, StoreError};
 use serde_json::json;
@@ -187,7 +187,7 @@ async fn affinity_keeps_an_instance_where_it_ran() {
     // a leaves it due: b wakes up when the affinity runs out and takes it.
     let due = Instant::now();
     let wake = b
-        .next_wake_at()
+        .next_wake_at(WorkKind::Orchestration)
         .await
         .unwrap()
         .expect("a wake-up for a's work");
@@ -200,7 +200,7 @@ async fn affinity_keeps_an_instance_where_it_ran() {
             Instant::now() < deadline,
             "b never took the instance a left"
         );
-        let wake = b.next_wake_at().await.unwrap();
+        let wake = b.next_wake_at(WorkKind::Orchestration).await.unwrap();
         let until = wake
             .map(|w| (w - durable::types::now()).to_std().unwrap_or_default())
             .unwrap_or(Duration::from_secs(1));
@@ -282,7 +282,11 @@ async fn notifications_wake_other_processes() {
     tokio::time::timeout(Duration::from_secs(5), created)
         .await
         .expect("b woken for x2");
-    let planned = b.next_wake_at().await.unwrap().expect("a's activity lease");
+    let planned = b
+        .next_wake_at(WorkKind::Activity)
+        .await
+        .unwrap()
+        .expect("a's activity lease");
     // Discard a wake-up stored by the notifications above.
     let _ = tokio::time::timeout(Duration::ZERO, signal.orchestrations.notified()).await;
     let hint = signal.orchestrations.notified();
@@ -296,7 +300,11 @@ async fn notifications_wake_other_processes() {
     tokio::time::timeout(Duration::from_secs(5), hint)
         .await
         .expect("b woken by a's earlier lease expiry");
-    let wake = b.next_wake_at().await.unwrap().expect("a wake-up");
+    let wake = b
+        .next_wake_at(WorkKind::Orchestration)
+        .await
+        .unwrap()
+        .expect("a wake-up");
     assert!(
         wake < planned,
         "{wake} is not before the earlier plan {planned}"
@@ -404,7 +412,9 @@ async fn a_worker_whose_listener_reconnects_keeps_its_leases() {
     let until = std::time::Instant::now() + Duration::from_secs(4);
     let mut reconnected = false;
     while std::time::Instant::now() < until {
-        let _ = b.next_wake_at().await.unwrap();
+        for kind in [WorkKind::Orchestration, WorkKind::Activity] {
+            let _ = b.next_wake_at(kind).await.unwrap();
+        }
         let stolen = b
             .fetch_activity_work(100, Duration::from_secs(60))
             .await
@@ -599,7 +609,10 @@ async fn leases_of_a_dead_worker_are_taken_over() {
         );
         if got.len() < 2 {
             // What an idle dispatcher does: ask when to wake up.
-            let wake = survivor.next_wake_at().await.unwrap();
+            let wake = survivor
+                .next_wake_at(WorkKind::Orchestration)
+                .await
+                .unwrap();
             let signal = survivor.work_signal();
             let notified = signal.orchestrations.notified();
             // The dead backend may take a moment to leave

@@ -171,7 +171,7 @@ pub async fn case_orchestration_lease_expiry(store: &dyn Store) {
     assert_eq!(short.instance_id.as_str(), "le");
     assert_eq!(short.attempts, 1);
 
-    let wake = store.next_wake_at().await.unwrap();
+    let wake = store.next_wake_at(WorkKind::Orchestration).await.unwrap();
     let wake = wake.expect("a lease expiry is due");
     assert!(
         wake <= types::now() + chrono::Duration::from_std(SHORT).unwrap(),

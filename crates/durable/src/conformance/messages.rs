@@ -68,7 +68,7 @@ pub async fn case_delayed_messages(store: &dyn Store) {
     if types::now() < due {
         assert_eq!(depth.0, 0, "a delayed message counts as queued work");
     }
-    let wake = store.next_wake_at().await.unwrap();
+    let wake = store.next_wake_at(WorkKind::Orchestration).await.unwrap();
     if early.is_empty() {
         assert_eq!(wake, Some(due));
     }
@@ -106,7 +106,7 @@ pub async fn case_delayed_messages(store: &dyn Store) {
         .commit_turn(turn(&item, RuntimeStatus::Running))
         .await
         .unwrap();
-    let wake = store.next_wake_at().await.unwrap();
+    let wake = store.next_wake_at(WorkKind::Orchestration).await.unwrap();
     if types::now() < due {
         assert_eq!(wake, Some(due));
     }
@@ -149,7 +149,9 @@ pub async fn case_terminal_commit_drops_inbox(store: &dyn Store) {
         .unwrap();
     assert!(fetch(store, LONG).await.is_empty());
     assert_eq!(store.queue_depth().await.unwrap(), (0, 0));
-    assert_eq!(store.next_wake_at().await.unwrap(), None);
+    for kind in [WorkKind::Orchestration, WorkKind::Activity] {
+        assert_eq!(store.next_wake_at(kind).await.unwrap(), None, "{kind:?}");
+    }
     let r = store
         .send_message(&iid("td"), raised("x", json!(null)))
         .await;

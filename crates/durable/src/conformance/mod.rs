@@ -52,7 +52,7 @@ use serde_json::{json, Value};
 use crate::history::{EventKind, HistoryEvent, Message, ParentLink};
 use crate::store::{
     NewActivity, NewInstance, OrchestrationWorkItem, OutgoingMessage, PurgeOutcome, StatusUpdate,
-    Store, StoreError, TurnCommit, WorkLock,
+    Store, StoreError, TurnCommit, WorkKind, WorkLock,
 };
 use crate::types::{
     self, FailureDetails, InstanceFilter, InstanceId, InstanceQuery, RuntimeStatus, Timestamp,
@@ -110,6 +110,7 @@ macro_rules! conformance_tests {
             case_complete_activities_together,
             case_counts,
             case_work_signal,
+            case_next_wake_reports_work_already_due,
             case_lifecycle_outbox,
             case_turns_committed_together,
             case_creations_committed_together,

@@ -110,6 +110,71 @@ pub async fn case_counts(store: &dyn Store) {
     assert_eq!(store.queue_depth().await.unwrap(), (4, 2));
 }
 
+/// Work that comes due while nobody fetches (a timer, a lease running out
+/// after the dispatcher's last fetch) is reported by `next_wake_at` of its
+/// kind as due already, so a dispatcher going to sleep right then does not
+/// sleep past it; work of the other kind is not reported to it (that
+/// dispatcher may be busy, and this one would wake for nothing).
+pub async fn case_next_wake_reports_work_already_due(store: &dyn Store) {
+    // An activity due now that no activity fetch took, and a timer.
+    with_activities(store, "acts", &[1]).await;
+    create_with_status(store, "timer", RuntimeStatus::Running).await;
+    let due = later(300);
+    let mut timer = raised("timer", json!(null));
+    timer.visible_at = Some(due);
+    store.send_message(&iid("timer"), timer).await.unwrap();
+    // The orchestration dispatcher's last fetch, before the timer is due.
+    let early = fetch(store, LONG).await;
+    let wake = store.next_wake_at(WorkKind::Orchestration).await.unwrap();
+    if types::now() < due {
+        assert!(early.is_empty(), "delivered before visible_at");
+        assert_eq!(wake, Some(due), "the activity due now is not its work");
+    }
+    let wake = store.next_wake_at(WorkKind::Activity).await.unwrap();
+    let wake = wake.expect("an activity is due");
+    assert!(
+        wake <= types::now(),
+        "the activity due now is reported at {wake}"
+    );
+
+    // Time passes without a fetch (what the test is about, not a stand-in
+    // for synchronisation): the timer is due and must be reported so.
+    let left = (due - types::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left).await;
+    let wake = store.next_wake_at(WorkKind::Orchestration).await.unwrap();
+    let wake = wake.expect("the timer came due and nobody fetched it");
+    assert!(wake <= types::now(), "the due timer is reported at {wake}");
+    let item = fetch_only(store, "timer").await;
+    store
+        .commit_turn(turn(&item, RuntimeStatus::Running))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_wake_at(WorkKind::Orchestration).await.unwrap(),
+        None
+    );
+
+    // An activity lease runs out after the last fetch.
+    let acts = store.fetch_activity_work(10, SHORT).await.unwrap();
+    assert_eq!(acts.len(), 1);
+    let leased_at = Instant::now();
+    let wake = store.next_wake_at(WorkKind::Activity).await.unwrap();
+    let wake = wake.expect("a lease expiry is due");
+    if leased_at.elapsed() < SHORT {
+        assert!(wake > types::now(), "reported due before its lease ran out");
+    }
+    tokio::time::sleep(SHORT.saturating_sub(leased_at.elapsed())).await;
+    let wake = store.next_wake_at(WorkKind::Activity).await.unwrap();
+    let wake = wake.expect("the lease ran out and nobody fetched it");
+    assert!(
+        wake <= types::now(),
+        "the run-out lease is reported at {wake}"
+    );
+    let again = store.fetch_activity_work(10, LONG).await.unwrap();
+    assert_eq!(again.len(), 1, "the activity whose lease ran out");
+    assert_eq!(again[0].attempts, 2);
+}
+
 /// Data and queued work survive closing and reopening the store; delivery
 /// counts of work handed out before the restart are kept.
 pub async fn case_survives_reopen(harness: &mut impl Harness) {

@@ -262,6 +262,15 @@ pub enum PurgeOutcome {
     NotTerminal(RuntimeStatus),
 }
 
+/// The two kinds of work a store hands out, each to its own dispatcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WorkKind {
+    /// Orchestration turns ([`Store::fetch_orchestration_work`]).
+    Orchestration,
+    /// Activities ([`Store::fetch_activity_work`]).
+    Activity,
+}
+
 /// Wakes the engine's dispatchers when a store makes work visible, so no one
 /// polls. Stores share one of these with the engine.
 #[derive(Debug, Default)]
@@ -396,9 +405,14 @@ pub trait Store: Send + Sync + 'static {
         delay: Duration,
     ) -> Result<(), StoreError>;
 
-    /// When the earliest delayed message or lease expiry is due, if any, so the
-    /// engine can sleep exactly until then.
-    async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// When the next work of `kind` comes due (a delayed message, a lease
+    /// running out), if any, so that kind's dispatcher can sleep exactly
+    /// until then. Work of `kind` that is due already but was not fetched
+    /// (it came due after the dispatcher's last fetch) gives a time already
+    /// past: the dispatcher must not sleep past it. Work of the other kind
+    /// is left out: that dispatcher may be busy, and this one cannot take
+    /// it.
+    async fn next_wake_at(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError>;
 
     /// One instance's status, with its whole history if asked.
     async fn get_instance(

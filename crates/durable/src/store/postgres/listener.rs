@@ -198,12 +198,7 @@ fn receive(shared: &Shared, payload: &str) {
         .split_once('w')
         .and_then(|(_, w)| w.parse::<i64>().ok())
     {
-        let mut planned = shared.planned_wake.lock().expect("planned lock");
-        if planned.is_none_or(|p| w < p) {
-            *planned = Some(w);
-            drop(planned);
-            shared.wake_local(true, true);
-        }
+        shared.hinted(w);
     }
     for line in changes.split('\n') {
         if let Some(change) = parse_change(line) {

@@ -97,7 +97,7 @@ pub use super::pg_connect::{PgTarget, PgUrlError};
 use super::{
     ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
     PurgeOutcome, RemoteChange, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit,
-    WorkLock, WorkSignal,
+    WorkKind, WorkLock, WorkSignal,
 };
 use crate::history::{EventKind, HistoryEvent, Message};
 use crate::types::{
@@ -270,9 +270,10 @@ struct Shared {
     outbox: Mutex<Outbox>,
     /// Wakes the listener task to flush the outbox.
     kick: tokio::sync::Notify,
-    /// The last value `next_wake_at` returned (ms; `None`: no wake-up
-    /// planned). A remote hint earlier than this wakes the dispatchers.
-    planned_wake: Mutex<Option<i64>>,
+    /// The last value `next_wake_at` returned for each kind of work
+    /// (orchestrations, activities; ms; `None`: no wake-up planned). A
+    /// remote hint earlier than a kind's plan wakes that kind's dispatcher.
+    planned_wake: Mutex<[Option<i64>; 2]>,
     /// The earliest wake-up hint sent that is still in the future: the other
     /// processes wake by then and read later ones from the tables, so later
     /// hints need not be sent.
@@ -287,6 +288,31 @@ struct Shared {
 impl Shared {
     fn wake_local(&self, orchestrations: bool, activities: bool) {
         self.signal.wake(orchestrations, activities);
+    }
+
+    /// `kind`'s dispatcher plans to wake up at `at` (ms) at the latest.
+    fn plan(&self, kind: WorkKind, at: Option<i64>) {
+        let i = match kind {
+            WorkKind::Orchestration => 0,
+            WorkKind::Activity => 1,
+        };
+        self.planned_wake.lock().expect("planned lock")[i] = at;
+    }
+
+    /// A remote hint: work becomes due at `at` (ms). Wakes the dispatchers
+    /// that planned to sleep past it (they recompute their plans), and
+    /// counts as their plan until then, so later hints wake nobody.
+    fn hinted(&self, at: i64) {
+        let mut planned = self.planned_wake.lock().expect("planned lock");
+        let mut wake = [false; 2];
+        for (plan, wake) in planned.iter_mut().zip(&mut wake) {
+            if plan.is_none_or(|p| at < p) {
+                *plan = Some(at);
+                *wake = true;
+            }
+        }
+        drop(planned);
+        self.wake_local(wake[0], wake[1]);
     }
 
     /// Work became visible now: wake local dispatchers and tell the others.

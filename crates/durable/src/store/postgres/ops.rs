@@ -284,20 +284,19 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError> {
+    async fn next_wake_at(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
         let c = self.lease_client().await?;
         let every = Duration::from_millis((self.dead_after_ms / 5).clamp(1, 1000) as u64);
         let look = self.liveness.lock().expect("liveness lock").due(every);
-        let sql = if look {
-            &self.sql.next_wake
-        } else {
-            &self.sql.next_wake_only
+        let worker: &(dyn ToSql + Sync) = &self.shared.worker;
+        let (wake, params): (_, &[&(dyn ToSql + Sync)]) = match kind {
+            WorkKind::Orchestration => (&self.sql.wake_turns, &[worker, &self.affinity_ms]),
+            WorkKind::Activity if look => (&self.sql.wake_activities, &[worker]),
+            WorkKind::Activity => (&self.sql.wake_activities, &[]),
         };
+        let sql = if look { &wake.look } else { &wake.only };
         let stmt = c.prepare_cached(sql).await.map_err(db_err)?;
-        let row = c
-            .query_one(&stmt, &[&self.shared.worker, &self.affinity_ms])
-            .await
-            .map_err(db_err)?;
+        let row = c.query_one(&stmt, params).await.map_err(db_err)?;
         let wake: Option<i64> = row.get(0);
         let dead_workers: bool = row.get(1);
         if look {
@@ -305,7 +304,7 @@ impl Store for PostgresStore {
             liveness.suspect = dead_workers;
             liveness.others = row.get(2);
         }
-        *self.shared.planned_wake.lock().expect("planned lock") = wake;
+        self.shared.plan(kind, wake);
         let mut wake = wake;
         if dead_workers {
             let stmt = c.prepare_cached(&self.sql.reap).await.map_err(db_err)?;
@@ -330,7 +329,7 @@ impl Store for PostgresStore {
                 (Some(w), Some(r)) => Some(w.min(r)),
                 (w, r) => w.or(r),
             };
-            *self.shared.planned_wake.lock().expect("planned lock") = wake;
+            self.shared.plan(kind, wake);
         }
         let until = self
             .liveness

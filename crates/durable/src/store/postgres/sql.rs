@@ -80,24 +80,53 @@ pub(super) struct Sql {
     pub(super) batch_recompute_due: String,
     pub(super) abandon_instance: String,
     pub(super) abandon_activity: String,
-    /// When the next work is due, whether another worker's listener
-    /// backend is gone from `pg_stat_activity`, and whether there are
-    /// other workers at all.
-    pub(super) next_wake: String,
-    /// When the next work is due (the same row, the liveness check left
-    /// out: reading `pg_stat_activity` builds every backend's entry).
-    pub(super) next_wake_only: String,
+    /// When the next orchestration work is due ($1 worker, $2 affinity).
+    pub(super) wake_turns: NextWake,
+    /// When the next activity is due ($1 worker, in `look` only).
+    pub(super) wake_activities: NextWake,
     pub(super) reap: String,
+}
+
+/// When one kind's next work is due: a time already past when work of
+/// that kind is due and was not fetched (it came due after the last fetch),
+/// so a dispatcher going to sleep wakes at once instead of sleeping past
+/// it; rows due that no fetch of this worker could take (an instance homed
+/// elsewhere, within its affinity) are left out, or it would never sleep.
+#[derive(Debug)]
+pub(super) struct NextWake {
+    /// That time, whether another worker's listener backend is gone from
+    /// `pg_stat_activity`, and whether there are other workers at all.
+    pub(super) look: String,
+    /// The same row, the liveness check left out (reading
+    /// `pg_stat_activity` builds every backend's entry).
+    pub(super) only: String,
+}
+
+impl NextWake {
+    fn new(s: &str, wake: &str) -> Self {
+        Self {
+            look: format!(
+                "SELECT {wake}, \
+                   EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
+                     (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
+                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start))), \
+                   EXISTS (SELECT 1 FROM {s}.workers WHERE id <> $1)"
+            ),
+            only: format!("SELECT {wake}, false, false"),
+        }
+    }
 }
 
 impl Sql {
     pub(super) fn new(s: &str) -> Self {
         let terminal = terminal_list();
-        // The next lease expiry or timer, and when an instance homed
-        // elsewhere becomes this worker's to take ($2: the affinity).
-        let next_wake = format!(
-            "LEAST((SELECT min(due_at) FROM {s}.instances WHERE due_at > {NOW}), \
-               (SELECT min(due_at) FROM {s}.activities WHERE due_at > {NOW}), \
+        // The earliest instance due (a timer, a lease expiry) that this
+        // worker may fetch, as `fetch_orchestrations` picks them, or that is
+        // not due yet; and when an instance homed elsewhere becomes this
+        // worker's to take ($2: the affinity).
+        let wake_turns = format!(
+            "LEAST((SELECT min(due_at) FROM {s}.instances WHERE due_at > {NOW} \
+                 OR home IS NULL OR home = $1 OR due_at <= {NOW} - $2), \
                (SELECT min(due_at) + $2 FROM {s}.instances WHERE due_at > {NOW} - $2 \
                  AND due_at <= {NOW} AND home <> $1))"
         );
@@ -324,14 +353,8 @@ impl Sql {
                 "UPDATE {s}.activities SET lock_token = '{NOBODY}', lock_owner = NULL, due_at = {NOW} + $3 \
                  WHERE id = $1 AND lock_token = $2 RETURNING due_at"
             ),
-            next_wake: format!(
-                "SELECT {next_wake}, \
-                   EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
-                     (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
-                       AND (a.backend_start IS NULL OR a.backend_start = w.backend_start))), \
-                   EXISTS (SELECT 1 FROM {s}.workers WHERE id <> $1)"
-            ),
-            next_wake_only: format!("SELECT {next_wake}, false, false"),
+            wake_turns: NextWake::new(s, &wake_turns),
+            wake_activities: NextWake::new(s, &format!("(SELECT min(due_at) FROM {s}.activities)")),
             // Workers whose listener backend is gone: marked the first
             // time, dead (deleted, their leases due now) once gone for
             // $2 ms. Also says when the next marked one would be dead.

@@ -57,7 +57,7 @@ impl PostgresStore {
             lifecycle: config
                 .lifecycle_outbox
                 .then(|| Arc::new(tokio::sync::Notify::new())),
-            planned_wake: Mutex::new(None),
+            planned_wake: Mutex::new([None; 2]),
             hint_sent: Mutex::new(None),
             remote: tokio::sync::broadcast::channel(REMOTE_CHANGES).0,
         });

@@ -53,7 +53,8 @@ use super::group_commit::GroupCommit;
 use super::page::{PageBuilder, PAGE_PAYLOAD_BYTES};
 use super::{
     ActivityWorkItem, LifecycleEvent, NewActivity, NewInstance, OrchestrationWorkItem,
-    PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkLock, WorkSignal,
+    PurgeOutcome, StatusUpdate, Store, StoreError, StoredMessage, TurnCommit, WorkKind, WorkLock,
+    WorkSignal,
 };
 use crate::history::{EventKind, HistoryEvent, Message};
 use crate::types::{

@@ -260,27 +260,32 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn next_wake_at(&self) -> Result<Option<Timestamp>, StoreError> {
+    async fn next_wake_at(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
         let q = self.shared.queues.lock().expect("queues lock");
-        let delayed = q
-            .delayed
-            .keys()
-            .next()
-            .map(|(ms, _)| types::from_millis(*ms));
+        let ready = match kind {
+            WorkKind::Orchestration => !q.ready.is_empty() || !q.ready_new.is_empty(),
+            WorkKind::Activity => !q.act_ready.is_empty(),
+        };
+        if ready {
+            return Ok(Some(types::now()));
+        }
+        // Delayed messages stay in `delayed` until a fetch moves them, so
+        // one that came due since gives a time already past.
+        let (delayed, lease) = match kind {
+            WorkKind::Orchestration => (
+                q.delayed
+                    .keys()
+                    .next()
+                    .map(|(ms, _)| types::from_millis(*ms)),
+                q.leases.keys().next().map(|(t, _)| *t),
+            ),
+            WorkKind::Activity => (None, q.act_leases.keys().next().map(|(t, _)| *t)),
+        };
         let now = Instant::now();
-        let lease = q
-            .leases
-            .keys()
-            .next()
-            .into_iter()
-            .chain(q.act_leases.keys().next())
-            .map(|(t, _)| *t)
-            .min()
-            .map(|t| {
-                types::now()
-                    + chrono::Duration::from_std(t.saturating_duration_since(now))
-                        .unwrap_or_default()
-            });
+        let lease = lease.map(|t| {
+            types::now()
+                + chrono::Duration::from_std(t.saturating_duration_since(now)).unwrap_or_default()
+        });
         Ok(match (delayed, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
