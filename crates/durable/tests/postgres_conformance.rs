@@ -273,8 +273,10 @@ async fn notifications_wake_other_processes() {
         1
     );
 
-    // An idle dispatcher in b that planned to sleep past a lease a takes
-    // is woken to recompute: a's lease expiry becomes the next wake-up.
+    // An idle orchestration dispatcher in b that planned to sleep past
+    // work a makes due sooner is woken to recompute, and a's earlier time
+    // becomes its next wake-up: a holds x2 under a long lease (b plans for
+    // its expiry), then gives it back to be due after a short delay.
     let created = signal.orchestrations.notified();
     tokio::pin!(created);
     created.as_mut().enable();
@@ -282,24 +284,28 @@ async fn notifications_wake_other_processes() {
     tokio::time::timeout(Duration::from_secs(5), created)
         .await
         .expect("b woken for x2");
+    let held = a
+        .fetch_orchestration_work(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
     let planned = b
-        .next_wake_at(WorkKind::Activity)
+        .next_wake_at(WorkKind::Orchestration)
         .await
         .unwrap()
-        .expect("a's activity lease");
-    // Discard a wake-up stored by the notifications above.
+        .expect("a's lease on x2");
+    // Discard a wake-up stored by the notifications above (a hint no
+    // earlier than the plan wakes nobody from here on).
     let _ = tokio::time::timeout(Duration::ZERO, signal.orchestrations.notified()).await;
     let hint = signal.orchestrations.notified();
     tokio::pin!(hint);
     hint.as_mut().enable();
-    let taken = a
-        .fetch_orchestration_work(10, Duration::from_millis(1500))
+    a.abandon_orchestration_work(&held[0].lock, Duration::from_millis(1500))
         .await
         .unwrap();
-    assert_eq!(taken.len(), 1);
     tokio::time::timeout(Duration::from_secs(5), hint)
         .await
-        .expect("b woken by a's earlier lease expiry");
+        .expect("b woken by the earlier time a gave x2");
     let wake = b
         .next_wake_at(WorkKind::Orchestration)
         .await

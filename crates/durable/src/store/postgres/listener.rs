@@ -3,7 +3,8 @@
 //! whose backend's life marks this process alive.
 //!
 //! Notifications carry a first line of flags, `o` (orchestration
-//! work), `a` (activity work) and `w<ms>` (something becomes due then),
+//! work), `a` (activity work), `wo<ms>` and `wa<ms>` (orchestration or
+//! activity work becomes due then),
 //! and then one line `<from>,<to>,<instance id>` per instance this
 //! process changed (its history went from `from` to `to` events; `0,0`
 //! a creation), which the other processes' engines publish as live
@@ -19,8 +20,8 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::AsyncMessage;
 
-use super::{db_err, PgTarget, Shared};
-use crate::store::{RemoteChange, StoreError};
+use super::{db_err, PgTarget, Shared, KINDS};
+use crate::store::{RemoteChange, StoreError, WorkKind};
 use crate::types::InstanceId;
 
 /// Pause before reconnecting after the listener connection failed.
@@ -98,7 +99,7 @@ pub(super) async fn run(
         }
         // Send what was queued while disconnected.
         shared.kick.notify_one();
-        *shared.hint_sent.lock().expect("hint lock") = None;
+        *shared.hint_sent.lock().expect("hint lock") = [None; 2];
         let stopped = loop {
             tokio::select! {
                 n = rx.recv() => {
@@ -115,7 +116,7 @@ pub(super) async fn run(
                             .await
                         {
                             tracing::warn!(error = %e, "store listener cannot notify");
-                            *shared.hint_sent.lock().expect("hint lock") = None;
+                            *shared.hint_sent.lock().expect("hint lock") = [None; 2];
                             failed = true;
                             break;
                         }
@@ -169,8 +170,10 @@ fn take_payloads(shared: &Shared) -> Vec<String> {
     if std::mem::take(&mut o.activities) {
         flags.push('a');
     }
-    if let Some(w) = o.wake.take() {
-        flags.push_str(&format!("w{w}"));
+    for (letter, wake) in HINTS.iter().zip(&mut o.wake) {
+        if let Some(w) = wake.take() {
+            flags.push_str(&format!("w{letter}{w}"));
+        }
     }
     let changes = std::mem::take(&mut o.changes);
     drop(o);
@@ -194,11 +197,8 @@ fn receive(shared: &Shared, payload: &str) {
     let orchestrations = flags.contains('o');
     let activities = flags.contains('a');
     shared.wake_local(orchestrations, activities);
-    if let Some(w) = flags
-        .split_once('w')
-        .and_then(|(_, w)| w.parse::<i64>().ok())
-    {
-        shared.hinted(w);
+    for (kind, at) in parse_hints(flags) {
+        shared.hinted(kind, at);
     }
     for line in changes.split('\n') {
         if let Some(change) = parse_change(line) {
@@ -206,6 +206,27 @@ fn receive(shared: &Shared, payload: &str) {
             let _ = shared.remote.send(change);
         }
     }
+}
+
+/// The letter after `w` that names a hint's kind of work, in the order of
+/// the per-kind arrays (orchestrations, activities).
+const HINTS: [char; 2] = ['o', 'a'];
+
+/// The wake-up hints in a payload's flags: `w`, the kind's letter
+/// ([`HINTS`]) and the time in ms, for each kind that has one.
+fn parse_hints(flags: &str) -> Vec<(WorkKind, i64)> {
+    let mut hints = Vec::new();
+    for part in flags.split('w').skip(1) {
+        let mut chars = part.chars();
+        let letter = chars.next();
+        let Some(i) = HINTS.iter().position(|&c| Some(c) == letter) else {
+            continue;
+        };
+        if let Ok(at) = chars.as_str().parse() {
+            hints.push((KINDS[i], at));
+        }
+    }
+    hints
 }
 
 /// One `<from>,<to>,<instance id>` line.
@@ -219,4 +240,24 @@ fn parse_change(line: &str) -> Option<RemoteChange> {
         history_from: from,
         history_to: to,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_of_each_kind_are_read_from_the_flags() {
+        assert_eq!(parse_hints("oa"), []);
+        assert_eq!(
+            parse_hints("owo1700000000123"),
+            [(WorkKind::Orchestration, 1_700_000_000_123)]
+        );
+        assert_eq!(
+            parse_hints("awo5wa7"),
+            [(WorkKind::Orchestration, 5), (WorkKind::Activity, 7)]
+        );
+        // Unknown kinds and unreadable times are skipped, not guessed.
+        assert_eq!(parse_hints("wx5wa"), []);
+    }
 }

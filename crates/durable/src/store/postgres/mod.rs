@@ -31,9 +31,10 @@
 //!   dedicated connection per store ([`listener`]): work made visible
 //!   locally fires the local [`WorkSignal`] at once and is announced to the
 //!   other processes, coalesced into one `NOTIFY` per round trip. Delayed
-//!   work (a lease, a timer) is announced as a wake-up hint, so an idle
-//!   dispatcher elsewhere that planned to sleep past it wakes up and
-//!   recomputes [`Store::next_wake_at`]. The same notifications name the
+//!   work (a lease, a timer) is announced as a wake-up hint of its kind
+//!   (orchestration or activity), so an idle dispatcher of that kind
+//!   elsewhere that planned to sleep past it wakes up and recomputes
+//!   [`Store::next_wake_at`] for its kind. The same notifications name the
 //!   instances each commit changed, so every process's engine can publish
 //!   the others' changes live ([`Store::remote_changes`], `crate::remote`).
 //! - **Dead workers are noticed.** Each store registers its listener
@@ -253,8 +254,9 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 struct Outbox {
     orchestrations: bool,
     activities: bool,
-    /// Earliest wake-up hint (ms) not yet sent.
-    wake: Option<i64>,
+    /// Earliest wake-up hint (ms) of each kind of work not yet sent
+    /// (orchestrations, activities).
+    wake: [Option<i64>; 2],
     /// Instances this process changed: (id, history before, after).
     changes: Vec<(String, u64, u64)>,
 }
@@ -274,10 +276,10 @@ struct Shared {
     /// (orchestrations, activities; ms; `None`: no wake-up planned). A
     /// remote hint earlier than a kind's plan wakes that kind's dispatcher.
     planned_wake: Mutex<[Option<i64>; 2]>,
-    /// The earliest wake-up hint sent that is still in the future: the other
-    /// processes wake by then and read later ones from the tables, so later
-    /// hints need not be sent.
-    hint_sent: Mutex<Option<i64>>,
+    /// The earliest wake-up hint of each kind sent that is still in the
+    /// future: the other processes' dispatchers of that kind wake by then
+    /// and read later ones from the tables, so later hints need not be sent.
+    hint_sent: Mutex<[Option<i64>; 2]>,
     /// Notified after a commit wrote lifecycle outbox rows; `None` when the
     /// outbox is off.
     lifecycle: Option<Arc<tokio::sync::Notify>>,
@@ -292,27 +294,22 @@ impl Shared {
 
     /// `kind`'s dispatcher plans to wake up at `at` (ms) at the latest.
     fn plan(&self, kind: WorkKind, at: Option<i64>) {
-        let i = match kind {
-            WorkKind::Orchestration => 0,
-            WorkKind::Activity => 1,
-        };
-        self.planned_wake.lock().expect("planned lock")[i] = at;
+        self.planned_wake.lock().expect("planned lock")[index(kind)] = at;
     }
 
-    /// A remote hint: work becomes due at `at` (ms). Wakes the dispatchers
-    /// that planned to sleep past it (they recompute their plans), and
-    /// counts as their plan until then, so later hints wake nobody.
-    fn hinted(&self, at: i64) {
+    /// A remote hint: work of `kind` becomes due at `at` (ms). Wakes that
+    /// kind's dispatcher if it planned to sleep past it (it recomputes its
+    /// plan, which then includes `at`); until then the hint counts as its
+    /// plan, so later hints wake nobody.
+    fn hinted(&self, kind: WorkKind, at: i64) {
         let mut planned = self.planned_wake.lock().expect("planned lock");
-        let mut wake = [false; 2];
-        for (plan, wake) in planned.iter_mut().zip(&mut wake) {
-            if plan.is_none_or(|p| at < p) {
-                *plan = Some(at);
-                *wake = true;
-            }
+        let plan = &mut planned[index(kind)];
+        if plan.is_some_and(|p| p <= at) {
+            return;
         }
+        *plan = Some(at);
         drop(planned);
-        self.wake_local(wake[0], wake[1]);
+        self.wake_local(kind == WorkKind::Orchestration, kind == WorkKind::Activity);
     }
 
     /// Work became visible now: wake local dispatchers and tell the others.
@@ -337,21 +334,34 @@ impl Shared {
         self.kick.notify_one();
     }
 
-    /// Work becomes due at `at_ms` (a lease expiry, a timer): tell the other
-    /// processes unless an earlier hint is still pending there.
-    fn hint(&self, at_ms: i64) {
+    /// Work of `kind` becomes due at `at_ms` (a lease expiry, a timer):
+    /// tell the other processes unless an earlier hint of that kind is
+    /// still pending there.
+    fn hint(&self, kind: WorkKind, at_ms: i64) {
         let now = types::now().timestamp_millis();
+        let i = index(kind);
         {
             let mut sent = self.hint_sent.lock().expect("hint lock");
-            if sent.is_some_and(|h| h > now && h <= at_ms) {
+            if sent[i].is_some_and(|h| h > now && h <= at_ms) {
                 return;
             }
-            *sent = Some(at_ms);
+            sent[i] = Some(at_ms);
         }
         let mut o = self.outbox.lock().expect("outbox lock");
-        o.wake = Some(o.wake.map_or(at_ms, |w| w.min(at_ms)));
+        o.wake[i] = Some(o.wake[i].map_or(at_ms, |w| w.min(at_ms)));
         drop(o);
         self.kick.notify_one();
+    }
+}
+
+/// The kinds of work in the order of the per-kind arrays above.
+const KINDS: [WorkKind; 2] = [WorkKind::Orchestration, WorkKind::Activity];
+
+/// A kind of work's place in the per-kind arrays above ([`KINDS`]).
+fn index(kind: WorkKind) -> usize {
+    match kind {
+        WorkKind::Orchestration => 0,
+        WorkKind::Activity => 1,
     }
 }
 

@@ -82,7 +82,7 @@ impl Store for PostgresStore {
             });
             ids.push(id);
         }
-        self.shared.hint(expiry);
+        self.shared.hint(WorkKind::Orchestration, expiry);
         let stmt = c
             .prepare_cached(&self.sql.fetch_messages)
             .await
@@ -206,7 +206,7 @@ impl Store for PostgresStore {
             ));
         }
         if let Some(e) = expiry {
-            self.shared.hint(e);
+            self.shared.hint(WorkKind::Activity, e);
         }
         items.sort_by_key(|(id, _)| *id);
         Ok(items.into_iter().map(|(_, i)| i).collect())

@@ -92,6 +92,10 @@ pub(super) struct Sql {
 /// so a dispatcher going to sleep wakes at once instead of sleeping past
 /// it; rows due that no fetch of this worker could take (an instance homed
 /// elsewhere, within its affinity) are left out, or it would never sleep.
+/// A due row another transaction holds (a batch of results being delivered
+/// to it) is reported too, though a fetch skips it: the dispatcher then
+/// fetches again until that commit, a few milliseconds, which announces
+/// the row anyway.
 #[derive(Debug)]
 pub(super) struct NextWake {
     /// That time, whether another worker's listener backend is gone from

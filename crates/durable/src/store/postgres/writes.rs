@@ -58,7 +58,7 @@ impl PostgresStore {
                 .lifecycle_outbox
                 .then(|| Arc::new(tokio::sync::Notify::new())),
             planned_wake: Mutex::new([None; 2]),
-            hint_sent: Mutex::new(None),
+            hint_sent: Mutex::new([None; 2]),
             remote: tokio::sync::broadcast::channel(REMOTE_CHANGES).0,
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -168,8 +168,10 @@ impl PostgresStore {
         };
         if delay.is_zero() {
             self.shared.announce(orchestration, !orchestration);
+        } else if orchestration {
+            self.shared.hint(WorkKind::Orchestration, row.get(0));
         } else {
-            self.shared.hint(row.get(0));
+            self.shared.hint(WorkKind::Activity, row.get(0));
         }
         Ok(())
     }
@@ -575,7 +577,8 @@ impl PostgresStore {
     pub(super) fn after_commit(&self, woken: Woken) {
         self.shared.announce(woken.orchestrations, woken.activities);
         if let Some(at) = woken.later {
-            self.shared.hint(at);
+            // Delayed messages: orchestration work.
+            self.shared.hint(WorkKind::Orchestration, at);
         }
     }
 }
