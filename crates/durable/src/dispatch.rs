@@ -24,17 +24,37 @@ use crate::types::{self, FailureDetails};
 /// Back-off after a store error in a dispatcher loop.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_millis(200);
 
+/// The least a dispatcher waits when the store says work is due already
+/// but the fetch right after the last such answer found none (a due row
+/// another transaction holds for a moment, which a fetch skips): it waits
+/// this long or for the store's signal, instead of fetching in a loop.
+const DUE_BUT_TAKEN: Duration = Duration::from_millis(5);
+
+/// How long a dispatcher sleeps for a wake-up `wake_in` away (`None`: no
+/// work planned); `again`: the last wait was also for work due already,
+/// and the fetch in between found nothing.
+fn sleep_for(wake_in: Option<Duration>, again: bool) -> Duration {
+    match wake_in {
+        None => Duration::from_secs(3600),
+        Some(d) if d.is_zero() && again => DUE_BUT_TAKEN,
+        Some(d) => d,
+    }
+}
+
+/// Waits for the signal, the store's next due time of `kind`, or shutdown;
+/// returns whether the store said work was due already (see
+/// [`sleep_for`]).
 async fn wait_for_work(
     inner: &Inner,
     kind: WorkKind,
+    again: bool,
     notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-) {
+) -> bool {
     let mut shutdown = inner.shutdown.subscribe();
     let wake_at = inner.store.next_wake_at(kind).await.ok().flatten();
-    let sleep = match wake_at {
-        Some(t) => (t - types::now()).to_std().unwrap_or(Duration::ZERO),
-        None => Duration::from_secs(3600),
-    };
+    let wake_in = wake_at.map(|t| (t - types::now()).to_std().unwrap_or(Duration::ZERO));
+    let due = wake_in.is_some_and(|d| d.is_zero());
+    let sleep = sleep_for(wake_in, again);
     tokio::select! {
         _ = notified => {}
         _ = tokio::time::sleep(sleep) => {}
@@ -42,6 +62,7 @@ async fn wait_for_work(
         // requested before it subscribed, and would sleep through it.
         _ = shutdown.wait_for(|s| *s) => {}
     }
+    due
 }
 
 pub(crate) async fn orchestration_loop(inner: Arc<Inner>) {
@@ -92,6 +113,8 @@ async fn dispatch<T, Fetched, Processed>(
     Processed: std::future::Future<Output = ()> + Send + 'static,
 {
     let signal = inner.store.work_signal();
+    // The last wait was for work the store said was due already.
+    let mut was_due = false;
     while !*inner.shutdown.borrow() {
         let notified = match kind {
             WorkKind::Orchestration => &signal.orchestrations,
@@ -113,9 +136,10 @@ async fn dispatch<T, Fetched, Processed>(
         };
         if items.is_empty() {
             drop(permits);
-            wait_for_work(&inner, kind, notified).await;
+            was_due = wait_for_work(&inner, kind, was_due, notified).await;
             continue;
         }
+        was_due = false;
         for (item, permit) in items.into_iter().zip(permits) {
             // The work owns its clone of the engine and drops it when done,
             // before the slot: shutdown waits for the slots, then the store
@@ -273,4 +297,21 @@ async fn run_turn(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Erro
         commit.await.map(|()| vec![turn.update])
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_due_already_is_fetched_at_once_and_then_waited_for_briefly() {
+        let ms = Duration::from_millis;
+        assert_eq!(sleep_for(None, false), Duration::from_secs(3600));
+        assert_eq!(sleep_for(Some(ms(40)), false), ms(40));
+        assert_eq!(sleep_for(Some(ms(40)), true), ms(40));
+        // Due now: fetch at once; due now again after an empty fetch: the
+        // row is held elsewhere, so wait a little (or for the signal).
+        assert_eq!(sleep_for(Some(Duration::ZERO), false), Duration::ZERO);
+        assert_eq!(sleep_for(Some(Duration::ZERO), true), DUE_BUT_TAKEN);
+    }
 }

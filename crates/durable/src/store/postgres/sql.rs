@@ -93,9 +93,9 @@ pub(super) struct Sql {
 /// it; rows due that no fetch of this worker could take (an instance homed
 /// elsewhere, within its affinity) are left out, or it would never sleep.
 /// A due row another transaction holds (a batch of results being delivered
-/// to it) is reported too, though a fetch skips it: the dispatcher then
-/// fetches again until that commit, a few milliseconds, which announces
-/// the row anyway.
+/// to it) is reported too, though a fetch skips it: after one empty fetch
+/// the dispatcher then waits 5 ms at a time, or for that commit's
+/// announcement (`dispatch::sleep_for`).
 #[derive(Debug)]
 pub(super) struct NextWake {
     /// That time, whether another worker's listener backend is gone from
