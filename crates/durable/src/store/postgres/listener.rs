@@ -194,8 +194,7 @@ fn take_payloads(shared: &Shared) -> Vec<String> {
 
 fn receive(shared: &Shared, payload: &str) {
     let (flags, changes) = payload.split_once('\n').unwrap_or((payload, ""));
-    let orchestrations = flags.contains('o');
-    let activities = flags.contains('a');
+    let (orchestrations, activities) = parse_announced(flags);
     shared.wake_local(orchestrations, activities);
     for (kind, at) in parse_hints(flags) {
         shared.hinted(kind, at);
@@ -211,6 +210,14 @@ fn receive(shared: &Shared, payload: &str) {
 /// The letter after `w` that names a hint's kind of work, in the order of
 /// the per-kind arrays (orchestrations, activities).
 const HINTS: [char; 2] = ['o', 'a'];
+
+/// Whether a payload's flags announce orchestration and activity work
+/// visible now: `o` and `a` before the first hint (a hint's kind letter
+/// is not an announcement).
+fn parse_announced(flags: &str) -> (bool, bool) {
+    let now = flags.split('w').next().unwrap_or("");
+    (now.contains('o'), now.contains('a'))
+}
 
 /// The wake-up hints in a payload's flags: `w`, the kind's letter
 /// ([`HINTS`]) and the time in ms, for each kind that has one.
@@ -247,7 +254,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hints_of_each_kind_are_read_from_the_flags() {
+    fn announcements_and_hints_of_each_kind_are_read_from_the_flags() {
         assert_eq!(parse_hints("oa"), []);
         assert_eq!(
             parse_hints("owo1700000000123"),
@@ -257,6 +264,10 @@ mod tests {
             parse_hints("awo5wa7"),
             [(WorkKind::Orchestration, 5), (WorkKind::Activity, 7)]
         );
+        // A hint's kind letter is not an announcement of work due now.
+        assert_eq!(parse_announced("wo5wa7"), (false, false));
+        assert_eq!(parse_announced("owa7"), (true, false));
+        assert_eq!(parse_announced("aowo5"), (true, true));
         // Unknown kinds and unreadable times are skipped, not guessed.
         assert_eq!(parse_hints("wx5wa"), []);
     }
