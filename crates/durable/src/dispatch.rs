@@ -116,11 +116,7 @@ async fn dispatch<T, Fetched, Processed>(
     // The last wait was for work the store said was due already.
     let mut was_due = false;
     while !*inner.shutdown.borrow() {
-        let notified = match kind {
-            WorkKind::Orchestration => &signal.orchestrations,
-            WorkKind::Activity => &signal.activities,
-        }
-        .notified();
+        let notified = signal.of(kind).notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let Some(permits) = acquire_some(&slots, &inner).await else {

@@ -282,6 +282,14 @@ pub struct WorkSignal {
 }
 
 impl WorkSignal {
+    /// The notification for `kind`'s dispatchers.
+    pub fn of(&self, kind: WorkKind) -> &Notify {
+        match kind {
+            WorkKind::Orchestration => &self.orchestrations,
+            WorkKind::Activity => &self.activities,
+        }
+    }
+
     /// Wakes the dispatchers of the kinds of work that may have appeared:
     /// every waiting one, and the next to wait if none is waiting yet (a
     /// dispatcher between its fetch and its wait would otherwise sleep).

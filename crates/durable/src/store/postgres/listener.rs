@@ -170,9 +170,9 @@ fn take_payloads(shared: &Shared) -> Vec<String> {
     if std::mem::take(&mut o.activities) {
         flags.push('a');
     }
-    for (letter, wake) in HINTS.iter().zip(&mut o.wake) {
+    for (kind, wake) in KINDS.iter().zip(&mut o.wake) {
         if let Some(w) = wake.take() {
-            flags.push_str(&format!("w{letter}{w}"));
+            flags.push_str(&format!("w{}{w}", hint_letter(*kind)));
         }
     }
     let changes = std::mem::take(&mut o.changes);
@@ -207,9 +207,13 @@ fn receive(shared: &Shared, payload: &str) {
     }
 }
 
-/// The letter after `w` that names a hint's kind of work, in the order of
-/// the per-kind arrays (orchestrations, activities).
-const HINTS: [char; 2] = ['o', 'a'];
+/// The letter after `w` that names a hint's kind of work.
+fn hint_letter(kind: WorkKind) -> char {
+    match kind {
+        WorkKind::Orchestration => 'o',
+        WorkKind::Activity => 'a',
+    }
+}
 
 /// Whether a payload's flags announce orchestration and activity work
 /// visible now: `o` and `a` before the first hint (a hint's kind letter
@@ -220,17 +224,17 @@ fn parse_announced(flags: &str) -> (bool, bool) {
 }
 
 /// The wake-up hints in a payload's flags: `w`, the kind's letter
-/// ([`HINTS`]) and the time in ms, for each kind that has one.
+/// ([`hint_letter`]) and the time in ms, for each kind that has one.
 fn parse_hints(flags: &str) -> Vec<(WorkKind, i64)> {
     let mut hints = Vec::new();
     for part in flags.split('w').skip(1) {
         let mut chars = part.chars();
         let letter = chars.next();
-        let Some(i) = HINTS.iter().position(|&c| Some(c) == letter) else {
+        let Some(kind) = KINDS.into_iter().find(|k| Some(hint_letter(*k)) == letter) else {
             continue;
         };
         if let Ok(at) = chars.as_str().parse() {
-            hints.push((KINDS[i], at));
+            hints.push((kind, at));
         }
     }
     hints

@@ -359,10 +359,10 @@ const KINDS: [WorkKind; 2] = [WorkKind::Orchestration, WorkKind::Activity];
 
 /// A kind of work's place in the per-kind arrays above ([`KINDS`]).
 fn index(kind: WorkKind) -> usize {
-    match kind {
-        WorkKind::Orchestration => 0,
-        WorkKind::Activity => 1,
-    }
+    KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .expect("every kind is in KINDS")
 }
 
 /// When `next_wake_at` looks for other workers whose listener backend is
