@@ -135,6 +135,10 @@ pub async fn serve(
                 if let Err(e) = watcher.watch(connection).await {
                     tracing::trace!("connection ended: {e}");
                 }
+            } else {
+                // Closed before its slot is given back, so a client let in
+                // by that slot never finds the stalled one still open.
+                drop(stream);
             }
             drop(permit);
         });
