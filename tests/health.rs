@@ -59,8 +59,9 @@ async fn a_dead_writer_stops_the_server(failpoint: &str, culprit: &str) {
     let endpoint = made["endpoint"].as_str().unwrap().to_string();
     let keys = answer(http.post(format!("{topic}/listKeys?code={FUNCTION_KEY}"))).await;
     let key = keys["key1"].as_str().unwrap().to_string();
-    // Work until the writer dies and health says so (or the process is
-    // already gone).
+    // Work until the writer dies and health says so: it does for at least
+    // a second (HEALTH_EVERY) before the port closes, far longer than an
+    // iteration. (Gone before that: the break, and saw_503 fails.)
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut saw_503 = false;
     let mut n = 0;

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use galaxy::{DeviceError, PlayerDevice};
-use sync::{Phase, SyncerConfig};
+use sync::SyncerConfig;
+use tokio::sync::broadcast;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -225,7 +226,8 @@ async fn watch(device: &PlayerDevice) -> Result<(), DeviceError> {
         return Err(DeviceError::NotRegistered);
     }
     let syncer = device.syncer().clone();
-    let mut statuses = syncer.subscribe();
+    // Subscribed before the loop starts, so its first round is printed.
+    let mut settled = syncer.settled();
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -239,12 +241,12 @@ async fn watch(device: &PlayerDevice) -> Result<(), DeviceError> {
     }));
     let printer = async {
         let mut last = String::new();
-        while statuses.changed().await.is_ok() {
-            let s = statuses.borrow_and_update().clone();
-            if s.phase == Phase::Syncing {
-                continue;
-            }
-            let line = format!("{:?}: {} ({} pending)", s.phase, s.message, s.pending);
+        loop {
+            let line = match settled.recv().await {
+                Ok(s) => format!("{:?}: {} ({} pending)", s.phase, s.message, s.pending),
+                Err(broadcast::error::RecvError::Lagged(n)) => format!("({n} rounds not shown)"),
+                Err(broadcast::error::RecvError::Closed) => break,
+            };
             if line != last {
                 println!("{line}");
                 last = line;

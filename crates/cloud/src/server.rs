@@ -67,12 +67,17 @@ pub enum ServeError {
 /// serving.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
-/// Resolves (with the reason) once a store of `state` reports itself
-/// unhealthy.
+/// Resolves (with the reason) one interval after a store of `state`
+/// first reported itself unhealthy: until then the port stays open and
+/// `/healthz` answers 503 with the reason, so a supervisor or load
+/// balancer polling it sees why before the process drains (else the
+/// window would be whatever was left of the interval, possibly nothing).
 async fn sickness(state: AppState) -> String {
     loop {
         tokio::time::sleep(HEALTH_EVERY).await;
         if let Err(reason) = state.health() {
+            tracing::error!("{reason}: draining in {HEALTH_EVERY:?}");
+            tokio::time::sleep(HEALTH_EVERY).await;
             return reason;
         }
     }

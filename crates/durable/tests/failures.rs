@@ -713,8 +713,10 @@ async fn a_child_quarantined_before_its_first_commit_still_answers_its_parent() 
         })
         .orchestration("SlowChild", |ctx: OrchestrationContext, _: ()| async move {
             if !ctx.is_replaying() {
-                // Every live turn outlives its lease.
-                let until = std::time::Instant::now() + Duration::from_millis(300);
+                // Every live turn outlives its lease (three times over;
+                // the lease is long enough that the parent's own turns,
+                // under the same lease, fit on a busy machine).
+                let until = std::time::Instant::now() + Duration::from_millis(1200);
                 while std::time::Instant::now() < until {
                     std::hint::spin_loop();
                 }
@@ -723,7 +725,7 @@ async fn a_child_quarantined_before_its_first_commit_still_answers_its_parent() 
         });
     let config = EngineConfig {
         max_attempts: 2,
-        orchestration_lease: Duration::from_millis(100),
+        orchestration_lease: Duration::from_millis(400),
         ..Default::default()
     };
     let t = common::start_with(registry, config);

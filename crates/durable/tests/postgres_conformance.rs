@@ -180,12 +180,14 @@ async fn affinity_keeps_an_instance_where_it_ran() {
     }
     let item = a.fetch_orchestration_work(10, lease).await.unwrap();
     assert_eq!(item.len(), 1, "a did not get its own instance");
+    // Taken before the abandon: it is due from that statement's start, no
+    // earlier, however long its answer takes.
+    let due = Instant::now();
     a.abandon_orchestration_work(&item[0].lock, Duration::ZERO)
         .await
         .unwrap();
 
     // a leaves it due: b wakes up when the affinity runs out and takes it.
-    let due = Instant::now();
     let wake = b
         .next_wake_at(WorkKind::Orchestration)
         .await
@@ -377,7 +379,9 @@ async fn schedule_activities(store: &PostgresStore, tasks: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_listener_reconnects_keeps_its_leases() {
     let url = fresh_url().await;
-    let dead_after = Duration::from_secs(2);
+    // Far longer than a reconnect (500 ms, plus a new backend on a busy
+    // machine): what is tested is that the blip is told from death.
+    let dead_after = Duration::from_secs(5);
     let config = |url: &str| PostgresConfig {
         dead_after,
         ..no_affinity(url)
@@ -415,7 +419,7 @@ async fn a_worker_whose_listener_reconnects_keeps_its_leases() {
     assert!(cut);
     // b keeps going idle for twice dead_after; a reconnects meanwhile
     // (its listener retries every 500 ms).
-    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let until = std::time::Instant::now() + 2 * dead_after;
     let mut reconnected = false;
     while std::time::Instant::now() < until {
         for kind in [WorkKind::Orchestration, WorkKind::Activity] {

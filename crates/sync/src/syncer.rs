@@ -21,7 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 use crate::client::CloudApi;
 use crate::replica::Replica;
@@ -114,6 +114,10 @@ impl From<PullProgress> for Progress {
 /// How many notices the status keeps.
 const NOTICES_KEPT: usize = 20;
 
+/// How many settled statuses a slow [`Syncer::settled`] receiver may fall
+/// behind before it is told it missed some.
+const SETTLED_KEPT: usize = 64;
+
 /// The sync loop of one device. See the module docs.
 pub struct Syncer<R: Replica> {
     replica: Arc<R>,
@@ -121,6 +125,9 @@ pub struct Syncer<R: Replica> {
     api: watch::Sender<Option<CloudApi>>,
     kick: Notify,
     status: watch::Sender<SyncerStatus>,
+    /// The status at the end of each round, every one (`status` keeps
+    /// only the latest: a watcher that looked late would miss a round).
+    settled: broadcast::Sender<SyncerStatus>,
     round_lock: tokio::sync::Mutex<()>,
 }
 
@@ -161,6 +168,7 @@ impl<R: Replica> Syncer<R> {
             api: watch::channel(api).0,
             kick: Notify::new(),
             status: watch::channel(status).0,
+            settled: broadcast::channel(SETTLED_KEPT).0,
             round_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -206,9 +214,16 @@ impl<R: Replica> Syncer<R> {
         self.status.borrow().clone()
     }
 
-    /// Every status change.
+    /// Every status change (a receiver sees the latest when it looks).
     pub fn subscribe(&self) -> watch::Receiver<SyncerStatus> {
         self.status.subscribe()
+    }
+
+    /// The status at the end of every round from now on, none skipped
+    /// (unless the receiver falls [`SETTLED_KEPT`] behind, which it is
+    /// told).
+    pub fn settled(&self) -> broadcast::Receiver<SyncerStatus> {
+        self.settled.subscribe()
     }
 
     fn update(&self, f: impl FnOnce(&mut SyncerStatus)) {
@@ -262,6 +277,8 @@ impl<R: Replica> Syncer<R> {
                 });
             }
         }
+        // No receiver is not an error.
+        let _ = self.settled.send(self.status());
         outcome
     }
 

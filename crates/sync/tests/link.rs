@@ -33,11 +33,14 @@ async fn server(status: &'static str) -> (String, tokio::sync::mpsc::UnboundedRe
     (url, rx)
 }
 
-async fn closed_port_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
-    url
+/// A URL whose port refuses connections for as long as the socket lives:
+/// bound but not listening, so no other test (or an outgoing connection)
+/// can take the port meanwhile.
+fn closed_port_url() -> (String, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", socket.local_addr().unwrap());
+    (url, socket)
 }
 
 fn settings(url: &str) -> Settings {
@@ -69,7 +72,7 @@ async fn an_unhealthy_or_absent_cloud_is_offline_with_a_reason() {
     assert_eq!(status.connection.state, Reachability::Offline);
     assert!(status.connection.message.contains("503"), "{status:?}");
 
-    let url = closed_port_url().await;
+    let (url, _closed) = closed_port_url();
     let link = CloudLink::new(settings(&url), Arc::new(NothingToSync));
     let status = link.check_now().await;
     assert_eq!(status.connection.state, Reachability::Offline);
@@ -81,7 +84,7 @@ async fn an_unhealthy_or_absent_cloud_is_offline_with_a_reason() {
 
 #[tokio::test]
 async fn changing_the_settings_rechecks_at_once() {
-    let down = closed_port_url().await;
+    let (down, _closed) = closed_port_url();
     let (up, _requests) = server("200 OK").await;
     let link = CloudLink::new(settings(&down), Arc::new(NothingToSync));
     let mut statuses = link.subscribe();
