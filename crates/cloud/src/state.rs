@@ -194,21 +194,15 @@ impl eventgrid::deliver::Starter for EngineStarter {
         let name = name.to_string();
         Box::pin(async move {
             let id = durable::InstanceId::new(instance_id).map_err(|e| e.to_string())?;
-            // A finished instance under this id is this event's earlier
-            // delivery (starting again would replace it: a second galaxy).
-            if self
-                .0
-                .status(&id, false)
+            // An instance under this id, live or finished, is this event's
+            // earlier delivery: left alone in the same step that would
+            // create it (starting again would replace a finished one: a
+            // second galaxy).
+            self.0
+                .start_orchestration_once(&name, id, input)
                 .await
-                .map_err(|e| e.to_string())?
-                .is_some()
-            {
-                return Ok(());
-            }
-            match self.0.start_orchestration(&name, Some(id), input).await {
-                Ok(_) | Err(durable::Error::Conflict(_)) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
     }
 }

@@ -222,15 +222,43 @@ impl Engine {
         }
         let input = serde_json::to_value(input).map_err(|e| Error::InvalidInput(e.to_string()))?;
         let instance_id = instance_id.unwrap_or_else(InstanceId::generate);
-        self.create(name, instance_id.clone(), input).await?;
+        self.create(name, instance_id.clone(), input, false).await?;
         Ok(instance_id)
+    }
+
+    /// Starts an orchestration under `instance_id` unless an instance of
+    /// that id exists, live or finished: `false` then, and it is left as
+    /// it is. One atomic step in the store, so two callers racing with the
+    /// same id (two deliveries of one event) start it once, even when the
+    /// first run finishes before the second caller gets there.
+    pub async fn start_orchestration_once(
+        &self,
+        name: &str,
+        instance_id: InstanceId,
+        input: impl Serialize,
+    ) -> Result<bool, Error> {
+        if !self.inner.registry.has_orchestration(name) {
+            return Err(Error::UnknownOrchestration(name.to_string()));
+        }
+        let input = serde_json::to_value(input).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        match self.create(name, instance_id, input, true).await {
+            Ok(()) => Ok(true),
+            Err(Error::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates an instance and runs its first turn before anything is
     /// stored, so that creation and first turn land in one commit (one
     /// fsync and one dispatch fewer per instance; stores that cannot fuse
     /// them just create, and the turn runs again from the queue).
-    async fn create(&self, name: &str, instance_id: InstanceId, input: Value) -> Result<(), Error> {
+    async fn create(
+        &self,
+        name: &str,
+        instance_id: InstanceId,
+        input: Value,
+        only_if_absent: bool,
+    ) -> Result<(), Error> {
         if *self.inner.shutdown.borrow() {
             return Err(Error::ShuttingDown);
         }
@@ -242,6 +270,7 @@ impl Engine {
             execution_id: new_execution_id(),
             parent: None,
             created_at,
+            only_if_absent,
         };
         let created = InstanceUpdate {
             instance_id: instance_id.clone(),
@@ -400,7 +429,8 @@ impl Engine {
         } else {
             instance_id.clone()
         };
-        self.create(&status.name, id.clone(), status.input).await?;
+        self.create(&status.name, id.clone(), status.input, false)
+            .await?;
         Ok(id)
     }
 

@@ -297,6 +297,7 @@ pub(crate) fn take_turn(
                     task_id,
                 }),
                 created_at: now,
+                only_if_absent: false,
             }),
         }
     }

@@ -160,6 +160,49 @@ async fn restart_with_the_same_id_and_with_a_new_id() {
     ));
 }
 
+/// `start_orchestration_once` starts an id once: a finished instance of
+/// it is left as it is (where `start_orchestration` would replace it), and
+/// so is a live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_once_leaves_an_existing_instance_alone() {
+    let t = common::start(waiting_registry());
+    let id = InstanceId::new("once").unwrap();
+    assert!(t
+        .engine
+        .start_orchestration_once("Quick", id.clone(), 41)
+        .await
+        .unwrap());
+    let first = t.wait(&id).await;
+    assert_eq!(first.output, Some(json!(42)));
+    assert!(!t
+        .engine
+        .start_orchestration_once("Quick", id.clone(), 1)
+        .await
+        .unwrap());
+    let still = t.engine.status(&id, false).await.unwrap().unwrap();
+    assert_eq!(still.execution_id, first.execution_id);
+    assert_eq!(still.input, json!(41));
+    assert_eq!(still.runtime_status, RuntimeStatus::Completed);
+
+    let live = InstanceId::new("once-live").unwrap();
+    assert!(t
+        .engine
+        .start_orchestration_once("Wait", live.clone(), "a")
+        .await
+        .unwrap());
+    assert!(!t
+        .engine
+        .start_orchestration_once("Wait", live.clone(), "b")
+        .await
+        .unwrap());
+    assert!(matches!(
+        t.engine
+            .start_orchestration_once("Nope", InstanceId::new("x").unwrap(), 1)
+            .await,
+        Err(Error::UnknownOrchestration(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewind_reruns_failed_work_only() {
     let fail = Arc::new(AtomicBool::new(true));

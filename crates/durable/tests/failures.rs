@@ -491,6 +491,7 @@ async fn a_version_3_store_is_upgraded_with_its_work() {
                 execution_id: "kept@1".into(),
                 parent: None,
                 created_at: durable::types::now(),
+                only_if_absent: false,
             })
             .await
             .unwrap();

@@ -67,6 +67,7 @@ fn new_instance(id: &str) -> NewInstance {
         execution_id: format!("{id}@1"),
         parent: None,
         created_at: durable::types::now(),
+        only_if_absent: false,
     }
 }
 

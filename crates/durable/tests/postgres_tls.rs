@@ -123,6 +123,7 @@ async fn require_and_verify_full_encrypt_and_the_store_works_over_them() {
             execution_id: "over-tls@1".into(),
             parent: None,
             created_at: durable::types::now(),
+            only_if_absent: false,
         })
         .await
         .unwrap();

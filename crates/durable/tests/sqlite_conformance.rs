@@ -74,6 +74,7 @@ async fn drop_then_reopen_keeps_work_and_attempts() {
                 execution_id: "e1".into(),
                 parent: None,
                 created_at: durable::types::now(),
+                only_if_absent: false,
             })
             .await
             .unwrap();
@@ -122,6 +123,7 @@ async fn commits_are_checkpointed_beside_the_writer() {
                 execution_id: "e1".into(),
                 parent: None,
                 created_at: durable::types::now(),
+                only_if_absent: false,
             })
             .await
             .unwrap();

@@ -141,6 +141,7 @@ async fn an_instance_left_unfinished_is_read_back_and_followed_to_completion() {
                 execution_id: "e1".into(),
                 parent: None,
                 created_at: durable::types::now(),
+                only_if_absent: false,
             })
             .await
             .unwrap();

@@ -96,6 +96,68 @@ pub async fn case_create_conflict_and_replace(store: &dyn Store) {
     assert_eq!(kinds(&item), ["ExecutionStarted"]);
 }
 
+/// A creation marked `only_if_absent` (an idempotent start) is a conflict
+/// for any instance of its id, finished ones included, which stay as they
+/// were; plain and with its first turn (each store's batched path too). A
+/// new id is created as usual.
+pub async fn case_create_only_if_absent(store: &dyn Store) {
+    create_with_status(store, "once", RuntimeStatus::Completed).await;
+    let before = store
+        .get_instance(&iid("once"), true)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut again = new_instance("once", json!("again"));
+    again.only_if_absent = true;
+    let r = store.create_instance(again).await;
+    assert!(
+        matches!(&r, Err(StoreError::Conflict(id)) if id.as_str() == "once"),
+        "{r:?}"
+    );
+    let (mut again, turn) = first_turn("once", json!("again"));
+    again.only_if_absent = true;
+    let r = store.create_instance_with_turn(again, turn).await;
+    assert!(
+        matches!(&r, Err(StoreError::Conflict(id)) if id.as_str() == "once"),
+        "{r:?}"
+    );
+    let after = store
+        .get_instance(&iid("once"), true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.runtime_status, RuntimeStatus::Completed);
+    assert_eq!(after.execution_id, before.execution_id);
+    assert_eq!(after.input, before.input);
+    assert_eq!(after.history, before.history);
+    assert!(store
+        .fetch_activity_work(10, LONG)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A live one too.
+    create_with_status(store, "live", RuntimeStatus::Pending).await;
+    let mut again = new_instance("live", json!("again"));
+    again.only_if_absent = true;
+    let r = store.create_instance(again).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+
+    // A new id is created, with its first turn.
+    let (mut fresh, turn) = first_turn("fresh", json!("in"));
+    fresh.only_if_absent = true;
+    store.create_instance_with_turn(fresh, turn).await.unwrap();
+    assert_eq!(
+        store
+            .get_instance(&iid("fresh"), false)
+            .await
+            .unwrap()
+            .unwrap()
+            .input,
+        json!("in")
+    );
+}
+
 /// Replacing a Failed instance that still has an unprocessed `Rewound`
 /// message leaves nothing of the old instance in the new one's work.
 pub async fn case_replace_failed_instance_with_pending_rewind(store: &dyn Store) {
@@ -257,6 +319,7 @@ pub async fn case_commit_turn_effects(store: &dyn Store) {
         execution_id: "p-child@1".into(),
         parent: Some(link.clone()),
         created_at: types::now(),
+        only_if_absent: false,
     }];
     store.commit_turn(c).await.unwrap();
 
@@ -406,6 +469,7 @@ pub async fn case_sub_orchestration_conflict(store: &dyn Store) {
             task_id: 7,
         }),
         created_at: types::now(),
+        only_if_absent: false,
     }];
     store.commit_turn(c).await.unwrap();
 

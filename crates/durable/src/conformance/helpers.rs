@@ -27,6 +27,7 @@ pub(super) fn new_instance(id: &str, input: Value) -> NewInstance {
         execution_id: exec(id),
         parent: None,
         created_at: types::now(),
+        only_if_absent: false,
     }
 }
 

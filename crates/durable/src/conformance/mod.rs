@@ -80,6 +80,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $harness;
             case_create_and_fetch,
             case_create_conflict_and_replace,
+            case_create_only_if_absent,
             case_create_with_first_turn,
             case_replace_failed_instance_with_pending_rewind,
             case_single_holder,

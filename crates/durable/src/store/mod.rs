@@ -96,6 +96,12 @@ pub struct NewInstance {
     pub parent: Option<ParentLink>,
     /// Creation time.
     pub created_at: Timestamp,
+    /// `true`: any instance of this id, finished or not, makes the
+    /// creation a [`StoreError::Conflict`] and stays as it is (an
+    /// idempotent start: a second delivery of what started it must not
+    /// run it again). `false`: a finished one is replaced, as Durable
+    /// Functions does.
+    pub only_if_absent: bool,
 }
 
 impl NewInstance {

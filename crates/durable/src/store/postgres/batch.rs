@@ -168,6 +168,8 @@ struct CreateRows {
     parents: Vec<Option<String>>,
     /// The token each row is created leased under, to its first turn.
     tokens: Vec<String>,
+    /// The ids whose finished instance must not be replaced.
+    only_if_absent: Vec<String>,
 }
 
 impl CreateRows {
@@ -180,6 +182,7 @@ impl CreateRows {
             created: Vec::new(),
             parents: Vec::new(),
             tokens: Vec::new(),
+            only_if_absent: Vec::new(),
         };
         for inst in instances {
             rows.ids.push(inst.instance_id.as_str().to_string());
@@ -194,11 +197,15 @@ impl CreateRows {
             );
             rows.tokens
                 .push(format!("create/{}", uuid::Uuid::new_v4().simple()));
+            if inst.only_if_absent {
+                rows.only_if_absent
+                    .push(inst.instance_id.as_str().to_string());
+            }
         }
         rows
     }
 
-    fn params<'a>(&'a self, home: &'a i64) -> [&'a (dyn ToSql + Sync); 8] {
+    fn params<'a>(&'a self, home: &'a i64) -> [&'a (dyn ToSql + Sync); 9] {
         [
             &self.ids,
             &self.names,
@@ -208,6 +215,7 @@ impl CreateRows {
             &self.parents,
             &self.tokens,
             home,
+            &self.only_if_absent,
         ]
     }
 }

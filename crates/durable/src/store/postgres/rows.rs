@@ -101,6 +101,8 @@ pub(super) struct CreateArgs {
     started: String,
     /// The creating worker: its process runs the first turn unless busy.
     home: i64,
+    /// Whether a finished instance of the id is replaced.
+    replace: bool,
 }
 
 impl CreateArgs {
@@ -118,10 +120,11 @@ impl CreateArgs {
                 .map(|p| p.instance_id.as_str().to_string()),
             started: json(&started),
             home,
+            replace: !inst.only_if_absent,
         }
     }
 
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 9] {
         [
             &self.id,
             &self.name,
@@ -131,6 +134,7 @@ impl CreateArgs {
             &self.parent,
             &self.started,
             &self.home,
+            &self.replace,
         ]
     }
 }

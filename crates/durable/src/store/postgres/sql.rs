@@ -204,8 +204,9 @@ impl Sql {
             ),
             // Inserts a new instance, or replaces a terminal one (its history
             // and inbox go; its row is reused, so queued activities of the
-            // old execution stay and are dropped by execution id later).
-            // A live one is left alone and nothing is returned.
+            // old execution stay and are dropped by execution id later)
+            // when $9 allows it. A live one is left alone and nothing is
+            // returned.
             upsert_instance: format!(
                 "WITH up AS ( \
                    INSERT INTO {s}.instances AS i (instance_id, name, execution_id, runtime_status, input, \
@@ -217,7 +218,7 @@ impl Sql {
                      last_updated_at = excluded.last_updated_at, parent_instance_id = excluded.parent_instance_id, \
                      history_events = 0, history_bytes = 0, attempts = 0, lock_token = NULL, lock_owner = NULL, \
                      due_at = excluded.due_at, home = excluded.home \
-                   WHERE i.runtime_status IN ({terminal}) \
+                   WHERE i.runtime_status IN ({terminal}) AND $9 \
                    RETURNING i.instance_id, (xmax = 0) AS inserted), \
                  dh AS (DELETE FROM {s}.history h USING up WHERE h.instance_id = up.instance_id AND NOT up.inserted), \
                  dm AS (DELETE FROM {s}.messages m USING up WHERE m.instance_id = up.instance_id AND NOT up.inserted), \
@@ -299,7 +300,7 @@ impl Sql {
                      last_updated_at = excluded.last_updated_at, parent_instance_id = excluded.parent_instance_id, \
                      history_events = 0, history_bytes = 0, attempts = 0, lock_token = excluded.lock_token, \
                      lock_owner = NULL, due_at = NULL, home = excluded.home \
-                   WHERE i.runtime_status IN ({terminal}) \
+                   WHERE i.runtime_status IN ({terminal}) AND NOT i.instance_id = ANY($9) \
                    RETURNING i.instance_id, (xmax = 0) AS inserted), \
                  dh AS (DELETE FROM {s}.history WHERE instance_id = ANY(ARRAY( \
                    SELECT instance_id FROM up WHERE NOT inserted))), \

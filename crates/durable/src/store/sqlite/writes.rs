@@ -60,15 +60,20 @@ pub(super) fn clear_finished(tx: &Stmts<'_>, id: &InstanceId) -> Result<(), Stor
 
 /// Runs `insert` (an `INSERT .. ON CONFLICT DO NOTHING` of an instance
 /// row); when the id is taken, clears a finished instance of that id (a
-/// live one is a conflict) and inserts again. Ids are almost always new, so
+/// live one, or any one when `only_if_absent`, is a conflict) and inserts
+/// again. Ids are almost always new, so
 /// the common case is one statement instead of a lookup and an insert.
 pub(super) fn insert_or_replace_finished(
     tx: &Stmts<'_>,
     id: &InstanceId,
+    only_if_absent: bool,
     insert: impl Fn() -> Result<usize, StoreError>,
 ) -> Result<(), StoreError> {
     if insert()? == 1 {
         return Ok(());
+    }
+    if only_if_absent {
+        return Err(StoreError::Conflict(id.clone()));
     }
     clear_finished(tx, id)?;
     if insert()? == 1 {
@@ -91,7 +96,7 @@ pub(super) fn insert_instance(
         started,
     } = prepared;
     let created = inst.created_at.timestamp_millis();
-    insert_or_replace_finished(tx, &inst.instance_id, || {
+    insert_or_replace_finished(tx, &inst.instance_id, inst.only_if_absent, || {
         tx.prepare_cached(
             "INSERT INTO instances (instance_id, name, execution_id, runtime_status, input, created_at, last_updated_at, parent_instance_id) \
              VALUES (?1, ?2, ?3, 'Pending', ?4, ?5, ?5, ?6) ON CONFLICT (instance_id) DO NOTHING",
@@ -325,7 +330,7 @@ pub(super) fn commit_body(
         }
         Row::Insert(new) => {
             let inst = &new.inst;
-            insert_or_replace_finished(tx, &inst.instance_id, || {
+            insert_or_replace_finished(tx, &inst.instance_id, inst.only_if_absent, || {
                 tx.prepare_cached(
                 "INSERT INTO instances (instance_id, name, execution_id, runtime_status, input, output, custom_status, \
                  failure, created_at, last_updated_at, parent_instance_id, history_events, history_bytes) \
