@@ -12,7 +12,8 @@
 //! round re-arms itself after an exponential back-off with jitter (so a
 //! fleet of devices does not return in step), and so does a dropped live
 //! stream. Every state change is published as a [`SyncerStatus`] on a
-//! watch channel for UIs.
+//! watch channel for UIs, and each round's outcome, none skipped, on a
+//! broadcast ([`Syncer::settled`]) for logs such as `galaxy sync --watch`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -220,8 +221,8 @@ impl<R: Replica> Syncer<R> {
     }
 
     /// The status at the end of every round from now on, none skipped
-    /// (unless the receiver falls [`SETTLED_KEPT`] behind, which it is
-    /// told).
+    /// (unless the receiver falls 64 rounds behind, which it is told). A
+    /// failed round's carries no retry delay: the loop picks it after.
     pub fn settled(&self) -> broadcast::Receiver<SyncerStatus> {
         self.settled.subscribe()
     }
@@ -274,6 +275,9 @@ impl<R: Replica> Syncer<R> {
                     };
                     s.message = e.to_string();
                     s.progress = None;
+                    // The loop sets the next try's delay once it picks one
+                    // (the last failure's is stale now).
+                    s.retry_in_ms = None;
                 });
             }
         }

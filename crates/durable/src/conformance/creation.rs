@@ -98,8 +98,9 @@ pub async fn case_create_conflict_and_replace(store: &dyn Store) {
 
 /// A creation marked `only_if_absent` (an idempotent start) is a conflict
 /// for any instance of its id, finished ones included, which stay as they
-/// were; plain and with its first turn (each store's batched path too). A
-/// new id is created as usual.
+/// were; plain and with its first turn (the batched path:
+/// `case_idempotent_creations_committed_together`). A new id is created as
+/// usual.
 pub async fn case_create_only_if_absent(store: &dyn Store) {
     create_with_status(store, "once", RuntimeStatus::Completed).await;
     let before = store

@@ -115,6 +115,7 @@ macro_rules! conformance_tests {
             case_lifecycle_outbox,
             case_turns_committed_together,
             case_creations_committed_together,
+            case_idempotent_creations_committed_together,
             case_same_instance_created_twice_at_once,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,6 +212,64 @@ pub async fn case_creations_committed_together(store: &dyn Store) {
     assert!(of("cg-live").is_empty());
 }
 
+/// Creations marked `only_if_absent` arriving together (two deliveries of
+/// events at once, each starting its instance), after a plain one that
+/// keeps the store busy so they are likely committed as one batch: the
+/// finished instance of one id stays as it was, the new id is created.
+pub async fn case_idempotent_creations_committed_together(store: &dyn Store) {
+    create_with_status(store, "ci-done", RuntimeStatus::Completed).await;
+    let before = store
+        .get_instance(&iid("ci-done"), true)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = ["ci-first", "ci-done", "ci-new"];
+    let creations = ids.map(|id| {
+        let (mut inst, mut commit) = first_turn(id, json!(id));
+        commit.messages.clear();
+        inst.only_if_absent = id != "ci-first";
+        (inst, commit)
+    });
+    let results = futures::future::join_all(
+        creations
+            .into_iter()
+            .map(|(inst, commit)| store.create_instance_with_turn(inst, commit)),
+    )
+    .await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    match &results[1] {
+        Err(StoreError::Conflict(id)) => assert_eq!(*id, iid("ci-done")),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    let after = store
+        .get_instance(&iid("ci-done"), true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.runtime_status, RuntimeStatus::Completed);
+    assert_eq!(after.execution_id, before.execution_id);
+    assert_eq!(after.input, before.input);
+    assert_eq!(after.history, before.history);
+    let new = store
+        .get_instance(&iid("ci-new"), false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.input, json!("ci-new"));
+    let mut queued: Vec<String> = store
+        .fetch_activity_work(10, LONG)
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.activity.instance_id.to_string())
+        .collect();
+    queued.sort();
+    if matches!(results[0], Ok(true)) {
+        assert_eq!(queued, ["ci-first", "ci-new"]);
+    }
+}
+
 /// One new id created twice at the same moment (two clients starting the
 /// same instance): one start lands whole, the other is a conflict that
 /// changes nothing. A store that batches creations cannot put both in one

@@ -48,8 +48,9 @@ pub use lifecycle::LifecycleEvent;
 /// answers the caller must act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A live instance already has this id.
-    #[error("instance '{0}' already exists and is not finished")]
+    /// A live instance already has this id (or, for a creation marked
+    /// [`NewInstance::only_if_absent`], any instance).
+    #[error("instance '{0}' already exists")]
     Conflict(InstanceId),
     /// No such instance.
     #[error("instance '{0}' not found")]
@@ -319,8 +320,9 @@ pub trait Store: Send + Sync + 'static {
     fn work_signal(&self) -> Arc<WorkSignal>;
 
     /// Creates an instance and queues its `ExecutionStarted` message. An
-    /// existing terminal instance with the same id is replaced; a live one is
-    /// a [`StoreError::Conflict`].
+    /// existing terminal instance with the same id is replaced (unless
+    /// [`NewInstance::only_if_absent`]); a live one is a
+    /// [`StoreError::Conflict`].
     async fn create_instance(&self, instance: NewInstance) -> Result<(), StoreError>;
 
     /// Creates an instance together with its first turn, which the caller

@@ -30,9 +30,10 @@
 //! - **New instances** with their first turns
 //!   ([`Store::create_instance_with_turn`], one per started instance) are
 //!   queued the same way, in a queue of their own: one statement inserts
-//!   the rows (or replaces finished ones of the same ids) in id order,
-//!   leased to their first turns under fresh tokens, and returns the ids
-//!   it created (a live instance of the same id is a
+//!   the rows (or replaces finished ones of the same ids, but for those
+//!   marked `only_if_absent`) in id order, leased to their first turns
+//!   under fresh tokens, and returns the ids it created (a live instance
+//!   of the same id, or any for `only_if_absent`, is a
 //!   [`StoreError::Conflict`] and gets nothing); then the same writes as a
 //!   turn batch, without consumed messages (the start message a plain
 //!   creation queues is never stored).
