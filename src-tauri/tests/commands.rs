@@ -21,6 +21,13 @@ struct TestApp {
 }
 
 fn start_in(dir: &std::path::Path) -> TestApp {
+    start_listening(dir, &[]).0
+}
+
+/// Starts the app on `dir` with the events `names` listened to before its
+/// setup runs (setup may already sync in the background: a listener added
+/// after it could miss the first events).
+fn start_listening(dir: &std::path::Path, names: &[&str]) -> (TestApp, Vec<mpsc::Receiver<Value>>) {
     let app = configure_with(
         mock_builder(),
         DesktopOptions {
@@ -32,16 +39,27 @@ fn start_in(dir: &std::path::Path) -> TestApp {
     let window = WebviewWindowBuilder::new(&app, "main", Default::default())
         .build()
         .expect("window");
+    let receivers = names.iter().map(|name| listen(&app, name)).collect();
     // Setup runs when the event loop starts: one iteration runs it (the
     // deprecation is about calling this in a loop, which we do not).
     let mut app = app;
     #[allow(deprecated)]
     app.run_iteration(|_, _| {});
-    TestApp {
+    let t = TestApp {
         app,
         window,
         _dir: None,
-    }
+    };
+    (t, receivers)
+}
+
+/// Collects the payloads of the event `name`.
+fn listen(app: &App<MockRuntime>, name: &str) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    app.listen_any(name, move |e| {
+        let _ = tx.send(serde_json::from_str(e.payload()).unwrap());
+    });
+    rx
 }
 
 fn start() -> TestApp {
@@ -71,11 +89,7 @@ impl TestApp {
 
     /// Collects the payloads of an event.
     fn events(&self, name: &str) -> mpsc::Receiver<Value> {
-        let (tx, rx) = mpsc::channel();
-        self.app.listen_any(name, move |e| {
-            let _ = tx.send(serde_json::from_str(e.payload()).unwrap());
-        });
-        rx
+        listen(&self.app, name)
     }
 }
 
@@ -318,8 +332,8 @@ fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
         json!({ "cloudUrl": cloud.base_url, "cloudKey": "desktop-test-function-key" }).to_string(),
     )
     .unwrap();
-    let t = start_in(dir.path());
-    let loop_events = t.events(galaxy_desktop::SYNC_LOOP);
+    let (t, mut listened) = start_listening(dir.path(), &[galaxy_desktop::SYNC_LOOP]);
+    let loop_events = listened.remove(0);
     let upserts = t.events(galaxy_desktop::GALAXY_UPSERTED);
     let removals = t.events(galaxy_desktop::GALAXY_REMOVED);
     let galaxies = t.events(GALAXY_ADDED);

@@ -147,32 +147,36 @@ async fn store_state(dir: &std::path::Path) -> Result<(usize, Vec<String>)> {
         },
     )?;
     let store = opened.expect("opened");
-    let page = store
-        .list_instances(&InstanceQuery {
-            filter: InstanceFilter::default(),
-            page_size: 1000,
-            with_input: true,
-            continuation: None,
-        })
-        .await?;
+    // Every page: bursts that finished before their kill add up.
+    let mut instances = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page = store
+            .list_instances(&InstanceQuery {
+                filter: InstanceFilter::default(),
+                page_size: 1000,
+                with_input: false,
+                continuation,
+            })
+            .await?;
+        instances.extend(page.instances);
+        continuation = page.continuation;
+        if continuation.is_none() {
+            break;
+        }
+    }
     store.close();
+    let left: Vec<String> = instances
+        .iter()
+        .filter(|s| !s.runtime_status.is_terminal())
+        .map(|s| s.instance_id.to_string())
+        .collect();
     eprintln!(
         "store after the kill: {} instances, {} unfinished",
-        page.instances.len(),
-        page.instances
-            .iter()
-            .filter(|s| !s.runtime_status.is_terminal())
-            .count()
+        instances.len(),
+        left.len()
     );
-    let total = page.instances.len();
-    Ok((
-        total,
-        page.instances
-            .into_iter()
-            .filter(|s| !s.runtime_status.is_terminal())
-            .map(|s| s.instance_id.to_string())
-            .collect(),
-    ))
+    Ok((instances.len(), left))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

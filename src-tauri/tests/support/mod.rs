@@ -207,7 +207,7 @@ impl App {
             driver: Some(driver),
         };
         // Both tauri-driver and the WebKitWebDriver it starts must listen.
-        wait_for("tauri-driver to listen", Duration::from_secs(20), || {
+        wait_for("tauri-driver to listen", DEADLINE, || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && TcpStream::connect(("127.0.0.1", native_port)).is_ok()
         })?;
@@ -332,7 +332,7 @@ impl App {
         // shuts down cleanly); ending the session alone leaves it running.
         let _ = self.client.close_window().await;
         let _ = self.client.clone().close().await;
-        let exited = wait_for("the app to exit", Duration::from_secs(20), || !alive(pid));
+        let exited = wait_for("the app to exit", DEADLINE, || !alive(pid));
         self.stop_driver();
         if exited.is_err() {
             send_signal(pid, "KILL");
@@ -343,9 +343,7 @@ impl App {
     /// SIGKILLs the app (a crash), then stops tauri-driver.
     pub fn kill(mut self) -> Result<()> {
         send_signal(self.pid, "KILL");
-        wait_for("the killed app to go", Duration::from_secs(10), || {
-            !alive(self.pid)
-        })?;
+        wait_for("the killed app to go", DEADLINE, || !alive(self.pid))?;
         self.stop_driver();
         Ok(())
     }
