@@ -132,10 +132,16 @@ impl Drop for Display {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct ports free at the moment (all held while they are picked,
+/// so two of them cannot be the same).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("its address").port())
 }
 
 fn tauri_driver() -> PathBuf {
@@ -181,8 +187,7 @@ impl App {
     /// package installed).
     pub async fn launch_binary(display: &Display, data_dir: &Path, binary: &Path) -> Result<Self> {
         let launched_at = Instant::now();
-        let port = free_port();
-        let native_port = free_port();
+        let [port, native_port] = free_ports::<2>();
         let driver_path = tauri_driver();
         let driver = Command::new(&driver_path)
             .args([
