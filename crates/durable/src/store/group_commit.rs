@@ -15,8 +15,9 @@
 //! worker thread (a slow disk would stall every request on the runtime);
 //! `run` is for callers on threads of their own.
 //!
-//! Used by the engine's SQLite store, the galaxies table and the event
-//! router.
+//! Used by the engine's SQLite store (with its WAL checkpoints beside the
+//! writer: [`GroupCommit::start_with_checkpoints`], [`super::checkpoint`]),
+//! the galaxies table and the event router.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -24,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
+
+use super::checkpoint::Checkpointer;
 
 /// Applies a batch of operations in one transaction and answers each.
 type Apply<Op> = dyn Fn(&mut Connection, Vec<Op>) + Send + Sync;
@@ -35,6 +38,17 @@ struct Shared<Op> {
     /// one submitted before it.
     queued: AtomicUsize,
     apply: Box<Apply<Op>>,
+    /// Told of every applied batch (each one transaction).
+    checkpoints: Option<Checkpointer>,
+}
+
+impl<Op> Shared<Op> {
+    fn apply(&self, conn: &mut Connection, batch: Vec<Op>) {
+        (self.apply)(conn, batch);
+        if let Some(c) = &self.checkpoints {
+            c.committed();
+        }
+    }
 }
 
 /// A write connection with a writer thread. See the module docs.
@@ -53,10 +67,36 @@ impl<Op: Send + 'static> GroupCommit<Op> {
         max_batch: usize,
         apply: impl Fn(&mut Connection, Vec<Op>) + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
+        Self::start_inner(name, conn, None, max_batch, apply)
+    }
+
+    /// [`GroupCommit::start`], with the WAL checkpoints of the database run
+    /// beside the writer on `checkpoint_conn` (a second connection to the
+    /// same file), not inside its commits ([`super::checkpoint`]).
+    pub fn start_with_checkpoints(
+        name: &str,
+        conn: Connection,
+        checkpoint_conn: Connection,
+        max_batch: usize,
+        apply: impl Fn(&mut Connection, Vec<Op>) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let checkpoints =
+            Checkpointer::start(&format!("{name}-checkpoint"), &conn, checkpoint_conn)?;
+        Self::start_inner(name, conn, Some(checkpoints), max_batch, apply)
+    }
+
+    fn start_inner(
+        name: &str,
+        conn: Connection,
+        checkpoints: Option<Checkpointer>,
+        max_batch: usize,
+        apply: impl Fn(&mut Connection, Vec<Op>) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             conn: Mutex::new(conn),
             queued: AtomicUsize::new(0),
             apply: Box::new(apply),
+            checkpoints,
         });
         let (tx, rx) = mpsc::channel::<Op>();
         let writer = shared.clone();
@@ -78,7 +118,7 @@ impl<Op: Send + 'static> GroupCommit<Op> {
                     let n = batch.len();
                     #[cfg(feature = "failpoints")]
                     fail::fail_point!(&failpoint);
-                    (writer.apply)(&mut conn, batch);
+                    writer.apply(&mut conn, batch);
                     drop(conn);
                     writer.queued.fetch_sub(n, Ordering::SeqCst);
                 }
@@ -115,7 +155,7 @@ impl<Op: Send + 'static> GroupCommit<Op> {
                 // The connection is ours until the commit is done, so
                 // close() cannot finish in between.
                 drop(open);
-                (self.shared.apply)(&mut conn, vec![op]);
+                self.shared.apply(&mut conn, vec![op]);
                 return Ok(());
             }
         }
@@ -142,6 +182,9 @@ impl<Op: Send + 'static> GroupCommit<Op> {
         self.sender.lock().expect("group commit lock").take();
         if let Some(t) = self.thread.lock().expect("group commit lock").take() {
             let _ = t.join();
+        }
+        if let Some(c) = &self.shared.checkpoints {
+            c.close();
         }
     }
 }

@@ -19,6 +19,7 @@
 //!   task results for a terminal instance are dropped silently.
 //! - A message with `visible_at` in the future is not delivered before then.
 
+pub mod checkpoint;
 mod common;
 pub mod group_commit;
 pub mod lifecycle;

@@ -253,17 +253,6 @@ pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Op>, shared: &Shared) 
     {
         let mut q = shared.queues.lock().expect("queues lock");
         if committed.is_ok() {
-            let n = shared
-                .commits_since_checkpoint
-                .fetch_add(1, Ordering::Relaxed)
-                + 1;
-            if n >= COMMITS_PER_CHECKPOINT {
-                shared.commits_since_checkpoint.store(0, Ordering::Relaxed);
-                if let Some(tx) = shared.checkpoint.lock().expect("checkpoint lock").as_ref() {
-                    // Full: a checkpoint is already due.
-                    let _ = tx.try_send(());
-                }
-            }
             for effect in effects {
                 let (o, a) = apply_effect(&mut q, effect);
                 notify_orch |= o;

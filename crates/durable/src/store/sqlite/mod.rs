@@ -15,12 +15,12 @@
 //!   that can run elsewhere does.
 //! - **History is stored one row per turn** (a JSON array of that turn's
 //!   events), so a turn appends one row however many events it records.
-//! - **Checkpoints run beside the writer**: a checkpoint thread with its own
-//!   connection copies the log into the database file every
-//!   `COMMITS_PER_CHECKPOINT` commits (PASSIVE), so commits carry no
-//!   checkpoint; under sustained load the writer checkpoints itself once
-//!   the log passes `WRITER_CHECKPOINT_FRAMES` (ARCHITECTURE.md, "The SQLite
-//!   store").
+//! - **Checkpoints run beside the writer** ([`crate::store::checkpoint`],
+//!   through the writer's [`GroupCommit`]): a checkpoint thread with its
+//!   own connection copies the log into the database file every 32
+//!   commits (PASSIVE), so commits carry no checkpoint; under sustained
+//!   load the writer checkpoints itself once the log passes 64 MiB
+//!   (ARCHITECTURE.md, "The SQLite store").
 //! - **Queues live in memory**, rebuilt from the tables at open. A fetch takes
 //!   work from memory without touching the disk. The writer updates the
 //!   queues only *after* its transaction committed, so no worker ever acts on
@@ -68,12 +68,6 @@ const SCHEMA_VERSION: i64 = 4;
 
 /// Most operations in one group commit.
 const MAX_BATCH: usize = 2048;
-
-/// Commits between two background checkpoints.
-const COMMITS_PER_CHECKPOINT: u32 = 32;
-
-/// The writer checkpoints itself only past this many log frames (64 MiB).
-const WRITER_CHECKPOINT_FRAMES: u32 = 16_384;
 
 /// Settings of a SQLite store.
 #[derive(Clone, Debug)]
@@ -135,10 +129,6 @@ struct Shared {
     /// writer assigns ids itself. Only the holder of the write connection takes ids; ids of a
     /// rolled-back batch are skipped, which is harmless.
     next_id: std::sync::atomic::AtomicI64,
-    /// Commits since the checkpointer was last woken.
-    commits_since_checkpoint: std::sync::atomic::AtomicU32,
-    /// Wakes the checkpointer thread; `None` once closed.
-    checkpoint: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
     /// Notified after a batch that wrote lifecycle outbox rows; `None`
     /// when the outbox is off.
     lifecycle: Option<Arc<Notify>>,
@@ -157,7 +147,6 @@ impl Shared {
 pub struct SqliteStore {
     shared: Arc<Shared>,
     writer: GroupCommit<Op>,
-    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     _lock: File,
@@ -262,46 +251,29 @@ impl SqliteStore {
             )
             .map_err(db_err)?;
         // WAL checkpoints run on their own thread and connection, beside
-        // the writer, instead of inside the commit that crossed SQLite's
+        // the writer, not inside the commit that crossed SQLite's
         // threshold (a tenth of the writer's CPU, plus fsyncs of the
-        // database file on the commit path). The writer keeps a far
-        // threshold as a backstop: a checkpoint that runs beside the writer
-        // cannot finish while the writer keeps appending, so under
-        // sustained load the log is only reset by the writer's own.
-        conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_FRAMES};"
-        ))
-        .map_err(db_err)?;
+        // database file on the commit path): see `store::checkpoint`.
         let ckpt_conn = open_connection(&path, &config)?;
-        let (ckpt_tx, ckpt_rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let checkpointer = std::thread::Builder::new()
-            .name("durable-sqlite-checkpoint".into())
-            .spawn(move || {
-                while ckpt_rx.recv().is_ok() {
-                    // Busy (the writer's own checkpoint) or failed: the next
-                    // signal tries again.
-                    let _ = ckpt_conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                }
-            })
-            .map_err(|e| StoreError::Database(format!("cannot start checkpoint thread: {e}")))?;
         let shared = Arc::new(Shared {
             queues: Mutex::new(queues),
             signal: Arc::new(WorkSignal::default()),
             next_id: std::sync::atomic::AtomicI64::new(max_id + 1),
-            commits_since_checkpoint: std::sync::atomic::AtomicU32::new(0),
-            checkpoint: Mutex::new(Some(ckpt_tx)),
             lifecycle: config.lifecycle_outbox.then(|| Arc::new(Notify::new())),
             lifecycle_written: std::sync::atomic::AtomicBool::new(false),
         });
         let writer_shared = shared.clone();
-        let writer = GroupCommit::start("durable-sqlite-writer", conn, MAX_BATCH, move |c, b| {
-            run_batch(c, b, &writer_shared)
-        })
+        let writer = GroupCommit::start_with_checkpoints(
+            "durable-sqlite-writer",
+            conn,
+            ckpt_conn,
+            MAX_BATCH,
+            move |c, b| run_batch(c, b, &writer_shared),
+        )
         .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             shared,
             writer,
-            checkpointer: Mutex::new(Some(checkpointer)),
             reader: Arc::new(Mutex::new(reader)),
             path,
             _lock: lock,
@@ -331,14 +303,6 @@ impl SqliteStore {
             let _ = self.submit(Op::PersistHeld(held));
         }
         self.writer.close();
-        self.shared
-            .checkpoint
-            .lock()
-            .expect("checkpoint lock")
-            .take();
-        if let Some(t) = self.checkpointer.lock().expect("checkpoint lock").take() {
-            let _ = t.join();
-        }
     }
 
     fn wake_orchestrations(&self) {
