@@ -3,13 +3,15 @@
 //! every started instance has completed and `galaxies` holds exactly one row
 //! per instance.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use durable::{InstanceFilter, InstanceQuery, RuntimeStatus, SqliteStore, Store};
+use durable::{RuntimeStatus, SqliteStore};
 use galaxy::GalaxyTable;
 use rand::Rng;
 
@@ -87,24 +89,7 @@ fn sigkill_at_random_points_loses_nothing_and_duplicates_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = SqliteStore::open(dir.path().join("engine.db")).unwrap();
-        let mut all = Vec::new();
-        let mut continuation = None;
-        loop {
-            let page = store
-                .list_instances(&InstanceQuery {
-                    filter: InstanceFilter::default(),
-                    page_size: 1000,
-                    with_input: true,
-                    continuation,
-                })
-                .await
-                .unwrap();
-            all.extend(page.instances);
-            continuation = page.continuation;
-            if continuation.is_none() {
-                break;
-            }
-        }
+        let all = common::all_instances(&store).await;
         assert!(!all.is_empty(), "no instance was ever started");
         let not_done: Vec<_> = all
             .iter()

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use durable::testing::PgCluster;
-use durable::{InstanceFilter, InstanceQuery, PostgresConfig, PostgresStore, RuntimeStatus, Store};
+use durable::{PostgresConfig, PostgresStore, RuntimeStatus, Store};
 use futures::StreamExt;
 use galaxy::PgGalaxyTable;
 use reqwest::StatusCode;
@@ -293,24 +293,7 @@ async fn three_processes_on_one_database_survive_a_sigkill() {
     let took = killed_at.elapsed();
 
     // Every started instance, and nothing else, completed with the output.
-    let mut listed = Vec::new();
-    let mut continuation = None;
-    loop {
-        let page = store
-            .list_instances(&InstanceQuery {
-                filter: InstanceFilter::default(),
-                page_size: 1000,
-                with_input: true,
-                continuation,
-            })
-            .await
-            .unwrap();
-        listed.extend(page.instances);
-        continuation = page.continuation;
-        if continuation.is_none() {
-            break;
-        }
-    }
+    let listed = common::all_instances(&store).await;
     assert_eq!(listed.len(), total);
     for s in &listed {
         assert!(

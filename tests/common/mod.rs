@@ -167,3 +167,25 @@ impl Watcher {
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 }
+
+/// Every instance `store` holds, with its input, all pages read.
+pub async fn all_instances(store: &dyn durable::Store) -> Vec<durable::InstanceStatus> {
+    let mut all = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page = store
+            .list_instances(&durable::InstanceQuery {
+                filter: durable::InstanceFilter::default(),
+                page_size: 1000,
+                with_input: true,
+                continuation,
+            })
+            .await
+            .expect("listing instances");
+        all.extend(page.instances);
+        continuation = page.continuation;
+        if continuation.is_none() {
+            return all;
+        }
+    }
+}
