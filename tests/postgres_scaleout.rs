@@ -121,8 +121,8 @@ async fn start_many(client: &reqwest::Client, servers: &[&str], count: usize) ->
         .await
 }
 
-/// Polls `f` until it yields a value or `limit` passes.
-async fn poll<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+/// Polls `f` until it yields a value; `None` once `limit` passed.
+async fn poll_for<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -130,26 +130,24 @@ where
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f().await {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Whether the sessions named `name` stop running statements (`running`
-/// counts them) within two seconds.
-async fn quiet(db: &tokio_postgres::Client, running: &str, name: &str) -> bool {
-    let until = Instant::now() + Duration::from_secs(2);
-    loop {
-        if sql(db, running, &[&name]).await == 0 {
-            return true;
-        }
-        if Instant::now() > until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Polls `f` until it yields a value; fails the test once `limit` passed.
+async fn poll<T, F, Fut>(what: &str, limit: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll_for(limit, f)
+        .await
+        .unwrap_or_else(|| panic!("timed out waiting for {what}"))
 }
 
 async fn count(store: &PostgresStore, status: RuntimeStatus) -> u64 {
@@ -258,7 +256,10 @@ async fn three_processes_on_one_database_survive_a_sigkill() {
         // One of its statements may wait for a lock that its own frozen
         // transaction holds (it stopped between a turn's statements and
         // its COMMIT) and so never end: then let it go and try again.
-        if !quiet(&db, running, &victim_name).await {
+        let quiet = poll_for(Duration::from_secs(2), || async {
+            (sql(&db, running, &[&victim_name]).await == 0).then_some(())
+        });
+        if quiet.await.is_none() {
             signal(&killed.child, "CONT");
             continue;
         }

@@ -217,10 +217,7 @@ impl Engine {
         instance_id: Option<InstanceId>,
         input: impl Serialize,
     ) -> Result<InstanceId, Error> {
-        if !self.inner.registry.has_orchestration(name) {
-            return Err(Error::UnknownOrchestration(name.to_string()));
-        }
-        let input = serde_json::to_value(input).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let input = self.start_input(name, input)?;
         let instance_id = instance_id.unwrap_or_else(InstanceId::generate);
         self.create(name, instance_id.clone(), input, false).await?;
         Ok(instance_id)
@@ -237,15 +234,20 @@ impl Engine {
         instance_id: InstanceId,
         input: impl Serialize,
     ) -> Result<bool, Error> {
-        if !self.inner.registry.has_orchestration(name) {
-            return Err(Error::UnknownOrchestration(name.to_string()));
-        }
-        let input = serde_json::to_value(input).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let input = self.start_input(name, input)?;
         match self.create(name, instance_id, input, true).await {
             Ok(()) => Ok(true),
             Err(Error::Conflict(_)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// A start's input as stored, once `name` is known to be registered.
+    fn start_input(&self, name: &str, input: impl Serialize) -> Result<Value, Error> {
+        if !self.inner.registry.has_orchestration(name) {
+            return Err(Error::UnknownOrchestration(name.to_string()));
+        }
+        serde_json::to_value(input).map_err(|e| Error::InvalidInput(e.to_string()))
     }
 
     /// Creates an instance and runs its first turn before anything is

@@ -122,15 +122,8 @@ pub async fn case_create_only_if_absent(store: &dyn Store) {
         matches!(&r, Err(StoreError::Conflict(id)) if id.as_str() == "once"),
         "{r:?}"
     );
-    let after = store
-        .get_instance(&iid("once"), true)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(after.runtime_status, RuntimeStatus::Completed);
-    assert_eq!(after.execution_id, before.execution_id);
-    assert_eq!(after.input, before.input);
-    assert_eq!(after.history, before.history);
+    assert_eq!(before.runtime_status, RuntimeStatus::Completed);
+    assert_kept(store, "once", &before).await;
     assert!(store
         .fetch_activity_work(10, LONG)
         .await

@@ -300,3 +300,17 @@ pub(super) fn first_turn(id: &str, input: Value) -> (NewInstance, TurnCommit) {
     };
     (inst, commit)
 }
+
+/// Asserts that the finished instance `id` is still the one `before`
+/// read (status, execution, input, history): nothing replaced it.
+pub(super) async fn assert_kept(
+    store: &dyn Store,
+    id: &str,
+    before: &crate::types::InstanceStatus,
+) {
+    let after = store.get_instance(&iid(id), true).await.unwrap().unwrap();
+    assert_eq!(after.runtime_status, before.runtime_status, "{id}");
+    assert_eq!(after.execution_id, before.execution_id, "{id}");
+    assert_eq!(after.input, before.input, "{id}");
+    assert_eq!(after.history, before.history, "{id}");
+}

@@ -99,7 +99,7 @@ pub(super) async fn run(
         }
         // Send what was queued while disconnected.
         shared.kick.notify_one();
-        *shared.hint_sent.lock().expect("hint lock") = [None; 2];
+        *shared.hint_sent.lock().expect("hint lock") = Default::default();
         let stopped = loop {
             tokio::select! {
                 n = rx.recv() => {
@@ -116,7 +116,7 @@ pub(super) async fn run(
                             .await
                         {
                             tracing::warn!(error = %e, "store listener cannot notify");
-                            *shared.hint_sent.lock().expect("hint lock") = [None; 2];
+                            *shared.hint_sent.lock().expect("hint lock") = Default::default();
                             failed = true;
                             break;
                         }

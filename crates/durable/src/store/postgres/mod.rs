@@ -256,7 +256,7 @@ struct Outbox {
     activities: bool,
     /// Earliest wake-up hint (ms) of each kind of work not yet sent
     /// (orchestrations, activities).
-    wake: [Option<i64>; 2],
+    wake: [Option<i64>; KINDS.len()],
     /// Instances this process changed: (id, history before, after).
     changes: Vec<(String, u64, u64)>,
 }
@@ -275,11 +275,11 @@ struct Shared {
     /// The last value `next_wake_at` returned for each kind of work
     /// (orchestrations, activities; ms; `None`: no wake-up planned). A
     /// remote hint earlier than a kind's plan wakes that kind's dispatcher.
-    planned_wake: Mutex<[Option<i64>; 2]>,
+    planned_wake: Mutex<[Option<i64>; KINDS.len()]>,
     /// The earliest wake-up hint of each kind sent that is still in the
     /// future: the other processes' dispatchers of that kind wake by then
     /// and read later ones from the tables, so later hints need not be sent.
-    hint_sent: Mutex<[Option<i64>; 2]>,
+    hint_sent: Mutex<[Option<i64>; KINDS.len()]>,
     /// Notified after a commit wrote lifecycle outbox rows; `None` when the
     /// outbox is off.
     lifecycle: Option<Arc<tokio::sync::Notify>>,

@@ -156,8 +156,14 @@ impl Store for PostgresStore {
         let Some(id) = token_key(lock) else {
             return Err(StoreError::LeaseLost);
         };
-        self.abandon(&self.sql.abandon_instance, &id, lock, delay, true)
-            .await
+        self.abandon(
+            &self.sql.abandon_instance,
+            &id,
+            lock,
+            delay,
+            WorkKind::Orchestration,
+        )
+        .await
     }
 
     async fn fetch_activity_work(
@@ -280,8 +286,14 @@ impl Store for PostgresStore {
         let Some((row_id, _)) = activity_key(lock) else {
             return Err(StoreError::LeaseLost);
         };
-        self.abandon(&self.sql.abandon_activity, &row_id, lock, delay, false)
-            .await
+        self.abandon(
+            &self.sql.abandon_activity,
+            &row_id,
+            lock,
+            delay,
+            WorkKind::Activity,
+        )
+        .await
     }
 
     async fn next_wake_at(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {

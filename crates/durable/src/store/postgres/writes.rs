@@ -57,8 +57,8 @@ impl PostgresStore {
             lifecycle: config
                 .lifecycle_outbox
                 .then(|| Arc::new(tokio::sync::Notify::new())),
-            planned_wake: Mutex::new([None; 2]),
-            hint_sent: Mutex::new([None; 2]),
+            planned_wake: Mutex::default(),
+            hint_sent: Mutex::default(),
             remote: tokio::sync::broadcast::channel(REMOTE_CHANGES).0,
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -155,7 +155,7 @@ impl PostgresStore {
         key: &(dyn tokio_postgres::types::ToSql + Sync),
         lock: &WorkLock,
         delay: Duration,
-        orchestration: bool,
+        kind: WorkKind,
     ) -> Result<(), StoreError> {
         let c = self.lease_client().await?;
         let stmt = c.prepare_cached(sql).await.map_err(db_err)?;
@@ -167,11 +167,10 @@ impl PostgresStore {
             return Err(StoreError::LeaseLost);
         };
         if delay.is_zero() {
-            self.shared.announce(orchestration, !orchestration);
-        } else if orchestration {
-            self.shared.hint(WorkKind::Orchestration, row.get(0));
+            self.shared
+                .announce(kind == WorkKind::Orchestration, kind == WorkKind::Activity);
         } else {
-            self.shared.hint(WorkKind::Activity, row.get(0));
+            self.shared.hint(kind, row.get(0));
         }
         Ok(())
     }
