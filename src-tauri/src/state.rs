@@ -26,7 +26,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
 /// How long the app waits for running turns and activities at exit.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-type OnOpen = Box<dyn Fn(&Node, broadcast::Receiver<durable::InstanceUpdate>) + Send + Sync>;
+type OnOpen = Box<dyn Fn(&Node, broadcast::Receiver<durable::Update>) + Send + Sync>;
 
 /// How the app is started.
 #[derive(Clone, Debug, Default)]

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use durable::{InstanceId, InstanceUpdate, RuntimeStatus, Timestamp};
+use durable::{InstanceId, RuntimeStatus, Timestamp, Update};
 use tokio::sync::{broadcast, watch};
 
 /// Upper bounds (seconds) of the dispatch latency buckets.
@@ -287,7 +287,7 @@ pub async fn track(
 /// Watches the update stream: remembers when each instance was created and
 /// records the delay until its first turn started.
 pub(crate) async fn watch_dispatch(
-    mut updates: broadcast::Receiver<InstanceUpdate>,
+    mut updates: broadcast::Receiver<Update>,
     metrics: std::sync::Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -306,7 +306,7 @@ pub(crate) async fn watch_dispatch(
                         created.remove(&id);
                     }
                 }
-                created.insert(u.instance_id, u.at);
+                created.insert(u.instance_id.clone(), u.at);
             }
             Ok(u) => {
                 if let Some(at) = created.remove(&u.instance_id) {

@@ -49,7 +49,7 @@ mod turn;
 pub mod types;
 
 pub use context::{DurableFuture, OrchestrationContext, TaskError};
-pub use engine::{Engine, EngineConfig, InstanceUpdate, RetentionPolicy};
+pub use engine::{Engine, EngineConfig, InstanceUpdate, RetentionPolicy, Update};
 pub use error::Error;
 pub use history::{EventKind, HistoryEvent};
 pub use registry::{ActivityContext, Registry};

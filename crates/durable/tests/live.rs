@@ -48,7 +48,7 @@ async fn subscribers_see_each_status_and_every_history_event_in_order() {
         if statuses.last() != Some(&u.runtime_status) {
             statuses.push(u.runtime_status);
         }
-        events.extend(u.history);
+        events.extend(u.history.iter().cloned());
         if u.runtime_status.is_terminal() {
             assert_eq!(u.output, Some(json!(2)));
             assert_eq!(u.custom_status, Some(json!("working")));

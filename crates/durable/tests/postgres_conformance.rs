@@ -516,7 +516,7 @@ async fn another_process_sees_every_change_live_and_its_wait_ends_at_completion(
             if statuses.last() != Some(&u.runtime_status) {
                 statuses.push(u.runtime_status);
             }
-            events.extend(u.history);
+            events.extend(u.history.iter().cloned());
             if u.runtime_status.is_terminal()
                 && events
                     .iter()

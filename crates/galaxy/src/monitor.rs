@@ -38,7 +38,7 @@ pub trait LiveSink: Send + Sync + 'static {
 pub async fn forward(
     engine: Engine,
     table: Arc<GalaxyTable>,
-    mut updates: broadcast::Receiver<durable::InstanceUpdate>,
+    mut updates: broadcast::Receiver<durable::Update>,
     sink: impl LiveSink,
     stop: impl Future<Output = ()>,
 ) {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use durable::{Engine, InstanceId, InstanceUpdate};
+use durable::{Engine, InstanceId, Update};
 use futures::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -75,7 +75,7 @@ pub(crate) fn credential(
 }
 
 struct Feed {
-    updates: broadcast::Receiver<InstanceUpdate>,
+    updates: broadcast::Receiver<Update>,
     only: Option<InstanceId>,
     engine: Engine,
     show_output: bool,

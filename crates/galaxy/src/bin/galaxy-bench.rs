@@ -81,7 +81,7 @@ fn open(cache: usize) -> anyhow::Result<Bench> {
         .orchestration("Chain", chain)
         .orchestration("FanOut", fan_out)
         .activity("Step", |_, v: u64| async move { Ok::<_, String>(v + 1) });
-    // The default update capacity (65,536) holds the latency run's updates
+    // The default update capacity (16,384) holds the latency run's updates
     // (about 8 per instance, read as they come); a million-slot channel
     // cost half a second of CPU to build and free around every run.
     let config = EngineConfig {
