@@ -108,22 +108,27 @@ pub struct CheckStatus {
 /// The path and query of a status request as its 202 `Location`: the same
 /// URL, except that a `code` it carried becomes the function key (a
 /// caller who used the master key must not see it handed on in a header
-/// that proxies log and clients follow).
-pub fn location_of(uri: &axum::http::Uri, function_key: &str) -> String {
+/// that proxies log and clients follow), or is left out where there is no
+/// key to hand on (`None`: a player's device, which authenticates with its
+/// own token and must never see the operator's key).
+pub fn location_of(uri: &axum::http::Uri, function_key: Option<&str>) -> String {
     let path = uri.path();
     let Some(query) = uri.query() else {
         return path.to_string();
     };
     let query: Vec<String> = query
         .split('&')
-        .map(|pair| {
+        .filter_map(|pair| {
             if pair == "code" || pair.starts_with("code=") {
-                format!("code={}", encode(function_key))
+                function_key.map(|k| format!("code={}", encode(k)))
             } else {
-                pair.to_string()
+                Some(pair.to_string())
             }
         })
         .collect();
+    if query.is_empty() {
+        return path.to_string();
+    }
     format!("{path}?{}", query.join("&"))
 }
 

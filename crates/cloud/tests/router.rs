@@ -474,3 +474,63 @@ async fn metrics_count_requests_by_route_template_and_status() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_device_reading_its_running_instance_never_gets_the_function_key_back() {
+    let app = common::start(true);
+    let device = app.state.players.register(Some("phone")).await.unwrap();
+    // An instance of the device's player that stays Running.
+    let id = format!("{}.waits", device.player_id);
+    let started = app
+        .send(
+            with_key(
+                Method::POST,
+                &format!("/api/orchestrators/{}/{id}", cloud::samples::WAIT_FOR_EVENT),
+            )
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    // The device sends its token and a made-up `code`: the 202 must not
+    // hand the operator's key back in its Location.
+    let response = app
+        .send(
+            request(
+                Method::GET,
+                &format!("{M}/instances/{id}?code=guess&showInput=false"),
+            )
+            .header("authorization", format!("Bearer {}", device.token))
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        location.ends_with(&format!("{M}/instances/{id}?showInput=false")),
+        "{location}"
+    );
+    assert!(!location.contains(FUNCTION_KEY) && !location.contains(MASTER_KEY));
+    // The operator's own request keeps its key in the Location.
+    let response = app
+        .send(
+            request(
+                Method::GET,
+                &format!("{M}/instances/{id}?code={MASTER_KEY}"),
+            )
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()[header::LOCATION].to_str().unwrap();
+    assert!(
+        location.ends_with(&format!("code={FUNCTION_KEY}")),
+        "{location}"
+    );
+    app.shutdown().await;
+}

@@ -51,11 +51,19 @@ fn a_location_never_carries_the_master_key() {
             .parse()
             .unwrap();
     assert_eq!(
-        location_of(&uri, "fk+1"),
+        location_of(&uri, Some("fk+1")),
         "/runtime/webhooks/durabletask/instances/i1?showHistory=true&code=fk%2B1&taskHub=h"
     );
     let bare: axum::http::Uri = "/x/i1".parse().unwrap();
-    assert_eq!(location_of(&bare, "fk"), "/x/i1");
+    assert_eq!(location_of(&bare, Some("fk")), "/x/i1");
+}
+
+#[test]
+fn a_device_location_carries_no_key_at_all() {
+    let uri: axum::http::Uri = "/x/i1?code=guess&showInput=false".parse().unwrap();
+    assert_eq!(location_of(&uri, None), "/x/i1?showInput=false");
+    let only: axum::http::Uri = "/x/i1?code=guess".parse().unwrap();
+    assert_eq!(location_of(&only, None), "/x/i1");
 }
 
 use durable::{InstanceId, RuntimeStatus};

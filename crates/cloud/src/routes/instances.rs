@@ -156,7 +156,10 @@ pub async fn status(
         | RuntimeStatus::ContinuedAsNew
         | RuntimeStatus::Suspended => {
             let mut response = (StatusCode::ACCEPTED, body).into_response();
-            let path = payload::location_of(&uri, state.keys.function_key());
+            // A device authenticated with its token: the function key is
+            // the operator's and never goes into a player's app.
+            let key = device.is_none().then(|| state.keys.function_key());
+            let path = payload::location_of(&uri, key);
             if let Ok(location) = HeaderValue::from_str(&format!("{}{path}", base.0)) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
