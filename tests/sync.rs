@@ -403,6 +403,13 @@ async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
             "{\"client_id\":\"c\",\"mutations\":[],\"x\":1}",
             "InvalidRequest",
         ),
+        // A NUL cannot be stored in PostgreSQL's text: refused before any
+        // lookup, on every store.
+        (
+            "{\"client_id\":\"a\\u0000\",\"mutations\":[]}",
+            "InvalidRequest",
+        ),
+        ("{\"client_id\":\"\",\"mutations\":[]}", "InvalidRequest"),
     ] {
         let r = http
             .post(url("/api/sync/push"))
@@ -430,9 +437,16 @@ async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    for q in ["cursor=-1", "cursor=abc", "limit=0", "fresh=maybe"] {
+    for q in [
+        "client_id=a&cursor=-1",
+        "client_id=a&cursor=abc",
+        "client_id=a&limit=0",
+        "client_id=a&fresh=maybe",
+        "client_id=a%00",
+        "client_id=",
+    ] {
         let r = http
-            .get(url(&format!("/api/sync/pull?client_id=a&{q}")))
+            .get(url(&format!("/api/sync/pull?{q}")))
             .bearer_auth(ta)
             .send()
             .await

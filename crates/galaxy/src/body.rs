@@ -93,6 +93,26 @@ pub fn check_entity_id(id: &str) -> Result<(), String> {
     }
 }
 
+/// The longest instance id and origin a body may carry, in bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+
+/// `origin` for a galaxy a device made in the cloud: `cloud (<device
+/// name>)`, cut to [`MAX_TEXT_BYTES`] on a character boundary (a device
+/// name of 64 multi-byte characters can be longer, and devices refuse a
+/// body whose origin is).
+pub fn cloud_origin(device_name: &str) -> String {
+    let mut origin = format!("cloud ({device_name})");
+    if origin.len() > MAX_TEXT_BYTES {
+        let mut end = MAX_TEXT_BYTES - ")".len();
+        while !origin.is_char_boundary(end) {
+            end -= 1;
+        }
+        origin.truncate(end);
+        origin.push(')');
+    }
+    origin
+}
+
 /// Parses and checks a pushed body: a valid name, coordinates inside the
 /// universe, a creation time.
 pub fn parse(value: &Value) -> Result<GalaxyBody, String> {
@@ -100,12 +120,15 @@ pub fn parse(value: &Value) -> Result<GalaxyBody, String> {
         serde_json::from_value(value.clone()).map_err(|e| format!("not a galaxy body: {e}"))?;
     let name = check_name(&body.name)?;
     let Coords { x, y, z } = body.coords;
-    if x.abs() > EXTENT || y.abs() > EXTENT || z.abs() > EXTENT / 10 {
+    // `unsigned_abs`: `i32::MIN.abs()` overflows (a panic in debug, a
+    // negative number that passes the check in release).
+    let extent = EXTENT.unsigned_abs();
+    if x.unsigned_abs() > extent || y.unsigned_abs() > extent || z.unsigned_abs() > extent / 10 {
         return Err(format!(
             "coordinates ({x}, {y}, {z}) are outside the universe"
         ));
     }
-    if body.instance_id.len() > 256 || body.origin.len() > 256 {
+    if body.instance_id.len() > MAX_TEXT_BYTES || body.origin.len() > MAX_TEXT_BYTES {
         return Err("instanceId and origin have at most 256 bytes".into());
     }
     Ok(GalaxyBody { name, ..body })
@@ -152,12 +175,33 @@ mod tests {
                 json!({"name": "a", "coords": {"x":5000,"y":0,"z":0}, "createdAt": "2026-12-01T10:00:00Z"}),
                 "outside",
             ),
+            (
+                json!({"name": "a", "coords": {"x":0,"y":i32::MIN,"z":0}, "createdAt": "2026-12-01T10:00:00Z"}),
+                "outside",
+            ),
+            (
+                json!({"name": "a", "coords": {"x":0,"y":0,"z":i32::MIN}, "createdAt": "2026-12-01T10:00:00Z"}),
+                "outside",
+            ),
             (json!(null), "not a galaxy body"),
         ];
         for (v, why) in cases {
             let e = parse(&v).unwrap_err();
             assert!(e.contains(why), "{v}: {e}");
         }
+    }
+
+    #[test]
+    fn cloud_origins_always_fit_a_body() {
+        assert_eq!(cloud_origin("phone"), "cloud (phone)");
+        let long = cloud_origin(&"é".repeat(64 * 2));
+        assert!(
+            long.len() <= MAX_TEXT_BYTES && long.ends_with("é)"),
+            "{long}"
+        );
+        let mut b = parse(&body()).unwrap();
+        b.origin = cloud_origin(&"日".repeat(64));
+        assert!(parse(&b.to_value()).is_ok());
     }
 
     #[test]

@@ -192,7 +192,7 @@ pub fn register_for_cloud(
                         .map_err(|e| e.to_string())?;
                     if let (Some(players), Some(p)) = (players, c.player) {
                         let mut body = GalaxyBody::of(&galaxy);
-                        body.origin = format!("cloud ({})", p.device_name);
+                        body.origin = crate::body::cloud_origin(&p.device_name);
                         players
                             .put_cloud_galaxy(&p.player_id, &galaxy.row_key, body)
                             .await

@@ -506,3 +506,43 @@ async fn a_writer_that_must_reset_gets_its_own_galaxies_back() {
     assert_eq!(pa.names().len(), 9);
     assert_eq!(pa.names(), pb.names());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_from_a_device_away_past_the_retention_does_not_bring_a_purged_galaxy_back() {
+    let (_d, players, a, b) = player().await;
+    let (pa, pb) = (Phone::new(&players, a), Phone::new(&players, b));
+    let id = pa.create("Vega").await;
+    let keep = pa.create("Deneb").await;
+    pa.sync().await;
+    pb.sync().await;
+    // B renames offline; A deletes, and the tombstone is purged.
+    pb.replica.rename(&id, "Vega Prime").await.unwrap();
+    pa.replica.delete(&id).await.unwrap();
+    pa.sync().await;
+    assert_eq!(players.purge_tombstones(Duration::ZERO).await.unwrap(), 1);
+    // B comes back: its rename is refused, and B loses the galaxy too.
+    let r = pb.sync().await;
+    assert!(
+        r.notices
+            .iter()
+            .any(|n| n.contains("deleted on another device")),
+        "{r:?}"
+    );
+    let r = pb.sync().await;
+    assert!(r.notices.is_empty(), "{r:?}");
+    assert_eq!(pb.names(), vec![(keep.clone(), "Deneb".to_string())]);
+    pa.sync().await;
+    assert_eq!(pa.names(), pb.names(), "the galaxy came back on A");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_galaxy_created_and_renamed_offline_syncs_without_a_conflict_notice() {
+    let (_d, players, a, b) = player().await;
+    let (pa, pb) = (Phone::new(&players, a), Phone::new(&players, b));
+    let id = pa.create("Vega").await;
+    pa.replica.rename(&id, "Vega Prime").await.unwrap();
+    let r = pa.sync().await;
+    assert!(r.notices.is_empty(), "{r:?}");
+    pb.sync().await;
+    assert_eq!(pb.names(), vec![(id, "Vega Prime".to_string())]);
+}

@@ -105,8 +105,8 @@ pub struct MutationResult {
     pub mutation_id: u64,
     /// What became of it.
     pub status: MutationStatus,
-    /// The entity's version after it (applied), if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The entity's version after it (applied), if known (`null` if not).
+    #[serde(default)]
     pub version: Option<u64>,
     /// The entity had changed on the server since `base_version`: the
     /// server's order decided the outcome.

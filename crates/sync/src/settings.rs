@@ -210,8 +210,26 @@ impl SettingsFile {
         }
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(&settings).expect("settings serialize");
-        std::fs::write(&tmp, text).map_err(io)?;
+        // Flushed before the rename and the rename flushed after it: a
+        // power cut leaves the old settings or the new, never an empty
+        // file (they may hold the device's only copy of its token).
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp).map_err(io)?;
+            file.write_all(text.as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
         std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            // Best effort: not every file system can open a directory.
+            if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            }) {
+                let _ = d.sync_all();
+            }
+        }
         Ok(settings)
     }
 }

@@ -377,6 +377,7 @@ impl Players {
         if request.mutations.len() > MAX_PUSH_MUTATIONS {
             return Err(PlayersError::TooMany(request.mutations.len()));
         }
+        plan::check_client_id(&request.client_id)?;
         let plan = match &self.backend {
             Backend::Sqlite(c) => {
                 let device = device.clone();
@@ -404,6 +405,7 @@ impl Players {
         limit: Option<usize>,
     ) -> Result<PullResponse, PlayersError> {
         let limit = limit.unwrap_or(DEFAULT_PULL_LIMIT).clamp(1, MAX_PULL_LIMIT);
+        plan::check_client_id(client_id)?;
         let (player_id, client_id) = (device.player_id.clone(), client_id.to_string());
         match &self.backend {
             Backend::Sqlite(c) => {

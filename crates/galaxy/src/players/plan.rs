@@ -51,7 +51,9 @@ pub(crate) enum EntityWrite {
     /// Make it a tombstone (written by the pushing client).
     Delete { entity_id: String, version: u64 },
     /// A new version, no writer: every device pulls the entity again
-    /// (after a rejected change, so the pusher gets the truth back).
+    /// (after a rejected change, so the pusher gets the truth back). An
+    /// entity whose tombstone was purged gets it back, so the delete
+    /// reaches the pusher.
     Touch { entity_id: String, version: u64 },
 }
 
@@ -81,6 +83,18 @@ fn check(m: &Mutation) -> Result<(Op, Option<body::GalaxyBody>), String> {
     }
 }
 
+/// A client id is 1 to 64 bytes without control characters (a NUL, for
+/// one, cannot be stored in PostgreSQL's text and must not reach it).
+/// Checked before the id is looked up.
+pub(crate) fn check_client_id(client_id: &str) -> Result<(), PlayersError> {
+    if client_id.is_empty() || client_id.len() > 64 || client_id.chars().any(char::is_control) {
+        return Err(PlayersError::Invalid(
+            "client_id has 1 to 64 bytes and no control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a push's shape against the client's state: unknown clients
 /// start at 1, ids are contiguous and leave no hole after the last settled
 /// one. Returns the last settled id.
@@ -97,11 +111,6 @@ pub(crate) fn check_sequence(
         ClientState::Unknown => {
             if first.is_some_and(|f| f != 1) {
                 return Err(PlayersError::ClientStateNotFound(request.client_id.clone()));
-            }
-            if request.client_id.is_empty() || request.client_id.len() > 64 {
-                return Err(PlayersError::Invalid(
-                    "client_id has 1 to 64 characters".into(),
-                ));
             }
             0
         }
@@ -126,12 +135,14 @@ pub(crate) fn check_sequence(
 }
 
 /// Plans a push. `current` holds the entities the push names (absent: the
-/// player has no such entity).
+/// player has no such entity); `floor` is the player's tombstone floor,
+/// the highest version of a tombstone purged so far.
 pub(crate) fn plan_push(
     device: &Device,
     request: &PushRequest,
     client: ClientState,
     counter: u64,
+    floor: u64,
     mut current: HashMap<String, Current>,
 ) -> Result<PushPlan, PlayersError> {
     let last = check_sequence(request, client)?;
@@ -157,10 +168,28 @@ pub(crate) fn plan_push(
             });
             continue;
         }
+        if !current.contains_key(&m.entity_id) && m.base_version > 0 && m.base_version <= floor {
+            // The client knew the entity at a version the player no longer
+            // has: it was deleted and its tombstone purged since (only
+            // tombstones are ever removed). Deletes still win.
+            current.insert(
+                m.entity_id.clone(),
+                Current {
+                    version: m.base_version,
+                    deleted: true,
+                    origin: String::new(),
+                    writer: None,
+                },
+            );
+        }
         let existing = current.get(&m.entity_id).cloned();
-        let conflict = existing
-            .as_ref()
-            .is_some_and(|c| c.version != m.base_version);
+        // A base older than the entity is a conflict unless this client
+        // wrote the entity last: its own earlier writes, not yet
+        // acknowledged, are what moved it (a create and a rename pushed
+        // together both carry base 0).
+        let conflict = existing.as_ref().is_some_and(|c| {
+            c.version != m.base_version && c.writer.as_deref() != Some(request.client_id.as_str())
+        });
         let outcome = match check(m) {
             Err(reason) => Err((reason, false)),
             Ok((Op::Put, _)) if existing.as_ref().is_some_and(|c| c.deleted) => Err((
@@ -346,6 +375,7 @@ mod tests {
             &request(vec![put(1, 0, "A"), put(2, 11, "B"), del(3, 12)]),
             ClientState::Unknown,
             10,
+            0,
             HashMap::new(),
         )
         .unwrap();
@@ -376,6 +406,7 @@ mod tests {
             &request(vec![put(4, 0, "old"), put(5, 3, "late")]),
             ClientState::Known(4),
             5,
+            0,
             current,
         )
         .unwrap();
@@ -406,10 +437,10 @@ mod tests {
             )])
         };
         let r = request(vec![put(3, 0, "x")]);
-        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, mine("c")).unwrap();
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, mine("c")).unwrap();
         assert_eq!(plan.response.results[0].version, Some(7));
         assert!(!plan.changed);
-        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, mine("other")).unwrap();
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, mine("other")).unwrap();
         assert_eq!(
             plan.response.results[0].version, None,
             "another device wrote since"
@@ -417,10 +448,74 @@ mod tests {
     }
 
     #[test]
+    fn a_clients_own_unacknowledged_writes_are_no_conflict_but_another_devices_are() {
+        // Created and renamed offline, pushed together: both carry base 0.
+        let plan = plan_push(
+            &device(),
+            &request(vec![put(1, 0, "A"), put(2, 0, "B"), del(3, 0)]),
+            ClientState::Unknown,
+            10,
+            0,
+            HashMap::new(),
+        )
+        .unwrap();
+        assert!(plan.response.results.iter().all(|r| !r.conflict));
+        // The client's rename left on an entity this client wrote last
+        // at version 7, whose answer it has not seen yet.
+        let at7 = |writer: &str| {
+            HashMap::from([(
+                E.to_string(),
+                Current {
+                    version: 7,
+                    deleted: false,
+                    origin: "laptop".into(),
+                    writer: Some(writer.into()),
+                },
+            )])
+        };
+        let r = request(vec![put(4, 0, "C")]);
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, at7("c")).unwrap();
+        assert!(!plan.response.results[0].conflict);
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, at7("other")).unwrap();
+        assert!(plan.response.results[0].conflict, "another device wrote 7");
+    }
+
+    #[test]
+    fn a_put_on_an_entity_whose_tombstone_was_purged_is_rejected_and_the_tombstone_returns() {
+        // The client knew the galaxy at version 4; it was deleted at 6 and
+        // the tombstone purged (floor 6), so the player has no such row.
+        let r = request(vec![put(2, 4, "renamed offline")]);
+        let plan = plan_push(&device(), &r, ClientState::Known(1), 9, 6, HashMap::new()).unwrap();
+        let result = &plan.response.results[0];
+        assert_eq!(result.status, MutationStatus::Rejected);
+        assert!(result.conflict);
+        assert!(result.reason.as_deref().unwrap().contains("deleted"));
+        assert_eq!(
+            plan.writes,
+            vec![EntityWrite::Touch {
+                entity_id: E.into(),
+                version: 10
+            }]
+        );
+        // A create (base 0) and a base above the floor (a row the server
+        // lost some other way) are still applied: nothing is thrown away.
+        for base in [0, 7] {
+            let r = request(vec![put(2, base, "new")]);
+            let plan =
+                plan_push(&device(), &r, ClientState::Known(1), 9, 6, HashMap::new()).unwrap();
+            assert_eq!(
+                plan.response.results[0].status,
+                MutationStatus::Applied,
+                "{base}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_foreign_and_gapped_pushes_are_refused_whole() {
         let r = request(vec![put(3, 0, "x")]);
         assert!(matches!(
-            plan_push(&device(), &r, ClientState::Unknown, 0, HashMap::new()),
+            plan_push(&device(), &r, ClientState::Unknown, 0, 0, HashMap::new()),
             Err(PlayersError::ClientStateNotFound(_))
         ));
         assert!(matches!(
@@ -429,12 +524,13 @@ mod tests {
                 &request(vec![put(1, 0, "x")]),
                 ClientState::Foreign,
                 0,
+                0,
                 HashMap::new()
             ),
             Err(PlayersError::ClientStateNotFound(_))
         ));
         assert!(matches!(
-            plan_push(&device(), &r, ClientState::Known(1), 0, HashMap::new()),
+            plan_push(&device(), &r, ClientState::Known(1), 0, 0, HashMap::new()),
             Err(PlayersError::MutationGap {
                 expected: 2,
                 got: 3
@@ -445,6 +541,7 @@ mod tests {
                 &device(),
                 &request(vec![put(2, 0, "x"), put(4, 0, "y")]),
                 ClientState::Known(1),
+                0,
                 0,
                 HashMap::new()
             ),

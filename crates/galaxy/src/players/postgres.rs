@@ -301,20 +301,23 @@ impl PgPlayers {
         let tx = client.transaction().await.map_err(pg)?;
         let player_id = device.player_id.as_str();
         // The player's row first: pushes for one player take turns here.
-        let counter: i64 = tx
+        let (counter, floor): (i64, i64) = tx
             .query_opt(
-                "SELECT counter FROM players WHERE player_id = $1 FOR UPDATE",
+                "SELECT counter, tombstone_floor FROM players WHERE player_id = $1 FOR UPDATE",
                 &[&player_id],
             )
             .await
             .map_err(pg)?
-            .map_or(0, |r| r.get(0));
+            .map_or((0, 0), |r| (r.get(0), r.get(1)));
         let client_state = Self::client_state(&tx, &request.client_id, player_id).await?;
         plan::check_sequence(request, client_state)?;
+        // Only well-formed ids are looked up (a NUL in one would fail the
+        // whole statement); the plan rejects the others one by one.
         let ids: Vec<&str> = request
             .mutations
             .iter()
             .map(|m| m.entity_id.as_str())
+            .filter(|id| crate::body::check_entity_id(id).is_ok())
             .collect();
         let rows = tx
             .query(
@@ -338,7 +341,14 @@ impl PgPlayers {
                 )
             })
             .collect();
-        let plan = plan::plan_push(device, request, client_state, counter as u64, entities)?;
+        let plan = plan::plan_push(
+            device,
+            request,
+            client_state,
+            counter as u64,
+            floor as u64,
+            entities,
+        )?;
         let now_ms = now().timestamp_millis();
         for w in &plan.writes {
             match w {
@@ -361,10 +371,15 @@ impl PgPlayers {
                     )
                     .await
                     .map_err(pg)?,
+                // A touched tombstone is kept from now on, as a fresh one (its
+                // purge would raise the floor past what devices have pulled).
                 EntityWrite::Touch { entity_id, version } => tx
                     .execute(
-                        "UPDATE sync_galaxies SET version = $3, writer = NULL WHERE player_id = $1 AND entity_id = $2",
-                        &[&player_id, entity_id, &(*version as i64)],
+                        "INSERT INTO sync_galaxies (player_id, entity_id, version, deleted, body, updated_at, writer)
+                         VALUES ($1, $2, $3, true, NULL, $4, NULL)
+                         ON CONFLICT (player_id, entity_id) DO UPDATE SET
+                             version = excluded.version, updated_at = excluded.updated_at, writer = NULL",
+                        &[&player_id, entity_id, &(*version as i64), &now_ms],
                     )
                     .await
                     .map_err(pg)?,

@@ -248,7 +248,7 @@ pub(super) fn push(
     let client = client_state(&tx, &request.client_id, player_id)?;
     // Refused pushes read nothing more.
     plan::check_sequence(request, client)?;
-    let (counter, _) = player_versions(&tx, player_id)?;
+    let (counter, floor) = player_versions(&tx, player_id)?;
     let mut entities = HashMap::new();
     for m in &request.mutations {
         if !entities.contains_key(&m.entity_id) {
@@ -257,7 +257,7 @@ pub(super) fn push(
             }
         }
     }
-    let plan = plan::plan_push(device, request, client, counter, entities)?;
+    let plan = plan::plan_push(device, request, client, counter, floor, entities)?;
     let now_ms = now().timestamp_millis();
     for w in &plan.writes {
         match w {
@@ -276,11 +276,16 @@ pub(super) fn push(
                      WHERE player_id = ?1 AND entity_id = ?2",
                 )?
                 .execute(params![player_id, entity_id, *version as i64, now_ms, request.client_id])?,
+            // A touched tombstone is kept from now on, as a fresh one (its
+            // purge would raise the floor past what devices have pulled).
             EntityWrite::Touch { entity_id, version } => tx
                 .prepare_cached(
-                    "UPDATE sync_galaxies SET version = ?3, writer = NULL WHERE player_id = ?1 AND entity_id = ?2",
+                    "INSERT INTO sync_galaxies (player_id, entity_id, version, deleted, body, updated_at, writer)
+                     VALUES (?1, ?2, ?3, 1, NULL, ?4, NULL)
+                     ON CONFLICT (player_id, entity_id) DO UPDATE SET
+                         version = excluded.version, updated_at = excluded.updated_at, writer = NULL",
                 )?
-                .execute(params![player_id, entity_id, *version as i64])?,
+                .execute(params![player_id, entity_id, *version as i64, now_ms])?,
         };
     }
     if plan.new_client {
