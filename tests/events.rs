@@ -230,7 +230,7 @@ async fn cloud_events_and_an_event_that_starts_one_galaxy_however_often_it_comes
             .starts_with("application/cloudevents+json"));
     }
     // One instance, one galaxy.
-    let id = "eg:forge-ce:req-1";
+    let id = "eg:forge-ce:creator:req-1";
     cloud
         .get_until(
             &format!("/runtime/webhooks/durabletask/instances/{id}"),
@@ -283,6 +283,35 @@ async fn cloud_events_and_an_event_that_starts_one_galaxy_however_often_it_comes
         .publish(&endpoint, &key, json!([event("x", "T", 1)]))
         .await;
     assert_eq!(s, 400, "{e}");
+
+    // The topic's schema is fixed: a PUT without a body answers it as it
+    // is, one asking for the other schema is refused and changes nothing.
+    let (s, t) = cloud
+        .call(reqwest::Method::PUT, "/api/events/topics/forge-ce", None)
+        .await;
+    assert_eq!(
+        (s, t["inputSchema"].as_str()),
+        (StatusCode::OK, Some("CloudEventSchemaV1_0"))
+    );
+    let (s, e) = cloud
+        .call(
+            reqwest::Method::PUT,
+            "/api/events/topics/forge-ce",
+            Some(json!({"inputSchema": "EventGridSchema"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be changed"),
+        "{e}"
+    );
+    let (_, t) = cloud
+        .call(reqwest::Method::GET, "/api/events/topics/forge-ce", None)
+        .await;
+    assert_eq!(t["inputSchema"], "CloudEventSchemaV1_0");
 }
 
 /// Where `make test` installs the pinned official client libraries.
@@ -502,7 +531,7 @@ async fn an_event_starts_galaxy_create_and_galaxy_created_reaches_a_subscriber_o
     let created = &body[0];
     assert_eq!(created["eventType"], "Galaxy.Created");
     assert_eq!(created["topic"], "galaxy-forge");
-    assert_eq!(created["data"]["instanceId"], "eg:requests:r1");
+    assert_eq!(created["data"]["instanceId"], "eg:requests:creator:r1");
     let row_key = created["id"].as_str().unwrap().to_string();
     assert_eq!(created["data"]["rowKey"], row_key.as_str());
     // Both deliveries of the request are done: still one galaxy, one event.
@@ -766,4 +795,91 @@ async fn a_subscription_put_again_receives_nothing_until_its_new_handshake_passe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_events_are_dead_lettered_when_their_time_to_live_passes() {
     held_events_expire_with_their_time_to_live(&Cloud::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_validates_by_hand_with_the_url_only_it_was_sent() {
+    let cloud = Cloud::start();
+    let (endpoint, key) = cloud.topic("by-hand", "EventGridSchema").await;
+    let mut receiver = Receiver::start(Handshake::Manual, vec![]).await;
+    let path = "/api/events/topics/by-hand/eventSubscriptions/manual";
+    let created = cloud
+        .subscribe("by-hand", "manual", hook(&receiver.url))
+        .await;
+    assert_eq!(
+        created["properties"]["provisioningState"],
+        "AwaitingManualAction"
+    );
+    // The validation event carries the code and the URL to GET.
+    let (headers, validation) = receiver.next().await;
+    assert_eq!(headers["aeg-event-type"], "SubscriptionValidation");
+    let code = validation[0]["data"]["validationCode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = validation[0]["data"]["validationUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(url.contains(&code), "{url}");
+    // Whoever manages subscriptions never sees either: they could
+    // otherwise validate a subscription aimed at a stranger.
+    for v in [
+        &created,
+        &cloud.call(reqwest::Method::GET, path, None).await.1,
+    ] {
+        assert!(!v.to_string().contains(&code), "{v}");
+    }
+    // Published before the endpoint proved it wants events: not for it.
+    assert_eq!(
+        cloud
+            .publish(&endpoint, &key, json!([event("m0", "Galaxy.Created", 1)]))
+            .await
+            .0,
+        200
+    );
+    // A wrong code changes nothing; the right one (no key: the receiver
+    // has none) activates the subscription, and events reach it.
+    let http = cloud.http.clone();
+    let get = move |u: String| {
+        let sent = http.get(u).send();
+        async move { sent.await.unwrap().status() }
+    };
+    assert_eq!(
+        get(url.replace(&code, "wrong")).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(get(url.clone()).await, StatusCode::OK);
+    cloud.wait_state("by-hand", "manual", "Succeeded").await;
+    assert_eq!(
+        cloud
+            .publish(&endpoint, &key, json!([event("m1", "Galaxy.Created", 1)]))
+            .await
+            .0,
+        200
+    );
+    let (headers, body) = receiver.next().await;
+    assert_eq!(headers["aeg-event-type"], "Notification");
+    assert_eq!(body[0]["id"], "m1");
+    assert_eq!(
+        get(url.clone()).await,
+        StatusCode::OK,
+        "validating twice is fine"
+    );
+    // A new definition takes a new handshake: the old URL does not
+    // validate it.
+    cloud
+        .subscribe("by-hand", "manual", hook(&receiver.url))
+        .await;
+    let (_, again) = receiver.next().await;
+    assert_ne!(
+        again[0]["data"]["validationCode"].as_str(),
+        Some(code.as_str())
+    );
+    assert_eq!(get(url).await, StatusCode::BAD_REQUEST);
+    let (_, sub) = cloud.call(reqwest::Method::GET, path, None).await;
+    assert_eq!(
+        sub["properties"]["provisioningState"],
+        "AwaitingManualAction"
+    );
 }

@@ -305,7 +305,7 @@ pub async fn spawn_local(dir: &Path, listen: &str, keys: Keys) -> Result<LocalSe
     let players = galaxy::players::Players::open(dir.join("players.db"))?;
     let events = eventgrid::RouterStore::open(dir.join("events.db"))?;
     events
-        .put_topic(SYSTEM_TOPIC, eventgrid::Schema::EventGridSchema)
+        .put_topic(SYSTEM_TOPIC, Some(eventgrid::Schema::EventGridSchema))
         .await?;
     let engine = Engine::start(
         store.clone() as Arc<dyn Store>,
@@ -455,7 +455,7 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         }
     };
     if let Err(e) = events
-        .put_topic(SYSTEM_TOPIC, eventgrid::Schema::EventGridSchema)
+        .put_topic(SYSTEM_TOPIC, Some(eventgrid::Schema::EventGridSchema))
         .await
     {
         opened.close().await;

@@ -11,7 +11,7 @@
 //! event through [`Starter`], with an instance id made from the topic and
 //! the event id, so a redelivered or republished event starts nothing new.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,10 +23,10 @@ use tokio::task::JoinSet;
 
 use crate::event::Schema;
 use crate::model::{Destination, WebHook};
-use crate::retry::{decide, Attempt, Decision};
+use crate::retry::{decide, Attempt, Decision, RetryPolicy};
 use crate::store::{
     delivery_key, DeliveryKey, DueDelivery, InFlight, Next, Provisioning, RecordedAttempt,
-    RouterStore, SubscriptionRecord,
+    RouterStore, StoreError, SubscriptionRecord,
 };
 
 /// Starts an orchestration for an event (galaxy-cloud gives the engine).
@@ -87,33 +87,52 @@ pub fn to_cloud_event(e: &Value) -> Value {
     ce
 }
 
-/// The instance id an orchestration subscription uses for an event: the
-/// same event always maps to the same instance.
-pub fn instance_id_for(topic: &str, event_id: &str) -> String {
-    let clean = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_control() || matches!(c, '/' | '\\' | '#' | '?') {
-                    '_'
-                } else {
-                    c
-                }
-            })
-            .collect::<String>()
-    };
-    let id = format!("eg:{}:{}", clean(topic).to_lowercase(), clean(event_id));
-    id.chars().take(256).collect()
+/// The instance id an orchestration subscription uses for an event:
+/// `eg:<topic>:<subscription>:<event id>`, so the same event always maps
+/// to the same instance (a redelivery or a republish starts nothing new)
+/// while two subscriptions of one topic each start their own. Instance ids
+/// allow neither `/ \ # ?` nor control characters and at most 256
+/// characters: where the event id had to be changed to fit, a hash of the
+/// whole id keeps two such ids apart.
+pub fn instance_id_for(topic: &str, subscription: &str, event_id: &str) -> String {
+    const MAX: usize = 256;
+    let prefix = format!(
+        "eg:{}:{}:",
+        topic.to_lowercase(),
+        subscription.to_lowercase()
+    );
+    let fits = |c: char| !(c.is_control() || matches!(c, '/' | '\\' | '#' | '?'));
+    let id = format!("{prefix}{event_id}");
+    if event_id.chars().all(fits) && id.chars().count() <= MAX {
+        return id;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(event_id.as_bytes());
+    let hash: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    // Topic and subscription names are at most 64 ASCII characters each.
+    let room = MAX - prefix.len() - hash.len() - 1;
+    let readable: String = event_id
+        .chars()
+        .map(|c| if fits(c) { c } else { '_' })
+        .take(room)
+        .collect();
+    format!("{prefix}{readable}~{hash}")
 }
 
 /// Runs the handshake of a webhook subscription and records the outcome:
 /// `Succeeded` when the endpoint proves it wants the events, `Failed`
-/// (with why) when it answers anything else. An endpoint that does not
-/// answer stays `AwaitingManualAction`.
+/// (with why) when it refuses. An endpoint that does not answer, or
+/// answers 2xx without the code (it will validate by hand: a GET of
+/// `validation_url`, which the Event Grid schema's validation event
+/// carries), leaves the subscription `AwaitingManualAction`. The outcome
+/// is recorded only while the subscription still awaits this handshake's
+/// code: a slow answer never decides a definition PUT since.
 pub async fn validate(
     store: &RouterStore,
     http: &reqwest::Client,
     sub: &SubscriptionRecord,
     schema: Schema,
+    validation_url: &str,
     timeout: Duration,
 ) {
     let Destination::WebHook(hook) = &sub.input.destination else {
@@ -123,18 +142,22 @@ pub async fn validate(
     // shared database) is checked again before it is called.
     let outcome = match crate::egress::check_url(&hook.endpoint_url) {
         Err(why) => Handshake::Failed(why),
-        Ok(url) => handshake(http, sub, url, schema, timeout).await,
+        Ok(url) => handshake(http, sub, url, schema, validation_url, timeout).await,
     };
     let (state, reason) = match outcome {
         Handshake::Passed => (Provisioning::Succeeded, None),
         Handshake::Failed(why) => (Provisioning::Failed, Some(why)),
         Handshake::NoAnswer => return,
     };
-    if let Err(e) = store
-        .set_provisioning(&sub.topic, &sub.name, state, reason)
+    match store
+        .set_provisioning(&sub.topic, &sub.name, &sub.validation_code, state, reason)
         .await
     {
-        tracing::warn!("recording a validation: {e}");
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(subscription = %sub.name, "a handshake of a replaced definition is not recorded")
+        }
+        Err(e) => tracing::warn!("recording a validation: {e}"),
     }
 }
 
@@ -144,7 +167,8 @@ enum Handshake {
     Passed,
     /// It answered anything else (why).
     Failed(String),
-    /// It did not answer: the subscription stays `AwaitingManualAction`.
+    /// It did not answer, or will validate by hand: the subscription
+    /// stays `AwaitingManualAction`.
     NoAnswer,
 }
 
@@ -160,6 +184,7 @@ async fn handshake(
     sub: &SubscriptionRecord,
     url: reqwest::Url,
     schema: Schema,
+    validation_url: &str,
     timeout: Duration,
 ) -> Handshake {
     let answered: Result<(), String> = match schema {
@@ -170,7 +195,7 @@ async fn handshake(
                 "subject": "",
                 "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
                 "eventTime": chrono::Utc::now().to_rfc3339(),
-                "data": { "validationCode": sub.validation_code },
+                "data": { "validationCode": sub.validation_code, "validationUrl": validation_url },
                 "dataVersion": "2",
                 "metadataVersion": "1",
             }]);
@@ -183,17 +208,18 @@ async fn handshake(
                 .send()
                 .await;
             match sent {
-                Ok(r) if r.status().is_success() => match r.json::<Value>().await {
-                    Ok(v)
-                        if v["validationResponse"].as_str()
-                            == Some(sub.validation_code.as_str()) =>
-                    {
-                        Ok(())
+                Ok(r) if r.status().is_success() => {
+                    let v = r.json::<Value>().await.unwrap_or(Value::Null);
+                    match v.get("validationResponse") {
+                        // No code: the endpoint validates by hand, with a
+                        // GET of the validationUrl.
+                        None | Some(Value::Null) => return Handshake::NoAnswer,
+                        Some(code) if code.as_str() == Some(sub.validation_code.as_str()) => Ok(()),
+                        Some(_) => {
+                            Err("the endpoint answered a wrong validationResponse".to_string())
+                        }
                     }
-                    _ => {
-                        Err("the endpoint answered without the validationResponse code".to_string())
-                    }
-                },
+                }
                 Ok(r) => Err(format!(
                     "the endpoint answered HTTP {} to the validation event",
                     r.status().as_u16()
@@ -348,13 +374,22 @@ async fn post(
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(|v| crate::retry::retry_after(v, chrono::Utc::now()));
             Attempt::Status(r.status().as_u16(), retry_after)
         }
         Err(e) if e.is_timeout() => Attempt::TimedOut,
         Err(_) => Attempt::SocketError,
     }
+}
+
+/// Where a batch of deliveries goes.
+enum Target {
+    /// The subscription, as stored.
+    Subscription(Box<SubscriptionRecord>),
+    /// It, or its topic, was deleted: dead-lettered (`SubscriptionDeleted`).
+    Deleted,
+    /// The store could not say (it failed): tried again on the schedule.
+    Unreadable,
 }
 
 /// Delivers one request's worth of events; returns each one's attempt to
@@ -363,14 +398,15 @@ async fn deliver_batch(
     http: reqwest::Client,
     starter: Arc<dyn Starter>,
     config: DeliveryConfig,
-    sub: Option<SubscriptionRecord>,
+    target: Target,
     topic_schema: Schema,
     batch: Vec<DueDelivery>,
 ) -> Vec<RecordedAttempt> {
-    let attempt = match &sub {
-        // The subscription was deleted: nothing to deliver to.
-        None => Attempt::Status(404, None),
-        Some(s) => match &s.input.destination {
+    let attempt = match &target {
+        // Nothing to deliver to.
+        Target::Deleted => Attempt::Status(404, None),
+        Target::Unreadable => Attempt::RouterError,
+        Target::Subscription(s) => match &s.input.destination {
             Destination::WebHook(hook) => {
                 let schema = s.input.delivery_schema(topic_schema);
                 post(
@@ -386,7 +422,11 @@ async fn deliver_batch(
             }
             Destination::Orchestration(o) => {
                 let d = &batch[0];
-                let id = instance_id_for(&d.topic, d.event["id"].as_str().unwrap_or_default());
+                let id = instance_id_for(
+                    &d.topic,
+                    &d.subscription,
+                    d.event["id"].as_str().unwrap_or_default(),
+                );
                 match starter.start(&o.name, id, d.event.clone()).await {
                     Ok(()) => Attempt::Status(200, None),
                     Err(e) => {
@@ -397,16 +437,16 @@ async fn deliver_batch(
             }
         },
     };
-    let policy = sub
-        .as_ref()
-        .map(|s| s.input.retry_policy)
-        .unwrap_or_default();
+    let policy = match &target {
+        Target::Subscription(s) => s.input.retry_policy,
+        _ => RetryPolicy::default(),
+    };
     let at = now_ms();
     let mut recorded = Vec::with_capacity(batch.len());
     for d in batch {
         let n = d.attempts + 1;
         let age = Duration::from_millis((at - d.published_ms).max(0) as u64);
-        let decision = if sub.is_none() {
+        let decision = if matches!(target, Target::Deleted) {
             Decision::DeadLetter("SubscriptionDeleted")
         } else {
             decide(
@@ -572,19 +612,34 @@ async fn dispatch(
 ) {
     let mut subs = HashMap::new();
     let mut schemas = HashMap::new();
+    // Subscriptions and topics the store failed to read this time.
+    let (mut unreadable, mut unreadable_topics) = (HashSet::new(), HashSet::new());
     for d in &due {
         let key = (d.topic.to_lowercase(), d.subscription.to_lowercase());
-        if !subs.contains_key(&key) {
-            if let Some(s) = store.delivery_target(&d.topic, &d.subscription).await {
-                subs.insert(key.clone(), s);
+        if !subs.contains_key(&key) && !unreadable.contains(&key) {
+            match store.delivery_target(&d.topic, &d.subscription).await {
+                Ok(Some(s)) => {
+                    subs.insert(key.clone(), s);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("reading subscription {}: {e}", d.subscription);
+                    unreadable.insert(key.clone());
+                }
             }
         }
-        if !schemas.contains_key(&key.0) {
-            let schema = store
-                .topic(&d.topic)
-                .await
-                .map_or(Schema::EventGridSchema, |t| t.input_schema);
-            schemas.insert(key.0.clone(), schema);
+        if !schemas.contains_key(&key.0) && !unreadable_topics.contains(&key.0) {
+            match store.topic(&d.topic).await {
+                Ok(t) => {
+                    schemas.insert(key.0.clone(), t.input_schema);
+                }
+                // Deleted with its subscriptions: nothing goes out.
+                Err(StoreError::NoTopic(_)) => {}
+                Err(e) => {
+                    tracing::warn!("reading topic {}: {e}", d.topic);
+                    unreadable_topics.insert(key.0.clone());
+                }
+            }
         }
     }
     for batch in batches(due, &subs) {
@@ -592,16 +647,66 @@ async fn dispatch(
             batch[0].topic.to_lowercase(),
             batch[0].subscription.to_lowercase(),
         );
+        let schema = schemas.get(&key.0).copied();
+        let target = match (subs.get(&key), schema) {
+            _ if unreadable.contains(&key) || unreadable_topics.contains(&key.0) => {
+                Target::Unreadable
+            }
+            (Some(s), Some(_)) => Target::Subscription(Box::new(s.clone())),
+            _ => Target::Deleted,
+        };
         in_flight.spawn(deliver_batch(
             http.clone(),
             starter.clone(),
             config.clone(),
-            subs.get(&key).cloned(),
-            schemas
-                .get(&key.0)
-                .copied()
-                .unwrap_or(Schema::EventGridSchema),
+            target,
+            schema.unwrap_or(Schema::EventGridSchema),
             batch,
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_id_for;
+
+    #[test]
+    fn instance_ids_are_one_per_topic_subscription_and_event_and_always_valid() {
+        assert_eq!(
+            instance_id_for("Requests", "Creator", "r1"),
+            "eg:requests:creator:r1"
+        );
+        assert_ne!(
+            instance_id_for("t", "a", "r1"),
+            instance_id_for("t", "b", "r1"),
+            "two subscriptions each start their own"
+        );
+        // Ids that must be changed to fit stay apart, and stay valid.
+        let long = "x".repeat(300);
+        let mut ids = vec![
+            instance_id_for("t", "s", "a/b"),
+            instance_id_for("t", "s", "a_b"),
+            instance_id_for("t", "s", "a?b"),
+            instance_id_for("t", "s", &format!("{long}1")),
+            instance_id_for("t", "s", &format!("{long}2")),
+        ];
+        let top = "t".repeat(64);
+        ids.push(instance_id_for(&top, &top, &format!("{long}\n")));
+        for id in &ids {
+            assert!(id.chars().count() <= 256, "{id}");
+            assert!(
+                !id.chars().any(|c| c.is_control() || "/\\#?".contains(c)),
+                "{id}"
+            );
+            assert!(durable::InstanceId::new(id.clone()).is_ok(), "{id}");
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 6);
+        assert_eq!(
+            instance_id_for("t", "s", "a/b"),
+            instance_id_for("t", "s", "a/b"),
+            "the same event, the same instance"
+        );
     }
 }

@@ -247,8 +247,13 @@ fn event_grid(topic: &str, i: usize, value: Value) -> Result<Event, PublishError
         None | Some(Value::Null) => {
             e.insert("dataVersion".into(), Value::String(String::new()));
         }
-        Some(Value::String(_)) => {}
-        Some(_) => return Err(bad(format!("event {i}: 'dataVersion' must be a string"))),
+        // It goes out as the aeg-data-version header.
+        Some(Value::String(v)) if crate::model::header_value(v) => {}
+        Some(_) => {
+            return Err(bad(format!(
+                "event {i}: 'dataVersion' must be a string of printable ASCII"
+            )))
+        }
     }
     e.insert("topic".into(), Value::String(topic.to_string()));
     e.insert("metadataVersion".into(), Value::String("1".into()));
@@ -282,7 +287,8 @@ fn cloud_event(i: usize, value: Value) -> Result<Event, PublishError> {
 }
 
 /// A binary-mode CloudEvent: `ce-*` headers are the attributes, the body
-/// is `data` (JSON when the content type says so, else text).
+/// is `data` (JSON when the content type says so, text for `text/*` that
+/// is UTF-8) or else `data_base64`, so bytes arrive as they were sent.
 fn binary_event(
     headers: &[(String, String)],
     content_type: Option<&str>,
@@ -300,13 +306,25 @@ fn binary_event(
         e.insert("datacontenttype".into(), Value::String(ct.to_string()));
     }
     if !body.is_empty() {
-        let data = if media.is_empty() || media == "application/json" || media.ends_with("+json") {
-            serde_json::from_slice(body)
-                .map_err(|err| bad(format!("the binary event's body is not JSON: {err}")))?
-        } else {
-            Value::String(String::from_utf8_lossy(body).into_owned())
-        };
-        e.insert("data".into(), data);
+        let text = media
+            .starts_with("text/")
+            .then(|| std::str::from_utf8(body).ok())
+            .flatten();
+        let (key, data) =
+            if media.is_empty() || media == "application/json" || media.ends_with("+json") {
+                let json = serde_json::from_slice(body)
+                    .map_err(|err| bad(format!("the binary event's body is not JSON: {err}")))?;
+                ("data", json)
+            } else if let Some(text) = text {
+                ("data", Value::String(text.to_string()))
+            } else {
+                {
+                    use base64::Engine;
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(body);
+                    ("data_base64", Value::String(encoded))
+                }
+            };
+        e.insert(key.into(), data);
     }
     Ok(Value::Object(e))
 }
@@ -368,6 +386,11 @@ mod tests {
             (
                 json!([{"metadataVersion": "2", "id": "1", "subject": "s", "eventType": "t", "eventTime": "2026-12-01T10:00:00Z"}]),
                 "metadataVersion",
+            ),
+            // It would go out as a header: a line break could add others.
+            (
+                json!([{"dataVersion": "1\r\nx-evil: 1", "id": "1", "subject": "s", "eventType": "t", "eventTime": "2026-12-01T10:00:00Z"}]),
+                "printable ASCII",
             ),
         ];
         for (body, needle) in cases {
@@ -453,6 +476,35 @@ mod tests {
         assert_eq!(bin[0].json["type"], "Galaxy.Created");
         let no_type = parse("t", Schema::CloudEvents, None, &headers, br#"{"n":2}"#).unwrap();
         assert_eq!(no_type[0].id, "b1");
+        // Bytes stay bytes (base64), UTF-8 text stays text.
+        let bytes = parse(
+            "t",
+            Schema::CloudEvents,
+            Some("application/octet-stream"),
+            &headers,
+            &[0, 0xff, 0xfe, b'a'],
+        )
+        .unwrap();
+        assert_eq!(bytes[0].json["data_base64"], "AP/+YQ==");
+        assert!(bytes[0].json.get("data").is_none());
+        let text = parse(
+            "t",
+            Schema::CloudEvents,
+            Some("text/plain; charset=utf-8"),
+            &headers,
+            "héllo".as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(text[0].json["data"], "héllo");
+        let not_utf8 = parse(
+            "t",
+            Schema::CloudEvents,
+            Some("text/plain"),
+            &headers,
+            &[0xff],
+        )
+        .unwrap();
+        assert_eq!(not_utf8[0].json["data_base64"], "/w==");
         for (body, needle) in [
             (
                 json!({"id": "1", "source": "s", "type": "t"}),

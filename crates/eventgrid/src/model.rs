@@ -28,18 +28,43 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `v` can be sent as an HTTP header value: printable ASCII,
+/// spaces and tabs (anything else would fail every request it is put in,
+/// and a line break could add headers of its own).
+pub fn header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Headers a delivery sets itself (the `aeg-*` ones and those that frame
+/// the request): a subscription's static headers may not be one of them.
+fn reserved_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with("aeg-")
+        || [
+            "content-type",
+            "content-length",
+            "content-encoding",
+            "transfer-encoding",
+            "host",
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "te",
+            "trailer",
+            "expect",
+        ]
+        .contains(&name.as_str())
+}
+
 /// `PUT .../topics/{topic}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TopicInput {
-    /// The schema publishers use (default `EventGridSchema`).
-    #[serde(default = "default_schema")]
-    pub input_schema: Schema,
-}
-
-fn default_schema() -> Schema {
-    Schema::EventGridSchema
+    /// The schema publishers use: `EventGridSchema` for a new topic
+    /// without one; fixed once the topic exists (absent: whatever it is).
+    #[serde(default)]
+    pub input_schema: Option<Schema>,
 }
 
 /// One custom delivery header (`deliveryAttributeMappings`).
@@ -179,9 +204,16 @@ impl SubscriptionInput {
                         && a.name
                             .bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                    if !valid || a.kind != "Static" || !a.properties["value"].is_string() {
+                    let value = a.properties["value"].as_str();
+                    if !valid || a.kind != "Static" || !value.is_some_and(header_value) {
                         return Err(format!(
-                            "delivery attribute '{}' must be a Static header with a string value and a name of letters, digits, '-' or '_'",
+                            "delivery attribute '{}' must be a Static header with a string value of printable ASCII and a name of letters, digits, '-' or '_'",
+                            a.name.chars().take(80).collect::<String>()
+                        ));
+                    }
+                    if reserved_header(&a.name) {
+                        return Err(format!(
+                            "delivery attribute '{}' is a header the router sets itself",
                             a.name
                         ));
                     }
@@ -335,6 +367,21 @@ mod tests {
             (
                 json!({"destination": {"endpointType": "Orchestration", "properties": {"name": " "}}}),
                 "properties.name",
+            ),
+            (
+                json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": "http://a/b",
+                    "deliveryAttributeMappings": [{"name": "x-a", "type": "Static", "properties": {"value": "a\nb"}}]}}}),
+                "printable ASCII",
+            ),
+            (
+                json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": "http://a/b",
+                    "deliveryAttributeMappings": [{"name": "Aeg-Delivery-Count", "type": "Static", "properties": {"value": "9"}}]}}}),
+                "sets itself",
+            ),
+            (
+                json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": "http://a/b",
+                    "deliveryAttributeMappings": [{"name": "Content-Length", "type": "Static", "properties": {"value": "9"}}]}}}),
+                "sets itself",
             ),
         ] {
             let err = SubscriptionInput::parse(body.clone(), Schema::EventGridSchema).unwrap_err();

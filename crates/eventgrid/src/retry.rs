@@ -102,6 +102,9 @@ pub enum Attempt {
     /// The router would not call the destination (a link-local or metadata
     /// address, see [`crate::egress`]): never retried.
     Refused,
+    /// The router could not read where the event goes (its store failed):
+    /// retried like a receiver that was busy.
+    RouterError,
 }
 
 impl Attempt {
@@ -119,6 +122,7 @@ impl Attempt {
             Attempt::TimedOut => "TimedOut",
             Attempt::SocketError => "SocketError",
             Attempt::Refused => "DestinationNotAllowed",
+            Attempt::RouterError => "RouterError",
         }
     }
 }
@@ -132,6 +136,28 @@ pub enum Decision {
     RetryAfter(Duration),
     /// Give up: the dead-letter reason.
     DeadLetter(&'static str),
+}
+
+/// The longest `Retry-After` honoured: a day, the longest time to live
+/// (a receiver's larger number would overflow the arithmetic, and the
+/// event is dead by then anyway).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// A `Retry-After` header's wait, in either of its forms (seconds, or an
+/// HTTP date, which counts from `now`), at most [`MAX_RETRY_AFTER`];
+/// `None` for anything else.
+pub fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs.min(MAX_RETRY_AFTER.as_secs())),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// The decision after attempt number `attempts` (1-based) ended with
@@ -163,7 +189,7 @@ pub fn decide(
     if let Attempt::Status(429 | 503, Some(after)) = attempt {
         delay = delay.max(after.mul_f64(scale.clamp(0.0, 1.0).max(f64::MIN_POSITIVE)));
     }
-    if age + delay > policy.time_to_live(scale) {
+    if age.saturating_add(delay) > policy.time_to_live(scale) {
         return Decision::DeadLetter("TimeToLiveExceeded");
     }
     Decision::RetryAfter(delay)
@@ -172,6 +198,43 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date_and_never_more_than_a_day() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Tue, 01 Dec 2026 10:01:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            retry_after("Tue, 01 Dec 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past: at once"
+        );
+        for huge in ["18446744073709551615", "99999999999"] {
+            assert_eq!(retry_after(huge, now), Some(MAX_RETRY_AFTER), "{huge}");
+        }
+        for bad in ["", "-1", "soon", "1.5"] {
+            assert_eq!(retry_after(bad, now), None, "{bad}");
+        }
+        // The longest wait still makes a decision (the event would outlive
+        // its time to live: dead-lettered) instead of overflowing.
+        let p = RetryPolicy::default();
+        assert_eq!(
+            decide(
+                &Attempt::Status(429, retry_after("18446744073709551615", now)),
+                1,
+                Duration::from_secs(1),
+                p,
+                1.0,
+                0.5
+            ),
+            Decision::DeadLetter("TimeToLiveExceeded")
+        );
+    }
 
     const DAY: Duration = Duration::from_secs(86_400);
 

@@ -23,7 +23,7 @@ async fn processes_creating_the_same_topic_at_once_all_get_it() {
         let created = futures::future::join_all(
             stores
                 .iter()
-                .map(|s| s.put_topic(&name, Schema::EventGridSchema)),
+                .map(|s| s.put_topic(&name, Some(Schema::EventGridSchema))),
         )
         .await;
         for r in created {

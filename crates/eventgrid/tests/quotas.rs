@@ -21,7 +21,7 @@ async fn subscriptions_per_topic_and_topics_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let store = RouterStore::open(dir.path().join("events.db")).unwrap();
     store
-        .put_topic("quota-topic", Schema::EventGridSchema)
+        .put_topic("quota-topic", Some(Schema::EventGridSchema))
         .await
         .unwrap();
     for n in 0..MAX_SUBSCRIPTIONS_PER_TOPIC {
@@ -60,16 +60,26 @@ async fn subscriptions_per_topic_and_topics_are_bounded() {
 
     for n in store.topics().await.unwrap().len()..MAX_TOPICS {
         store
-            .put_topic(&format!("topic-{n}"), Schema::EventGridSchema)
+            .put_topic(&format!("topic-{n}"), Some(Schema::EventGridSchema))
             .await
             .unwrap();
     }
     let over = store
-        .put_topic("one-more-topic", Schema::EventGridSchema)
+        .put_topic("one-more-topic", Some(Schema::EventGridSchema))
         .await;
     assert!(matches!(over, Err(StoreError::Quota(_))), "{over:?}");
-    store
-        .put_topic("quota-topic", Schema::CloudEvents)
-        .await
-        .unwrap();
+    // An existing topic is still answered at the limit; its schema is
+    // fixed.
+    store.put_topic("quota-topic", None).await.unwrap();
+    let changed = store
+        .put_topic("quota-topic", Some(Schema::CloudEvents))
+        .await;
+    assert!(
+        matches!(changed, Err(StoreError::Invalid(_))),
+        "{changed:?}"
+    );
+    assert_eq!(
+        store.topic("quota-topic").await.unwrap().input_schema,
+        Schema::EventGridSchema
+    );
 }

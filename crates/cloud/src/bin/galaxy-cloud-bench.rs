@@ -76,7 +76,7 @@ async fn start_server(lifecycle_outbox: bool) -> anyhow::Result<Running> {
     events
         .put_topic(
             cloud::server::SYSTEM_TOPIC,
-            eventgrid::Schema::EventGridSchema,
+            Some(eventgrid::Schema::EventGridSchema),
         )
         .await?;
     let engine = Engine::start(

@@ -56,7 +56,7 @@ fn topic_body(base: &BaseUrl, t: &TopicRecord) -> Value {
     })
 }
 
-fn subscription_body(base: &BaseUrl, s: &SubscriptionRecord) -> Value {
+fn subscription_body(s: &SubscriptionRecord) -> Value {
     let mut props = serde_json::to_value(&s.input).unwrap_or(Value::Null);
     props["provisioningState"] = json!(match s.provisioning {
         Provisioning::AwaitingManualAction => "AwaitingManualAction",
@@ -66,25 +66,30 @@ fn subscription_body(base: &BaseUrl, s: &SubscriptionRecord) -> Value {
     if let Some(r) = &s.reason {
         props["provisioningReason"] = json!(r);
     }
-    if s.provisioning == Provisioning::AwaitingManualAction {
-        props["validationUrl"] = json!(format!(
-            "{}/api/events/topics/{}/eventSubscriptions/{}/validate?validationCode={}",
-            base.0, s.topic, s.name, s.validation_code
-        ));
-    }
     json!({ "name": s.name, "topic": s.topic, "properties": props })
+}
+
+/// The URL a receiver GETs to validate by hand. Only the endpoint learns
+/// it (in the validation event): whoever manages subscriptions must not be
+/// able to validate one aimed at a stranger.
+fn validation_url(base: &BaseUrl, s: &SubscriptionRecord) -> String {
+    format!(
+        "{}/api/events/topics/{}/eventSubscriptions/{}/validate?validationCode={}",
+        base.0, s.topic, s.name, s.validation_code
+    )
 }
 
 fn name(what: &str, raw: &str) -> Result<(), AppError> {
     check_name(what, raw).map_err(|m| AppError::bad_request("InvalidName", m))
 }
 
-/// Creates a topic or changes its input schema.
+/// Creates a topic, or answers the existing one (its input schema is
+/// fixed once it exists).
 #[utoipa::path(put, path = "/api/events/topics/{topic}", tag = "events",
     params(("topic" = String, Path, description = "3 to 64 letters, digits and dashes")),
-    request_body(content = Option<TopicInput>, description = "The input schema (default EventGridSchema); the body may be empty", content_type = "application/json"),
+    request_body(content = Option<TopicInput>, description = "The input schema (default EventGridSchema for a new topic); the body may be empty", content_type = "application/json"),
     responses((status = 200, description = "`{name, endpoint, inputSchema, provisioningState}`", body = Object),
-        (status = 400, description = "Bad name or body", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody),
+        (status = 400, description = "Bad name or body, or another input schema for an existing topic", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody),
         (status = 409, description = "A new topic past the limit of 1,000 (`QuotaExceeded`)", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
 pub async fn put_topic(
@@ -224,12 +229,12 @@ pub async fn put_subscription(
             state.event_http.clone(),
             state.event_config.timeout,
         );
-        let r = record.clone();
+        let (r, url) = (record.clone(), validation_url(&base, &record));
         tokio::spawn(async move {
-            eventgrid::deliver::validate(&store, &http, &r, schema, timeout).await
+            eventgrid::deliver::validate(&store, &http, &r, schema, &url, timeout).await
         });
     }
-    Ok(Json(subscription_body(&base, &record)).into_response())
+    Ok(Json(subscription_body(&record)).into_response())
 }
 
 /// One event subscription.
@@ -240,11 +245,9 @@ pub async fn put_subscription(
     security(("function_key" = []), ("function_key_header" = [])))]
 pub async fn get_subscription(
     State(state): State<AppState>,
-    base: BaseUrl,
     Path((topic, sub)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     Ok(Json(subscription_body(
-        &base,
         &state.events.subscription(&topic, &sub).await?,
     ))
     .into_response())
@@ -272,7 +275,6 @@ pub async fn delete_subscription(
     security(("function_key" = []), ("function_key_header" = [])))]
 pub async fn list_subscriptions(
     State(state): State<AppState>,
-    base: BaseUrl,
     Path(topic): Path<String>,
 ) -> Result<Response, AppError> {
     state.events.topic(&topic).await?;
@@ -281,7 +283,7 @@ pub async fn list_subscriptions(
         .subscriptions(&topic)
         .await?
         .iter()
-        .map(|s| subscription_body(&base, s))
+        .map(subscription_body)
         .collect();
     Ok(Json(json!({ "value": value })).into_response())
 }
@@ -300,7 +302,8 @@ pub struct ValidateParams {
 #[utoipa::path(get, path = "/api/events/topics/{topic}/eventSubscriptions/{name}/validate", tag = "events",
     params(("topic" = String, Path, description = "The topic"), ("name" = String, Path, description = "The subscription"), ValidateParams),
     responses((status = 200, description = "Validated", body = Object), (status = 400, description = "Wrong code", body = ErrorBody),
-        (status = 404, description = "No such subscription", body = ErrorBody)))]
+        (status = 404, description = "No such subscription", body = ErrorBody),
+        (status = 409, description = "The handshake failed: PUT the subscription again (`NotAwaitingValidation`)", body = ErrorBody)))]
 pub async fn validate(
     State(state): State<AppState>,
     Path((topic, sub)): Path<(String, String)>,
@@ -319,10 +322,25 @@ pub async fn validate(
             "the validation code is not this subscription's",
         ));
     }
-    state
+    let changed = state
         .events
-        .set_provisioning(&topic, &sub, Provisioning::Succeeded, None)
+        .set_provisioning(
+            &topic,
+            &sub,
+            &s.validation_code,
+            Provisioning::Succeeded,
+            None,
+        )
         .await?;
+    // Validating twice is fine; a subscription whose handshake failed
+    // (the endpoint refused) needs a new PUT.
+    if !changed && s.provisioning != Provisioning::Succeeded {
+        return Err(AppError::new(
+            StatusCode::CONFLICT,
+            "NotAwaitingValidation",
+            "the subscription is not awaiting validation: PUT it again",
+        ));
+    }
     Ok(Json(json!({ "name": sub, "provisioningState": "Succeeded" })).into_response())
 }
 

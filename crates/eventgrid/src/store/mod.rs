@@ -51,6 +51,7 @@ trait Backend: Send + Sync + 'static {
     fn health(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Creates the topic with `schema` unless it exists; answers the row.
     async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError>;
     async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError>;
     async fn topics(&self) -> Result<Vec<TopicRecord>, StoreError>;
@@ -68,13 +69,16 @@ trait Backend: Send + Sync + 'static {
         state: Provisioning,
         validation_code: String,
     ) -> Result<SubscriptionRecord, StoreError>;
+    /// Returns whether it changed anything (see
+    /// [`RouterStore::set_provisioning`]).
     async fn set_provisioning(
         &self,
         topic: &str,
         name: &str,
+        validation_code: &str,
         state: Provisioning,
         reason: Option<String>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     async fn subscription(&self, topic: &str, name: &str)
         -> Result<SubscriptionRecord, StoreError>;
     async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError>;
@@ -221,8 +225,16 @@ impl RouterStore {
         self.topics.forget();
     }
 
-    /// Creates a topic (with two new keys) or changes its schema.
-    pub async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError> {
+    /// Creates a topic (with two new keys and `schema`, by default
+    /// `EventGridSchema`), or answers the existing one. A topic's schema
+    /// is fixed: its stored events and its subscriptions' delivery
+    /// schemas were checked against it, so asking for another one is
+    /// refused and changes nothing (delete the topic and create it again).
+    pub async fn put_topic(
+        &self,
+        name: &str,
+        schema: Option<Schema>,
+    ) -> Result<TopicRecord, StoreError> {
         // A listing holds every topic: their number is bounded. (Checked
         // before the write: processes racing may pass it by a few.)
         if matches!(self.topic(name).await, Err(StoreError::NoTopic(_)))
@@ -232,9 +244,19 @@ impl RouterStore {
                 "at most {MAX_TOPICS} topics; delete one first"
             )));
         }
-        let r = self.backend.put_topic(name, schema).await;
+        let t = self
+            .backend
+            .put_topic(name, schema.unwrap_or(Schema::EventGridSchema))
+            .await;
         self.changed();
-        r
+        let t = t?;
+        match schema {
+            Some(s) if s != t.input_schema => Err(StoreError::Invalid(format!(
+                "the topic's inputSchema is {}; it cannot be changed (delete the topic and create it again)",
+                schema_name(t.input_schema)
+            ))),
+            _ => Ok(t),
+        }
     }
 
     /// One topic (cached: every publish reads it).
@@ -302,17 +324,22 @@ impl RouterStore {
         r
     }
 
-    /// Records the handshake's outcome.
+    /// Records the outcome of the handshake that carried
+    /// `validation_code`, if the subscription still awaits it: a handshake
+    /// of an earlier definition (replaced by a PUT since, with a new code)
+    /// or one already decided changes nothing. Returns whether it changed
+    /// the subscription.
     pub async fn set_provisioning(
         &self,
         topic: &str,
         name: &str,
+        validation_code: &str,
         state: Provisioning,
         reason: Option<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let r = self
             .backend
-            .set_provisioning(topic, name, state, reason)
+            .set_provisioning(topic, name, validation_code, state, reason)
             .await;
         self.changed();
         // Its held deliveries are pending again.
@@ -330,14 +357,24 @@ impl RouterStore {
     }
 
     /// The subscription a delivery goes to: from the cached active ones,
-    /// else read (one being validated again, or deleted: `None`).
-    pub async fn delivery_target(&self, topic: &str, name: &str) -> Option<SubscriptionRecord> {
+    /// else read (one being validated again; `None`: it or its topic was
+    /// deleted).
+    pub async fn delivery_target(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
         if let Ok(active) = self.listening(topic).await {
             if let Some(s) = active.iter().find(|s| s.name.eq_ignore_ascii_case(name)) {
-                return Some(s.clone());
+                return Ok(Some(s.clone()));
             }
         }
-        self.backend.subscription(topic, name).await.ok()
+        match self.backend.subscription(topic, name).await {
+            Ok(s) => Ok(Some(s)),
+            Err(StoreError::NoSubscription(..) | StoreError::NoTopic(_)) => Ok(None),
+            // Not "deleted": a store that failed must not dead-letter.
+            Err(e) => Err(e),
+        }
     }
 
     /// A topic's subscriptions, by name.
@@ -512,7 +549,7 @@ impl RouterStore {
     ) -> Result<usize, StoreError> {
         let mut expired = 0;
         for (topic, name) in self.backend.held_subscriptions().await? {
-            let Some(sub) = self.delivery_target(&topic, &name).await else {
+            let Some(sub) = self.delivery_target(&topic, &name).await? else {
                 continue;
             };
             let ttl = sub.input.retry_policy.time_to_live(ttl_scale);

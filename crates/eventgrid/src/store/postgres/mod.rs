@@ -204,7 +204,7 @@ impl Backend for PgRouter {
         let upsert = || {
             c.execute(
                 "INSERT INTO topics (name, input_schema, key1, key2) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT ((lower(name))) DO UPDATE SET input_schema = excluded.input_schema",
+                 ON CONFLICT ((lower(name))) DO NOTHING",
                 &args,
             )
         };
@@ -329,25 +329,34 @@ impl Backend for PgRouter {
         &self,
         topic: &str,
         name: &str,
+        validation_code: &str,
         state: Provisioning,
         reason: Option<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         let n = tx
             .execute(
                 "UPDATE subscriptions SET state = $3, reason = $4
-                 WHERE lower(topic) = lower($1) AND lower(name) = lower($2)",
-                &[&topic, &name, &state.as_str(), &reason],
+                 WHERE lower(topic) = lower($1) AND lower(name) = lower($2)
+                   AND validation_code = $5 AND state = $6",
+                &[
+                    &topic,
+                    &name,
+                    &state.as_str(),
+                    &reason,
+                    &validation_code,
+                    &Provisioning::AwaitingManualAction.as_str(),
+                ],
             )
             .await
             .map_err(pg)?;
         if n == 0 {
-            return Err(StoreError::NoSubscription(topic.into(), name.into()));
+            return Ok(false);
         }
         hold_or_release(&tx, topic, name, state).await?;
         tx.commit().await.map_err(pg)?;
-        Ok(())
+        Ok(true)
     }
 
     async fn subscription(

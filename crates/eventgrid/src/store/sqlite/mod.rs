@@ -209,7 +209,7 @@ impl Backend for SqliteRouter {
         self.call(move |conn| {
             conn.execute(
                 "INSERT INTO topics (name, input_schema, key1, key2) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO UPDATE SET input_schema = excluded.input_schema",
+                 ON CONFLICT (name) DO NOTHING",
                 params![name, schema_name(schema), new_key(), new_key()],
             )?;
             Ok(conn.query_row(
@@ -337,22 +337,35 @@ impl Backend for SqliteRouter {
         &self,
         topic: &str,
         name: &str,
+        validation_code: &str,
         state: Provisioning,
         reason: Option<String>,
-    ) -> Result<(), StoreError> {
-        let (topic, name) = (topic.to_string(), name.to_string());
+    ) -> Result<bool, StoreError> {
+        let (topic, name, code) = (
+            topic.to_string(),
+            name.to_string(),
+            validation_code.to_string(),
+        );
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = tx.execute(
-                "UPDATE subscriptions SET state = ?3, reason = ?4 WHERE topic = ?1 AND name = ?2",
-                params![topic, name, state.as_str(), reason],
+                "UPDATE subscriptions SET state = ?3, reason = ?4
+                 WHERE topic = ?1 AND name = ?2 AND validation_code = ?5 AND state = ?6",
+                params![
+                    topic,
+                    name,
+                    state.as_str(),
+                    reason,
+                    code,
+                    Provisioning::AwaitingManualAction.as_str()
+                ],
             )?;
             if n == 0 {
-                return Err(StoreError::NoSubscription(topic, name));
+                return Ok(false);
             }
             hold_or_release(&tx, &topic, &name, state)?;
             tx.commit()?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
