@@ -111,9 +111,24 @@ impl IntoResponse for AppError {
                 message: self.message,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        // Clients (the Event Grid publishers among them) wait as long as
+        // Retry-After says before they try again.
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(ERROR_RETRY_AFTER),
+            );
+        }
+        response
     }
 }
+
+/// `Retry-After` (seconds) of a 503 or 429 error.
+pub const ERROR_RETRY_AFTER: &str = "5";
 
 impl From<durable::Error> for AppError {
     fn from(e: durable::Error) -> Self {
@@ -239,6 +254,18 @@ mod tests {
             v,
             serde_json::json!({"error": {"code": "InvalidJson", "message": "nope"}})
         );
+        let busy = AppError::new(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", "later");
+        for (e, after) in [
+            (busy, Some(ERROR_RETRY_AFTER)),
+            (AppError::bad_request("X", "y"), None),
+        ] {
+            let r = e.into_response();
+            let got = r
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(got, after);
+        }
     }
 
     #[test]

@@ -74,18 +74,36 @@ fn normalize_resource(r: &str) -> String {
 }
 
 /// An expiry as the SDKs write it: RFC 3339, `2030-01-01 00:00:00+00:00`
-/// (Python), or `12/2/2026 3:04:26 AM` in UTC (JavaScript and .NET).
+/// (Python; without an offset when its caller passed a naive UTC time),
+/// or `12/2/2026 3:04:26 AM` in UTC (JavaScript and .NET). A form encoder
+/// writes spaces as `+`: tried as written first (`+00:00` may be an
+/// offset), then with `+` as spaces.
 fn parse_expiry(e: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(e)
-        .or_else(|_| DateTime::parse_from_str(e, "%Y-%m-%d %H:%M:%S%:z"))
-        .or_else(|_| DateTime::parse_from_str(e, "%Y-%m-%d %H:%M:%S%.f%:z"))
-        .map(|t| t.with_timezone(&Utc))
-        .ok()
-        .or_else(|| {
-            chrono::NaiveDateTime::parse_from_str(e, "%m/%d/%Y %I:%M:%S %p")
-                .ok()
-                .map(|t| t.and_utc())
-        })
+    let one = |e: &str| {
+        DateTime::parse_from_rfc3339(e)
+            .or_else(|_| DateTime::parse_from_str(e, "%Y-%m-%d %H:%M:%S%.f%:z"))
+            .map(|t| t.with_timezone(&Utc))
+            .ok()
+            .or_else(|| {
+                ["%m/%d/%Y %I:%M:%S %p", "%Y-%m-%d %H:%M:%S%.f"]
+                    .iter()
+                    .find_map(|f| chrono::NaiveDateTime::parse_from_str(e, f).ok())
+                    .map(|t| t.and_utc())
+            })
+    };
+    one(e).or_else(|| {
+        // Keep a trailing `+hh:mm` offset.
+        let offset = e.rfind('+').filter(|&i| {
+            let tail = e[i + 1..].as_bytes();
+            tail.len() == 5
+                && tail[2] == b':'
+                && tail.iter().filter(|b| b.is_ascii_digit()).count() == 4
+        });
+        let (head, tail) = e.split_at(offset.unwrap_or(e.len()));
+        e.contains('+')
+            .then(|| one(&format!("{}{tail}", head.replace('+', " "))))
+            .flatten()
+    })
 }
 
 fn signature(key_b64: &str, signed: &str) -> Option<String> {
@@ -211,6 +229,35 @@ mod tests {
             "2030-01-15T23:00:00+00:00"
         );
         assert!(parse_expiry("tomorrow").is_none());
+        // Spaces written as '+' by a form encoder.
+        assert_eq!(
+            parse_expiry("12/2/2026+3:04:26+AM").unwrap().to_rfc3339(),
+            "2026-12-02T03:04:26+00:00"
+        );
+    }
+
+    #[test]
+    fn python_expiries_with_or_without_an_offset_are_utc() {
+        for (e, want) in [
+            ("2030-01-01 00:00:00+00:00", "2030-01-01T00:00:00+00:00"),
+            ("2030-01-01 01:00:00+01:00", "2030-01-01T00:00:00+00:00"),
+            (
+                "2030-01-01 00:00:00.123456+00:00",
+                "2030-01-01T00:00:00.123456+00:00",
+            ),
+            (
+                "2030-01-01 00:00:00.123456",
+                "2030-01-01T00:00:00.123456+00:00",
+            ),
+            ("2030-01-01 00:00:00", "2030-01-01T00:00:00+00:00"),
+            ("2030-01-01+00:00:00+00:00", "2030-01-01T00:00:00+00:00"),
+        ] {
+            assert_eq!(
+                parse_expiry(e).map(|t| t.to_rfc3339()).as_deref(),
+                Some(want),
+                "{e}"
+            );
+        }
     }
 
     #[test]
