@@ -94,7 +94,7 @@ fn parse_expiry(e: &str) -> Option<DateTime<Utc>> {
     one(e).or_else(|| {
         // Keep a trailing `+hh:mm` offset.
         let offset = e.rfind('+').filter(|&i| {
-            let tail = e[i + 1..].as_bytes();
+            let tail = &e.as_bytes()[i + 1..];
             tail.len() == 5
                 && tail[2] == b':'
                 && tail.iter().filter(|b| b.is_ascii_digit()).count() == 4
