@@ -6,7 +6,11 @@
 //! - `outbox(mutation_id, entity_id, op, body, base_version)`: local
 //!   changes not yet settled by the cloud. A row is written in the same
 //!   transaction as the change it describes.
-//! - `sync_state(client_id, pull_cursor, next_mutation_id)`: one row.
+//! - `sync_state(client_id, pull_cursor, next_mutation_id, chain_fresh)`:
+//!   one row. `chain_fresh`: the pull chain under way began at cursor 0
+//!   (set when the cursor goes to 0, cleared when a chain completes), so a
+//!   first sync cut off half-way goes on below the tombstone floor instead
+//!   of being told to reset and start over.
 //!
 //! A galaxy's `version` is its version in the player's cloud data (0: never
 //! synced); a change made on top of version v carries `base_version` v, so
@@ -46,9 +50,21 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), TableError> {
             one INTEGER PRIMARY KEY CHECK (one = 1),
             client_id TEXT NOT NULL,
             pull_cursor INTEGER NOT NULL,
-            next_mutation_id INTEGER NOT NULL
+            next_mutation_id INTEGER NOT NULL,
+            chain_fresh INTEGER NOT NULL DEFAULT 1
         );",
     )?;
+    let state_columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('sync_state')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if !state_columns.iter().any(|c| c == "chain_fresh") {
+        // A database from before: a chain under way is not known to be
+        // fresh (a cursor of 0 still is, see `state`).
+        conn.execute_batch(
+            "ALTER TABLE sync_state ADD COLUMN chain_fresh INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
     conn.execute(
         "INSERT OR IGNORE INTO sync_state (one, client_id, pull_cursor, next_mutation_id)
          VALUES (1, ?1, 0, 1)",
@@ -233,7 +249,7 @@ impl GalaxyReplica {
                 conn.execute_batch(
                     "DELETE FROM outbox;
                      UPDATE galaxies SET version = 0;
-                     UPDATE sync_state SET pull_cursor = 0, next_mutation_id = 1;",
+                     UPDATE sync_state SET pull_cursor = 0, next_mutation_id = 1, chain_fresh = 1;",
                 )?;
                 let keys: Vec<String> = conn
                     .prepare("SELECT row_key FROM galaxies ORDER BY row_key")?
@@ -297,12 +313,14 @@ impl Replica for GalaxyReplica {
     async fn state(&self) -> Result<ReplicaState, TableError> {
         self.read(|conn| {
             Ok(conn.query_row(
-                "SELECT client_id, pull_cursor FROM sync_state WHERE one = 1",
+                "SELECT client_id, pull_cursor, chain_fresh FROM sync_state WHERE one = 1",
                 [],
                 |r| {
+                    let cursor = r.get::<_, i64>(1)? as u64;
                     Ok(ReplicaState {
                         client_id: r.get(0)?,
-                        cursor: r.get::<_, i64>(1)? as u64,
+                        cursor,
+                        fresh: cursor == 0 || r.get::<_, bool>(2)?,
                     })
                 },
             )?)
@@ -441,8 +459,13 @@ impl Replica for GalaxyReplica {
                         events.push(GalaxyEvent::Upserted(g));
                     }
                 }
-                conn.prepare_cached("UPDATE sync_state SET pull_cursor = ?1")?
-                    .execute([page.cursor as i64])?;
+                // The last page completes the chain: later pulls start
+                // from a cursor this device reached and kept current.
+                conn.prepare_cached(
+                    "UPDATE sync_state SET pull_cursor = ?1,
+                         chain_fresh = CASE WHEN ?2 THEN chain_fresh ELSE 0 END",
+                )?
+                .execute(params![page.cursor as i64, page.has_more])?;
                 Ok((events.len(), events))
             })
             .await?;
@@ -460,7 +483,7 @@ impl Replica for GalaxyReplica {
                 conn.execute_batch(
                     "DELETE FROM galaxies WHERE version > 0
                        AND row_key NOT IN (SELECT entity_id FROM outbox);
-                     UPDATE sync_state SET pull_cursor = 0;",
+                     UPDATE sync_state SET pull_cursor = 0, chain_fresh = 1;",
                 )?;
                 renumber_in(conn)
             })

@@ -546,3 +546,63 @@ async fn a_galaxy_created_and_renamed_offline_syncs_without_a_conflict_notice() 
     pb.sync().await;
     assert_eq!(pb.names(), vec![(id, "Vega Prime".to_string())]);
 }
+
+/// A link whose pulls fail after the first `pulls` of them.
+struct CutOff<'a> {
+    link: &'a Direct,
+    pulls: std::sync::atomic::AtomicUsize,
+}
+
+impl Transport for CutOff<'_> {
+    async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportError> {
+        self.link.push(request).await
+    }
+
+    async fn pull(
+        &self,
+        client_id: &str,
+        cursor: u64,
+        fresh: bool,
+        limit: Option<usize>,
+    ) -> Result<PullResponse, TransportError> {
+        let left = self.pulls.load(std::sync::atomic::Ordering::SeqCst);
+        if left == 0 {
+            return Err(TransportError::Unavailable("the link went down".into()));
+        }
+        self.pulls
+            .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+        self.link.pull(client_id, cursor, fresh, limit).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_cut_off_half_way_resumes_below_the_floor_without_a_reset() {
+    let (_d, players, a, b) = player().await;
+    let pa = Phone::new(&players, a);
+    for i in 0..1200 {
+        pa.create(&format!("G{i}")).await;
+    }
+    pa.sync().await;
+    // A deletion purged since: the floor (1201) is above every page but
+    // the last of B's first sync.
+    let victim = pa.names()[0].0.clone();
+    pa.replica.delete(&victim).await.unwrap();
+    pa.sync().await;
+    assert_eq!(players.purge_tombstones(Duration::ZERO).await.unwrap(), 1);
+
+    let pb = Phone::new(&players, b);
+    let cut = CutOff {
+        link: &pb.link,
+        pulls: 1.into(),
+    };
+    let first = run_round(&pb.replica, &cut, 500, |_| {}).await;
+    assert!(first.is_err(), "the second page's pull fails");
+    assert_eq!(pb.names().len(), 500);
+    // The next round goes on from 500, below the floor, as the same chain.
+    let r = pb.sync().await;
+    assert!(r.notices.is_empty(), "{r:?}");
+    assert_eq!(r.pulled, 699);
+    assert_eq!(pb.names(), pa.names());
+    // Once the chain is complete, a cursor below the floor resets again.
+    assert!(!pb.replica.state().await.unwrap().fresh);
+}

@@ -19,6 +19,11 @@ pub struct ReplicaState {
     pub client_id: String,
     /// Where the next pull starts.
     pub cursor: u64,
+    /// The chain of pull pages under way began at cursor 0 (a first sync,
+    /// or one after a reset, perhaps cut off and resumed since): the
+    /// device never held an entity the cloud has purged, so it may pull
+    /// below the tombstone floor without a reset.
+    pub fresh: bool,
 }
 
 /// The local side of sync. Every method commits durably before it returns.

@@ -12,7 +12,8 @@
 //! - A chain of pages that began at cursor 0 says so (`fresh`): its cursor
 //!   passes below the tombstone floor legitimately (it never held the
 //!   purged entities), where a device that stopped there long ago must
-//!   reset.
+//!   reset. The replica keeps the flag until a chain completes, so a first
+//!   sync cut off half-way resumes instead of starting over.
 
 use crate::protocol::{PushRequest, MAX_PUSH_MUTATIONS};
 use crate::replica::Replica;
@@ -107,12 +108,10 @@ pub async fn run_round<R: Replica, T: Transport>(
         }
     }
     let mut resets = 0;
-    let mut chain_fresh = None;
     loop {
         let state = replica.state().await.map_err(RoundError::Local)?;
-        let fresh = *chain_fresh.get_or_insert(state.cursor == 0);
         let page = transport
-            .pull(&state.client_id, state.cursor, fresh, None)
+            .pull(&state.client_id, state.cursor, state.fresh, None)
             .await?;
         if page.reset {
             resets += 1;
@@ -122,7 +121,6 @@ pub async fn run_round<R: Replica, T: Transport>(
                 ));
             }
             replica.reset().await.map_err(RoundError::Local)?;
-            chain_fresh = Some(true);
             report.notices.push(
                 "This device was away longer than the cloud keeps deletions; its galaxies were reloaded from the cloud".into(),
             );
