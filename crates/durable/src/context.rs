@@ -94,7 +94,7 @@ impl Action {
 }
 
 /// Describes an action record for non-determinism messages.
-fn describe(kind: &EventKind) -> String {
+pub(crate) fn describe(kind: &EventKind) -> String {
     match kind {
         EventKind::TaskScheduled { name, .. } => format!("activity '{name}'"),
         EventKind::TimerCreated { .. } => "timer".to_string(),

@@ -41,6 +41,20 @@ fn sleep_for(wake_in: Option<Duration>, again: bool) -> Duration {
     }
 }
 
+/// How far away the store's next due time is (`None`: nothing planned).
+/// A store that could not say is asked again soon: read as "nothing
+/// planned", its timers and expired leases would wait for the hour-long
+/// idle sleep.
+fn wake_in(
+    planned: Result<Option<types::Timestamp>, ()>,
+    now: types::Timestamp,
+) -> Option<Duration> {
+    match planned {
+        Ok(at) => at.map(|t| (t - now).to_std().unwrap_or(Duration::ZERO)),
+        Err(()) => Some(STORE_ERROR_BACKOFF),
+    }
+}
+
 /// Waits for the signal, the store's next due time of `kind`, or shutdown;
 /// returns whether the store said work was due already (see
 /// [`sleep_for`]).
@@ -51,8 +65,11 @@ async fn wait_for_work(
     notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
 ) -> bool {
     let mut shutdown = inner.shutdown.subscribe();
-    let wake_at = inner.store.next_wake_at(kind).await.ok().flatten();
-    let wake_in = wake_at.map(|t| (t - types::now()).to_std().unwrap_or(Duration::ZERO));
+    let planned = inner.store.next_wake_at(kind).await;
+    if let Err(e) = &planned {
+        tracing::warn!("asking the store when work is due: {e}");
+    }
+    let wake_in = wake_in(planned.map_err(drop), types::now());
     let due = wake_in.is_some_and(|d| d.is_zero());
     let sleep = sleep_for(wake_in, again);
     tokio::select! {
@@ -302,6 +319,21 @@ mod tests {
     #[test]
     fn work_due_already_is_fetched_at_once_and_then_waited_for_briefly() {
         let ms = Duration::from_millis;
+        let now = types::now();
+        assert_eq!(wake_in(Ok(None), now), None);
+        assert_eq!(
+            wake_in(Ok(Some(now + chrono::Duration::milliseconds(40))), now),
+            Some(ms(40))
+        );
+        assert_eq!(
+            wake_in(Ok(Some(now - chrono::Duration::seconds(1))), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            wake_in(Err(()), now),
+            Some(STORE_ERROR_BACKOFF),
+            "a failed read is asked again soon"
+        );
         assert_eq!(sleep_for(None, false), Duration::from_secs(3600));
         assert_eq!(sleep_for(Some(ms(40)), false), ms(40));
         assert_eq!(sleep_for(Some(ms(40)), true), ms(40));

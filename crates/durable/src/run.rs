@@ -164,11 +164,27 @@ impl OrchestrationRun {
             actions.extend(run.take_actions());
         }
         run.replaying = false;
-        run.recorded.clear();
+        // What history recorded and the code did not issue again: a
+        // deterministic orchestrator re-issues every action of its
+        // history, so the code changed (it dropped or moved a call, or
+        // returns earlier). Going on would give a later action a task id
+        // whose recorded result belongs to another.
+        let mut leftover = std::mem::take(&mut run.recorded);
         if let Some(ctx) = &run.ctx {
             let mut s = ctx.lock();
             s.replaying = false;
-            s.recorded.clear();
+            leftover.extend(s.recorded.drain());
+        }
+        let settled = matches!(
+            run.outcome,
+            Some(Outcome::Failed(_) | Outcome::Terminated(_))
+        );
+        if let Some(task_id) = leftover.keys().min().filter(|_| !settled) {
+            let msg = format!(
+                "task {task_id}: history recorded {}, the orchestrator no longer issues it",
+                crate::context::describe(&leftover[task_id])
+            );
+            run.fail(FailureDetails::new("NonDeterminism", msg));
         }
         (run, actions)
     }
@@ -651,6 +667,36 @@ mod tests {
         let b = turn(&mut replayed, &registry, &next);
         assert_eq!(kinds(&a.history), kinds(&b.history));
         assert_eq!(a.actions.len(), b.actions.len());
+    }
+
+    #[test]
+    fn an_orchestrator_that_no_longer_issues_a_recorded_action_is_caught_on_replay() {
+        let mut live = OrchestrationRun::new(id());
+        let history = turn(&mut live, &fan_out("A"), &[started(1)]).history;
+        // The code now calls only "A", where history recorded "A" and "B".
+        let one =
+            Registry::new().orchestration("Fan", |ctx: OrchestrationContext, _: ()| async move {
+                let a: u32 = ctx.call_activity("A", ()).await?;
+                Ok::<_, TaskError>(a)
+            });
+        let (run, actions) = OrchestrationRun::replay(&one, id(), &history);
+        assert!(actions.is_empty());
+        match &run.outcome {
+            Some(Outcome::Failed(f)) => {
+                assert_eq!(f.kind, "NonDeterminism");
+                assert!(
+                    f.message.contains("task 1") && f.message.contains('B'),
+                    "{}",
+                    f.message
+                );
+            }
+            other => panic!("expected a NonDeterminism failure, got {other:?}"),
+        }
+        // The same code replaying its own history is fine.
+        let mut own = OrchestrationRun::new(id());
+        let history = turn(&mut own, &one, &[started(1)]).history;
+        let (run, _) = OrchestrationRun::replay(&one, id(), &history);
+        assert_eq!(run.status(), RuntimeStatus::Running);
     }
 
     #[test]

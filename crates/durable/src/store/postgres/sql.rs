@@ -280,7 +280,7 @@ impl Sql {
             ),
             complete_activities: format!(
                 "DELETE FROM {s}.activities a USING unnest($1::int8[], $2::text[]) AS x(id, token) \
-                 WHERE a.id = x.id AND a.lock_token = x.token RETURNING a.id"
+                 WHERE a.id = x.id AND a.lock_token = x.token RETURNING a.id, a.lock_token"
             ),
             lock_turns: format!(
                 "SELECT lock_token, runtime_status, execution_id, name FROM {s}.instances \

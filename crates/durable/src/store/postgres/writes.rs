@@ -229,16 +229,21 @@ impl PostgresStore {
             tx.query(&delete, &delete_params),
         );
         locked.map_err(db_err)?;
-        let held: std::collections::HashSet<i64> =
-            deleted.map_err(db_err)?.iter().map(|r| r.get(0)).collect();
+        // By row and token: two results for one row (a lease that ran out
+        // and the re-fetch's) in one batch must not both pass.
+        let held: std::collections::HashSet<(i64, String)> = deleted
+            .map_err(db_err)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         // The results of the activities still held, in one statement (a
         // result for an instance gone or finished is dropped, as `send`
         // drops it); the others lost their lease.
         let mut sends = SendManyArgs::default();
         let mut out: Vec<Result<(), StoreError>> = Vec::with_capacity(items.len());
-        for ((_, result), key) in items.iter().zip(&keys) {
+        for ((lock, result), key) in items.iter().zip(&keys) {
             match key {
-                Some((row, instance)) if held.contains(row) => {
+                Some((row, instance)) if held.contains(&(*row, lock.0.clone())) => {
                     sends.push(SendArgs::new(instance, result));
                     out.push(Ok(()));
                 }
