@@ -563,6 +563,17 @@ async fn restart_rewind_and_purge() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A misspelled filter is refused, not ignored (it would have purged
+    // every finished instance), and nothing is deleted.
+    let r = purge(
+        MASTER_KEY,
+        "createdTimeFrom=2000-01-01T00:00:00Z&runtimestatus=Failed",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("runtimestatus"));
     let r = purge(
         MASTER_KEY,
         "createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Completed,Failed",

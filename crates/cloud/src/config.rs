@@ -82,10 +82,15 @@ pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// The longest retention accepted: 36,500 days.
+const MAX_RETENTION_SECS: u64 = 36_500 * 86_400;
+
 /// `30d`, `12h`, `90m`, `45s` (and `0s`: forget deletions at once).
 pub fn parse_retention(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    let split = text.len().saturating_sub(1);
+    // The last character is the unit (on a character boundary: a
+    // multi-byte one must not split a character).
+    let split = text.char_indices().last().map_or(0, |(i, _)| i);
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
@@ -97,9 +102,11 @@ pub fn parse_retention(text: &str) -> Result<std::time::Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("'{text}' needs a unit: s, m, h or d")),
     };
+    // At most a hundred years: cut-offs are computed in i64 milliseconds.
     n.checked_mul(seconds)
+        .filter(|s| *s <= MAX_RETENTION_SECS)
         .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("'{text}' is too long"))
+        .ok_or_else(|| format!("'{text}' is too long (at most 36500d)"))
 }
 
 #[cfg(test)]
@@ -111,7 +118,17 @@ mod tests {
         assert_eq!(parse_retention("30d").unwrap().as_secs(), 30 * 86_400);
         assert_eq!(parse_retention("0s").unwrap().as_secs(), 0);
         assert_eq!(parse_retention("90m").unwrap().as_secs(), 5400);
-        for bad in ["", "30", "d", "-1d", "1w", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "d",
+            "-1d",
+            "1w",
+            "99999999999999999999d",
+            "36501d",
+            "30ｄ",
+            "ｄ",
+        ] {
             assert!(parse_retention(bad).is_err(), "{bad}");
         }
     }

@@ -119,7 +119,12 @@ pub fn location_of(uri: &axum::http::Uri, function_key: Option<&str>) -> String 
     let query: Vec<String> = query
         .split('&')
         .filter_map(|pair| {
-            if pair == "code" || pair.starts_with("code=") {
+            // The name as the key check reads it (decoded: `%63ode` is
+            // `code` there too).
+            let name = form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .map(|(n, _)| n);
+            if name.as_deref() == Some("code") {
                 function_key.map(|k| format!("code={}", encode(k)))
             } else {
                 Some(pair.to_string())

@@ -509,7 +509,8 @@ pub async fn run(args: Args) -> Result<(), ServeError> {
         state.shutdown_signal(),
         move || {
             let events = events.clone();
-            let before = chrono::Utc::now().timestamp_millis() - retention.as_millis() as i64;
+            let ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let before = chrono::Utc::now().timestamp_millis().saturating_sub(ms);
             async move { events.sweep(before).await }
         },
     ));

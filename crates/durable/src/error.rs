@@ -8,7 +8,7 @@ use crate::types::{InstanceId, RuntimeStatus};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An instance id that breaks the id rules.
-    #[error("invalid instance id '{0}': use 1 to 256 characters, none of / \\ # ? or control characters")]
+    #[error("invalid instance id '{0}': use 1 to 256 characters, none of / \\ # ? or control characters, and not . or ..")]
     InvalidInstanceId(String),
     /// No orchestration with this name is registered.
     #[error("no orchestration named '{0}' is registered")]

@@ -38,6 +38,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn instance_ids_that_urls_would_change_are_refused() {
+        for bad in ["", ".", "..", "a/b", "a?b", "a#b", "a\\b", "a\nb"] {
+            assert!(InstanceId::new(bad).is_err(), "{bad:?}");
+        }
+        for good in ["...", ".a", "a.", "..a", "galaxy-1", "eg:t:s:e1"] {
+            assert!(InstanceId::new(good).is_ok(), "{good:?}");
+        }
+        assert!(InstanceId::new("x".repeat(256)).is_ok());
+        assert!(InstanceId::new("x".repeat(257)).is_err());
+    }
+
+    #[test]
     fn generated_ids_are_distinct_uuid_v7_stamped_now() {
         let before = Utc::now().timestamp_millis() as u64;
         let ids: Vec<InstanceId> = (0..1000).map(|_| InstanceId::generate()).collect();
@@ -196,7 +208,12 @@ impl InstanceId {
     /// Validates a caller-chosen id.
     pub fn new(id: impl Into<String>) -> Result<Self, Error> {
         let id = id.into();
+        // `.` and `..` would be dot segments in the URLs made of the id,
+        // which every URL parser removes (a status link would name the
+        // list of instances).
         let bad = id.is_empty()
+            || id == "."
+            || id == ".."
             || id.chars().count() > 256
             || id
                 .chars()

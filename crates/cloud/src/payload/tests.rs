@@ -56,6 +56,15 @@ fn a_location_never_carries_the_master_key() {
     );
     let bare: axum::http::Uri = "/x/i1".parse().unwrap();
     assert_eq!(location_of(&bare, Some("fk")), "/x/i1");
+    // However the name is spelled, as long as the key check reads it.
+    for spelled in ["%63ode", "co%64e", "%63%6F%64%65"] {
+        let uri: axum::http::Uri = format!("/x/i1?{spelled}=MASTER&a=1").parse().unwrap();
+        assert_eq!(
+            location_of(&uri, Some("fk")),
+            "/x/i1?code=fk&a=1",
+            "{spelled}"
+        );
+    }
 }
 
 #[test]

@@ -439,7 +439,7 @@ pub async fn purge(
     params(PurgeParams),
     responses(
         (status = 200, description = "Deleted", body = PurgeResult),
-        (status = 400, description = "No createdTimeFrom, or a bad filter", body = ErrorBody),
+        (status = 400, description = "No createdTimeFrom, a bad filter, or a query parameter purge does not take", body = ErrorBody),
         (status = 401, description = "Missing key, or not the master key", body = ErrorBody),
         (status = 404, description = "Nothing matched", body = ErrorBody),
     ),
@@ -448,11 +448,36 @@ pub async fn purge(
 pub async fn purge_by_filter(
     State(state): State<AppState>,
     access: Option<Extension<Access>>,
+    uri: Uri,
     Query(params): Query<PurgeParams>,
 ) -> Result<Json<PurgeResult>, AppError> {
     if access.map(|a| a.0) != Some(Access::Master) {
         return Err(AppError::unauthorized(
             "purging by filter needs the master key (?code= or x-functions-key)",
+        ));
+    }
+    // A filter misspelled (`runtimestatus=`) would be ignored and the purge
+    // would delete more than asked: a destructive request takes only the
+    // names it knows.
+    const KNOWN: [&str; 7] = [
+        "createdTimeFrom",
+        "createdTimeTo",
+        "runtimeStatus",
+        "code",
+        "taskHub",
+        "connection",
+        "connectionName",
+    ];
+    let query = uri.query().unwrap_or_default();
+    if let Some((name, _)) =
+        form_urlencoded::parse(query.as_bytes()).find(|(n, _)| !KNOWN.contains(&n.as_ref()))
+    {
+        return Err(AppError::bad_request(
+            "InvalidQuery",
+            format!(
+                "purge by filter takes createdTimeFrom, createdTimeTo and runtimeStatus (exactly so spelled), not '{}'",
+                name.chars().take(64).collect::<String>()
+            ),
         ));
     }
     let Some(from) = params

@@ -15,8 +15,14 @@ use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFo
 use utoipa::openapi::{OpenApi, Required, Schema};
 
 /// What [`durable::InstanceId::new`] accepts: 1 to 256 characters, none
-/// of them a control character (Unicode Cc) or one of `/ \ # ?`.
-pub const INSTANCE_ID_PATTERN: &str = r"^[^/\\#?\u0000-\u001F\u007F-\u009F]{1,256}$";
+/// of them a control character (Unicode Cc) or one of `/ \ # ?`, and not
+/// `.` or `..` (written without a lookahead, which not every generator
+/// of matching strings supports).
+pub const INSTANCE_ID_PATTERN: &str = concat!(
+    r"^(?:[^./\\#?\u0000-\u001F\u007F-\u009F][^/\\#?\u0000-\u001F\u007F-\u009F]{0,255}",
+    r"|\.(?:[^./\\#?\u0000-\u001F\u007F-\u009F][^/\\#?\u0000-\u001F\u007F-\u009F]{0,254}",
+    r"|\.[^/\\#?\u0000-\u001F\u007F-\u009F]{1,254}))$"
+);
 /// What [`eventgrid::model::check_name`] accepts for topics and
 /// subscriptions (Azure's rule).
 pub const RESOURCE_NAME_PATTERN: &str = "^[A-Za-z0-9-]{3,64}$";
