@@ -127,6 +127,17 @@ async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
     assert_eq!(dead["value"][0]["deadLetterReason"], "NotRetriable");
     assert_eq!(dead["value"][0]["deliveryAttempts"], 1);
     assert_eq!(dead["value"][0]["lastDeliveryOutcome"], "BadRequest");
+    // Event Grid's times, RFC 3339, beside the milliseconds.
+    let published = dead["value"][0]["publishTime"].as_str().unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(published).unwrap();
+    assert_eq!(
+        at.timestamp_millis(),
+        dead["value"][0]["publishTimeMs"].as_i64().unwrap()
+    );
+    assert!(dead["value"][0]["lastDeliveryAttemptTime"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
     // The receiver has answered the third attempt; its record follows.
     let flaky_of = |history: &Value| {
         history["value"]
@@ -300,7 +311,8 @@ async fn cloud_events_and_an_event_that_starts_one_galaxy_however_often_it_comes
             Some(json!({"inputSchema": "EventGridSchema"})),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["error"]["code"], "InputSchemaFixed");
     assert!(
         e["error"]["message"]
             .as_str()

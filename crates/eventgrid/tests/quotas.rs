@@ -75,7 +75,7 @@ async fn subscriptions_per_topic_and_topics_are_bounded() {
         .put_topic("quota-topic", Some(Schema::CloudEvents))
         .await;
     assert!(
-        matches!(changed, Err(StoreError::Invalid(_))),
+        matches!(changed, Err(StoreError::Conflict(_))),
         "{changed:?}"
     );
     assert_eq!(

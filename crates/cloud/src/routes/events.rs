@@ -31,6 +31,9 @@ impl From<StoreError> for AppError {
             }
             StoreError::Invalid(_) => AppError::bad_request("InvalidRequest", message),
             StoreError::Quota(_) => AppError::new(StatusCode::CONFLICT, "QuotaExceeded", message),
+            StoreError::Conflict(_) => {
+                AppError::new(StatusCode::CONFLICT, "InputSchemaFixed", message)
+            }
             StoreError::Interrupted(_) => {
                 AppError::new(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", message)
             }
@@ -89,8 +92,8 @@ fn name(what: &str, raw: &str) -> Result<(), AppError> {
     params(("topic" = String, Path, description = "3 to 64 letters, digits and dashes")),
     request_body(content = Option<TopicInput>, description = "The input schema (default EventGridSchema for a new topic); the body may be empty", content_type = "application/json"),
     responses((status = 200, description = "`{name, endpoint, inputSchema, provisioningState}`", body = Object),
-        (status = 400, description = "Bad name or body, or another input schema for an existing topic", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody),
-        (status = 409, description = "A new topic past the limit of 1,000 (`QuotaExceeded`)", body = ErrorBody)),
+        (status = 400, description = "Bad name or body", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody),
+        (status = 409, description = "A new topic past the limit of 1,000 (`QuotaExceeded`), or another input schema for an existing topic (`InputSchemaFixed`)", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]
 pub async fn put_topic(
     State(state): State<AppState>,
@@ -362,7 +365,7 @@ const DEAD_LETTER_PAGE: usize = 100;
 /// 16 MiB; `nextLink` is there when more may follow.
 #[utoipa::path(get, path = "/api/events/topics/{topic}/eventSubscriptions/{name}/deadLetters", tag = "events",
     params(("topic" = String, Path, description = "The topic"), ("name" = String, Path, description = "The subscription"), DeadLetterParams),
-    responses((status = 200, description = "`{value: [{sequence, event, deadLetterReason, deliveryAttempts, lastDeliveryOutcome, publishTimeMs, lastDeliveryAttemptTimeMs}], nextLink?}`", body = Object),
+    responses((status = 200, description = "`{value: [{sequence, event, deadLetterReason, deliveryAttempts, lastDeliveryOutcome, publishTime, lastDeliveryAttemptTime (RFC 3339), publishTimeMs, lastDeliveryAttemptTimeMs}], nextLink?}`", body = Object),
         (status = 400, description = "Bad top or after", body = ErrorBody),
         (status = 404, description = "No such subscription", body = ErrorBody), (status = 401, description = "Missing or wrong key", body = ErrorBody)),
     security(("function_key" = []), ("function_key_header" = [])))]

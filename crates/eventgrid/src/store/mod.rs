@@ -251,7 +251,7 @@ impl RouterStore {
         self.changed();
         let t = t?;
         match schema {
-            Some(s) if s != t.input_schema => Err(StoreError::Invalid(format!(
+            Some(s) if s != t.input_schema => Err(StoreError::Conflict(format!(
                 "the topic's inputSchema is {}; it cannot be changed (delete the topic and create it again)",
                 schema_name(t.input_schema)
             ))),

@@ -24,6 +24,10 @@ pub enum StoreError {
     /// The request is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// The request conflicts with what exists (another input schema for an
+    /// existing topic).
+    #[error("{0}")]
+    Conflict(String),
     /// A limit on how many topics or subscriptions there may be.
     #[error("{0}")]
     Quota(String),
@@ -146,9 +150,10 @@ pub struct DeadLetterPage {
     pub next_after: Option<i64>,
 }
 
-/// One dead letter, as the API lists it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// One dead letter, as the API lists it (serialized with Event Grid's
+/// `publishTime` and `lastDeliveryAttemptTime` as RFC 3339 times, beside
+/// the milliseconds).
+#[derive(Clone, Debug, PartialEq)]
 pub struct DeadLetter {
     /// The event's sequence number (what re-drive names).
     pub sequence: i64,
@@ -164,6 +169,33 @@ pub struct DeadLetter {
     pub publish_time_ms: i64,
     /// `lastDeliveryAttemptTime` (ms since the epoch).
     pub last_delivery_attempt_time_ms: i64,
+}
+
+impl Serialize for DeadLetter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let time = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        };
+        let mut s = serializer.serialize_struct("DeadLetter", 9)?;
+        s.serialize_field("sequence", &self.sequence)?;
+        s.serialize_field("event", &self.event)?;
+        s.serialize_field("deadLetterReason", &self.dead_letter_reason)?;
+        s.serialize_field("deliveryAttempts", &self.delivery_attempts)?;
+        s.serialize_field("lastDeliveryOutcome", &self.last_delivery_outcome)?;
+        s.serialize_field("publishTime", &time(self.publish_time_ms))?;
+        s.serialize_field(
+            "lastDeliveryAttemptTime",
+            &time(self.last_delivery_attempt_time_ms),
+        )?;
+        s.serialize_field("publishTimeMs", &self.publish_time_ms)?;
+        s.serialize_field(
+            "lastDeliveryAttemptTimeMs",
+            &self.last_delivery_attempt_time_ms,
+        )?;
+        s.end()
+    }
 }
 
 /// One topic's event counts, for metrics (read from the store, so they
