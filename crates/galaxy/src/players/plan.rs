@@ -423,24 +423,26 @@ mod tests {
         );
     }
 
+    /// The entity, live at version 7, written last by `writer`.
+    fn at_7_by(writer: &str) -> HashMap<String, Current> {
+        HashMap::from([(
+            E.to_string(),
+            Current {
+                version: 7,
+                deleted: false,
+                origin: "laptop".into(),
+                writer: Some(writer.into()),
+            },
+        )])
+    }
+
     #[test]
     fn a_resend_tells_the_version_while_the_entity_is_still_the_clients() {
-        let mine = |writer: &str| {
-            HashMap::from([(
-                E.to_string(),
-                Current {
-                    version: 7,
-                    deleted: false,
-                    origin: "laptop".into(),
-                    writer: Some(writer.into()),
-                },
-            )])
-        };
         let r = request(vec![put(3, 0, "x")]);
-        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, mine("c")).unwrap();
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, at_7_by("c")).unwrap();
         assert_eq!(plan.response.results[0].version, Some(7));
         assert!(!plan.changed);
-        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, mine("other")).unwrap();
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, at_7_by("other")).unwrap();
         assert_eq!(
             plan.response.results[0].version, None,
             "another device wrote since"
@@ -462,21 +464,10 @@ mod tests {
         assert!(plan.response.results.iter().all(|r| !r.conflict));
         // The client's rename left on an entity this client wrote last
         // at version 7, whose answer it has not seen yet.
-        let at7 = |writer: &str| {
-            HashMap::from([(
-                E.to_string(),
-                Current {
-                    version: 7,
-                    deleted: false,
-                    origin: "laptop".into(),
-                    writer: Some(writer.into()),
-                },
-            )])
-        };
         let r = request(vec![put(4, 0, "C")]);
-        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, at7("c")).unwrap();
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, at_7_by("c")).unwrap();
         assert!(!plan.response.results[0].conflict);
-        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, at7("other")).unwrap();
+        let plan = plan_push(&device(), &r, ClientState::Known(3), 7, 0, at_7_by("other")).unwrap();
         assert!(plan.response.results[0].conflict, "another device wrote 7");
     }
 
