@@ -491,6 +491,20 @@ async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
         let r = join(c).await.unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{c}");
     }
+    // The phone listens live; its revocation ends the stream.
+    let mut live = http
+        .get(url("/api/sync/events"))
+        .bearer_auth(phone["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let hello = live
+        .chunk()
+        .await
+        .unwrap()
+        .expect("the stream's first bytes");
+    assert!(String::from_utf8_lossy(&hello).contains("subscribed"));
     let r = http
         .delete(url(&format!(
             "/api/players/devices/{}",
@@ -501,6 +515,12 @@ async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        // Keep-alive comments may come first; then the end.
+        while live.chunk().await.unwrap().is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked device's live stream went on");
     let r = http
         .get(url("/api/players/me"))
         .bearer_auth(phone["token"].as_str().unwrap())

@@ -142,32 +142,39 @@ pub async fn events(
     // sees the stream open is never missed.
     let changes = state.players.subscribe();
     let shutdown = Box::pin(state.shutdown_signal());
+    let revoked = galaxy::players::revoked_key(&device.device_id);
     let pokes = stream::unfold(
         (changes, shutdown, device.player_id, 0u64, open),
-        |(mut changes, mut shutdown, player, mut last, open)| async move {
-            loop {
-                let received = tokio::select! {
-                    r = changes.recv() => r,
-                    _ = &mut shutdown => return None,
-                };
-                let version = match received {
-                    Ok(c) if c.player_id == player => c.version,
-                    // Changes may have been missed: pull anyway.
-                    Ok(c) if c.player_id == "*" => last,
-                    Ok(_) => continue,
-                    // Fell behind: a change of ours may be among the missed.
-                    Err(RecvError::Lagged(_)) => last,
-                    Err(RecvError::Closed) => return None,
-                };
-                last = last.max(version);
-                let event = Event::default()
-                    .event("poke")
-                    .json_data(Poke { version })
-                    .unwrap_or_else(|_| Event::default().event("poke").data("{}"));
-                return Some((
-                    Ok::<_, Infallible>(event),
-                    (changes, shutdown, player, last, open),
-                ));
+        move |(mut changes, mut shutdown, player, mut last, open)| {
+            let revoked = revoked.clone();
+            async move {
+                loop {
+                    let received = tokio::select! {
+                        r = changes.recv() => r,
+                        _ = &mut shutdown => return None,
+                    };
+                    let version = match received {
+                        Ok(c) if c.player_id == player => c.version,
+                        // The device was revoked: its token opens nothing, and
+                        // its stream ends.
+                        Ok(c) if c.player_id == revoked => return None,
+                        // Changes may have been missed: pull anyway.
+                        Ok(c) if c.player_id == "*" => last,
+                        Ok(_) => continue,
+                        // Fell behind: a change of ours may be among the missed.
+                        Err(RecvError::Lagged(_)) => last,
+                        Err(RecvError::Closed) => return None,
+                    };
+                    last = last.max(version);
+                    let event = Event::default()
+                        .event("poke")
+                        .json_data(Poke { version })
+                        .unwrap_or_else(|_| Event::default().event("poke").data("{}"));
+                    return Some((
+                        Ok::<_, Infallible>(event),
+                        (changes, shutdown, player, last, open),
+                    ));
+                }
             }
         },
     );

@@ -109,7 +109,8 @@ pub struct Device {
 /// listener reconnected), so every device should pull.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlayerChange {
-    /// The player.
+    /// The player (or, for a revocation, [`revoked_key`] of the device:
+    /// its live streams end).
     pub player_id: String,
     /// Its version after the change.
     pub version: u64,
@@ -226,7 +227,15 @@ impl Players {
     pub fn subscribe(&self) -> broadcast::Receiver<PlayerChange> {
         self.changes.subscribe()
     }
+}
 
+/// The `player_id` of the change that announces `device_id`'s revocation
+/// (ids are UUIDs, so it names no player).
+pub fn revoked_key(device_id: &str) -> String {
+    format!("revoked:{device_id}")
+}
+
+impl Players {
     /// Announces a change committed by this process. PostgreSQL announces
     /// its own to every process (NOTIFY), so only SQLite needs this.
     fn announce(&self, player_id: &str, version: u64) {
@@ -362,6 +371,8 @@ impl Players {
         if !revoked {
             return Err(PlayersError::NotFound(format!("no device {device_id}")));
         }
+        // Its live streams end (PostgreSQL announced it to every process).
+        self.announce(&revoked_key(device_id), 0);
         Ok(())
     }
 

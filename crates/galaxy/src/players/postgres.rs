@@ -263,15 +263,22 @@ impl PgPlayers {
         player_id: &str,
         device_id: &str,
     ) -> Result<bool, PlayersError> {
-        let client = self.client().await?;
-        Ok(client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let revoked = tx
             .execute(
                 "UPDATE devices SET revoked = true WHERE device_id = $1 AND player_id = $2",
                 &[&device_id, &player_id],
             )
             .await
             .map_err(pg)?
-            > 0)
+            > 0;
+        if revoked {
+            // Every process ends the device's live streams.
+            notify(&tx, &super::revoked_key(device_id), 0).await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(revoked)
     }
 
     async fn client_state(
