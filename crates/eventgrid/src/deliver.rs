@@ -8,8 +8,9 @@
 //! `aeg-delivery-count`, `aeg-event-type: Notification`,
 //! `aeg-metadata-version`, `aeg-data-version`) and the subscription's
 //! static headers. An orchestration subscription starts one instance per
-//! event through [`Starter`], with an instance id made from the topic and
-//! the event id, so a redelivered or republished event starts nothing new.
+//! event through [`Starter`], with an instance id made from the topic, the
+//! subscription and the event id ([`instance_id_for`]), so a redelivered
+//! or republished event starts nothing new.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
