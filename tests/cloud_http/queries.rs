@@ -66,6 +66,18 @@ async fn listing_filters_and_continuation_paging_both_ways() {
         .await;
     let done: Vec<Value> = r.json().await.unwrap();
     assert_eq!(done.len(), 5);
+    // A repeated runtimeStatus lists statuses, as a comma does.
+    let r = server
+        .send(
+            Method::GET,
+            &format!(
+                "{M}/instances?runtimeStatus=Running&runtimeStatus=Pending&instanceIdPrefix=page-"
+            ),
+        )
+        .await;
+    let repeated: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(repeated.len(), 1, "{repeated:?}");
+    assert_eq!(repeated[0]["instanceId"], "page-live");
     assert!(done.iter().any(|s| s["input"] == json!(3)));
 
     // Created-time window: nothing in the future.

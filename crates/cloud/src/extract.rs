@@ -75,6 +75,31 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Typed<T> {
     }
 }
 
+/// A query string as the parameter structs read it: empty values left out
+/// (see [`Query`]), and a parameter given more than once merged the way
+/// Azure's name/value collection does for the one that lists values
+/// (`runtimeStatus=Running&runtimeStatus=Failed` is `Running,Failed`); of
+/// any other, the last one counts (serde would refuse the duplicate).
+fn normalize_query(raw: &str) -> String {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
+        if value.is_empty() {
+            continue;
+        }
+        match pairs.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) if name == "runtimeStatus" => {
+                v.push(',');
+                v.push_str(&value);
+            }
+            Some((_, v)) => *v = value.into_owned(),
+            None => pairs.push((name.into_owned(), value.into_owned())),
+        }
+    }
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
 /// Query parameters; a malformed query string is 400. A parameter with an
 /// empty value (`top=&showInput=`) counts as absent: clients and form
 /// encoders send those for "not set", and the OpenAPI document cannot
@@ -85,10 +110,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Query<T
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
-        let raw = parts.uri.query().unwrap_or_default();
-        let kept = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form_urlencoded::parse(raw.as_bytes()).filter(|(_, v)| !v.is_empty()))
-            .finish();
+        let kept = normalize_query(parts.uri.query().unwrap_or_default());
         serde_urlencoded::from_str(&kept).map(Self).map_err(|e| {
             AppError::bad_request(
                 "InvalidQuery",
@@ -327,6 +349,19 @@ pub fn decode_token(headers: &HeaderMap, signer: &TokenSigner) -> Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_parameters_merge_or_the_last_counts() {
+        assert_eq!(
+            normalize_query("runtimeStatus=Running&top=5&runtimeStatus=Failed&showInput="),
+            "runtimeStatus=Running%2CFailed&top=5"
+        );
+        assert_eq!(
+            normalize_query("showHistory=false&showHistory=true"),
+            "showHistory=true"
+        );
+        assert_eq!(normalize_query("reason=a+b"), "reason=a+b");
+    }
 
     #[test]
     fn tokens_round_trip_and_forgeries_are_refused() {
