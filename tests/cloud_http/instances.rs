@@ -567,16 +567,17 @@ async fn restart_rewind_and_purge() {
     // every finished instance), and nothing is deleted.
     let r = purge(
         MASTER_KEY,
-        "createdTimeFrom=2000-01-01T00:00:00Z&runtimestatus=Failed",
+        "createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatuses=Failed",
     )
     .send()
     .await
     .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(r.text().await.unwrap().contains("runtimestatus"));
+    assert!(r.text().await.unwrap().contains("runtimeStatuses"));
     let r = purge(
         MASTER_KEY,
-        "createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Completed,Failed",
+        // Names in any case, as Azure reads them.
+        "createdtimefrom=2000-01-01T00:00:00Z&RuntimeStatus=Completed,Failed",
     )
     .send()
     .await

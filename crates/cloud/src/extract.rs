@@ -75,8 +75,47 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Typed<T> {
     }
 }
 
-/// A query string as the parameter structs read it: empty values left out
-/// (see [`Query`]), and a parameter given more than once merged the way
+/// The query parameter names the routes take, as they spell them. A name
+/// given in another case is read as this one: Azure ignores case in query
+/// names, so `runtimestatus=Failed` must filter, not be dropped (a router
+/// test checks the list against the OpenAPI document).
+pub const QUERY_NAMES: &[&str] = &[
+    "after",
+    "api-version",
+    "client_id",
+    "createdTimeFrom",
+    "createdTimeTo",
+    "cursor",
+    "fresh",
+    "instanceIdPrefix",
+    "limit",
+    "namePrefix",
+    "pollingInterval",
+    "reason",
+    "restartWithNewInstanceId",
+    "returnInternalServerErrorOnFailure",
+    "runtimeStatus",
+    "showHistory",
+    "showHistoryOutput",
+    "showInput",
+    "timeout",
+    "top",
+    "validationCode",
+];
+
+/// `name` as the routes spell it, if it is one of [`QUERY_NAMES`] in any
+/// case; else as given.
+pub fn canonical_name(name: &str) -> &str {
+    QUERY_NAMES
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or(name)
+}
+
+/// A query string as the parameter structs read it: names in the routes'
+/// spelling ([`canonical_name`]), empty values left out (see [`Query`]),
+/// and a parameter given more than once merged the way
 /// Azure's name/value collection does for the one that lists values
 /// (`runtimeStatus=Running&runtimeStatus=Failed` is `Running,Failed`); of
 /// any other, the last one counts (serde would refuse the duplicate).
@@ -86,13 +125,14 @@ fn normalize_query(raw: &str) -> String {
         if value.is_empty() {
             continue;
         }
+        let name = canonical_name(&name).to_string();
         match pairs.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) if name == "runtimeStatus" => {
                 v.push(',');
                 v.push_str(&value);
             }
             Some((_, v)) => *v = value.into_owned(),
-            None => pairs.push((name.into_owned(), value.into_owned())),
+            None => pairs.push((name, value.into_owned())),
         }
     }
     form_urlencoded::Serializer::new(String::new())
@@ -361,6 +401,10 @@ mod tests {
             "showHistory=true"
         );
         assert_eq!(normalize_query("reason=a+b"), "reason=a+b");
+        assert_eq!(
+            normalize_query("RUNTIMESTATUS=Failed&runtimestatus=Running&ShowInput=false"),
+            "runtimeStatus=Failed%2CRunning&showInput=false"
+        );
     }
 
     #[test]

@@ -534,3 +534,27 @@ async fn a_device_reading_its_running_instance_never_gets_the_function_key_back(
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_query_parameter_of_the_document_is_a_known_name() {
+    let app = common::start(false);
+    let doc = serde_json::to_value(cloud::openapi(&app.state)).unwrap();
+    let mut names = BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["in"] == "query" {
+                    names.insert(p["name"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert!(names.contains("runtimeStatus"), "{names:?}");
+    for n in &names {
+        assert!(
+            cloud::extract::QUERY_NAMES.contains(&n.as_str()),
+            "'{n}' is missing from extract::QUERY_NAMES"
+        );
+    }
+    app.shutdown().await;
+}

@@ -456,9 +456,9 @@ pub async fn purge_by_filter(
             "purging by filter needs the master key (?code= or x-functions-key)",
         ));
     }
-    // A filter misspelled (`runtimestatus=`) would be ignored and the purge
-    // would delete more than asked: a destructive request takes only the
-    // names it knows.
+    // A filter misspelled (`runtimeStatuses=`) would be ignored and the
+    // purge would delete more than asked: a destructive request takes only
+    // the names it knows (in any case, as Azure reads them).
     const KNOWN: [&str; 7] = [
         "createdTimeFrom",
         "createdTimeTo",
@@ -469,13 +469,13 @@ pub async fn purge_by_filter(
         "connectionName",
     ];
     let query = uri.query().unwrap_or_default();
-    if let Some((name, _)) =
-        form_urlencoded::parse(query.as_bytes()).find(|(n, _)| !KNOWN.contains(&n.as_ref()))
+    if let Some((name, _)) = form_urlencoded::parse(query.as_bytes())
+        .find(|(n, _)| !KNOWN.contains(&extract::canonical_name(n)))
     {
         return Err(AppError::bad_request(
             "InvalidQuery",
             format!(
-                "purge by filter takes createdTimeFrom, createdTimeTo and runtimeStatus (exactly so spelled), not '{}'",
+                "purge by filter takes createdTimeFrom, createdTimeTo and runtimeStatus, not '{}'",
                 name.chars().take(64).collect::<String>()
             ),
         ));
