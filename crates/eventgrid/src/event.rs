@@ -13,6 +13,8 @@
 //!   `application/json`.
 //! - Limits: 1 MB per event and per request, 5,000 events per request.
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use serde_json::{Map, Value};
 
 /// Largest request body, and largest single event, in bytes.
@@ -306,23 +308,20 @@ fn binary_event(
         e.insert("datacontenttype".into(), Value::String(ct.to_string()));
     }
     if !body.is_empty() {
-        let text = media
-            .starts_with("text/")
-            .then(|| std::str::from_utf8(body).ok())
-            .flatten();
+        let text = || {
+            std::str::from_utf8(body)
+                .ok()
+                .filter(|_| media.starts_with("text/"))
+        };
         let (key, data) =
             if media.is_empty() || media == "application/json" || media.ends_with("+json") {
                 let json = serde_json::from_slice(body)
                     .map_err(|err| bad(format!("the binary event's body is not JSON: {err}")))?;
                 ("data", json)
-            } else if let Some(text) = text {
+            } else if let Some(text) = text() {
                 ("data", Value::String(text.to_string()))
             } else {
-                {
-                    use base64::Engine;
-                    let encoded = base64::engine::general_purpose::STANDARD.encode(body);
-                    ("data_base64", Value::String(encoded))
-                }
+                ("data_base64", Value::String(STANDARD.encode(body)))
             };
         e.insert(key.into(), data);
     }

@@ -149,7 +149,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 pub fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let value = value.trim();
     let wait = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs.min(MAX_RETRY_AFTER.as_secs())),
+        Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
             let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
             (at.with_timezone(&chrono::Utc) - now)

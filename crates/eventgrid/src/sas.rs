@@ -91,19 +91,20 @@ fn parse_expiry(e: &str) -> Option<DateTime<Utc>> {
                     .map(|t| t.and_utc())
             })
     };
-    one(e).or_else(|| {
-        // Keep a trailing `+hh:mm` offset.
-        let offset = e.rfind('+').filter(|&i| {
-            let tail = &e.as_bytes()[i + 1..];
-            tail.len() == 5
-                && tail[2] == b':'
-                && tail.iter().filter(|b| b.is_ascii_digit()).count() == 4
-        });
-        let (head, tail) = e.split_at(offset.unwrap_or(e.len()));
-        e.contains('+')
-            .then(|| one(&format!("{}{tail}", head.replace('+', " "))))
-            .flatten()
-    })
+    if let Some(t) = one(e) {
+        return Some(t);
+    }
+    // Spaces as '+', keeping a trailing `+hh:mm` offset.
+    let offset = e.rfind('+').filter(|&i| {
+        let tail = &e.as_bytes()[i + 1..];
+        tail.len() == 5
+            && tail[2] == b':'
+            && tail.iter().filter(|b| b.is_ascii_digit()).count() == 4
+    });
+    let (head, tail) = e.split_at(offset.unwrap_or(e.len()));
+    head.contains('+')
+        .then(|| one(&format!("{}{tail}", head.replace('+', " "))))
+        .flatten()
 }
 
 fn signature(key_b64: &str, signed: &str) -> Option<String> {

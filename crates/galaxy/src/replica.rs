@@ -25,18 +25,24 @@ use crate::body::{self, GalaxyBody};
 use crate::table::{get_local, insert_row, Galaxy, GalaxyTable, TableError};
 use crate::workload::DEFAULT_PARTITION;
 
+/// Adds `column` (with its SQL definition) to `table` unless a database
+/// from before already has it.
+fn add_column(conn: &Connection, table: &str, column: &str, def: &str) -> Result<(), TableError> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))?;
+    }
+    Ok(())
+}
+
 /// Adds the sync columns and tables to a galaxies database (idempotent).
 pub(crate) fn migrate(conn: &Connection) -> Result<(), TableError> {
-    let columns: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('galaxies')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    if !columns.iter().any(|c| c == "version") {
-        conn.execute_batch("ALTER TABLE galaxies ADD COLUMN version INTEGER NOT NULL DEFAULT 0")?;
-    }
-    if !columns.iter().any(|c| c == "origin") {
-        conn.execute_batch("ALTER TABLE galaxies ADD COLUMN origin TEXT NOT NULL DEFAULT ''")?;
-    }
+    add_column(conn, "galaxies", "version", "INTEGER NOT NULL DEFAULT 0")?;
+    add_column(conn, "galaxies", "origin", "TEXT NOT NULL DEFAULT ''")?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS outbox (
             mutation_id INTEGER PRIMARY KEY,
@@ -54,17 +60,14 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), TableError> {
             chain_fresh INTEGER NOT NULL DEFAULT 1
         );",
     )?;
-    let state_columns: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('sync_state')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    if !state_columns.iter().any(|c| c == "chain_fresh") {
-        // A database from before: a chain under way is not known to be
-        // fresh (a cursor of 0 still is, see `state`).
-        conn.execute_batch(
-            "ALTER TABLE sync_state ADD COLUMN chain_fresh INTEGER NOT NULL DEFAULT 0",
-        )?;
-    }
+    // In a database from before, a chain under way is not known to be
+    // fresh (a cursor of 0 still is, see `state`).
+    add_column(
+        conn,
+        "sync_state",
+        "chain_fresh",
+        "INTEGER NOT NULL DEFAULT 0",
+    )?;
     conn.execute(
         "INSERT OR IGNORE INTO sync_state (one, client_id, pull_cursor, next_mutation_id)
          VALUES (1, ?1, 0, 1)",
