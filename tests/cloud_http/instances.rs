@@ -21,7 +21,7 @@ async fn seed_flow_start_follow_status_uri_then_the_galaxy_is_listed_and_fetchab
     let payload: Value = r.json().await.unwrap();
     let id = payload["id"].as_str().unwrap().to_string();
     let instance = format!("{}{M}/instances/{id}", server.base);
-    let code = format!("code={FUNCTION_KEY}");
+    let code = format!("code={}", system_key());
     assert_eq!(payload["statusQueryGetUri"], format!("{instance}?{code}"));
     assert_eq!(location, format!("{instance}?{code}"));
     assert_eq!(

@@ -27,6 +27,14 @@ use serde_json::{json, Value};
 const FUNCTION_KEY: &str = "e2e-function-key-000001";
 const MASTER_KEY: &str = "e2e-master-key-0000001";
 const M: &str = "/runtime/webhooks/durabletask";
+
+/// The key the check-status URIs carry, as the server derives it from
+/// the master key.
+fn system_key() -> String {
+    cloud::Keys::new(FUNCTION_KEY, MASTER_KEY)
+        .expect("keys")
+        .system_key()
+}
 /// Longest wait for anything (a start, an event, an exit) before failing.
 const WAIT: Duration = Duration::from_secs(30);
 

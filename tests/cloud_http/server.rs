@@ -101,7 +101,10 @@ async fn every_protected_route_needs_a_key() {
         (Method::GET, "/api/galaxies".into()),
         (Method::GET, "/api/galaxies/galaxies/x".into()),
         (Method::GET, "/metrics".into()),
+        (Method::GET, "/api/events/topics".into()),
+        (Method::POST, "/api/events/topics/t/listKeys".into()),
     ];
+    let system = system_key();
     for (method, path) in &routes {
         for key in [None, Some("wrong-key-00000000000"), Some("")] {
             let mut req = server.client.request(method.clone(), server.url(path));
@@ -133,6 +136,34 @@ async fn every_protected_route_needs_a_key() {
             StatusCode::UNAUTHORIZED,
             "{method} {path} with the master key"
         );
+        // The key the check-status URIs carry opens the instance routes
+        // they lead to, not purge by filter, the starters, the galaxies,
+        // the metrics or the event topics.
+        let opens = path.starts_with(&format!("{M}/")) && !path.contains("createdTimeFrom");
+        let r = server
+            .client
+            .request(
+                method.clone(),
+                server.url(&format!("{path}{sep}code={system}")),
+            )
+            .send()
+            .await
+            .unwrap();
+        if opens {
+            assert_ne!(
+                r.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with the system key"
+            );
+        } else {
+            assert_eq!(
+                r.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with the system key"
+            );
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "Unauthorized", "{method} {path}");
+        }
     }
     for path in ["/healthz", "/api/openapi.json"] {
         let r = server.client.get(server.url(path)).send().await.unwrap();

@@ -1,5 +1,15 @@
-//! Access keys: the function key (every protected route) and the master key
-//! (also every protected route, and the only key that may purge by filter).
+//! Access keys: the function key (every protected route), the master key
+//! (also every protected route, and the only key that may purge by filter)
+//! and the system key (the instance management routes only).
+//!
+//! The system key is what Azure calls the `durabletask_extension` key: the
+//! check-status URIs carry it, and they are handed to whoever started an
+//! instance (often a browser), so it opens only the routes under
+//! `/runtime/webhooks/durabletask` that those URIs lead to, never the
+//! galaxies, metrics or event topics (whose keys would let the holder
+//! publish as the system). It is derived from the master key (HMAC-SHA256),
+//! so it needs no storage, every process given the same keys agrees on it,
+//! and replacing the master key replaces it.
 //!
 //! Keys are generated at first start and kept in `<data dir>/keys.json`
 //! (mode 0600, written to a temporary file, synced and renamed, so a crash
@@ -68,6 +78,9 @@ pub enum Access {
     Function,
     /// The master key: every protected route.
     Master,
+    /// The system key: the instance management routes under
+    /// [`crate::payload::MANAGEMENT`] only (purge by filter excepted).
+    System,
 }
 
 /// The server's two keys.
@@ -185,9 +198,24 @@ impl Keys {
         Ok((keys, created))
     }
 
-    /// The function key, which the check-status URIs carry.
+    /// The function key.
     pub fn function_key(&self) -> &str {
         &self.function_key
+    }
+
+    /// The system key, which the check-status URIs and `Location` headers
+    /// carry: 64 hex digits, an HMAC-SHA256 of a fixed label under the
+    /// master key.
+    pub fn system_key(&self) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.master_key.as_bytes())
+            .expect("any key size");
+        mac.update(b"galaxy-forge durabletask_extension system key v1");
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The master key.
@@ -200,21 +228,23 @@ impl Keys {
         crate::extract::TokenSigner::new(&self.master_key)
     }
 
-    /// What `presented` grants, if anything. Both keys are always compared,
-    /// each in constant time, and as SHA-256 digests (slices of different
-    /// lengths compare at once), so timing tells nothing about either,
-    /// not even its length.
+    /// What `presented` grants, if anything. The three keys are always
+    /// compared, each in constant time, and as SHA-256 digests (slices of
+    /// different lengths compare at once), so timing tells nothing about
+    /// any, not even its length.
     pub fn check(&self, presented: &str) -> Option<Access> {
         use sha2::{Digest, Sha256};
         let p = Sha256::digest(presented.as_bytes());
-        let master: bool = p.ct_eq(&Sha256::digest(self.master_key.as_bytes())).into();
-        let function: bool = p
-            .ct_eq(&Sha256::digest(self.function_key.as_bytes()))
-            .into();
+        let is = |key: &str| -> bool { p.ct_eq(&Sha256::digest(key.as_bytes())).into() };
+        let master = is(&self.master_key);
+        let function = is(&self.function_key);
+        let system = is(&self.system_key());
         if master {
             Some(Access::Master)
         } else if function {
             Some(Access::Function)
+        } else if system {
+            Some(Access::System)
         } else {
             None
         }
@@ -291,6 +321,13 @@ fn presented_key(request: &Request) -> Option<String> {
     q.get("code").cloned()
 }
 
+/// Whether the system key opens `path`: the management routes, which the
+/// check-status URIs lead to.
+fn system_route(path: &str) -> bool {
+    path.strip_prefix(crate::payload::MANAGEMENT)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Middleware for every protected route: 401 without a valid key (or, on
 /// the few routes a player may use, a device token: see
 /// [`crate::device_auth`]); otherwise the granted [`Access`] (or the
@@ -302,6 +339,11 @@ pub async fn require_key(
 ) -> Response {
     let access = presented_key(&request).and_then(|k| state.keys.check(&k));
     match access {
+        Some(Access::System) if !system_route(request.uri().path()) => AppError::unauthorized(
+            "the key in check-status URIs opens only the instance routes under \
+             /runtime/webhooks/durabletask: use the function key here",
+        )
+        .into_response(),
         Some(access) => {
             request.extensions_mut().insert(access);
             next.run(request).await
@@ -338,6 +380,34 @@ mod tests {
         assert_eq!(keys.check("function-key-012345678"), None);
         assert_eq!(keys.check("function-key-0123456789x"), None);
         assert_eq!(keys.check(""), None);
+        let system = keys.system_key();
+        assert_eq!(keys.check(&system), Some(Access::System));
+        assert_eq!(system.len(), 64);
+        assert!(valid(&system));
+        assert_eq!(keys.check(&system[..63]), None);
+    }
+
+    #[test]
+    fn the_system_key_follows_the_master_key_only() {
+        let a = Keys::new("function-key-0123456789", "master-key-0123456789").unwrap();
+        let b = Keys::new("function-key-9876543210", "master-key-0123456789").unwrap();
+        let c = Keys::new("function-key-0123456789", "master-key-0123456780").unwrap();
+        assert_eq!(a.system_key(), b.system_key());
+        assert_ne!(a.system_key(), c.system_key());
+        assert_eq!(c.check(&a.system_key()), None);
+    }
+
+    #[test]
+    fn the_system_key_opens_the_management_routes_only() {
+        assert!(system_route("/runtime/webhooks/durabletask/instances/i1"));
+        assert!(system_route("/runtime/webhooks/durabletask/instances/"));
+        assert!(system_route("/runtime/webhooks/durabletask/stream"));
+        assert!(!system_route("/runtime/webhooks/durabletaskx/instances"));
+        assert!(!system_route("/runtime/webhooks/durabletask"));
+        assert!(!system_route("/api/galaxies"));
+        assert!(!system_route("/api/events/topics/t/listKeys"));
+        assert!(!system_route("/metrics"));
+        assert!(!system_route("/api/orchestrators/Galaxy_Create"));
     }
 
     #[test]

@@ -80,7 +80,8 @@ impl FromRequestParts<AppState> for BaseUrl {
 }
 
 /// The check-status payload: where to follow an instance and how to
-/// control it. Every URI is absolute and carries the function key.
+/// control it. Every URI is absolute and carries the system key (see
+/// [`crate::keys`]: it opens these routes and no others).
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckStatus {
@@ -106,12 +107,12 @@ pub struct CheckStatus {
 }
 
 /// The path and query of a status request as its 202 `Location`: the same
-/// URL, except that a `code` it carried becomes the function key (a
-/// caller who used the master key must not see it handed on in a header
+/// URL, except that a `code` it carried becomes the system key (a
+/// caller who used the master or function key must not see it handed on in a header
 /// that proxies log and clients follow), or is left out where there is no
 /// key to hand on (`None`: a player's device, which authenticates with its
 /// own token and must never see the operator's key).
-pub fn location_of(uri: &axum::http::Uri, function_key: Option<&str>) -> String {
+pub fn location_of(uri: &axum::http::Uri, key: Option<&str>) -> String {
     let path = uri.path();
     let Some(query) = uri.query() else {
         return path.to_string();
@@ -125,7 +126,7 @@ pub fn location_of(uri: &axum::http::Uri, function_key: Option<&str>) -> String 
                 .next()
                 .map(|(n, _)| n);
             if name.as_deref() == Some("code") {
-                function_key.map(|k| format!("code={}", encode(k)))
+                key.map(|k| format!("code={}", encode(k)))
             } else {
                 Some(pair.to_string())
             }

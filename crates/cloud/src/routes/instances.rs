@@ -114,7 +114,7 @@ fn reason(params: ReasonParams) -> Option<String> {
         (status = 404, description = "Unknown instance", body = ErrorBody),
         (status = 500, description = "Failed, with returnInternalServerErrorOnFailure=true", body = StatusBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn status(
     State(state): State<AppState>,
@@ -156,10 +156,10 @@ pub async fn status(
         | RuntimeStatus::ContinuedAsNew
         | RuntimeStatus::Suspended => {
             let mut response = (StatusCode::ACCEPTED, body).into_response();
-            // A device authenticated with its token: the function key is
-            // the operator's and never goes into a player's app.
-            let key = device.is_none().then(|| state.keys.function_key());
-            let path = payload::location_of(&uri, key);
+            // A device authenticated with its token: no key of the
+            // operator's goes into a player's app.
+            let key = device.is_none().then(|| state.keys.system_key());
+            let path = payload::location_of(&uri, key.as_deref());
             if let Ok(location) = HeaderValue::from_str(&format!("{}{path}", base.0)) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
@@ -207,7 +207,7 @@ fn filter(
         (status = 400, description = "Bad filter or token", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -261,7 +261,7 @@ pub async fn list(
         (status = 410, description = "Instance finished", body = ErrorBody),
         (status = 413, description = "Body over 1 MB", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn raise_event(
     State(state): State<AppState>,
@@ -286,7 +286,7 @@ pub async fn raise_event(
         (status = 404, description = "Unknown instance", body = ErrorBody),
         (status = 410, description = "Instance finished", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn terminate(
     State(state): State<AppState>,
@@ -311,7 +311,7 @@ pub async fn terminate(
         (status = 404, description = "Unknown instance", body = ErrorBody),
         (status = 410, description = "Instance finished", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn suspend(
     State(state): State<AppState>,
@@ -336,7 +336,7 @@ pub async fn suspend(
         (status = 404, description = "Unknown instance", body = ErrorBody),
         (status = 410, description = "Instance finished", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn resume(
     State(state): State<AppState>,
@@ -362,7 +362,7 @@ pub async fn resume(
         (status = 404, description = "Unknown instance", body = ErrorBody),
         (status = 409, description = "Same id requested and the instance is still live", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn restart(
     State(state): State<AppState>,
@@ -393,7 +393,7 @@ pub async fn restart(
         (status = 404, description = "Unknown instance", body = ErrorBody),
         (status = 412, description = "The instance is not Failed", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn rewind(
     State(state): State<AppState>,
@@ -418,7 +418,7 @@ pub async fn rewind(
         (status = 404, description = "Unknown instance", body = ErrorBody),
         (status = 412, description = "The instance is not finished", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn purge(
     State(state): State<AppState>,

@@ -54,6 +54,8 @@ impl utoipa::Modify for KeySchemes {
         components.add_security_scheme("function_key_header", header());
         components.add_security_scheme("master_key", query());
         components.add_security_scheme("master_key_header", header());
+        // The key the check-status URIs carry: the management routes only.
+        components.add_security_scheme("system_key", query());
         components.add_security_scheme(
             "device_token",
             SecurityScheme::Http(utoipa::openapi::security::Http::new(

@@ -48,7 +48,7 @@ pub(crate) fn accepted(
     retry_after: &'static str,
 ) -> Response {
     accepted_with(
-        payload::check_status(base, id.as_str(), state.keys.function_key()),
+        payload::check_status(base, id.as_str(), &state.keys.system_key()),
         retry_after,
     )
 }

@@ -212,7 +212,7 @@ fn feed(
         (status = 404, description = "Unknown instance", body = ErrorBody),
         (status = 429, description = "Too many live streams open with this credential", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn instance_stream(
     State(state): State<AppState>,
@@ -261,7 +261,7 @@ pub async fn instance_stream(
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
         (status = 429, description = "Too many live streams open with this credential", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("system_key" = []))
 )]
 pub async fn all_stream(
     State(state): State<AppState>,
