@@ -446,7 +446,7 @@ async fn deliver_batch(
     let mut recorded = Vec::with_capacity(batch.len());
     for d in batch {
         let n = d.attempts + 1;
-        let age = Duration::from_millis((at - d.published_ms).max(0) as u64);
+        let age = Duration::from_millis((at - d.live_since_ms).max(0) as u64);
         let decision = if matches!(target, Target::Deleted) {
             Decision::DeadLetter("SubscriptionDeleted")
         } else {

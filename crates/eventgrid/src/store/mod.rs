@@ -485,7 +485,8 @@ impl RouterStore {
     }
 
     /// Re-drives dead letters (all of the subscription's, or the given
-    /// sequence numbers): pending again, due now, attempts from zero.
+    /// sequence numbers): pending again, due now, attempts from zero, the
+    /// time to live from now.
     /// Returns how many.
     pub async fn redeliver(
         &self,

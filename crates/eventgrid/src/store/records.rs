@@ -133,8 +133,11 @@ pub struct DueDelivery {
     pub event: Value,
     /// Attempts made so far.
     pub attempts: u32,
-    /// When the event was accepted (ms since the epoch).
-    pub published_ms: i64,
+    /// When its time to live began (ms since the epoch): when the event
+    /// was accepted, or when this delivery was last re-driven (a dead
+    /// letter sent again gets the whole time to live again, not what was
+    /// left of it when it died).
+    pub live_since_ms: i64,
 }
 
 /// Most event bytes one page of dead letters carries (it stops after the

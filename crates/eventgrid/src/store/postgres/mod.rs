@@ -494,7 +494,8 @@ impl Backend for PgRouter {
                  UPDATE deliveries d SET lease_owner = $3, lease_until = $1 + $4
                  FROM picked JOIN events e ON e.seq = picked.seq
                  WHERE d.seq = picked.seq AND d.topic = picked.topic AND d.subscription = picked.subscription
-                 RETURNING d.seq, d.topic, d.subscription, e.body, d.attempts, e.published_ms, d.due_ms",
+                 RETURNING d.seq, d.topic, d.subscription, e.body, d.attempts,
+                     COALESCE(d.live_since_ms, e.published_ms), d.due_ms",
             )
             .await
             .map_err(pg)?;
@@ -516,7 +517,7 @@ impl Backend for PgRouter {
                         subscription: r.get(2),
                         event: serde_json::from_str(r.get(3)).unwrap_or(Value::Null),
                         attempts: r.get::<_, i64>(4) as u32,
-                        published_ms: r.get(5),
+                        live_since_ms: r.get(5),
                     },
                 )
             })
@@ -652,7 +653,8 @@ impl Backend for PgRouter {
                 "UPDATE deliveries SET state = CASE WHEN (SELECT state FROM subscriptions
                          WHERE lower(topic) = lower($1) AND lower(name) = lower($2)) = 'Succeeded'
                          THEN 'pending' ELSE 'held' END,
-                     attempts = 0, due_ms = $3, reason = NULL, lease_owner = NULL, lease_until = NULL
+                     attempts = 0, due_ms = $3, reason = NULL, lease_owner = NULL, lease_until = NULL,
+                     live_since_ms = $3
                  WHERE lower(topic) = lower($1) AND lower(subscription) = lower($2) AND state = 'dead'
                    AND ($4::int8[] IS NULL OR seq = ANY($4))",
                 &[&topic, &subscription, &now_ms, &only],

@@ -104,7 +104,7 @@ pub(super) async fn expire_held(
             "UPDATE deliveries d SET state = 'dead', reason = 'TimeToLiveExceeded', due_ms = $4
              FROM events e
              WHERE e.seq = d.seq AND d.state = 'held' AND d.topic = $1 AND d.subscription = $2
-               AND e.published_ms < $3 AND (d.lease_until IS NULL OR d.lease_until <= $4)",
+               AND COALESCE(d.live_since_ms, e.published_ms) < $3 AND (d.lease_until IS NULL OR d.lease_until <= $4)",
             &[&topic, &subscription, &cutoff_ms, &now_ms],
         )
         .await

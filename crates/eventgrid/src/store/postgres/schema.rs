@@ -67,6 +67,8 @@ pub(super) fn ddl(schema: &str) -> String {
                  billed int8 NOT NULL,
                  delivered int8 NOT NULL,
                  retried int8 NOT NULL
-             );"
+             );
+             -- Added after the first release: re-drive restarts the time to live.
+             ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS live_since_ms int8;"
     )
 }

@@ -130,6 +130,7 @@ impl SqliteRouter {
                  last_outcome TEXT,
                  last_attempt_ms INTEGER,
                  reason TEXT,
+                 live_since_ms INTEGER,
                  PRIMARY KEY (seq, topic, subscription)
              );
              DROP INDEX IF EXISTS deliveries_due;
@@ -152,6 +153,15 @@ impl SqliteRouter {
                  retried INTEGER NOT NULL
              );",
         )?;
+        // A database from before re-drive restarted the time to live.
+        let has_live_since: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('deliveries') WHERE name = 'live_since_ms'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_live_since {
+            conn.execute_batch("ALTER TABLE deliveries ADD COLUMN live_since_ms INTEGER")?;
+        }
         let writer = Connection::open(path)?;
         writer.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")?;
         let writer = GroupCommit::start("events-writer", writer, 256, write_group)
@@ -515,7 +525,7 @@ impl Backend for SqliteRouter {
             // stale "pending" (which would send it again).
             let in_flight = in_flight.lock().expect("in-flight lock").clone();
             let mut keys = conn.prepare_cached(
-                "SELECT seq, topic, subscription, attempts FROM deliveries
+                "SELECT seq, topic, subscription, attempts, live_since_ms FROM deliveries
                  WHERE state = 'pending' AND due_ms <= ?1 ORDER BY due_ms, seq",
             )?;
             let mut event =
@@ -542,7 +552,7 @@ impl Backend for SqliteRouter {
                     subscription,
                     event: serde_json::from_str(&body).unwrap_or(Value::Null),
                     attempts: r.get::<_, i64>(3)? as u32,
-                    published_ms,
+                    live_since_ms: r.get::<_, Option<i64>>(4)?.unwrap_or(published_ms),
                 });
             }
             Ok(due)
@@ -612,7 +622,8 @@ impl Backend for SqliteRouter {
     }
 
     /// Re-drives dead letters (all of the subscription's, or the given
-    /// sequence numbers): pending again, due now, attempts from zero.
+    /// sequence numbers): pending again, due now, attempts from zero, the
+    /// time to live from now.
     /// Returns how many.
     async fn redeliver(
         &self,
@@ -629,7 +640,7 @@ impl Backend for SqliteRouter {
                     Ok(tx.execute(
                         "UPDATE deliveries SET state = CASE WHEN (SELECT state FROM subscriptions
                                  WHERE topic = ?1 AND name = ?2) = 'Succeeded' THEN 'pending' ELSE 'held' END,
-                             attempts = 0, due_ms = ?3, reason = NULL
+                             attempts = 0, due_ms = ?3, reason = NULL, live_since_ms = ?3
                          WHERE topic = ?1 AND subscription = ?2 AND state = 'dead' AND (?4 IS NULL OR seq = ?4)",
                         params![topic, subscription, now_ms, seq],
                     )?)

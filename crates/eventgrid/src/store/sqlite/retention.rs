@@ -88,7 +88,8 @@ pub(super) fn expire_held(
     let seqs: Vec<i64> = tx
         .prepare_cached(
             "SELECT d.seq FROM deliveries d JOIN events e ON e.seq = d.seq
-             WHERE d.state = 'held' AND d.topic = ?1 AND d.subscription = ?2 AND e.published_ms < ?3",
+             WHERE d.state = 'held' AND d.topic = ?1 AND d.subscription = ?2
+               AND COALESCE(d.live_since_ms, e.published_ms) < ?3",
         )?
         .query_map(params![topic, subscription, cutoff_ms], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
