@@ -604,6 +604,59 @@ async fn a_receiver_that_hangs_holds_back_only_its_own_deliveries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_the_store_cannot_record_is_not_sent_again_meanwhile() {
+    let cloud = Cloud::start();
+    let (endpoint, key) = cloud.topic("unrecorded", "EventGridSchema").await;
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut receiver = Receiver::start_held(hold.clone()).await;
+    cloud
+        .subscribe("unrecorded", "held", hook(&receiver.url))
+        .await;
+    cloud.wait_state("unrecorded", "held", "Succeeded").await;
+    assert_eq!(
+        cloud
+            .publish(&endpoint, &key, json!([event("u1", "T", 1)]))
+            .await
+            .0,
+        200
+    );
+    let (_, b) = receiver.next().await;
+    assert_eq!(b[0]["id"], "u1");
+    // The store refuses to record attempts (another connection to the
+    // router's database adds a trigger that aborts them) when the
+    // receiver answers.
+    let db = rusqlite::Connection::open(cloud._dir.path().join("events.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_attempts BEFORE INSERT ON attempts
+         BEGIN SELECT RAISE(ABORT, 'injected: attempts cannot be recorded'); END;",
+    )
+    .unwrap();
+    hold.add_permits(100);
+    // The fault lasts a while: the event, delivered but not recorded, is
+    // not sent again and again in the meantime (it stays in flight while
+    // the record is retried).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    db.execute_batch("DROP TRIGGER refuse_attempts").unwrap();
+    let history = cloud
+        .get_until(
+            "/api/events/topics/unrecorded/events/u1/deliveries",
+            "the attempt recorded once the store takes it",
+            |_, v| v["value"][0]["state"] == "delivered",
+        )
+        .await;
+    assert_eq!(
+        history["value"][0]["attempts"].as_array().unwrap().len(),
+        1,
+        "{history}"
+    );
+    assert!(
+        receiver.got.try_recv().is_err(),
+        "the event was sent again while its attempt could not be recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_events_are_swept_after_the_retention_and_still_counted() {
     let cloud = Cloud::start_with(tempfile::tempdir().unwrap(), &["--event-retention", "0s"]);
     let (endpoint, key) = cloud.topic("kept", "EventGridSchema").await;

@@ -589,9 +589,7 @@ async fn record(
             .iter()
             .map(|a| delivery_key(a.seq, &a.topic, &a.subscription))
             .collect();
-        if let Err(e) = store.record_attempts(outcomes).await {
-            tracing::warn!("recording delivery attempts: {e}");
-        }
+        record_until_stored(&store, outcomes, &finished).await;
         {
             let mut sent = sent.lock().expect("sent lock");
             for k in &keys {
@@ -599,6 +597,43 @@ async fn record(
             }
         }
         store.wake().notify_one();
+    }
+}
+
+/// First and longest wait between tries to record attempts.
+const RECORD_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+
+/// Records `outcomes`, trying again (waits doubling up to 5 s) while the
+/// store fails: the deliveries stay in flight meanwhile, so a store that
+/// cannot record is not answered by sending the same events again and
+/// again as fast as the receiver answers. Gives up when the store is
+/// closed or the loop stopped (a shutdown: what was not recorded is sent
+/// again after the restart, as at-least-once allows).
+async fn record_until_stored(
+    store: &RouterStore,
+    outcomes: Vec<RecordedAttempt>,
+    finished: &tokio::sync::mpsc::UnboundedReceiver<Vec<RecordedAttempt>>,
+) {
+    let mut wait = RECORD_RETRY.0;
+    loop {
+        match store.record_attempts(outcomes.clone()).await {
+            Ok(()) => return,
+            Err(e @ StoreError::Interrupted(_)) => {
+                tracing::warn!("recording delivery attempts: {e}; they will be sent again");
+                return;
+            }
+            Err(e) if finished.is_closed() => {
+                tracing::warn!(
+                    "recording delivery attempts at shutdown: {e}; they will be sent again"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("recording delivery attempts: {e}; trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RECORD_RETRY.1);
+            }
+        }
     }
 }
 
