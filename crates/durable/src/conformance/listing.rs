@@ -92,6 +92,65 @@ pub async fn case_list_instances_filters(store: &dyn Store) {
     assert_eq!(s.history, None, "listings carry no history");
 }
 
+/// A replaced instance lists at its new creation time, whichever path
+/// replaced it (plain, or with its first turn), and a purged one no longer
+/// lists, with or without a creation time window.
+pub async fn case_list_instances_after_replace_and_purge(store: &dyn Store) {
+    let base = types::now() - chrono::Duration::hours(1);
+    let minute = |i: i64| base + chrono::Duration::minutes(i);
+    for (id, m) in [("r-plain", 0), ("r-turn", 1), ("r-gone", 2), ("r-kept", 3)] {
+        let mut inst = new_instance(id, json!(null));
+        inst.created_at = minute(m);
+        store.create_instance(inst).await.unwrap();
+        if id != "r-kept" {
+            let item = poll_item(store, id, LONG).await;
+            store
+                .commit_turn(turn(&item, RuntimeStatus::Completed))
+                .await
+                .unwrap();
+        }
+    }
+    let mut again = new_instance("r-plain", json!(null));
+    again.created_at = minute(10);
+    store.create_instance(again).await.unwrap();
+    let (mut again, first) = first_turn("r-turn", json!(null));
+    again.created_at = minute(11);
+    store.create_instance_with_turn(again, first).await.unwrap();
+    assert_eq!(
+        store.purge_instance(&iid("r-gone")).await.unwrap(),
+        PurgeOutcome::Deleted
+    );
+
+    let page = store
+        .list_instances(&by_prefix("r-", 1000, false, None))
+        .await
+        .unwrap();
+    let newest_first: Vec<(String, Timestamp)> = page
+        .instances
+        .into_iter()
+        .map(|s| (s.instance_id.to_string(), s.created_at))
+        .collect();
+    assert_eq!(
+        newest_first,
+        [
+            ("r-turn".to_string(), minute(11)),
+            ("r-plain".to_string(), minute(10)),
+            ("r-kept".to_string(), minute(3)),
+        ]
+    );
+    let window = |from: i64, to: i64| InstanceFilter {
+        created_from: Some(minute(from)),
+        created_to: Some(minute(to)),
+        instance_id_prefix: Some("r-".into()),
+        ..Default::default()
+    };
+    assert_eq!(list_all(store, window(0, 5)).await, strs(&["r-kept"]));
+    assert_eq!(
+        list_all(store, window(10, 11)).await,
+        strs(&["r-plain", "r-turn"])
+    );
+}
+
 /// A listing of the instances whose ids start with `prefix`.
 fn by_prefix(
     prefix: &str,

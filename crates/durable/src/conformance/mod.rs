@@ -104,6 +104,7 @@ macro_rules! conformance_tests {
             case_list_instances_filters,
             case_list_instances_paging,
             case_list_instances_byte_budget,
+            case_list_instances_after_replace_and_purge,
             case_purge_instance,
             case_purge_instances,
             case_purge_with_queued_activity,
