@@ -231,3 +231,46 @@ async fn held_events_are_dead_lettered_when_their_time_to_live_passes() {
     let url = PgCluster::shared().create_database().await.unwrap();
     held_events_expire_with_their_time_to_live(&on(&url)).await;
 }
+
+/// A process starts while the others write: with a transaction holding
+/// what a running process's writes hold (ROW EXCLUSIVE) on every table of
+/// the database, a second galaxy-cloud still starts and serves. Its
+/// schema set-up used to lock those tables before finding nothing to do
+/// (`CREATE INDEX IF NOT EXISTS`, `ADD COLUMN IF NOT EXISTS`), so it waited
+/// behind the writers, or deadlocked with them and did not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_starts_while_the_others_write_every_table() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    let one = on(&url);
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tables: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.len() > 10, "{tables:?}");
+    let writer = client.transaction().await.unwrap();
+    writer
+        .batch_execute(&format!(
+            "LOCK TABLE {} IN ROW EXCLUSIVE MODE",
+            tables.join(", ")
+        ))
+        .await
+        .unwrap();
+
+    let two = on(&url);
+    let (endpoint, key) = two.topic("while-locked", "EventGridSchema").await;
+    assert!(endpoint.contains("while-locked"), "{endpoint}");
+    assert!(!key.is_empty());
+    writer.commit().await.unwrap();
+    drop((one, two));
+}

@@ -131,9 +131,12 @@ impl PgGalaxyTable {
                     pg_err(e)
                 ))
             })?;
-        tx.batch_execute(&format!(
-            "CREATE INDEX IF NOT EXISTS galaxies_by_instance ON {table} (instance_id)"
-        ))
+        durable::store::postgres::apply_ddl_once(
+            &tx,
+            schema,
+            "galaxies",
+            &format!("CREATE INDEX IF NOT EXISTS galaxies_by_instance ON {table} (instance_id)"),
+        )
         .await
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;

@@ -72,7 +72,7 @@ impl PgPlayers {
         )
         .await
         .map_err(pg)?;
-        tx.batch_execute(&format!(
+        let ddl = format!(
             "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
              CREATE TABLE IF NOT EXISTS players (
                  player_id text PRIMARY KEY,
@@ -118,9 +118,10 @@ impl PgPlayers {
                  data text NOT NULL,
                  at_ms int8 NOT NULL
              );"
-        ))
-        .await
-        .map_err(pg)?;
+        );
+        durable::store::postgres::apply_ddl_once(&tx, schema, "players", &ddl)
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         drop(client);
 

@@ -519,6 +519,7 @@ mod sql;
 mod writes;
 
 use rows::*;
+pub use schema::apply_ddl_once;
 use schema::*;
 use sql::Sql;
 

@@ -139,13 +139,14 @@ pub(super) async fn prepare_schema(
             )));
         }
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s}; {} {} {}",
-            schema_ddl(&s),
-            lifecycle_ddl(&s),
-            workers_ddl(&s)
+            "CREATE SCHEMA IF NOT EXISTS {s}; {}",
+            schema_ddl(&s)
         ))
         .await
         .map_err(db_err)?;
+        apply_ddl_once(&tx, schema, "durable", &additions_ddl(&s))
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         return Ok(());
     }
@@ -175,12 +176,17 @@ pub(super) async fn prepare_schema(
             "schema {s} has store schema version {version}; this build reads version {SCHEMA_VERSION}"
         )));
     }
-    // Added after schema version 1 without a bump: older builds ignore them.
-    tx.batch_execute(&format!("{} {}", lifecycle_ddl(&s), workers_ddl(&s)))
+    apply_ddl_once(&tx, schema, "durable", &additions_ddl(&s))
         .await
         .map_err(db_err)?;
     tx.commit().await.map_err(db_err)?;
     Ok(())
+}
+
+/// What was added after schema version 1 without a bump (older builds
+/// ignore it).
+fn additions_ddl(s: &str) -> String {
+    format!("{} {}", lifecycle_ddl(s), workers_ddl(s))
 }
 
 /// The lifecycle outbox (see [`crate::store::lifecycle`]).
@@ -204,4 +210,49 @@ pub(super) fn lifecycle_ddl(s: &str) -> String {
 /// listener reconnects.
 pub(super) fn workers_ddl(s: &str) -> String {
     format!("ALTER TABLE {s}.workers ADD COLUMN IF NOT EXISTS gone_since int8;")
+}
+
+/// Runs `ddl` (statements that create what is missing, `IF NOT EXISTS`) in
+/// `tx` unless this exact text already ran in `schema` under `key`; the
+/// caller holds its advisory lock for the schema.
+///
+/// Why: `CREATE INDEX IF NOT EXISTS` and `ALTER TABLE .. ADD COLUMN IF NOT
+/// EXISTS` lock their table (SHARE, ACCESS EXCLUSIVE) before they find
+/// there is nothing to do. A process starting while others wrote those
+/// tables queued behind their transactions while holding locks they then
+/// needed: a deadlock (`40P01`) that failed the start, seen when three
+/// galaxy-cloud processes started on one database. Reading the digest of
+/// what ran last locks nothing the others use.
+pub async fn apply_ddl_once(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    key: &str,
+    ddl: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let q = format!("\"{schema}\"");
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {q}; \
+         CREATE TABLE IF NOT EXISTS {q}.ddl_applied (key text PRIMARY KEY, digest text NOT NULL);"
+    ))
+    .await?;
+    let done = tx
+        .query_opt(
+            &format!("SELECT digest = md5($2) FROM {q}.ddl_applied WHERE key = $1"),
+            &[&key, &ddl],
+        )
+        .await?
+        .is_some_and(|row| row.get::<_, bool>(0));
+    if done {
+        return Ok(());
+    }
+    tx.batch_execute(ddl).await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {q}.ddl_applied (key, digest) VALUES ($1, md5($2)) \
+             ON CONFLICT (key) DO UPDATE SET digest = excluded.digest"
+        ),
+        &[&key, &ddl],
+    )
+    .await?;
+    Ok(())
 }

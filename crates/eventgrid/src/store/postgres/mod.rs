@@ -102,7 +102,9 @@ impl PgRouter {
         )
         .await
         .map_err(pg)?;
-        tx.batch_execute(&schema::ddl(schema)).await.map_err(pg)?;
+        durable::store::postgres::apply_ddl_once(&tx, schema, "eventgrid", &schema::ddl(schema))
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(Self {
             pool,
