@@ -681,3 +681,41 @@ async fn leases_of_a_dead_worker_are_taken_over() {
     );
     other.close().await;
 }
+
+/// `apply_ddl_once` runs a text once per schema and key (a second run of
+/// a `CREATE TABLE` without `IF NOT EXISTS` would fail), runs it again
+/// once the text changes, and callers of several keys may start on one
+/// new schema at the same moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_setup_runs_each_text_once() {
+    let url = fresh_url().await;
+    let apply = |key: String, ddl: String| {
+        let url = url.clone();
+        async move {
+            let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let tx = client.transaction().await.unwrap();
+            durable::store::postgres::apply_ddl_once(&tx, "shared", &key, &ddl).await?;
+            tx.commit().await
+        }
+    };
+    let first = futures::future::join_all(
+        (0..4).map(|i| apply(format!("k{i}"), format!("CREATE TABLE shared.t{i} (x int)"))),
+    )
+    .await;
+    assert!(first.iter().all(Result::is_ok), "{first:?}");
+    for i in 0..4 {
+        apply(format!("k{i}"), format!("CREATE TABLE shared.t{i} (x int)"))
+            .await
+            .expect("the same text is not run again");
+    }
+    apply("k0".into(), "CREATE TABLE shared.t0 (x int, y int)".into())
+        .await
+        .expect_err("a changed text runs (and here fails: t0 exists)");
+    apply("k0".into(), "CREATE TABLE shared.u0 (x int)".into())
+        .await
+        .unwrap();
+    raw(&url, "SELECT 'shared.u0'::regclass").await;
+}

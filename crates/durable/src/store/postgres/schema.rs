@@ -214,7 +214,8 @@ pub(super) fn workers_ddl(s: &str) -> String {
 
 /// Runs `ddl` (statements that create what is missing, `IF NOT EXISTS`) in
 /// `tx` unless this exact text already ran in `schema` under `key`; the
-/// caller holds its advisory lock for the schema.
+/// caller holds its advisory lock for what it sets up (this takes one more,
+/// for the schema's record, after it: never before the caller's).
 ///
 /// Why: `CREATE INDEX IF NOT EXISTS` and `ALTER TABLE .. ADD COLUMN IF NOT
 /// EXISTS` lock their table (SHARE, ACCESS EXCLUSIVE) before they find
@@ -230,6 +231,13 @@ pub async fn apply_ddl_once(
     ddl: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let q = format!("\"{schema}\"");
+    // Callers of other keys may share the schema (under advisory locks of
+    // their own): creating the table at the same moment would collide.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('galaxy-forge ddl_applied ' || $1::text))",
+        &[&schema],
+    )
+    .await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {q}; \
          CREATE TABLE IF NOT EXISTS {q}.ddl_applied (key text PRIMARY KEY, digest text NOT NULL);"
