@@ -52,15 +52,20 @@ pub fn spawn_with(
         .spawn()
         .expect("spawn galaxy-cloud");
     let out = child.stdout.take().expect("stdout");
+    (child, lines_of(out))
+}
+
+/// The lines `read` gives, as they come (read on a thread of their own).
+pub fn lines_of(read: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
+        for line in BufReader::new(read).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
-    (child, rx)
+    rx
 }
 
 /// Lines up to and including the `listening on` line, and the URL in it.
@@ -136,13 +141,7 @@ impl Watcher {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn galaxy sync --watch");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let lines = lines_of(child.stdout.take().expect("stdout"));
         Self { child, lines }
     }
 

@@ -183,18 +183,15 @@ impl Cloud {
         Self::start_with(dir, &[])
     }
 
+    /// [`Cloud::start`], and the lines of its log (stderr) as they come.
+    pub fn start_with_log() -> (Self, std::sync::mpsc::Receiver<String>) {
+        let mut cloud = Self::start();
+        let log = cloud.child.stderr.take().expect("stderr");
+        (cloud, super::lines_of(log))
+    }
+
     /// [`Cloud::start_in`] with more arguments (e.g. `--samples`).
     pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Self {
-        Self::start_logged(dir, extra, std::process::Stdio::piped())
-    }
-
-    /// [`Cloud::start`] with its log (stderr) sent to `log`.
-    pub fn start_logging_to(log: &std::path::Path) -> Self {
-        let file = std::fs::File::create(log).expect("create the log file");
-        Self::start_logged(tempfile::tempdir().unwrap(), &[], file.into())
-    }
-
-    fn start_logged(dir: tempfile::TempDir, extra: &[&str], log: std::process::Stdio) -> Self {
         let mut args = vec![
             "--function-key",
             KEY,
@@ -204,7 +201,7 @@ impl Cloud {
             "0.001",
         ];
         args.extend_from_slice(extra);
-        let (child, lines) = super::spawn_with(dir.path(), "127.0.0.1:0", &args, log, &[]);
+        let (child, lines) = super::spawn(dir.path(), &args);
         let (_, base) = super::wait_listening(&lines);
         Self {
             child,
