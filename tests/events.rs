@@ -192,7 +192,7 @@ async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
             assert_eq!(value("galaxy_events_published_total"), Some(4), "{text}");
             assert_eq!(value("galaxy_events_billed_operations_total"), Some(4));
             assert_eq!(value("galaxy_events_retried_total"), Some(2));
-            assert_eq!(value("galaxy_events_dead_lettered_total"), Some(0));
+            assert_eq!(value("galaxy_events_dead_letters"), Some(0));
             break;
         }
         assert!(Instant::now() < until, "{text}");
@@ -736,7 +736,7 @@ async fn delivered_events_are_swept_after_the_retention_and_still_counted() {
     for line in [
         "galaxy_events_published_total{topic=\"kept\"} 7",
         "galaxy_events_delivered_total{topic=\"kept\"} 6",
-        "galaxy_events_dead_lettered_total{topic=\"kept\"} 1",
+        "galaxy_events_dead_letters{topic=\"kept\"} 1",
     ] {
         assert!(text.contains(line), "{line} in {text}");
     }
@@ -870,6 +870,11 @@ async fn held_events_are_dead_lettered_when_their_time_to_live_passes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_deleted_with_their_subscription() {
+    dead_letters_go_with_their_subscription(&Cloud::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_validates_by_hand_with_the_url_only_it_was_sent() {
     let cloud = Cloud::start();
     let (endpoint, key) = cloud.topic("by-hand", "EventGridSchema").await;
@@ -938,10 +943,36 @@ async fn a_receiver_validates_by_hand_with_the_url_only_it_was_sent() {
         StatusCode::OK,
         "validating twice is fine"
     );
-    // A new definition takes a new handshake: the old URL does not
+    // Put again at the same endpoint (here with a new retry policy): no
+    // new handshake, so it never stops taking events (before, one put
+    // that way went back to AwaitingManualAction and the events
+    // published until someone validated again were never delivered).
+    let mut same = hook(&receiver.url);
+    same["retryPolicy"] = json!({"maxDeliveryAttempts": 3});
+    let kept = cloud.subscribe("by-hand", "manual", same).await;
+    assert_eq!(
+        kept["properties"]["provisioningState"], "Succeeded",
+        "{kept}"
+    );
+    assert_eq!(kept["properties"]["retryPolicy"]["maxDeliveryAttempts"], 3);
+    assert_eq!(
+        cloud
+            .publish(&endpoint, &key, json!([event("m2", "Galaxy.Created", 2)]))
+            .await
+            .0,
+        200
+    );
+    let (headers, body) = receiver.next().await;
+    assert_eq!(headers["aeg-event-type"], "Notification");
+    assert_eq!(body[0]["id"], "m2");
+    // Another endpoint takes a new handshake: the old URL does not
     // validate it.
     cloud
-        .subscribe("by-hand", "manual", hook(&receiver.url))
+        .subscribe(
+            "by-hand",
+            "manual",
+            hook(&format!("{}?moved=1", receiver.url)),
+        )
         .await;
     let (_, again) = receiver.next().await;
     assert_ne!(

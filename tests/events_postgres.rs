@@ -232,6 +232,12 @@ async fn held_events_are_dead_lettered_when_their_time_to_live_passes() {
     held_events_expire_with_their_time_to_live(&on(&url)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_deleted_with_their_subscription() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    dead_letters_go_with_their_subscription(&on(&url)).await;
+}
+
 /// A process starts while the others write: with a transaction holding
 /// what a running process's writes hold (ROW EXCLUSIVE) on every table of
 /// the database, a second galaxy-cloud still starts and serves. Its

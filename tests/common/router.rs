@@ -556,3 +556,97 @@ pub async fn held_events_expire_with_their_time_to_live(cloud: &Cloud) {
         "a receiver that refused its handshake got an event"
     );
 }
+
+/// Deleting a subscription deletes its dead letters: a new subscription
+/// of the same name (another endpoint, another owner perhaps) neither
+/// lists them nor can re-drive them to itself. The same for a topic.
+pub async fn dead_letters_go_with_their_subscription(cloud: &Cloud) {
+    let (endpoint, key) = cloud.topic("letters-go", "EventGridSchema").await;
+    let mut rejecting = Receiver::start(Handshake::Answer, vec![400]).await;
+    let mut sub = hook(&rejecting.url);
+    sub["deadLetterDestination"] = json!({"endpointType": "StorageBlob"});
+    cloud.subscribe("letters-go", "gone", sub).await;
+    cloud.wait_state("letters-go", "gone", "Succeeded").await;
+    let (s, _) = cloud
+        .publish(
+            &endpoint,
+            &key,
+            json!([event("private", "Galaxy.Created", 1)]),
+        )
+        .await;
+    assert_eq!(s, 200);
+    rejecting.next().await;
+    let letters = "/api/events/topics/letters-go/eventSubscriptions/gone/deadLetters";
+    cloud
+        .get_until(letters, "the dead letter", |_, v| {
+            v["value"].as_array().is_some_and(|l| l.len() == 1)
+        })
+        .await;
+    let path = "/api/events/topics/letters-go/eventSubscriptions/gone";
+    let (s, _) = cloud.call(reqwest::Method::DELETE, path, None).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let mut newcomer = Receiver::start(Handshake::Answer, vec![]).await;
+    cloud
+        .subscribe("letters-go", "gone", hook(&newcomer.url))
+        .await;
+    cloud.wait_state("letters-go", "gone", "Succeeded").await;
+    let (s, v) = cloud.call(reqwest::Method::GET, letters, None).await;
+    assert_eq!((s, v["value"].clone()), (StatusCode::OK, json!([])));
+    let (s, r) = cloud
+        .call(
+            reqwest::Method::POST,
+            &format!("{path}/redeliver"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (s, r["redelivered"].as_i64()),
+        (StatusCode::OK, Some(0)),
+        "{r}"
+    );
+    // What it does get: events published after it subscribed.
+    let (s, _) = cloud
+        .publish(
+            &endpoint,
+            &key,
+            json!([event("public", "Galaxy.Created", 2)]),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, body) = newcomer.next().await;
+    assert_eq!(body[0]["id"], "public");
+
+    // A deleted topic's dead letters go with it too.
+    newcomer.state.script.lock().unwrap().push(400);
+    let mut dead = hook(&newcomer.url);
+    dead["deadLetterDestination"] = json!({"endpointType": "StorageBlob"});
+    cloud.subscribe("letters-go", "gone", dead).await;
+    let (s, _) = cloud
+        .publish(
+            &endpoint,
+            &key,
+            json!([event("second", "Galaxy.Created", 3)]),
+        )
+        .await;
+    assert_eq!(s, 200);
+    newcomer.next().await;
+    cloud
+        .get_until(letters, "the second dead letter", |_, v| {
+            v["value"].as_array().is_some_and(|l| l.len() == 1)
+        })
+        .await;
+    let topic = "/api/events/topics/letters-go";
+    assert_eq!(
+        cloud.call(reqwest::Method::DELETE, topic, None).await.0,
+        StatusCode::OK
+    );
+    cloud.topic("letters-go", "EventGridSchema").await;
+    cloud
+        .subscribe("letters-go", "gone", hook(&newcomer.url))
+        .await;
+    cloud.wait_state("letters-go", "gone", "Succeeded").await;
+    let (_, v) = cloud.call(reqwest::Method::GET, letters, None).await;
+    assert_eq!(v["value"], json!([]), "{v}");
+    assert!(newcomer.got.try_recv().is_err());
+}

@@ -254,14 +254,19 @@ pub fn render_events(out: &mut String, counts: &[eventgrid::store::TopicCounts])
             |c| c.retried,
         ),
         (
-            "galaxy_events_dead_lettered_total",
-            "Deliveries dead-lettered, by topic.",
+            "galaxy_events_dead_letters",
+            "Dead letters kept now, by topic: a re-drive, or the deletion of their subscription or topic, takes them away.",
             |c| c.dead_lettered,
         ),
     ];
     for (name, help, get) in families {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
         let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
         for c in counts {
             let _ = writeln!(out, "{name}{{topic=\"{}\"}} {}", escape(&c.topic), get(c));
         }

@@ -209,7 +209,9 @@ async fn handshake(
                 .send()
                 .await;
             match sent {
-                Ok(r) if r.status().is_success() => {
+                // The reference: "must answer 200"; another 2xx is not a
+                // validation (as on Azure).
+                Ok(r) if r.status() == reqwest::StatusCode::OK => {
                     let v = r.json::<Value>().await.unwrap_or(Value::Null);
                     match v.get("validationResponse") {
                         // No code: the endpoint validates by hand, with a
@@ -530,7 +532,11 @@ pub async fn run(
                     .collect()
             };
             if !due.is_empty() {
-                dispatch(&store, &http, &starter, &config, due, &mut in_flight).await;
+                let skipped = dispatch(&store, &http, &starter, &config, due, &mut in_flight).await;
+                let mut sent = sent.lock().expect("sent lock");
+                for k in &skipped {
+                    sent.remove(k);
+                }
                 continue;
             }
         }
@@ -638,6 +644,10 @@ async fn record_until_stored(
 }
 
 /// Starts the requests of claimed deliveries (batched per subscription).
+/// Returns the deliveries it did not send, with no attempt to record:
+/// those of a subscription put again since they were read and not yet
+/// through its new handshake (its undelivered events are `held` in the
+/// same transaction, and released when the new endpoint is validated).
 async fn dispatch(
     store: &RouterStore,
     http: &reqwest::Client,
@@ -645,7 +655,7 @@ async fn dispatch(
     config: &DeliveryConfig,
     due: Vec<DueDelivery>,
     in_flight: &mut JoinSet<Vec<RecordedAttempt>>,
-) {
+) -> Vec<DeliveryKey> {
     let mut subs = HashMap::new();
     let mut schemas = HashMap::new();
     // Subscriptions and topics the store failed to read this time.
@@ -678,6 +688,11 @@ async fn dispatch(
             }
         }
     }
+    let (due, inactive): (Vec<_>, Vec<_>) = due.into_iter().partition(|d| {
+        let key = (d.topic.to_lowercase(), d.subscription.to_lowercase());
+        subs.get(&key)
+            .is_none_or(|s| s.provisioning == Provisioning::Succeeded)
+    });
     for batch in batches(due, &subs) {
         let key = (
             batch[0].topic.to_lowercase(),
@@ -700,6 +715,10 @@ async fn dispatch(
             batch,
         ));
     }
+    inactive
+        .iter()
+        .map(|d| delivery_key(d.seq, &d.topic, &d.subscription))
+        .collect()
 }
 
 #[cfg(test)]

@@ -288,9 +288,10 @@ fn cloud_event(i: usize, value: Value) -> Result<Event, PublishError> {
     sized(i, id, Value::Object(e))
 }
 
-/// A binary-mode CloudEvent: `ce-*` headers are the attributes, the body
-/// is `data` (JSON when the content type says so, text for `text/*` that
-/// is UTF-8) or else `data_base64`, so bytes arrive as they were sent.
+/// A binary-mode CloudEvent: `ce-*` headers are the attributes
+/// (percent-decoded), the body is `data` (JSON when the content type says
+/// so, or when there is none and it parses; text for `text/*` that is
+/// UTF-8) or else `data_base64`, so bytes arrive as they were sent.
 fn binary_event(
     headers: &[(String, String)],
     content_type: Option<&str>,
@@ -300,7 +301,12 @@ fn binary_event(
     for (k, v) in headers {
         let k = k.to_ascii_lowercase();
         if let Some(name) = k.strip_prefix("ce-") {
-            e.insert(name.to_string(), Value::String(v.clone()));
+            // The HTTP binding percent-encodes what a header cannot carry
+            // (non-ASCII, space, '"', '%'); the attribute is the decoded text.
+            let value = percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map_err(|_| bad(format!("header ce-{name} is not percent-encoded UTF-8")))?;
+            e.insert(name.to_string(), Value::String(value.into_owned()));
         }
     }
     let media = media_type(content_type);
@@ -313,16 +319,24 @@ fn binary_event(
                 .ok()
                 .filter(|_| media.starts_with("text/"))
         };
-        let (key, data) =
-            if media.is_empty() || media == "application/json" || media.ends_with("+json") {
-                let json = serde_json::from_slice(body)
-                    .map_err(|err| bad(format!("the binary event's body is not JSON: {err}")))?;
-                ("data", json)
-            } else if let Some(text) = text() {
-                ("data", Value::String(text.to_string()))
-            } else {
-                ("data_base64", Value::String(STANDARD.encode(body)))
-            };
+        // Without a content type (which binary senders may omit) a body
+        // that is not JSON is kept as bytes.
+        let untyped_json = || {
+            serde_json::from_slice::<Value>(body)
+                .ok()
+                .filter(|_| media.is_empty())
+        };
+        let (key, data) = if media == "application/json" || media.ends_with("+json") {
+            let json = serde_json::from_slice(body)
+                .map_err(|err| bad(format!("the binary event's body is not JSON: {err}")))?;
+            ("data", json)
+        } else if let Some(json) = untyped_json() {
+            ("data", json)
+        } else if let Some(text) = text() {
+            ("data", Value::String(text.to_string()))
+        } else {
+            ("data_base64", Value::String(STANDARD.encode(body)))
+        };
         e.insert(key.into(), data);
     }
     Ok(Value::Object(e))
@@ -475,6 +489,22 @@ mod tests {
         assert_eq!(bin[0].json["type"], "Galaxy.Created");
         let no_type = parse("t", Schema::CloudEvents, None, &headers, br#"{"n":2}"#).unwrap();
         assert_eq!(no_type[0].id, "b1");
+        assert_eq!(no_type[0].json["data"]["n"], 2);
+        // No content type and not JSON: kept as bytes, not refused.
+        let untyped = parse("t", Schema::CloudEvents, None, &headers, b"hello world").unwrap();
+        assert_eq!(
+            untyped[0].json["data_base64"],
+            STANDARD.encode("hello world")
+        );
+        assert!(untyped[0].json.get("data").is_none());
+        // Header values are percent-decoded (the HTTP binding's encoding).
+        let mut encoded = headers.clone();
+        encoded.push(("ce-subject".into(), "caf%C3%A9%20au%20lait".into()));
+        let decoded = parse("t", Schema::CloudEvents, None, &encoded, b"{}").unwrap();
+        assert_eq!(decoded[0].json["subject"], "café au lait");
+        encoded.push(("ce-partitionkey".into(), "%FF".into()));
+        let e = parse("t", Schema::CloudEvents, None, &encoded, b"{}").unwrap_err();
+        assert_eq!((e.status, e.code), (400, "BadRequest"));
         // Bytes stay bytes (base64), UTF-8 text stays text.
         let bytes = parse(
             "t",

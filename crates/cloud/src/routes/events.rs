@@ -12,7 +12,6 @@ use axum::Json;
 use eventgrid::model::{check_name, SubscriptionInput, TopicInput};
 use eventgrid::store::schema_name;
 use eventgrid::store::{Provisioning, StoreError, SubscriptionRecord, TopicRecord};
-use eventgrid::Destination;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -193,7 +192,8 @@ pub async fn regenerate_key(
 
 /// Creates or replaces an event subscription. A webhook is validated
 /// (the handshake runs at once, in the background) before it receives
-/// anything; an orchestration subscription is active at once.
+/// anything, unless it replaces an active one with the same endpoint; an
+/// orchestration subscription is active at once.
 #[utoipa::path(put, path = "/api/events/topics/{topic}/eventSubscriptions/{name}", tag = "events",
     params(("topic" = String, Path, description = "The topic"), ("name" = String, Path, description = "3 to 64 letters, digits and dashes")),
     request_body(content = Object, description = "Azure's shape: destination, filter, eventDeliverySchema, retryPolicy, deadLetterDestination (top-level or under properties)", content_type = "application/json"),
@@ -212,21 +212,9 @@ pub async fn put_subscription(
     let t = state.events.topic(&topic).await?;
     let input = SubscriptionInput::parse(body, t.input_schema)
         .map_err(|m| AppError::bad_request("InvalidRequest", m))?;
-    let webhook = matches!(input.destination, Destination::WebHook(_));
     let schema = input.delivery_schema(t.input_schema);
-    let (initial, code) = if webhook {
-        (
-            Provisioning::AwaitingManualAction,
-            uuid::Uuid::new_v4().to_string(),
-        )
-    } else {
-        (Provisioning::Succeeded, String::new())
-    };
-    let record = state
-        .events
-        .put_subscription(&t.name, &sub, input, initial, code)
-        .await?;
-    if webhook {
+    let record = state.events.define_subscription(&t, &sub, input).await?;
+    if record.provisioning == Provisioning::AwaitingManualAction {
         let (store, http, timeout) = (
             state.events.clone(),
             state.event_http.clone(),
@@ -256,7 +244,8 @@ pub async fn get_subscription(
     .into_response())
 }
 
-/// Deletes an event subscription and its pending deliveries.
+/// Deletes an event subscription with its undelivered events and its dead
+/// letters (a new subscription of that name must not inherit them).
 #[utoipa::path(delete, path = "/api/events/topics/{topic}/eventSubscriptions/{name}", tag = "events",
     params(("topic" = String, Path, description = "The topic"), ("name" = String, Path, description = "The subscription")),
     responses((status = 200, description = "Deleted", body = Object), (status = 404, description = "No such subscription", body = ErrorBody),

@@ -296,6 +296,47 @@ impl RouterStore {
         r
     }
 
+    /// Creates or replaces a subscription of `topic` from a PUT, deciding
+    /// its state: an orchestration subscription is active at once; a
+    /// webhook waits for its handshake (a fresh validation code), unless it
+    /// replaces an active webhook with the same endpoint and delivery
+    /// schema. As on Azure, changing a filter or a retry policy does not
+    /// validate the endpoint again, so the subscription never stops taking
+    /// events in between (they would not be queued for it). The answer's
+    /// `provisioning` says whether the caller must run the handshake.
+    pub async fn define_subscription(
+        &self,
+        topic: &TopicRecord,
+        name: &str,
+        input: SubscriptionInput,
+    ) -> Result<SubscriptionRecord, StoreError> {
+        use crate::model::Destination;
+        let (state, code) = match &input.destination {
+            Destination::Orchestration(_) => (Provisioning::Succeeded, String::new()),
+            Destination::WebHook(hook) => {
+                let schema = input.delivery_schema(topic.input_schema);
+                let same_endpoint = |old: &SubscriptionRecord| {
+                    old.provisioning == Provisioning::Succeeded
+                        && old.input.delivery_schema(topic.input_schema) == schema
+                        && matches!(&old.input.destination,
+                            Destination::WebHook(h) if h.endpoint_url == hook.endpoint_url)
+                };
+                match self.backend.subscription(&topic.name, name).await {
+                    Ok(old) if same_endpoint(&old) => {
+                        (Provisioning::Succeeded, old.validation_code)
+                    }
+                    Ok(_) | Err(StoreError::NoSubscription(..)) => (
+                        Provisioning::AwaitingManualAction,
+                        uuid::Uuid::new_v4().to_string(),
+                    ),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        self.put_subscription(&topic.name, name, input, state, code)
+            .await
+    }
+
     /// Creates or replaces a subscription in `state` (an orchestration
     /// subscription starts active; a webhook waits for its handshake).
     pub async fn put_subscription(

@@ -262,7 +262,7 @@ impl Backend for PgRouter {
         .await
         .map_err(pg)?;
         tx.execute(
-            "DELETE FROM deliveries WHERE lower(topic) = lower($1) AND state IN ('pending', 'held')",
+            "DELETE FROM deliveries WHERE lower(topic) = lower($1) AND state IN ('pending', 'held', 'dead')",
             &[&name],
         )
         .await
@@ -411,7 +411,7 @@ impl Backend for PgRouter {
         }
         tx.execute(
             "DELETE FROM deliveries WHERE lower(topic) = lower($1) AND lower(subscription) = lower($2)
-             AND state IN ('pending', 'held')",
+             AND state IN ('pending', 'held', 'dead')",
             &[&topic, &name],
         )
         .await

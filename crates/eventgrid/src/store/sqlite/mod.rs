@@ -267,7 +267,7 @@ impl Backend for SqliteRouter {
             }
             tx.execute("DELETE FROM subscriptions WHERE topic = ?1", [&name])?;
             tx.execute(
-                "DELETE FROM deliveries WHERE topic = ?1 AND state IN ('pending', 'held')",
+                "DELETE FROM deliveries WHERE topic = ?1 AND state IN ('pending', 'held', 'dead')",
                 [&name],
             )?;
             tx.commit()?;
@@ -427,7 +427,7 @@ impl Backend for SqliteRouter {
                 return Err(StoreError::NoSubscription(topic, name));
             }
             tx.execute(
-                "DELETE FROM deliveries WHERE topic = ?1 AND subscription = ?2 AND state IN ('pending', 'held')",
+                "DELETE FROM deliveries WHERE topic = ?1 AND subscription = ?2 AND state IN ('pending', 'held', 'dead')",
                 [&topic, &name],
             )?;
             tx.commit()?;
