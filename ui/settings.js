@@ -58,8 +58,16 @@ export function renderLoop(l) {
     const fresh = l.notices.filter((n) => !previous.notices.includes(n));
     for (const n of fresh) toastError(n);
   }
-  if (l.phase === "error" && (!previous || previous.phase !== "error")) toastError(`Sync: ${l.message}`);
+  // A lasting error is told once, not at every retry (each goes through
+  // "syncing" and back): again only after a round succeeded, or when the
+  // error itself changes.
+  if (l.phase === "upToDate") toldError = null;
+  if (l.phase === "error" && l.message !== toldError) {
+    toldError = l.message;
+    toastError(`Sync: ${l.message}`);
+  }
 }
+let toldError = null;
 
 $("connection").onclick = async () => {
   try {
@@ -84,10 +92,11 @@ function renderAccount() {
     ? `Player ${s.playerId} · this device ${s.deviceId}`
     : "Not linked: register a new player, or join the player of your other device.";
 }
+// Shown (and spoken: the paragraph is an alert) in the dialog, where the
+// player is looking; not toasted as well, which would say it twice.
 function settingsError(message) {
   $("settings-error").textContent = message;
   $("settings-error").hidden = !message;
-  if (message) toastError(message);
 }
 async function accountAction(cmd, args, done) {
   try {
@@ -109,8 +118,17 @@ $("open-settings").onclick = () => {
   $("settings-url").focus();
 };
 $("settings-cancel").onclick = () => dialog.close();
-$("register").onclick = () => accountAction("register_device", {}, "Registered: this device now syncs with the cloud");
-$("join").onclick = () => accountAction("join_player", { code: $("join-code").value }, "Linked: your galaxies will arrive here");
+// Registering and joining go to the URL in the field (saved with the
+// account), not to whatever was saved before.
+const typedUrl = () => $("settings-url").value;
+$("register").onclick = () => accountAction("register_device", { cloudUrl: typedUrl() }, "Registered: this device now syncs with the cloud");
+$("join").onclick = () => accountAction("join_player", { code: $("join-code").value, cloudUrl: typedUrl() }, "Linked: your galaxies will arrive here");
+// Enter in the code field joins (it would otherwise submit the form: Save).
+$("join-code").addEventListener("keydown", (e) => {
+  if (e.key !== "Enter") return;
+  e.preventDefault();
+  $("join").click();
+});
 $("sign-out").onclick = () => accountAction("sign_out", {}, "Signed out: this device's token is revoked");
 $("make-code").onclick = async () => {
   try {

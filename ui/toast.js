@@ -6,12 +6,24 @@ import { h } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 
+// Notices waiting for the next frame, per region: several told in one
+// task are spoken together, not each overwriting the one before.
+const waiting = new Map();
+
 function announce(message, error) {
   const region = $(error ? "announce-alert" : "announce-status");
   if (!region) return;
+  if (waiting.has(region)) {
+    waiting.get(region).push(message);
+    return;
+  }
+  waiting.set(region, [message]);
   // Same text twice in a row still counts as a new announcement.
   region.textContent = "";
-  requestAnimationFrame(() => { region.textContent = message; });
+  requestAnimationFrame(() => {
+    region.textContent = waiting.get(region).map((m) => m.replace(/[.\s]+$/, "")).join(". ");
+    waiting.delete(region);
+  });
 }
 
 export function toast(message, { error = false, timeout } = {}) {

@@ -264,15 +264,19 @@ pub async fn save_settings(
     Ok(saved.into())
 }
 
-/// Registers a new player at the cloud with this device.
+/// Registers a new player with this device at `cloud_url` (default: the
+/// saved one; the URL is saved with the account).
 #[tauri::command]
 pub async fn register_device(
     desktop: State<'_, Desktop>,
+    cloud_url: Option<String>,
     device_name: Option<String>,
 ) -> Result<SettingsView, CommandError> {
     let device = &desktop.node().await?.device;
     let name = device_name.unwrap_or_else(crate::state::device_name);
-    device.register(&device.settings().cloud_url, &name).await?;
+    let url = cloud_url.unwrap_or_else(|| device.settings().cloud_url);
+    device.register(&url, &name).await?;
+    desktop.link()?.set_settings(device.settings());
     Ok(device.settings().into())
 }
 
@@ -286,18 +290,20 @@ pub async fn create_link_code(desktop: State<'_, Desktop>) -> Result<LinkCodeVie
     })
 }
 
-/// Joins the player of a link code with this device.
+/// Joins the player of a link code with this device, at `cloud_url`
+/// (default: the saved one; the URL is saved with the account).
 #[tauri::command]
 pub async fn join_player(
     desktop: State<'_, Desktop>,
     code: String,
+    cloud_url: Option<String>,
     device_name: Option<String>,
 ) -> Result<SettingsView, CommandError> {
     let device = &desktop.node().await?.device;
     let name = device_name.unwrap_or_else(crate::state::device_name);
-    device
-        .join(&device.settings().cloud_url, &code, &name)
-        .await?;
+    let url = cloud_url.unwrap_or_else(|| device.settings().cloud_url);
+    device.join(&url, &code, &name).await?;
+    desktop.link()?.set_settings(device.settings());
     Ok(device.settings().into())
 }
 

@@ -91,7 +91,7 @@ impl From<galaxy::DeviceError> for CommandError {
             D::NotRegistered => Self::Rejected(
                 "this device is not linked to a cloud account yet: register it or join with a code in Settings".into(),
             ),
-            D::AlreadyRegistered(_) => Self::Rejected(e.to_string()),
+            D::AlreadyRegistered(_) | D::Linked { .. } => Self::Rejected(e.to_string()),
             D::Cloud(sync::TransportError::Unavailable(m)) => {
                 Self::Unavailable(format!("the cloud cannot be reached: {m}"))
             }

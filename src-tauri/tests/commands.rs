@@ -444,6 +444,38 @@ fn an_old_function_key_becomes_a_device_account_and_galaxies_sync_both_ways() {
     let listed = t.invoke("list_galaxies", json!({})).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 
+    // Another cloud URL, saved or registered at, would forget the account
+    // (and its token, still valid at the cloud): refused, nothing changes.
+    // The same URL written another way keeps it.
+    for (cmd, args) in [
+        (
+            "save_settings",
+            json!({ "settings": { "cloudUrl": "http://127.0.0.1:9" } }),
+        ),
+        (
+            "register_device",
+            json!({ "cloudUrl": "http://127.0.0.1:9" }),
+        ),
+    ] {
+        let err = t.invoke(cmd, args).unwrap_err();
+        assert_eq!(err["kind"], "rejected", "{cmd}: {err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("sign out first"),
+            "{cmd}: {err}"
+        );
+    }
+    let kept = t
+        .invoke(
+            "save_settings",
+            json!({ "settings": { "cloudUrl": format!(" {}/ ", cloud.base_url) } }),
+        )
+        .unwrap();
+    assert_eq!(kept["playerId"], settings["playerId"], "{kept}");
+    let raw: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("settings.json")).unwrap())
+            .unwrap();
+    assert_eq!(raw["account"]["token"], token.as_str());
+
     // Signing out revokes the token at the cloud and forgets the account.
     let out = t.invoke("sign_out", json!({})).unwrap();
     assert!(out["playerId"].is_null());

@@ -408,6 +408,19 @@ for (const sel of [".topbar", ".map-panel", ".side-panel", "#galaxy-card", "#ins
   const scrolls = ["auto", "scroll"].includes(getComputedStyle(el).overflowY);
   if (el.scrollHeight > el.clientHeight + 1 && !scrolls) out.clipped.push(sel);
 }
+// Nothing in a row pushes out sideways (a long name gives way instead).
+out.sideways = [];
+for (const li of document.querySelectorAll("#instance-list li, #galaxy-list li")) {
+  const row = li.getBoundingClientRect();
+  for (const part of li.querySelectorAll(".status, .took, .gcoords")) {
+    const r = part.getBoundingClientRect();
+    if (r.width > 0 && r.right > row.right + 0.5) out.sideways.push(`${li.dataset.id || li.dataset.key} ${part.className}`);
+  }
+}
+for (const sel of ["#instance-list", "#galaxy-list"]) {
+  const el = document.querySelector(sel);
+  if (el.scrollWidth > el.clientWidth + 1) out.sideways.push(sel);
+}
 const detail = document.querySelector("#instance-detail").getBoundingClientRect();
 const pres = [...document.querySelectorAll("#instance-detail .io pre")];
 out.ioVisible = pres.length === 3 && pres.every((p) => {
@@ -437,8 +450,25 @@ async fn every_panel_fits_or_scrolls_inside_itself_at_three_window_sizes() -> Re
             "return document.querySelector('#instance-detail .detail')?.dataset.status === 'Completed'",
         )
         .await?;
+        // A cloud instance's row, the widest kind (its mark, and here the
+        // longest status), beside the local one.
+        app.eval(
+            "window.__TAURI__.event.emit('cloud-instance', \
+               { instanceId: 'a-cloud-instance-with-a-long-id', runtimeStatus: 'Suspended' }); \
+             return true",
+        )
+        .await?;
+        app.wait_js(
+            "the cloud row",
+            "return document.querySelector('#instance-list li[data-cloud=\"true\"]')?.dataset.status === 'Suspended'",
+        )
+        .await?;
         let layout = app.eval(LAYOUT).await?;
         app.screenshot(&format!("layout-{width}x{height}")).await?;
+        ensure!(
+            layout["sideways"] == serde_json::json!([]),
+            "{width}x{height}: rows that spill sideways: {layout}"
+        );
         ensure!(
             layout["outside"] == serde_json::json!([]),
             "{width}x{height}: panels outside the window: {layout}"
@@ -523,6 +553,21 @@ async fn the_keyboard_reaches_everything_and_notices_are_spoken_once() -> Result
          && [...document.querySelectorAll('#galaxy-list li > button')].length === 2",
     )
     .await?;
+    // The galaxies list is keyed as well: a galaxy made while an entry has
+    // focus joins the list above it, and the focused node stays the same.
+    app.eval(
+        "const b = document.querySelector('#galaxy-list li > button'); \
+         window.focusedGalaxy = b; b.focus(); \
+         window.__TAURI__.core.invoke('create_galaxy'); return true",
+    )
+    .await?;
+    app.wait_js(
+        "the new galaxy listed above, focus kept on the same entry",
+        "const items = [...document.querySelectorAll('#galaxy-list li > button')]; \
+         return items.length === 3 && items[1] === window.focusedGalaxy \
+           && document.activeElement === window.focusedGalaxy",
+    )
+    .await?;
     let tab = app
         .client
         .find(fantoccini::Locator::Css("#tab-galaxies"))
@@ -533,23 +578,50 @@ async fn the_keyboard_reaches_everything_and_notices_are_spoken_once() -> Result
         "return document.activeElement.id === 'tab-orchestrations' && document.getElementById('galaxies').hidden",
     )
     .await?;
-    // A notice is spoken once, from the live region, however often the
-    // panels repaint after it.
+    // Bad input in Settings gets the app's own readable message beside the
+    // field (the page's built-in URL check, whose bubble WebKitGTK shows
+    // empty, is off), spoken once: by that alert, not by a toast too, and
+    // not again however often the panels repaint after it.
+    let spoken = app
+        .eval("return document.getElementById('announce-alert').textContent")
+        .await?;
     app.click("#open-settings").await?;
-    app.eval("document.getElementById('settings-url').value = 'ftp://nope'; return true")
+    app.eval("document.getElementById('settings-url').value = '127.0.0.1:7071'; return true")
         .await?;
     app.eval("document.getElementById('settings-form').requestSubmit(); return true")
         .await?;
     app.wait_js(
-        "the error spoken",
-        "return document.getElementById('announce-alert').textContent.length > 0",
+        "the URL refused beside the field",
+        "const e = document.getElementById('settings-error'); \
+         return !e.hidden && e.textContent.includes('must start with http://') \
+           && document.getElementById('settings').open",
     )
     .await?;
-    let spoken = app
-        .eval("return document.getElementById('announce-alert').textContent")
+    // Enter in the link-code field joins at the typed URL (no cloud
+    // listens there, so it says why), rather than saving the settings and
+    // closing the dialog.
+    app.eval("document.getElementById('settings-url').value = 'http://127.0.0.1:9'; return true")
         .await?;
+    let code = app
+        .client
+        .find(fantoccini::Locator::Css("#join-code"))
+        .await?;
+    code.send_keys("K7QF-9M2D\u{E007}").await?; // Enter
+    app.wait_js(
+        "the join's failure beside the field, the dialog still open",
+        "const e = document.getElementById('settings-error'); \
+         return !e.hidden && !e.textContent.includes('must start with') \
+           && e.textContent.includes('cannot be reached') && document.getElementById('settings').open",
+    )
+    .await?;
     app.click("#settings-cancel").await?;
-    app.create_until_completed(3).await?;
+    assert_eq!(
+        app.eval("return document.getElementById('announce-alert').textContent")
+            .await?,
+        spoken,
+        "a settings error was spoken twice"
+    );
+    app.create_until_completed(4).await?;
     assert_eq!(
         app.eval("return document.getElementById('announce-alert').textContent")
             .await?,

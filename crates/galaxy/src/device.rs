@@ -46,6 +46,17 @@ pub enum DeviceError {
     /// The device already has an account with this cloud.
     #[error("this device already belongs to player {0} on this cloud")]
     AlreadyRegistered(String),
+    /// What was asked would forget the device's account (its token may be
+    /// the only copy, and would stay valid at the cloud).
+    #[error("this device belongs to player {player_id} at {cloud_url}: sign out first (that revokes its token there), then {action}")]
+    Linked {
+        /// The account's player.
+        player_id: String,
+        /// The cloud it belongs to.
+        cloud_url: String,
+        /// What the player wanted to do.
+        action: &'static str,
+    },
     /// The cloud refused or could not be reached.
     #[error(transparent)]
     Cloud(#[from] TransportError),
@@ -61,6 +72,19 @@ pub enum DeviceError {
     /// A sync round failed.
     #[error("sync: {0}")]
     Sync(String),
+}
+
+/// [`DeviceError::Linked`] for the account in `settings`.
+fn linked(settings: &Settings, action: &'static str) -> DeviceError {
+    DeviceError::Linked {
+        player_id: settings
+            .account
+            .as_ref()
+            .map(|a| a.player_id.clone())
+            .unwrap_or_default(),
+        cloud_url: settings.cloud_url.clone(),
+        action,
+    }
 }
 
 impl From<RoundError<TableError>> for DeviceError {
@@ -201,9 +225,13 @@ impl PlayerDevice {
         cloud_url: &str,
         device_name: &str,
     ) -> Result<Account, DeviceError> {
-        let settings = self.settings().with_cloud_url(cloud_url).normalized()?;
-        if let Some(a) = &settings.account {
-            return Err(DeviceError::AlreadyRegistered(a.player_id.clone()));
+        let current = self.settings();
+        let settings = current.clone().with_cloud_url(cloud_url).normalized()?;
+        if let Some(a) = &current.account {
+            return Err(match settings.account {
+                Some(_) => DeviceError::AlreadyRegistered(a.player_id.clone()),
+                None => linked(&current, "register at another cloud"),
+            });
         }
         let creds = CloudApi::new(&settings.cloud_url, None)
             .register(device_name)
@@ -239,10 +267,15 @@ impl PlayerDevice {
         Ok(account)
     }
 
-    /// Switches to another cloud URL (an account belongs to one cloud, so
-    /// a different URL leaves it).
+    /// Switches to another cloud URL. An account belongs to one cloud, so a
+    /// device that has one must sign out first: another URL is refused
+    /// ([`DeviceError::Linked`]) rather than the token silently forgotten.
     pub fn set_cloud_url(&self, cloud_url: &str) -> Result<Settings, DeviceError> {
-        let settings = self.settings().with_cloud_url(cloud_url);
+        let current = self.settings();
+        let settings = current.clone().with_cloud_url(cloud_url);
+        if current.account.is_some() && settings.account.is_none() {
+            return Err(linked(&current, "change the cloud URL"));
+        }
         self.save_settings(settings)
     }
 
