@@ -403,10 +403,11 @@ impl OrchestrationContext {
     }
 
     pub(crate) fn deliver_event(&self, name: String, input: Value) {
+        let key = event_key(&name);
         let wakers = {
             let mut s = self.lock();
-            s.events.entry(name.clone()).or_default().push_back(input);
-            s.event_wakers.remove(&name).unwrap_or_default()
+            s.events.entry(key.clone()).or_default().push_back(input);
+            s.event_wakers.remove(&key).unwrap_or_default()
         };
         for w in wakers {
             w.wake();
@@ -460,6 +461,13 @@ impl Future for TimerFuture {
     }
 }
 
+/// External events match their waits whatever the case of their names,
+/// as in Durable Functions (`RaiseEventAsync`: "event names are
+/// case-insensitive"): raising `approval` ends a wait for `Approval`.
+fn event_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
 /// An external event; resolves with its payload.
 #[must_use = "an event wait does nothing unless awaited"]
 pub struct EventFuture<T> {
@@ -474,7 +482,8 @@ impl<T: DeserializeOwned> Future for EventFuture<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let name = self.name.clone();
-        match s.events.get_mut(&name).and_then(VecDeque::pop_front) {
+        let key = event_key(&name);
+        match s.events.get_mut(&key).and_then(VecDeque::pop_front) {
             Some(v) => Poll::Ready(serde_json::from_value(v).map_err(|e| {
                 FailureDetails::new(
                     "InvalidInput",
@@ -483,7 +492,7 @@ impl<T: DeserializeOwned> Future for EventFuture<T> {
             })),
             None => {
                 s.event_wakers
-                    .entry(name)
+                    .entry(key)
                     .or_default()
                     .push(cx.waker().clone());
                 Poll::Pending

@@ -640,3 +640,20 @@ async fn terminate_right_after_start() {
         }
     }
 }
+
+/// Event names match whatever their case, as in Durable Functions: `GO`
+/// ends a wait for `go`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_raised_in_another_case_ends_the_wait() {
+    let t = common::start(waiting_registry());
+    let id = t
+        .engine
+        .start_orchestration("Wait", None, "x")
+        .await
+        .unwrap();
+    t.wait_status(&id, RuntimeStatus::Running).await;
+    t.engine.raise_event(&id, "GO", "loud").await.unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(status.runtime_status, RuntimeStatus::Completed);
+    assert_eq!(status.output, Some(json!("x:loud")));
+}
