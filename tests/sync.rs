@@ -760,3 +760,44 @@ fn joining_another_player_brings_everything_both_ways_even_galaxies_from_before_
     assert_eq!(list(&c), all);
     assert_eq!(list(&d.b), all);
 }
+
+/// A device that signs out and links to the same player again goes on
+/// from where it was: a delete made while signed out still reaches the
+/// cloud, and a rename made meanwhile on the other device is not undone
+/// by this device's stale copy (before, linking again rebased the device
+/// as if the player were new: pending deletes dropped, every galaxy put
+/// again over the others' changes).
+#[test]
+fn signing_out_and_linking_the_same_player_again_keeps_the_sync_state() {
+    let cloud = cloud(&[]);
+    let d = two_devices(&cloud.base);
+    ok(&d.a, &["create", "-n", "2"]);
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 2 pulled 0");
+    ok(&d.b, &["sync"]);
+    let before = list(&d.a);
+    let (gone, kept) = (before[0].0.clone(), before[1].0.clone());
+    assert_eq!(ok(&d.a, &["sign-out"]).trim(), "signed out");
+    ok(&d.a, &["delete", &gone]);
+    ok(&d.b, &["rename", &kept, "Renamed on B"]);
+    ok(&d.b, &["sync"]);
+    let code = ok(&d.b, &["link"]).trim().to_string();
+    ok(&d.a, &["link", &code, "--name", "laptop"]);
+    let synced = ok(&d.a, &["sync"]);
+    assert_eq!(synced.trim(), "pushed 1 pulled 1", "{synced}");
+    ok(&d.b, &["sync"]);
+    let a = list(&d.a);
+    assert_eq!(a, vec![(kept, "Renamed on B".to_string())]);
+    assert_eq!(list(&d.b), a);
+    // Another player is a fresh start: everything here goes there.
+    let other = tempfile::tempdir().unwrap();
+    ok(
+        other.path(),
+        &["register", "--cloud", &cloud.base, "--name", "other"],
+    );
+    let code = ok(other.path(), &["link"]).trim().to_string();
+    ok(&d.a, &["sign-out"]);
+    ok(&d.a, &["link", &code, "--name", "laptop"]);
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 1 pulled 0");
+    ok(other.path(), &["sync"]);
+    assert_eq!(list(other.path()), a);
+}

@@ -90,6 +90,10 @@ enum Command {
     },
     /// Shows the account, the galaxy count and what waits to sync (JSON).
     Status,
+    /// Revokes this device's token at the cloud and forgets the account;
+    /// the galaxies and their pending changes stay (linking to the same
+    /// player again goes on from there).
+    SignOut,
 }
 
 fn device_name(given: Option<String>) -> String {
@@ -208,6 +212,10 @@ async fn command(device: &PlayerDevice, command: Command) -> Result<(), DeviceEr
                     );
                 }
             }
+        }
+        Command::SignOut => {
+            device.sign_out().await?;
+            println!("signed out");
         }
         Command::Status => {
             let status = device.status()?;

@@ -237,7 +237,7 @@ impl PlayerDevice {
             .register(device_name)
             .await?;
         let account = Account::from(creds);
-        self.switch_account().await?;
+        self.switch_account(&account.player_id).await?;
         self.save_settings(Settings {
             account: Some(account.clone()),
             ..settings
@@ -259,7 +259,7 @@ impl PlayerDevice {
             .join(code, device_name)
             .await?;
         let account = Account::from(creds);
-        self.switch_account().await?;
+        self.switch_account(&account.player_id).await?;
         self.save_settings(Settings {
             account: Some(account.clone()),
             ..settings
@@ -289,6 +289,9 @@ impl PlayerDevice {
             Ok(()) | Err(TransportError::Unauthorized(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        // The sync state stays the player's: linking to it again goes on
+        // from there (pending changes included).
+        self.replica.adopt_player(&account.player_id).await?;
         self.save_settings(Settings {
             account: None,
             ..self.settings()
@@ -296,14 +299,18 @@ impl PlayerDevice {
         Ok(())
     }
 
-    /// Detaches the sync loop from the old account and rebases the replica
-    /// for a new one, with no round in between.
-    async fn switch_account(&self) -> Result<(), DeviceError> {
+    /// Detaches the sync loop from the old account and makes the replica
+    /// `player_id`'s, with no round in between: rebased for another player,
+    /// unchanged for the same one ([`GalaxyReplica::rebase`]).
+    async fn switch_account(&self, player_id: &str) -> Result<(), DeviceError> {
+        if let Some(current) = self.settings().account {
+            self.replica.adopt_player(&current.player_id).await?;
+        }
         self.syncer.set_api(None);
-        Ok(self
-            .syncer
-            .with_rounds_paused(self.replica.rebase())
-            .await?)
+        self.syncer
+            .with_rounds_paused(self.replica.rebase(player_id))
+            .await?;
+        Ok(())
     }
 
     /// A link code for another device to join this player.

@@ -6,8 +6,9 @@
 //! - `outbox(mutation_id, entity_id, op, body, base_version)`: local
 //!   changes not yet settled by the cloud. A row is written in the same
 //!   transaction as the change it describes.
-//! - `sync_state(client_id, pull_cursor, next_mutation_id, chain_fresh)`:
-//!   one row. `chain_fresh`: the pull chain under way began at cursor 0
+//! - `sync_state(client_id, pull_cursor, next_mutation_id, chain_fresh,
+//!   player_id)`: one row, of the player whose account it syncs with
+//!   ([`GalaxyReplica::rebase`]). `chain_fresh`: the pull chain under way began at cursor 0
 //!   (set when the cursor goes to 0, cleared when a chain completes), so a
 //!   first sync cut off half-way goes on below the tombstone floor instead
 //!   of being told to reset and start over.
@@ -68,6 +69,9 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), TableError> {
         "chain_fresh",
         "INTEGER NOT NULL DEFAULT 0",
     )?;
+    // The player the sync state belongs to (unknown in a database from
+    // before: see `GalaxyReplica::adopt_player`).
+    add_column(conn, "sync_state", "player_id", "TEXT")?;
     conn.execute(
         "INSERT OR IGNORE INTO sync_state (one, client_id, pull_cursor, next_mutation_id)
          VALUES (1, ?1, 0, 1)",
@@ -239,14 +243,27 @@ impl GalaxyReplica {
         Ok(())
     }
 
-    /// Starts over with another account (or the first one): a new client
-    /// id, the pull cursor at 0, every galaxy here unsynced, and the outbox
-    /// rebuilt as one put per galaxy, so everything on this device goes to
-    /// the new account and everything there comes here. Pending deletes
-    /// are dropped (the new account never had those galaxies).
-    pub async fn rebase(&self) -> Result<(), TableError> {
+    /// Makes the sync state that of `player_id`'s account. For another
+    /// player (or the first one) it starts over: a new client id, the pull
+    /// cursor at 0, every galaxy here unsynced, and the outbox rebuilt as
+    /// one put per galaxy, so everything on this device goes to the new
+    /// player and everything there comes here; pending deletes are dropped
+    /// (the new player never had those galaxies). For the player it already
+    /// belongs to (a device that signed out and links again) nothing
+    /// changes: its versions and pending changes, deletes included, still
+    /// hold, where a rebase would push stale copies over the other devices'
+    /// changes and bring back what they deleted. Returns whether it rebased.
+    pub async fn rebase(&self, player_id: &str) -> Result<bool, TableError> {
+        let player_id = player_id.to_string();
         self.table
-            .write(|conn, effects| {
+            .write(move |conn, effects| {
+                let mine: Option<String> =
+                    conn.query_row("SELECT player_id FROM sync_state WHERE one = 1", [], |r| {
+                        r.get(0)
+                    })?;
+                if mine.as_deref() == Some(player_id.as_str()) {
+                    return Ok(false);
+                }
                 let before: i64 =
                     conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
                 conn.execute_batch(
@@ -254,6 +271,7 @@ impl GalaxyReplica {
                      UPDATE galaxies SET version = 0;
                      UPDATE sync_state SET pull_cursor = 0, next_mutation_id = 1, chain_fresh = 1;",
                 )?;
+                conn.execute("UPDATE sync_state SET player_id = ?1", [&player_id])?;
                 let keys: Vec<String> = conn
                     .prepare("SELECT row_key FROM galaxies ORDER BY row_key")?
                     .query_map([], |r| r.get(0))?
@@ -265,6 +283,22 @@ impl GalaxyReplica {
                 }
                 renumber_in(conn)?;
                 effects.outbox_delta += keys.len() as i64 - before;
+                Ok(true)
+            })
+            .await
+    }
+
+    /// Records `player_id` as the player the sync state belongs to, if
+    /// none is recorded (a database from before the column, whose state
+    /// is that of the account in the settings).
+    pub async fn adopt_player(&self, player_id: &str) -> Result<(), TableError> {
+        let player_id = player_id.to_string();
+        self.table
+            .write(move |conn, _| {
+                conn.execute(
+                    "UPDATE sync_state SET player_id = ?1 WHERE player_id IS NULL",
+                    [&player_id],
+                )?;
                 Ok(())
             })
             .await
