@@ -99,8 +99,7 @@ async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
         .await;
     // One answering 400 is dead-lettered at once.
     let mut rejecting = Receiver::start(Handshake::Answer, vec![400]).await;
-    let mut with_dl = hook(&rejecting.url);
-    with_dl["deadLetterDestination"] = json!({"endpointType": "StorageBlob"});
+    let with_dl = hook_keeping_dead_letters(&rejecting.url);
     cloud.subscribe("galaxy-events", "rejecting", with_dl).await;
     cloud
         .wait_state("galaxy-events", "rejecting", "Succeeded")
@@ -462,7 +461,7 @@ async fn every_accepted_event_is_delivered_across_a_sigkill_and_retries_end_by_a
     cloud.wait_state("durable", "slow", "Succeeded").await;
     // Always failing, two attempts at most.
     let mut failing = Receiver::start(Handshake::Answer, vec![500; 10]).await;
-    let mut limited = hook(&failing.url);
+    let mut limited = hook_keeping_dead_letters(&failing.url);
     limited["retryPolicy"] = json!({"maxDeliveryAttempts": 2});
     limited["filter"] = json!({"subjectBeginsWith": "/limited"});
     cloud.subscribe("durable", "limited", limited).await;
@@ -673,7 +672,7 @@ async fn delivered_events_are_swept_after_the_retention_and_still_counted() {
     cloud.subscribe("kept", "good", ok).await;
     cloud.wait_state("kept", "good", "Succeeded").await;
     let failing = Receiver::start(Handshake::Answer, vec![400]).await;
-    let mut bad = hook(&failing.url);
+    let mut bad = hook_keeping_dead_letters(&failing.url);
     bad["filter"] = json!({"subjectBeginsWith": "/dead"});
     cloud.subscribe("kept", "bad", bad).await;
     cloud.wait_state("kept", "bad", "Succeeded").await;
@@ -830,7 +829,7 @@ async fn redirects_are_not_followed_by_deliveries_or_handshakes() {
     );
 
     let delivery_redirect = redirector(&target.url, false).await;
-    let mut sub = hook(&delivery_redirect);
+    let mut sub = hook_keeping_dead_letters(&delivery_redirect);
     sub["retryPolicy"] = json!({"maxDeliveryAttempts": 2, "eventTimeToLiveInMinutes": 1440});
     cloud.subscribe("redirects", "delivery", sub).await;
     cloud.wait_state("redirects", "delivery", "Succeeded").await;
@@ -872,6 +871,11 @@ async fn held_events_are_dead_lettered_when_their_time_to_live_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_deleted_with_their_subscription() {
     dead_letters_go_with_their_subscription(&Cloud::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_destination_a_failed_event_is_dropped() {
+    without_a_dead_letter_destination_failures_are_dropped(&Cloud::start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

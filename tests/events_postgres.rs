@@ -238,6 +238,12 @@ async fn dead_letters_are_deleted_with_their_subscription() {
     dead_letters_go_with_their_subscription(&on(&url)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_destination_a_failed_event_is_dropped() {
+    let url = PgCluster::shared().create_database().await.unwrap();
+    without_a_dead_letter_destination_failures_are_dropped(&on(&url)).await;
+}
+
 /// A process starts while the others write: with a transaction holding
 /// what a running process's writes hold (ROW EXCLUSIVE) on every table of
 /// the database, a second galaxy-cloud still starts and serves. Its

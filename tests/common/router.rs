@@ -337,6 +337,14 @@ pub fn hook(url: &str) -> Value {
     json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": url}}})
 }
 
+/// A webhook subscription with a dead-letter destination: events that
+/// fail for good are kept (without one they are dropped).
+pub fn hook_keeping_dead_letters(url: &str) -> Value {
+    let mut sub = hook(url);
+    sub["deadLetterDestination"] = json!({"endpointType": "StorageBlob"});
+    sub
+}
+
 pub fn event(id: &str, kind: &str, n: i64) -> Value {
     json!({"id": id, "subject": format!("/galaxies/{id}"), "eventType": kind, "eventTime": "2026-12-01T10:00:00Z", "data": {"n": n}, "dataVersion": "1.0"})
 }
@@ -354,8 +362,7 @@ pub fn events(prefix: &str, n: usize) -> Vec<Value> {
 pub async fn dead_letters_come_in_pages(cloud: &Cloud) {
     let (endpoint, key) = cloud.topic("paged-letters", "EventGridSchema").await;
     let mut rejecting = Receiver::start(Handshake::Answer, vec![400; 5]).await;
-    let mut sub = hook(&rejecting.url);
-    sub["deadLetterDestination"] = json!({"endpointType": "StorageBlob"});
+    let sub = hook_keeping_dead_letters(&rejecting.url);
     cloud.subscribe("paged-letters", "rejecting", sub).await;
     cloud
         .wait_state("paged-letters", "rejecting", "Succeeded")
@@ -412,7 +419,9 @@ pub async fn events_wait_for_a_moved_subscription_s_new_handshake(cloud: &Cloud)
     let hold = Arc::new(tokio::sync::Semaphore::new(0));
     let mut first = Receiver::start_held(hold.clone()).await;
     first.state.script.lock().unwrap().push(500);
-    cloud.subscribe("moves", "mover", hook(&first.url)).await;
+    cloud
+        .subscribe("moves", "mover", hook_keeping_dead_letters(&first.url))
+        .await;
     cloud.wait_state("moves", "mover", "Succeeded").await;
     let (s, _) = cloud
         .publish(&endpoint, &key, json!([event("m1", "Galaxy.Created", 1)]))
@@ -424,7 +433,9 @@ pub async fn events_wait_for_a_moved_subscription_s_new_handshake(cloud: &Cloud)
     // waits, and once the first attempt (a 500) is recorded it still
     // waits rather than being retried at the refusing receiver.
     let mut refusing = Receiver::start(Handshake::Refuse, vec![]).await;
-    cloud.subscribe("moves", "mover", hook(&refusing.url)).await;
+    cloud
+        .subscribe("moves", "mover", hook_keeping_dead_letters(&refusing.url))
+        .await;
     cloud.wait_state("moves", "mover", "Failed").await;
     hold.add_permits(1);
     let path = "/api/events/topics/moves/events/m1/deliveries";
@@ -445,7 +456,7 @@ pub async fn events_wait_for_a_moved_subscription_s_new_handshake(cloud: &Cloud)
     // second attempt, and never to the refusing one.
     let mut answering = Receiver::start(Handshake::Answer, vec![]).await;
     cloud
-        .subscribe("moves", "mover", hook(&answering.url))
+        .subscribe("moves", "mover", hook_keeping_dead_letters(&answering.url))
         .await;
     let (headers, body) = answering.next().await;
     assert_eq!(body[0]["id"], "m1");
@@ -476,7 +487,9 @@ pub async fn events_wait_for_a_moved_subscription_s_new_handshake(cloud: &Cloud)
             |_, v| v["value"].as_array().is_some_and(|l| l.len() == 1),
         )
         .await;
-    cloud.subscribe("moves", "mover", hook(&refusing.url)).await;
+    cloud
+        .subscribe("moves", "mover", hook_keeping_dead_letters(&refusing.url))
+        .await;
     cloud.wait_state("moves", "mover", "Failed").await;
     let (s, r) = cloud
         .call(
@@ -504,7 +517,7 @@ pub async fn events_wait_for_a_moved_subscription_s_new_handshake(cloud: &Cloud)
 pub async fn held_events_expire_with_their_time_to_live(cloud: &Cloud) {
     let (endpoint, key) = cloud.topic("lapses", "EventGridSchema").await;
     let with_ttl = |url: &str| {
-        let mut sub = hook(url);
+        let mut sub = hook_keeping_dead_letters(url);
         // 60 minutes: 3.6 s at the tests' retry scale (0.001), long after
         // the first attempt is recorded (so it is retried, not expired).
         sub["retryPolicy"] = json!({"eventTimeToLiveInMinutes": 60});
@@ -563,8 +576,7 @@ pub async fn held_events_expire_with_their_time_to_live(cloud: &Cloud) {
 pub async fn dead_letters_go_with_their_subscription(cloud: &Cloud) {
     let (endpoint, key) = cloud.topic("letters-go", "EventGridSchema").await;
     let mut rejecting = Receiver::start(Handshake::Answer, vec![400]).await;
-    let mut sub = hook(&rejecting.url);
-    sub["deadLetterDestination"] = json!({"endpointType": "StorageBlob"});
+    let sub = hook_keeping_dead_letters(&rejecting.url);
     cloud.subscribe("letters-go", "gone", sub).await;
     cloud.wait_state("letters-go", "gone", "Succeeded").await;
     let (s, _) = cloud
@@ -619,8 +631,7 @@ pub async fn dead_letters_go_with_their_subscription(cloud: &Cloud) {
 
     // A deleted topic's dead letters go with it too.
     newcomer.state.script.lock().unwrap().push(400);
-    let mut dead = hook(&newcomer.url);
-    dead["deadLetterDestination"] = json!({"endpointType": "StorageBlob"});
+    let dead = hook_keeping_dead_letters(&newcomer.url);
     cloud.subscribe("letters-go", "gone", dead).await;
     let (s, _) = cloud
         .publish(
@@ -649,4 +660,40 @@ pub async fn dead_letters_go_with_their_subscription(cloud: &Cloud) {
     let (_, v) = cloud.call(reqwest::Method::GET, letters, None).await;
     assert_eq!(v["value"], json!([]), "{v}");
     assert!(newcomer.got.try_recv().is_err());
+}
+
+/// Without a dead-letter destination an event that fails for good is
+/// dropped, as Event Grid drops it: no dead letter to list or re-drive,
+/// no delivery left, and the receiver is not tried again.
+pub async fn without_a_dead_letter_destination_failures_are_dropped(cloud: &Cloud) {
+    let (endpoint, key) = cloud.topic("dropping", "EventGridSchema").await;
+    let mut rejecting = Receiver::start(Handshake::Answer, vec![400]).await;
+    cloud
+        .subscribe("dropping", "plain", hook(&rejecting.url))
+        .await;
+    cloud.wait_state("dropping", "plain", "Succeeded").await;
+    let (s, _) = cloud
+        .publish(&endpoint, &key, json!([event("lost", "Galaxy.Created", 1)]))
+        .await;
+    assert_eq!(s, 200);
+    rejecting.next().await;
+    cloud
+        .get_until(
+            "/api/events/topics/dropping/events/lost/deliveries",
+            "the delivery dropped",
+            |s, v| s == StatusCode::OK && v["value"] == json!([]),
+        )
+        .await;
+    let letters = "/api/events/topics/dropping/eventSubscriptions/plain/deadLetters";
+    let (_, v) = cloud.call(reqwest::Method::GET, letters, None).await;
+    assert_eq!(v["value"], json!([]), "{v}");
+    let (_, r) = cloud
+        .call(
+            reqwest::Method::POST,
+            "/api/events/topics/dropping/eventSubscriptions/plain/redeliver",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r["redelivered"], 0, "{r}");
+    assert!(rejecting.got.try_recv().is_err(), "tried again");
 }

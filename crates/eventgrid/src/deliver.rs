@@ -389,7 +389,7 @@ async fn post(
 enum Target {
     /// The subscription, as stored.
     Subscription(Box<SubscriptionRecord>),
-    /// It, or its topic, was deleted: dead-lettered (`SubscriptionDeleted`).
+    /// It, or its topic, was deleted: dropped (`SubscriptionDeleted`).
     Deleted,
     /// The store could not say (it failed): tried again on the schedule.
     Unreadable,
@@ -444,6 +444,14 @@ async fn deliver_batch(
         Target::Subscription(s) => s.input.retry_policy,
         _ => RetryPolicy::default(),
     };
+    // Without a dead-letter destination what fails for good is dropped (a
+    // deleted subscription's deliveries too: its dead letters went with
+    // it); when the subscription could not be read, it is kept.
+    let keeps_dead_letters = match &target {
+        Target::Subscription(s) => s.input.dead_letter_destination.is_some(),
+        Target::Deleted => false,
+        Target::Unreadable => true,
+    };
     let at = now_ms();
     let mut recorded = Vec::with_capacity(batch.len());
     for d in batch {
@@ -464,7 +472,8 @@ async fn deliver_batch(
         let next = match decision {
             Decision::Delivered => Next::Delivered,
             Decision::RetryAfter(delay) => Next::RetryAt(at + delay.as_millis() as i64),
-            Decision::DeadLetter(reason) => Next::Dead(reason.to_string()),
+            Decision::DeadLetter(reason) if keeps_dead_letters => Next::Dead(reason.to_string()),
+            Decision::DeadLetter(reason) => Next::Dropped(reason.to_string()),
         };
         let status = match &attempt {
             Attempt::Status(s, _) => Some(*s),

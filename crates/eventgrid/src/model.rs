@@ -139,7 +139,9 @@ pub struct SubscriptionInput {
     /// Retries.
     #[serde(default)]
     pub retry_policy: RetryPolicy,
-    /// Dead letters are kept (and listable) when present.
+    /// When present (any value), events that fail for good are kept as
+    /// dead letters (listed, re-driven); when absent they are dropped, as
+    /// Event Grid drops them without a dead-letter destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_destination: Option<Value>,
     /// Labels (kept, unused).

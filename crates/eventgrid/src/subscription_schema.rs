@@ -78,7 +78,7 @@ fn subscription() -> Value {
                     "eventTimeToLiveInMinutes": {"type": "integer", "minimum": 1, "maximum": 1440}
                 }
             },
-            "deadLetterDestination": {"description": "Present (any value): dead letters are kept and listable"},
+            "deadLetterDestination": {"description": "Present (any value): events that fail for good are kept as dead letters (listed, re-driven); absent: they are dropped, as Event Grid does"},
             "labels": {"type": ["array", "null"], "items": {"type": "string"}}
         }
     })

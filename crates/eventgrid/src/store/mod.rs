@@ -22,7 +22,9 @@ mod sqlite;
 
 pub use records::*;
 pub use rows::schema_name;
-use rows::{attempt_json, delivery_json, held_transition, next_state, parse_schema, record_of};
+use rows::{
+    attempt_json, delivery_json, held_transition, next_state, parse_schema, record_of, DROPPED,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,12 +136,15 @@ trait Backend: Send + Sync + 'static {
     /// deliveries of events published before `cutoff_ms`, except those with
     /// an attempt in flight (`in_flight` on SQLite; PostgreSQL's leases).
     /// Returns how many.
+    /// `keep`: dead-letter them (the subscription has a dead-letter
+    /// destination), else drop them.
     async fn expire_held(
         &self,
         topic: &str,
         subscription: &str,
         cutoff_ms: i64,
         now_ms: i64,
+        keep: bool,
         in_flight: InFlight,
     ) -> Result<usize, StoreError>;
 }
@@ -596,9 +601,10 @@ impl RouterStore {
             };
             let ttl = sub.input.retry_policy.time_to_live(ttl_scale);
             let cutoff = now_ms.saturating_sub(ttl.as_millis() as i64);
+            let keep = sub.input.dead_letter_destination.is_some();
             expired += self
                 .backend
-                .expire_held(&topic, &name, cutoff, now_ms, in_flight.clone())
+                .expire_held(&topic, &name, cutoff, now_ms, keep, in_flight.clone())
                 .await?;
         }
         Ok(expired)

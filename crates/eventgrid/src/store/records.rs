@@ -228,6 +228,10 @@ pub enum Next {
     RetryAt(i64),
     /// Dead-lettered for this reason.
     Dead(String),
+    /// Given up for this reason, with no dead-letter destination: the
+    /// delivery is deleted (its attempts still count), as Event Grid drops
+    /// such events.
+    Dropped(String),
 }
 
 /// One attempt, to record.

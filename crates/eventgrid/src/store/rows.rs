@@ -89,5 +89,10 @@ pub(crate) fn next_state(a: &RecordedAttempt) -> (&'static str, i64, Option<Stri
         Next::Delivered => ("delivered", a.at_ms, None),
         Next::RetryAt(due) => ("pending", *due, None),
         Next::Dead(reason) => ("dead", a.at_ms, Some(reason.clone())),
+        Next::Dropped(reason) => (DROPPED, a.at_ms, Some(reason.clone())),
     }
 }
+
+/// The state [`next_state`] gives a dropped delivery, which the record
+/// then deletes.
+pub(crate) const DROPPED: &str = "dropped";

@@ -24,7 +24,7 @@ use serde_json::Value;
 use super::{
     attempt_json, delivery_json, held_transition, next_state, parse_schema, record_of, schema_name,
     Backend, DeadLetter, DueDelivery, InFlight, Provisioning, RecordedAttempt, StoreError,
-    SubscriptionRecord, TopicCounts, TopicRecord,
+    SubscriptionRecord, TopicCounts, TopicRecord, DROPPED,
 };
 use crate::event::{Event, Schema};
 use crate::model::SubscriptionInput;
@@ -595,6 +595,14 @@ impl Backend for PgRouter {
             )
             .await
             .map_err(pg)?;
+            if state == DROPPED {
+                tx.execute(
+                    "DELETE FROM deliveries WHERE seq = $1 AND topic = $2 AND subscription = $3",
+                    &[&a.seq, &a.topic, &a.subscription],
+                )
+                .await
+                .map_err(pg)?;
+            }
         }
         tx.commit().await.map_err(pg)?;
         Ok(())
@@ -773,10 +781,11 @@ impl Backend for PgRouter {
         subscription: &str,
         cutoff_ms: i64,
         now_ms: i64,
+        keep: bool,
         _leased: InFlight,
     ) -> Result<usize, StoreError> {
         let c = self.client().await?;
-        retention::expire_held(&c, topic, subscription, cutoff_ms, now_ms).await
+        retention::expire_held(&c, topic, subscription, cutoff_ms, now_ms, keep).await
     }
 }
 

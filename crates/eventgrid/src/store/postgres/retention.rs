@@ -89,24 +89,29 @@ pub(super) async fn held_subscriptions(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Dead-letters the subscription's held deliveries of events published
-/// before `cutoff_ms`, except those a process has leased (an attempt in
-/// flight: its record decides). Returns how many.
+/// Dead-letters (`keep`) or drops the subscription's held deliveries of
+/// events published before `cutoff_ms`, except those a process has leased
+/// (an attempt in flight: its record decides). Returns how many.
 pub(super) async fn expire_held(
     c: &deadpool_postgres::Object,
     topic: &str,
     subscription: &str,
     cutoff_ms: i64,
     now_ms: i64,
+    keep: bool,
 ) -> Result<usize, StoreError> {
-    let n = c
-        .execute(
+    const EXPIRED: &str = "e.seq = d.seq AND d.state = 'held' AND d.topic = $1 AND d.subscription = $2
+         AND COALESCE(d.live_since_ms, e.published_ms) < $3 AND (d.lease_until IS NULL OR d.lease_until <= $4)";
+    let sql = if keep {
+        format!(
             "UPDATE deliveries d SET state = 'dead', reason = 'TimeToLiveExceeded', due_ms = $4
-             FROM events e
-             WHERE e.seq = d.seq AND d.state = 'held' AND d.topic = $1 AND d.subscription = $2
-               AND COALESCE(d.live_since_ms, e.published_ms) < $3 AND (d.lease_until IS NULL OR d.lease_until <= $4)",
-            &[&topic, &subscription, &cutoff_ms, &now_ms],
+             FROM events e WHERE {EXPIRED}"
         )
+    } else {
+        format!("DELETE FROM deliveries d USING events e WHERE {EXPIRED}")
+    };
+    let n = c
+        .execute(&sql, &[&topic, &subscription, &cutoff_ms, &now_ms])
         .await
         .map_err(pg)?;
     Ok(n as usize)

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use super::{
     attempt_json, delivery_json, delivery_key, held_transition, next_state, parse_schema,
     record_of, schema_name, Backend, DeadLetter, DueDelivery, InFlight, Provisioning,
-    RecordedAttempt, StoreError, SubscriptionRecord, TopicCounts, TopicRecord,
+    RecordedAttempt, StoreError, SubscriptionRecord, TopicCounts, TopicRecord, DROPPED,
 };
 use crate::event::{Event, Schema};
 
@@ -767,12 +767,18 @@ impl Backend for SqliteRouter {
         subscription: &str,
         cutoff_ms: i64,
         now_ms: i64,
+        keep: bool,
         in_flight: InFlight,
     ) -> Result<usize, StoreError> {
         let (topic, subscription) = (topic.to_string(), subscription.to_string());
         self.call(move |conn| {
             let in_flight = in_flight.lock().expect("in-flight lock").clone();
-            retention::expire_held(conn, &topic, &subscription, cutoff_ms, now_ms, &in_flight)
+            let expiry = retention::Expiry {
+                cutoff_ms,
+                now_ms,
+                keep,
+            };
+            retention::expire_held(conn, &topic, &subscription, expiry, &in_flight)
         })
         .await
     }

@@ -73,15 +73,28 @@ pub(super) fn held_subscriptions(conn: &Connection) -> Result<Vec<(String, Strin
         .collect::<Result<_, _>>()?)
 }
 
-/// Dead-letters the subscription's held deliveries of events published
-/// before `cutoff_ms`, except those `in_flight` (an attempt's record
-/// decides those). Returns how many.
+/// Which held deliveries expire, and what becomes of them.
+pub(super) struct Expiry {
+    /// Those of events published (or re-driven) before this.
+    pub cutoff_ms: i64,
+    pub now_ms: i64,
+    /// Dead-lettered (the subscription has a dead-letter destination),
+    /// else dropped.
+    pub keep: bool,
+}
+
+/// Dead-letters or drops the subscription's expired held deliveries,
+/// except those `in_flight` (an attempt's record decides those). Returns
+/// how many.
 pub(super) fn expire_held(
     conn: &mut Connection,
     topic: &str,
     subscription: &str,
-    cutoff_ms: i64,
-    now_ms: i64,
+    Expiry {
+        cutoff_ms,
+        now_ms,
+        keep,
+    }: Expiry,
     in_flight: &HashSet<DeliveryKey>,
 ) -> Result<usize, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -98,12 +111,18 @@ pub(super) fn expire_held(
         if in_flight.contains(&delivery_key(seq, topic, subscription)) {
             continue;
         }
-        expired += tx
-            .prepare_cached(
+        expired += if keep {
+            tx.prepare_cached(
                 "UPDATE deliveries SET state = 'dead', reason = 'TimeToLiveExceeded', due_ms = ?4
                  WHERE seq = ?1 AND topic = ?2 AND subscription = ?3 AND state = 'held'",
             )?
-            .execute(params![seq, topic, subscription, now_ms])?;
+            .execute(params![seq, topic, subscription, now_ms])?
+        } else {
+            tx.prepare_cached(
+                "DELETE FROM deliveries WHERE seq = ?1 AND topic = ?2 AND subscription = ?3 AND state = 'held'",
+            )?
+            .execute(params![seq, topic, subscription])?
+        };
     }
     tx.commit()?;
     Ok(expired)

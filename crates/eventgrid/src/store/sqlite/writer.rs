@@ -7,7 +7,7 @@ use std::collections::hash_map::{Entry, HashMap};
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::{next_state, subscription_row, to_record};
+use super::{next_state, subscription_row, to_record, DROPPED};
 use crate::event::Event;
 use crate::store::{RecordedAttempt, StoreError, SubscriptionRecord};
 
@@ -125,6 +125,12 @@ fn record_in(tx: &Connection, attempts: &[RecordedAttempt]) -> Result<(), StoreE
             a.at_ms,
             reason
         ])?;
+        if state == DROPPED {
+            tx.prepare_cached(
+                "DELETE FROM deliveries WHERE seq = ?1 AND topic = ?2 AND subscription = ?3",
+            )?
+            .execute(params![a.seq, a.topic, a.subscription])?;
+        }
     }
     Ok(())
 }
