@@ -73,8 +73,10 @@ $("create-cloud").addEventListener("click", async () => {
 });
 
 document.addEventListener("keydown", (e) => {
-  const typing = e.target.closest && e.target.closest("input, textarea, dialog, canvas");
+  // The map's canvas has keys of its own, but not N or /.
+  const typing = e.target.closest && e.target.closest("input, textarea, dialog");
   if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.key === "n" || e.key === "N") { e.preventDefault(); createGalaxy(); }
+  // A held N creates one galaxy, not one per key repeat.
+  if ((e.key === "n" || e.key === "N") && !e.repeat) { e.preventDefault(); createGalaxy(); }
   if (e.key === "/") { e.preventDefault(); showTab("galaxies"); $("galaxy-search").focus(); }
 });

@@ -8,18 +8,22 @@ import { state, putInstance, removeInstance } from "./store.js";
 import { instanceDetail } from "./views.js";
 import { rowElement, renderRow } from "./instances.js";
 import { selectGalaxy } from "./galaxies.js";
+import { armedLabel, pressTwice } from "./confirm.js";
 
 const $ = (id) => document.getElementById(id);
 
+// Terminate and purge cannot be undone: they act on a second press.
+const twice = new Set(["terminate", "purge"]);
 const actions = {
-  terminate: (id) => act(id, "terminate_instance", "Terminated"),
+  terminate: (id) => pressTwice(`terminate:${id}`, () => act(id, "terminate_instance", "Terminated"), renderDetail),
   suspend: (id) => act(id, "suspend_instance", "Suspend requested"),
   resume: (id) => act(id, "resume_instance", "Resume requested"),
-  purge: async (id) => {
+  purge: (id) => pressTwice(`purge:${id}`, async () => {
     if (await act(id, "purge_instance", "Purged")) {
       removeInstance(id);
     }
-  },
+  }, renderDetail),
+  label: (name, id, label) => (twice.has(name) ? armedLabel(`${name}:${id}`, label) : label),
 };
 
 async function act(id, cmd, done) {
@@ -48,15 +52,27 @@ export function renderDetail() {
       h("p", { class: "hint" }, "Runs on galaxy-cloud for your account; its galaxy arrives here through sync.")));
     return;
   }
+  // Focus inside the detail stays inside it across the redraw: on the
+  // same action, or (that action now disabled, say Suspend once
+  // suspended) the first one enabled, or the detail itself.
+  const hadFocus = box.contains(document.activeElement);
+  const focused = document.activeElement?.closest?.("#instance-detail [data-action]")?.dataset.action;
   if (!v) {
-    box.replaceChildren(h("p", { class: "hint" }, state.openInstance
+    box.replaceChildren(h("p", { class: "hint", tabIndex: -1 }, state.openInstance
       ? "This instance was purged." : "Open an orchestration to see its history as a timeline."));
+    if (hadFocus) box.firstElementChild.focus();
     return;
   }
-  // The action button that had focus keeps it across the redraw.
-  const focused = document.activeElement?.closest?.("#instance-detail [data-action]")?.dataset.action;
   box.replaceChildren(instanceDetail(v, actions, state.rowErrors.get(v.instanceId)));
-  if (focused) box.querySelector(`[data-action="${focused}"]`)?.focus();
+  if (!hadFocus) return;
+  const same = focused && box.querySelector(`[data-action="${focused}"]:not(:disabled)`);
+  const next = same || box.querySelector("[data-action]:not(:disabled)");
+  if (next) next.focus();
+  else {
+    const head = box.querySelector(".detail-head h3");
+    head.tabIndex = -1;
+    head.focus();
+  }
 }
 
 /** Opens an instance in the dock (fetching it if unknown) and selects its

@@ -55,8 +55,9 @@ async function load() {
       call("ui_ready", { galaxies: state.galaxies.size, instances: state.instances.size }).catch(() => {});
     });
   } catch (e) {
+    // The stack goes to the console, not to the player.
     console.error(e);
-    fatal(e instanceof Error && !e.kind ? `${e.name}: ${e.message} ${e.stack || ""}` : errorMessage(e.message || e));
+    fatal(e instanceof Error && !e.kind ? `${e.name}: ${e.message}` : errorMessage(e.message || e));
   }
 }
 
@@ -82,11 +83,10 @@ async function resync() {
   } catch (e) { toastError(e.message); }
 }
 
-$("fatal-retry").onclick = () => load();
-
+let listening = false;
 async function start() {
   const buffer = (kind) => (payload) => (state.loaded ? apply(kind, payload) : early.push([kind, payload]));
-  await Promise.all([
+  if (!listening) await Promise.all([
     on("instance-updated", buffer("instance")),
     on("galaxy-added", buffer("galaxy")),
     on("galaxy-upserted", buffer("galaxy-upserted")),
@@ -99,9 +99,20 @@ async function start() {
     on("fatal", (message) => { if (!state.loaded) fatal(message); else toastError(message); }),
     on("resync", resync),
   ]);
+  listening = true;
   await load();
 }
 
+function startOrSayWhy() {
+  start().catch((e) => {
+    console.error(e);
+    fatal(errorMessage(e?.message || e));
+  });
+}
+$("fatal-retry").onclick = startOrSayWhy;
+
 window.addEventListener("error", (e) => toastError(`Unexpected error: ${e.message}`));
 window.addEventListener("unhandledrejection", (e) => toastError(`Unexpected error: ${errorMessage(e.reason)}`));
-start();
+// Listening can fail (an IPC or capability error): the fatal screen says
+// so, with its Try again, instead of an empty page that stays loading.
+startOrSayWhy();

@@ -106,7 +106,8 @@ export function instanceDetail(view, actions, error) {
   const s = view.runtimeStatus;
   const live = ["Pending", "Running", "Suspended", "ContinuedAsNew"].includes(s);
   const btn = (label, name, enabled, cls = "ghost") =>
-    h("button", { type: "button", class: cls, disabled: !enabled, dataset: { action: name }, onclick: () => actions[name](view.instanceId) }, label);
+    h("button", { type: "button", class: cls, disabled: !enabled, dataset: { action: name }, onclick: () => actions[name](view.instanceId) },
+      actions.label ? actions.label(name, view.instanceId, label) : label);
   return h("div", { class: "detail", dataset: { id: view.instanceId, status: s } },
     h("div", { class: "detail-head" },
       h("h3", {}, view.name),
@@ -128,12 +129,15 @@ export function instanceDetail(view, actions, error) {
 }
 
 /** The dock's galaxy card. */
-export function galaxyCard(galaxy, openInstance, { rename, remove } = {}) {
-  const input = h("input", { class: "rename-input", value: galaxy.name, "aria-label": "New name", maxlength: "80" });
+export function galaxyCard(galaxy, openInstance, { rename, remove, removeLabel } = {}) {
+  // No maxlength: the page would count UTF-16 units where the rule counts
+  // characters; the app's own check says what is wrong.
+  const input = h("input", { class: "rename-input", value: galaxy.name, "aria-label": "New name", "aria-describedby": "rename-error" });
   const edit = rename ? h("form", { class: "galaxy-edit", onsubmit: (e) => { e.preventDefault(); rename(galaxy, input.value); } },
     input,
     h("button", { type: "submit", class: "rename" }, "Rename"),
-    h("button", { type: "button", class: "delete ghost", onclick: () => remove(galaxy) }, "Delete")) : null;
+    h("button", { type: "button", class: "delete ghost", onclick: () => remove(galaxy) }, removeLabel ? removeLabel(galaxy) : "Delete"),
+    h("p", { class: "settings-error", id: "rename-error", role: "alert", hidden: true })) : null;
   return h("div", { dataset: { key: `${galaxy.partitionKey}|${galaxy.rowKey}` } },
     h("h3", { class: "glow-name", style: { color: `hsl(${hueOf(galaxy.name)}, 90%, 82%)` } }, galaxy.name),
     h("dl", { class: "kv" },

@@ -668,3 +668,82 @@ async fn a_second_launch_on_the_same_data_focuses_the_first_window() -> Result<(
     app.close().await?;
     Ok(())
 }
+
+/// What cannot be undone asks for a second press, a refused rename says
+/// why beside the field, and focus stays in the panel it was in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_and_purging_ask_twice_and_focus_stays_in_its_panel() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let display = Display::start()?;
+    let data = tempfile::tempdir()?;
+    let app = App::launch(&display, data.path()).await?;
+    app.create_until_completed(1).await?;
+    app.wait_js(
+        "the galaxy card",
+        "return !!document.querySelector('#galaxy-card .rename-input')",
+    )
+    .await?;
+
+    // A blank name is refused beside the field; what was typed stays.
+    app.eval(
+        "const i = document.querySelector('#galaxy-card .rename-input'); i.focus(); i.value = '   '; \
+         document.querySelector('#galaxy-card .galaxy-edit').requestSubmit(); return true",
+    )
+    .await?;
+    app.wait_js(
+        "the refusal beside the field",
+        "const p = document.getElementById('rename-error'); \
+         const i = document.querySelector('#galaxy-card .rename-input'); \
+         return !p.hidden && p.textContent.length > 0 && i.getAttribute('aria-invalid') === 'true' \
+           && i.value === '   ' && document.activeElement === i",
+    )
+    .await?;
+    app.eval(
+        "const i = document.querySelector('#galaxy-card .rename-input'); i.value = 'Second Home'; \
+         document.querySelector('#galaxy-card .galaxy-edit').requestSubmit(); return true",
+    )
+    .await?;
+    app.wait_js(
+        "the new name, the message gone, focus still in the field",
+        "return document.querySelector('#galaxy-card h3')?.textContent === 'Second Home' \
+           && document.getElementById('rename-error').hidden \
+           && document.activeElement === document.querySelector('#galaxy-card .rename-input')",
+    )
+    .await?;
+
+    // Delete: the first press only asks.
+    app.click("#galaxy-card .delete").await?;
+    app.wait_js(
+        "the delete button asking again",
+        "return document.querySelector('#galaxy-card .delete').textContent === 'Press again to delete'",
+    )
+    .await?;
+    app.wait_js("the galaxy still there", &map_count(1)).await?;
+    app.click("#galaxy-card .delete").await?;
+    app.wait_js("the galaxy deleted", &map_count(0)).await?;
+    app.wait_js(
+        "focus on the card's hint",
+        "return document.activeElement === document.querySelector('#galaxy-card .hint')",
+    )
+    .await?;
+
+    // Purge: the same, and focus stays in the detail.
+    app.click("#instance-detail [data-action=\"purge\"]")
+        .await?;
+    app.wait_js(
+        "the purge button asking again",
+        "return document.querySelector('#instance-detail [data-action=\"purge\"]').textContent === 'Press again to purge' \
+           && document.querySelectorAll('#instance-list li').length === 1",
+    )
+    .await?;
+    app.click("#instance-detail [data-action=\"purge\"]")
+        .await?;
+    app.wait_js(
+        "the instance purged, focus on the detail's note",
+        "return document.querySelectorAll('#instance-list li').length === 0 \
+           && document.activeElement === document.querySelector('#instance-detail .hint')",
+    )
+    .await?;
+    app.close().await?;
+    Ok(())
+}
