@@ -539,15 +539,15 @@ async fn tokens_scope_every_route_to_one_player_and_bad_input_is_refused() {
         .unwrap();
     assert_eq!(me["devices"].as_array().unwrap().len(), 2);
 
-    // Device tokens open no Durable Functions route, and function keys no
-    // player route.
+    // Device tokens open no Durable Functions route (403: the token is
+    // good, the route is not for it), and function keys no player route.
     let r = http
         .get(url("/runtime/webhooks/durabletask/instances"))
         .bearer_auth(ta)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 
 #[test]
@@ -704,9 +704,20 @@ async fn create_in_the_cloud_runs_for_the_player_and_arrives_through_pull() {
             format!("/api/orchestrators/Galaxy_Create/{instance}x"),
         ),
     ] {
+        // A valid token on a route it does not open: 403, not the 401
+        // that tells a device its token was revoked; a wrong one: 401.
         let r = http
             .request(method.clone(), format!("{}{path}", cloud.base))
             .bearer_auth(token(&d.a))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "Forbidden", "{body}");
+        let r = http
+            .request(method.clone(), format!("{}{path}", cloud.base))
+            .bearer_auth("not-a-device-token")
             .send()
             .await
             .unwrap();

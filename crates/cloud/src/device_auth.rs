@@ -69,10 +69,10 @@ pub const DEVICE_KEY_ROUTES: [(Method, &str); 3] = [
     ),
 ];
 
-/// For a request without a valid key: its bearer token when the route is
-/// one of [`DEVICE_KEY_ROUTES`] (an error when it is another); `None` when
-/// it has no token.
-pub fn token_for_key_route(request: &Request) -> Option<Result<String, AppError>> {
+/// A request's bearer token (for a request without a valid key), and
+/// whether its route is one of [`DEVICE_KEY_ROUTES`]; `None` when it has
+/// no token.
+pub fn token_for_key_route(request: &Request) -> Option<(String, bool)> {
     let token = bearer(request)?.to_string();
     let route = request
         .extensions()
@@ -81,12 +81,17 @@ pub fn token_for_key_route(request: &Request) -> Option<Result<String, AppError>
     let open = DEVICE_KEY_ROUTES
         .iter()
         .any(|(m, p)| m == request.method() && Some(*p) == route);
-    if !open {
-        return Some(Err(AppError::unauthorized(
-            "a device token opens only POST /api/orchestrators/Galaxy_Create and the status and stream of the player's own instances; this route needs the function key",
-        )));
-    }
-    Some(Ok(token))
+    Some((token, open))
+}
+
+/// 403 for a valid device token on a route it does not open (a 401 would
+/// tell the device its token was revoked).
+pub fn not_a_device_route() -> AppError {
+    AppError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "Forbidden",
+        "a device token opens only POST /api/orchestrators/Galaxy_Create and the status and stream of the player's own instances; this route needs the function key",
+    )
 }
 
 /// The instance id prefix of a player's instances.

@@ -349,14 +349,14 @@ pub async fn require_key(
             next.run(request).await
         }
         None => match crate::device_auth::token_for_key_route(&request) {
-            Some(Ok(token)) => match state.players.authenticate(&token).await {
-                Ok(device) => {
+            Some((token, open)) => match state.players.authenticate(&token).await {
+                Ok(device) if open => {
                     request.extensions_mut().insert(device);
                     next.run(request).await
                 }
+                Ok(_) => crate::device_auth::not_a_device_route().into_response(),
                 Err(e) => AppError::from(e).into_response(),
             },
-            Some(Err(e)) => e.into_response(),
             None => AppError::unauthorized(
                 "a valid key is required: pass the function key as ?code= or the x-functions-key header",
             )
