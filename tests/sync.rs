@@ -812,3 +812,62 @@ fn signing_out_and_linking_the_same_player_again_keeps_the_sync_state() {
     ok(other.path(), &["sync"]);
     assert_eq!(list(other.path()), a);
 }
+
+/// Copies a stopped cloud's data directory (its SQLite files with their
+/// write-ahead logs): a backup.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A cloud restored from a backup has lost galaxies it had confirmed. The
+/// device, whose pull cursor is now beyond the cloud's latest version,
+/// sends them again (before, it took this for a reset and wiped every
+/// synced galaxy the restored cloud no longer had: lost everywhere).
+#[test]
+fn a_cloud_restored_from_a_backup_gets_back_what_it_lost_from_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, backup) = (dir.path().join("cloud"), dir.path().join("backup"));
+    let start = |at: &Path, listen: &str| {
+        let (child, lines) = common::spawn_on(at, listen, &[]);
+        let (_, base) = common::wait_listening(&lines);
+        (child, base)
+    };
+    let stop = |mut child: Child| {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    };
+    let (cloud, base) = start(&data, "127.0.0.1:0");
+    let listen = base.trim_start_matches("http://").to_string();
+    let d = two_devices(&base);
+    ok(&d.a, &["create", "-n", "1"]);
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 1 pulled 0");
+    stop(cloud);
+    copy_dir(&data, &backup);
+    let (cloud, _) = start(&data, &listen);
+    ok(&d.a, &["create", "-n", "2"]);
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 2 pulled 0");
+    stop(cloud);
+
+    // The cloud comes back from the backup, on the same address: it has
+    // the first galaxy only.
+    let (cloud, _) = start(&backup, &listen);
+    let told = ok(&d.a, &["sync"]);
+    assert!(
+        told.contains("The cloud lost changes it had confirmed"),
+        "{told}"
+    );
+    assert_eq!(list(&d.a).len(), 3, "the device kept its galaxies");
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 3 pulled 0");
+    ok(&d.b, &["sync"]);
+    assert_eq!(list(&d.b), list(&d.a));
+    stop(cloud);
+}

@@ -529,6 +529,29 @@ impl Replica for GalaxyReplica {
         Ok(())
     }
 
+    async fn resend_all(&self) -> Result<(), TableError> {
+        self.table
+            .write(|conn, effects| {
+                let keys: Vec<String> = conn
+                    .prepare(
+                        "SELECT row_key FROM galaxies WHERE version > 0
+                           AND row_key NOT IN (SELECT entity_id FROM outbox) ORDER BY row_key",
+                    )?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for key in &keys {
+                    if let Some(g) = get_local(conn, key)? {
+                        enqueue_put(conn, &g)?;
+                    }
+                }
+                conn.execute_batch("UPDATE sync_state SET pull_cursor = 0, chain_fresh = 1;")?;
+                renumber_in(conn)?;
+                effects.outbox_delta += keys.len() as i64;
+                Ok(())
+            })
+            .await
+    }
+
     fn pending_count(&self) -> u64 {
         self.table.pending_changes()
     }

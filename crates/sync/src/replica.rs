@@ -64,6 +64,13 @@ pub trait Replica: Send + Sync + 'static {
     /// pending change, keep the outbox, and start pulling from 0.
     fn reset(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// The cloud lost what it had acknowledged (restored from a backup: the
+    /// device's cursor is beyond its latest version). Keep every row, queue
+    /// each synced one without a pending change as a put on top of the
+    /// version this device knew, take a new client id, renumber the outbox
+    /// and start pulling from 0, so the cloud gets back what it lost.
+    fn resend_all(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
     /// Outbox rows waiting (from memory, instant).
     fn pending_count(&self) -> u64;
 

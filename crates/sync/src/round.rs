@@ -120,6 +120,16 @@ pub async fn run_round<R: Replica, T: Transport>(
                     "the cloud asked for a reset twice in a row".into(),
                 ));
             }
+            if state.cursor > page.latest {
+                // Not a device that was away: the cloud went back in time
+                // and lost galaxies only this device may still hold. Wiping
+                // them, as a reset does, would lose them everywhere.
+                replica.resend_all().await.map_err(RoundError::Local)?;
+                report.notices.push(
+                    "The cloud lost changes it had confirmed (restored from a backup?); this device sends its galaxies again".into(),
+                );
+                continue;
+            }
             replica.reset().await.map_err(RoundError::Local)?;
             report.notices.push(
                 "This device was away longer than the cloud keeps deletions; its galaxies were reloaded from the cloud".into(),
