@@ -871,3 +871,31 @@ fn a_cloud_restored_from_a_backup_gets_back_what_it_lost_from_the_device() {
     assert_eq!(list(&d.b), list(&d.a));
     stop(cloud);
 }
+
+/// A device whose data folder is put back from an older copy numbers its
+/// new changes with ids the cloud settled for others. The cloud says so
+/// (before, it skipped them as resends and the device dropped them from
+/// its outbox: galaxies made there never left it), and the device takes a
+/// new client id and pulls everything, getting back what its newer self
+/// made too (a client's own writes are left out of its pulls).
+#[test]
+fn a_device_put_back_from_an_older_copy_loses_nothing_it_makes_afterwards() {
+    let cloud = cloud(&[]);
+    let d = two_devices(&cloud.base);
+    ok(&d.a, &["create", "-n", "1"]);
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 1 pulled 0");
+    let copy = d._dir.path().join("a-copy");
+    copy_dir(&d.a, &copy);
+    ok(&d.a, &["create", "-n", "2"]);
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 2 pulled 0");
+
+    // The device's folder is put back from the copy; it makes two more.
+    ok(&copy, &["create", "-n", "2"]);
+    let told = ok(&copy, &["sync"]);
+    assert!(told.contains("older copy"), "{told}");
+    assert!(told.starts_with("pushed 2 pulled 2"), "{told}");
+    ok(&d.b, &["sync"]);
+    let all = list(&d.b);
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(list(&copy), all);
+}

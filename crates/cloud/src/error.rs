@@ -186,6 +186,11 @@ impl From<galaxy::players::PlayersError> for AppError {
             E::MutationGap { .. } => {
                 Self::new(StatusCode::CONFLICT, sync::protocol::MUTATION_GAP, message)
             }
+            E::MutationIdReused(_) => Self::new(
+                StatusCode::CONFLICT,
+                sync::protocol::MUTATION_ID_REUSED,
+                message,
+            ),
             E::TooMany(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "TooManyMutations", message),
             E::Invalid(_) => Self::bad_request("InvalidRequest", message),
             E::Interrupted(_) => Self::new(

@@ -529,6 +529,15 @@ impl Replica for GalaxyReplica {
         Ok(())
     }
 
+    async fn renumber_and_pull_all(&self) -> Result<(), TableError> {
+        self.table
+            .write(|conn, _| {
+                conn.execute_batch("UPDATE sync_state SET pull_cursor = 0, chain_fresh = 1;")?;
+                renumber_in(conn)
+            })
+            .await
+    }
+
     async fn resend_all(&self) -> Result<(), TableError> {
         self.table
             .write(|conn, effects| {

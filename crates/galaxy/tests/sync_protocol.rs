@@ -22,6 +22,7 @@ fn map(e: PlayersError) -> TransportError {
     match e {
         PlayersError::ClientStateNotFound(m) => TransportError::ClientStateNotFound(m),
         e @ PlayersError::MutationGap { .. } => TransportError::MutationGap(e.to_string()),
+        e @ PlayersError::MutationIdReused(_) => TransportError::MutationIdReused(e.to_string()),
         PlayersError::Unauthorized => TransportError::Unauthorized("revoked".into()),
         e => TransportError::Refused {
             status: 400,

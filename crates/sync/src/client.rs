@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::protocol::{
     DeviceCredentials, LinkCode, PlayerInfo, Poke, PullResponse, PushRequest, PushResponse,
-    RegisterRequest, CLIENT_STATE_NOT_FOUND, MUTATION_GAP,
+    RegisterRequest, CLIENT_STATE_NOT_FOUND, MUTATION_GAP, MUTATION_ID_REUSED,
 };
 use crate::sse;
 use crate::transport::{Transport, TransportError};
@@ -143,6 +143,7 @@ impl CloudApi {
             (401, _) => TransportError::Unauthorized(message),
             (409, CLIENT_STATE_NOT_FOUND) => TransportError::ClientStateNotFound(message),
             (409, MUTATION_GAP) => TransportError::MutationGap(message),
+            (409, MUTATION_ID_REUSED) => TransportError::MutationIdReused(message),
             (s, _) if s >= 500 || s == 429 || s == 408 => {
                 TransportError::Unavailable(format!("{url} answered HTTP {s} {code}: {message}"))
             }

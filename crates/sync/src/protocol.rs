@@ -23,6 +23,11 @@ pub const CLIENT_STATE_NOT_FOUND: &str = "ClientStateNotFound";
 /// Error code: a push skipped mutation ids; the message names the next one
 /// expected. Nothing of that push was applied.
 pub const MUTATION_GAP: &str = "MutationGap";
+/// Error code: a push resent a mutation id the cloud had settled for
+/// another change (the device's data came back from an older copy).
+/// Nothing of that push was applied; the client takes a new id,
+/// renumbers its outbox from 1 and pulls from 0.
+pub const MUTATION_ID_REUSED: &str = "MutationIdReused";
 
 /// What a mutation does to its entity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -64,6 +64,13 @@ pub trait Replica: Send + Sync + 'static {
     /// pending change, keep the outbox, and start pulling from 0.
     fn reset(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// The cloud settled this client's mutation ids for other changes (the
+    /// device's data is an older copy of itself): take a new client id,
+    /// renumber the outbox from 1, and pull from 0, which brings back what
+    /// the newer copy wrote under the old id (a client's own writes are
+    /// left out of its pulls).
+    fn renumber_and_pull_all(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
     /// The cloud lost what it had acknowledged (restored from a backup: the
     /// device's cursor is beyond its latest version). Keep every row, queue
     /// each synced one without a pending change as a put on top of the

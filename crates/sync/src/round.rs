@@ -7,6 +7,10 @@
 //!   behind what the outbox assumes) renumbers the outbox under a new
 //!   client id and pushes again: puts are whole-body upserts and deletes
 //!   are idempotent, so resending settled changes is harmless.
+//! - A push answered `MutationIdReused` (the outbox's ids went to other
+//!   changes: the device's data is an older copy) renumbers too, and pulls
+//!   from 0, since the newer copy's writes were this client's own and so
+//!   never pulled.
 //! - A pull page is applied in one local transaction; `reset` wipes synced
 //!   rows (keeping the outbox) and pulls from 0.
 //! - A chain of pages that began at cursor 0 says so (`fresh`): its cursor
@@ -102,6 +106,20 @@ pub async fn run_round<R: Replica, T: Transport>(
                 }
                 tracing::info!("sync: {e}; renumbering the outbox under a new client id");
                 replica.renumber().await.map_err(RoundError::Local)?;
+                renumbered = true;
+            }
+            Err(e @ TransportError::MutationIdReused(_)) => {
+                if renumbered {
+                    return Err(RoundError::Wedged(e.to_string()));
+                }
+                tracing::info!("sync: {e}; a new client id, and everything pulled again");
+                replica
+                    .renumber_and_pull_all()
+                    .await
+                    .map_err(RoundError::Local)?;
+                report.notices.push(
+                    "This device's data is an older copy of itself; what it made since is sent under a new name and what the newer copy made comes back".into(),
+                );
                 renumbered = true;
             }
             Err(e) => return Err(e.into()),

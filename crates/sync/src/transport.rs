@@ -17,6 +17,11 @@ pub enum TransportError {
     /// The cloud expects an earlier mutation id than the outbox holds.
     #[error("mutation gap: {0}")]
     MutationGap(String),
+    /// The cloud settled the outbox's mutation ids for other changes (this
+    /// device's data is an older copy): renumber under a new client id and
+    /// pull from 0.
+    #[error("mutation ids reused: {0}")]
+    MutationIdReused(String),
     /// The token is missing, wrong or revoked.
     #[error("the cloud refused this device's token (revoked, or the cloud's data was reset): {0}")]
     Unauthorized(String),

@@ -35,7 +35,7 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
         (status = 200, description = "`{last_mutation_id, results: [{mutation_id, status: applied|skipped|rejected, version, conflict, reason}]}`", body = Object),
         (status = 400, description = "Not JSON, or not a push", body = ErrorBody),
         (status = 401, description = "Missing, wrong or revoked device token", body = ErrorBody),
-        (status = 409, description = "`ClientStateNotFound` (take a new client id, renumber from 1) or `MutationGap` (nothing applied)", body = ErrorBody),
+        (status = 409, description = "`ClientStateNotFound` (take a new client id, renumber from 1), `MutationGap` or `MutationIdReused` (a settled id resent for a galaxy the player never had: the device is an older copy of itself; take a new client id, renumber, pull from 0); nothing applied", body = ErrorBody),
         (status = 413, description = "More than 1000 mutations, or a body over 1 MB", body = ErrorBody),
     ),
     security(("device_token" = []))

@@ -76,6 +76,11 @@ pub enum PlayersError {
         /// The id that broke the sequence.
         got: u64,
     },
+    /// A push resent mutation `0` for a galaxy the player never had: the
+    /// id was settled for another change, so the device's data came back
+    /// from an older copy. Nothing was applied.
+    #[error("mutation {0} of this client was settled for another change (is this device's data an older copy?): take a new client id, renumber from 1 and pull from 0")]
+    MutationIdReused(u64),
     /// A push with more mutations than allowed.
     #[error("a push carries at most {MAX_PUSH_MUTATIONS} mutations; this one has {0}")]
     TooMany(usize),

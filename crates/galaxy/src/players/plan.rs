@@ -152,6 +152,14 @@ pub(crate) fn plan_push(
     let mut results = Vec::with_capacity(request.mutations.len());
     for m in &request.mutations {
         if m.mutation_id <= last {
+            // A resend of a put leaves its galaxy known to the player (a
+            // tombstone at worst, until purged). One the player never had
+            // is no resend: the id went to another change, which a device
+            // whose data was put back from an older copy does. Skipping it
+            // would drop a galaxy only that device holds.
+            if Op::parse(&m.op) == Some(Op::Put) && !current.contains_key(&m.entity_id) {
+                return Err(PlayersError::MutationIdReused(m.mutation_id));
+            }
             // A resend (its answer was lost): when the entity is still as
             // this client left it, say its version, so the client's copy
             // is current (its own writes are not pulled back to it).
@@ -434,6 +442,31 @@ mod tests {
                 writer: Some(writer.into()),
             },
         )])
+    }
+
+    #[test]
+    fn a_settled_id_naming_a_galaxy_the_player_never_had_is_a_reused_id() {
+        // A device put back from an older copy of itself numbers its new
+        // galaxies with ids the cloud settled for other changes.
+        let r = request(vec![put(3, 0, "made after the copy")]);
+        assert!(matches!(
+            plan_push(&device(), &r, ClientState::Known(4), 7, 0, HashMap::new()),
+            Err(PlayersError::MutationIdReused(3))
+        ));
+        // The same id naming a galaxy the player has is a resend: skipped.
+        let plan = plan_push(&device(), &r, ClientState::Known(4), 7, 0, at_7_by("c")).unwrap();
+        assert_eq!(plan.response.results[0].status, MutationStatus::Skipped);
+        // A delete of an unknown galaxy stays a harmless skip.
+        let plan = plan_push(
+            &device(),
+            &request(vec![del(3, 0)]),
+            ClientState::Known(4),
+            7,
+            0,
+            HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(plan.response.results[0].status, MutationStatus::Skipped);
     }
 
     #[test]
