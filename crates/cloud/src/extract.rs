@@ -82,6 +82,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Typed<T> {
 pub const QUERY_NAMES: &[&str] = &[
     "after",
     "api-version",
+    "chain_latest",
     "client_id",
     "createdTimeFrom",
     "createdTimeTo",

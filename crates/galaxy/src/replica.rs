@@ -18,7 +18,7 @@
 //! the server can tell the player when someone else changed it meanwhile.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use sync::protocol::{Mutation, MutationStatus, PullResponse, PushResponse};
+use sync::protocol::{Chain, Mutation, MutationStatus, PullResponse, PushResponse};
 use sync::{Replica, ReplicaState};
 use tokio::sync::{broadcast, watch};
 
@@ -72,6 +72,9 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), TableError> {
     // The player the sync state belongs to (unknown in a database from
     // before: see `GalaxyReplica::adopt_player`).
     add_column(conn, "sync_state", "player_id", "TEXT")?;
+    // The player's latest version when the fresh chain under way read its
+    // first page (NULL: none yet, or a database from before).
+    add_column(conn, "sync_state", "chain_latest", "INTEGER")?;
     conn.execute(
         "INSERT OR IGNORE INTO sync_state (one, client_id, pull_cursor, next_mutation_id)
          VALUES (1, ?1, 0, 1)",
@@ -269,7 +272,7 @@ impl GalaxyReplica {
                 conn.execute_batch(
                     "DELETE FROM outbox;
                      UPDATE galaxies SET version = 0;
-                     UPDATE sync_state SET pull_cursor = 0, next_mutation_id = 1, chain_fresh = 1;",
+                     UPDATE sync_state SET pull_cursor = 0, next_mutation_id = 1, chain_fresh = 1, chain_latest = NULL;",
                 )?;
                 conn.execute("UPDATE sync_state SET player_id = ?1", [&player_id])?;
                 let keys: Vec<String> = conn
@@ -350,14 +353,20 @@ impl Replica for GalaxyReplica {
     async fn state(&self) -> Result<ReplicaState, TableError> {
         self.read(|conn| {
             Ok(conn.query_row(
-                "SELECT client_id, pull_cursor, chain_fresh FROM sync_state WHERE one = 1",
+                "SELECT client_id, pull_cursor, chain_fresh, chain_latest FROM sync_state WHERE one = 1",
                 [],
                 |r| {
                     let cursor = r.get::<_, i64>(1)? as u64;
+                    let fresh = cursor == 0 || r.get::<_, bool>(2)?;
+                    let latest = r.get::<_, Option<i64>>(3)?.map(|l| l as u64);
                     Ok(ReplicaState {
                         client_id: r.get(0)?,
                         cursor,
-                        fresh: cursor == 0 || r.get::<_, bool>(2)?,
+                        chain: if fresh {
+                            Chain::Fresh { latest }
+                        } else {
+                            Chain::Resumed
+                        },
                     })
                 },
             )?)
@@ -497,12 +506,19 @@ impl Replica for GalaxyReplica {
                     }
                 }
                 // The last page completes the chain: later pulls start
-                // from a cursor this device reached and kept current.
+                // from a cursor this device reached and kept current. A
+                // fresh chain's first page says when the chain began.
                 conn.prepare_cached(
                     "UPDATE sync_state SET pull_cursor = ?1,
-                         chain_fresh = CASE WHEN ?2 THEN chain_fresh ELSE 0 END",
+                         chain_fresh = CASE WHEN ?2 THEN chain_fresh ELSE 0 END,
+                         chain_latest = CASE WHEN ?2 AND (chain_fresh = 1 OR pull_cursor = 0)
+                             THEN COALESCE(chain_latest, ?3) ELSE NULL END",
                 )?
-                .execute(params![page.cursor as i64, page.has_more])?;
+                .execute(params![
+                    page.cursor as i64,
+                    page.has_more,
+                    page.latest as i64
+                ])?;
                 Ok((events.len(), events))
             })
             .await?;
@@ -520,7 +536,7 @@ impl Replica for GalaxyReplica {
                 conn.execute_batch(
                     "DELETE FROM galaxies WHERE version > 0
                        AND row_key NOT IN (SELECT entity_id FROM outbox);
-                     UPDATE sync_state SET pull_cursor = 0, chain_fresh = 1;",
+                     UPDATE sync_state SET pull_cursor = 0, chain_fresh = 1, chain_latest = NULL;",
                 )?;
                 renumber_in(conn)
             })
@@ -532,7 +548,9 @@ impl Replica for GalaxyReplica {
     async fn renumber_and_pull_all(&self) -> Result<(), TableError> {
         self.table
             .write(|conn, _| {
-                conn.execute_batch("UPDATE sync_state SET pull_cursor = 0, chain_fresh = 1;")?;
+                conn.execute_batch(
+                    "UPDATE sync_state SET pull_cursor = 0, chain_fresh = 1, chain_latest = NULL;",
+                )?;
                 renumber_in(conn)
             })
             .await
@@ -553,7 +571,9 @@ impl Replica for GalaxyReplica {
                         enqueue_put(conn, &g)?;
                     }
                 }
-                conn.execute_batch("UPDATE sync_state SET pull_cursor = 0, chain_fresh = 1;")?;
+                conn.execute_batch(
+                    "UPDATE sync_state SET pull_cursor = 0, chain_fresh = 1, chain_latest = NULL;",
+                )?;
                 renumber_in(conn)?;
                 effects.outbox_delta += keys.len() as i64;
                 Ok(())

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use galaxy::players::{Device, Players, PlayersError};
 use galaxy::{Coords, Galaxy, GalaxyReplica, GalaxyTable};
-use sync::protocol::{Mutation, MutationStatus, PullResponse, PushRequest, PushResponse};
+use sync::protocol::{Chain, Mutation, MutationStatus, PullResponse, PushRequest, PushResponse};
 use sync::{run_round, Replica, RoundReport, Transport, TransportError};
 
 /// The players store as a device's transport, in-process.
@@ -44,11 +44,11 @@ impl Transport for Direct {
         &self,
         client_id: &str,
         cursor: u64,
-        fresh: bool,
+        chain: Chain,
         limit: Option<usize>,
     ) -> Result<PullResponse, TransportError> {
         self.players
-            .pull(&self.device, client_id, cursor, fresh, limit)
+            .pull(&self.device, client_id, cursor, chain, limit)
             .await
             .map_err(map)
     }
@@ -253,13 +253,19 @@ async fn a_resent_push_is_skipped_a_gap_applies_nothing_and_bad_mutations_do_not
         .results
         .iter()
         .all(|m| m.status == MutationStatus::Skipped));
-    let pulled = players.pull(&a, "client-1", 0, false, None).await.unwrap();
+    let pulled = players
+        .pull(&a, "client-1", 0, Chain::Resumed, None)
+        .await
+        .unwrap();
     // Its own writes are not sent back to it; the cursor passes them.
     assert_eq!(
         (pulled.changes.len(), pulled.cursor, pulled.last_mutation_id),
         (0, 2, 2)
     );
-    let other = players.pull(&a, "client-2", 0, false, None).await.unwrap();
+    let other = players
+        .pull(&a, "client-2", 0, Chain::Resumed, None)
+        .await
+        .unwrap();
     assert_eq!(
         (other.changes.len(), other.latest, other.last_mutation_id),
         (2, 2, 0)
@@ -327,7 +333,7 @@ async fn a_resent_push_is_skipped_a_gap_applies_nothing_and_bad_mutations_do_not
     );
     assert_eq!(
         players
-            .pull(&a, "client-1", 0, false, None)
+            .pull(&a, "client-1", 0, Chain::Resumed, None)
             .await
             .unwrap()
             .last_mutation_id,
@@ -385,7 +391,7 @@ async fn a_device_the_cloud_forgot_renumbers_and_its_changes_still_arrive_once()
     assert_eq!(pb.names().len(), 3);
     assert_eq!(players.galaxy_count(&other.player_id).await.unwrap(), 0);
     assert!(players
-        .pull(&other, "x", 0, false, None)
+        .pull(&other, "x", 0, Chain::Resumed, None)
         .await
         .unwrap()
         .changes
@@ -401,10 +407,13 @@ async fn large_pulls_come_in_pages_and_old_cursors_get_a_reset() {
     }
     let r = pa.sync().await;
     assert_eq!(r.pushed, 1200);
-    let page = players.pull(&b, "c", 0, false, Some(1000)).await.unwrap();
+    let page = players
+        .pull(&b, "c", 0, Chain::Resumed, Some(1000))
+        .await
+        .unwrap();
     assert!(page.has_more && page.changes.len() == 1000 && page.latest == 1200);
     let rest = players
-        .pull(&b, "c", page.cursor, false, Some(5000))
+        .pull(&b, "c", page.cursor, Chain::Resumed, Some(5000))
         .await
         .unwrap();
     assert!(!rest.has_more && rest.changes.len() == 200 && rest.cursor == 1200);
@@ -424,10 +433,19 @@ async fn large_pulls_come_in_pages_and_old_cursors_get_a_reset() {
     pa.replica.delete(&victim).await.unwrap();
     pa.sync().await;
     assert_eq!(players.purge_tombstones(Duration::ZERO).await.unwrap(), 1);
-    let stale = players.pull(&b, "c", 1200, false, None).await.unwrap();
+    let stale = players
+        .pull(&b, "c", 1200, Chain::Resumed, None)
+        .await
+        .unwrap();
     assert!(stale.reset);
     // ... but a chain of pages that began at 0 passes below the floor.
-    assert!(!players.pull(&b, "c", 1, true, None).await.unwrap().reset);
+    assert!(
+        !players
+            .pull(&b, "c", 1, Chain::Fresh { latest: None }, None)
+            .await
+            .unwrap()
+            .reset
+    );
     let r = pb.sync().await;
     assert!(r.notices.iter().any(|n| n.contains("reloaded")), "{r:?}");
     assert_eq!(pb.names(), pa.names());
@@ -435,7 +453,7 @@ async fn large_pulls_come_in_pages_and_old_cursors_get_a_reset() {
     // A cursor beyond anything the cloud has also resets.
     assert!(
         players
-            .pull(&b, "c", 999_999, false, None)
+            .pull(&b, "c", 999_999, Chain::Resumed, None)
             .await
             .unwrap()
             .reset
@@ -563,7 +581,7 @@ impl Transport for CutOff<'_> {
         &self,
         client_id: &str,
         cursor: u64,
-        fresh: bool,
+        chain: Chain,
         limit: Option<usize>,
     ) -> Result<PullResponse, TransportError> {
         let left = self.pulls.load(std::sync::atomic::Ordering::SeqCst);
@@ -572,7 +590,7 @@ impl Transport for CutOff<'_> {
         }
         self.pulls
             .store(left - 1, std::sync::atomic::Ordering::SeqCst);
-        self.link.pull(client_id, cursor, fresh, limit).await
+        self.link.pull(client_id, cursor, chain, limit).await
     }
 }
 
@@ -605,5 +623,40 @@ async fn a_first_sync_cut_off_half_way_resumes_below_the_floor_without_a_reset()
     assert_eq!(r.pulled, 699);
     assert_eq!(pb.names(), pa.names());
     // Once the chain is complete, a cursor below the floor resets again.
-    assert!(!pb.replica.state().await.unwrap().fresh);
+    assert_eq!(pb.replica.state().await.unwrap().chain, Chain::Resumed);
+}
+
+/// A first sync cut off half-way, while a galaxy its first page brought is
+/// deleted and the deletion purged: when it resumes it resets (before, the
+/// chain went on below the floor and the device kept that galaxy for ever,
+/// deleted everywhere else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_purged_while_a_first_sync_was_cut_off_still_reaches_the_device() {
+    let (_d, players, a, b) = player().await;
+    let pa = Phone::new(&players, a);
+    for i in 0..1200 {
+        pa.create(&format!("G{i}")).await;
+    }
+    pa.sync().await;
+    let pb = Phone::new(&players, b);
+    let cut = CutOff {
+        link: &pb.link,
+        pulls: 1.into(),
+    };
+    assert!(run_round(&pb.replica, &cut, 500, |_| {}).await.is_err());
+    assert_eq!(pb.names().len(), 500);
+    assert_eq!(
+        pb.replica.state().await.unwrap().chain,
+        Chain::Fresh { latest: Some(1200) }
+    );
+
+    let held = pb.names()[0].0.clone();
+    pa.replica.delete(&held).await.unwrap();
+    pa.sync().await;
+    assert_eq!(players.purge_tombstones(Duration::ZERO).await.unwrap(), 1);
+    let r = pb.sync().await;
+    assert!(r.notices.iter().any(|n| n.contains("reloaded")), "{r:?}");
+    assert_eq!(pb.names(), pa.names());
+    assert_eq!(pb.names().len(), 1199);
+    assert!(!pb.names().iter().any(|(k, _)| *k == held));
 }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::protocol::{
-    DeviceCredentials, LinkCode, PlayerInfo, Poke, PullResponse, PushRequest, PushResponse,
+    Chain, DeviceCredentials, LinkCode, PlayerInfo, Poke, PullResponse, PushRequest, PushResponse,
     RegisterRequest, CLIENT_STATE_NOT_FOUND, MUTATION_GAP, MUTATION_ID_REUSED,
 };
 use crate::sse;
@@ -347,13 +347,16 @@ impl Transport for CloudApi {
         &self,
         client_id: &str,
         cursor: u64,
-        fresh: bool,
+        chain: Chain,
         limit: Option<usize>,
     ) -> Result<PullResponse, TransportError> {
         let (url, mut r) = self.request(reqwest::Method::GET, "/api/sync/pull");
         r = r.query(&[("client_id", client_id), ("cursor", &cursor.to_string())]);
-        if fresh {
+        if let Chain::Fresh { latest } = chain {
             r = r.query(&[("fresh", "true")]);
+            if let Some(l) = latest {
+                r = r.query(&[("chain_latest", l)]);
+            }
         }
         if let Some(l) = limit {
             r = r.query(&[("limit", l)]);

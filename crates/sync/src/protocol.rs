@@ -172,6 +172,26 @@ pub struct PullResponse {
     pub latest: u64,
 }
 
+/// Which chain of pull pages a pull belongs to, as the cloud must know to
+/// decide a reset (query `fresh=true`, `chain_latest=N`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Chain {
+    /// Resumed from a cursor the device kept: below the tombstone floor it
+    /// may hold entities whose deletion the cloud forgot, so it resets.
+    #[default]
+    Resumed,
+    /// Began at cursor 0, when the player's latest version was `latest`.
+    /// Such a device holds only what this chain brought, so a cursor below
+    /// the floor needs no reset, unless tombstones newer than `latest`
+    /// were purged meanwhile: their entities may be among those the
+    /// chain's earlier pages brought. (`None`: a client that does not say;
+    /// no reset.)
+    Fresh {
+        /// The player's latest version when the chain's first page was read.
+        latest: Option<u64>,
+    },
+}
+
 /// `POST /api/players` and `POST /api/players/devices`: a device's name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use tokio::sync::watch;
 
-use crate::protocol::{Mutation, PullResponse, PushResponse};
+use crate::protocol::{Chain, Mutation, PullResponse, PushResponse};
 
 /// What the loop needs to know before a round.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,11 +19,11 @@ pub struct ReplicaState {
     pub client_id: String,
     /// Where the next pull starts.
     pub cursor: u64,
-    /// The chain of pull pages under way began at cursor 0 (a first sync,
-    /// or one after a reset, perhaps cut off and resumed since): the
-    /// device never held an entity the cloud has purged, so it may pull
-    /// below the tombstone floor without a reset.
-    pub fresh: bool,
+    /// The chain of pull pages under way: [`Chain::Fresh`] when it began
+    /// at cursor 0 (a first sync, or one after a reset, perhaps cut off
+    /// and resumed since), with the player's latest version its first page
+    /// saw.
+    pub chain: Chain,
 }
 
 /// The local side of sync. Every method commits durably before it returns.

@@ -13,11 +13,14 @@
 //!   never pulled.
 //! - A pull page is applied in one local transaction; `reset` wipes synced
 //!   rows (keeping the outbox) and pulls from 0.
-//! - A chain of pages that began at cursor 0 says so (`fresh`): its cursor
-//!   passes below the tombstone floor legitimately (it never held the
-//!   purged entities), where a device that stopped there long ago must
-//!   reset. The replica keeps the flag until a chain completes, so a first
-//!   sync cut off half-way resumes instead of starting over.
+//! - A chain of pages that began at cursor 0 says so (`fresh`, with the
+//!   player's latest version its first page saw): its cursor passes below
+//!   the tombstone floor legitimately (it never held the purged entities),
+//!   where a device that stopped there long ago must reset, unless
+//!   tombstones newer than that version were purged meanwhile (their
+//!   entities may have come in the chain's earlier pages). The replica
+//!   keeps the chain until it completes, so a first sync cut off half-way
+//!   resumes instead of starting over.
 
 use crate::protocol::{PushRequest, MAX_PUSH_MUTATIONS};
 use crate::replica::Replica;
@@ -129,7 +132,7 @@ pub async fn run_round<R: Replica, T: Transport>(
     loop {
         let state = replica.state().await.map_err(RoundError::Local)?;
         let page = transport
-            .pull(&state.client_id, state.cursor, state.fresh, None)
+            .pull(&state.client_id, state.cursor, state.chain, None)
             .await?;
         if page.reset {
             resets += 1;

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 
-use crate::protocol::{PullResponse, PushRequest, PushResponse};
+use crate::protocol::{Chain, PullResponse, PushRequest, PushResponse};
 
 /// Why a push or pull failed, as far as the round needs to tell.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -56,13 +56,12 @@ pub trait Transport: Send + Sync {
         request: &PushRequest,
     ) -> impl Future<Output = Result<PushResponse, TransportError>> + Send;
 
-    /// `GET /api/sync/pull`. `fresh`: this chain of pages began at cursor
-    /// 0, so a cursor below the tombstone floor is no reason to reset.
+    /// `GET /api/sync/pull`, in `chain` (see [`Chain`]).
     fn pull(
         &self,
         client_id: &str,
         cursor: u64,
-        fresh: bool,
+        chain: Chain,
         limit: Option<usize>,
     ) -> impl Future<Output = Result<PullResponse, TransportError>> + Send;
 }

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use sync::protocol::Poke;
+use sync::protocol::{Chain, Poke};
 use sync::{CloudApi, Transport, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -79,7 +79,7 @@ async fn error_answers_map_to_what_the_round_does_next() {
     ])
     .await;
     let api = CloudApi::new(&url, Some("gf1.d.x".into()));
-    let pull = || api.pull("c", 0, false, None);
+    let pull = || api.pull("c", 0, Chain::Resumed, None);
     assert!(matches!(
         pull().await,
         Err(TransportError::ClientStateNotFound(_))

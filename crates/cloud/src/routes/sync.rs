@@ -14,7 +14,7 @@ use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
 use galaxy::players::Device;
 use serde::Deserialize;
-use sync::protocol::{Poke, PushRequest, MAX_PUSH_MUTATIONS};
+use sync::protocol::{Chain, Poke, PushRequest, MAX_PUSH_MUTATIONS};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
@@ -62,8 +62,12 @@ pub struct PullParams {
     /// Page size, 1 to 1000 (default 500).
     pub limit: Option<String>,
     /// This chain of pages began at cursor 0 (no reset below the
-    /// tombstone floor).
+    /// tombstone floor, unless tombstones newer than `chain_latest` were
+    /// purged since).
     pub fresh: Option<String>,
+    /// With `fresh`: the player's latest version when the chain's first
+    /// page was read.
+    pub chain_latest: Option<String>,
 }
 
 fn number(name: &str, value: Option<&str>) -> Result<Option<u64>, AppError> {
@@ -111,9 +115,17 @@ pub async fn pull(
         ));
     }
     let fresh = extract::flag("fresh", params.fresh.as_deref(), false)?;
+    let chain_latest = number("chain_latest", params.chain_latest.as_deref())?;
+    let chain = if fresh {
+        Chain::Fresh {
+            latest: chain_latest,
+        }
+    } else {
+        Chain::Resumed
+    };
     let page = state
         .players
-        .pull(&device, &client_id, cursor, fresh, limit)
+        .pull(&device, &client_id, cursor, chain, limit)
         .await?;
     Ok(Json(page).into_response())
 }

@@ -37,7 +37,7 @@ use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use sync::protocol::{
-    DeviceCredentials, LinkCode, PlayerInfo, PullResponse, PushRequest, PushResponse,
+    Chain, DeviceCredentials, LinkCode, PlayerInfo, PullResponse, PushRequest, PushResponse,
     DEFAULT_PULL_LIMIT, MAX_PULL_LIMIT, MAX_PUSH_MUTATIONS,
 };
 use tokio::sync::broadcast;
@@ -410,14 +410,15 @@ impl Players {
 
     /// The changes after `cursor`, at most `limit` (default
     /// [`DEFAULT_PULL_LIMIT`], at most [`MAX_PULL_LIMIT`]). A cursor below
-    /// the tombstone floor answers `reset`, unless `fresh` (the client's
-    /// chain of pages began at 0: it never held a purged entity).
+    /// the tombstone floor answers `reset`, unless the client's chain of
+    /// pages began at 0 and no tombstone newer than its start was purged
+    /// since ([`Chain`]).
     pub async fn pull(
         &self,
         device: &Device,
         client_id: &str,
         cursor: u64,
-        fresh: bool,
+        chain: Chain,
         limit: Option<usize>,
     ) -> Result<PullResponse, PlayersError> {
         let limit = limit.unwrap_or(DEFAULT_PULL_LIMIT).clamp(1, MAX_PULL_LIMIT);
@@ -426,12 +427,12 @@ impl Players {
         match &self.backend {
             Backend::Sqlite(c) => {
                 Self::sqlite(c, move |conn| {
-                    sqlite::pull(conn, &player_id, &client_id, cursor, fresh, limit)
+                    sqlite::pull(conn, &player_id, &client_id, cursor, chain, limit)
                 })
                 .await
             }
             #[cfg(feature = "postgres")]
-            Backend::Postgres(pg) => pg.pull(&player_id, &client_id, cursor, fresh, limit).await,
+            Backend::Postgres(pg) => pg.pull(&player_id, &client_id, cursor, chain, limit).await,
         }
     }
 

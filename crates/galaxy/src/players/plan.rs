@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use sync::protocol::{
-    Change, Mutation, MutationResult, MutationStatus, Op, PullResponse, PushRequest, PushResponse,
+    Chain, Change, Mutation, MutationResult, MutationStatus, Op, PullResponse, PushRequest,
+    PushResponse,
 };
 
 use super::{Device, PlayersError};
@@ -297,11 +298,22 @@ pub(crate) fn plan_push(
     })
 }
 
-/// Whether a pull from `cursor` must reset instead: below the tombstone
-/// floor (unless the chain of pages began at 0), or beyond the player's
-/// latest version.
-pub(crate) fn needs_reset(cursor: u64, latest: u64, floor: u64, fresh: bool) -> bool {
-    cursor > latest || (cursor > 0 && cursor < floor && !fresh)
+/// Whether a pull from `cursor` must reset instead: beyond the player's
+/// latest version; or below the tombstone floor, unless the chain of
+/// pages began at 0 and no tombstone newer than the chain's start was
+/// purged since (one newer than `cursor` that is also newer than the
+/// start deleted an entity after the chain began: an earlier page may have
+/// brought it, and its deletion will not come).
+pub(crate) fn needs_reset(cursor: u64, latest: u64, floor: u64, chain: Chain) -> bool {
+    let below_floor = cursor > 0 && cursor < floor;
+    cursor > latest
+        || match chain {
+            Chain::Resumed => below_floor,
+            Chain::Fresh { latest: None } => false,
+            Chain::Fresh {
+                latest: Some(start),
+            } => below_floor && floor > start,
+        }
 }
 
 /// Shapes a pull page from up to `limit + 1` rows in version order, each
@@ -597,9 +609,25 @@ mod tests {
         let last = pull_page(vec![(false, change(3))], 2, 9, 2, 4);
         assert!(!last.has_more);
         assert_eq!(last.cursor, 9);
-        assert!(needs_reset(5, 4, 0, false));
-        assert!(needs_reset(2, 9, 3, false));
-        assert!(!needs_reset(2, 9, 3, true));
-        assert!(!needs_reset(0, 9, 3, false));
+        let fresh_since = |start| Chain::Fresh {
+            latest: Some(start),
+        };
+        assert!(needs_reset(5, 4, 0, Chain::Resumed));
+        assert!(needs_reset(2, 9, 3, Chain::Resumed));
+        assert!(!needs_reset(2, 9, 3, Chain::Fresh { latest: None }));
+        assert!(!needs_reset(0, 9, 3, Chain::Resumed));
+        // A fresh chain that began at version 9: tombstones up to 9 were
+        // of entities it never saw; one purged beyond 9 and beyond the
+        // cursor may be of an entity an earlier page brought.
+        assert!(!needs_reset(2, 12, 9, fresh_since(9)));
+        assert!(needs_reset(2, 12, 10, fresh_since(9)));
+        assert!(
+            !needs_reset(11, 12, 10, fresh_since(9)),
+            "past the purged tombstones"
+        );
+        assert!(
+            needs_reset(13, 12, 10, fresh_since(9)),
+            "beyond the latest version"
+        );
     }
 }

@@ -14,7 +14,7 @@ use deadpool_postgres::Pool;
 use futures::StreamExt;
 use serde_json::Value;
 use sync::protocol::{
-    Change, DeviceCredentials, DeviceInfo, PlayerInfo, PullResponse, PushRequest,
+    Chain, Change, DeviceCredentials, DeviceInfo, PlayerInfo, PullResponse, PushRequest,
 };
 use tokio::sync::broadcast;
 use tokio_postgres::AsyncMessage;
@@ -459,7 +459,7 @@ impl PgPlayers {
         player_id: &str,
         client_id: &str,
         cursor: u64,
-        fresh: bool,
+        chain: Chain,
         limit: usize,
     ) -> Result<PullResponse, PlayersError> {
         let mut client = self.client().await?;
@@ -486,7 +486,7 @@ impl PgPlayers {
             .map_err(pg)?
             .filter(|r| r.get::<_, String>(0) == player_id)
             .map_or(0, |r| r.get::<_, i64>(1) as u64);
-        if plan::needs_reset(cursor, latest, floor, fresh) {
+        if plan::needs_reset(cursor, latest, floor, chain) {
             return Ok(PullResponse {
                 reset: true,
                 last_mutation_id,

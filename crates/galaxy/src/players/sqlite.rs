@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::Value;
 use sync::protocol::{
-    Change, DeviceCredentials, DeviceInfo, PlayerInfo, PullResponse, PushRequest,
+    Chain, Change, DeviceCredentials, DeviceInfo, PlayerInfo, PullResponse, PushRequest,
 };
 
 use super::outbox::{self, OutboxEvent};
@@ -311,7 +311,7 @@ pub(super) fn pull(
     player_id: &str,
     client_id: &str,
     cursor: u64,
-    fresh: bool,
+    chain: Chain,
     limit: usize,
 ) -> Result<PullResponse, PlayersError> {
     let tx = conn.transaction()?;
@@ -320,7 +320,7 @@ pub(super) fn pull(
         ClientState::Known(last) => last,
         _ => 0,
     };
-    if plan::needs_reset(cursor, latest, floor, fresh) {
+    if plan::needs_reset(cursor, latest, floor, chain) {
         return Ok(PullResponse {
             reset: true,
             last_mutation_id,
