@@ -164,6 +164,28 @@ async fn starter_errors_singletons_and_the_wait_mode() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(&r.json().await.unwrap()), "InvalidJson");
+    // A byte-order mark before the JSON (some Windows tools write one) is
+    // not part of it.
+    let r = post(
+        "/api/orchestrators/Galaxy_Create/with-bom",
+        "\u{FEFF}{\"from\": \"notepad\"}",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let status: Value = server
+        .req(
+            Method::GET,
+            "/runtime/webhooks/durabletask/instances/with-bom",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["input"], json!({"from": "notepad"}), "{status}");
 
     let r = post("/api/orchestrators/No_Such_Thing", "")
         .send()

@@ -37,10 +37,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 AppError::bad_request("InvalidBody", r.body_text())
             }
         })?;
+        // A byte-order mark, which some Windows tools put before JSON, is
+        // not part of the document.
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
         if bytes.is_empty() {
             return Ok(Self(Value::Null));
         }
-        serde_json::from_slice(&bytes)
+        serde_json::from_slice(bytes)
             .map(Self)
             .map_err(|e| AppError::bad_request("InvalidJson", format!("the body is not JSON: {e}")))
     }
