@@ -470,7 +470,7 @@ pub async fn purge_by_filter(
     ];
     let query = uri.query().unwrap_or_default();
     if let Some((name, _)) = form_urlencoded::parse(query.as_bytes())
-        .find(|(n, _)| !KNOWN.contains(&extract::canonical_name(n)))
+        .find(|(n, _)| !KNOWN.iter().any(|k| k.eq_ignore_ascii_case(n)))
     {
         return Err(AppError::bad_request(
             "InvalidQuery",
