@@ -1,11 +1,10 @@
-// Creating galaxies: the Create Galaxy button (and N), creating in the
-// cloud, and the click -> Completed timing the benchmark reads.
+// Creating galaxies: the Create Galaxy button, creating in the cloud, and
+// the click -> Completed timing the benchmark reads.
 
 import { call } from "./api.js";
 import { toastError } from "./toast.js";
 import { state, putInstance, FILTERS } from "./store.js";
 import { openInstance } from "./detail.js";
-import { showTab } from "./tabs.js";
 import { clickMeasured } from "./hooks.js";
 
 const $ = (id) => document.getElementById(id);
@@ -70,13 +69,4 @@ $("create-cloud").addEventListener("click", async () => {
     putCloud({ instanceId: id, runtimeStatus: "Pending" });
     openInstance(id);
   } catch (e) { toastError(`Could not create in the cloud: ${e.message}`); }
-});
-
-document.addEventListener("keydown", (e) => {
-  // The map's canvas has keys of its own, but not N or /.
-  const typing = e.target.closest && e.target.closest("input, textarea, dialog");
-  if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
-  // A held N creates one galaxy, not one per key repeat.
-  if ((e.key === "n" || e.key === "N") && !e.repeat) { e.preventDefault(); createGalaxy(); }
-  if (e.key === "/") { e.preventDefault(); showTab("galaxies"); $("galaxy-search").focus(); }
 });

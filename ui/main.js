@@ -1,6 +1,8 @@
-// Galaxy Forge front end: start-up. Each panel lives in a module of its
-// own (instances.js, detail.js, galaxies.js, tabs.js, settings.js,
-// create.js; hooks.js for tests); this one wires them to Rust.
+// Galaxy Forge front end: start-up. Each part lives in a module of its
+// own (instances.js, detail.js, galaxies.js with galaxy-card.js and
+// galaxy-list.js, tabs.js, sync-indicator.js, settings.js, create.js,
+// shortcuts.js, confirm.js; hooks.js for tests); this one wires them to
+// Rust.
 //
 // Start-up order matters: listeners are registered first (an event
 // emitted before that is lost), then the current state is fetched, then
@@ -12,10 +14,12 @@ import { toastError } from "./toast.js";
 import { state, putInstance, putGalaxy, upsertGalaxy, removeGalaxy, galaxyKey } from "./store.js";
 import { map, drawGalaxies } from "./galaxies.js";
 import { renderAllRows } from "./instances.js";
-import { renderSync, renderLoop } from "./settings.js";
+import { renderSync, renderLoop } from "./sync-indicator.js";
 import { putCloud } from "./create.js";
 import { installHooks, metrics, focusRequested } from "./hooks.js";
 import "./tabs.js";
+import "./settings.js";
+import "./shortcuts.js";
 
 const $ = (id) => document.getElementById(id);
 const early = []; // events that arrived before the snapshot

@@ -636,6 +636,15 @@ async fn the_keyboard_reaches_everything_and_notices_are_spoken_once() -> Result
         )
         .await?;
     assert_eq!(calm, true);
+    // N creates a galaxy, also while the map has focus (its own keys are
+    // others).
+    let canvas = app
+        .client
+        .find(fantoccini::Locator::Css("#map-canvas"))
+        .await?;
+    canvas.send_keys("n").await?;
+    app.wait_js("a fifth galaxy from the N key", &completed_rows(5))
+        .await?;
     app.close().await?;
     Ok(())
 }
