@@ -49,14 +49,16 @@ export function updateInstanceRow(li, view, { open = false, error = null } = {})
   const button = li.firstElementChild;
   button.setAttribute("aria-label", `${view.name} ${shortId(view.instanceId)} ${view.runtimeStatus}${view.galaxy ? `, galaxy ${view.galaxy.name}` : ""}`);
   if (open) button.setAttribute("aria-current", "true"); else button.removeAttribute("aria-current");
-  button.replaceChildren(
+  // replaceChildren would write a null part as the text "null".
+  button.replaceChildren(...[
     h("span", { class: "instance-head" },
       h("span", { class: "instance-name" }, view.name, view.cloud ? h("span", { class: "cloud-mark", title: "runs on galaxy-cloud" }, " ☁ cloud") : null),
       h("span", { class: "instance-id", title: view.instanceId }, shortId(view.instanceId)),
       h("span", { class: "right" }, h("span", { class: "took" }, took), statusBadge(view.runtimeStatus))),
     view.tasks.length ? h("span", { class: "tasks" },
       taskGroups(view.tasks).map((g) => h("span", { class: "task-group" }, g.map(taskChip)))) : null,
-    view.galaxy ? h("span", { class: "instance-note" }, "galaxy ", h("span", { class: "gname" }, view.galaxy.name)) : null);
+    view.galaxy ? h("span", { class: "instance-note" }, "galaxy ", h("span", { class: "gname" }, view.galaxy.name)) : null,
+  ].filter(Boolean));
   for (const old of li.querySelectorAll(":scope > .instance-error")) old.remove();
   for (const text of [failure, error]) if (text) li.append(h("div", { class: "instance-error" }, text));
 }

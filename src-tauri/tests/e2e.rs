@@ -408,6 +408,13 @@ for (const sel of [".topbar", ".map-panel", ".side-panel", "#galaxy-card", "#ins
   const scrolls = ["auto", "scroll"].includes(getComputedStyle(el).overflowY);
   if (el.scrollHeight > el.clientHeight + 1 && !scrolls) out.clipped.push(sel);
 }
+// The top bar keeps one line, inside the window.
+const bar = document.querySelector(".topbar").getBoundingClientRect();
+out.topbar = [...document.querySelectorAll(".topbar > *")].filter((el) => el.offsetParent).flatMap((el) => {
+  const r = el.getBoundingClientRect();
+  return r.top < bar.top - 0.5 || r.bottom > bar.bottom + 0.5 || r.right > vw + 0.5 || (el.tagName === "BUTTON" && r.height > 40)
+    ? [`${el.id || el.className} ${JSON.stringify(r)}`] : [];
+});
 // Nothing in a row pushes out sideways (a long name gives way instead).
 out.sideways = [];
 for (const li of document.querySelectorAll("#instance-list li, #galaxy-list li")) {
@@ -463,11 +470,32 @@ async fn every_panel_fits_or_scrolls_inside_itself_at_three_window_sizes() -> Re
             "return document.querySelector('#instance-list li[data-cloud=\"true\"]')?.dataset.status === 'Suspended'",
         )
         .await?;
+        // Its row holds no tasks and no galaxy yet, and says nothing of them.
+        let cloud_row = app
+            .eval("return document.querySelector('#instance-list li[data-cloud=\"true\"]').textContent")
+            .await?;
+        ensure!(
+            !cloud_row.as_str().unwrap_or_default().contains("null"),
+            "the cloud row reads {cloud_row}"
+        );
+        // The top bar as wide as it gets: a linked device's cloud button
+        // and the time of the last sync.
+        app.eval(
+            "document.getElementById('create-cloud').hidden = false; \
+             const last = document.getElementById('last-sync'); \
+             last.hidden = false; last.textContent = '· synced 12:34:56 PM'; \
+             document.getElementById('connection-text').textContent = 'up to date'; return true",
+        )
+        .await?;
         let layout = app.eval(LAYOUT).await?;
         app.screenshot(&format!("layout-{width}x{height}")).await?;
         ensure!(
             layout["sideways"] == serde_json::json!([]),
             "{width}x{height}: rows that spill sideways: {layout}"
+        );
+        ensure!(
+            layout["topbar"] == serde_json::json!([]),
+            "{width}x{height}: the top bar does not keep one line: {layout}"
         );
         ensure!(
             layout["outside"] == serde_json::json!([]),
