@@ -28,15 +28,21 @@ fn waiting_registry() -> Registry {
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terminate_stops_a_running_instance_with_its_reason() {
-    let t = common::start(waiting_registry());
+/// Starts "Wait" with `input` and waits until it runs.
+async fn waiting(t: &common::TestEngine, input: &str) -> InstanceId {
     let id = t
         .engine
-        .start_orchestration("Wait", None, "x")
+        .start_orchestration("Wait", None, input)
         .await
         .unwrap();
     t.wait_status(&id, RuntimeStatus::Running).await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_stops_a_running_instance_with_its_reason() {
+    let t = common::start(waiting_registry());
+    let id = waiting(&t, "x").await;
     t.engine
         .terminate(&id, Some("operator said stop".into()))
         .await
@@ -66,12 +72,7 @@ async fn terminate_stops_a_running_instance_with_its_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_a_pending_or_suspended_instance() {
     let t = common::start(waiting_registry());
-    let id = t
-        .engine
-        .start_orchestration("Wait", None, "x")
-        .await
-        .unwrap();
-    t.wait_status(&id, RuntimeStatus::Running).await;
+    let id = waiting(&t, "x").await;
     t.engine.suspend(&id, None).await.unwrap();
     t.wait_status(&id, RuntimeStatus::Suspended).await;
     t.engine.terminate(&id, Some("bye".into())).await.unwrap();
@@ -83,12 +84,7 @@ async fn terminate_a_pending_or_suspended_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspended_instance_makes_no_progress_until_resumed() {
     let t = common::start(waiting_registry());
-    let id = t
-        .engine
-        .start_orchestration("Wait", None, "in")
-        .await
-        .unwrap();
-    t.wait_status(&id, RuntimeStatus::Running).await;
+    let id = waiting(&t, "in").await;
     t.engine
         .suspend(&id, Some("maintenance".into()))
         .await
@@ -287,12 +283,7 @@ async fn purge_one_instance() {
         Err(Error::NotFound(_))
     ));
 
-    let live = t
-        .engine
-        .start_orchestration("Wait", None, "x")
-        .await
-        .unwrap();
-    t.wait_status(&live, RuntimeStatus::Running).await;
+    let live = waiting(&t, "x").await;
     match t.engine.purge(&live).await {
         Err(Error::Precondition { status, .. }) => assert_eq!(status, RuntimeStatus::Running),
         other => panic!("purging a live instance: {other:?}"),
@@ -646,12 +637,7 @@ async fn terminate_right_after_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_raised_in_another_case_ends_the_wait() {
     let t = common::start(waiting_registry());
-    let id = t
-        .engine
-        .start_orchestration("Wait", None, "x")
-        .await
-        .unwrap();
-    t.wait_status(&id, RuntimeStatus::Running).await;
+    let id = waiting(&t, "x").await;
     t.engine.raise_event(&id, "GO", "loud").await.unwrap();
     let status = t.wait(&id).await;
     assert_eq!(status.runtime_status, RuntimeStatus::Completed);
