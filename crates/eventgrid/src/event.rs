@@ -74,7 +74,8 @@ impl Event {
 pub struct PublishError {
     /// HTTP status: 400 or 413.
     pub status: u16,
-    /// `BadRequest` or `RequestEntityTooLarge`.
+    /// `BadRequest` or `PayloadTooLarge` (as galaxy-cloud's body limit
+    /// answers a body too large to read).
     pub code: &'static str,
     /// For people, naming the event and attribute at fault.
     pub message: String,
@@ -91,7 +92,7 @@ fn bad(message: impl Into<String>) -> PublishError {
 fn too_large(message: impl Into<String>) -> PublishError {
     PublishError {
         status: 413,
-        code: "RequestEntityTooLarge",
+        code: "PayloadTooLarge",
         message: message.into(),
     }
 }
@@ -440,7 +441,8 @@ mod tests {
                 e
             })
             .collect();
-        assert_eq!(eg(json!(many)).unwrap_err().status, 413);
+        let e = eg(json!(many)).unwrap_err();
+        assert_eq!((e.status, e.code), (413, "PayloadTooLarge"));
         let big = vec![b' '; MAX_BYTES + 1];
         assert_eq!(
             parse("t", Schema::EventGridSchema, None, &[], &big)
