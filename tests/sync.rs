@@ -682,6 +682,23 @@ async fn create_in_the_cloud_runs_for_the_player_and_arrives_through_pull() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // A start under an id of the player's, sent twice (as after a lost
+    // answer), makes one galaxy: the second finds the instance.
+    let player = instance.split_once('.').unwrap().0.to_string();
+    let again = format!("{player}.sent-twice");
+    for _ in 0..2 {
+        let r = http
+            .post(format!(
+                "{}/api/orchestrators/Galaxy_Create/{again}?timeout=30",
+                cloud.base
+            ))
+            .bearer_auth(token(&d.a))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "completed, waited for");
+    }
+    assert_eq!(ok(&d.b, &["sync"]).trim(), "pushed 0 pulled 1");
     // A device token starts nothing else, and manages nothing.
     let r = http
         .post(format!("{}/api/orchestrators/Sample_Fail", cloud.base))
@@ -701,7 +718,11 @@ async fn create_in_the_cloud_runs_for_the_player_and_arrives_through_pull() {
         ),
         (
             reqwest::Method::POST,
-            format!("/api/orchestrators/Galaxy_Create/{instance}x"),
+            "/api/orchestrators/Galaxy_Create/another-player.x".to_string(),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/orchestrators/Sample_Fail/{player}.y"),
         ),
     ] {
         // A valid token on a route it does not open: 403, not the 401

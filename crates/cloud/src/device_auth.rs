@@ -57,8 +57,12 @@ pub async fn require_device(
 }
 
 /// The key-protected routes a device token also opens (method, template).
-pub const DEVICE_KEY_ROUTES: [(Method, &str); 3] = [
+pub const DEVICE_KEY_ROUTES: [(Method, &str); 4] = [
     (Method::POST, "/api/orchestrators/{functionName}"),
+    (
+        Method::POST,
+        "/api/orchestrators/{functionName}/{instanceId}",
+    ),
     (
         Method::GET,
         "/runtime/webhooks/durabletask/instances/{instanceId}",
@@ -90,7 +94,7 @@ pub fn not_a_device_route() -> AppError {
     AppError::new(
         axum::http::StatusCode::FORBIDDEN,
         "Forbidden",
-        "a device token opens only POST /api/orchestrators/Galaxy_Create and the status and stream of the player's own instances; this route needs the function key",
+        "a device token opens only POST /api/orchestrators/Galaxy_Create (with or without an id of the player's) and the status and stream of the player's own instances; this route needs the function key",
     )
 }
 

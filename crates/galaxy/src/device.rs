@@ -74,6 +74,9 @@ pub enum DeviceError {
     Sync(String),
 }
 
+/// The first wait before a cloud start is sent again.
+const CLOUD_START_RETRY: Duration = Duration::from_millis(250);
+
 /// [`DeviceError::Linked`] for the account in `settings`.
 fn linked(settings: &Settings, action: &'static str) -> DeviceError {
     DeviceError::Linked {
@@ -363,9 +366,29 @@ impl PlayerDevice {
     }
 
     /// Starts `Galaxy_Create` in the cloud for this player (see
-    /// [`create_in_cloud`](Self::create_in_cloud)).
+    /// [`create_in_cloud`](Self::create_in_cloud)), under an instance id
+    /// chosen here: a start whose answer was lost is sent again (twice at
+    /// most) with the same id, which the cloud starts once.
     pub async fn start_in_cloud(&self) -> Result<sync::Started, DeviceError> {
-        Ok(self.cloud_api()?.start_galaxy_create().await?)
+        let api = self.cloud_api()?;
+        let id = format!(
+            "{}.{}",
+            self.account()?.player_id,
+            uuid::Uuid::now_v7().simple()
+        );
+        let mut wait = CLOUD_START_RETRY;
+        let mut tries = 1;
+        loop {
+            match api.start_galaxy_create(&id).await {
+                Err(e) if e.is_transient() && tries < 3 => {
+                    tracing::info!(instance = %id, "starting in the cloud: {e}; sending it again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    tries += 1;
+                }
+                done => return Ok(done?),
+            }
+        }
     }
 
     /// Follows one of the player's cloud instances until it finishes.

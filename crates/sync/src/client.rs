@@ -275,10 +275,17 @@ impl InstanceState {
 }
 
 impl CloudApi {
-    /// `POST /api/orchestrators/Galaxy_Create` with the device token: a
-    /// galaxy made in the cloud for this player (it arrives through pull).
-    pub async fn start_galaxy_create(&self) -> Result<Started, TransportError> {
-        let (url, r) = self.request(reqwest::Method::POST, "/api/orchestrators/Galaxy_Create");
+    /// `POST /api/orchestrators/Galaxy_Create/{instance_id}` with the
+    /// device token: a galaxy made in the cloud for this player (it arrives
+    /// through pull). `instance_id` begins with the player's id and a
+    /// '.'; the cloud starts it once, so sending the same start again
+    /// (its answer was lost) makes no second galaxy.
+    pub async fn start_galaxy_create(&self, instance_id: &str) -> Result<Started, TransportError> {
+        let path = format!(
+            "/api/orchestrators/Galaxy_Create/{}",
+            instance_id.replace('%', "%25").replace(' ', "%20")
+        );
+        let (url, r) = self.request(reqwest::Method::POST, &path);
         self.send(&url, r).await
     }
 

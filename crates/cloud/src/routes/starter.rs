@@ -74,15 +74,25 @@ async fn start_inner(
     device: Option<Device>,
 ) -> Result<Response, AppError> {
     // A player's device starts Galaxy_Create for itself only: the id marks
-    // the instance as the player's and the input names the player.
+    // the instance as the player's and the input names the player. An id
+    // the device chose (of its player's) starts it once: a start sent again
+    // after its answer was lost finds the instance and answers for it,
+    // rather than making a second galaxy.
     let (instance_id, input) = match &device {
         None => (instance_id, input),
         Some(d) if name == galaxy::GALAXY_CREATE => {
-            let id = InstanceId::new(format!(
-                "{}{}",
-                device_auth::instance_prefix(d),
-                uuid::Uuid::now_v7().simple()
-            ))?;
+            let prefix = device_auth::instance_prefix(d);
+            let id = match instance_id {
+                Some(id) if id.as_str().starts_with(&prefix) => id,
+                Some(_) => {
+                    return Err(AppError::new(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden",
+                        format!("a device starts only its player's instances: ids that begin with '{prefix}'"),
+                    ))
+                }
+                None => InstanceId::new(format!("{prefix}{}", uuid::Uuid::now_v7().simple()))?,
+            };
             let input = serde_json::to_value(galaxy::CreateInput {
                 player: Some(galaxy::PlayerRef {
                     player_id: d.player_id.clone(),
@@ -111,10 +121,21 @@ async fn start_inner(
     if let Some(p) = params.polling_interval.as_deref() {
         extract::seconds("pollingInterval", p)?;
     }
-    let id = state
-        .engine
-        .start_orchestration(&name, instance_id, input)
-        .await?;
+    let id = match (&device, instance_id) {
+        (Some(_), Some(id)) => {
+            state
+                .engine
+                .start_orchestration_once(&name, id.clone(), input)
+                .await?;
+            id
+        }
+        (_, instance_id) => {
+            state
+                .engine
+                .start_orchestration(&name, instance_id, input)
+                .await?
+        }
+    };
     if let Some(t) = timeout.filter(|t| *t > 0.0) {
         // Capped before converting: a huge finite value overflows Duration.
         let wait = Duration::from_secs_f64(t.min(MAX_WAIT.as_secs_f64()));
@@ -183,7 +204,9 @@ pub async fn start(
 }
 
 /// Starts `functionName` under a caller-chosen instance id (a singleton:
-/// 409 while an instance with this id is live).
+/// 409 while an instance with this id is live). A player's device starts
+/// only `Galaxy_Create`, under an id of its player's, and once: a start
+/// sent again finds the instance and answers for it.
 #[utoipa::path(
     post,
     path = "/api/orchestrators/{functionName}/{instanceId}",
@@ -200,19 +223,22 @@ pub async fn start(
         (status = 200, description = "With timeout: finished in time", body = StatusBody),
         (status = 400, description = "Body not JSON, invalid instance id or bad query", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
+        (status = 403, description = "A device token asked for another orchestration than Galaxy_Create, or an id not of its player's", body = ErrorBody),
         (status = 404, description = "Unknown orchestration", body = ErrorBody),
         (status = 409, description = "A live instance has this id", body = ErrorBody),
         (status = 413, description = "Body over 1 MB", body = ErrorBody),
     ),
-    security(("function_key" = []), ("function_key_header" = []))
+    security(("function_key" = []), ("function_key_header" = []), ("device_token" = []))
 )]
 pub async fn start_with_id(
     State(state): State<AppState>,
+    device: Option<Extension<Device>>,
     base: BaseUrl,
     Path((function_name, instance_id)): Path<(String, String)>,
     Query(params): Query<StartParams>,
     JsonBody(input): JsonBody,
 ) -> Result<Response, AppError> {
     let id = extract::instance_id(instance_id)?;
-    start_inner(state, base, function_name, Some(id), params, input, None).await
+    let device = device.map(|d| d.0);
+    start_inner(state, base, function_name, Some(id), params, input, device).await
 }
