@@ -193,6 +193,24 @@ async fn starter_errors_singletons_and_the_wait_mode() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(&r.json().await.unwrap()), "UnknownOrchestration");
+    // Function names in any case, as Azure Functions reads them.
+    let r = post("/api/orchestrators/galaxy_create/lower-case", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let status: Value = server
+        .req(
+            Method::GET,
+            "/runtime/webhooks/durabletask/instances/lower-case",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["name"], "Galaxy_Create", "{status}");
 
     let r = post("/api/orchestrators/Galaxy_Create/bad%23id", "")
         .send()

@@ -225,9 +225,10 @@ impl Engine {
         instance_id: Option<InstanceId>,
         input: impl Serialize,
     ) -> Result<InstanceId, Error> {
-        let input = self.start_input(name, input)?;
+        let (name, input) = self.start_input(name, input)?;
         let instance_id = instance_id.unwrap_or_else(InstanceId::generate);
-        self.create(name, instance_id.clone(), input, false).await?;
+        self.create(&name, instance_id.clone(), input, false)
+            .await?;
         Ok(instance_id)
     }
 
@@ -242,20 +243,25 @@ impl Engine {
         instance_id: InstanceId,
         input: impl Serialize,
     ) -> Result<bool, Error> {
-        let input = self.start_input(name, input)?;
-        match self.create(name, instance_id, input, true).await {
+        let (name, input) = self.start_input(name, input)?;
+        match self.create(&name, instance_id, input, true).await {
             Ok(()) => Ok(true),
             Err(Error::Conflict(_)) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// A start's input as stored, once `name` is known to be registered.
-    fn start_input(&self, name: &str, input: impl Serialize) -> Result<Value, Error> {
-        if !self.inner.registry.has_orchestration(name) {
-            return Err(Error::UnknownOrchestration(name.to_string()));
-        }
-        serde_json::to_value(input).map_err(|e| Error::InvalidInput(e.to_string()))
+    /// A start's orchestration, as registered, and its input as stored.
+    /// The name matches whatever its case, as Azure Functions' names do
+    /// (`galaxy_create` starts `Galaxy_Create`).
+    fn start_input(&self, name: &str, input: impl Serialize) -> Result<(String, Value), Error> {
+        let name = self
+            .inner
+            .registry
+            .orchestration_named(name)
+            .ok_or_else(|| Error::UnknownOrchestration(name.to_string()))?;
+        let input = serde_json::to_value(input).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        Ok((name.to_string(), input))
     }
 
     /// Creates an instance and runs its first turn before anything is

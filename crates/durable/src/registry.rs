@@ -123,6 +123,19 @@ impl Registry {
         self.orchestrations.contains_key(name)
     }
 
+    /// The registered orchestration `name` names: itself, or else the one
+    /// whose name differs only in ASCII case.
+    pub fn orchestration_named(&self, name: &str) -> Option<&str> {
+        match self.orchestrations.get_key_value(name) {
+            Some((k, _)) => Some(k.as_str()),
+            None => self
+                .orchestrations
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case(name))
+                .map(String::as_str),
+        }
+    }
+
     /// Registered orchestration names, sorted.
     pub fn orchestration_names(&self) -> Vec<String> {
         let mut v: Vec<_> = self.orchestrations.keys().cloned().collect();

@@ -643,3 +643,24 @@ async fn an_event_raised_in_another_case_ends_the_wait() {
     assert_eq!(status.runtime_status, RuntimeStatus::Completed);
     assert_eq!(status.output, Some(json!("x:loud")));
 }
+
+/// Orchestration names match whatever their case when starting, as Azure
+/// Functions' names do; the instance bears the registered name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestration_started_in_another_case_runs_under_its_registered_name() {
+    let t = common::start(waiting_registry());
+    let id = t
+        .engine
+        .start_orchestration("QUICK", None, 1)
+        .await
+        .unwrap();
+    let status = t.wait(&id).await;
+    assert_eq!(
+        (status.name.as_str(), status.output),
+        ("Quick", Some(json!(2)))
+    );
+    assert!(matches!(
+        t.engine.start_orchestration("Quick_", None, 1).await,
+        Err(Error::UnknownOrchestration(_))
+    ));
+}

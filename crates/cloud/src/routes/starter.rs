@@ -80,7 +80,7 @@ async fn start_inner(
     // rather than making a second galaxy.
     let (instance_id, input) = match &device {
         None => (instance_id, input),
-        Some(d) if name == galaxy::GALAXY_CREATE => {
+        Some(d) if name.eq_ignore_ascii_case(galaxy::GALAXY_CREATE) => {
             let prefix = device_auth::instance_prefix(d);
             let id = match instance_id {
                 Some(id) if id.as_str().starts_with(&prefix) => id,
