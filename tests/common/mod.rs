@@ -3,6 +3,7 @@
 //! driving devices through the real `galaxy` CLI.
 #![allow(dead_code)]
 
+pub mod devices;
 pub mod router;
 pub mod sse;
 
