@@ -174,17 +174,7 @@ async fn starter_errors_singletons_and_the_wait_mode() {
     .await
     .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let status: Value = server
-        .req(
-            Method::GET,
-            "/runtime/webhooks/durabletask/instances/with-bom",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, status) = server.status("with-bom", "").await;
     assert_eq!(status["input"], json!({"from": "notepad"}), "{status}");
 
     let r = post("/api/orchestrators/No_Such_Thing", "")
@@ -199,17 +189,7 @@ async fn starter_errors_singletons_and_the_wait_mode() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let status: Value = server
-        .req(
-            Method::GET,
-            "/runtime/webhooks/durabletask/instances/lower-case",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, status) = server.status("lower-case", "").await;
     assert_eq!(status["name"], "Galaxy_Create", "{status}");
 
     let r = post("/api/orchestrators/Galaxy_Create/bad%23id", "")
