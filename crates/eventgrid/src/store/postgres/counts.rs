@@ -7,6 +7,9 @@ use durable::store::postgres::read_snapshot;
 use super::pg;
 use crate::store::{StoreError, TopicCounts};
 
+/// A query of (topic, n) rows and what each n adds to.
+type Count = (&'static str, fn(&mut TopicCounts, u64));
+
 pub(super) async fn counts(
     client: &mut deadpool_postgres::Object,
 ) -> Result<Vec<TopicCounts>, StoreError> {
@@ -17,7 +20,7 @@ pub(super) async fn counts(
     };
     let mut by_topic: std::collections::BTreeMap<String, TopicCounts> =
         std::collections::BTreeMap::new();
-    let queries: [(&str, fn(&mut TopicCounts, u64)); 9] = [
+    let queries: [Count; 9] = [
         (
             "SELECT min(topic), count(*) FROM events GROUP BY lower(topic)",
             |c, n| c.published += n,
