@@ -79,6 +79,30 @@ async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
         e["error"]["message"].as_str().unwrap().contains("subject"),
         "{e}"
     );
+    // A batch with two bad events names both in `details`, and its good
+    // event is not stored either (the next delivery below is e4's).
+    let (s, e) = cloud
+        .publish(
+            &endpoint,
+            &key,
+            json!([{"id": "x"}, event("bad-batch", "Galaxy.Created", 5), "nope"]),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    let details: Vec<(&str, &str)> = e["error"]["details"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no details: {e}"))
+        .iter()
+        .map(|d| (d["code"].as_str().unwrap(), d["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        details,
+        [
+            ("InputJsonInvalid", "event 0: 'subject' is required"),
+            ("InputJsonInvalid", "event 2 is not a JSON object"),
+        ],
+        "{e}"
+    );
     let (s, _) = cloud
         .publish(
             &format!("{}/api/events/topics/nope/events", cloud.base),
@@ -109,7 +133,8 @@ async fn filtered_push_delivery_retries_dead_letters_and_redrive() {
         .publish(&endpoint, &key, json!([event("e4", "Galaxy.Created", 9)]))
         .await;
     assert_eq!(s, 200);
-    good.next().await;
+    let (_, b) = good.next().await;
+    assert_eq!(b[0]["id"], "e4", "nothing of a refused batch is stored");
     for expected_count in ["0", "1", "2"] {
         let (h, b) = flaky.next().await;
         assert_eq!(b[0]["id"], "e4");

@@ -1,7 +1,9 @@
 //! The one error type of the HTTP layer and its JSON shape.
 //!
 //! Every error a client sees is `{"error":{"code":"...","message":"..."}}`
-//! with the status code of the contract. Handlers return [`AppError`];
+//! with the status code of the contract; one that found several problems
+//! (an Event Grid publish with several bad events) lists them all in
+//! `details`, Azure's shape. Handlers return [`AppError`];
 //! responses made outside the handlers (body limit, unknown route, wrong
 //! method, extractor rejections) are rewritten into the same shape by
 //! [`json_errors`], so no plain-text error escapes.
@@ -26,6 +28,9 @@ pub struct AppError {
     pub code: &'static str,
     /// What went wrong, for people.
     pub message: String,
+    /// Each problem found, when there were several to tell (else empty,
+    /// and left out of the body).
+    pub details: Vec<ErrorItem>,
 }
 
 /// The body of every error response.
@@ -42,6 +47,19 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable message.
     pub message: String,
+    /// Every problem found, when the request had several (Event Grid
+    /// publishes); absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ErrorItem>,
+}
+
+/// One problem of an error's `details`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ErrorItem {
+    /// Stable, machine-readable code of this problem.
+    pub code: String,
+    /// What is wrong, for people.
+    pub message: String,
 }
 
 impl AppError {
@@ -51,7 +69,14 @@ impl AppError {
             status,
             code,
             message: message.into(),
+            details: Vec::new(),
         }
+    }
+
+    /// The same error, listing `details`.
+    pub fn with_details(mut self, details: Vec<ErrorItem>) -> Self {
+        self.details = details;
+        self
     }
 
     /// 400 with a code.
@@ -109,6 +134,7 @@ impl IntoResponse for AppError {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
+                details: self.details,
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -156,6 +182,25 @@ impl From<durable::Error> for AppError {
             ),
             E::Store(e) => Self::internal("the engine store", e),
         }
+    }
+}
+
+impl From<eventgrid::PublishError> for AppError {
+    fn from(e: eventgrid::PublishError) -> Self {
+        let details = e
+            .details
+            .into_iter()
+            .map(|p| ErrorItem {
+                code: p.code.to_string(),
+                message: p.message,
+            })
+            .collect();
+        Self::new(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.code,
+            e.message,
+        )
+        .with_details(details)
     }
 }
 
@@ -258,6 +303,25 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"error": {"code": "InvalidJson", "message": "nope"}})
+        );
+        let several = AppError::bad_request("BadRequest", "two").with_details(vec![
+            ErrorItem {
+                code: "InputJsonInvalid".into(),
+                message: "event 0".into(),
+            },
+            ErrorItem {
+                code: "InputJsonInvalid".into(),
+                message: "event 2".into(),
+            },
+        ]);
+        let body = axum::body::to_bytes(several.into_response().into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["error"]["details"],
+            serde_json::json!([{"code": "InputJsonInvalid", "message": "event 0"},
+                {"code": "InputJsonInvalid", "message": "event 2"}])
         );
         let busy = AppError::new(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", "later");
         for (e, after) in [

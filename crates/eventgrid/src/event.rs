@@ -12,6 +12,9 @@
 //!   SDKs send batches with `charset=utf-8`; a batch may also come as
 //!   `application/json`.
 //! - Limits: 1 MB per event and per request, 5,000 events per request.
+//! - A refused batch names every bad event (up to [`MAX_DETAILS`]) in the
+//!   error's `details`, as Event Grid's error bodies do, so a publisher of
+//!   thousands of events learns all its mistakes from one answer.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -21,6 +24,8 @@ use serde_json::{Map, Value};
 pub const MAX_BYTES: usize = 1024 * 1024;
 /// Most events per publish.
 pub const MAX_EVENTS: usize = 5000;
+/// Most problems a refused publish lists in its `details`.
+pub const MAX_DETAILS: usize = 100;
 
 /// A topic's input schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,23 +82,82 @@ pub struct PublishError {
     /// `BadRequest` or `PayloadTooLarge` (as galaxy-cloud's body limit
     /// answers a body too large to read).
     pub code: &'static str,
-    /// For people, naming the event and attribute at fault.
+    /// For people, naming the event and attribute at fault (the first, when
+    /// several events are bad).
+    pub message: String,
+    /// Every problem found, in event order, at most [`MAX_DETAILS`].
+    pub details: Vec<Problem>,
+}
+
+/// One problem of a refused publish: an entry of the error body's
+/// `details`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `InputJsonInvalid` (the body or an event is malformed) or
+    /// `PayloadTooLarge` (a limit).
+    pub code: &'static str,
+    /// What is wrong, naming the event.
     pub message: String,
 }
 
-fn bad(message: impl Into<String>) -> PublishError {
+fn refused(status: u16, code: &'static str, detail: &'static str, message: String) -> PublishError {
     PublishError {
-        status: 400,
-        code: "BadRequest",
-        message: message.into(),
+        status,
+        code,
+        details: vec![Problem {
+            code: detail,
+            message: message.clone(),
+        }],
+        message,
     }
 }
 
+fn bad(message: impl Into<String>) -> PublishError {
+    refused(400, "BadRequest", "InputJsonInvalid", message.into())
+}
+
 fn too_large(message: impl Into<String>) -> PublishError {
-    PublishError {
-        status: 413,
-        code: "PayloadTooLarge",
-        message: message.into(),
+    refused(413, "PayloadTooLarge", "PayloadTooLarge", message.into())
+}
+
+/// Checks every item of a batch with `check`: all of them valid, or the
+/// first one's error listing every bad item's problems (the status is the
+/// first bad item's).
+fn each(
+    items: Vec<Value>,
+    mut check: impl FnMut(usize, Value) -> Result<Event, PublishError>,
+) -> Result<Vec<Event>, PublishError> {
+    let mut events = Vec::with_capacity(items.len());
+    let mut failed: Option<PublishError> = None;
+    let mut bad_items = 0;
+    for (i, item) in items.into_iter().enumerate() {
+        match (check(i, item), &mut failed) {
+            (Ok(event), None) => events.push(event),
+            (Ok(_), Some(_)) => {}
+            (Err(e), None) => {
+                bad_items = 1;
+                failed = Some(e);
+            }
+            (Err(e), Some(first)) => {
+                bad_items += 1;
+                let room = MAX_DETAILS.saturating_sub(first.details.len());
+                first.details.extend(e.details.into_iter().take(room));
+            }
+        }
+    }
+    match failed {
+        None => Ok(events),
+        Some(mut e) => {
+            if bad_items > 1 {
+                let more = bad_items - 1;
+                let plural = if more == 1 { "" } else { "s" };
+                e.message = format!(
+                    "{} (and {more} more bad event{plural}: see details)",
+                    e.message
+                );
+            }
+            Err(e)
+        }
     }
 }
 
@@ -136,12 +200,7 @@ pub fn parse(
                     "this topic's input schema is EventGridSchema; CloudEvents are not accepted here",
                 ));
             }
-            let items = json_array(body)?;
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| event_grid(topic, i, e))
-                .collect::<Result<Vec<_>, _>>()?
+            each(json_array(body)?, |i, e| event_grid(topic, i, e))?
         }
         Schema::CloudEvents => {
             if binary
@@ -157,11 +216,7 @@ pub fn parse(
                 || media == "application/json"
                 || media.is_empty()
             {
-                json_array(body)?
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, e)| cloud_event(i, e))
-                    .collect::<Result<Vec<_>, _>>()?
+                each(json_array(body)?, cloud_event)?
             } else {
                 return Err(bad(format!(
                     "Content-Type '{media}' is not a CloudEvents type: use application/cloudevents+json, application/cloudevents-batch+json or binary mode (ce-* headers)"
@@ -169,18 +224,18 @@ pub fn parse(
             }
         }
     };
-    if events.len() > MAX_EVENTS {
-        return Err(too_large(format!(
-            "a publish carries at most {MAX_EVENTS} events; this one has {}",
-            events.len()
-        )));
-    }
     Ok(events)
 }
 
+/// The events of a batch body, at most [`MAX_EVENTS`] of them (counted
+/// before any is checked).
 fn json_array(body: &[u8]) -> Result<Vec<Value>, PublishError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(items)) if items.is_empty() => Err(bad("the array holds no events")),
+        Ok(Value::Array(items)) if items.len() > MAX_EVENTS => Err(too_large(format!(
+            "a publish carries at most {MAX_EVENTS} events; this one has {}",
+            items.len()
+        ))),
         Ok(Value::Array(items)) => Ok(items),
         Ok(_) => Err(bad("the body must be a JSON array of events")),
         Err(e) => Err(bad(format!("the body is not JSON: {e}"))),
@@ -433,6 +488,60 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_batch_lists_every_bad_event_in_its_details() {
+        let mut no_subject = one();
+        no_subject.as_object_mut().unwrap().remove("subject");
+        let mut bad_time = one();
+        bad_time["eventTime"] = json!("soon");
+        let err = eg(json!([one(), no_subject, one(), bad_time])).unwrap_err();
+        assert_eq!((err.status, err.code), (400, "BadRequest"));
+        let said: Vec<(&str, &str)> = err
+            .details
+            .iter()
+            .map(|p| (p.code, p.message.as_str()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("InputJsonInvalid", "event 1: 'subject' is required"),
+                (
+                    "InputJsonInvalid",
+                    "event 3: 'eventTime' is not an RFC 3339 time: 'soon'"
+                ),
+            ]
+        );
+        assert_eq!(
+            err.message,
+            "event 1: 'subject' is required (and 1 more bad event: see details)"
+        );
+        // One bad event: its problem alone, the message as it was.
+        let err = eg(json!([{"id": "1"}])).unwrap_err();
+        assert_eq!(err.message, "event 0: 'subject' is required");
+        assert_eq!(err.details.len(), 1);
+        // Many: the details stop at MAX_DETAILS.
+        let many: Vec<Value> = (0..MAX_DETAILS + 50).map(|_| json!(5)).collect();
+        let err = eg(json!(many)).unwrap_err();
+        assert_eq!(err.details.len(), MAX_DETAILS);
+        assert!(err
+            .message
+            .ends_with("(and 149 more bad events: see details)"));
+        // CloudEvents batches the same way.
+        let ce = json!({"specversion": "1.0", "id": "c1", "source": "/forge", "type": "T"});
+        let err = parse(
+            "t",
+            Schema::CloudEvents,
+            Some("application/cloudevents-batch+json"),
+            &[],
+            json!([{"id": "c0"}, ce, {"specversion": "0.3"}])
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(err.details.len(), 2, "{err:?}");
+        assert!(err.details[1].message.starts_with("event 2:"), "{err:?}");
+    }
+
+    #[test]
     fn limits_are_413() {
         let many: Vec<Value> = (0..5001)
             .map(|i| {
@@ -443,6 +552,7 @@ mod tests {
             .collect();
         let e = eg(json!(many)).unwrap_err();
         assert_eq!((e.status, e.code), (413, "PayloadTooLarge"));
+        assert_eq!(e.details[0].code, "PayloadTooLarge");
         let big = vec![b' '; MAX_BYTES + 1];
         assert_eq!(
             parse("t", Schema::EventGridSchema, None, &[], &big)

@@ -474,14 +474,7 @@ pub async fn publish(
         header("content-type"),
         &pairs,
         &body,
-    )
-    .map_err(|e| {
-        AppError::new(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-            e.code,
-            e.message,
-        )
-    })?;
+    )?;
     state
         .events
         .publish(&t.name, events, chrono::Utc::now().timestamp_millis())
