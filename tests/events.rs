@@ -348,6 +348,38 @@ async fn cloud_events_and_an_event_that_starts_one_galaxy_however_often_it_comes
         .call(reqwest::Method::GET, "/api/events/topics/forge-ce", None)
         .await;
     assert_eq!(t["inputSchema"], "CloudEventSchemaV1_0");
+
+    // Deleting the webhook subscription tells its endpoint once, in its
+    // schema; an endpoint that refused its handshake is told nothing.
+    let mut refusing = Receiver::start(Handshake::Refuse, vec![]).await;
+    cloud
+        .subscribe("forge-ce", "refusing", hook(&refusing.url))
+        .await;
+    cloud.wait_state("forge-ce", "refusing", "Failed").await;
+    for name in ["refusing", "hook"] {
+        let path = format!("/api/events/topics/forge-ce/eventSubscriptions/{name}");
+        let (s, _) = cloud.call(reqwest::Method::DELETE, &path, None).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (h, b) = receiver.next().await;
+    assert_eq!(h["aeg-event-type"], "SubscriptionDeletion");
+    assert_eq!(h["aeg-subscription-name"], "HOOK");
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/cloudevents+json"));
+    assert_eq!(
+        b["type"], "Microsoft.EventGrid.SubscriptionDeletedEvent",
+        "{b}"
+    );
+    assert_eq!(b["source"], "/topics/forge-ce", "{b}");
+    assert_eq!(
+        b["data"]["eventSubscriptionId"], "/topics/forge-ce/eventSubscriptions/hook",
+        "{b}"
+    );
+    // The notice of "refusing" was not sent: "hook"'s, deleted after it,
+    // has arrived, and the router sends each at once.
+    assert!(refusing.got.try_recv().is_err());
 }
 
 /// Where `make test` installs the pinned official client libraries.

@@ -597,6 +597,17 @@ pub async fn dead_letters_go_with_their_subscription(cloud: &Cloud) {
     let path = "/api/events/topics/letters-go/eventSubscriptions/gone";
     let (s, _) = cloud.call(reqwest::Method::DELETE, path, None).await;
     assert_eq!(s, StatusCode::OK);
+    // Its endpoint is told, in the Event Grid schema.
+    let (h, b) = rejecting.next().await;
+    assert_eq!(h["aeg-event-type"], "SubscriptionDeletion");
+    assert_eq!(
+        b[0]["eventType"],
+        "Microsoft.EventGrid.SubscriptionDeletedEvent"
+    );
+    assert_eq!(
+        b[0]["data"]["eventSubscriptionId"],
+        "/topics/letters-go/eventSubscriptions/gone"
+    );
 
     let mut newcomer = Receiver::start(Handshake::Answer, vec![]).await;
     cloud
@@ -652,6 +663,10 @@ pub async fn dead_letters_go_with_their_subscription(cloud: &Cloud) {
         cloud.call(reqwest::Method::DELETE, topic, None).await.0,
         StatusCode::OK
     );
+    // A deleted topic's webhook subscriptions are told too.
+    let (h, b) = newcomer.next().await;
+    assert_eq!(h["aeg-event-type"], "SubscriptionDeletion");
+    assert_eq!(b[0]["topic"], "letters-go");
     cloud.topic("letters-go", "EventGridSchema").await;
     cloud
         .subscribe("letters-go", "gone", hook(&newcomer.url))

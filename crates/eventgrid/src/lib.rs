@@ -20,8 +20,10 @@
 //! - [`store`]: [`RouterStore`], topics, subscriptions, accepted events and
 //!   their deliveries (made in the publish's transaction), attempts, dead
 //!   letters, in SQLite or PostgreSQL (delivery leases between processes).
-//! - [`deliver`]: the validation handshake and the delivery loop (batches,
-//!   headers, orchestration subscriptions through a [`deliver::Starter`]).
+//! - [`notices`]: what a webhook is told about its subscription: the
+//!   validation handshake before any event, the deletion notice after.
+//! - [`deliver`]: the delivery loop (batches, headers, orchestration
+//!   subscriptions through a [`deliver::Starter`]).
 //!
 //! Invariant: no HTTP routes here (galaxy-cloud serves them), no Tauri.
 
@@ -30,6 +32,7 @@ pub mod egress;
 pub mod event;
 pub mod filter;
 pub mod model;
+pub mod notices;
 pub mod retry;
 pub mod sas;
 pub mod store;

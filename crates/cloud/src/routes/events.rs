@@ -12,6 +12,7 @@ use axum::Json;
 use eventgrid::model::{check_name, SubscriptionInput, TopicInput};
 use eventgrid::store::schema_name;
 use eventgrid::store::{Provisioning, StoreError, SubscriptionRecord, TopicRecord};
+use eventgrid::Schema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -71,6 +72,15 @@ fn subscription_body(s: &SubscriptionRecord) -> Value {
     json!({ "name": s.name, "topic": s.topic, "properties": props })
 }
 
+/// Tells deleted webhook subscriptions' endpoints, in the background (the
+/// deletion is answered without waiting for them).
+fn announce_deletion(state: &AppState, topic_schema: Schema, gone: Vec<SubscriptionRecord>) {
+    let (http, timeout) = (state.event_http.clone(), state.event_config.timeout);
+    tokio::spawn(async move {
+        eventgrid::notices::announce_deletion(&http, topic_schema, gone, timeout).await
+    });
+}
+
 /// The URL a receiver GETs to validate by hand. Only the endpoint learns
 /// it (in the validation event): whoever manages subscriptions must not be
 /// able to validate one aimed at a stranger.
@@ -119,7 +129,9 @@ pub async fn get_topic(
     Ok(Json(topic_body(&base, &state.events.topic(&topic).await?)).into_response())
 }
 
-/// Deletes a topic, its subscriptions and their pending deliveries.
+/// Deletes a topic, its subscriptions and their pending deliveries; each
+/// active webhook subscription's endpoint gets a `SubscriptionDeletion`
+/// notice.
 #[utoipa::path(delete, path = "/api/events/topics/{topic}", tag = "events",
     params(("topic" = String, Path, description = "The topic")),
     responses((status = 200, description = "Deleted", body = Object), (status = 404, description = "No such topic", body = ErrorBody),
@@ -129,7 +141,9 @@ pub async fn delete_topic(
     State(state): State<AppState>,
     Path(topic): Path<String>,
 ) -> Result<Response, AppError> {
-    state.events.delete_topic(&topic).await?;
+    let t = state.events.topic(&topic).await?;
+    let gone = state.events.delete_topic(&topic).await?;
+    announce_deletion(&state, t.input_schema, gone);
     Ok(Json(json!({ "name": topic, "deleted": true })).into_response())
 }
 
@@ -222,7 +236,7 @@ pub async fn put_subscription(
         );
         let (r, url) = (record.clone(), validation_url(&base, &record));
         tokio::spawn(async move {
-            eventgrid::deliver::validate(&store, &http, &r, schema, &url, timeout).await
+            eventgrid::notices::validate(&store, &http, &r, schema, &url, timeout).await
         });
     }
     Ok(Json(subscription_body(&record)).into_response())
@@ -245,7 +259,8 @@ pub async fn get_subscription(
 }
 
 /// Deletes an event subscription with its undelivered events and its dead
-/// letters (a new subscription of that name must not inherit them).
+/// letters (a new subscription of that name must not inherit them); an
+/// active webhook's endpoint gets a `SubscriptionDeletion` notice.
 #[utoipa::path(delete, path = "/api/events/topics/{topic}/eventSubscriptions/{name}", tag = "events",
     params(("topic" = String, Path, description = "The topic"), ("name" = String, Path, description = "The subscription")),
     responses((status = 200, description = "Deleted", body = Object), (status = 404, description = "No such subscription", body = ErrorBody),
@@ -255,7 +270,9 @@ pub async fn delete_subscription(
     State(state): State<AppState>,
     Path((topic, sub)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
-    state.events.delete_subscription(&topic, &sub).await?;
+    let t = state.events.topic(&topic).await?;
+    let gone = state.events.delete_subscription(&topic, &sub).await?;
+    announce_deletion(&state, t.input_schema, vec![gone]);
     Ok(Json(json!({ "name": sub, "deleted": true })).into_response())
 }
 

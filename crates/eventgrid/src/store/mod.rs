@@ -57,7 +57,8 @@ trait Backend: Send + Sync + 'static {
     async fn put_topic(&self, name: &str, schema: Schema) -> Result<TopicRecord, StoreError>;
     async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError>;
     async fn topics(&self) -> Result<Vec<TopicRecord>, StoreError>;
-    async fn delete_topic(&self, name: &str) -> Result<(), StoreError>;
+    /// Returns the subscriptions it deleted with the topic.
+    async fn delete_topic(&self, name: &str) -> Result<Vec<SubscriptionRecord>, StoreError>;
     async fn regenerate_key(
         &self,
         topic: &str,
@@ -84,7 +85,12 @@ trait Backend: Send + Sync + 'static {
     async fn subscription(&self, topic: &str, name: &str)
         -> Result<SubscriptionRecord, StoreError>;
     async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError>;
-    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError>;
+    /// Returns the subscription as it was.
+    async fn delete_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<SubscriptionRecord, StoreError>;
     /// Returns how many deliveries it queued.
     async fn publish(
         &self,
@@ -274,8 +280,10 @@ impl RouterStore {
         self.backend.topics().await
     }
 
-    /// Deletes a topic with its subscriptions and pending deliveries.
-    pub async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
+    /// Deletes a topic with its subscriptions and pending deliveries;
+    /// returns the subscriptions as they were (their endpoints are told:
+    /// [`crate::notices::announce_deletion`]).
+    pub async fn delete_topic(&self, name: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
         let r = self.backend.delete_topic(name).await;
         self.changed();
         r
@@ -428,8 +436,13 @@ impl RouterStore {
         self.backend.subscriptions(topic).await
     }
 
-    /// Deletes a subscription and its pending deliveries.
-    pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError> {
+    /// Deletes a subscription and its pending deliveries; returns it as it
+    /// was.
+    pub async fn delete_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<SubscriptionRecord, StoreError> {
         let r = self.backend.delete_subscription(topic, name).await;
         self.changed();
         r

@@ -245,7 +245,7 @@ impl Backend for PgRouter {
         Ok(rows.iter().map(topic_row).collect())
     }
 
-    async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
+    async fn delete_topic(&self, name: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         if tx
@@ -256,12 +256,16 @@ impl Backend for PgRouter {
         {
             return Err(StoreError::NoTopic(name.to_string()));
         }
-        tx.execute(
-            "DELETE FROM subscriptions WHERE lower(topic) = lower($1)",
-            &[&name],
-        )
-        .await
-        .map_err(pg)?;
+        let gone = tx
+            .query(
+                &format!(
+                    "DELETE FROM subscriptions WHERE lower(topic) = lower($1)
+                     RETURNING {SUBSCRIPTION_COLUMNS}"
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(pg)?;
         tx.execute(
             "DELETE FROM deliveries WHERE lower(topic) = lower($1) AND state IN ('pending', 'held', 'dead')",
             &[&name],
@@ -269,7 +273,7 @@ impl Backend for PgRouter {
         .await
         .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
-        Ok(())
+        gone.iter().map(subscription_row).collect()
     }
 
     async fn regenerate_key(
@@ -397,19 +401,24 @@ impl Backend for PgRouter {
         rows.iter().map(subscription_row).collect()
     }
 
-    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError> {
+    async fn delete_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<SubscriptionRecord, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
-        let n = tx
-            .execute(
-                "DELETE FROM subscriptions WHERE lower(topic) = lower($1) AND lower(name) = lower($2)",
+        let gone = tx
+            .query_opt(
+                &format!(
+                    "DELETE FROM subscriptions WHERE lower(topic) = lower($1) AND lower(name) = lower($2)
+                     RETURNING {SUBSCRIPTION_COLUMNS}"
+                ),
                 &[&topic, &name],
             )
             .await
-            .map_err(pg)?;
-        if n == 0 {
-            return Err(StoreError::NoSubscription(topic.into(), name.into()));
-        }
+            .map_err(pg)?
+            .ok_or_else(|| StoreError::NoSubscription(topic.into(), name.into()))?;
         tx.execute(
             "DELETE FROM deliveries WHERE lower(topic) = lower($1) AND lower(subscription) = lower($2)
              AND state IN ('pending', 'held', 'dead')",
@@ -418,7 +427,7 @@ impl Backend for PgRouter {
         .await
         .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
-        Ok(())
+        subscription_row(&gone)
     }
 
     async fn publish(

@@ -258,20 +258,26 @@ impl Backend for SqliteRouter {
     }
 
     /// Deletes a topic with its subscriptions and pending deliveries.
-    async fn delete_topic(&self, name: &str) -> Result<(), StoreError> {
+    async fn delete_topic(&self, name: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
         let name = name.to_string();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if tx.execute("DELETE FROM topics WHERE name = ?1", [&name])? == 0 {
                 return Err(StoreError::NoTopic(name));
             }
-            tx.execute("DELETE FROM subscriptions WHERE topic = ?1", [&name])?;
+            let gone = tx
+                .prepare(
+                    "DELETE FROM subscriptions WHERE topic = ?1
+                     RETURNING topic, name, definition, state, reason, validation_code",
+                )?
+                .query_map([&name], subscription_row)?
+                .collect::<Result<Vec<_>, _>>()?;
             tx.execute(
                 "DELETE FROM deliveries WHERE topic = ?1 AND state IN ('pending', 'held', 'dead')",
                 [&name],
             )?;
             tx.commit()?;
-            Ok(())
+            gone.into_iter().map(to_record).collect()
         })
         .await
     }
@@ -419,19 +425,31 @@ impl Backend for SqliteRouter {
     }
 
     /// Deletes a subscription and its pending deliveries.
-    async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), StoreError> {
+    async fn delete_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<SubscriptionRecord, StoreError> {
         let (topic, name) = (topic.to_string(), name.to_string());
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if tx.execute("DELETE FROM subscriptions WHERE topic = ?1 AND name = ?2", [&topic, &name])? == 0 {
+            let Some(gone) = tx
+                .query_row(
+                    "DELETE FROM subscriptions WHERE topic = ?1 AND name = ?2
+                     RETURNING topic, name, definition, state, reason, validation_code",
+                    [&topic, &name],
+                    subscription_row,
+                )
+                .optional()?
+            else {
                 return Err(StoreError::NoSubscription(topic, name));
-            }
+            };
             tx.execute(
                 "DELETE FROM deliveries WHERE topic = ?1 AND subscription = ?2 AND state IN ('pending', 'held', 'dead')",
                 [&topic, &name],
             )?;
             tx.commit()?;
-            Ok(())
+            to_record(gone)
         })
         .await
     }
