@@ -16,6 +16,9 @@
 //! A galaxy's `version` is its version in the player's cloud data (0: never
 //! synced); a change made on top of version v carries `base_version` v, so
 //! the server can tell the player when someone else changed it meanwhile.
+//! A change the cloud settled without saying its version (a resend after a
+//! lost answer, the galaxy changed by another device since) leaves version
+//! 1: synced, at a version older than any the cloud has now.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use sync::protocol::{Chain, Mutation, MutationStatus, PullResponse, PushResponse};
@@ -403,6 +406,7 @@ impl Replica for GalaxyReplica {
         self.table
             .write(move |conn, effects| {
                 let mut notices = Vec::new();
+                let mut oldest_settled: Option<u64> = None;
                 for r in &response.results {
                     if r.mutation_id > response.last_mutation_id {
                         continue;
@@ -413,9 +417,19 @@ impl Replica for GalaxyReplica {
                         .optional()?;
                     let Some((entity_id, op)) = row else { continue };
                     let name = get_local(conn, &entity_id)?.map(|g| g.name);
-                    if let (MutationStatus::Applied | MutationStatus::Skipped, Some(v)) =
-                        (r.status, r.version)
-                    {
+                    // A resend whose galaxy another device changed since is
+                    // settled without its version: it reached the cloud,
+                    // so it counts as synced at an old version (1), never
+                    // as 0 (never synced), which a reset would keep and a
+                    // later edit would push as a create.
+                    let settled = match r.status {
+                        MutationStatus::Applied | MutationStatus::Skipped => {
+                            Some(r.version.unwrap_or(1))
+                        }
+                        MutationStatus::Rejected => None,
+                    };
+                    if let Some(v) = settled {
+                        oldest_settled = Some(oldest_settled.map_or(v, |o| o.min(v)));
                         // Our own change is the base of any later local edit.
                         conn.prepare_cached(
                             "UPDATE galaxies SET version = max(version, ?3)
@@ -439,6 +453,19 @@ impl Replica for GalaxyReplica {
                         )),
                         _ => {}
                     }
+                }
+                if let Some(v) = oldest_settled {
+                    // A pull chain from 0 skips this client's own writes:
+                    // one deleted on another device since, its tombstone
+                    // purged before the chain reads it, would stay here for
+                    // ever. The chain's start is no later than our oldest
+                    // settled write, so the cloud resets it if a deletion
+                    // newer than that was purged.
+                    conn.prepare_cached(
+                        "UPDATE sync_state SET chain_latest = min(COALESCE(chain_latest, ?1), ?1)
+                         WHERE chain_fresh = 1",
+                    )?
+                    .execute([v as i64])?;
                 }
                 let removed = conn
                     .prepare_cached("DELETE FROM outbox WHERE mutation_id <= ?1")?

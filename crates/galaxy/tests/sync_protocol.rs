@@ -660,3 +660,79 @@ async fn a_deletion_purged_while_a_first_sync_was_cut_off_still_reaches_the_devi
     assert_eq!(pb.names().len(), 1199);
     assert!(!pb.names().iter().any(|(k, _)| *k == held));
 }
+
+/// A link whose push reaches the cloud but whose answer is lost.
+struct LostAnswer<'a>(&'a Direct);
+
+impl Transport for LostAnswer<'_> {
+    async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportError> {
+        self.0.push(request).await?;
+        Err(TransportError::Unavailable("the answer was lost".into()))
+    }
+
+    async fn pull(
+        &self,
+        client_id: &str,
+        cursor: u64,
+        chain: Chain,
+        limit: Option<usize>,
+    ) -> Result<PullResponse, TransportError> {
+        self.0.pull(client_id, cursor, chain, limit).await
+    }
+}
+
+/// A create whose answer was lost, deleted on another device before it
+/// was sent again, its deletion purged before the creator pulled it: the
+/// resend is settled without a version (another device wrote last). The
+/// creator must still count the galaxy as synced, so a reset drops it;
+/// before, it stayed as never synced (version 0), for ever, and a rename
+/// pushed it to the cloud as a new galaxy, back on every device.
+/// `pulled_before`: whether the creator had completed a pull before (its
+/// cursor is past 0) or never had.
+async fn a_lost_create_deleted_elsewhere_and_purged(pulled_before: bool) {
+    let (_d, players, a, b) = player().await;
+    let (pa, pb) = (Phone::new(&players, a), Phone::new(&players, b));
+    let mut kept = Vec::new();
+    if pulled_before {
+        let altair = pa.create("Altair").await;
+        pa.sync().await;
+        assert!(pa.replica.state().await.unwrap().cursor > 0);
+        kept.push((altair, "Altair".to_string()));
+    }
+    let vega = pa.create("Vega").await;
+    let deneb = pa.create("Deneb").await;
+    kept.push((deneb, "Deneb".to_string()));
+    kept.sort();
+    let lossy = LostAnswer(&pa.link);
+    assert!(run_round(&pa.replica, &lossy, 500, |_| {}).await.is_err());
+
+    pb.sync().await;
+    pb.replica.delete(&vega).await.unwrap();
+    pb.sync().await;
+    // A sends its creates again (settled: skipped), and its pull fails.
+    let cut = CutOff {
+        link: &pa.link,
+        pulls: 0.into(),
+    };
+    assert!(run_round(&pa.replica, &cut, 500, |_| {}).await.is_err());
+    assert_eq!(pa.replica.pending_count(), 0, "the resend was settled");
+    assert_eq!(players.purge_tombstones(Duration::ZERO).await.unwrap(), 1);
+
+    let r = pa.sync().await;
+    assert!(r.notices.iter().any(|n| n.contains("reloaded")), "{r:?}");
+    assert_eq!(pa.names(), kept);
+    assert!(pa.replica.rename(&vega, "Vega Prime").await.is_err());
+    pa.sync().await;
+    pb.sync().await;
+    assert_eq!(pb.names(), pa.names());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_resent_after_its_galaxy_was_deleted_elsewhere_does_not_come_back() {
+    a_lost_create_deleted_elsewhere_and_purged(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_a_device_that_never_completed_a_pull() {
+    a_lost_create_deleted_elsewhere_and_purged(false).await;
+}

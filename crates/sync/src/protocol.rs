@@ -184,10 +184,13 @@ pub enum Chain {
     /// Such a device holds only what this chain brought, so a cursor below
     /// the floor needs no reset, unless tombstones newer than `latest`
     /// were purged meanwhile: their entities may be among those the
-    /// chain's earlier pages brought. (`None`: a client that does not say;
-    /// no reset.)
+    /// chain's earlier pages brought, or the device's own writes (pulls
+    /// skip them), so a device whose writes were settled first says the
+    /// oldest of their versions, before any page too. (`None`: a client
+    /// that does not say; no reset.)
     Fresh {
-        /// The player's latest version when the chain's first page was read.
+        /// The player's latest version when the chain's first page was
+        /// read, or the device's oldest settled write's if older.
         latest: Option<u64>,
     },
 }

@@ -20,7 +20,9 @@
 //!   tombstones newer than that version were purged meanwhile (their
 //!   entities may have come in the chain's earlier pages). The replica
 //!   keeps the chain until it completes, so a first sync cut off half-way
-//!   resumes instead of starting over.
+//!   resumes instead of starting over. Writes of its own settled before
+//!   the chain read a page lower that version to theirs: pulls skip them,
+//!   so their deletion's tombstone is the only news of it.
 
 use crate::protocol::{PushRequest, MAX_PUSH_MUTATIONS};
 use crate::replica::Replica;

@@ -66,7 +66,9 @@ pub struct PullParams {
     /// purged since).
     pub fresh: Option<String>,
     /// With `fresh`: the player's latest version when the chain's first
-    /// page was read.
+    /// page was read, or the oldest version of the client's own writes
+    /// settled before it if older (a pull at cursor 0 with it resets when
+    /// a newer tombstone was purged).
     pub chain_latest: Option<String>,
 }
 

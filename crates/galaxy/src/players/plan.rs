@@ -302,17 +302,19 @@ pub(crate) fn plan_push(
 /// latest version; or below the tombstone floor, unless the chain of
 /// pages began at 0 and no tombstone newer than the chain's start was
 /// purged since (one newer than `cursor` that is also newer than the
-/// start deleted an entity after the chain began: an earlier page may have
-/// brought it, and its deletion will not come).
+/// start deleted an entity after the chain began: an earlier page, or the
+/// client's own write, which pulls skip, may have brought it, and its
+/// deletion will not come). A chain not begun yet (cursor 0) has a start
+/// only if the client's own writes were settled first (their oldest
+/// version).
 pub(crate) fn needs_reset(cursor: u64, latest: u64, floor: u64, chain: Chain) -> bool {
-    let below_floor = cursor > 0 && cursor < floor;
     cursor > latest
         || match chain {
-            Chain::Resumed => below_floor,
+            Chain::Resumed => cursor > 0 && cursor < floor,
             Chain::Fresh { latest: None } => false,
             Chain::Fresh {
                 latest: Some(start),
-            } => below_floor && floor > start,
+            } => cursor < floor && floor > start,
         }
 }
 
@@ -629,5 +631,9 @@ mod tests {
             needs_reset(13, 12, 10, fresh_since(9)),
             "beyond the latest version"
         );
+        // A client whose own writes (from version 4) were settled before
+        // its first pull: a deletion purged beyond 4 may be of one of them.
+        assert!(needs_reset(0, 12, 5, fresh_since(4)));
+        assert!(!needs_reset(0, 12, 4, fresh_since(4)));
     }
 }
