@@ -746,3 +746,29 @@ fn joining_another_player_brings_everything_both_ways_even_galaxies_from_before_
     assert_eq!(list(&c), all);
     assert_eq!(list(&d.b), all);
 }
+
+/// The device's own resend of a cloud start: the proxy drops the first
+/// start's answer after the cloud took it; the device sends the same
+/// start again (same instance id) and the player gets one galaxy.
+#[test]
+fn a_cloud_create_whose_answer_was_lost_is_sent_again_and_makes_one_galaxy() {
+    let cloud = cloud(&[]);
+    let d = two_devices(&cloud.base);
+    let lossy = proxy(&cloud.base, 1);
+    let real = point_at(&d.a, &lossy.url);
+    let out = ok(&d.a, &["create", "--in-cloud"]);
+    assert!(out.contains("Completed"), "{out}");
+    assert_eq!(lossy.dropped.load(Ordering::SeqCst), 1);
+    let starts: Vec<String> = lossy
+        .requests
+        .try_iter()
+        .filter(|l| l.starts_with("POST /api/orchestrators/Galaxy_Create/"))
+        .collect();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert_eq!(starts[0], starts[1], "the same instance id both times");
+    point_at(&d.a, &real);
+
+    assert_eq!(ok(&d.b, &["sync"]).trim(), "pushed 0 pulled 1");
+    assert_eq!(list(&d.b), list(&d.a));
+    assert_eq!(list(&d.a).len(), 1);
+}
