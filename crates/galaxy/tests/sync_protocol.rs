@@ -132,6 +132,11 @@ impl Phone {
 async fn player() -> (tempfile::TempDir, Players, Device, Device) {
     let dir = tempfile::tempdir().unwrap();
     let players = Players::open(dir.path().join("players.db")).unwrap();
+    let (players, a, b) = two_devices_of_one_player(players).await;
+    (dir, players, a, b)
+}
+
+async fn two_devices_of_one_player(players: Players) -> (Players, Device, Device) {
     let a = players.register(Some("laptop")).await.unwrap();
     let code = players
         .create_link_code(&players.authenticate(&a.token).await.unwrap())
@@ -144,7 +149,7 @@ async fn player() -> (tempfile::TempDir, Players, Device, Device) {
     assert_eq!(a.player_id, b.player_id);
     let a = players.authenticate(&a.token).await.unwrap();
     let b = players.authenticate(&b.token).await.unwrap();
-    (dir, players, a, b)
+    (players, a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,6 +534,23 @@ async fn a_writer_that_must_reset_gets_its_own_galaxies_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_from_a_device_away_past_the_retention_does_not_bring_a_purged_galaxy_back() {
     let (_d, players, a, b) = player().await;
+    rename_after_purge(players, a, b).await;
+}
+
+/// The same on the PostgreSQL players store (its purge raises the floor
+/// and deletes the tombstones in two statements).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_holds_on_postgres_too() {
+    let url = durable::testing::PgCluster::shared()
+        .create_database()
+        .await
+        .unwrap();
+    let players = Players::connect(&url, "galaxy").await.unwrap();
+    let (players, a, b) = two_devices_of_one_player(players).await;
+    rename_after_purge(players, a, b).await;
+}
+
+async fn rename_after_purge(players: Players, a: Device, b: Device) {
     let (pa, pb) = (Phone::new(&players, a), Phone::new(&players, b));
     let id = pa.create("Vega").await;
     let keep = pa.create("Deneb").await;

@@ -540,9 +540,15 @@ impl PgPlayers {
         )
         .await
         .map_err(pg)?;
+        // Only tombstones at or below the floor just raised: this statement
+        // reads a later snapshot than the one above, and a deletion
+        // committed in between (newer than the floor) must wait for the
+        // next purge, or a device behind it would never be told to reset.
         let n = tx
             .execute(
-                "DELETE FROM sync_galaxies WHERE deleted AND updated_at < $1",
+                "DELETE FROM sync_galaxies s USING players p
+                 WHERE s.player_id = p.player_id AND s.deleted AND s.updated_at < $1
+                   AND s.version <= p.tombstone_floor",
                 &[&horizon_ms],
             )
             .await
