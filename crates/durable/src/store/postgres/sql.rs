@@ -362,7 +362,9 @@ impl Sql {
             wake_activities: NextWake::new(s, &format!("(SELECT min(due_at) FROM {s}.activities)")),
             // Workers whose listener backend is gone: marked the first
             // time, dead (deleted, their leases due now) once gone for
-            // $2 ms. Also says when the next marked one would be dead.
+            // $2 ms. Also says when the next marked one would be dead. A
+            // dead worker's home is cleared only on rows that can be
+            // fetched (due): no other row's home is read.
             reap: format!(
                 "WITH gone AS (SELECT w.id, w.gone_since FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
                    (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
@@ -376,7 +378,8 @@ impl Sql {
                      due_at = CASE WHEN lock_owner IN (SELECT id FROM dead) THEN {NOW} ELSE due_at END, \
                      lock_owner = CASE WHEN lock_owner IN (SELECT id FROM dead) THEN NULL ELSE lock_owner END, \
                      home = CASE WHEN home IN (SELECT id FROM dead) THEN NULL ELSE home END \
-                   WHERE lock_owner IN (SELECT id FROM dead) OR home IN (SELECT id FROM dead) \
+                   WHERE lock_owner IN (SELECT id FROM dead) \
+                      OR (home IN (SELECT id FROM dead) AND due_at IS NOT NULL) \
                    RETURNING 1), \
                  ra AS (UPDATE {s}.activities SET due_at = {NOW}, lock_owner = NULL \
                    WHERE lock_owner IN (SELECT id FROM dead) RETURNING 1) \

@@ -123,9 +123,15 @@ impl PostgresStore {
                     .await;
             }
             // Nobody need wait for this process to take its instances.
+            // Only those that can be fetched: a finished or idle one's
+            // home is never read (an idle one's affinity runs out once it
+            // is due), and rewriting every row this process ever homed
+            // would take one statement over the whole table.
             let _ = client
                 .execute(
-                    &format!("UPDATE {s}.instances SET home = NULL WHERE home = $1"),
+                    &format!(
+                        "UPDATE {s}.instances SET home = NULL WHERE home = $1 AND due_at IS NOT NULL"
+                    ),
                     &[&self.shared.worker],
                 )
                 .await;
