@@ -82,16 +82,12 @@ async fn handshake(
 ) -> Handshake {
     let answered: Result<(), String> = match schema {
         Schema::EventGridSchema => {
-            let event = json!([{
-                "id": uuid::Uuid::new_v4().to_string(),
-                "topic": sub.topic,
-                "subject": "",
-                "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
-                "eventTime": chrono::Utc::now().to_rfc3339(),
-                "data": { "validationCode": sub.validation_code, "validationUrl": validation_url },
-                "dataVersion": "2",
-                "metadataVersion": "1",
-            }]);
+            let event = json!([system_event(
+                sub,
+                "Microsoft.EventGrid.SubscriptionValidationEvent",
+                json!({ "validationCode": sub.validation_code, "validationUrl": validation_url }),
+                "2",
+            )]);
             let sent = http
                 .post(url)
                 .header("aeg-event-type", "SubscriptionValidation")
@@ -195,18 +191,22 @@ pub async fn announce_deletion(
     futures::future::join_all(notices).await;
 }
 
-/// The `SubscriptionDeletedEvent` of `sub`, in the Event Grid schema.
-pub fn deletion_event(sub: &SubscriptionRecord) -> Value {
+/// An event the router itself sends `sub` about the subscription, in the
+/// Event Grid schema.
+fn system_event(
+    sub: &SubscriptionRecord,
+    event_type: &str,
+    data: Value,
+    data_version: &str,
+) -> Value {
     json!({
         "id": uuid::Uuid::new_v4().to_string(),
         "topic": sub.topic,
         "subject": "",
-        "eventType": "Microsoft.EventGrid.SubscriptionDeletedEvent",
+        "eventType": event_type,
         "eventTime": chrono::Utc::now().to_rfc3339(),
-        "data": {
-            "eventSubscriptionId": format!("/topics/{}/eventSubscriptions/{}", sub.topic, sub.name),
-        },
-        "dataVersion": "1",
+        "data": data,
+        "dataVersion": data_version,
         "metadataVersion": "1",
     })
 }
@@ -222,7 +222,14 @@ async fn deletion_notice(
     let Ok(url) = crate::egress::check_url(&hook.endpoint_url) else {
         return;
     };
-    let event = deletion_event(sub);
+    let event = system_event(
+        sub,
+        "Microsoft.EventGrid.SubscriptionDeletedEvent",
+        json!({
+            "eventSubscriptionId": format!("/topics/{}/eventSubscriptions/{}", sub.topic, sub.name),
+        }),
+        "1",
+    );
     let (content_type, body) = match schema {
         Schema::EventGridSchema => ("application/json; charset=utf-8", json!([event])),
         Schema::CloudEvents => (

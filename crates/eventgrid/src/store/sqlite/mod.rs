@@ -29,6 +29,9 @@ mod retention;
 mod tests;
 mod writer;
 
+/// What [`subscription_row`] reads, in its order.
+const SUBSCRIPTION_COLUMNS: &str = "topic, name, definition, state, reason, validation_code";
+
 use crate::model::SubscriptionInput;
 use crate::sas::new_key;
 use writer::{active_subscriptions, publish_to, write_group, Write};
@@ -266,10 +269,9 @@ impl Backend for SqliteRouter {
                 return Err(StoreError::NoTopic(name));
             }
             let gone = tx
-                .prepare(
-                    "DELETE FROM subscriptions WHERE topic = ?1
-                     RETURNING topic, name, definition, state, reason, validation_code",
-                )?
+                .prepare(&format!(
+                    "DELETE FROM subscriptions WHERE topic = ?1 RETURNING {SUBSCRIPTION_COLUMNS}"
+                ))?
                 .query_map([&name], subscription_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             tx.execute(
@@ -396,8 +398,9 @@ impl Backend for SqliteRouter {
         self.call(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT topic, name, definition, state, reason, validation_code FROM subscriptions
-                     WHERE topic = ?1 AND name = ?2",
+                    &format!(
+                        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE topic = ?1 AND name = ?2"
+                    ),
                     [&topic, &name],
                     subscription_row,
                 )
@@ -414,8 +417,9 @@ impl Backend for SqliteRouter {
         self.call(move |conn| {
             let rows = conn
                 .prepare(
-                    "SELECT topic, name, definition, state, reason, validation_code FROM subscriptions
-                     WHERE topic = ?1 ORDER BY name",
+                    &format!(
+                        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE topic = ?1 ORDER BY name"
+                    ),
                 )?
                 .query_map([&topic], subscription_row)?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -435,8 +439,10 @@ impl Backend for SqliteRouter {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(gone) = tx
                 .query_row(
-                    "DELETE FROM subscriptions WHERE topic = ?1 AND name = ?2
-                     RETURNING topic, name, definition, state, reason, validation_code",
+                    &format!(
+                        "DELETE FROM subscriptions WHERE topic = ?1 AND name = ?2
+                         RETURNING {SUBSCRIPTION_COLUMNS}"
+                    ),
                     [&topic, &name],
                     subscription_row,
                 )
