@@ -682,6 +682,63 @@ async fn leases_of_a_dead_worker_are_taken_over() {
     other.close().await;
 }
 
+/// An instance the store cannot read (a message a newer version wrote, a
+/// damaged row) is kept back on its own: the rest of the fetch goes to
+/// the engine, and the unreadable one stays leased, so it is not fetched
+/// again at once. A fetch whose message read fails hands all its leases
+/// back at once, not after the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_instance_holds_back_only_itself() {
+    let url = fresh_url().await;
+    let store = PostgresStore::connect(no_affinity(&url)).await.unwrap();
+    for id in ["ok1", "badmsg", "badstatus", "ok2"] {
+        store.create_instance(new_instance(id)).await.unwrap();
+    }
+    raw(
+        &url,
+        "UPDATE durable.messages SET message = '{\"kind\": \"FromTheFuture\"' \
+           WHERE instance_id = 'badmsg'; \
+         UPDATE durable.instances SET runtime_status = 'Hibernating' WHERE instance_id = 'badstatus'",
+    )
+    .await;
+    let lease = Duration::from_secs(600);
+    let ids = |items: Vec<durable::store::OrchestrationWorkItem>| {
+        let mut ids: Vec<String> = items.iter().map(|i| i.instance_id.to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let first = store.fetch_orchestration_work(10, lease).await;
+    assert_eq!(
+        ids(first.expect("the readable ones are fetched")),
+        ["ok1", "ok2"]
+    );
+    let again = store.fetch_orchestration_work(10, lease).await.unwrap();
+    assert!(
+        again.is_empty(),
+        "unreadable ones fetched again at once: {:?}",
+        ids(again)
+    );
+
+    // The message read fails (a column this version does not know): the
+    // fetch fails, and its leases are back at once.
+    store.create_instance(new_instance("ok3")).await.unwrap();
+    raw(
+        &url,
+        "ALTER TABLE durable.messages RENAME COLUMN message TO gone",
+    )
+    .await;
+    let failed = store.fetch_orchestration_work(10, lease).await;
+    assert!(failed.is_err(), "{failed:?}");
+    raw(
+        &url,
+        "ALTER TABLE durable.messages RENAME COLUMN gone TO message",
+    )
+    .await;
+    let retried = store.fetch_orchestration_work(10, lease).await.unwrap();
+    assert_eq!(ids(retried), ["ok3"], "a failed fetch kept its leases");
+    store.close().await;
+}
+
 /// `apply_ddl_once` runs a text once per schema and key (a second run of
 /// a `CREATE TABLE` without `IF NOT EXISTS` would fail), runs it again
 /// once the text changes, and callers of several keys may start on one

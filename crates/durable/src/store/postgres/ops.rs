@@ -64,17 +64,28 @@ impl Store for PostgresStore {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        // Each instance is read on its own: one that cannot be read (a
+        // message written by a newer version, a damaged row) stays leased
+        // until its lease runs out, and so is retried no faster than
+        // that, while the others of the fetch go on. Failing the whole
+        // fetch would leave all of them leased, again at each retry.
         let mut items = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         let mut expiry = i64::MAX;
         for r in &rows {
             let id: String = r.get(0);
-            let status: String = r.get(1);
             expiry = expiry.min(r.get::<_, i64>(6));
+            let status = match parse_status(r.get(1)) {
+                Ok(s) => s,
+                Err(e) => {
+                    unreadable(&id, &e);
+                    continue;
+                }
+            };
             items.push(OrchestrationWorkItem {
                 lock: WorkLock(r.get(5)),
                 instance_id: InstanceId::from_stored(id.clone()),
-                runtime_status: parse_status(&status)?,
+                runtime_status: status,
                 execution_id: r.get(2),
                 history_len: r.get::<_, i64>(3) as u64,
                 messages: Vec::new(),
@@ -83,37 +94,62 @@ impl Store for PostgresStore {
             ids.push(id);
         }
         self.shared.hint(WorkKind::Orchestration, expiry);
-        let stmt = c
-            .prepare_cached(&self.sql.fetch_messages)
-            .await
-            .map_err(db_err)?;
-        let rows = c.query(&stmt, &[&ids, &prefix]).await.map_err(db_err)?;
+        let read = async {
+            let stmt = c
+                .prepare_cached(&self.sql.fetch_messages)
+                .await
+                .map_err(db_err)?;
+            c.query(&stmt, &[&ids, &prefix]).await.map_err(db_err)
+        };
+        let rows = match read.await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The leases are committed but their items never reach
+                // the engine: hand them back now, not after the lease.
+                drop(c);
+                let back = match self.lease_client().await {
+                    Ok(c) => self.release_fetched(&c, &ids, &prefix).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(back) = back {
+                    tracing::warn!(error = %back, "cannot hand back the leases of a failed fetch");
+                }
+                return Err(e);
+            }
+        };
         let mut by_id: HashMap<String, Vec<StoredMessage>> = HashMap::new();
+        let mut unread = std::collections::HashSet::new();
         for r in rows {
-            by_id.entry(r.get(1)).or_default().push(StoredMessage {
-                id: r.get(0),
-                message: parse(r.get(2))?,
-            });
+            let id: String = r.get(1);
+            match parse(r.get(2)) {
+                Ok(message) => by_id.entry(id).or_default().push(StoredMessage {
+                    id: r.get(0),
+                    message,
+                }),
+                Err(e) => {
+                    unreadable(&id, &e);
+                    unread.insert(id);
+                }
+            }
         }
         let mut out = Vec::with_capacity(items.len());
+        let mut empty = Vec::new();
         for mut item in items {
+            if unread.contains(item.instance_id.as_str()) {
+                continue;
+            }
             match by_id.remove(item.instance_id.as_str()) {
                 Some(messages) => {
                     item.messages = messages;
                     out.push(item);
                 }
-                None => {
-                    // Nothing visible after all (a replaced instance, a race
-                    // with a purge): give it back untouched.
-                    let stmt = c
-                        .prepare_cached(&self.sql.release_empty)
-                        .await
-                        .map_err(db_err)?;
-                    c.execute(&stmt, &[&item.instance_id.as_str(), &item.lock.0])
-                        .await
-                        .map_err(db_err)?;
-                }
+                // Nothing visible after all (a replaced instance, a race
+                // with a purge): given back untouched.
+                None => empty.push(item.instance_id.as_str().to_string()),
             }
+        }
+        if !empty.is_empty() {
+            self.release_fetched(&c, &empty, &prefix).await?;
         }
         // Oldest work first, as fetched.
         Ok(out)
@@ -560,6 +596,16 @@ impl Store for PostgresStore {
             .map_err(db_err)?;
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
     }
+}
+
+/// Logs a leased instance the store cannot read; it stays leased (see
+/// `fetch_orchestration_work`).
+fn unreadable(id: &str, e: &StoreError) {
+    tracing::error!(
+        instance = id,
+        error = %e,
+        "cannot read a leased instance's work; it is left leased until its lease runs out"
+    );
 }
 
 /// Deletes instances with their history, inbox and queued activities.

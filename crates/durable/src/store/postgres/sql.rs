@@ -18,7 +18,11 @@ pub(super) struct Sql {
     /// through the same id-array form as `fetch_orchestrations` (a join
     /// planned generically scanned the whole instances table).
     pub(super) fetch_messages: String,
-    pub(super) release_empty: String,
+    /// Hands leases of one fetch back untouched ($1 ids, $2 the fetch's
+    /// token prefix): nothing was visible after all, or the fetch failed
+    /// before its items reached the engine. Returns each row's new due
+    /// time (its earliest message) and the database clock.
+    pub(super) release_fetched: String,
     pub(super) commit_status: String,
     /// `commit_status` and the turn's history insert in one statement
     /// (`$13` the first event id, `$14` the events): the insert happens
@@ -168,10 +172,11 @@ impl Sql {
                    AND m.due_ms <= {NOW} \
                  ORDER BY m.id"
             ),
-            release_empty: format!(
-                "UPDATE {s}.instances SET lock_token = NULL, lock_owner = NULL, attempts = attempts - 1, \
-                   due_at = (SELECT min(due_ms) FROM {s}.messages m WHERE m.instance_id = $1) \
-                 WHERE instance_id = $1 AND lock_token = $2"
+            release_fetched: format!(
+                "UPDATE {s}.instances i SET lock_token = NULL, lock_owner = NULL, attempts = i.attempts - 1, \
+                   due_at = (SELECT min(due_ms) FROM {s}.messages m WHERE m.instance_id = i.instance_id) \
+                 WHERE i.instance_id = ANY($1) AND i.lock_token = $2 || i.instance_id \
+                 RETURNING i.due_at, {NOW}"
             ),
             commit_status,
             insert_lifecycle: format!(

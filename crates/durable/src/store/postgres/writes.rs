@@ -182,6 +182,36 @@ impl PostgresStore {
     }
 
     /// A connection for lease bookkeeping (see [`PostgresStore::leases`]).
+    /// Hands the leases of one fetch back untouched (`ids` under tokens of
+    /// `prefix`), then wakes the dispatchers for any that is due, or hints
+    /// when the earliest becomes due.
+    pub(super) async fn release_fetched(
+        &self,
+        c: &deadpool_postgres::Object,
+        ids: &[String],
+        prefix: &str,
+    ) -> Result<(), StoreError> {
+        let stmt = c
+            .prepare_cached(&self.sql.release_fetched)
+            .await
+            .map_err(db_err)?;
+        let rows = c.query(&stmt, &[&ids, &prefix]).await.map_err(db_err)?;
+        let (mut due_now, mut later) = (false, None::<i64>);
+        for r in rows {
+            let (due, now): (Option<i64>, i64) = (r.get(0), r.get(1));
+            match due {
+                Some(d) if d <= now => due_now = true,
+                Some(d) => later = Some(later.map_or(d, |l| l.min(d))),
+                None => {}
+            }
+        }
+        self.shared.announce(due_now, false);
+        if let Some(at) = later {
+            self.shared.hint(WorkKind::Orchestration, at);
+        }
+        Ok(())
+    }
+
     pub(super) async fn lease_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
