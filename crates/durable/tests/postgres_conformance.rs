@@ -736,6 +736,24 @@ async fn an_unreadable_instance_holds_back_only_itself() {
     .await;
     let retried = store.fetch_orchestration_work(10, lease).await.unwrap();
     assert_eq!(ids(retried), ["ok3"], "a failed fetch kept its leases");
+
+    // Activities: one unreadable input holds back only itself.
+    store.create_instance(new_instance("acts")).await.unwrap();
+    schedule_activities(&store, 3).await;
+    raw(
+        &url,
+        "UPDATE durable.activities SET input = 'not json' WHERE task_id = 2",
+    )
+    .await;
+    let acts = store.fetch_activity_work(10, lease).await.unwrap();
+    let mut tasks: Vec<u64> = acts.iter().map(|a| a.activity.task_id).collect();
+    tasks.sort();
+    assert_eq!(tasks, [1, 3]);
+    assert!(store
+        .fetch_activity_work(10, lease)
+        .await
+        .unwrap()
+        .is_empty());
     store.close().await;
 }
 

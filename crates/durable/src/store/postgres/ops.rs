@@ -232,16 +232,26 @@ impl Store for PostgresStore {
         for r in rows {
             let due: i64 = r.get(8);
             expiry = Some(expiry.map_or(due, |e| e.min(due)));
+            let instance_id: String = r.get(1);
+            // As for orchestrations: one unreadable input stays leased
+            // alone.
+            let input = match parse(r.get(5)) {
+                Ok(input) => input,
+                Err(e) => {
+                    unreadable(&instance_id, &e);
+                    continue;
+                }
+            };
             items.push((
                 r.get::<_, i64>(0),
                 ActivityWorkItem {
                     lock: WorkLock(r.get(7)),
                     activity: Arc::new(NewActivity {
-                        instance_id: InstanceId::from_stored(r.get(1)),
+                        instance_id: InstanceId::from_stored(instance_id),
                         execution_id: r.get(2),
                         task_id: r.get::<_, i64>(3) as u64,
                         name: r.get(4),
-                        input: parse(r.get(5))?,
+                        input,
                     }),
                     attempts: r.get::<_, i32>(6) as u32,
                 },
