@@ -757,6 +757,42 @@ async fn an_unreadable_instance_holds_back_only_itself() {
     store.close().await;
 }
 
+/// Once the schema's owner has set it up, a role that may only use its
+/// tables (no CREATE on the database or the schema, as operators run
+/// applications) connects and works: nothing up to date is created again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_privileges_uses_a_set_up_schema() {
+    let url = fresh_url().await;
+    let owner = PostgresStore::connect(PostgresConfig::new(&url))
+        .await
+        .unwrap();
+    owner.close().await;
+    let database = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let role = format!("app_{database}");
+    raw(
+        &url,
+        &format!(
+            "CREATE ROLE {role} LOGIN; \
+             REVOKE CREATE ON DATABASE {database} FROM PUBLIC; \
+             GRANT USAGE ON SCHEMA durable TO {role}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA durable TO {role}; \
+             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA durable TO {role};"
+        ),
+    )
+    .await;
+    let app_url = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let app = PostgresStore::connect(PostgresConfig::new(&app_url))
+        .await
+        .expect("a role without CREATE connects to a set-up schema");
+    app.create_instance(new_instance("used")).await.unwrap();
+    let items = app
+        .fetch_orchestration_work(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1);
+    app.close().await;
+}
+
 /// `apply_ddl_once` runs a text once per schema and key (a second run of
 /// a `CREATE TABLE` without `IF NOT EXISTS` would fail), runs it again
 /// once the text changes, and callers of several keys may start on one

@@ -238,11 +238,24 @@ pub async fn apply_ddl_once(
         &[&schema],
     )
     .await?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {q}; \
-         CREATE TABLE IF NOT EXISTS {q}.ddl_applied (key text PRIMARY KEY, digest text NOT NULL);"
-    ))
-    .await?;
+    // Read from the catalog first: `CREATE ... IF NOT EXISTS` checks the
+    // privilege to create before it finds there is nothing to do, so a
+    // role that may only use the tables (set up by their owner) could
+    // not connect.
+    let recorded: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'ddl_applied')",
+            &[&schema],
+        )
+        .await?
+        .get(0);
+    if !recorded {
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {q}; \
+             CREATE TABLE IF NOT EXISTS {q}.ddl_applied (key text PRIMARY KEY, digest text NOT NULL);"
+        ))
+        .await?;
+    }
     let done = tx
         .query_opt(
             &format!("SELECT digest = md5($2) FROM {q}.ddl_applied WHERE key = $1"),
