@@ -318,7 +318,43 @@ async fn notifications_wake_other_processes() {
         wake < planned,
         "{wake} is not before the earlier plan {planned}"
     );
+
+    // A store that closes tells the others that its leases are free: b,
+    // holding x2, is woken when a closes and takes the instance a held.
+    let long = Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "x2 never became due again");
+        if !b
+            .fetch_orchestration_work(10, long)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+        let wake = b.next_wake_at(WorkKind::Orchestration).await.unwrap();
+        let until = wake
+            .map(|w| (w - durable::types::now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_millis(100));
+        tokio::time::sleep(until).await;
+    }
+    a.create_instance(new_instance("x3")).await.unwrap();
+    assert_eq!(a.fetch_orchestration_work(10, long).await.unwrap().len(), 1);
+    // b's plan (its own timer, not the signal) keeps a's later hints
+    // from waking it: only an announcement can.
+    b.next_wake_at(WorkKind::Orchestration).await.unwrap();
+    let _ = tokio::time::timeout(Duration::ZERO, signal.orchestrations.notified()).await;
+    let freed = signal.orchestrations.notified();
+    tokio::pin!(freed);
+    freed.as_mut().enable();
     a.close().await;
+    tokio::time::timeout(Duration::from_secs(5), freed)
+        .await
+        .expect("b woken when a closed and handed back x3");
+    let taken = b.fetch_orchestration_work(10, long).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].instance_id.as_str(), "x3");
     b.close().await;
 }
 

@@ -35,6 +35,9 @@ pub(super) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let s = format!("\"{schema}\"");
+    // Payloads taken from the outbox and not sent yet: kept across a
+    // reconnect, so a failed NOTIFY loses nothing.
+    let mut unsent = std::collections::VecDeque::new();
     loop {
         let session = async {
             let (client, mut conn) = target.connect().await.map_err(db_err)?;
@@ -109,19 +112,9 @@ pub(super) async fn run(
                     }
                 }
                 _ = shared.kick.notified() => {
-                    let mut failed = false;
-                    for payload in take_payloads(&shared) {
-                        if let Err(e) = client
-                            .execute("SELECT pg_notify($1, $2)", &[&shared.channel, &payload])
-                            .await
-                        {
-                            tracing::warn!(error = %e, "store listener cannot notify");
-                            *shared.hint_sent.lock().expect("hint lock") = Default::default();
-                            failed = true;
-                            break;
-                        }
-                    }
-                    if failed {
+                    if let Err(e) = send(&client, &shared, &mut unsent).await {
+                        tracing::warn!(error = %e, "store listener cannot notify");
+                        *shared.hint_sent.lock().expect("hint lock") = Default::default();
                         break false;
                     }
                 }
@@ -129,6 +122,10 @@ pub(super) async fn run(
             }
         };
         if stopped {
+            // What the store queued last (the leases `close` handed back).
+            if let Err(e) = send(&client, &shared, &mut unsent).await {
+                tracing::warn!(error = %e, "store listener cannot notify before it stops");
+            }
             let _ = client
                 .execute(
                     &format!("DELETE FROM {s}.workers WHERE id = $1"),
@@ -146,6 +143,23 @@ pub(super) async fn run(
             _ = stop_requested(&mut stop) => return,
         }
     }
+}
+
+/// Sends what the outbox holds after what is still unsent, in order; a
+/// payload is dropped only once its `NOTIFY` went through.
+async fn send(
+    client: &tokio_postgres::Client,
+    shared: &Shared,
+    unsent: &mut std::collections::VecDeque<String>,
+) -> Result<(), tokio_postgres::Error> {
+    unsent.extend(take_payloads(shared));
+    while let Some(payload) = unsent.front() {
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&shared.channel, payload])
+            .await?;
+        unsent.pop_front();
+    }
+    Ok(())
 }
 
 /// Resolves when the store asks the listener to stop.

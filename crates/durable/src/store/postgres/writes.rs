@@ -112,16 +112,20 @@ impl PostgresStore {
         }
         if let Ok(client) = self.pool.get().await {
             let s = &self.sql.s;
-            for table in ["instances", "activities"] {
-                let _ = client
+            let mut freed = [false; 2];
+            for (table, freed) in ["instances", "activities"].into_iter().zip(&mut freed) {
+                *freed = client
                     .execute(
                         &format!(
                             "UPDATE {s}.{table} SET due_at = {NOW}, lock_owner = NULL WHERE lock_owner = $1"
                         ),
                         &[&self.shared.worker],
                     )
-                    .await;
+                    .await
+                    .is_ok_and(|n| n > 0);
             }
+            // The listener sends this before it stops.
+            self.shared.announce(freed[0], freed[1]);
             // Nobody need wait for this process to take its instances.
             // Only those that can be fetched: a finished or idle one's
             // home is never read (an idle one's affinity runs out once it
