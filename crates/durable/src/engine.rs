@@ -472,6 +472,9 @@ impl Engine {
 
     /// Deletes every finished instance matching the filter, in batches.
     pub async fn purge_by_filter(&self, filter: &InstanceFilter) -> Result<u64, Error> {
+        if filter.matches_nothing() {
+            return Ok(0);
+        }
         purge_all(&*self.inner.store, filter, 1_000).await
     }
 
@@ -507,6 +510,12 @@ impl Engine {
 
     /// A page of instances, newest first.
     pub async fn list(&self, query: &InstanceQuery) -> Result<InstancePage, Error> {
+        if query.filter.matches_nothing() {
+            return Ok(InstancePage {
+                instances: Vec::new(),
+                continuation: None,
+            });
+        }
         Ok(self.inner.store.list_instances(query).await?)
     }
 

@@ -391,6 +391,18 @@ pub struct InstanceFilter {
     pub instance_id_prefix: Option<String>,
 }
 
+impl InstanceFilter {
+    /// Whether no instance can match: the prefix holds a NUL, which no
+    /// instance id has ([`InstanceId::new`] refuses control characters).
+    /// Answered without asking the store, where it could fail
+    /// (PostgreSQL's text cannot hold a NUL).
+    pub fn matches_nothing(&self) -> bool {
+        self.instance_id_prefix
+            .as_deref()
+            .is_some_and(|p| p.contains('\0'))
+    }
+}
+
 /// One page of a listing request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceQuery {

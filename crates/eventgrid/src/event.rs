@@ -266,6 +266,18 @@ fn required_string<'a>(
     }
 }
 
+/// An event's id: required, and without control characters (deliveries
+/// are looked up by it, and PostgreSQL's text cannot hold a NUL).
+fn event_id(i: usize, e: &Map<String, Value>) -> Result<String, PublishError> {
+    let id = required_string(i, e, "id")?;
+    if id.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "event {i}: 'id' cannot contain control characters"
+        )));
+    }
+    Ok(id.to_string())
+}
+
 fn rfc3339(i: usize, name: &str, s: &str) -> Result<(), PublishError> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(drop)
@@ -280,7 +292,7 @@ fn event_grid(topic: &str, i: usize, value: Value) -> Result<Event, PublishError
     let Value::Object(mut e) = value else {
         return Err(bad(format!("event {i} is not a JSON object")));
     };
-    let id = required_string(i, &e, "id")?.to_string();
+    let id = event_id(i, &e)?;
     required_string(i, &e, "subject")?;
     required_string(i, &e, "eventType")?;
     let time = required_string(i, &e, "eventTime")?.to_string();
@@ -330,7 +342,7 @@ fn cloud_event(i: usize, value: Value) -> Result<Event, PublishError> {
         }
         Some(_) => return Err(bad(format!("event {i}: 'specversion' must be \"1.0\""))),
     }
-    let id = required_string(i, &e, "id")?.to_string();
+    let id = event_id(i, &e)?;
     required_string(i, &e, "source")?;
     required_string(i, &e, "type")?;
     if let Some(t) = e.get("time").and_then(Value::as_str) {
@@ -460,6 +472,10 @@ mod tests {
             (
                 json!([{"dataVersion": "1\r\nx-evil: 1", "id": "1", "subject": "s", "eventType": "t", "eventTime": "2026-12-01T10:00:00Z"}]),
                 "printable ASCII",
+            ),
+            (
+                json!([{"id": "a\u{0}", "subject": "s", "eventType": "t", "eventTime": "2026-12-01T10:00:00Z"}]),
+                "control characters",
             ),
         ];
         for (body, needle) in cases {

@@ -131,6 +131,11 @@ pub fn parse(value: &Value) -> Result<GalaxyBody, String> {
     if body.instance_id.len() > MAX_TEXT_BYTES || body.origin.len() > MAX_TEXT_BYTES {
         return Err("instanceId and origin have at most 256 bytes".into());
     }
+    // As names: a NUL, for one, would be kept in the stored JSON and make
+    // every later read of the galaxy on PostgreSQL fail.
+    if (body.instance_id.chars().chain(body.origin.chars())).any(char::is_control) {
+        return Err("instanceId and origin cannot contain control characters".into());
+    }
     Ok(GalaxyBody { name, ..body })
 }
 
@@ -182,6 +187,14 @@ mod tests {
             (
                 json!({"name": "a", "coords": {"x":0,"y":0,"z":i32::MIN}, "createdAt": "2026-12-01T10:00:00Z"}),
                 "outside",
+            ),
+            (
+                json!({"name": "a", "coords": {"x":0,"y":0,"z":0}, "createdAt": "2026-12-01T10:00:00Z", "instanceId": "i\u{0}"}),
+                "control",
+            ),
+            (
+                json!({"name": "a", "coords": {"x":0,"y":0,"z":0}, "createdAt": "2026-12-01T10:00:00Z", "origin": "\u{1b}[31m"}),
+                "control",
             ),
             (json!(null), "not a galaxy body"),
         ];

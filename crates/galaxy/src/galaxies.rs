@@ -59,6 +59,10 @@ impl Galaxies {
         partition_key: &str,
         row_key: &str,
     ) -> Result<Option<Galaxy>, TableError> {
+        if partition_key.contains('\0') || row_key.contains('\0') {
+            // No stored key holds one (PostgreSQL's text cannot).
+            return Ok(None);
+        }
         match self {
             Self::Sqlite(t) => {
                 let (t, pk, rk) = (t.clone(), partition_key.to_string(), row_key.to_string());
@@ -76,6 +80,10 @@ impl Galaxies {
         page_size: usize,
         continuation: Option<&str>,
     ) -> Result<GalaxyPage, TableError> {
+        if name_prefix.is_some_and(|p| p.contains('\0')) {
+            // No name holds one (they have no control characters).
+            return Ok(GalaxyPage::default());
+        }
         match self {
             Self::Sqlite(t) => {
                 let t = t.clone();

@@ -90,7 +90,7 @@ pub struct Galaxy {
 }
 
 /// A page of galaxies and the token of the next page.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct GalaxyPage {
     /// Galaxies in key order.
     pub galaxies: Vec<Galaxy>,

@@ -35,7 +35,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::event::{Event, Schema};
-use crate::model::SubscriptionInput;
+use crate::model::{check_name, SubscriptionInput};
 use cache::Cache;
 
 /// How long a claimed delivery is left to the process that claimed it
@@ -272,6 +272,7 @@ impl RouterStore {
 
     /// One topic (cached: every publish reads it).
     pub async fn topic(&self, name: &str) -> Result<TopicRecord, StoreError> {
+        named_topic(name)?;
         self.topics.get(name, || self.backend.topic(name)).await
     }
 
@@ -284,6 +285,7 @@ impl RouterStore {
     /// returns the subscriptions as they were (their endpoints are told:
     /// [`crate::notices::announce_deletion`]).
     pub async fn delete_topic(&self, name: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        named_topic(name)?;
         let r = self.backend.delete_topic(name).await;
         self.changed();
         r
@@ -304,6 +306,7 @@ impl RouterStore {
                 )))
             }
         };
+        named_topic(topic)?;
         let r = self.backend.regenerate_key(topic, column).await;
         self.changed();
         r
@@ -407,6 +410,7 @@ impl RouterStore {
         topic: &str,
         name: &str,
     ) -> Result<SubscriptionRecord, StoreError> {
+        named_subscription(topic, name)?;
         self.backend.subscription(topic, name).await
     }
 
@@ -433,6 +437,7 @@ impl RouterStore {
 
     /// A topic's subscriptions, by name.
     pub async fn subscriptions(&self, topic: &str) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        named_topic(topic)?;
         self.backend.subscriptions(topic).await
     }
 
@@ -443,6 +448,7 @@ impl RouterStore {
         topic: &str,
         name: &str,
     ) -> Result<SubscriptionRecord, StoreError> {
+        named_subscription(topic, name)?;
         let r = self.backend.delete_subscription(topic, name).await;
         self.changed();
         r
@@ -458,6 +464,7 @@ impl RouterStore {
         events: Vec<Event>,
         now_ms: i64,
     ) -> Result<usize, StoreError> {
+        named_topic(topic)?;
         let queued = self.backend.publish(topic, events, now_ms).await?;
         self.woken(queued);
         Ok(queued)
@@ -529,6 +536,7 @@ impl RouterStore {
         after: i64,
         top: usize,
     ) -> Result<DeadLetterPage, StoreError> {
+        named_subscription(topic, subscription)?;
         let page = PageBuilder::new(top.clamp(1, 1000), DEAD_LETTER_PAGE_BYTES);
         let (value, more) = self
             .backend
@@ -554,6 +562,7 @@ impl RouterStore {
         only: Option<Vec<i64>>,
         now_ms: i64,
     ) -> Result<usize, StoreError> {
+        named_subscription(topic, subscription)?;
         let n = self
             .backend
             .redeliver(topic, subscription, only, now_ms)
@@ -569,6 +578,11 @@ impl RouterStore {
         topic: &str,
         event_id: &str,
     ) -> Result<Vec<Value>, StoreError> {
+        named_topic(topic)?;
+        if event_id.contains('\0') {
+            // No event has one (see `named_topic`).
+            return Ok(Vec::new());
+        }
         self.backend.event_deliveries(topic, event_id).await
     }
 
@@ -622,4 +636,18 @@ impl RouterStore {
         }
         Ok(expired)
     }
+}
+
+/// A name that could never have been created ([`check_name`]) names no
+/// topic: answered without asking the backend, where it could fail as a
+/// store error (PostgreSQL's text cannot even hold a NUL).
+fn named_topic(name: &str) -> Result<(), StoreError> {
+    check_name("topic", name).map_err(|_| StoreError::NoTopic(name.to_string()))
+}
+
+/// [`named_topic`] for a subscription and its topic.
+fn named_subscription(topic: &str, name: &str) -> Result<(), StoreError> {
+    named_topic(topic)?;
+    check_name("subscription", name)
+        .map_err(|_| StoreError::NoSubscription(topic.to_string(), name.to_string()))
 }

@@ -365,6 +365,14 @@ impl Players {
     /// Revokes a device of the same player (another player's device is not
     /// found).
     pub async fn revoke(&self, by: &Device, device_id: &str) -> Result<(), PlayersError> {
+        if uuid::Uuid::parse_str(device_id).is_err() {
+            // Device ids are UUIDs; nothing else names one (and a NUL
+            // could not even be looked up in PostgreSQL).
+            return Err(PlayersError::NotFound(format!(
+                "no device {}",
+                device_id.escape_debug()
+            )));
+        }
         let (player_id, id) = (by.player_id.clone(), device_id.to_string());
         let revoked = match &self.backend {
             Backend::Sqlite(c) => {

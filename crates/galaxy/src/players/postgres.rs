@@ -395,12 +395,20 @@ impl PgPlayers {
         }
         let last = plan.last as i64;
         if plan.new_client {
-            tx.execute(
-                "INSERT INTO sync_clients (client_id, player_id, last_mutation_id) VALUES ($1, $2, $3)",
-                &[&request.client_id, &player_id, &last],
-            )
-            .await
-            .map_err(pg)?;
+            // Another player's first push under the same client id may
+            // have committed since this one looked (pushes lock their own
+            // player only): that client is foreign here, as if seen first.
+            let inserted = tx
+                .execute(
+                    "INSERT INTO sync_clients (client_id, player_id, last_mutation_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (client_id) DO NOTHING",
+                    &[&request.client_id, &player_id, &last],
+                )
+                .await
+                .map_err(pg)?;
+            if inserted == 0 {
+                return Err(PlayersError::ClientStateNotFound(request.client_id.clone()));
+            }
         } else {
             tx.execute(
                 "UPDATE sync_clients SET last_mutation_id = $2 WHERE client_id = $1",
