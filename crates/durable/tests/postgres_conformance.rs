@@ -718,6 +718,56 @@ async fn leases_of_a_dead_worker_are_taken_over() {
     other.close().await;
 }
 
+/// Two instances whose turns send to each other, committed at the same
+/// moment round after round, never deadlock: a turn that sends locks its
+/// own row and its targets' in id order, as every statement that locks
+/// several instance rows does (a deadlock would fail one commit with
+/// 40P01 after PostgreSQL's one-second deadlock timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_sending_to_each_other_do_not_deadlock() {
+    let url = fresh_url().await;
+    let store = Arc::new(PostgresStore::connect(no_affinity(&url)).await.unwrap());
+    for id in ["ping", "pong"] {
+        store.create_instance(new_instance(id)).await.unwrap();
+    }
+    const ROUNDS: usize = 60;
+    for round in 0..ROUNDS {
+        let mut items = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while items.len() < 2 {
+            assert!(Instant::now() < deadline, "round {round}: work missing");
+            items.extend(
+                store
+                    .fetch_orchestration_work(2, Duration::from_secs(60))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let commits = items.iter().map(|item| {
+            let other = if item.instance_id.as_str() == "ping" {
+                "pong"
+            } else {
+                "ping"
+            };
+            let mut commit = scheduling_commit(item, 0);
+            commit.messages = vec![durable::store::OutgoingMessage {
+                instance_id: InstanceId::new(other).unwrap(),
+                message: durable::history::Message::now(durable::EventKind::EventRaised {
+                    name: "ball".into(),
+                    input: json!(round),
+                }),
+            }];
+            let store = store.clone();
+            tokio::spawn(async move { store.commit_turn(commit).await })
+        });
+        for r in futures::future::join_all(commits).await {
+            r.unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: a commit failed: {e}"));
+        }
+    }
+    store.close().await;
+}
+
 /// An instance the store cannot read (a message a newer version wrote, a
 /// damaged row) is kept back on its own: the rest of the fetch goes to
 /// the engine, and the unreadable one stays leased, so it is not fetched

@@ -531,6 +531,28 @@ impl PostgresStore {
             .await
             .map_err(db_err)?;
 
+        // A turn that writes to other instances (sends, children) first
+        // locks their rows and its own in id order, as every statement
+        // that locks several instance rows does: two turns sending to each
+        // other would otherwise each hold its own row and wait for the
+        // other's (40P01 after the server's deadlock timeout).
+        let mut locked: Vec<&str> = commit
+            .messages
+            .iter()
+            .map(|m| m.instance_id.as_str())
+            .chain(commit.new_instances.iter().map(|c| c.instance_id.as_str()))
+            .filter(|other| *other != id)
+            .collect();
+        if !locked.is_empty() {
+            locked.push(id);
+            locked.sort_unstable();
+            locked.dedup();
+            let st = tx
+                .prepare_cached(&sql.lock_instances)
+                .await
+                .map_err(db_err)?;
+            tx.execute(&st, &[&locked]).await.map_err(db_err)?;
+        }
         let status_params = params(&status_args);
         let plain_params: Vec<_> = plain.iter().map(|(st, a)| (st, params(a))).collect();
         let child_params: Vec<_> = children.iter().map(CreateArgs::params).collect();
