@@ -718,6 +718,95 @@ async fn leases_of_a_dead_worker_are_taken_over() {
     other.close().await;
 }
 
+/// A worker that re-registers (its listener reconnected) while another
+/// worker's reap of it is under way is not reaped: the reap read it as
+/// gone long ago, but by the time its delete holds the row, the row names
+/// a live backend, and the delete sees that. Its leases stay its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_comes_back_during_a_reap_is_not_reaped() {
+    let url = fresh_url().await;
+    let store = Arc::new(
+        PostgresStore::connect(PostgresConfig {
+            dead_after: Duration::from_millis(500),
+            ..no_affinity(&url)
+        })
+        .await
+        .unwrap(),
+    );
+    store.create_instance(new_instance("held")).await.unwrap();
+    // A worker gone for long, holding "held".
+    raw(
+        &url,
+        "INSERT INTO durable.workers (id, pid, backend_start, gone_since) \
+           VALUES (424242, 2147483000, now(), 0); \
+         UPDATE durable.instances SET lock_owner = 424242, lock_token = 'x:held', \
+           due_at = due_at + 600000 WHERE instance_id = 'held'",
+    )
+    .await;
+    // It comes back: its new connection re-registers, not committed yet.
+    let (mut back, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let reregister = back.transaction().await.unwrap();
+    reregister
+        .batch_execute(
+            "UPDATE durable.workers SET pid = pg_backend_pid(), gone_since = NULL, \
+               backend_start = (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) \
+             WHERE id = 424242",
+        )
+        .await
+        .unwrap();
+    // Meanwhile the store goes idle and reaps: its delete waits for the row.
+    let idle = {
+        let store = store.clone();
+        tokio::spawn(async move { store.next_wake_at(WorkKind::Orchestration).await })
+    };
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE '%DELETE FROM%workers%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reap never waited for the worker's row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reregister.commit().await.unwrap();
+    idle.await.unwrap().unwrap();
+    let row = admin
+        .query_opt(
+            "SELECT w.gone_since, i.lock_owner FROM durable.workers w, durable.instances i \
+             WHERE w.id = 424242 AND i.instance_id = 'held'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .expect("the worker that came back was reaped");
+    assert_eq!(row.get::<_, Option<i64>>(0), None);
+    assert_eq!(
+        row.get::<_, Option<i64>>(1),
+        Some(424242),
+        "its lease was taken"
+    );
+    drop(back);
+    store.close().await;
+}
+
 /// Two instances whose turns send to each other, committed at the same
 /// moment round after round, never deadlock: a turn that sends locks its
 /// own row and its targets' in id order, as every statement that locks

@@ -369,15 +369,21 @@ impl Sql {
             // time, dead (deleted, their leases due now) once gone for
             // $2 ms. Also says when the next marked one would be dead. A
             // dead worker's home is cleared only on rows that can be
-            // fetched (due): no other row's home is read.
+            // fetched (due): no other row's home is read. The mark and the
+            // delete match the row as `gone` read it (pid, backend start):
+            // a worker that re-registered meanwhile is re-checked under
+            // the row lock and left alone.
             reap: format!(
-                "WITH gone AS (SELECT w.id, w.gone_since FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
+                "WITH gone AS (SELECT w.id, w.pid, w.backend_start, w.gone_since FROM {s}.workers w \
+                   WHERE w.id <> $1 AND NOT EXISTS \
                    (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
                        AND (a.backend_start IS NULL OR a.backend_start = w.backend_start))), \
-                 marked AS (UPDATE {s}.workers SET gone_since = {NOW} \
-                   WHERE id IN (SELECT id FROM gone WHERE gone_since IS NULL) RETURNING 1), \
-                 dead AS (DELETE FROM {s}.workers w \
-                   WHERE w.id IN (SELECT id FROM gone WHERE gone_since <= {NOW} - $2) \
+                 marked AS (UPDATE {s}.workers w SET gone_since = {NOW} FROM gone g \
+                   WHERE w.id = g.id AND g.gone_since IS NULL \
+                     AND w.pid = g.pid AND w.backend_start = g.backend_start RETURNING 1), \
+                 dead AS (DELETE FROM {s}.workers w USING gone g \
+                   WHERE w.id = g.id AND g.gone_since <= {NOW} - $2 \
+                     AND w.pid = g.pid AND w.backend_start = g.backend_start \
                    RETURNING w.id), \
                  ri AS (UPDATE {s}.instances SET \
                      due_at = CASE WHEN lock_owner IN (SELECT id FROM dead) THEN {NOW} ELSE due_at END, \
