@@ -157,6 +157,29 @@ async fn schema_checks_at_connect() {
     bad.schema = "x; DROP TABLE y".into();
     let r = PostgresStore::connect(bad).await;
     assert!(matches!(r, Err(StoreError::Incompatible(_))), "{r:?}");
+
+    // The longest name whose notification channel fits works across
+    // stores; one longer is refused before anything is created.
+    let mut long = no_affinity(&url);
+    long.schema = "s".repeat(51);
+    let r = PostgresStore::connect(long.clone()).await;
+    assert!(
+        matches!(&r, Err(StoreError::Incompatible(m)) if m.contains("at most 50")),
+        "{r:?}"
+    );
+    long.schema.pop();
+    let a = PostgresStore::connect(long.clone()).await.unwrap();
+    let b = PostgresStore::connect(long).await.unwrap();
+    let signal = b.work_signal();
+    let woken = signal.orchestrations.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    a.create_instance(new_instance("far")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("a store on a 50-character schema wakes the others");
+    a.close().await;
+    b.close().await;
 }
 
 /// An instance's work goes to the process that created it or ran its last

@@ -5,9 +5,21 @@ use super::*;
 
 /// A quoted schema name, after checking it is a plain identifier (it is
 /// spliced into every statement).
+/// The store's notification channel is this and its schema's name.
+pub(super) const CHANNEL_PREFIX: &str = "durable_work_";
+/// Longest schema name: PostgreSQL cuts identifiers at 63 bytes, and a
+/// `pg_notify` on a longer channel name fails.
+const MAX_SCHEMA: usize = 63 - CHANNEL_PREFIX.len();
+
 pub(super) fn quoted_schema(schema: &str) -> Result<String, StoreError> {
+    if schema.len() > MAX_SCHEMA {
+        return Err(StoreError::Incompatible(format!(
+            "schema name '{schema}' has {} characters; at most {MAX_SCHEMA} (its notification \
+             channel, {CHANNEL_PREFIX}<schema>, must fit PostgreSQL's 63)",
+            schema.len()
+        )));
+    }
     let ok = !schema.is_empty()
-        && schema.len() <= 63
         && schema
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

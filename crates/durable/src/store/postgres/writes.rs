@@ -51,7 +51,7 @@ impl PostgresStore {
         let shared = Arc::new(Shared {
             signal: Arc::new(WorkSignal::default()),
             worker: rand::random::<i64>() & i64::MAX,
-            channel: format!("durable_work_{}", config.schema),
+            channel: format!("{}{}", schema::CHANNEL_PREFIX, config.schema),
             outbox: Mutex::new(Outbox::default()),
             kick: tokio::sync::Notify::new(),
             lifecycle: config
