@@ -270,9 +270,22 @@ pub async fn case_idempotent_creations_committed_together(store: &dyn Store) {
 /// whole and each creation is committed on its own.
 pub async fn case_same_instance_created_twice_at_once(store: &dyn Store) {
     let [first, second] = ["first", "second"].map(|input| {
-        let (inst, mut commit) = first_turn("twice", json!(input));
+        let (mut inst, mut commit) = first_turn("twice", json!(input));
         // Writes to its own instance only (what a store may batch).
         commit.messages.clear();
+        // Each start has an execution id of its own, as the engine's do
+        // (a store may recognise its own start by it after a lost answer).
+        let exec = format!("{}-{input}", inst.execution_id);
+        inst.execution_id = exec.clone();
+        commit.status.execution_id = exec.clone();
+        for a in &mut commit.activities {
+            a.execution_id = exec.clone();
+        }
+        for e in &mut commit.history {
+            if let EventKind::ExecutionStarted { execution_id, .. } = &mut e.kind {
+                *execution_id = exec.clone();
+            }
+        }
         (inst, commit)
     });
     let (a, b) = tokio::join!(

@@ -64,12 +64,13 @@ type BatchOutcome = Result<Vec<Result<(), StoreError>>, StoreError>;
 
 /// Does a taken batch and answers each caller: an item alone goes through
 /// `single`; several go through `together` in one transaction, and one by
-/// one through `single` when that failed as a whole. `together` hands
-/// the items back with the outcome.
+/// one through `single` when that failed as a whole (its second argument
+/// then true: the batch may have committed after all, its answer lost).
+/// `together` hands the items back with the outcome.
 async fn answer_batch<W, F, T>(
     mut batch: Vec<Queued<W>>,
     what: &'static str,
-    single: impl Fn(W) -> F,
+    single: impl Fn(W, bool) -> F,
     together: impl FnOnce(Vec<W>) -> T,
 ) where
     F: std::future::Future<Output = Result<(), StoreError>>,
@@ -77,7 +78,7 @@ async fn answer_batch<W, F, T>(
 {
     if batch.len() == 1 {
         let q = batch.pop().expect("one item");
-        let _ = q.answer.send(single(q.work).await);
+        let _ = q.answer.send(single(q.work, false).await);
         return;
     }
     let (works, answers): (Vec<W>, Vec<_>) = batch.into_iter().map(|q| (q.work, q.answer)).unzip();
@@ -91,7 +92,7 @@ async fn answer_batch<W, F, T>(
         Err(e) => {
             tracing::debug!(error = %e, items = works.len(), "batched {what} failed; one by one");
             for (work, answer) in works.into_iter().zip(answers) {
-                let _ = answer.send(single(work).await);
+                let _ = answer.send(single(work, true).await);
             }
         }
     }
@@ -304,7 +305,7 @@ impl PostgresStore {
                     answer_batch(
                         batch,
                         "turn commit",
-                        |commit| self.commit_single(commit),
+                        |commit, _| self.commit_single(commit),
                         |commits| async move {
                             let outcome = self.commit_batch(&commits).await;
                             (commits, outcome)
@@ -333,7 +334,7 @@ impl PostgresStore {
                 answer_batch(
                     batch,
                     "creation",
-                    |(instance, commit)| self.create_single(instance, commit),
+                    |(instance, commit), retried| self.create_single(instance, commit, retried),
                     |creations| async move {
                         let outcome = self.create_batch(&creations).await;
                         (creations, outcome)
@@ -468,6 +469,12 @@ impl PostgresStore {
             return Ok(out);
         }
         self.write_and_commit(tx, &args).await?;
+        // Fault injection (tests): the commit went through, its answer
+        // did not (a connection lost at that moment).
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("durable-pg-create-batch-answer", |_| Err(
+            StoreError::Database("injected: the batch's commit answer was lost".into())
+        ));
         for (instance, commit) in batch {
             if created.contains(instance.instance_id.as_str()) {
                 self.shared.changed(instance.instance_id.as_str(), 0, 0);

@@ -179,7 +179,7 @@ impl Store for PostgresStore {
         if batch::batchable(&commit) {
             self.create_together(instance, commit).await?;
         } else {
-            self.create_single(instance, commit).await?;
+            self.create_single(instance, commit, false).await?;
         }
         Ok(true)
     }

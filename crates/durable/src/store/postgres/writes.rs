@@ -371,11 +371,34 @@ impl PostgresStore {
         &self,
         instance: NewInstance,
         mut commit: TurnCommit,
+        retried: bool,
     ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db_err)?;
         if !create_in(&tx, &self.sql, &instance, self.shared.worker).await? {
+            // Retried after its batch failed as a whole, this very start
+            // may be what is there: the batch's commit reached the server
+            // and only its answer was lost. Execution ids are unique per
+            // start, so the row tells.
+            let ours = retried
+                && tx
+                    .query_opt(
+                        &format!(
+                        "SELECT 1 FROM {}.instances WHERE instance_id = $1 AND execution_id = $2",
+                        self.sql.s
+                    ),
+                        &[&instance.instance_id.as_str(), &instance.execution_id],
+                    )
+                    .await
+                    .map_err(db_err)?
+                    .is_some();
             let _ = tx.rollback().await;
+            if ours {
+                // Its commit's wake-ups never went out.
+                self.shared.announce(true, true);
+                self.shared.changed(instance.instance_id.as_str(), 0, 0);
+                return Ok(());
+            }
             return Err(StoreError::Conflict(instance.instance_id));
         }
         // The turn consumed the start message create_in queued (the only
