@@ -72,7 +72,11 @@
 //!
 //! Times are the database's clock (`statement_timestamp()`), so processes on
 //! machines whose clocks disagree still agree on lease expiry; message
-//! `visible_at` times come from the engine and are compared with it.
+//! `visible_at` times come from the engine and are compared with it. The
+//! wake-up [`Store::next_wake_at`] answers is moved onto the host's clock
+//! by the offset read with it (the dispatcher sleeps by the host's), and
+//! wake-up hints are compared with the database's time as estimated from
+//! that offset.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -285,9 +289,30 @@ struct Shared {
     lifecycle: Option<Arc<tokio::sync::Notify>>,
     /// Changes the other processes announced ([`Store::remote_changes`]).
     remote: tokio::sync::broadcast::Sender<RemoteChange>,
+    /// The database clock minus this host's (ms), as last read: due times
+    /// are the database's, the dispatchers sleep by the host's.
+    clock_offset: std::sync::atomic::AtomicI64,
 }
 
 impl Shared {
+    /// The database clock now (ms), as estimated from the last reading.
+    fn database_now(&self) -> i64 {
+        types::now().timestamp_millis() + self.clock_offset.load(Ordering::Relaxed)
+    }
+
+    /// Records the database clock `db_now_ms` just read.
+    fn clock_read(&self, db_now_ms: i64) {
+        self.clock_offset.store(
+            db_now_ms - types::now().timestamp_millis(),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A database time (ms) as a time on this host's clock.
+    fn on_host(&self, db_ms: i64) -> Timestamp {
+        types::from_millis(host_ms(db_ms, self.clock_offset.load(Ordering::Relaxed)))
+    }
+
     fn wake_local(&self, orchestrations: bool, activities: bool) {
         self.signal.wake(orchestrations, activities);
     }
@@ -338,7 +363,7 @@ impl Shared {
     /// tell the other processes unless an earlier hint of that kind is
     /// still pending there.
     fn hint(&self, kind: WorkKind, at_ms: i64) {
-        let now = types::now().timestamp_millis();
+        let now = self.database_now();
         let i = index(kind);
         {
             let mut sent = self.hint_sent.lock().expect("hint lock");
@@ -353,6 +378,22 @@ impl Shared {
         self.kick.notify_one();
     }
 }
+
+/// A database time (ms) on the host's clock, given the database clock
+/// minus the host's: a dispatcher on a host whose clock is ahead would
+/// otherwise wake before its work is due and poll until it is, and one
+/// behind would sleep past it. Offsets under [`CLOCK_TOLERANCE_MS`] are
+/// left alone: the reading itself is that uncertain (the query's latency),
+/// and on one machine the clocks are the same.
+fn host_ms(db_ms: i64, offset: i64) -> i64 {
+    if offset.abs() < CLOCK_TOLERANCE_MS {
+        return db_ms;
+    }
+    db_ms.saturating_sub(offset)
+}
+
+/// See [`host_ms`].
+const CLOCK_TOLERANCE_MS: i64 = 100;
 
 /// The kinds of work in the order of the per-kind arrays above.
 const KINDS: [WorkKind; 2] = [WorkKind::Orchestration, WorkKind::Activity];
@@ -525,7 +566,7 @@ use sql::Sql;
 
 #[cfg(test)]
 mod tests {
-    use super::Liveness;
+    use super::{host_ms, Liveness};
     use std::time::{Duration, Instant};
 
     const EVERY: Duration = Duration::from_secs(1);
@@ -562,5 +603,19 @@ mod tests {
         );
         l.last = Some(Instant::now() - 2 * EVERY);
         assert_eq!(l.until_due(EVERY), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn database_times_are_moved_onto_the_host_clock() {
+        // The database 2 s behind the host: due at database 10,000 is the
+        // host's 12,000 (waking at 10,000 would poll 2 s for nothing).
+        assert_eq!(host_ms(10_000, -2_000), 12_000);
+        // Ahead by 2 s: the host's 8,000 (waking at 10,000 sleeps past it).
+        assert_eq!(host_ms(10_000, 2_000), 8_000);
+        assert_eq!(host_ms(10_000, 0), 10_000);
+        // Within the reading's own uncertainty: left as it is.
+        assert_eq!(host_ms(10_000, 99), 10_000);
+        assert_eq!(host_ms(10_000, -99), 10_000);
+        assert_eq!(host_ms(i64::MIN + 1, 500), i64::MIN);
     }
 }

@@ -357,6 +357,7 @@ impl Store for PostgresStore {
         let row = c.query_one(&stmt, params).await.map_err(db_err)?;
         let wake: Option<i64> = row.get(0);
         let dead_workers: bool = row.get(1);
+        self.shared.clock_read(row.get(3));
         if look {
             let mut liveness = self.liveness.lock().expect("liveness lock");
             liveness.suspect = dead_workers;
@@ -394,12 +395,13 @@ impl Store for PostgresStore {
             .lock()
             .expect("liveness lock")
             .until_due(every);
+        let wake = wake.map(|w| self.shared.on_host(w));
         if let Some(until) = until.filter(|_| !look) {
             // Wake up for the next look, so an idle process makes it too.
-            let at = types::now().timestamp_millis() + until.as_millis() as i64;
-            return Ok(Some(types::from_millis(wake.map_or(at, |w| w.min(at)))));
+            let at = types::now() + chrono::Duration::milliseconds(until.as_millis() as i64);
+            return Ok(Some(wake.map_or(at, |w| w.min(at))));
         }
-        Ok(wake.map(types::from_millis))
+        Ok(wake)
     }
 
     async fn read_status(

@@ -103,7 +103,8 @@ pub(super) struct Sql {
 #[derive(Debug)]
 pub(super) struct NextWake {
     /// That time, whether another worker's listener backend is gone from
-    /// `pg_stat_activity`, and whether there are other workers at all.
+    /// `pg_stat_activity`, whether there are other workers at all, and the
+    /// database clock.
     pub(super) look: String,
     /// The same row, the liveness check left out (reading
     /// `pg_stat_activity` builds every backend's entry).
@@ -118,9 +119,9 @@ impl NextWake {
                    EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id <> $1 AND NOT EXISTS \
                      (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid \
                        AND (a.backend_start IS NULL OR a.backend_start = w.backend_start))), \
-                   EXISTS (SELECT 1 FROM {s}.workers WHERE id <> $1)"
+                   EXISTS (SELECT 1 FROM {s}.workers WHERE id <> $1), {NOW}"
             ),
-            only: format!("SELECT {wake}, false, false"),
+            only: format!("SELECT {wake}, false, false, {NOW}"),
         }
     }
 }

@@ -60,6 +60,7 @@ impl PostgresStore {
             planned_wake: Mutex::default(),
             hint_sent: Mutex::default(),
             remote: tokio::sync::broadcast::channel(REMOTE_CHANGES).0,
+            clock_offset: Default::default(),
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
