@@ -57,9 +57,11 @@ demo: deps
 	$(CARGO) build --release -p galaxy --bin galaxy-demo
 	./target/release/galaxy-demo --data-dir $(DATA_DIR)
 
+# The pinned version: another one (an older install) is replaced.
 tauri-driver:
-	@command -v tauri-driver >/dev/null || [ -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/tauri-driver" ] || \
-	  $(CARGO) install tauri-driver --version $(TAURI_DRIVER_VERSION) --locked
+	@$(CARGO) install --list | grep -q '^tauri-driver v$(TAURI_DRIVER_VERSION):' || { \
+	  echo "installing: tauri-driver $(TAURI_DRIVER_VERSION)"; \
+	  $(CARGO) install tauri-driver --version $(TAURI_DRIVER_VERSION) --locked; }
 
 # The official clients some tests drive, pinned, installed into target/
 # (never system-wide): the Azure Event Grid publisher SDKs for Python and
@@ -88,11 +90,18 @@ test-clients: node
 	  echo "installing: durable-functions $(DURABLE_FUNCTIONS_JS_VERSION) into $(NODE_CLIENTS)"; \
 	  mkdir -p $(NODE_CLIENTS) && npm install --prefix $(NODE_CLIENTS) --no-audit --no-fund --silent durable-functions@$(DURABLE_FUNCTIONS_JS_VERSION); }
 
+# The pinned JavaScript clients' dependencies (@azure/core-*, @azure/functions)
+# declare Node.js >= 20 (some distributions ship 18): an older one is
+# named, not silently used.
+NODE_MIN := 20
 node:
 	@command -v npm >/dev/null || { \
 	  echo "installing: nodejs npm"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	@v=$$(node --version 2>/dev/null | sed 's/^v//; s/\..*//'); \
+	[ -n "$$v" ] && [ "$$v" -ge $(NODE_MIN) ] || \
+	  echo "warning: Node.js $$(node --version 2>/dev/null || echo missing) found; the pinned JavaScript clients' dependencies (tests/durable_client.rs, tests/events.rs) declare >= $(NODE_MIN): if they fail, install Node.js $(NODE_MIN) or newer"
 
 # Tauri's CLI (its bundler makes the .deb and .rpm): the npm package ships
 # it prebuilt, pinned, installed into target/tools (never system-wide).
