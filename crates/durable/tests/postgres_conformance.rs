@@ -830,6 +830,75 @@ async fn a_worker_that_comes_back_during_a_reap_is_not_reaped() {
     store.close().await;
 }
 
+/// Changes another process commits while this one's listener connection
+/// is being re-established (their notifications went nowhere) still reach
+/// this one once it is back: it reads what changed meanwhile and
+/// publishes it as remote changes, so a live stream or a waiting starter
+/// here does not miss a completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_missed_while_reconnecting_are_caught_up() {
+    let url = fresh_url().await;
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let b = PostgresStore::connect(no_affinity(&url)).await.unwrap();
+    // b is the only worker yet: its row names its listener's backend.
+    let b_pid: i32 = admin
+        .query_one("SELECT pid FROM durable.workers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let a = PostgresStore::connect(no_affinity(&url)).await.unwrap();
+    let mut heard = b.remote_changes().expect("b hears other processes");
+
+    // Cut b's listener and wait until its backend is gone: from here on
+    // nothing announced reaches b until it reconnects (500 ms later).
+    let cut: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&b_pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cut);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&b_pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b's listener backend stayed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.create_instance(new_instance("unheard")).await.unwrap();
+    let item = a
+        .fetch_orchestration_work(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    a.commit_turn(scheduling_commit(&item[0], 1)).await.unwrap();
+
+    let change = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match heard.recv().await {
+                Ok(c) if c.instance_id.as_str() == "unheard" => return c,
+                Ok(_) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("b never heard of the change made while it was reconnecting");
+    assert_eq!(change.history_to, 0);
+    a.close().await;
+    b.close().await;
+}
+
 /// Two instances whose turns send to each other, committed at the same
 /// moment round after round, never deadlock: a turn that sends locks its
 /// own row and its targets' in id order, as every statement that locks

@@ -11,7 +11,11 @@
 //! updates ([`Store::remote_changes`]). Our own notifications come back
 //! to us too; they are recognised by the sending backend's pid and
 //! ignored. After a reconnect both signals fire, since announcements
-//! may have been missed while disconnected.
+//! may have been missed while disconnected, and the instances the other
+//! processes changed meanwhile are read from the table and published as
+//! remote changes ([`catch_up`]): a live stream or a waiting starter in
+//! this process would otherwise never hear of a completion announced
+//! while it was gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +42,9 @@ pub(super) async fn run(
     // Payloads taken from the outbox and not sent yet: kept across a
     // reconnect, so a failed NOTIFY loses nothing.
     let mut unsent = std::collections::VecDeque::new();
+    // When the last session ended (host ms): changes since then were not
+    // heard.
+    let mut deaf_since: Option<i64> = None;
     loop {
         let session = async {
             let (client, mut conn) = target.connect().await.map_err(db_err)?;
@@ -98,7 +105,14 @@ pub(super) async fn run(
                 let _ = r.send(Ok(()));
             }
             // Announcements may have been missed while disconnected.
-            None => shared.wake_local(true, true),
+            None => {
+                shared.wake_local(true, true);
+                if let Some(since) = deaf_since.take() {
+                    if let Err(e) = catch_up(&client, &s, &shared, since).await {
+                        tracing::warn!(error = %e, "cannot read the changes missed while reconnecting");
+                    }
+                }
+            }
         }
         // Send what was queued while disconnected.
         shared.kick.notify_one();
@@ -138,6 +152,7 @@ pub(super) async fn run(
         }
         drop(client);
         pump.abort();
+        deaf_since.get_or_insert_with(|| crate::types::now().timestamp_millis());
         tokio::select! {
             _ = tokio::time::sleep(RECONNECT) => {}
             _ = stop_requested(&mut stop) => return,
@@ -158,6 +173,49 @@ async fn send(
             .execute("SELECT pg_notify($1, $2)", &[&shared.channel, payload])
             .await?;
         unsent.pop_front();
+    }
+    Ok(())
+}
+
+/// How far before a lost connection changes are read again: commits are
+/// stamped with their turn's start on the committing host's clock.
+const CATCH_UP_MARGIN_MS: i64 = 10_000;
+
+/// Most changes one catch-up publishes (the remote change channel's
+/// capacity: more would make its reader lag anyway).
+const CATCH_UP_MAX: i64 = super::REMOTE_CHANGES as i64;
+
+/// Publishes, as remote changes, the instances another process changed
+/// since `since` (host ms, less a margin): each as a change ending at its
+/// current history length, so the engine publishes its status and any
+/// events its subscribers have not seen (`crate::remote`).
+async fn catch_up(
+    client: &tokio_postgres::Client,
+    s: &str,
+    shared: &Shared,
+    since: i64,
+) -> Result<(), StoreError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT instance_id, history_events FROM {s}.instances \
+                 WHERE last_updated_at >= $1 AND home IS DISTINCT FROM $2 \
+                 ORDER BY last_updated_at LIMIT $3"
+            ),
+            &[&(since - CATCH_UP_MARGIN_MS), &shared.worker, &CATCH_UP_MAX],
+        )
+        .await
+        .map_err(db_err)?;
+    for r in rows {
+        let Ok(instance_id) = InstanceId::new(r.get::<_, String>(0)) else {
+            continue;
+        };
+        let events = r.get::<_, i64>(1) as u64;
+        let _ = shared.remote.send(RemoteChange {
+            instance_id,
+            history_from: events,
+            history_to: events,
+        });
     }
     Ok(())
 }
