@@ -122,3 +122,32 @@ fn a_device_put_back_from_an_older_copy_loses_nothing_it_makes_afterwards() {
     assert_eq!(all.len(), 5, "{all:?}");
     assert_eq!(list(&copy), all);
 }
+
+/// The same with a rename: an older copy of a device renames a galaxy
+/// under a mutation id its newer self used for another rename. The cloud
+/// keeps a digest of each client's last push and knows a resend from a
+/// reused id (before, it skipped the rename as a resend and the device
+/// dropped it from its outbox: the new name never left the device, and
+/// the next pull did not bring the other one back either).
+#[test]
+fn a_device_put_back_from_an_older_copy_keeps_its_renames() {
+    let cloud = cloud(&[]);
+    let d = two_devices(&cloud.base);
+    ok(&d.a, &["create", "-n", "2"]);
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 2 pulled 0");
+    let ids: Vec<String> = list(&d.a).into_iter().map(|(id, _)| id).collect();
+    let copy = d._dir.path().join("a-copy");
+    copy_dir(&d.a, &copy);
+    ok(&d.a, &["rename", &ids[0], "Newer"]);
+    assert_eq!(ok(&d.a, &["sync"]).trim(), "pushed 1 pulled 0");
+
+    // Put back from the copy, the device renames the other galaxy: its
+    // mutation 3, as the newer self's rename was.
+    ok(&copy, &["rename", &ids[1], "Older"]);
+    let told = ok(&copy, &["sync"]);
+    assert!(told.contains("older copy"), "{told}");
+    ok(&d.b, &["sync"]);
+    let names: Vec<String> = list(&d.b).into_iter().map(|(_, name)| name).collect();
+    assert_eq!(names, ["Newer", "Older"]);
+    assert_eq!(list(&copy), list(&d.b));
+}

@@ -26,6 +26,98 @@ pub(crate) enum ClientState {
     Foreign,
 }
 
+/// The digests of a client's last push, by mutation id: what a resend
+/// must match. A device resends only after an answer it did not get, and
+/// then the whole of that push (and maybe more), so every mutation of a
+/// genuine resend at or below the last settled id is in the last push the
+/// cloud took from that client, unchanged. A mutation under such an id
+/// that is not there, or differs, is no resend: the id went to another
+/// change (a device put back from an older copy renamed or deleted a
+/// galaxy under an id its newer self used), and skipping it would lose it.
+/// Stored as `<first id>:<digest>,<digest>,...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Recent {
+    first: u64,
+    digests: Vec<String>,
+}
+
+impl Recent {
+    /// The record of `request`, as the cloud took it.
+    pub(crate) fn of(request: &PushRequest) -> Self {
+        Self {
+            first: request.mutations.first().map_or(0, |m| m.mutation_id),
+            digests: request.mutations.iter().map(digest).collect(),
+        }
+    }
+
+    /// Reads a stored record; `None` for one that does not parse (then no
+    /// resend is checked, as for clients from before the record).
+    pub(crate) fn parse(stored: &str) -> Option<Self> {
+        let (first, digests) = stored.split_once(':')?;
+        Some(Self {
+            first: first.parse().ok()?,
+            digests: digests
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    /// As stored.
+    pub(crate) fn encode(&self) -> String {
+        format!("{}:{}", self.first, self.digests.join(","))
+    }
+
+    fn digest_of(&self, mutation_id: u64) -> Option<&str> {
+        let i = mutation_id.checked_sub(self.first)?;
+        self.digests
+            .get(usize::try_from(i).ok()?)
+            .map(String::as_str)
+    }
+}
+
+/// What identifies a change, whatever its base version (a device raises
+/// the base of changes still queued when earlier ones settle): its op,
+/// entity and body. 48 bits: a collision only lets a reused id pass as a
+/// resend, as every id did before.
+fn digest(m: &Mutation) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        m.op.as_bytes(),
+        m.entity_id.as_bytes(),
+        m.body.to_string().as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    hex::encode(&h.finalize()[..6])
+}
+
+/// Refuses a push whose mutations at or below the client's last settled
+/// id are not a resend of its last push ([`Recent`]): `MutationIdReused`,
+/// on which the device takes a new client id and sends them again.
+pub(crate) fn check_resends(
+    request: &PushRequest,
+    client: ClientState,
+    recent: Option<&Recent>,
+) -> Result<(), PlayersError> {
+    let (ClientState::Known(last), Some(recent)) = (client, recent) else {
+        return Ok(());
+    };
+    for m in request
+        .mutations
+        .iter()
+        .take_while(|m| m.mutation_id <= last)
+    {
+        if recent.digest_of(m.mutation_id) != Some(digest(m).as_str()) {
+            return Err(PlayersError::MutationIdReused(m.mutation_id));
+        }
+    }
+    Ok(())
+}
+
 /// The current state of one entity of a player.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Current {
@@ -66,6 +158,9 @@ pub(crate) struct PushPlan {
     pub new_client: bool,
     /// The client's last settled mutation id after the push.
     pub last: u64,
+    /// The record of this push to keep for the client ([`Recent`]);
+    /// `None` for an empty push (the last record stays).
+    pub recent: Option<String>,
     /// The player's counter after the push (changed when it grew).
     pub counter: u64,
     pub changed: bool,
@@ -292,6 +387,7 @@ pub(crate) fn plan_push(
         },
         new_client: client == ClientState::Unknown,
         last: new_last,
+        recent: (!request.mutations.is_empty()).then(|| Recent::of(request).encode()),
         counter,
         changed: counter != start,
         writes,
@@ -388,6 +484,35 @@ mod tests {
             client_id: "c".into(),
             mutations,
         }
+    }
+
+    #[test]
+    fn resends_match_the_last_push_and_reused_ids_do_not() {
+        let last_push = request(vec![put(3, 7, "A"), put(4, 8, "B")]);
+        let recent = Recent::parse(&Recent::of(&last_push).encode()).unwrap();
+        assert_eq!(recent, Recent::of(&last_push));
+        // The same push again, with a new change after it; the base of a
+        // queued change raised meanwhile does not matter.
+        let resend = request(vec![put(3, 7, "A"), put(4, 9, "B"), del(5, 9)]);
+        assert!(check_resends(&resend, ClientState::Known(4), Some(&recent)).is_ok());
+        // An older copy of the device: other changes under ids 4, and 2
+        // (before the last push: never resent).
+        for reused in [
+            request(vec![put(4, 8, "Other"), del(5, 9)]),
+            request(vec![del(4, 8)]),
+            request(vec![put(2, 1, "A"), put(3, 7, "A"), put(4, 8, "B")]),
+        ] {
+            let r = check_resends(&reused, ClientState::Known(4), Some(&recent));
+            assert!(matches!(r, Err(PlayersError::MutationIdReused(_))), "{r:?}");
+        }
+        // Ids past the last settled one are not resends; a client without
+        // a record (from before it) and unknown clients are not checked.
+        let fresh = request(vec![put(5, 8, "New")]);
+        assert!(check_resends(&fresh, ClientState::Known(4), Some(&recent)).is_ok());
+        let old = request(vec![put(4, 8, "Other")]);
+        assert!(check_resends(&old, ClientState::Known(4), None).is_ok());
+        assert!(check_resends(&old, ClientState::Unknown, Some(&recent)).is_ok());
+        assert_eq!(Recent::parse("garbage"), None);
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl PgPlayers {
                  player_id text NOT NULL,
                  last_mutation_id int8 NOT NULL
              );
+             ALTER TABLE sync_clients ADD COLUMN IF NOT EXISTS recent text;
              CREATE TABLE IF NOT EXISTS sync_galaxies (
                  player_id text NOT NULL,
                  entity_id text NOT NULL,
@@ -286,17 +287,21 @@ impl PgPlayers {
         tx: &tokio_postgres::Transaction<'_>,
         client_id: &str,
         player_id: &str,
-    ) -> Result<ClientState, PlayersError> {
+    ) -> Result<(ClientState, Option<plan::Recent>), PlayersError> {
         let row = tx
-            .query_opt("SELECT player_id, last_mutation_id FROM sync_clients WHERE client_id = $1 FOR UPDATE", &[&client_id])
+            .query_opt(
+                "SELECT player_id, last_mutation_id, recent FROM sync_clients WHERE client_id = $1 FOR UPDATE",
+                &[&client_id],
+            )
             .await
             .map_err(pg)?;
         Ok(match row {
-            Some(r) if r.get::<_, String>(0) == player_id => {
-                ClientState::Known(r.get::<_, i64>(1) as u64)
-            }
-            Some(_) => ClientState::Foreign,
-            None => ClientState::Unknown,
+            Some(r) if r.get::<_, String>(0) == player_id => (
+                ClientState::Known(r.get::<_, i64>(1) as u64),
+                r.get::<_, Option<&str>>(2).and_then(plan::Recent::parse),
+            ),
+            Some(_) => (ClientState::Foreign, None),
+            None => (ClientState::Unknown, None),
         })
     }
 
@@ -317,8 +322,9 @@ impl PgPlayers {
             .await
             .map_err(pg)?
             .map_or((0, 0), |r| (r.get(0), r.get(1)));
-        let client_state = Self::client_state(&tx, &request.client_id, player_id).await?;
+        let (client_state, recent) = Self::client_state(&tx, &request.client_id, player_id).await?;
         plan::check_sequence(request, client_state)?;
+        plan::check_resends(request, client_state, recent.as_ref())?;
         // Only well-formed ids are looked up (a NUL in one would fail the
         // whole statement); the plan rejects the others one by one.
         let ids: Vec<&str> = request
@@ -400,9 +406,9 @@ impl PgPlayers {
             // player only): that client is foreign here, as if seen first.
             let inserted = tx
                 .execute(
-                    "INSERT INTO sync_clients (client_id, player_id, last_mutation_id) VALUES ($1, $2, $3) \
-                     ON CONFLICT (client_id) DO NOTHING",
-                    &[&request.client_id, &player_id, &last],
+                    "INSERT INTO sync_clients (client_id, player_id, last_mutation_id, recent) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (client_id) DO NOTHING",
+                    &[&request.client_id, &player_id, &last, &plan.recent],
                 )
                 .await
                 .map_err(pg)?;
@@ -411,8 +417,9 @@ impl PgPlayers {
             }
         } else {
             tx.execute(
-                "UPDATE sync_clients SET last_mutation_id = $2 WHERE client_id = $1",
-                &[&request.client_id, &last],
+                "UPDATE sync_clients SET last_mutation_id = $2, recent = COALESCE($3, recent) \
+                 WHERE client_id = $1",
+                &[&request.client_id, &last, &plan.recent],
             )
             .await
             .map_err(pg)?;

@@ -68,6 +68,15 @@ pub(super) fn open(path: &std::path::Path) -> Result<Connection, PlayersError> {
              at_ms INTEGER NOT NULL
          );",
     )?;
+    // Added later: each client's last push ([`plan::Recent`]).
+    let has_recent: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('clients') WHERE name = 'recent'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_recent == 0 {
+        conn.execute_batch("ALTER TABLE clients ADD COLUMN recent TEXT")?;
+    }
     Ok(conn)
 }
 
@@ -201,19 +210,25 @@ fn player_versions(conn: &Connection, player_id: &str) -> Result<(u64, u64), Pla
         .unwrap_or((0, 0)))
 }
 
+/// The client's state and the record of its last push.
 fn client_state(
     conn: &Connection,
     client_id: &str,
     player_id: &str,
-) -> Result<ClientState, PlayersError> {
-    let row: Option<(String, i64)> = conn
-        .prepare_cached("SELECT player_id, last_mutation_id FROM clients WHERE client_id = ?1")?
-        .query_row([client_id], |r| Ok((r.get(0)?, r.get(1)?)))
+) -> Result<(ClientState, Option<plan::Recent>), PlayersError> {
+    let row: Option<(String, i64, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT player_id, last_mutation_id, recent FROM clients WHERE client_id = ?1",
+        )?
+        .query_row([client_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     Ok(match row {
-        Some((p, last)) if p == player_id => ClientState::Known(last as u64),
-        Some(_) => ClientState::Foreign,
-        None => ClientState::Unknown,
+        Some((p, last, recent)) if p == player_id => (
+            ClientState::Known(last as u64),
+            recent.as_deref().and_then(plan::Recent::parse),
+        ),
+        Some(_) => (ClientState::Foreign, None),
+        None => (ClientState::Unknown, None),
     })
 }
 
@@ -245,9 +260,10 @@ pub(super) fn push(
 ) -> Result<PushPlan, PlayersError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let player_id = device.player_id.as_str();
-    let client = client_state(&tx, &request.client_id, player_id)?;
+    let (client, recent) = client_state(&tx, &request.client_id, player_id)?;
     // Refused pushes read nothing more.
     plan::check_sequence(request, client)?;
+    plan::check_resends(request, client, recent.as_ref())?;
     let (counter, floor) = player_versions(&tx, player_id)?;
     let mut entities = HashMap::new();
     for m in &request.mutations {
@@ -290,12 +306,14 @@ pub(super) fn push(
     }
     if plan.new_client {
         tx.execute(
-            "INSERT INTO clients (client_id, player_id, last_mutation_id) VALUES (?1, ?2, ?3)",
-            params![request.client_id, player_id, plan.last as i64],
+            "INSERT INTO clients (client_id, player_id, last_mutation_id, recent) VALUES (?1, ?2, ?3, ?4)",
+            params![request.client_id, player_id, plan.last as i64, plan.recent],
         )?;
     } else {
-        tx.prepare_cached("UPDATE clients SET last_mutation_id = ?2 WHERE client_id = ?1")?
-            .execute(params![request.client_id, plan.last as i64])?;
+        tx.prepare_cached(
+            "UPDATE clients SET last_mutation_id = ?2, recent = COALESCE(?3, recent) WHERE client_id = ?1",
+        )?
+        .execute(params![request.client_id, plan.last as i64, plan.recent])?;
     }
     if plan.changed {
         tx.prepare_cached("UPDATE players SET counter = ?2 WHERE player_id = ?1")?
@@ -316,7 +334,7 @@ pub(super) fn pull(
 ) -> Result<PullResponse, PlayersError> {
     let tx = conn.transaction()?;
     let (latest, floor) = player_versions(&tx, player_id)?;
-    let last_mutation_id = match client_state(&tx, client_id, player_id)? {
+    let last_mutation_id = match client_state(&tx, client_id, player_id)?.0 {
         ClientState::Known(last) => last,
         _ => 0,
     };
