@@ -68,6 +68,14 @@ async fn a_start_whose_batched_commit_lost_its_answer_is_not_a_conflict() {
     );
     let scenario = fail::FailScenario::setup();
     fail::cfg("durable-pg-create-batch-answer", "return").unwrap();
+    let retried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let retried = retried.clone();
+        fail::cfg_callback("durable-pg-batch-one-by-one", move || {
+            retried.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .unwrap();
+    }
     // Many at once: all but the first queue behind it and go as batches.
     const STARTS: usize = 64;
     let starts = (0..STARTS).map(|i| {
@@ -79,6 +87,10 @@ async fn a_start_whose_batched_commit_lost_its_answer_is_not_a_conflict() {
     });
     let results = futures::future::join_all(starts).await;
     fail::cfg("durable-pg-create-batch-answer", "off").unwrap();
+    assert!(
+        retried.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "no batch of starts formed: the lost answer was never injected"
+    );
     for (i, r) in results.into_iter().enumerate() {
         let r = r.unwrap();
         assert!(

@@ -91,6 +91,9 @@ async fn answer_batch<W, F, T>(
         }
         Err(e) => {
             tracing::debug!(error = %e, items = works.len(), "batched {what} failed; one by one");
+            // Counted by tests (a callback), to know the path was taken.
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("durable-pg-batch-one-by-one");
             for (work, answer) in works.into_iter().zip(answers) {
                 let _ = answer.send(single(work, true).await);
             }

@@ -31,19 +31,32 @@ use crate::types::InstanceId;
 /// Pause before reconnecting after the listener connection failed.
 const RECONNECT: Duration = Duration::from_millis(500);
 
+/// TCP keepalive of the listener connection: a connection that died
+/// without a word (a half-open one) is noticed within about half a minute,
+/// not the system's two hours, so the reconnect and its catch-up follow.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+
 pub(super) async fn run(
-    target: PgTarget,
+    mut target: PgTarget,
     schema: String,
     shared: Arc<Shared>,
     mut ready: Option<oneshot::Sender<Result<(), StoreError>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let s = format!("\"{schema}\"");
+    target
+        .config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
     // Payloads taken from the outbox and not sent yet: kept across a
     // reconnect, so a failed NOTIFY loses nothing.
     let mut unsent = std::collections::VecDeque::new();
-    // When the last session ended (host ms): changes since then were not
-    // heard.
+    // Since when (host ms) changes may not have been heard: the last sign
+    // of life of the session that was lost.
     let mut deaf_since: Option<i64> = None;
     loop {
         let session = async {
@@ -107,9 +120,14 @@ pub(super) async fn run(
             // Announcements may have been missed while disconnected.
             None => {
                 shared.wake_local(true, true);
-                if let Some(since) = deaf_since.take() {
-                    if let Err(e) = catch_up(&client, &s, &shared, since).await {
-                        tracing::warn!(error = %e, "cannot read the changes missed while reconnecting");
+                if let Some(since) = deaf_since {
+                    match catch_up(&client, &s, &shared, since).await {
+                        Ok(()) => deaf_since = None,
+                        // Kept: the next session catches up from there.
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "cannot read the changes missed while reconnecting"
+                        ),
                     }
                 }
             }
@@ -117,16 +135,24 @@ pub(super) async fn run(
         // Send what was queued while disconnected.
         shared.kick.notify_one();
         *shared.hint_sent.lock().expect("hint lock") = Default::default();
+        // The session's last sign of life (host ms): a notification in, or
+        // one out answered.
+        let mut alive = now_ms();
         let stopped = loop {
             tokio::select! {
                 n = rx.recv() => {
                     let Some(n) = n else { break false };
+                    alive = now_ms();
                     if n.process_id() != pid {
                         receive(&shared, n.payload());
                     }
                 }
                 _ = shared.kick.notified() => {
-                    if let Err(e) = send(&client, &shared, &mut unsent).await {
+                    let sent = send(&client, &shared, &mut unsent).await;
+                    if sent.as_ref().is_ok_and(|n| *n > 0) {
+                        alive = now_ms();
+                    }
+                    if let Err(e) = sent {
                         tracing::warn!(error = %e, "store listener cannot notify");
                         *shared.hint_sent.lock().expect("hint lock") = Default::default();
                         break false;
@@ -152,7 +178,7 @@ pub(super) async fn run(
         }
         drop(client);
         pump.abort();
-        deaf_since.get_or_insert_with(|| crate::types::now().timestamp_millis());
+        deaf_since = Some(deaf_since.map_or(alive, |d| d.min(alive)));
         tokio::select! {
             _ = tokio::time::sleep(RECONNECT) => {}
             _ = stop_requested(&mut stop) => return,
@@ -161,28 +187,33 @@ pub(super) async fn run(
 }
 
 /// Sends what the outbox holds after what is still unsent, in order; a
-/// payload is dropped only once its `NOTIFY` went through.
+/// payload is dropped only once its `NOTIFY` went through. Returns how
+/// many went.
 async fn send(
     client: &tokio_postgres::Client,
     shared: &Shared,
     unsent: &mut std::collections::VecDeque<String>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<usize, tokio_postgres::Error> {
     unsent.extend(take_payloads(shared));
+    let mut sent = 0;
     while let Some(payload) = unsent.front() {
         client
             .execute("SELECT pg_notify($1, $2)", &[&shared.channel, payload])
             .await?;
         unsent.pop_front();
+        sent += 1;
     }
-    Ok(())
+    Ok(sent)
 }
 
 /// How far before a lost connection changes are read again: commits are
 /// stamped with their turn's start on the committing host's clock.
 const CATCH_UP_MARGIN_MS: i64 = 10_000;
 
-/// Most changes one catch-up publishes (the remote change channel's
-/// capacity: more would make its reader lag anyway).
+/// Most changes one catch-up publishes, the latest (the remote change
+/// channel's capacity: more would make its reader lag anyway). The read
+/// scans the instances table (no index on `last_updated_at`: every commit
+/// would pay for one); it runs once per reconnect.
 const CATCH_UP_MAX: i64 = super::REMOTE_CHANGES as i64;
 
 /// Publishes, as remote changes, the instances another process changed
@@ -200,7 +231,7 @@ async fn catch_up(
             &format!(
                 "SELECT instance_id, history_events FROM {s}.instances \
                  WHERE last_updated_at >= $1 AND home IS DISTINCT FROM $2 \
-                 ORDER BY last_updated_at LIMIT $3"
+                 ORDER BY last_updated_at DESC LIMIT $3"
             ),
             &[&(since - CATCH_UP_MARGIN_MS), &shared.worker, &CATCH_UP_MAX],
         )
@@ -218,6 +249,10 @@ async fn catch_up(
         });
     }
     Ok(())
+}
+
+fn now_ms() -> i64 {
+    crate::types::now().timestamp_millis()
 }
 
 /// Resolves when the store asks the listener to stop.

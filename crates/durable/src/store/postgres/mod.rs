@@ -300,12 +300,16 @@ impl Shared {
         types::now().timestamp_millis() + self.clock_offset.load(Ordering::Relaxed)
     }
 
-    /// Records the database clock `db_now_ms` just read.
-    fn clock_read(&self, db_now_ms: i64) {
-        self.clock_offset.store(
-            db_now_ms - types::now().timestamp_millis(),
-            Ordering::Relaxed,
-        );
+    /// Records the database clock `db_now_ms` read by a query sent at
+    /// `asked` and answered at `answered` (host times): compared with the
+    /// middle of the round trip, and only when the round trip is shorter
+    /// than [`CLOCK_TOLERANCE_MS`] (a slow answer says little).
+    fn clock_read(&self, db_now_ms: i64, asked: Timestamp, answered: Timestamp) {
+        let (asked, answered) = (asked.timestamp_millis(), answered.timestamp_millis());
+        if answered - asked < CLOCK_TOLERANCE_MS {
+            self.clock_offset
+                .store(db_now_ms - (asked + answered) / 2, Ordering::Relaxed);
+        }
     }
 
     /// A database time (ms) as a time on this host's clock.
@@ -566,6 +570,7 @@ use sql::Sql;
 
 #[cfg(test)]
 mod tests {
+    use super::schema::channel_name;
     use super::{host_ms, Liveness};
     use std::time::{Duration, Instant};
 
@@ -617,5 +622,20 @@ mod tests {
         assert_eq!(host_ms(10_000, 99), 10_000);
         assert_eq!(host_ms(10_000, -99), 10_000);
         assert_eq!(host_ms(i64::MIN + 1, 500), i64::MIN);
+    }
+
+    #[test]
+    fn channel_names_fit_postgres_identifiers_and_stay_apart() {
+        assert_eq!(channel_name("durable"), "durable_work_durable");
+        let fits = "s".repeat(50);
+        assert_eq!(channel_name(&fits), format!("durable_work_{fits}"));
+        let (one, two) = (
+            format!("{}a", "s".repeat(62)),
+            format!("{}b", "s".repeat(62)),
+        );
+        let (c1, c2) = (channel_name(&one), channel_name(&two));
+        assert!(c1.len() <= 63 && c2.len() <= 63, "{c1} {c2}");
+        assert_ne!(c1, c2);
+        assert_eq!(c1, channel_name(&one), "the same in every process");
     }
 }

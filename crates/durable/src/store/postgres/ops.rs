@@ -149,7 +149,11 @@ impl Store for PostgresStore {
             }
         }
         if !empty.is_empty() {
-            self.release_fetched(&c, &empty, &prefix).await?;
+            // Failing here must not fail the fetch: its other items would
+            // stay leased, unseen. These come back when their lease ends.
+            if let Err(e) = self.release_fetched(&c, &empty, &prefix).await {
+                tracing::warn!(error = %e, "cannot hand back fetched instances with nothing visible");
+            }
         }
         // Oldest work first, as fetched.
         Ok(out)
@@ -354,10 +358,11 @@ impl Store for PostgresStore {
         };
         let sql = if look { &wake.look } else { &wake.only };
         let stmt = c.prepare_cached(sql).await.map_err(db_err)?;
+        let asked = types::now();
         let row = c.query_one(&stmt, params).await.map_err(db_err)?;
         let wake: Option<i64> = row.get(0);
         let dead_workers: bool = row.get(1);
-        self.shared.clock_read(row.get(3));
+        self.shared.clock_read(row.get(3), asked, types::now());
         if look {
             let mut liveness = self.liveness.lock().expect("liveness lock");
             liveness.suspect = dead_workers;

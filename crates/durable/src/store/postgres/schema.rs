@@ -3,23 +3,31 @@
 
 use super::*;
 
+/// The store's notification channel: `durable_work_<schema>`, or for a
+/// schema name too long for that to fit PostgreSQL's 63-byte identifiers
+/// (`LISTEN` would cut it and `pg_notify` refuse it, so no wake-up would
+/// cross processes), the name's start and a digest of the whole: the same
+/// in every process, different for schemas that share a start.
+pub(super) fn channel_name(schema: &str) -> String {
+    const PREFIX: &str = "durable_work_";
+    const MAX: usize = 63;
+    let full = format!("{PREFIX}{schema}");
+    if full.len() <= MAX {
+        return full;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(schema.as_bytes());
+    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    // Schema names are ASCII (`quoted_schema`): any cut is a boundary.
+    let keep = MAX - PREFIX.len() - 1 - tag.len();
+    format!("{PREFIX}{}_{tag}", &schema[..keep.min(schema.len())])
+}
+
 /// A quoted schema name, after checking it is a plain identifier (it is
 /// spliced into every statement).
-/// The store's notification channel is this and its schema's name.
-pub(super) const CHANNEL_PREFIX: &str = "durable_work_";
-/// Longest schema name: PostgreSQL cuts identifiers at 63 bytes, and a
-/// `pg_notify` on a longer channel name fails.
-const MAX_SCHEMA: usize = 63 - CHANNEL_PREFIX.len();
-
 pub(super) fn quoted_schema(schema: &str) -> Result<String, StoreError> {
-    if schema.len() > MAX_SCHEMA {
-        return Err(StoreError::Incompatible(format!(
-            "schema name '{schema}' has {} characters; at most {MAX_SCHEMA} (its notification \
-             channel, {CHANNEL_PREFIX}<schema>, must fit PostgreSQL's 63)",
-            schema.len()
-        )));
-    }
     let ok = !schema.is_empty()
+        && schema.len() <= 63
         && schema
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

@@ -51,7 +51,7 @@ impl PostgresStore {
         let shared = Arc::new(Shared {
             signal: Arc::new(WorkSignal::default()),
             worker: rand::random::<i64>() & i64::MAX,
-            channel: format!("{}{}", schema::CHANNEL_PREFIX, config.schema),
+            channel: schema::channel_name(&config.schema),
             outbox: Mutex::new(Outbox::default()),
             kick: tokio::sync::Notify::new(),
             lifecycle: config
@@ -125,8 +125,6 @@ impl PostgresStore {
                     .await
                     .is_ok_and(|n| n > 0);
             }
-            // The listener sends this before it stops.
-            self.shared.announce(freed[0], freed[1]);
             // Nobody need wait for this process to take its instances.
             // Only those that can be fetched: a finished or idle one's
             // home is never read (an idle one's affinity runs out once it
@@ -140,6 +138,9 @@ impl PostgresStore {
                     &[&self.shared.worker],
                 )
                 .await;
+            // After both (the others then find the rows free of this
+            // home); the listener sends it before it stops.
+            self.shared.announce(freed[0], freed[1]);
         }
         let _ = self.stop.send(true);
         let handle = self.listener.lock().expect("listener lock").take();
@@ -186,7 +187,6 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// A connection for lease bookkeeping (see [`PostgresStore::leases`]).
     /// Hands the leases of one fetch back untouched (`ids` under tokens of
     /// `prefix`), then wakes the dispatchers for any that is due, or hints
     /// when the earliest becomes due.
@@ -217,6 +217,7 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// A connection for lease bookkeeping (see [`PostgresStore::leases`]).
     pub(super) async fn lease_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
@@ -376,30 +377,32 @@ impl PostgresStore {
     ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db_err)?;
-        if !create_in(&tx, &self.sql, &instance, self.shared.worker).await? {
-            // Retried after its batch failed as a whole, this very start
-            // may be what is there: the batch's commit reached the server
-            // and only its answer was lost. Execution ids are unique per
-            // start, so the row tells.
-            let ours = retried
-                && tx
-                    .query_opt(
-                        &format!(
+        // Retried after its batch failed as a whole, this very start may
+        // be what is there: the batch's commit reached the server and only
+        // its answer was lost. Execution ids are unique per start, so the
+        // row tells; asked first, since a first turn that finished the
+        // instance would let the create below replace it (run it again).
+        let ours = retried
+            && tx
+                .query_opt(
+                    &format!(
                         "SELECT 1 FROM {}.instances WHERE instance_id = $1 AND execution_id = $2",
                         self.sql.s
                     ),
-                        &[&instance.instance_id.as_str(), &instance.execution_id],
-                    )
-                    .await
-                    .map_err(db_err)?
-                    .is_some();
+                    &[&instance.instance_id.as_str(), &instance.execution_id],
+                )
+                .await
+                .map_err(db_err)?
+                .is_some();
+        if ours {
             let _ = tx.rollback().await;
-            if ours {
-                // Its commit's wake-ups never went out.
-                self.shared.announce(true, true);
-                self.shared.changed(instance.instance_id.as_str(), 0, 0);
-                return Ok(());
-            }
+            // Its commit's wake-ups never went out.
+            self.shared.announce(true, true);
+            self.shared.changed(instance.instance_id.as_str(), 0, 0);
+            return Ok(());
+        }
+        if !create_in(&tx, &self.sql, &instance, self.shared.worker).await? {
+            let _ = tx.rollback().await;
             return Err(StoreError::Conflict(instance.instance_id));
         }
         // The turn consumed the start message create_in queued (the only
@@ -556,8 +559,8 @@ impl PostgresStore {
             .map_err(db_err)?;
 
         // A turn that writes to other instances (sends, children) first
-        // locks their rows and its own in id order, as every statement
-        // that locks several instance rows does: two turns sending to each
+        // locks their rows and its own in id order, as batched completions
+        // and batched turns do: two turns sending to each
         // other would otherwise each hold its own row and wait for the
         // other's (40P01 after the server's deadlock timeout).
         let mut locked: Vec<&str> = commit
